@@ -1,0 +1,51 @@
+# vae-service: the two commands a new user needs are `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL_DIR ?= artifacts/fashion-mnist
+RUN ?= runs/fashion-mnist
+PORT ?= 8000
+
+.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick clean help
+
+help:
+	@echo "make serve   - install the serving dependencies and serve the bundled model on :$(PORT)"
+	@echo "make test    - install everything and run the whole test suite"
+	@echo "make train / eval / export - train the default model, evaluate it, export it to $(MODEL_DIR)"
+	@echo "make bench   - serving and training benchmarks into bench/results/"
+
+# Serving needs no torch: the base install is onnxruntime, numpy, Pillow, FastAPI.
+$(BIN)/.serve-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.dev-installed: pyproject.toml $(BIN)/.serve-installed
+	$(BIN)/python -m pip install -q -e '.[train,test]'
+	touch $@
+
+serve: $(BIN)/.serve-installed
+	$(BIN)/vae-serve --model-dir $(MODEL_DIR) --port $(PORT)
+
+test: $(BIN)/.dev-installed
+	$(BIN)/python -m pytest tests
+
+train: $(BIN)/.dev-installed
+	$(BIN)/vae-train --out $(RUN)
+
+eval: $(BIN)/.dev-installed
+	$(BIN)/vae-eval $(RUN)/best.pt --k 5000 --report $(RUN)/report
+
+export: $(BIN)/.dev-installed
+	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --report $(RUN)/report
+
+bench: $(BIN)/.dev-installed
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BIN)/.dev-installed
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

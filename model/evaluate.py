@@ -1,0 +1,141 @@
+"""`vae-eval`: test-set ELBO, its two terms and the IWAE log-likelihood, plus a report folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import checkpoint, figures, scoring
+from model.data import (DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder,
+                        sha256_file)
+from model.preprocess import PreprocessContract
+from model.torch_backend import TorchBackend
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="vae-eval", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", help="a checkpoint written by vae-train")
+    p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE estimate (1: ELBO only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise streams")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's training dataset")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--images-dir", default=None,
+                   help="evaluate a folder of images (sorted by name) instead of the test set")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", default=None, help="report folder (default: next to the checkpoint)")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def evaluate(backend: TorchBackend, likelihood: str, x: np.ndarray, seed: int, k: int, batch_size: int,
+             progress: bool = True) -> scoring.Scores:
+    """Score every image; image i always uses noise stream (seed, i), whatever the batching."""
+    parts = []
+    for start in tqdm(range(0, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
+        parts.append(scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k, start_index=start))
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return scoring.Scores(elbo=cat("elbo"), reconstruction=cat("reconstruction"), kl=cat("kl"),
+                          log_likelihood=cat("log_likelihood") if k > 1 else None, k=k, dims=parts[0].dims)
+
+
+def make_figures(backend: TorchBackend, payload: dict[str, Any], likelihood: str, pixels: np.ndarray,
+                 data_x: np.ndarray, labels: np.ndarray | None, report: Path, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    latent_dim = payload["model_config"]["latent_dim"]
+    out: dict[str, Any] = {}
+    z = rng.standard_normal((64, latent_dim), dtype=np.float32)
+    out["samples"] = figures.samples(scoring.pixel_means(likelihood, backend.decode(z)), report / "samples.png",
+                                     seed=seed, temperature=1.0)
+    indices = list(range(min(16, len(pixels))))
+    mean, logvar = backend.encode(data_x[indices])
+    params = backend.decode(mean)
+    recon_ll = scoring.log_likelihood(likelihood, data_x[indices].reshape(len(indices), -1), params)
+    out["reconstructions"] = figures.reconstructions(pixels[indices], scoring.pixel_means(likelihood, params),
+                                                     recon_ll, indices, report / "reconstructions.png")
+    all_mean, all_logvar = backend.encode(data_x)
+    kl_per_dim = 0.5 * (all_mean ** 2 + np.exp(all_logvar) - 1 - all_logvar).mean(axis=0)  # (D,)
+    dims = [int(d) for d in np.argsort(-kl_per_dim)[:8]]
+    values = [float(v) for v in np.linspace(-3, 3, 11)]
+    rows = np.repeat(mean[:1], len(dims) * len(values), axis=0)
+    for r, d in enumerate(dims):
+        rows[r * len(values):(r + 1) * len(values), d] = values
+    out["traversals"] = figures.traversals(scoring.pixel_means(likelihood, backend.decode(rows)), dims, values,
+                                           [float(kl_per_dim[d]) for d in dims], report / "traversals.png")
+    out["latent_map"] = figures.latent_map(all_mean, labels, report / "latent_map.png")
+    out["learning_curves"] = figures.learning_curves(payload["metrics"], report / "learning_curves.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        model, payload = checkpoint.load_model(args.checkpoint)
+        config = model.config
+        contract = PreprocessContract(input_shape=config.input_shape)
+        train_config = payload["train_config"]
+        labels = None
+        if args.images_dir:
+            pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
+            source = {"images_dir": str(args.images_dir)}
+        else:
+            data = load_dataset(args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"],
+                                contract)
+            pixels, labels = data.test, data.test_labels
+            source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
+    except (DataMissingError, DataChecksumError, checkpoint.CheckpointError, ValueError) as exc:
+        print(f"vae-eval: {exc}", file=sys.stderr)
+        return 2
+    if args.limit:
+        pixels = pixels[: args.limit]
+        labels = labels[: args.limit] if labels is not None else None
+    data_x = fixed_test_set(pixels, config.likelihood, train_config["test_binarize_seed"])
+    backend = TorchBackend(model)
+    began = time.perf_counter()
+    scores = evaluate(backend, config.likelihood, data_x, args.seed, args.k, args.batch_size,
+                      progress=not args.no_progress)
+    seconds = time.perf_counter() - began
+    summary = scoring.summarize(scores)
+    report = Path(args.report) if args.report else Path(args.checkpoint).parent / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": sha256_file(args.checkpoint),
+        "epoch": payload["epoch"],
+        "model_config": payload["model_config"],
+        "data": source,
+        "test_set": f"{config.likelihood} data space, fixed once with seed {train_config['test_binarize_seed']}",
+        "noise_seed": args.seed,
+        "metrics": summary,
+        "seconds": seconds,
+        "threads": args.threads,
+        "versions": checkpoint.library_versions(),
+        "command": ["vae-eval", *(argv if argv is not None else sys.argv[1:])],
+    }
+    if not args.no_figures:
+        result["figures"] = make_figures(backend, payload, config.likelihood, pixels, data_x, labels, report, args.seed)
+    (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez_compressed(report / "scores.npz", elbo=scores.elbo, reconstruction=scores.reconstruction,
+                        kl=scores.kl, **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}))
+    line = (f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
+            f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim")
+    if summary["nll_nats"] is not None:
+        line += f"; IWAE k={args.k}: NLL {summary['nll_nats']:.2f} nats, {summary['bits_per_dim']:.4f} bits/dim"
+    print(line + f"  [{seconds:.1f}s] -> {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Per-image ELBO and IWAE scores from any encode/decode backend, with seeded noise.
+
+`vae-eval` runs it over torch; the service runs it over onnxruntime. Both draw noise the same
+way, from one stream per image, `numpy.random.default_rng([seed, index])`, where `index` is the
+image's position in the evaluated set (or in the request). The ELBO's single sample comes first
+from that stream, then the k importance samples, in chunks. So the same images and seed give the
+same numbers on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from model import distributions as dist
+
+
+class Backend(Protocol):
+    """The two deterministic halves of a VAE, on numpy arrays."""
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C, H, W) float32 -> mean (N, D), logvar (N, D)"""
+
+    def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(K, D) float32 -> the likelihood's parameters, each (K, C, H, W)"""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-image scores in nats (arrays of shape (N,)). For a Gaussian likelihood the
+    reconstruction and log-likelihood are of the 8-bit image (dequantisation bin 1/256)."""
+
+    elbo: np.ndarray
+    reconstruction: np.ndarray
+    kl: np.ndarray
+    log_likelihood: np.ndarray | None  # IWAE estimate; None when k == 1
+    k: int
+    dims: int
+
+    @property
+    def bits_per_dim(self) -> np.ndarray:
+        """-ELBO in bits per dimension (an upper bound on the true figure)."""
+        return dist.bits_per_dim(-self.elbo, self.dims)
+
+    @property
+    def log_likelihood_bits_per_dim(self) -> np.ndarray | None:
+        return None if self.log_likelihood is None else dist.bits_per_dim(-self.log_likelihood, self.dims)
+
+
+def noise_stream(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index])
+
+
+def log_likelihood(likelihood: str, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+    """log p(x|z) for K parameter sets. x (P,) or (K, P); params each (K, C, H, W) -> (K,)"""
+    flat = [p.reshape(p.shape[0], -1) for p in params]
+    if likelihood == "bernoulli":
+        return dist.log_bernoulli(x, flat[0])
+    if likelihood == "gaussian":
+        return dist.log_gaussian(x, flat[0], flat[1]) + dist.discrete_offset("gaussian", flat[0].shape[1])
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 1,
+          start_index: int = 0, chunk: int = 1000) -> Scores:
+    """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the IWAE estimate
+    log (1/k) sum_i p(x, z_i) / q(z_i | x) (Burda et al. 2016), for a batch of images x in
+    the likelihood's data space, shape (N, C, H, W)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    count, dims = x.shape[0], int(np.prod(x.shape[1:]))
+    mean, logvar = backend.encode(x.astype(np.float32))  # (N, D), (N, D)
+    streams = [noise_stream(seed, start_index + i) for i in range(count)]
+    eps = np.stack([s.standard_normal(mean.shape[1], dtype=np.float32) for s in streams])  # (N, D)
+    params = backend.decode(dist.reparameterize(mean, logvar, eps))
+    flat_x = x.reshape(count, -1)
+    reconstruction = log_likelihood(likelihood, flat_x, params)  # (N,)
+    kl = dist.kl_standard_normal(mean, logvar)  # (N,)
+    iwae = None
+    if k > 1:
+        iwae = np.array([
+            _iwae_one(backend, likelihood, flat_x[i], mean[i], logvar[i], streams[i], k, chunk)
+            for i in range(count)
+        ])
+    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, log_likelihood=iwae, k=k, dims=dims)
+
+
+def _iwae_one(backend: Backend, likelihood: str, x: np.ndarray, mean: np.ndarray, logvar: np.ndarray,
+              stream: np.random.Generator, k: int, chunk: int) -> float:
+    """Running logsumexp over chunks of importance samples, so k=5000 needs one chunk of memory."""
+    running = -math.inf
+    for start in range(0, k, chunk):
+        size = min(chunk, k - start)
+        eps = stream.standard_normal((size, mean.shape[0]), dtype=np.float32)  # (c, D)
+        z = dist.reparameterize(mean, logvar, eps)
+        log_w = (log_likelihood(likelihood, x, backend.decode(z))
+                 + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean, logvar))  # (c,)
+        running = float(np.logaddexp(running, _logsumexp(log_w)))
+    return running - math.log(k)
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(np.max(values))
+    return top + math.log(float(np.sum(np.exp(values - top))))
+
+
+def summarize(scores: Scores) -> dict[str, float | int | None]:
+    """Test-set means, as recorded in report.json and the manifest."""
+    ll = scores.log_likelihood
+    return {
+        "images": int(scores.elbo.shape[0]),
+        "elbo": float(np.mean(scores.elbo)),
+        "reconstruction": float(np.mean(scores.reconstruction)),
+        "kl": float(np.mean(scores.kl)),
+        "nll_elbo_nats": float(-np.mean(scores.elbo)),
+        "bits_per_dim_elbo": float(np.mean(scores.bits_per_dim)),
+        "iwae_k": scores.k if ll is not None else None,
+        "log_likelihood": None if ll is None else float(np.mean(ll)),
+        "nll_nats": None if ll is None else float(-np.mean(ll)),
+        "bits_per_dim": None if ll is None else float(np.mean(scores.log_likelihood_bits_per_dim)),
+    }
+
+
+def pixel_means(likelihood: str, params: tuple[np.ndarray, ...]) -> np.ndarray:
+    """E[x | z] in [0, 1]: what a person looks at. (K, C, H, W) -> (K, C, H, W)"""
+    if likelihood == "bernoulli":
+        return (1.0 / (1.0 + np.exp(-params[0].astype(np.float64)))).astype(np.float32)
+    return np.clip(params[0], 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,40 @@
+"""vae-eval on a tiny model: numbers, report.json and figures."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from model import checkpoint, scoring
+from model.config import ModelConfig, TrainConfig
+from model.data import fixed_test_set
+from model.evaluate import main
+from model.torch_backend import TorchBackend
+from model.train import train
+
+MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))
+
+
+def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tmp_path):
+    train(MODEL, TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1), tiny_dataset, tmp_path,
+          progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    binary = fixed_test_set(tiny_dataset.test[:6], "bernoulli", 0)
+    for i, x in enumerate(binary):
+        Image.fromarray((x[0] * 255).astype(np.uint8)).save(images / f"{i:02d}.png")
+    assert main([str(tmp_path / "best.pt"), "--images-dir", str(images), "--k", "50", "--seed", "3",
+                 "--threads", "1", "--no-progress", "--report", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["images"] == 6 and metrics["iwae_k"] == 50
+    assert abs(metrics["elbo"] - (metrics["reconstruction"] - metrics["kl"])) < 1e-6
+    assert metrics["log_likelihood"] > metrics["elbo"]  # IWAE(k) >= ELBO
+    for name in ("samples", "reconstructions", "traversals", "latent_map", "learning_curves"):
+        figure = report["figures"][name]
+        assert (tmp_path / "report" / figure["file"]).stat().st_size > 1000
+    assert len(report["figures"]["reconstructions"]["reconstruction_log_likelihood_nats"]) == 6
+    # The report's numbers are model.scoring's over the torch model with the same images and seed.
+    model, _ = checkpoint.load_model(tmp_path / "best.pt")
+    direct = scoring.score(TorchBackend(model), "bernoulli", binary, seed=3, k=50)
+    assert metrics["log_likelihood"] == np.mean(direct.log_likelihood)

@@ -1,0 +1,113 @@
+"""ELBO and IWAE on a linear-Gaussian model, where log p(x) is known in closed form."""
+
+import math
+
+import numpy as np
+import pytest
+
+from model import scoring
+
+W = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # orthogonal columns: the exact posterior is diagonal
+B = np.array([0.1, -0.2, 0.3])
+SIGMA = 0.5
+OFFSET = -3 * math.log(256.0)  # scoring reports Gaussian densities as 8-bit probabilities
+
+
+class LinearGaussian:
+    """z ~ N(0, I), x | z ~ N(W z + b, sigma^2 I). `shrink` < 1 makes the encoder suboptimal."""
+
+    def __init__(self, shrink: float = 1.0, widen: float = 0.0) -> None:
+        self.shrink, self.widen = shrink, widen
+        self.post_var = 1.0 / (1.0 + (W ** 2).sum(axis=0) / SIGMA ** 2)  # (D,)
+
+    def encode(self, x):
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        mean = self.shrink * ((flat - B) @ W) * self.post_var / SIGMA ** 2
+        logvar = np.log(self.post_var) + self.widen
+        return mean.astype(np.float32), np.broadcast_to(logvar, mean.shape).astype(np.float32)
+
+    def decode(self, z):
+        mean = (z.astype(np.float64) @ W.T + B).reshape(len(z), 1, 1, 3)
+        return mean.astype(np.float32), np.full(mean.shape, math.log(SIGMA), dtype=np.float32)
+
+
+def exact_log_px(x):
+    cov = W @ W.T + SIGMA ** 2 * np.eye(3)
+    d = x.reshape(-1) - B
+    return -0.5 * (d @ np.linalg.solve(cov, d) + np.linalg.slogdet(cov)[1] + 3 * math.log(2 * math.pi))
+
+
+X = np.array([[[[0.4, 0.1, 0.6]]], [[[0.9, 0.5, 0.2]]]], dtype=np.float32)  # (2, 1, 1, 3)
+
+
+def test_iwae_with_the_exact_posterior_is_the_exact_log_likelihood():
+    scores = scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=10)
+    expected = [exact_log_px(x) + OFFSET for x in X]
+    np.testing.assert_allclose(scores.log_likelihood, expected, atol=1e-4)
+
+
+def test_elbo_is_a_lower_bound_that_iwae_tightens():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    elbo = np.mean([scoring.score(model, "gaussian", X[:1], seed=s).elbo[0] for s in range(400)])
+    iwae_100 = scoring.score(model, "gaussian", X[:1], seed=0, k=100).log_likelihood[0]
+    iwae_5000 = scoring.score(model, "gaussian", X[:1], seed=0, k=5000).log_likelihood[0]
+    truth = exact_log_px(X[0]) + OFFSET
+    assert elbo < iwae_100 < truth + 0.05
+    assert iwae_5000 == pytest.approx(truth, abs=0.05)
+    assert elbo < truth - 0.3  # the suboptimal encoder leaves a real gap (0.41 nats)
+
+
+def test_iwae_with_one_sample_equals_the_elbo_in_expectation():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    seeds = range(3000)
+    elbo = np.mean([scoring.score(model, "gaussian", X[:1], seed=s).elbo[0] for s in seeds])
+    iwae_1 = np.mean([_iwae_k1(model, s) for s in seeds])
+    assert iwae_1 == pytest.approx(elbo, abs=0.15)
+
+
+def _iwae_k1(model, seed):
+    """IWAE with k=1 is log p(x,z) - log q(z|x) for one z ~ q: score() with k=1 reports no IWAE,
+    so run its estimator directly."""
+    mean, logvar = model.encode(X[:1])
+    stream = scoring.noise_stream(seed, 0)
+    return scoring._iwae_one(model, "gaussian", X[0].reshape(-1), mean[0], logvar[0], stream, 1, 1)
+
+
+def test_chunking_does_not_change_the_estimate():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    a = scoring.score(model, "gaussian", X, seed=3, k=50, chunk=7).log_likelihood
+    b = scoring.score(model, "gaussian", X, seed=3, k=50, chunk=1000).log_likelihood
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_an_image_scores_the_same_alone_or_in_a_batch():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    batch = scoring.score(model, "gaussian", X, seed=5, k=20)
+    alone = scoring.score(model, "gaussian", X[1:], seed=5, k=20, start_index=1)
+    assert alone.elbo[0] == batch.elbo[1]
+    assert alone.log_likelihood[0] == batch.log_likelihood[1]
+
+
+def test_seed_changes_the_noise():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    a = scoring.score(model, "gaussian", X, seed=1, k=20)
+    b = scoring.score(model, "gaussian", X, seed=2, k=20)
+    assert not np.allclose(a.log_likelihood, b.log_likelihood)
+    np.testing.assert_array_equal(a.kl, b.kl)  # the KL is analytic
+
+
+def test_summary_reports_nats_and_bits_per_dim():
+    summary = scoring.summarize(scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=10))
+    assert summary["images"] == 2 and summary["iwae_k"] == 10
+    assert summary["nll_nats"] == pytest.approx(-summary["log_likelihood"])
+    assert summary["bits_per_dim"] == pytest.approx(summary["nll_nats"] / (3 * math.log(2)))
+
+
+def test_k_must_be_positive():
+    with pytest.raises(ValueError, match="k must be"):
+        scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=0)
+
+
+def test_pixel_means_of_bernoulli_logits_are_sigmoids():
+    means = scoring.pixel_means("bernoulli", (np.array([[[[0.0, 100.0]]]], dtype=np.float32),))
+    np.testing.assert_allclose(means, [[[[0.5, 1.0]]]])
