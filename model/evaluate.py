@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-eval", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by vae-train")
+    p.add_argument("--onnx-dir", default=None,
+                   help="score with the exported graphs in this directory (onnxruntime) instead of torch; "
+                   "they must have been exported from CHECKPOINT")
     p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE estimate (1: ELBO only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise streams")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's training dataset")
@@ -39,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate(backend: TorchBackend, likelihood: str, x: np.ndarray, seed: int, k: int, batch_size: int,
+def evaluate(backend: scoring.Backend, likelihood: str, x: np.ndarray, seed: int, k: int, batch_size: int,
              progress: bool = True) -> scoring.Scores:
     """Score every image; image i always uses noise stream (seed, i), whatever the batching."""
     parts = []
@@ -50,7 +53,7 @@ def evaluate(backend: TorchBackend, likelihood: str, x: np.ndarray, seed: int, k
                           log_likelihood=cat("log_likelihood") if k > 1 else None, k=k, dims=parts[0].dims)
 
 
-def make_figures(backend: TorchBackend, payload: dict[str, Any], likelihood: str, pixels: np.ndarray,
+def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: str, pixels: np.ndarray,
                  data_x: np.ndarray, labels: np.ndarray | None, report: Path, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     latent_dim = payload["model_config"]["latent_dim"]
@@ -102,7 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         pixels = pixels[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
     data_x = fixed_test_set(pixels, config.likelihood, train_config["test_binarize_seed"])
-    backend = TorchBackend(model)
+    backend: scoring.Backend = TorchBackend(model)
+    scored_with: dict[str, Any] = {"backend": "torch"}
+    if args.onnx_dir:
+        from service.runtime import load_model_dir
+
+        onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
+        if onnx_model.manifest.source_checkpoint.sha256 != sha256_file(args.checkpoint):
+            print(f"vae-eval: {args.onnx_dir} was not exported from {args.checkpoint}", file=sys.stderr)
+            return 2
+        backend = onnx_model
+        scored_with = {"backend": "onnxruntime", "encoder_sha256": onnx_model.manifest.encoder.sha256,
+                       "decoder_sha256": onnx_model.manifest.decoder.sha256}
     began = time.perf_counter()
     scores = evaluate(backend, config.likelihood, data_x, args.seed, args.k, args.batch_size,
                       progress=not args.no_progress)
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": source,
         "test_set": f"{config.likelihood} data space, fixed once with seed {train_config['test_binarize_seed']}",
         "noise_seed": args.seed,
+        "scored_with": scored_with,
         "metrics": summary,
         "seconds": seconds,
         "threads": args.threads,

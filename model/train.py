@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim)
     p.add_argument("--hidden", type=int, nargs="+", default=list(defaults_m.hidden))
     p.add_argument("--conv-channels", type=int, nargs="+", default=list(defaults_m.conv_channels))
+    p.add_argument("--decoder-channels", type=int, nargs="*", default=list(defaults_m.decoder_channels),
+                   help="conv decoder: channels into each transposed conv, lowest resolution first "
+                   "(default: mirror --conv-channels)")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=defaults_m.likelihood)
     p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale)
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
@@ -55,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int]) -> tuple[ModelConfig, TrainConfig]:
     model_config = ModelConfig(arch=args.arch, decoder=args.decoder, input_shape=input_shape,
                                latent_dim=args.latent_dim, hidden=tuple(args.hidden),
-                               conv_channels=tuple(args.conv_channels), likelihood=args.likelihood,
+                               conv_channels=tuple(args.conv_channels),
+                               decoder_channels=tuple(args.decoder_channels), likelihood=args.likelihood,
                                gaussian_scale=args.gaussian_scale)
     train_config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,

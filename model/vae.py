@@ -52,10 +52,10 @@ class Decoder(nn.Module):
         channels, height, width = config.input_shape
         widths = [config.latent_dim, *reversed(config.hidden)]
         if config.decoder == "conv":
-            depth = len(config.conv_channels)
-            self.start_shape = (config.conv_channels[-1], height >> depth, width >> depth)
+            chans = list(config.decoder_up_channels)  # lowest resolution first
+            depth = len(chans)
+            self.start_shape = (chans[0], height >> depth, width >> depth)
             ups: list[nn.Module] = []
-            chans = list(reversed(config.conv_channels))
             for in_c, out_c in zip(chans, [*chans[1:], channels]):
                 ups += [nn.ConvTranspose2d(in_c, out_c, kernel_size=4, stride=2, padding=1), nn.ELU()]
             self.body = nn.Sequential(*_dense(widths), nn.Linear(widths[-1], math.prod(self.start_shape)), nn.ELU(),

@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX encoder and decoder graphs + manifest. Only `export.manifest` is torch-free."""

@@ -1,0 +1,89 @@
+"""The model card written beside the graphs, as a pydantic model (torch-free: the service reads it).
+
+`manifest.schema.json` is generated from `Manifest` (`python -m export.manifest`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GraphInfo(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    opset: int
+
+
+class FileHash(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class InputSpec(_Strict):
+    shape: list[int] = Field(min_length=3, max_length=3, description="(C, H, W)")
+    channels: int
+    dtype: Literal["float32"] = "float32"
+    range: list[float] = [0.0, 1.0]
+
+
+class LikelihoodSpec(_Strict):
+    name: Literal["bernoulli", "gaussian"]
+    outputs: list[str] = Field(description="decoder outputs, in order")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data_space: str
+
+
+class Int8Variant(_Strict):
+    encoder: GraphInfo
+    decoder: GraphInfo
+    parity: dict[str, float]
+    speed: dict[str, float]
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: str
+    created: str
+    source_checkpoint: FileHash
+    checkpoint: FileHash | None = None  # the slim copy shipped beside the graphs
+    encoder: GraphInfo
+    decoder: GraphInfo
+    input: InputSpec
+    latent_dim: int = Field(gt=0)
+    likelihood: LikelihoodSpec
+    preprocessing: dict[str, Any]
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    parity: dict[str, Any]
+    int8: Int8Variant | None = None
+    exporter: dict[str, str]
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+
+def json_schema() -> dict[str, Any]:
+    return Manifest.model_json_schema()
+
+
+if __name__ == "__main__":
+    SCHEMA_PATH.write_text(json.dumps(json_schema(), indent=2) + "\n")
+    print(f"wrote {SCHEMA_PATH}")

@@ -1,0 +1,59 @@
+"""ONNX against torch on real inputs: the exporter fails unless every output agrees to 1e-4."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from model.vae import VAE
+
+TOLERANCE = 1e-4
+
+
+class ParityError(RuntimeError):
+    """The ONNX graphs disagree with torch beyond the tolerance."""
+
+
+def max_abs_diff(onnx_backend, model: VAE, images: np.ndarray, latents: np.ndarray,
+                 output_names: list[str]) -> dict[str, float]:
+    """Max |onnx - torch| per output over the given images (encoder) and latents (decoder)."""
+    with torch.no_grad():
+        torch_enc = [t.numpy() for t in model.encode(torch.from_numpy(images))]
+        torch_dec = [t.numpy() for t in model.decode(torch.from_numpy(latents))]
+    onnx_enc = onnx_backend.encode(images)
+    onnx_dec = onnx_backend.decode(latents)
+    diffs = [float(np.max(np.abs(a - b))) for a, b in zip([*onnx_enc, *onnx_dec], [*torch_enc, *torch_dec])]
+    return dict(zip(output_names, diffs))
+
+
+def batch_consistency(onnx_backend, images: np.ndarray, latents: np.ndarray,
+                      sizes: tuple[int, ...] = (1, 7, 256)) -> dict[str, float]:
+    """Run the same rows in batches of each size; report the max difference from the first size's rows."""
+    def run(fn, data: np.ndarray, size: int) -> list[np.ndarray]:
+        parts = [fn(data[i:i + size]) for i in range(0, len(data), size)]
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    out: dict[str, float] = {}
+    for name, fn, data in (("encoder", onnx_backend.encode, images), ("decoder", onnx_backend.decode, latents)):
+        reference = run(fn, data, sizes[0])
+        out[name] = max(float(np.max(np.abs(a - b))) for s in sizes[1:] for a, b in zip(reference, run(fn, data, s)))
+    return out
+
+
+def check(diffs: dict[str, float], consistency: dict[str, float], tolerance: float = TOLERANCE) -> None:
+    bad = {k: v for k, v in {**diffs, **{f"batch.{k}": v for k, v in consistency.items()}}.items() if v > tolerance}
+    if bad:
+        details = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
+        raise ParityError(f"ONNX graphs disagree with torch beyond {tolerance:g}: {details}. The graphs were "
+                          "written but must not be served; check the opset and unsupported ops.")
+
+
+def images_per_second(fn, data: np.ndarray, batch: int, repeats: int = 5) -> float:
+    chunk = data[:batch]
+    fn(chunk)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        fn(chunk)
+    return repeats * len(chunk) / (time.perf_counter() - began)

@@ -1,0 +1,1 @@
+"""The serving side: FastAPI + onnxruntime. Never imports torch."""

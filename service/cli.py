@@ -1,0 +1,42 @@
+"""`vae-serve`: serve a model directory with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from service.settings import SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vae-serve", description="Serve a VAE exported by vae-export. Every option "
+                                "can also be set as a VAE_* environment variable (flags win).")
+    p.add_argument("--model-dir", help="model directory (VAE_MODEL_DIR; default: the bundled model)")
+    p.add_argument("--host", help="bind address (VAE_HOST; default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (VAE_PORT; default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (VAE_WORKERS; default 1)")
+    args = p.parse_args(argv)
+    for name in ("model_dir", "host", "port", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[f"VAE_{name.upper()}"] = str(value)  # the workers read their settings from here
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"vae-serve: {exc}", file=sys.stderr)
+        return 2
+    if not (settings.model_dir / "manifest.json").is_file():
+        print(f"vae-serve: no model in {settings.model_dir} (manifest.json missing); set VAE_MODEL_DIR or "
+              "--model-dir to a directory written by vae-export", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run("service.app:app_factory", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=30, proxy_headers=False, server_header=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

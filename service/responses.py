@@ -1,0 +1,29 @@
+"""Response helpers: PNG bytes, base64, and JSON that skips a second validation pass."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+from fastapi.responses import Response
+
+from model.preprocess import array_to_png, make_grid
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    return base64.b64encode(array_to_png(pixels)).decode("ascii")
+
+
+def png_response(pixels: np.ndarray, headers: dict[str, str] | None = None) -> Response:
+    return Response(array_to_png(pixels), media_type="image/png", headers=headers)
+
+
+def grid_response(images: np.ndarray, headers: dict[str, str] | None = None) -> Response:
+    return png_response(make_grid(images), headers)
+
+
+def json_response(payload: dict[str, Any]) -> Response:
+    """Our payloads are built from typed values; the response_model on each route documents them."""
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")

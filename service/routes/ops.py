@@ -1,0 +1,53 @@
+"""Operations: liveness, readiness, the model card and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import error_response
+from service.schemas import Health, ModelCard, Ready, error_responses
+from service.state import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Ready, responses=error_responses(503),
+            summary="Readiness: 200 once the graphs are loaded, hash-checked and warmed up")
+async def readyz(state: StateDep):
+    if not state.ready:
+        message = "the model failed to load; see the server log" if state.load_failed else "the model is loading"
+        return error_response(503, "not_ready", message, {"Retry-After": "1"})
+    return {"status": "ready", "model": state.model_ref()}
+
+
+@router.get("/v1/model", response_model=ModelCard, responses=error_responses(503),
+            summary="The model card: shapes, latent size, likelihood, preprocessing, metrics")
+async def model_card(state: StateDep) -> dict:
+    manifest = state.require_engine().model.manifest
+    s = state.settings
+    return {
+        "model": state.model_ref(),
+        "input": manifest.input.model_dump(),
+        "latent_dim": manifest.latent_dim,
+        "likelihood": manifest.likelihood.model_dump(),
+        "preprocessing": manifest.preprocessing,
+        "metrics": manifest.metrics,
+        "parity": manifest.parity,
+        "created": manifest.created,
+        "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256},
+        "limits": {"max_upload_bytes": s.max_upload_bytes, "max_image_pixels": s.max_image_pixels,
+                   "max_batch": s.max_batch, "max_k": s.max_k},
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,129 @@
+"""Request and response bodies, as they appear in the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. invalid_image")
+    message: str = Field(description="what was wrong, for a person")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    z: list[list[FiniteFloat]] = Field(description="1..max_batch rows of exactly latent_dim finite numbers",
+                                       examples=[[[0.0] * 4]])
+
+
+class EncodedImage(BaseModel):
+    index: int
+    mean: list[float] = Field(description="mean of q(z|x)")
+    logvar: list[float] = Field(description="log-variance of q(z|x)")
+    z: list[float] | None = Field(None, description="mean + exp(logvar/2) * eps, when sample=true")
+
+
+class EncodeResponse(BaseModel):
+    model: ModelRef
+    latent_dim: int
+    seed: int | None = Field(None, description="seed of the reparameterisation noise, when sample=true")
+    results: list[EncodedImage]
+
+
+class DecodedImage(BaseModel):
+    index: int
+    png_base64: str
+    pixels: list[list[list[float]]] | None = Field(None, description="E[x|z] as (C, H, W), when pixels=true")
+
+
+class DecodeResponse(BaseModel):
+    model: ModelRef
+    images: list[DecodedImage]
+
+
+class Sample(BaseModel):
+    index: int
+    png_base64: str
+    z: list[float]
+
+
+class SampleResponse(BaseModel):
+    model: ModelRef
+    seed: int
+    temperature: float
+    samples: list[Sample]
+
+
+class ImageScore(BaseModel):
+    index: int
+    elbo: float = Field(description="evidence lower bound, nats")
+    reconstruction: float = Field(description="E_q[log p(x|z)], one reparameterised sample, nats")
+    kl: float = Field(description="KL(q(z|x) || N(0, I)), analytic, nats")
+    bits_per_dim: float = Field(description="-elbo in bits per dimension")
+    log_likelihood: float | None = Field(None, description="IWAE estimate of log p(x) with k samples, when k > 1")
+    log_likelihood_bits_per_dim: float | None = None
+
+
+class ElboResponse(BaseModel):
+    model: ModelRef
+    k: int
+    seed: int
+    binarize_seed: int
+    data_space: str = Field(description="the binarisation or dequantisation applied to the images")
+    results: list[ImageScore]
+
+
+class ReconstructionImage(BaseModel):
+    index: int
+    png_base64: str
+
+
+class ReconstructResponse(BaseModel):
+    model: ModelRef
+    images: list[ReconstructionImage]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    model: ModelRef
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: ModelRef
+    input: dict[str, Any]
+    latent_dim: int
+    likelihood: dict[str, Any]
+    preprocessing: dict[str, Any]
+    metrics: dict[str, Any]
+    limits: dict[str, int]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    meaning = {
+        400: "undecodable or truncated image bytes",
+        413: "body over VAE_MAX_UPLOAD_BYTES, or an image over VAE_MAX_IMAGE_PIXELS",
+        415: "unsupported media type",
+        422: "bad parameters or latents",
+        429: "too many requests in flight; retry later",
+        503: "the model is not loaded yet",
+    }
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}

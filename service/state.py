@@ -1,0 +1,63 @@
+"""What the app holds while it runs, and the dependencies that hand it to routes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, TypeVar
+
+import anyio
+from fastapi import Depends, Request
+
+from service.engine import Engine
+from service.errors import ApiError
+from service.observability import Metrics
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    engine: Engine | None = None
+    load_failed: bool = False
+    loading: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def model_ref(self) -> dict[str, str]:
+        manifest = self.require_engine().model.manifest
+        return {"name": manifest.name, "version": manifest.version}
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            message = "the model failed to load; see the server log" if self.load_failed else "the model is loading"
+            raise ApiError(503, "not_ready", message, headers={"Retry-After": "1"})
+        return self.engine
+
+    async def run(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work and time it. Small work runs on the event loop: the thread hop costs more
+        than a few rows of onnxruntime. Larger work goes to a worker thread (onnxruntime releases the GIL)."""
+        with self.metrics.inference.labels(operation).time():
+            if rows <= self.settings.inline_cost:
+                result = fn(*args)
+            else:
+                result = await anyio.to_thread.run_sync(fn, *args)
+        self.metrics.images.labels(operation).inc(rows)
+        return result
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.vae
+
+
+def get_engine(request: Request) -> Engine:
+    return get_state(request).require_engine()
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+EngineDep = Annotated[Engine, Depends(get_engine)]

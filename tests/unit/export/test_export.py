@@ -1,0 +1,110 @@
+"""Round trip: train a tiny model, export it, load it in onnxruntime through the service's loader."""
+
+import json
+
+import jsonschema
+import numpy as np
+import onnx
+import pytest
+
+from export import parity
+from export.cli import main as export_main
+from export.manifest import SCHEMA_PATH, Manifest, json_schema
+from model import data as data_module
+from model.config import ModelConfig, TrainConfig
+from model.data import sha256_file
+from model.evaluate import main as eval_main
+from model.train import train
+from service.runtime import ModelIntegrityError, ModelLoadError, load_model_dir
+from tests.conftest import write_tiny_idx_dataset
+
+MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    spec = write_tiny_idx_dataset(root / "data", size=8, train=256, test=64)
+    saved = data_module.DATASETS.get("tiny")
+    data_module.DATASETS["tiny"] = spec
+    try:
+        dataset = data_module.load_idx_dataset(spec, root / "data")
+        train(MODEL, TrainConfig(dataset="tiny", data_dir=str(root / "data"), epochs=1, batch_size=32, threads=1),
+              dataset, root / "run", progress=False)
+        assert eval_main([str(root / "run" / "best.pt"), "--k", "10", "--threads", "1", "--no-progress",
+                          "--no-figures", "--report", str(root / "run" / "report")]) == 0
+        assert export_main([str(root / "run" / "best.pt"), str(root / "model"), "--report",
+                            str(root / "run" / "report"), "--int8", "--parity-count", "64", "--threads", "1"]) == 0
+    finally:
+        if saved is None:
+            data_module.DATASETS.pop("tiny")
+    return root / "model"
+
+
+def test_manifest_validates_against_its_schema_and_hashes_match(exported):
+    raw = json.loads((exported / "manifest.json").read_text())
+    jsonschema.validate(raw, json.loads(SCHEMA_PATH.read_text()))
+    manifest = Manifest.read(exported / "manifest.json")
+    for info in (manifest.encoder, manifest.decoder, manifest.int8.encoder, manifest.int8.decoder):
+        assert sha256_file(exported / info.file) == info.sha256
+    assert sha256_file(exported / "checkpoint.pt") == manifest.checkpoint.sha256
+    assert manifest.latent_dim == 4 and manifest.input.shape == [1, 8, 8]
+    assert manifest.likelihood.outputs == ["logits"]
+    assert manifest.metrics["iwae_k"] == 10 and manifest.metrics["command"][0] == "vae-eval"
+    assert manifest.training["train_config"]["epochs"] == 1
+    assert manifest.preprocessing["size"] == [8, 8]
+
+
+def test_checked_in_schema_is_generated_from_the_model():
+    assert json.loads(SCHEMA_PATH.read_text()) == json_schema()
+
+
+def test_graphs_are_checked_deterministic_and_batch_dynamic(exported):
+    for name, inputs, outputs in (("encoder.onnx", ["image"], ["mean", "logvar"]), ("decoder.onnx", ["z"], ["logits"])):
+        proto = onnx.load(exported / name)
+        onnx.checker.check_model(proto, full_check=True)
+        assert [i.name for i in proto.graph.input] == inputs and [o.name for o in proto.graph.output] == outputs
+        assert not [n for n in proto.graph.node if n.op_type.startswith("Random")]
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["latent_dim"] == "4" and meta["likelihood"] == "bernoulli"
+
+
+def test_parity_figures_are_recorded_and_within_tolerance(exported):
+    manifest = Manifest.read(exported / "manifest.json")
+    assert manifest.parity["images"] == 64
+    assert max(manifest.parity["max_abs_diff"].values()) <= 1e-4
+    assert max(manifest.parity["batch_max_abs_diff"].values()) <= 1e-4
+    assert set(manifest.int8.speed) and set(manifest.int8.parity) == set(manifest.parity["max_abs_diff"])
+
+
+def test_onnxruntime_runs_the_loaded_graphs(exported):
+    model = load_model_dir(exported)
+    mean, logvar = model.encode(np.zeros((3, 1, 8, 8), dtype=np.float32))
+    assert mean.shape == logvar.shape == (3, 4)
+    (logits,) = model.decode(mean)
+    assert logits.shape == (3, 1, 8, 8)
+
+
+def test_a_tampered_graph_is_refused_with_a_clear_error(exported, tmp_path):
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for path in exported.iterdir():
+        if path.is_file():
+            (copy / path.name).write_bytes(path.read_bytes())
+    data = bytearray((copy / "decoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="decoder.onnx: SHA-256 is .* but the manifest says"):
+        load_model_dir(copy)
+
+
+def test_a_directory_without_a_manifest_says_what_to_do(tmp_path):
+    with pytest.raises(ModelLoadError, match="vae-export"):
+        load_model_dir(tmp_path)
+
+
+def test_parity_check_fails_beyond_tolerance():
+    with pytest.raises(parity.ParityError, match="decoder.logits"):
+        parity.check({"decoder.logits": 2e-4}, {"encoder": 0.0})
+    parity.check({"decoder.logits": 5e-5}, {"encoder": 0.0})
