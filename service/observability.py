@@ -42,8 +42,8 @@ class ObservabilityMiddleware:
     """Sets X-Request-ID, counts and times requests per route, and answers 429 past `max_in_flight`."""
 
     def __init__(self, app: Any, metrics: Metrics, max_in_flight: int, routes: set[str],
-                 limited: set[str]) -> None:
-        self.app, self.metrics, self.max_in_flight = app, metrics, max_in_flight
+                 limited: set[str], max_body: int) -> None:
+        self.app, self.metrics, self.max_in_flight, self.max_body = app, metrics, max_in_flight, max_body
         self.routes, self.limited = routes, limited
         self.in_flight = 0
         self.log = logging.getLogger("vae.access")
@@ -72,7 +72,12 @@ class ObservabilityMiddleware:
         try:
             if counted and self.in_flight >= self.max_in_flight:
                 self.metrics.rejected.inc()
-                await _reject(send_with_id, self.max_in_flight)
+                await _reject(send_with_id, 429, "overloaded",
+                              f"more than {self.max_in_flight} requests in flight; retry shortly")
+                return
+            if _declared_length(scope) > self.max_body:  # any route, before a byte of the body is read
+                await _reject(send_with_id, 413, "payload_too_large",
+                              f"request body exceeds the limit of {self.max_body} bytes")
                 return
             if counted:
                 self.in_flight += 1
@@ -102,12 +107,19 @@ def _request_id(scope: dict) -> str:
     return uuid.uuid4().hex
 
 
-async def _reject(send: Any, limit: int) -> None:
-    body = json.dumps({"error": {"code": "overloaded",
-                                 "message": f"more than {limit} requests in flight; retry shortly"}}).encode()
-    await send({"type": "http.response.start", "status": 429,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1")]})
+def _declared_length(scope: dict) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _reject(send: Any, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 429:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

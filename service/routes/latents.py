@@ -25,13 +25,13 @@ def _latents(body: DecodeRequest, latent_dim: int, max_batch: int) -> np.ndarray
         if len(row) != latent_dim:
             raise unprocessable("invalid_latents", f"z row {i} has {len(row)} numbers; the model's latent_dim is "
                                 f"{latent_dim}")
-    z = np.asarray(body.z, dtype=np.float32)
-    if not np.isfinite(z).all():  # finite float64 values beyond float32's range
-        raise unprocessable("invalid_latents", "z values must be finite float32 numbers")
-    return z
+    z = np.asarray(body.z, dtype=np.float64)
+    if np.abs(z).max() > np.finfo(np.float32).max:  # finite in JSON, infinite as float32
+        raise unprocessable("invalid_latents", "z values must be within float32 range (|z| < 3.4e38)")
+    return z.astype(np.float32)
 
 
-@router.post("/decode", response_model=DecodeResponse, responses={**PNG, **error_responses(422, 429, 503)},
+@router.post("/decode", response_model=DecodeResponse, responses={**PNG, **error_responses(413, 422, 429, 503)},
              summary="Latents to images: E[x|z] as PNGs")
 async def decode(body: DecodeRequest, state: StateDep, engine: EngineDep,
                  format: Annotated[Literal["json", "png", "grid"], Query(

@@ -1,0 +1,119 @@
+"""The integration suite runs over real HTTP against a base URL: by default a `vae-serve`
+subprocess started here on a free port; with VAE_BASE_URL set, any running server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `vae-serve` process on a free port, with its log kept for assertions."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        environment = {**os.environ, "VAE_MODEL_DIR": str(MODEL_DIR), "VAE_HOST": "127.0.0.1",
+                       "VAE_PORT": str(self.port), **env}
+        self._log_file = self.log_path.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "service.cli"], cwd=REPO, env=environment,
+                                        stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def wait(self, ready: bool = True, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vae-serve exited: {self.log()}")
+            try:
+                status = httpx.get(f"{self.url}/readyz", timeout=1).status_code
+                if (status == 200) == ready:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"vae-serve not {'ready' if ready else 'up'} after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory):
+    if os.environ.get("VAE_BASE_URL"):
+        yield os.environ["VAE_BASE_URL"].rstrip("/")
+        return
+    server = Server(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512")
+    try:
+        server.wait()
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def remote(base_url):
+    return os.environ.get("VAE_BASE_URL") is not None
+
+
+@pytest.fixture(scope="session")
+def http(base_url):
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def card(http):
+    return http.get("/v1/model").json()
+
+
+@pytest.fixture(scope="session")
+def local_model():
+    """The same graphs, loaded here, to compare the server's answers with direct onnxruntime output."""
+    from service.runtime import load_model_dir
+
+    return load_model_dir(MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def test_images():
+    """The first 64 Fashion-MNIST test images as (N, 1, 28, 28) in [0, 1]."""
+    from model.data import DataMissingError, load_dataset
+
+    try:
+        return load_dataset("fashion-mnist").test[:64]
+    except DataMissingError as exc:
+        pytest.skip(str(exc))
+
+
+def png(pixels: np.ndarray) -> bytes:
+    from model.preprocess import array_to_png
+
+    return array_to_png(pixels)
