@@ -29,8 +29,11 @@ $(BIN)/.dev-installed: pyproject.toml $(BIN)/.serve-installed
 serve: $(BIN)/.serve-installed
 	$(BIN)/vae-serve --model-dir $(MODEL_DIR) --port $(PORT)
 
+# The whole suite: unit and integration tests, then the integration suite against the container
+# image (skipped, with a message, where no container engine exists).
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest tests
+	PYTHON=$(BIN)/python bash docker/test-image.sh
 
 train: $(BIN)/.dev-installed
 	$(BIN)/vae-train --out $(RUN)

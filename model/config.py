@@ -88,13 +88,13 @@ class ModelConfig:
 class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None  # None: $VAE_DATA_DIR or the dataset's default directory
-    epochs: int = 90
+    epochs: int = 140
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     lr_min: float = 1e-5
     beta: float = 1.0
-    kl_warmup_epochs: int = 5  # beta ramps linearly from 0 to `beta` over these epochs
+    kl_warmup_epochs: int = 10  # beta ramps linearly from 0 to `beta` over these epochs
     seed: int = 0
     threads: int = 2
     test_binarize_seed: int = 0  # the test set is binarised once, with this seed

@@ -1,0 +1,41 @@
+# vae-service: serves the bundled Fashion-MNIST VAE on port 8000.
+#   docker build -t vae-service . && docker run -p 8000:8000 vae-service
+# The base is swappable (see docker/test-image.sh for the local, registry-free build).
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- build: install the serving dependencies (no torch) into a virtualenv ----
+FROM ${BASE_IMAGE} AS build
+# A CA bundle for pip, for build machines whose TLS goes through their own CA; empty = pip's default.
+ARG PIP_CERT=
+ENV PIP_CERT=${PIP_CERT} PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY model/ model/
+COPY export/ export/
+COPY service/ service/
+# The cache mount keeps downloaded wheels between builds; nothing of it lands in the image.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --no-compile . \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+    && (/opt/venv/bin/pip uninstall -y pip setuptools >/dev/null 2>&1 || true)
+
+# ---- runtime: the virtualenv, the bundled model, a non-root user ----
+FROM ${BASE_IMAGE} AS runtime
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vae
+COPY --from=build /opt/venv /opt/venv
+COPY artifacts/fashion-mnist/manifest.json artifacts/fashion-mnist/encoder.onnx artifacts/fashion-mnist/decoder.onnx \
+     /app/models/fashion-mnist/
+# Mount another model directory and point VAE_MODEL_DIR at it to replace the bundled one:
+#   docker run -v ./my-model:/models/custom -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    VAE_MODEL_DIR=/app/models/fashion-mnist VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
+WORKDIR /app
+USER vae
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+# uvicorn handles SIGTERM: it stops accepting, finishes in-flight requests (up to 30 s), then exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["vae-serve"]
