@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,9 @@ from PIL import Image, ImageFile
 
 # Never decode a partial image silently: truncated bytes are an error, not grey pixels.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Decompression bombs are refused by `open_image`'s own limit, checked on the header before any pixel is
+# decoded, so Pillow's global limit (and the warnings.catch_warnings it would need per call) is turned off.
+Image.MAX_IMAGE_PIXELS = None
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -81,15 +83,9 @@ class PreprocessContract:
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open image bytes lazily and refuse decompression bombs before any pixel is decoded."""
+    """Open image bytes lazily (header only) and refuse decompression bombs before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError("image declares too many pixels") from exc
-    except Image.DecompressionBombWarning as exc:
-        raise ImageTooLargeError("image declares too many pixels") from exc
+        image = Image.open(io.BytesIO(data))
     except Exception as exc:  # Pillow raises many types for bad bytes
         raise ImageDecodeError("the bytes are not a decodable image") from exc
     width, height = image.size
@@ -101,23 +97,20 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 def image_to_array(image: Image.Image, contract: PreprocessContract) -> np.ndarray:
     """Apply the contract: first frame, alpha, mode, size, scaling. Returns (C, H, W) float32 in [0, 1]."""
     try:
-        image.seek(0)
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
         image.load()
         image = _flatten_alpha(image, contract.alpha_background)
-        image = image.convert(contract.mode)
+        if image.mode != contract.mode:
+            image = image.convert(contract.mode)
         _, height, width = contract.input_shape
         if image.size != (width, height):
             image = image.resize((width, height), _RESAMPLE[contract.resize_filter])
-        pixels = np.asarray(image, dtype=np.uint8)
-    except (ImageTooLargeError, ImageDecodeError):
-        raise
+        pixels = np.asarray(image, dtype=np.float32)  # (H, W) or (H, W, C)
     except Exception as exc:  # truncated data surfaces here, at load()
         raise ImageDecodeError("the image data is truncated or corrupt") from exc
-    if pixels.ndim == 2:
-        pixels = pixels[None, :, :]  # (1, H, W)
-    else:
-        pixels = pixels.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W)
-    return pixels.astype(np.float32) / 255.0
+    pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
+    return pixels * np.float32(1.0 / 255.0)
 
 
 def bytes_to_array(data: bytes, contract: PreprocessContract, max_pixels: int = 40_000_000) -> np.ndarray:

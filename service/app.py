@@ -89,7 +89,8 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed"])
     paths = {route.path for router in routers for route in router.routes} | {"/docs", "/openapi.json"}
     app.add_middleware(ObservabilityMiddleware, metrics=state.metrics, max_in_flight=settings.max_in_flight,
-                       routes=paths, limited=MODEL_ROUTES, max_body=settings.max_upload_bytes)
+                       routes=paths, limited=MODEL_ROUTES, max_body=settings.max_upload_bytes,
+                       access_log=settings.access_log)
     return app
 
 

@@ -127,3 +127,44 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "the model is not loaded yet",
     }
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+# ---- query parameters (see service/params.py) ----
+from typing import Literal  # noqa: E402
+
+from service.params import QueryModel  # noqa: E402
+
+SeedField = Field(0, ge=0, le=2**63 - 1, description="seed of the noise; the same seed gives the same numbers")
+
+
+class EncodeQuery(QueryModel):
+    sample: bool = Field(False, description="also return z = mean + exp(logvar / 2) * eps")
+    seed: int = SeedField
+
+
+class ElboQuery(QueryModel):
+    k: int = Field(1, ge=1, description="importance samples (1..VAE_MAX_K); k > 1 adds the IWAE estimate of log p(x)")
+    seed: int = SeedField
+    binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
+                                      "(default: the model's test-set seed, as vae-eval uses)")
+
+
+class ReconstructQuery(QueryModel):
+    format: Literal["png", "json"] = Field("png", description="png: one PNG (a grid when several images were "
+                                           "sent); json: one base64 PNG per image")
+
+
+class DecodeQuery(QueryModel):
+    format: Literal["json", "png", "grid"] = Field("json", description="json: base64 PNG per row; png: one PNG "
+                                                   "(exactly one row); grid: one PNG grid")
+    pixels: bool = Field(False, description="json only: include E[x|z] as numbers")
+
+
+class SampleQuery(QueryModel):
+    n: int = Field(16, ge=1, description="number of samples, 1..VAE_MAX_BATCH")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="the same seed gives byte-identical output; "
+                             "omitted: a random seed, returned in X-Seed")
+    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False,
+                               description="scale of the prior's standard deviation, 0 < t <= 10")
+    format: Literal["png", "json"] = Field("png", description="png: one grid to look at; json: base64 PNG and "
+                                           "latents per sample")

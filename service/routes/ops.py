@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.errors import error_response
 from service.schemas import Health, ModelCard, Ready, error_responses
-from service.state import StateDep
+from service.state import app_state
 
 router = APIRouter(tags=["operations"])
 
@@ -20,7 +20,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Ready, responses=error_responses(503),
             summary="Readiness: 200 once the graphs are loaded, hash-checked and warmed up")
-async def readyz(state: StateDep):
+async def readyz(request: Request):
+    state = app_state(request)
     if not state.ready:
         message = "the model failed to load; see the server log" if state.load_failed else "the model is loading"
         return error_response(503, "not_ready", message, {"Retry-After": "1"})
@@ -29,7 +30,8 @@ async def readyz(state: StateDep):
 
 @router.get("/v1/model", response_model=ModelCard, responses=error_responses(503),
             summary="The model card: shapes, latent size, likelihood, preprocessing, metrics")
-async def model_card(state: StateDep) -> dict:
+async def model_card(request: Request) -> dict:
+    state = app_state(request)
     manifest = state.require_engine().model.manifest
     s = state.settings
     return {
@@ -49,5 +51,5 @@ async def model_card(state: StateDep) -> dict:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(app_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

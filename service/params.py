@@ -1,0 +1,38 @@
+"""Query parameters as one pydantic model per route: one validation per request, documented in
+OpenAPI from the same model. (FastAPI's per-parameter validation cost ~40 us a parameter on /encode.)"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service.errors import ApiError
+
+Q = TypeVar("Q", bound=BaseModel)
+
+
+class QueryModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def parse_query(request: Request, model: type[Q]) -> Q:
+    raw = request.scope["query_string"]
+    try:
+        return model.model_validate(dict(request.query_params) if raw else {})
+    except ValidationError as exc:
+        parts = [f"{'.'.join(str(p) for p in err['loc']) or 'query'}: {err['msg']}" for err in exc.errors()[:5]]
+        raise ApiError(422, "invalid_request", "; ".join(parts)) from None
+
+
+def openapi_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` entry describing the model's fields as query parameters."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        field_schema = {k: v for k, v in prop.items() if k not in ("description", "title")}
+        parameters.append({"name": name, "in": "query", "required": name in required,
+                           "description": prop.get("description", ""), "schema": field_schema})
+    return {"parameters": parameters}
