@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors
+from service.batching import MicroBatcher
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.routes import images, latents, ops
@@ -54,6 +55,9 @@ async def _load(state: AppState, loader: Loader) -> None:
     manifest = model.manifest
     state.metrics.model_info.labels(manifest.name, manifest.version, str(manifest.latent_dim),
                                     manifest.likelihood.name).set(1)
+    if state.settings.micro_batch:
+        state.batcher = MicroBatcher(engine.model.encode, max_rows=state.settings.max_batch,
+                                     max_wait_s=state.settings.micro_batch_wait_ms / 1000)
     state.engine = engine
     state.metrics.ready.set(1)
     log.info("ready: %s %s from %s (encoder %s, decoder %s)", manifest.name, manifest.version,

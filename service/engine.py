@@ -39,11 +39,12 @@ class Engine:
     def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """mean, logvar (N, D), and z = mean + sigma * eps with eps from stream (seed, i) when `sample`."""
         mean, logvar = self.model.encode(pixels)
-        if not sample:
-            return mean, logvar, None
+        return mean, logvar, self.reparameterize(mean, logvar, seed) if sample else None
+
+    def reparameterize(self, mean: np.ndarray, logvar: np.ndarray, seed: int) -> np.ndarray:
         eps = np.stack([scoring.noise_stream(seed, i).standard_normal(self.latent_dim, dtype=np.float32)
                         for i in range(len(mean))])
-        return mean, logvar, dist.reparameterize(mean, logvar, eps)
+        return dist.reparameterize(mean, logvar, eps)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """(K, D) -> E[x | z] in [0, 1], (K, C, H, W)."""

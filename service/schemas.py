@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.params import QueryModel
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -129,10 +131,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 
 
-# ---- query parameters (see service/params.py) ----
-from typing import Literal  # noqa: E402
-
-from service.params import QueryModel  # noqa: E402
+# ---- query parameters, parsed by service/params.py ----
 
 SeedField = Field(0, ge=0, le=2**63 - 1, description="seed of the noise; the same seed gives the same numbers")
 

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(64, gt=0, description="concurrent requests per worker before 429")
     inline_cost: int = Field(64, ge=0, description="decoder/encoder rows below which inference runs on "
                              "the event loop instead of a worker thread (the thread hop costs more)")
+    micro_batch: bool = Field(False, description="coalesce concurrent /encode requests into one onnxruntime "
+                              "call (measured: see the README's benchmark section)")
+    micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
+                                       "requests; 0 = only what arrived in the same event-loop tick")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     access_log: bool = Field(False, description="one log line per request; off by default because it cost "

@@ -10,12 +10,15 @@ from typing import Any, Callable, TypeVar
 import anyio
 from fastapi import Request
 
+from service.batching import MicroBatcher
 from service.engine import Engine
 from service.errors import ApiError
+from service.params import parse_query
 from service.observability import Metrics
 from service.settings import Settings
 
 T = TypeVar("T")
+Q = TypeVar("Q")
 
 
 @dataclass
@@ -23,6 +26,7 @@ class AppState:
     settings: Settings
     metrics: Metrics
     engine: Engine | None = None
+    batcher: MicroBatcher | None = None
     load_failed: bool = False
     loading: asyncio.Task[Any] | None = field(default=None, repr=False)
 
@@ -52,8 +56,24 @@ class AppState:
         return result
 
 
+    async def encode(self, engine: Engine, pixels, sample: bool, seed: int):
+        """/encode's model call: through the micro-batcher when it is on."""
+        if self.batcher is None:
+            return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
+        began = time.perf_counter()
+        mean, logvar = await self.batcher.submit(pixels)
+        self.metrics.observe_inference("encode", len(pixels), time.perf_counter() - began)
+        return mean, logvar, engine.reparameterize(mean, logvar, seed) if sample else None
+
+
 def app_state(request: Request) -> AppState:
     """Routes call this instead of declaring FastAPI dependencies: resolving a dependency costs
     FastAPI four parameter-parsing passes (about 30 us each here), a third of /encode's overhead
     over a bare handler in the profile written up in the benchmark issue."""
     return request.app.state.vae
+
+
+def model_route(request: Request, query_model: type[Q]) -> tuple[AppState, Engine, Q]:
+    """What every model route starts with: the state, the engine (503 when not ready), the query."""
+    state = app_state(request)
+    return state, state.require_engine(), parse_query(request, query_model)

@@ -7,10 +7,10 @@ from fastapi.responses import Response
 
 from service import responses
 from service.errors import unprocessable
-from service.params import openapi_parameters, parse_query
+from service.params import openapi_parameters
 from service.schemas import (ElboQuery, ElboResponse, EncodeQuery, EncodeResponse, ReconstructQuery,
                              ReconstructResponse, error_responses)
-from service.state import app_state
+from service.state import model_route
 from service.uploads import read_images
 
 router = APIRouter(tags=["images"])
@@ -40,11 +40,9 @@ async def _images(request: Request, state, engine):
              openapi_extra={**IMAGE_BODY, **openapi_parameters(EncodeQuery)},
              summary="Images to the posterior q(z|x): mean, log-variance and optionally a sample z")
 async def encode(request: Request) -> Response:
-    state = app_state(request)
-    engine = state.require_engine()
-    query = parse_query(request, EncodeQuery)
+    state, engine, query = model_route(request, EncodeQuery)
     pixels = await _images(request, state, engine)
-    mean, logvar, z = await state.run("encode", len(pixels), engine.encode, pixels, query.sample, query.seed)
+    mean, logvar, z = await state.encode(engine, pixels, query.sample, query.seed)
     results = [{"index": i, "mean": mean[i].tolist(), "logvar": logvar[i].tolist(),
                 **({"z": z[i].tolist()} if z is not None else {})} for i in range(len(pixels))]
     return responses.json_response({"model": state.model_ref(), "latent_dim": engine.latent_dim,
@@ -55,9 +53,7 @@ async def encode(request: Request) -> Response:
              openapi_extra={**IMAGE_BODY, **openapi_parameters(ElboQuery)},
              summary="Score images: ELBO, its terms, and with k > 1 the IWAE log-likelihood")
 async def elbo(request: Request) -> Response:
-    state = app_state(request)
-    engine = state.require_engine()
-    query = parse_query(request, ElboQuery)
+    state, engine, query = model_route(request, ElboQuery)
     if query.k > state.settings.max_k:
         raise unprocessable("k_out_of_range", f"k must be between 1 and {state.settings.max_k}, not {query.k}")
     pixels = await _images(request, state, engine)
@@ -80,9 +76,7 @@ async def elbo(request: Request) -> Response:
     openapi_extra={**IMAGE_BODY, **openapi_parameters(ReconstructQuery)},
     summary="Images in, reconstructions E[x | z = mean of q(z|x)] out")
 async def reconstruct(request: Request) -> Response:
-    state = app_state(request)
-    engine = state.require_engine()
-    query = parse_query(request, ReconstructQuery)
+    state, engine, query = model_route(request, ReconstructQuery)
     pixels = await _images(request, state, engine)
     recon = await state.run("reconstruct", len(pixels), engine.reconstruct, pixels)
     if query.format == "json":

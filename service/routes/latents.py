@@ -8,10 +8,10 @@ from fastapi.responses import Response
 
 from service import responses
 from service.errors import unprocessable
-from service.params import openapi_parameters, parse_query
+from service.params import openapi_parameters
 from service.schemas import (DecodeQuery, DecodeRequest, DecodeResponse, SampleQuery, SampleResponse,
                              error_responses)
-from service.state import app_state
+from service.state import model_route
 
 router = APIRouter(tags=["latents"])
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG, or JSON with format=json"}}
@@ -33,9 +33,7 @@ def _latents(body: DecodeRequest, latent_dim: int, max_batch: int) -> np.ndarray
 @router.post("/decode", response_model=DecodeResponse, responses={**PNG, **error_responses(413, 422, 429, 503)},
              openapi_extra=openapi_parameters(DecodeQuery), summary="Latents to images: E[x|z] as PNGs")
 async def decode(request: Request, body: DecodeRequest) -> Response:
-    state = app_state(request)
-    engine = state.require_engine()
-    query = parse_query(request, DecodeQuery)
+    state, engine, query = model_route(request, DecodeQuery)
     z = _latents(body, engine.latent_dim, state.settings.max_batch)
     if query.format == "png" and len(z) != 1:
         raise unprocessable("invalid_format", f"format=png returns one image but z has {len(z)} rows; use "
@@ -54,9 +52,7 @@ async def decode(request: Request, body: DecodeRequest) -> Response:
             openapi_extra=openapi_parameters(SampleQuery),
             summary="Draw z ~ N(0, t^2 I) and decode: what the model generates")
 async def sample(request: Request) -> Response:
-    state = app_state(request)
-    engine = state.require_engine()
-    query = parse_query(request, SampleQuery)
+    state, engine, query = model_route(request, SampleQuery)
     if query.n > state.settings.max_batch:
         raise unprocessable("n_out_of_range", f"n must be between 1 and {state.settings.max_batch}, not {query.n}")
     seed = int(np.random.default_rng().integers(0, 2**31)) if query.seed is None else query.seed

@@ -1,0 +1,121 @@
+"""Write the README's generated sections from recorded results: never typed by hand.
+
+    python -m bench.report   (also run by `make bench`)
+
+- the benchmark table, from bench/results/serving.json and training.json;
+- the model card numbers, from artifacts/fashion-mnist/manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+RESULTS = REPO / "bench" / "results"
+MANIFEST = REPO / "artifacts" / "fashion-mnist" / "manifest.json"
+
+
+def _replace(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- {name}:begin --> ... <!-- {name}:end --> block")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def bench_section() -> str:
+    serving = json.loads((RESULTS / "serving.json").read_text())
+    runs, ratios, m = serving["runs"], serving["ratios"], serving["machine"]
+    lines = [f"Measured by `make bench` on {m['cores']} cores ({m['cpu']}), {m['time']}, with {m['wrk']} as the "
+             f"load generator in its own process; {serving['window_s']:.0f} s windows after a "
+             f"{serving['warmup_s']:.0f} s warm-up. Requests/s and latency (ms):", "",
+             "| server, route | c=1 | c=8 | c=32 | c=64 | p50 / p90 / p99 at c=32 |", "|---|---|---|---|---|---|"]
+    rows = [("product", "encode_1_raw", "product `POST /encode`, 1 PNG"),
+            ("minimal", "encode_1_raw", "minimal FastAPI + onnxruntime `/encode`"),
+            ("ceiling", "encode_1_raw", "ceiling: async no-op POST"),
+            ("naive", "encode_1_raw", "naive: torch eager `/encode`"),
+            ("product", "encode_16_multipart", "product `POST /encode`, 16 PNGs multipart"),
+            ("product", "sample_16_png", "product `GET /sample?n=16` (PNG grid)"),
+            ("product", "elbo_k1", "product `POST /elbo?k=1`"),
+            ("product", "elbo_k100", "product `POST /elbo?k=100`")]
+    for kind, route, label in rows:
+        cells = [f"{runs[kind][f'{route}_c{c}']['rps']:.0f}" for c in (1, 8, 32, 64)]
+        r32 = runs[kind][f"{route}_c32"]
+        lines.append(f"| {label} | {' | '.join(cells)} | {r32['p50_us'] / 1000:.1f} / {r32['p90_us'] / 1000:.1f} / "
+                     f"{r32['p99_us'] / 1000:.1f} |")
+    ip, cold = serving["in_process"], serving["cold_start"]
+    two = runs["product_2_workers"]
+    mb = runs["product_micro_batch"]
+    met = ratios["targets_met"]
+    lines += ["",
+              "| target (ratios from the same run) | measured | met |", "|---|---|---|",
+              f"| `/encode` at c=32 vs the minimal app (>= 0.9x) | {ratios['encode_vs_minimal_c32']:.2f}x | "
+              f"{_yes(met['encode >= 0.9x minimal (c32)'])} |",
+              f"| `/encode` at c=32 vs the naive torch baseline (>= 2x) | {ratios['encode_vs_naive_c32']:.2f}x | "
+              f"{_yes(met['encode >= 2x naive (c32)'])} |",
+              f"| p99 at c=1 vs the naive baseline (<= 1x) | {ratios['p99_c1_product_vs_naive']:.2f}x | "
+              f"{_yes(met['p99 at c1 <= naive'])} |",
+              f"| cold start to ready (<= 1.5 s) | {cold['start_to_ready_s']:.2f} s | "
+              f"{_yes(met['start to ready <= 1.5 s'])} |",
+              f"| RSS per worker (<= 200 MB) | {max(runs['product']['rss_after_load_mb']):.0f} MB (1 worker), "
+              f"{max(two['rss_per_worker_mb']):.0f} MB (2 workers) | {_yes(met['RSS per worker <= 200 MB'])} |",
+              f"| `/encode` vs the ceiling (no-op route) at c=32 | {ratios['encode_vs_ceiling_c32']:.2f}x | - |",
+              f"| efficiency: rps / (1 / (ceiling time + in-process work)) | {ratios['encode_efficiency_c32']:.2f} "
+              f"(ideal {ratios['ideal_rps_c32']:.0f} rps) | - |",
+              f"| 2 workers vs 1 at c=32 / c=64 | {ratios['two_workers_vs_one_c32']:.2f}x / "
+              f"{ratios['two_workers_vs_one_c64']:.2f}x | - |",
+              f"| micro-batching on vs off at c=32 / c=64; p99 at c=1 | {ratios['micro_batch_vs_off_c32']:.2f}x / "
+              f"{ratios['micro_batch_vs_off_c64']:.2f}x; {ratios['micro_batch_p99_vs_off_c1']:.2f}x | - |",
+              "",
+              f"In-process limit (onnxruntime, 1 thread): encoder {ip['encoder_images_per_s_batch1']:.0f} / "
+              f"{ip['encoder_images_per_s_batch16']:.0f} / {ip['encoder_images_per_s_batch256']:.0f} images/s at batch "
+              f"1 / 16 / 256, decoder {ip['decoder_images_per_s_batch1']:.0f} / {ip['decoder_images_per_s_batch16']:.0f}"
+              f" / {ip['decoder_images_per_s_batch256']:.0f}; decoding one PNG {ip['png_decode_us']:.0f} us, "
+              f"serialising one `/encode` response {ip['response_serialise_us']:.0f} us."]
+    training_path = RESULTS / "training.json"
+    if training_path.exists():
+        t = json.loads(training_path.read_text())
+        lines += ["", f"Training (default model, Fashion-MNIST, {t['threads']} threads): "
+                  f"{t['seconds_per_epoch']:.1f} s per epoch, {t['images_per_second']:.0f} images/s "
+                  f"(`{t['command']}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def model_card_section() -> str:
+    manifest = json.loads(MANIFEST.read_text())
+    m, parity = manifest["metrics"], manifest["parity"]
+    cfg = manifest["training"]["model_config"]
+    return "\n".join([
+        f"`{manifest['name']}` {manifest['version']}: {cfg['arch']} encoder, {cfg['decoder']} decoder, "
+        f"{manifest['latent_dim']} latent dimensions, {manifest['likelihood']['name']} likelihood, trained for "
+        f"{manifest['training']['epoch']} epochs on {manifest['training']['dataset']} "
+        f"(`{' '.join(manifest['training']['command'])}`).", "",
+        "| test set (10,000 images, binarised once, seed 0) | nats | bits/dim |", "|---|---|---|",
+        f"| negative ELBO | {m['nll_elbo_nats']:.2f} | {m['bits_per_dim_elbo']:.4f} |",
+        f"| reconstruction term E_q[log p(x|z)] | {m['reconstruction']:.2f} | |",
+        f"| KL(q(z|x) \\|\\| N(0, I)) | {m['kl']:.2f} | |",
+        f"| **NLL, IWAE k={m['iwae_k']}** | **{m['nll_nats']:.2f}** | {m['bits_per_dim']:.4f} |",
+        f"| reference: plain VAE, Gaussian prior (Exemplar VAE paper) | 228.70 | |", "",
+        f"Reproduce: `{' '.join(m['command'])}`. Parity of the ONNX graphs with torch on "
+        f"{parity['images']} test images and {parity['latents']} latents: max |difference| "
+        f"{max(parity['max_abs_diff'].values()):.1e}.", ""])
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
+def update_readme() -> None:
+    text = README.read_text()
+    if MANIFEST.exists():
+        text = _replace(text, "model-card", model_card_section())
+    if (RESULTS / "serving.json").exists():
+        text = _replace(text, "bench", bench_section())
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    update_readme()
+    print(f"updated {README}")
