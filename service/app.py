@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from model.preprocess import array_to_png, bytes_to_array
 from service import errors
 from service.batching import MicroBatcher
 from service.engine import Engine
@@ -30,10 +31,10 @@ def default_loader(settings: Settings) -> OnnxVAE:
 
 
 def warm_up(engine: Engine) -> None:
-    """One pass through every path a request takes, so the first request pays no set-up cost."""
-    from model.preprocess import array_to_png
-
+    """One pass through every path a request takes, so the first request pays no set-up cost
+    (Pillow's lazy plugin loading included)."""
     pixels = np.zeros((1, *engine.model.manifest.input.shape), dtype=np.float32)
+    pixels = bytes_to_array(array_to_png(pixels[0]), engine.contract)[None]
     engine.encode(pixels, sample=True, seed=0)
     array_to_png(engine.decode(engine.prior_latents(1, 0, 1.0))[0])
     engine.score(pixels, k=2, seed=0, binarize_seed=0)
