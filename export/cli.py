@@ -62,7 +62,7 @@ def likelihood_spec(model: VAE) -> LikelihoodSpec:
     if config.likelihood == "bernoulli":
         return LikelihoodSpec(name="bernoulli", outputs=["logits"], parameters={},
                               data_space="binary pixels: x ~ Bernoulli(pixel), dynamically re-drawn in training")
-    log_scale = model.decoder.log_scale.detach()
+    log_scale = model.decoder.log_sigma.detach()
     return LikelihoodSpec(name="gaussian", outputs=["mean", "log_scale"],
                           parameters={"scale": config.gaussian_scale,
                                       "sigma_mean": float(log_scale.exp().mean()),

@@ -65,14 +65,14 @@ class Decoder(nn.Module):
                                       nn.Unflatten(1, tuple(config.input_shape)))
         if config.likelihood == "gaussian":
             scale_shape = (1, 1, 1, 1) if config.gaussian_scale == "shared" else (1, *config.input_shape)
-            self.log_scale = nn.Parameter(torch.full(scale_shape, math.log(0.1)))
+            self.log_sigma = nn.Parameter(torch.full(scale_shape, math.log(0.1)))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.body(z)  # (B, C, H, W)
         if self.config.likelihood == "bernoulli":
             return (out,)  # logits
         mean = torch.sigmoid(out)
-        return mean, self.log_scale.expand_as(mean)
+        return mean, self.log_sigma.expand_as(mean)  # output "log_scale"
 
 
 class VAE(nn.Module):

@@ -108,3 +108,20 @@ def test_parity_check_fails_beyond_tolerance():
     with pytest.raises(parity.ParityError, match="decoder.logits"):
         parity.check({"decoder.logits": 2e-4}, {"encoder": 0.0})
     parity.check({"decoder.logits": 5e-5}, {"encoder": 0.0})
+
+
+def test_a_gaussian_model_exports_mean_and_log_scale(tmp_path, monkeypatch):
+    spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=64, test=32)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
+    config = ModelConfig(arch="mlp", decoder="mlp", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,),
+                         likelihood="gaussian")
+    dataset = data_module.load_idx_dataset(spec, tmp_path / "data")
+    train(config, TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1), dataset, tmp_path / "run",
+          progress=False)
+    assert export_main([str(tmp_path / "run" / "best.pt"), str(tmp_path / "model"), "--parity-count", "32",
+                        "--threads", "1"]) == 0
+    manifest = Manifest.read(tmp_path / "model" / "manifest.json")
+    assert manifest.likelihood.outputs == ["mean", "log_scale"] and manifest.metrics == {"evaluated": False}
+    assert list(manifest.decoder.outputs) == ["mean", "log_scale"]
+    mean, log_scale = load_model_dir(tmp_path / "model").decode(np.zeros((2, 3), dtype=np.float32))
+    assert mean.shape == log_scale.shape == (2, 1, 8, 8) and 0 <= mean.min() and mean.max() <= 1

@@ -31,4 +31,4 @@ def test_logvar_is_clamped():
 def test_per_pixel_gaussian_scale_has_one_value_per_pixel():
     config = ModelConfig(arch="mlp", likelihood="gaussian", gaussian_scale="per_pixel", input_shape=(1, 4, 4),
                          hidden=(8,), latent_dim=2)
-    assert VAE(config).decoder.log_scale.shape == (1, 1, 4, 4)
+    assert VAE(config).decoder.log_sigma.shape == (1, 1, 4, 4)
