@@ -53,8 +53,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}",
+                   413: str(exc.detail)}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
                               message.get(exc.status_code, "request failed"), getattr(exc, "headers", None))
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -94,10 +95,13 @@ class ObservabilityMiddleware:
                 await _reject(send_with_id, 429, "overloaded",
                               f"more than {self.max_in_flight} requests in flight; retry shortly")
                 return
-            if _declared_length(scope) > self.max_body:  # any route, before a byte of the body is read
+            declared = _declared_length(scope)
+            if declared is not None and declared > self.max_body:  # before a byte of the body is read
                 await _reject(send_with_id, 413, "payload_too_large",
                               f"request body exceeds the limit of {self.max_body} bytes")
                 return
+            if declared is None:  # chunked: count as it arrives
+                receive = _limited(receive, self.max_body)
             if counted:
                 self.in_flight += 1
                 self.metrics.in_flight.inc()
@@ -125,11 +129,28 @@ def _request_id(scope: dict) -> str:
     return uuid.uuid4().hex
 
 
-def _declared_length(scope: dict) -> int:
+def _declared_length(scope: dict) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
             return int(value) if value.isdigit() else 0
-    return 0
+    return None
+
+
+def _limited(receive: Any, limit: int) -> Any:
+    """A receive that raises 413 once a body without Content-Length passes `limit` bytes.
+    (An HTTPException is what FastAPI lets through from body parsing; the error layer shapes it.)"""
+    received = 0
+
+    async def receive_limited() -> dict:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+        return message
+
+    return receive_limited
 
 
 async def _reject(send: Any, status: int, code: str, message: str) -> None:

@@ -256,3 +256,18 @@ async def test_openapi_documents_every_parameter_and_error(client):
     assert {"400", "413", "415", "422", "429", "503"} <= set(spec["paths"]["/encode"]["post"]["responses"])
     assert "multipart/form-data" in spec["paths"]["/elbo"]["post"]["requestBody"]["content"]
     assert "ErrorBody" in spec["components"]["schemas"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413_on_json_routes_too():
+    app, _ = build(max_upload_bytes=100)
+
+    async def chunks():
+        for _ in range(10):
+            yield b'{"z": [' + b" " * 50
+
+    async with client_for(app) as client:
+        response = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
+        declared = await client.post("/decode", content=b"{" + b" " * 200 + b"}",
+                                     headers={"content-type": "application/json"})
+    assert error_of(response) == (413, "payload_too_large")
+    assert error_of(declared) == (413, "payload_too_large")
