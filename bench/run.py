@@ -104,6 +104,7 @@ def load(server: Server, route: dict[str, Any], concurrency: int, seconds: float
 def in_process(pngs: list[bytes]) -> dict[str, Any]:
     """The compute limit: onnxruntime alone, plus PNG decoding and response serialisation."""
     from model.preprocess import PreprocessContract, bytes_to_array
+    from service.responses import json_response
     from service.runtime import load_model_dir
 
     model = load_model_dir(MODEL_DIR, threads=1)
@@ -118,9 +119,8 @@ def in_process(pngs: list[bytes]) -> dict[str, Any]:
     mean, logvar = model.encode(images[:1])
     payload = {"model": {"name": "x", "version": "y"}, "latent_dim": model.latent_dim, "seed": None,
                "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}]}
-    out["response_serialise_us"] = 1e6 / _rate(lambda: json.dumps(
-        {**payload, "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}]},
-        separators=(",", ":")), 1)
+    payload["results"][0].update(mean=mean[0], logvar=logvar[0])
+    out["response_serialise_us"] = 1e6 / _rate(lambda: json_response(payload), 1)  # the product's own path
     out["encode_one_image_us"] = 1e6 / out["encoder_images_per_s_batch1"]
     out["work_per_encode_request_us"] = out["png_decode_us"] + out["encode_one_image_us"] + out["response_serialise_us"]
     return out
@@ -225,6 +225,8 @@ def ratios(results: dict[str, Any], quick: bool) -> dict[str, Any]:
         "micro_batch_vs_off_c64": runs["product_micro_batch"]["encode_1_raw_c64"]["rps"] / rps("product", 64),
         "micro_batch_p99_vs_off_c1": runs["product_micro_batch"]["encode_1_raw_c1"]["p99_us"]
         / runs["product"]["encode_1_raw_c1"]["p99_us"],
+        "micro_batch_p99_vs_off_c64": runs["product_micro_batch"]["encode_1_raw_c64"]["p99_us"]
+        / runs["product"]["encode_1_raw_c64"]["p99_us"],
     })
     targets = {
         "encode >= 0.9x minimal (c32)": out["encode_vs_minimal_c32"] >= 0.9,

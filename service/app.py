@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed"])
     paths = {route.path for router in routers for route in router.routes} | {"/docs", "/openapi.json"}
-    app.add_middleware(ObservabilityMiddleware, metrics=state.metrics, max_in_flight=settings.max_in_flight,
+    app.add_middleware(ObservabilityMiddleware, state=state, max_in_flight=settings.max_in_flight,
                        routes=paths, limited=MODEL_ROUTES, max_body=settings.max_upload_bytes,
                        access_log=settings.access_log)
     return app

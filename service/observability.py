@@ -61,11 +61,11 @@ class Metrics:
 class ObservabilityMiddleware:
     """Sets X-Request-ID, counts and times requests per route, and answers 429 past `max_in_flight`."""
 
-    def __init__(self, app: Any, metrics: Metrics, max_in_flight: int, routes: set[str],
+    def __init__(self, app: Any, state: Any, max_in_flight: int, routes: set[str],
                  limited: set[str], max_body: int, access_log: bool = False) -> None:
-        self.app, self.metrics, self.max_in_flight, self.max_body = app, metrics, max_in_flight, max_body
+        self.app, self.state, self.metrics = app, state, state.metrics
+        self.max_in_flight, self.max_body = max_in_flight, max_body
         self.routes, self.limited = routes, limited
-        self.in_flight = 0
         self.log = logging.getLogger("vae.access") if access_log else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -90,7 +90,7 @@ class ObservabilityMiddleware:
 
         counted = route in self.limited
         try:
-            if counted and self.in_flight >= self.max_in_flight:
+            if counted and self.state.in_flight >= self.max_in_flight:
                 self.metrics.rejected.inc()
                 await _reject(send_with_id, 429, "overloaded",
                               f"more than {self.max_in_flight} requests in flight; retry shortly")
@@ -103,13 +103,13 @@ class ObservabilityMiddleware:
             if declared is None:  # chunked: count as it arrives
                 receive = _limited(receive, self.max_body)
             if counted:
-                self.in_flight += 1
+                self.state.in_flight += 1
                 self.metrics.in_flight.inc()
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
                 if counted:
-                    self.in_flight -= 1
+                    self.state.in_flight -= 1
                     self.metrics.in_flight.dec()
         finally:
             elapsed = time.perf_counter() - began

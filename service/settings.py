@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     inline_cost: int = Field(64, ge=0, description="decoder/encoder rows below which inference runs on "
                              "the event loop instead of a worker thread (the thread hop costs more)")
     micro_batch: bool = Field(False, description="coalesce concurrent /encode requests into one onnxruntime "
-                              "call (measured: see the README's benchmark section)")
+                              "call; a request alone in flight skips it. Off: two runs disagreed on its effect "
+                              "(README, Benchmarks)")
     micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
                                        "requests; 0 = only what arrived in the same event-loop tick")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -27,6 +27,7 @@ class AppState:
     metrics: Metrics
     engine: Engine | None = None
     batcher: MicroBatcher | None = None
+    in_flight: int = 0  # model-route requests being served, kept by the observability middleware
     load_failed: bool = False
     loading: asyncio.Task[Any] | None = field(default=None, repr=False)
 
@@ -57,8 +58,9 @@ class AppState:
 
 
     async def encode(self, engine: Engine, pixels, sample: bool, seed: int):
-        """/encode's model call: through the micro-batcher when it is on."""
-        if self.batcher is None:
+        """/encode's model call: through the micro-batcher when it is on and others are in flight
+        (alone, there is nothing to coalesce and the batcher would only add a loop iteration)."""
+        if self.batcher is None or self.in_flight <= 1:
             return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
         began = time.perf_counter()
         mean, logvar = await self.batcher.submit(pixels)

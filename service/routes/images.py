@@ -43,8 +43,8 @@ async def encode(request: Request) -> Response:
     state, engine, query = model_route(request, EncodeQuery)
     pixels = await _images(request, state, engine)
     mean, logvar, z = await state.encode(engine, pixels, query.sample, query.seed)
-    results = [{"index": i, "mean": mean[i].tolist(), "logvar": logvar[i].tolist(),
-                **({"z": z[i].tolist()} if z is not None else {})} for i in range(len(pixels))]
+    results = [{"index": i, "mean": mean[i], "logvar": logvar[i], **({"z": z[i]} if z is not None else {})}
+               for i in range(len(pixels))]
     return responses.json_response({"model": state.model_ref(), "latent_dim": engine.latent_dim,
                                     "seed": query.seed if query.sample else None, "results": results})
 
