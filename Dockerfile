@@ -18,6 +18,7 @@ COPY service/ service/
 RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --no-compile . \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
+    && find /opt/venv/lib -type d -name tests -path '*site-packages/*' -prune -exec rm -rf {} + \
     && (/opt/venv/bin/pip uninstall -y pip setuptools >/dev/null 2>&1 || true)
 
 # ---- runtime: the virtualenv, the bundled model, a non-root user ----
