@@ -45,6 +45,7 @@ export: $(BIN)/.dev-installed
 	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --report $(RUN)/report
 
 bench: $(BIN)/.dev-installed
+	$(BIN)/python -m bench.decoder_cost
 	$(BIN)/python -m bench.run
 
 bench-quick: $(BIN)/.dev-installed

@@ -18,9 +18,10 @@ class ModelConfig:
     `arch` picks the encoder family, `decoder` the decoder's. The default conv decoder is
     dense layers up to an 8 x 14 x 14 feature map, then one stride-2 transposed conv to the
     image. It is shaped by cost: the IWAE estimate with k=5000 runs the decoder 50 million
-    times on the Fashion-MNIST test set, and on 2 CPU cores (onnxruntime, batch 1000) a mirrored
-    64->32 transposed-conv decoder cost 50 us per sample, 32->16 41 us, this one 18 us, and a
-    dense decoder 8 us. After 3 epochs its test ELBO was -244.6, against -242.9 for the mirrored
+    times on the Fashion-MNIST test set, and on 2 CPU cores (onnxruntime, 2 threads, batch 1000)
+    a mirrored 64->32 transposed-conv decoder costs 89 us per sample, 32->16 39 us, this one
+    20 us and a dense one 10 us (`python -m bench.decoder_cost`). After 3 epochs its test ELBO
+    was -244.6, against -242.9 for the mirrored
     one and -248.5 for the dense one (numbers in the training issue's note).
     """
 

@@ -39,10 +39,13 @@ class AppState:
         manifest = self.require_engine().model.manifest
         return {"name": manifest.name, "version": manifest.version}
 
+    @property
+    def not_ready_message(self) -> str:
+        return "the model failed to load; see the server log" if self.load_failed else "the model is loading"
+
     def require_engine(self) -> Engine:
         if self.engine is None:
-            message = "the model failed to load; see the server log" if self.load_failed else "the model is loading"
-            raise ApiError(503, "not_ready", message, headers={"Retry-After": "1"})
+            raise ApiError(503, "not_ready", self.not_ready_message, headers={"Retry-After": "1"})
         return self.engine
 
     async def run(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:

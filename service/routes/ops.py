@@ -23,8 +23,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request):
     state = app_state(request)
     if not state.ready:
-        message = "the model failed to load; see the server log" if state.load_failed else "the model is loading"
-        return error_response(503, "not_ready", message, {"Retry-After": "1"})
+        return error_response(503, "not_ready", state.not_ready_message, {"Retry-After": "1"})
     return {"status": "ready", "model": state.model_ref()}
 
 
