@@ -46,6 +46,7 @@ export: $(BIN)/.dev-installed
 
 bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
+	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.run
 
 bench-quick: $(BIN)/.dev-installed

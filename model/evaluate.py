@@ -61,13 +61,13 @@ def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: 
     z = rng.standard_normal((64, latent_dim), dtype=np.float32)
     out["samples"] = figures.samples(scoring.pixel_means(likelihood, backend.decode(z)), report / "samples.png",
                                      seed=seed, temperature=1.0)
+    all_mean, all_logvar = backend.encode(data_x)  # (N, D) each: once, for every figure below
     indices = list(range(min(16, len(pixels))))
-    mean, logvar = backend.encode(data_x[indices])
+    mean = all_mean[indices]
     params = backend.decode(mean)
     recon_ll = scoring.log_likelihood(likelihood, data_x[indices].reshape(len(indices), -1), params)
     out["reconstructions"] = figures.reconstructions(pixels[indices], scoring.pixel_means(likelihood, params),
                                                      recon_ll, indices, report / "reconstructions.png")
-    all_mean, all_logvar = backend.encode(data_x)
     kl_per_dim = 0.5 * (all_mean ** 2 + np.exp(all_logvar) - 1 - all_logvar).mean(axis=0)  # (D,)
     dims = [int(d) for d in np.argsort(-kl_per_dim)[:8]]
     values = [float(v) for v in np.linspace(-3, 3, 11)]

@@ -7,7 +7,6 @@ import shutil
 
 import httpx
 import numpy as np
-import pytest
 
 from model.preprocess import PreprocessContract, bytes_to_array
 from tests.integration.conftest import MODEL_DIR, Server, png
