@@ -32,7 +32,7 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = (32, 64)  # encoder: each stride-2 conv halves H and W
     # conv decoder: channels entering each stride-2 transposed conv, lowest resolution first
     # (each doubles H and W); empty = mirror the encoder's conv_channels
-    decoder_channels: tuple[int, ...] = (8,)
+    decoder_channels: tuple[int, ...] = (32, 16)
     hidden: tuple[int, ...] = (512, 512)  # dense layers (encoder head and decoder)
     likelihood: Likelihood = "bernoulli"
     gaussian_scale: GaussianScale = "shared"  # one learned sigma, or one per pixel
@@ -89,7 +89,7 @@ class ModelConfig:
 class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None  # None: $VAE_DATA_DIR or the dataset's default directory
-    epochs: int = 140
+    epochs: int = 170
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"
