@@ -24,9 +24,9 @@ import onnxruntime as ort  # noqa: E402
 
 SHAPES = {
     "dense 512-512": ModelConfig(decoder="mlp"),
-    "dense -> 8x14x14 -> convT (default)": ModelConfig(decoder="conv", decoder_channels=(8,)),
+    "dense -> 8x14x14 -> convT": ModelConfig(decoder="conv", decoder_channels=(8,)),
     "dense -> 16x14x14 -> convT": ModelConfig(decoder="conv", decoder_channels=(16,)),
-    "dense -> 32x7x7 -> convT 32->16 -> convT": ModelConfig(decoder="conv", decoder_channels=(32, 16)),
+    "dense -> 32x7x7 -> convT 32->16 -> convT (default)": ModelConfig(decoder="conv", decoder_channels=(32, 16)),
     "dense -> 64x7x7 -> convT 64->32 -> convT": ModelConfig(decoder="conv", decoder_channels=(64, 32)),
 }
 

@@ -3,7 +3,6 @@
 import json
 
 import jsonschema
-import pytest
 
 from export.manifest import SCHEMA_PATH, Manifest
 from model.data import sha256_file
@@ -31,8 +30,6 @@ def test_shipped_metrics_are_the_full_test_set_at_k_5000_on_these_graphs():
     assert max(manifest.parity["max_abs_diff"].values()) <= 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model scores 228.85 nats, 0.15 short of the reference: "
-                   "issue 3 stays open; strict, so this fails (XPASS) once a better model ships")
 def test_shipped_model_beats_the_plain_vae_reference():
     manifest = Manifest.read(SHIPPED / "manifest.json")
     assert manifest.metrics["nll_nats"] < 228.70  # plain VAE, Gaussian prior (Exemplar VAE paper)
