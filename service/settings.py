@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
     max_k: int = Field(5000, gt=0, le=100_000, description="most importance samples for /elbo")
     intra_op_threads: int = Field(1, gt=0, le=256, description="onnxruntime threads per worker")
+    inference_threads: int = Field(2, gt=0, le=256, description="model calls run at once per worker, off the "
+                                   "event loop; more only adds memory (each call holds its activations) on few cores")
     workers: int = Field(1, gt=0, le=64, description="uvicorn worker processes")
     max_in_flight: int = Field(64, gt=0, description="concurrent requests per worker before 429")
     inline_cost: int = Field(64, ge=0, description="decoder/encoder rows below which inference runs on "

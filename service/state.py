@@ -30,6 +30,7 @@ class AppState:
     in_flight: int = 0  # model-route requests being served, kept by the observability middleware
     load_failed: bool = False
     loading: asyncio.Task[Any] | None = field(default=None, repr=False)
+    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
 
     @property
     def ready(self) -> bool:
@@ -50,12 +51,15 @@ class AppState:
 
     async def run(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
         """Run model work and time it. Small work runs on the event loop: the thread hop costs more
-        than a few rows of onnxruntime. Larger work goes to a worker thread (onnxruntime releases the GIL)."""
+        than a few rows of onnxruntime. Larger work goes to one of `inference_threads` worker threads
+        (onnxruntime releases the GIL); the rest wait their turn, so memory stays bounded under load."""
         began = time.perf_counter()
         if rows <= self.settings.inline_cost:
             result = fn(*args)
         else:
-            result = await anyio.to_thread.run_sync(fn, *args)
+            if self.limiter is None:
+                self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+            result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         self.metrics.observe_inference(operation, rows, time.perf_counter() - began)
         return result
 

@@ -12,7 +12,8 @@ from model.evaluate import main
 from model.torch_backend import TorchBackend
 from model.train import train
 
-MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))
+# The decoder is pinned so the test does not follow the shipped default architecture.
+MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,), decoder_channels=(8,))
 
 
 def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tmp_path):
