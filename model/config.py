@@ -19,9 +19,10 @@ class ModelConfig:
     dense layers up to a 32 x 7 x 7 feature map, then two stride-2 transposed convs (32 -> 16
     -> the image). It is shaped by cost and quality: the IWAE estimate with k=5000 runs the
     decoder 50 million times on the Fashion-MNIST test set, and on 2 CPU cores (onnxruntime,
-    2 threads, batch 1000) a mirrored 64->32 transposed-conv decoder costs 89 us per sample,
-    this one 39 us, dense -> 8 x 14 x 14 -> one transposed conv 20 us and a dense one 10 us
-    (`python -m bench.decoder_cost`). After 3 epochs their test ELBOs were -242.9 (64->32),
+    2 threads, batch 1000) a mirrored 64->32 transposed-conv decoder costs 77 us per sample,
+    this one 36 us, dense -> 8 x 14 x 14 -> one transposed conv 29 us and a dense one 8 us
+    (`python -m bench.decoder_cost`, bench/results/decoder_cost.json; the run before gave 89,
+    39, 20 and 10 us). After 3 epochs their test ELBOs were -242.9 (64->32),
     -243.0 (this one), -244.6 (8 x 14 x 14) and -248.5 (dense). The 8 x 14 x 14 decoder was the
     earlier default: after 140 epochs it scored a test NLL of 228.85, short of the 228.70
     plain-VAE reference (numbers in the training issue's notes).
