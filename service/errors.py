@@ -7,6 +7,7 @@ are reshaped; anything unexpected is logged with its traceback and answered with
 from __future__ import annotations
 
 import logging
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,9 +35,10 @@ def unprocessable(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
+def describe_validation(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as one line for a person: where, and what was wrong (first five)."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in list(errors)[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
         parts.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
@@ -49,7 +51,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _describe_validation(exc))
+        return error_response(422, "invalid_request", describe_validation(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

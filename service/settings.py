@@ -16,6 +16,8 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(BUNDLED_MODEL_DIR, description="directory written by vae-export")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
+    max_json_bytes: int = Field(262_144, gt=0, description="largest JSON body (/decode's latents: max_batch x "
+                                "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB")
     max_image_pixels: int = Field(16_777_216, gt=0, description="largest image (width x height) decoded")
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
     max_k: int = Field(5000, gt=0, le=100_000, description="most importance samples for /elbo")

@@ -20,19 +20,19 @@ ACCEPTED = "a raw body with Content-Type image/png, image/jpeg, image/webp, imag
            "or multipart/form-data with parts named 'file'"
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
+def too_large(limit: int, setting: str = "VAE_MAX_UPLOAD_BYTES") -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes ({setting})")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, setting: str = "VAE_MAX_UPLOAD_BYTES") -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
+        raise too_large(limit, setting)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(limit)
+            raise too_large(limit, setting)
         chunks.append(chunk)
     return b"".join(chunks)
 
