@@ -1,0 +1,323 @@
+"""The model repository: every model and version under one directory, loaded, swapped and unloaded
+while the server runs, with the semantics of Triton's model-repository extension.
+
+`DIR/<name>/<version>/` holds what `vae-export` writes; `DIR/<name>/config.json` may set the
+version policy. The registry keeps, per model, the versions it serves, as an immutable mapping
+that a load replaces in one assignment: a request resolves its version once and holds that
+version's engine until it finishes, so a swap never pulls a model from under a running request,
+and the old version's onnxruntime sessions are freed when the last request holding them ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger("vae.service")
+T = TypeVar("T")
+READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
+CONFIG_FILE = "config.json"
+
+
+class ModelNotFound(LookupError):
+    """No such model or version is being served; the message names it."""
+
+
+class LoadFailed(RuntimeError):
+    """A load changed nothing or not everything; the message says what failed and what still serves."""
+
+
+class _Latest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_versions: int = Field(1, ge=1)
+
+
+class _Specific(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    versions: list[str] = Field(min_length=1)
+
+
+class VersionPolicy(BaseModel):
+    """Which versions of a model are served: Triton's `version_policy`, as JSON. Exactly one of
+    latest (the highest `num_versions`), all, or specific (a pinned list)."""
+
+    model_config = ConfigDict(extra="forbid")
+    latest: _Latest | None = None
+    all: dict[str, Any] | None = None
+    specific: _Specific | None = None
+
+    def select(self, versions: list[str]) -> list[str]:
+        ordered = sorted(versions, key=version_key)
+        if self.all is not None:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific.versions]
+        return ordered[-(self.latest or _Latest()).num_versions:]
+
+    def describe(self) -> str:
+        if self.all is not None:
+            return "all"
+        if self.specific is not None:
+            return f"specific {self.specific.versions}"
+        return f"latest {(self.latest or _Latest()).num_versions}"
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Numeric dotted parts compare as numbers ("2.10.0" > "2.9.1"); other parts as text, after numbers."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.\-+_]", version))
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE", "LOADING"]
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "state": self.state, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the disk holds for one model: its loadable version directories, the versions that
+    cannot be loaded (with why), and the version policy."""
+
+    name: str
+    versions: dict[str, Path]
+    problems: dict[str, str]
+    policy: VersionPolicy
+    fingerprint: tuple[Any, ...] = ()
+
+
+def manifest_identity(directory: Path) -> tuple[str, str]:
+    """(name, version) from a version directory's manifest, without loading its graphs."""
+    path = directory / "manifest.json"
+    try:
+        raw = json.loads(path.read_text())
+        return str(raw["name"]), str(raw["version"])
+    except FileNotFoundError:
+        raise ValueError(f"{path} not found: a version directory holds what vae-export writes") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable manifest ({type(exc).__name__})") from None
+
+
+def _fingerprint(directory: Path) -> tuple[Any, ...]:
+    try:
+        stat = (directory / "manifest.json").stat()
+        return (directory.name, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return (directory.name, None)
+
+
+def scan_repository(repository: Path) -> dict[str, ModelSource]:
+    """Every model directory under `repository`, with its versions checked against their manifests."""
+    sources: dict[str, ModelSource] = {}
+    if not repository.is_dir():
+        return sources
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sources[model_dir.name] = scan_model(model_dir)
+    return sources
+
+
+def scan_model(model_dir: Path) -> ModelSource:
+    name = model_dir.name
+    versions: dict[str, Path] = {}
+    problems: dict[str, str] = {}
+    policy = VersionPolicy()
+    config_path = model_dir / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            policy = ModelConfig.model_validate_json(config_path.read_bytes()).version_policy
+        except (ValidationError, OSError) as exc:
+            reason = f"{config_path} is invalid: {str(exc).splitlines()[0]}; expected {{\"version_policy\": " \
+                     "{\"latest\": {\"num_versions\": 1}} | {\"all\": {}} | {\"specific\": {\"versions\": [...]}}}"
+            problems = {p.name: reason for p in model_dir.iterdir() if p.is_dir()}
+            return ModelSource(name, {}, problems or {"-": reason}, policy, (config_path.stat().st_mtime_ns,))
+    prints = []
+    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        prints.append(_fingerprint(version_dir))
+        try:
+            found = manifest_identity(version_dir)
+        except ValueError as exc:
+            problems[version_dir.name] = str(exc)
+            continue
+        if found != (name, version_dir.name):
+            problems[version_dir.name] = (f"directory {name}/{version_dir.name} holds the manifest of {found[0]} "
+                                          f"{found[1]}: the directory names must equal the manifest's name and "
+                                          "version")
+            continue
+        versions[version_dir.name] = version_dir
+    config_print = config_path.stat().st_mtime_ns if config_path.is_file() else None
+    return ModelSource(name, versions, problems, policy, (config_print, *prints))
+
+
+def single_model(directory: Path) -> dict[str, ModelSource]:
+    """`--model-dir D`: a repository of one model, named by D's manifest (D's own name is free)."""
+    name, version = manifest_identity(directory)
+    return {name: ModelSource(name, {version: directory}, {}, VersionPolicy(all={}), (_fingerprint(directory),))}
+
+
+@dataclass
+class Registry(Generic[T]):
+    """The served models. `load_version` turns a version directory into a warmed-up engine (it runs
+    in a worker thread and raises with a one-line reason when the version cannot be served)."""
+
+    scan: Callable[[], dict[str, ModelSource]]
+    load_version: Callable[[Path], T]
+    _served: dict[str, dict[str, T]] = field(default_factory=dict)
+    _status: dict[tuple[str, str], Status] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    # ---- reading: no locks, one snapshot per call ----
+
+    def resolve(self, name: str, version: str | None = None) -> tuple[str, T]:
+        """(version, engine) for a request: the named version, or the model's highest served one."""
+        versions = self._served.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        if version is None:
+            version = max(versions, key=version_key)
+        elif version not in versions:
+            raise ModelNotFound(f"model {name!r} has no loaded version {version!r}; loaded: "
+                                f"{', '.join(sorted(versions, key=version_key))}")
+        return version, versions[version]
+
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.resolve(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+    def served(self) -> dict[str, list[str]]:
+        return {name: sorted(versions, key=version_key) for name, versions in self._served.items() if versions}
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model and version known here or on disk, with its state (Triton's repository index)."""
+        statuses = dict(self._status)
+        for name, source in self.scan().items():
+            for version in [*source.versions, *source.problems]:
+                if (name, version) not in statuses:
+                    reason = source.problems.get(version, "not loaded")
+                    statuses[(name, version)] = Status(name, version, UNAVAILABLE, reason)
+        rows = [s.as_dict() for s in sorted(statuses.values(), key=lambda s: (s.name, version_key(s.version)))]
+        return [r for r in rows if r["state"] == READY] if ready_only else rows
+
+    # ---- changing: one load or unload at a time per model ----
+
+    async def load_all(self) -> None:
+        for name in self.scan():
+            try:
+                await self.load(name)
+            except (LoadFailed, ModelNotFound) as exc:
+                log.error("%s", exc)
+
+    async def load(self, name: str) -> list[Status]:
+        """(Re)load the versions the model's policy selects from disk. Each is loaded, hash-checked
+        and warmed up before it takes traffic; a version that fails never replaces a working one."""
+        async with self._lock(name):
+            source = self.scan().get(name)
+            if source is None:
+                raise ModelNotFound(f"no model {name!r} in the repository")
+            self._fingerprints[name] = source.fingerprint
+            for version, reason in source.problems.items():
+                self._set(Status(name, version, UNAVAILABLE, reason), log_reason=True)
+            selected = source.policy.select(list(source.versions))
+            current = self._served.get(name, {})
+            for version in selected:
+                self._status[(name, version)] = Status(name, version, LOADING)
+            loaded, failed = await self._load_versions(name, source, selected)
+            kept = {v: current[v] for v in failed if v in current}  # a failed reload keeps the working copy
+            new = {**kept, **loaded}
+            if not new and current:
+                new = dict(current)  # nothing loaded: nothing changes
+            for version in current:
+                if version not in new:
+                    self._set(Status(name, version, UNAVAILABLE,
+                                     f"unloaded: not selected by the version policy ({source.policy.describe()})"))
+            for version in failed:
+                if version in new:
+                    self._set(Status(name, version, READY, f"reload failed, still serving the copy loaded earlier: "
+                                     f"{failed[version]}"))
+            self._served = {**self._served, name: new}
+            if failed:
+                serving = ", ".join(sorted(new, key=version_key)) or "nothing"
+                raise LoadFailed(f"failed to load {name} " + "; ".join(f"{v}: {r}" for v, r in failed.items())
+                                 + f" (serving: {serving})")
+            if not selected:
+                raise LoadFailed(f"failed to load {name}: no loadable version in the repository "
+                                 f"(policy {source.policy.describe()}; found {sorted(source.versions) or 'none'})")
+            return [self._status[(name, v)] for v in sorted(new, key=version_key)]
+
+    async def unload(self, name: str) -> None:
+        async with self._lock(name):
+            if name not in self._served and not any(key[0] == name for key in self._status):
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            versions = self._served.get(name, {})
+            self._served = {k: v for k, v in self._served.items() if k != name}
+            for version in versions:
+                self._set(Status(name, version, UNAVAILABLE, "unloaded"))
+
+    async def poll(self) -> None:
+        """Apply what changed on disk since the last look (Triton's poll mode)."""
+        sources = self.scan()
+        for name, source in sources.items():
+            if self._fingerprints.get(name) != source.fingerprint:
+                try:
+                    await self.load(name)
+                except (LoadFailed, ModelNotFound) as exc:
+                    log.error("%s", exc)
+        for name in [n for n in self._served if n not in sources]:
+            await self.unload(name)
+            self._fingerprints.pop(name, None)
+
+    async def _load_versions(self, name: str, source: ModelSource,
+                             selected: list[str]) -> tuple[dict[str, T], dict[str, str]]:
+        loaded: dict[str, T] = {}
+        failed: dict[str, str] = {}
+        for version in selected:
+            try:
+                engine = await asyncio.to_thread(self.load_version, source.versions[version])
+            except Exception as exc:  # the loader's errors are the reason shown in the index
+                failed[version] = str(exc) or type(exc).__name__
+                self._set(Status(name, version, UNAVAILABLE, failed[version]), log_reason=True)
+                continue
+            loaded[version] = engine
+            self._set(Status(name, version, READY))
+            _log_release(engine, name, version)
+        return loaded, failed
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _set(self, status: Status, log_reason: bool = False) -> None:
+        previous = self._status.get((status.name, status.version))
+        self._status[(status.name, status.version)] = status
+        if previous != status:
+            line = f"model {status.name} {status.version}: {status.state}"
+            if status.reason:
+                line += f" ({status.reason})"
+            (log.error if log_reason and status.state == UNAVAILABLE else log.info)("%s", line)
+
+
+def _log_release(engine: object, name: str, version: str) -> None:
+    """One log line when the last reference to a version's engine goes and its sessions are freed."""
+    try:
+        weakref.finalize(engine, log.info, "model %s %s: released", name, version)
+    except TypeError:  # an engine type without weak references: nothing to report
+        pass
