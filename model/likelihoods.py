@@ -1,0 +1,137 @@
+"""One object per decoder distribution p(x|z): everything that differs between likelihoods.
+
+A `Likelihood` holds its decoder's output names; its log-probability in numpy (evaluation and
+serving) and its torch twin (training; torch is imported only when the twin is called, so this
+module stays torch-free for the service); how [0, 1] pixels become its data space, in numpy and in
+torch; the pixel mean E[x | z] that a person looks at; the offset that turns a continuous density
+into the probability of an 8-bit image; and how the manifest describes it. Adding a likelihood is
+one subclass here plus its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from model import distributions as dist
+
+
+class Likelihood(ABC):
+    name: ClassVar[str]
+    outputs: ClassVar[tuple[str, ...]]  # the decoder graph's outputs, in order
+    data_space: ClassVar[str]  # how the manifest describes the data the model scores
+
+    @abstractmethod
+    def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        """log p(x | z) per parameter set: x (P,) or (K, P), each param (K, P) -> (K,), in nats,
+        of the data space (continuous densities before `discrete_offset`)."""
+
+    @abstractmethod
+    def torch_log_prob(self, x: Any, params: tuple[Any, ...]) -> Any:
+        """The same in torch, for training: x and params (B, C, H, W) -> (B,)."""
+
+    @abstractmethod
+    def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        """E[x | z] in [0, 1], float32, shaped as the params."""
+
+    @abstractmethod
+    def to_data_space(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """[0, 1] pixels -> the data the likelihood scores, drawing from `rng`."""
+
+    @abstractmethod
+    def torch_to_data_space(self, batch: Any, generator: Any) -> Any:
+        """The same in torch: a fresh draw each time an image is seen in training."""
+
+    @abstractmethod
+    def describe_draw(self, seed: int) -> str:
+        """The data-space draw applied to a request's images, for the response."""
+
+    def discrete_offset(self, dims: int) -> float:
+        """Nats to add to `log_prob` to get the probability of the 8-bit image (0 for discrete data)."""
+        return 0.0
+
+    def log_prob_8bit(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        """`log_prob` of the flattened params, plus the offset: what scores and reports use."""
+        flat = tuple(p.reshape(p.shape[0], -1) for p in params)
+        return self.log_prob(x, flat) + self.discrete_offset(flat[0].shape[1])
+
+
+class Bernoulli(Likelihood):
+    """Binary pixels: x ~ Bernoulli(sigmoid(logits)). Grey images are binarised by a draw."""
+
+    name = "bernoulli"
+    outputs = ("logits",)
+    data_space = "binary pixels: x ~ Bernoulli(pixel), dynamically re-drawn in training"
+
+    def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        return dist.log_bernoulli(x, params[0])
+
+    def torch_log_prob(self, x: Any, params: tuple[Any, ...]) -> Any:
+        import torch.nn.functional as F
+
+        return -F.binary_cross_entropy_with_logits(params[0], x, reduction="none").flatten(1).sum(dim=1)
+
+    def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        return (1.0 / (1.0 + np.exp(-params[0].astype(np.float64)))).astype(np.float32)
+
+    def to_data_space(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return (rng.random(pixels.shape, dtype=np.float32) < pixels).astype(np.float32)
+
+    def torch_to_data_space(self, batch: Any, generator: Any) -> Any:
+        import torch
+
+        return torch.bernoulli(batch, generator=generator)
+
+    def describe_draw(self, seed: int) -> str:
+        return f"binarised: x ~ Bernoulli(pixel), seed {seed} (binary images are unchanged)"
+
+
+class Gaussian(Likelihood):
+    """Dequantised 8-bit pixels: x ~ N(mean, exp(log_scale)^2), reported as 8-bit probabilities."""
+
+    name = "gaussian"
+    outputs = ("mean", "log_scale")
+    data_space = ("dequantised 8-bit pixels: (round(255 * pixel) + u) / 256, u ~ U(0, 1); densities reported "
+                  "as 8-bit probabilities (bin 1/256)")
+
+    def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        return dist.log_gaussian(x, params[0], params[1])
+
+    def torch_log_prob(self, x: Any, params: tuple[Any, ...]) -> Any:
+        import torch
+
+        mean, log_scale = params
+        z = (x - mean) * torch.exp(-log_scale)
+        return (-0.5 * z.pow(2) - log_scale - 0.5 * dist.LOG_2PI).flatten(1).sum(dim=1)
+
+    def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        return np.clip(params[0], 0.0, 1.0).astype(np.float32)
+
+    def to_data_space(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        levels = np.round(pixels * 255.0)
+        return ((levels + rng.random(pixels.shape, dtype=np.float32)) / 256.0).astype(np.float32)
+
+    def torch_to_data_space(self, batch: Any, generator: Any) -> Any:
+        import torch
+
+        return (torch.round(batch * 255.0) + torch.rand(batch.shape, generator=generator)) / 256.0
+
+    def describe_draw(self, seed: int) -> str:
+        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), seed {seed}; densities are "
+                "reported as probabilities of the 8-bit image")
+
+    def discrete_offset(self, dims: int) -> float:
+        return -dims * math.log(256.0)
+
+
+LIKELIHOODS: dict[str, Likelihood] = {likelihood.name: likelihood for likelihood in (Bernoulli(), Gaussian())}
+
+
+def get(name: str) -> Likelihood:
+    try:
+        return LIKELIHOODS[name]
+    except KeyError:
+        raise ValueError(f"unknown likelihood {name!r}; known: {', '.join(sorted(LIKELIHOODS))}") from None
