@@ -1,0 +1,121 @@
+"""Triton's model-repository extension: index, load, unload; and per-model readiness.
+
+These routes change what is served, so they need `Authorization: Bearer <VAE_ADMIN_TOKEN>` when
+that setting is present; without it they are off (403) unless `VAE_REPOSITORY_CONTROL=open`.
+Errors here are `{"error": "<message>"}`, the open inference protocol's shape, which Triton's
+clients parse.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.registry import LoadFailed, ModelNotFound
+from service.state import app_state
+
+router = APIRouter(tags=["model repository"])
+V2_ERROR = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"],
+                                                        "properties": {"error": {"type": "string"}}}}}}
+CONTROL_ERRORS = {400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
+                  401: {**V2_ERROR, "description": "missing or wrong bearer token"},
+                  403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
+                  404: {**V2_ERROR, "description": "no such model"}}
+INDEX_EXAMPLE = [{"name": "fashion-mnist-vae", "version": "2.0.0", "state": "READY", "reason": ""}]
+
+
+def v2_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _denied(request: Request) -> JSONResponse | None:
+    """None when the caller may change the repository, else the answer to send."""
+    settings = app_state(request).settings
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    if token is None:
+        if settings.repository_control == "open":
+            return None
+        return v2_error(403, "repository control is off: set VAE_ADMIN_TOKEN (or VAE_REPOSITORY_CONTROL=open)")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>")
+    return None
+
+
+async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
+    """The optional JSON body of a control request: absent, or an object."""
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return v2_error(400, "the body is not JSON")
+    if not isinstance(parsed, dict):
+        return v2_error(400, "the body must be a JSON object")
+    return parsed
+
+
+@router.post("/v2/repository/index", responses={**CONTROL_ERRORS, 200: {"description": "every model and version",
+             "content": {"application/json": {"example": INDEX_EXAMPLE}}}},
+             summary="Every model and version in the repository, with its state and reason")
+async def repository_index(request: Request) -> Response:
+    denied = _denied(request)
+    if denied is not None:
+        return denied
+    body = await _json_object(request)
+    if isinstance(body, JSONResponse):
+        return body
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        return v2_error(400, "'ready' must be true or false")
+    return JSONResponse(app_state(request).registry.index(ready_only=ready))
+
+
+@router.post("/v2/repository/models/{name}/load", responses=CONTROL_ERRORS,
+             summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
+async def repository_load(request: Request, name: str) -> Response:
+    denied = _denied(request)
+    if denied is not None:
+        return denied
+    body = await _json_object(request)
+    if isinstance(body, JSONResponse):
+        return body
+    try:
+        await app_state(request).registry.load(name)
+    except ModelNotFound as exc:
+        return v2_error(400, f"failed to load '{name}': {exc}")
+    except LoadFailed as exc:
+        return v2_error(400, str(exc))
+    return JSONResponse({})
+
+
+@router.post("/v2/repository/models/{name}/unload", responses=CONTROL_ERRORS,
+             summary="Stop serving a model; requests already running finish on it")
+async def repository_unload(request: Request, name: str) -> Response:
+    denied = _denied(request)
+    if denied is not None:
+        return denied
+    body = await _json_object(request)
+    if isinstance(body, JSONResponse):
+        return body
+    try:
+        await app_state(request).registry.unload(name)
+    except ModelNotFound as exc:
+        return v2_error(400, f"failed to unload '{name}': {exc}")
+    return JSONResponse({})
+
+
+@router.get("/v2/models/{name}/ready", responses={400: V2_ERROR},
+            summary="Per-model readiness: 200 when a version of the model is loaded and warmed up")
+@router.get("/v2/models/{name}/versions/{version}/ready", responses={400: V2_ERROR},
+            summary="Per-version readiness")
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    if app_state(request).registry.is_ready(name, version):
+        return Response(status_code=200)
+    which = f"model '{name}'" + (f" version '{version}'" if version else "")
+    return v2_error(400, f"{which} is not ready")
