@@ -9,14 +9,11 @@ generator, in its own process. A window with any response of status >= 400 or an
 stops the run with exit status 1 and names the cell; no window is designed to get a 429 (the
 servers' in-flight limit is raised above the highest concurrency, see bench/servers.py).
 
-Rounds x windows, chosen to fit `make bench` in about 12 minutes on 2 cores: the full plan has 37
-cells x 5 rounds x (1 s warm-up + 2 s window) = about 9.5 minutes of load, and the rest of
-`make bench` (decoder shapes, in-process costs, cold start, one training epoch) about 2 minutes.
-Five rounds give a median that one slow round cannot move, and a range. `--quick` measures 2
-cells x 5 rounds x (1 s + 2 s), about 35 s with the server starts.
+`make bench` takes about 12 minutes on 2 cores and `--quick` about 35 s; the rounds and window
+lengths, and why, are in bench/plan.py.
 
-A new measurement is one function in MEASUREMENTS (it gets the running servers and the results so
-far, and returns a JSON-able dict); a new server or cell is a line in SERVERS or the plan.
+A new measurement is one function in bench/measurements.py; a new server, cell or ratio is a line
+in bench/plan.py.
 """
 
 from __future__ import annotations
@@ -31,89 +28,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from bench.provenance import git_state, model_on_disk, served_model
-from bench.rounds import (Cell, Ratio, WindowFailed, check_window, round_order, round_ratios, summarise_cell,
-                          summarise_ratios)
-from bench.servers import REPO, Server, ServerSpec
+from bench.measurements import MEASUREMENTS, WHILE_SERVING
+from bench.plan import ENCODE, MODEL_DIR, PLANS, QUICK_GUARD, RESULTS, SERVERS, Bench, Plan
+from bench.provenance import git_state, served_model
+from bench.rounds import Cell, WindowFailed, check_window, round_order, round_ratios, summarise_cell, summarise_ratios
+from bench.servers import REPO, Server
 
-RESULTS = REPO / "bench" / "results"
-MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
-CONCURRENCY = (1, 8, 32, 64)
-ENCODE = "encode_1_raw"
-
-SERVERS = {
-    "product": ServerSpec("product"),
-    "minimal": ServerSpec("minimal"),
-    "ceiling": ServerSpec("ceiling"),
-    "naive": ServerSpec("naive"),
-    "product_2_workers": ServerSpec("product", workers=2),
-    "product_micro_batch": ServerSpec("product", env={"VAE_MICRO_BATCH": "true"}),
-}
-PRODUCT_ROUTES = ("encode_16_multipart", "sample_16_png", "elbo_k1", "elbo_k100")
-
-
-def _encode(server: str, concurrency: int) -> Cell:
-    return Cell(server, ENCODE, concurrency)
-
-
-FULL_CELLS = (
-    *(_encode(server, c) for server in ("product", "minimal", "ceiling", "naive") for c in CONCURRENCY),
-    *(Cell("product", route, c) for route in PRODUCT_ROUTES for c in CONCURRENCY),
-    *(_encode("product_2_workers", c) for c in (32, 64)),
-    *(_encode("product_micro_batch", c) for c in (1, 32, 64)),
-)
-QUICK_RATIOS = {"encode_vs_minimal_c32": Ratio(_encode("product", 32), _encode("minimal", 32))}
-FULL_RATIOS = {
-    **QUICK_RATIOS,
-    "encode_vs_naive_c32": Ratio(_encode("product", 32), _encode("naive", 32)),
-    "encode_vs_ceiling_c32": Ratio(_encode("product", 32), _encode("ceiling", 32)),
-    "p99_c1_product_vs_naive": Ratio(_encode("product", 1), _encode("naive", 1), "p99_us"),
-    "two_workers_vs_one_c32": Ratio(_encode("product_2_workers", 32), _encode("product", 32)),
-    "two_workers_vs_one_c64": Ratio(_encode("product_2_workers", 64), _encode("product", 64)),
-    "micro_batch_vs_off_c32": Ratio(_encode("product_micro_batch", 32), _encode("product", 32)),
-    "micro_batch_vs_off_c64": Ratio(_encode("product_micro_batch", 64), _encode("product", 64)),
-    "micro_batch_p99_vs_off_c1": Ratio(_encode("product_micro_batch", 1), _encode("product", 1), "p99_us"),
-    "micro_batch_p99_vs_off_c64": Ratio(_encode("product_micro_batch", 64), _encode("product", 64), "p99_us"),
-}
-QUICK_GUARD = 0.7  # `--quick` fails when the median encode_vs_minimal_c32 falls below this
-
-
-@dataclass(frozen=True)
-class Plan:
-    name: str  # the results file: bench/results/<name>.json
-    cells: tuple[Cell, ...]
-    ratios: dict[str, Ratio]
-    measurements: tuple[str, ...]  # keys of MEASUREMENTS, run after the rounds in this order
-    rounds: int = 5
-    window_s: int = 2  # wrk takes whole seconds
-    warmup_s: int = 1
-    seed: int = 0
-
-
-PLANS = {
-    "full": Plan("serving", FULL_CELLS, FULL_RATIOS, ("memory", "in_process", "cold_start", "efficiency")),
-    "quick": Plan("quick", (_encode("product", 32), _encode("minimal", 32)), QUICK_RATIOS, ()),
-}
-
-
-@dataclass
-class Bench:
-    """What a measurement may use: the plan, the running servers, the request bodies."""
-
-    plan: Plan
-    servers: dict[str, Server]
-    pngs: list[bytes]
-    routes: dict[str, dict[str, Any]]
-    windows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # cell key -> one per round
-
+__all__ = ["MODEL_DIR", "RESULTS", "machine", "test_pngs"]  # what bench.inprocess and bench.decoder_cost use
 
 def machine() -> dict[str, Any]:
     import fastapi
@@ -228,73 +155,6 @@ def run_rounds(bench: Bench) -> list[list[str]]:
             print(f"round {round_index + 1}/{plan.rounds} [{position}/{len(order)}] {cell.key}: "
                   f"{stats['rps']:.0f} requests/s, p99 {stats['p99_us'] / 1000:.1f} ms", flush=True)
     return orders
-
-
-# -- measurements after the rounds: one function each, (bench, results so far) -> JSON-able dict --
-
-def memory(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
-    """Resident memory of each serving process after all rounds, per server."""
-    return {name: server.rss_mb() for name, server in bench.servers.items()}
-
-
-def in_process(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
-    """The compute limit: onnxruntime alone, plus PNG decoding and response serialisation."""
-    from model.preprocess import PreprocessContract, bytes_to_array
-    from service.responses import json_response
-    from service.runtime import load_model_dir
-
-    pngs = bench.pngs
-    model = load_model_dir(MODEL_DIR, threads=1)
-    contract = PreprocessContract.from_dict(model.manifest.preprocessing)
-    out: dict[str, Any] = {}
-    images = np.stack([bytes_to_array(p, contract) for p in pngs])  # (256, C, H, W)
-    latents = np.random.default_rng(0).standard_normal((256, model.latent_dim), dtype=np.float32)
-    for batch in (1, 16, 256):
-        for name, fn, data in (("encoder", model.encode, images), ("decoder", model.decode, latents)):
-            out[f"{name}_images_per_s_batch{batch}"] = _rate(lambda f=fn, x=data[:batch]: f(x), batch)
-    out["png_decode_us"] = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1)
-    mean, logvar = model.encode(images[:1])
-    payload = {"model": {"name": "x", "version": "y"}, "latent_dim": model.latent_dim, "seed": None,
-               "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}]}
-    payload["results"][0].update(mean=mean[0], logvar=logvar[0])
-    out["response_serialise_us"] = 1e6 / _rate(lambda: json_response(payload), 1)  # the product's own path
-    out["encode_one_image_us"] = 1e6 / out["encoder_images_per_s_batch1"]
-    out["work_per_encode_request_us"] = out["png_decode_us"] + out["encode_one_image_us"] + out["response_serialise_us"]
-    return out
-
-
-def _rate(fn: Callable[[], Any], items: int, seconds: float = 0.5) -> float:
-    fn()
-    count, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        fn()
-        count += 1
-    return count * items / (time.perf_counter() - began)
-
-
-def cold_start(bench: Bench, results: dict[str, Any]) -> dict[str, float]:
-    """Process start to /readyz 200, and resident memory once ready, of a fresh product server."""
-    server = Server("product", MODEL_DIR)
-    try:
-        seconds = server.wait_ready()
-        return {"start_to_ready_s": seconds, "rss_ready_mb": max(server.rss_mb())}
-    finally:
-        server.stop()
-
-
-def efficiency(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
-    """Per round: /encode's requests/s at c=32 over the ideal 1 / (ceiling's time per request in
-    that round + the in-process work per request)."""
-    work_s = results["in_process"]["work_per_encode_request_us"] / 1e6
-    product, ceiling = bench.windows[_encode("product", 32).key], bench.windows[_encode("ceiling", 32).key]
-    ideal = [1.0 / (1.0 / c["rps"] + work_s) for c in ceiling]
-    return summarise_ratios({"ideal_rps_c32": ideal,
-                             "encode_efficiency_c32": [p["rps"] / i for p, i in zip(product, ideal, strict=True)]})
-
-
-MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]] = {
-    "memory": memory, "in_process": in_process, "cold_start": cold_start, "efficiency": efficiency}
-WHILE_SERVING = {"memory"}  # measurements that read the running servers; the rest run after they stop
 
 
 def targets(results: dict[str, Any]) -> dict[str, bool]:

@@ -25,7 +25,9 @@ def test_git_state_names_the_commit_and_the_changed_files(tmp_path):
     assert git_state(tmp_path) == {"commit": head, "dirty": True, "changed": ["a.py"], "changed_count": 1}
 
 
-def test_git_state_outside_a_repository_says_it_does_not_know(tmp_path):
+def test_git_state_outside_a_repository_says_it_does_not_know(tmp_path, monkeypatch):
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if the temp dir is inside a repo
     state = git_state(tmp_path)
     assert state["commit"] is None and state["dirty"] is None and state["error"].startswith("git failed")
 

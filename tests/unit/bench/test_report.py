@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench import report, run
+from bench.plan import FULL_CELLS, FULL_RATIOS
 from bench.rounds import round_ratios, summarise_cell, summarise_ratios
 
 
@@ -17,10 +18,10 @@ def window(rps: float, p99_us: int) -> dict:
 def full_serving() -> dict:
     """Three rounds; the product's /encode at c=32 serves 1400, 1500, 1450 and the minimal app
     1500, 1500, 1600; every other cell 1000 requests/s."""
-    windows = {cell.key: [window(1000.0, 50000 + 1000 * r) for r in range(3)] for cell in run.FULL_CELLS}
+    windows = {cell.key: [window(1000.0, 50000 + 1000 * r) for r in range(3)] for cell in FULL_CELLS}
     windows["product/encode_1_raw/c32"] = [window(r, 100000) for r in (1400.0, 1500.0, 1450.0)]
     windows["minimal/encode_1_raw/c32"] = [window(r, 80000) for r in (1500.0, 1500.0, 1600.0)]
-    ratios = summarise_ratios(round_ratios(windows, run.FULL_RATIOS))
+    ratios = summarise_ratios(round_ratios(windows, FULL_RATIOS))
     serving = {
         "machine": {"cores": 2, "cpu": "AMD EPYC", "time": "2026-11-24T05:00:00Z", "wrk": "wrk 4.1.0"},
         "git": {"commit": "0123456789abcdef0123", "dirty": False},
