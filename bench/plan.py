@@ -64,14 +64,14 @@ class Plan:
     name: str  # the results file: bench/results/<name>.json
     cells: tuple[Cell, ...]
     ratios: dict[str, Ratio]
-    measurements: tuple[str, ...]  # keys of MEASUREMENTS, run after the rounds in this order
+    measurements: tuple[str, ...]  # keys of bench.measurements.MEASUREMENTS, run after the rounds in order
     rounds: int = 5
     window_s: int = 2  # wrk takes whole seconds
     warmup_s: int = 1
     seed: int = 0
 
 
-PLANS = {  # measurements: keys of bench.measurements.MEASUREMENTS, run after the rounds in this order
+PLANS = {
     "full": Plan("serving", FULL_CELLS, FULL_RATIOS, ("memory", "in_process", "cold_start", "efficiency")),
     "quick": Plan("quick", (encode_cell("product", 32), encode_cell("minimal", 32)), QUICK_RATIOS, ()),
 }
