@@ -44,11 +44,13 @@ eval: $(BIN)/.dev-installed
 export: $(BIN)/.dev-installed
 	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --report $(RUN)/report
 
+# About 12 minutes on 2 cores: interleaved rounds of short wrk windows (the plan is in bench/run.py).
 bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
 	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.run
 
+# The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.
 bench-quick: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.run --quick
 

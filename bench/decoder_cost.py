@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.provenance import git_state
 from bench.run import RESULTS, machine
 from export.exporter import export_graph
 from model.config import ModelConfig
@@ -43,7 +44,8 @@ def us_per_sample(path: Path, latent_dim: int, threads: int, batch: int = 1000, 
 
 def main() -> None:
     torch.manual_seed(0)
-    results = {"machine": machine(), "command": "python -m bench.decoder_cost", "batch": 1000, "shapes": {}}
+    results = {"machine": machine(), "git": git_state(), "command": "python -m bench.decoder_cost", "batch": 1000,
+               "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in SHAPES.items():
             path = Path(tmp) / "decoder.onnx"

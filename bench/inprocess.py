@@ -16,6 +16,7 @@ import os
 import pstats
 import time
 
+from bench.provenance import git_state, model_on_disk
 from bench.run import MODEL_DIR, RESULTS, machine, test_pngs
 
 
@@ -58,7 +59,8 @@ async def main(profile: bool, n: int) -> dict:
 
     body = test_pngs(1)[0]
     product, logged = await product_app(False), await product_app(True)
-    results = {"machine": machine(), "command": "python -m bench.inprocess", "requests": n,
+    results = {"machine": machine(), "git": git_state(), "model": model_on_disk(MODEL_DIR),
+               "command": "python -m bench.inprocess", "requests": n,
                "minimal_us": await per_request_us(minimal, body, n),
                "product_us": await per_request_us(product, body, n),
                "product_access_log_us": await per_request_us(logged, body, n)}

@@ -1,12 +1,25 @@
 """`make bench`: serving and training benchmarks into bench/results/*.json; `--quick`: the CI guard.
 
-Every target is a ratio between figures measured in this one run, because absolute numbers drift
-on a shared machine. The load generator is wrk (Debian's package), a separate process.
+Every server is started once and kept running. The load then comes in rounds: in each round every
+cell (server, route, concurrency) gets one short wrk window after a short warm-up, in an order
+shuffled per round with a fixed seed (bench/rounds.py). Each cell reports the median and the
+spread of its rounds, and every ratio is taken within a round and then summarised the same way,
+because absolute numbers drift on a shared machine. wrk (Debian's package) is the load
+generator, in its own process. A window with any response of status >= 400 or any socket error
+stops the run with exit status 1 and names the cell; no window is designed to get a 429 (the
+servers' in-flight limit is raised above the highest concurrency, see bench/servers.py).
+
+`make bench` takes about 12 minutes on 2 cores and `--quick` about 35 s; the rounds and window
+lengths, and why, are in bench/plan.py.
+
+A new measurement is one function in bench/measurements.py; a new server, cell or ratio is a line
+in bench/plan.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -18,13 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
+from bench.measurements import MEASUREMENTS, WHILE_SERVING
+from bench.plan import ENCODE, MODEL_DIR, PLANS, QUICK_GUARD, RESULTS, SERVERS, Bench, Plan
+from bench.provenance import git_state, served_model
+from bench.rounds import Cell, WindowFailed, check_window, round_order, round_ratios, summarise_cell, summarise_ratios
 from bench.servers import REPO, Server
 
-RESULTS = REPO / "bench" / "results"
-MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
-CONCURRENCY = (1, 8, 32, 64)
+__all__ = ["MODEL_DIR", "RESULTS", "machine", "test_pngs"]  # what bench.inprocess and bench.decoder_cost use
 
 
 def machine() -> dict[str, Any]:
@@ -64,30 +80,10 @@ def multipart(files: list[bytes]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def wrk(url: str, concurrency: int, seconds: float, method: str = "GET", body: bytes | None = None,
-        content_type: str = "", warmup: float = 1.0) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile(suffix=".body") as handle:
-        if body is not None:
-            handle.write(body)
-            handle.flush()
-        env = {**os.environ, "WRK_BODY": handle.name if body is not None else "", "WRK_METHOD": method,
-               "WRK_CONTENT_TYPE": content_type}
-        script = str(REPO / "bench" / "wrk_report.lua")
-        base = ["wrk", "-t1", f"-c{concurrency}", "--timeout", "30s", "-s", script]
-        if warmup:
-            subprocess.run([*base, f"-d{int(warmup)}s", url], env=env, capture_output=True, check=True)
-        out = subprocess.run([*base, f"-d{int(seconds)}s", url], env=env, capture_output=True, text=True, check=True)
-    line = next(l for l in out.stdout.splitlines() if l.startswith("WRK_JSON "))
-    stats = json.loads(line[len("WRK_JSON "):])
-    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
-    stats.update(concurrency=concurrency, seconds=seconds)
-    return stats
-
-
 def routes(pngs: list[bytes]) -> dict[str, dict[str, Any]]:
     body16, type16 = multipart(pngs[:16])
     return {
-        "encode_1_raw": {"path": "/encode", "method": "POST", "body": pngs[0], "content_type": "image/png"},
+        ENCODE: {"path": "/encode", "method": "POST", "body": pngs[0], "content_type": "image/png"},
         "encode_16_multipart": {"path": "/encode", "method": "POST", "body": body16, "content_type": type16},
         "sample_16_png": {"path": "/sample?n=16&seed=1", "method": "GET", "body": None, "content_type": ""},
         "elbo_k1": {"path": "/elbo?k=1", "method": "POST", "body": pngs[0], "content_type": "image/png"},
@@ -95,53 +91,117 @@ def routes(pngs: list[bytes]) -> dict[str, dict[str, Any]]:
     }
 
 
-def load(server: Server, route: dict[str, Any], concurrency: int, seconds: float) -> dict[str, Any]:
-    return wrk(server.url + route["path"], concurrency, seconds, route["method"], route["body"],
-               route["content_type"])
+def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any]) -> dict[str, Any]:
+    """One wrk run; its summary line (bench/wrk_report.lua) plus requests/s."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as handle:
+        if route["body"] is not None:
+            handle.write(route["body"])
+            handle.flush()
+        env = {**os.environ, "WRK_BODY": handle.name if route["body"] is not None else "",
+               "WRK_METHOD": route["method"], "WRK_CONTENT_TYPE": route["content_type"]}
+        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s",
+                   str(REPO / "bench" / "wrk_report.lua"), url + route["path"]]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return parse_report(out.stdout)
 
 
-def in_process(pngs: list[bytes]) -> dict[str, Any]:
-    """The compute limit: onnxruntime alone, plus PNG decoding and response serialisation."""
-    from model.preprocess import PreprocessContract, bytes_to_array
-    from service.responses import json_response
-    from service.runtime import load_model_dir
-
-    model = load_model_dir(MODEL_DIR, threads=1)
-    contract = PreprocessContract.from_dict(model.manifest.preprocessing)
-    out: dict[str, Any] = {}
-    images = np.stack([bytes_to_array(p, contract) for p in pngs])  # (256, C, H, W)
-    latents = np.random.default_rng(0).standard_normal((256, model.latent_dim), dtype=np.float32)
-    for batch in (1, 16, 256):
-        for name, fn, data in (("encoder", model.encode, images), ("decoder", model.decode, latents)):
-            out[f"{name}_images_per_s_batch{batch}"] = _rate(lambda f=fn, x=data[:batch]: f(x), batch)
-    out["png_decode_us"] = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1)
-    mean, logvar = model.encode(images[:1])
-    payload = {"model": {"name": "x", "version": "y"}, "latent_dim": model.latent_dim, "seed": None,
-               "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}]}
-    payload["results"][0].update(mean=mean[0], logvar=logvar[0])
-    out["response_serialise_us"] = 1e6 / _rate(lambda: json_response(payload), 1)  # the product's own path
-    out["encode_one_image_us"] = 1e6 / out["encoder_images_per_s_batch1"]
-    out["work_per_encode_request_us"] = out["png_decode_us"] + out["encode_one_image_us"] + out["response_serialise_us"]
-    return out
+def parse_report(stdout: str) -> dict[str, Any]:
+    """wrk's output -> the WRK_JSON summary, with the socket errors summed and requests/s."""
+    line = next((line for line in stdout.splitlines() if line.startswith("WRK_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no WRK_JSON summary line:\n{stdout[-2000:]}")
+    stats = json.loads(line[len("WRK_JSON "):])
+    stats["socket_errors"] = sum(stats[f"{kind}_errors"] for kind in ("connect", "read", "write", "timeout"))
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    return stats
 
 
-def _rate(fn, items: int, seconds: float = 0.5) -> float:
-    fn()
-    count, began = 0, time.perf_counter()
-    while time.perf_counter() - began < seconds:
-        fn()
-        count += 1
-    return count * items / (time.perf_counter() - began)
+def window(bench: Bench, cell: Cell, round_index: int) -> dict[str, Any]:
+    """The cell's window in one round, after a warm-up; raises WindowFailed on any failed request."""
+    url, route, plan = bench.servers[cell.server].url, bench.routes[cell.route], bench.plan
+    stats: dict[str, Any] = {}
+    for phase, seconds in (("warm-up", plan.warmup_s), ("window", plan.window_s)):
+        if seconds:
+            try:
+                stats = wrk(url, cell.concurrency, seconds, route)
+            except subprocess.CalledProcessError as failed:  # e.g. the server died: no connection at all
+                raise WindowFailed(f"{cell.key}, round {round_index + 1}, {phase}: wrk exited with "
+                                   f"{failed.returncode}: {(failed.stdout + failed.stderr).strip()[-500:]}") from None
+            check_window(cell, round_index, phase, stats)
+    return stats
 
 
-def cold_start() -> dict[str, float]:
-    """Process start to /readyz 200, and resident memory once ready and after load."""
-    server = Server("product", MODEL_DIR)
+def preflight(bench: Bench) -> None:
+    """One request per (server, route) before the rounds: it must be exactly 2xx with a body, which
+    also covers the 1xx and 3xx answers that wrk does not count as errors."""
+    for server, route_name in sorted({(cell.server, cell.route) for cell in bench.plan.cells}):
+        route = bench.routes[route_name]
+        headers = {"Content-Type": route["content_type"]} if route["content_type"] else {}
+        response = httpx.request(route["method"], bench.servers[server].url + route["path"], content=route["body"],
+                                 headers=headers, timeout=30)
+        if not 200 <= response.status_code < 300 or not response.content:
+            raise WindowFailed(f"{server}/{route_name}: the preflight request got {response.status_code} "
+                               f"{response.text[:200]!r}")
+
+
+def run_rounds(bench: Bench) -> list[list[str]]:
+    """Every round's windows into bench.windows; returns each round's order of cell keys."""
+    plan, orders = bench.plan, []
+    for round_index in range(plan.rounds):
+        order = round_order(plan.cells, round_index, plan.seed)
+        orders.append([cell.key for cell in order])
+        for position, cell in enumerate(order, 1):
+            stats = window(bench, cell, round_index)
+            bench.windows.setdefault(cell.key, []).append(stats)
+            print(f"round {round_index + 1}/{plan.rounds} [{position}/{len(order)}] {cell.key}: "
+                  f"{stats['rps']:.0f} requests/s, p99 {stats['p99_us'] / 1000:.1f} ms", flush=True)
+    return orders
+
+
+def targets(results: dict[str, Any]) -> dict[str, bool]:
+    """The full run's targets, judged on the medians of the rounds."""
+    ratio = lambda name: results["ratios"][name]["median"]  # noqa: E731
+    rss = results["memory"]["product"] + results["memory"]["product_2_workers"]
+    return {
+        "encode >= 0.9x minimal (c32)": ratio("encode_vs_minimal_c32") >= 0.9,
+        "encode >= 2x naive (c32)": ratio("encode_vs_naive_c32") >= 2.0,
+        "p99 at c1 <= naive": ratio("p99_c1_product_vs_naive") <= 1.0,
+        "start to ready <= 1.5 s": results["cold_start"]["start_to_ready_s"] <= 1.5,
+        "RSS per worker <= 200 MB": max(rss) <= 200,
+    }
+
+
+def serving(plan: Plan, command: str) -> dict[str, Any]:
+    pngs = test_pngs(256)
+    results: dict[str, Any] = {"machine": machine(), "git": git_state(), "command": command,
+                               "plan": {"rounds": plan.rounds, "window_s": plan.window_s, "warmup_s": plan.warmup_s,
+                                        "seed": plan.seed, "cells": len(plan.cells)}}
+    names = sorted({cell.server for cell in plan.cells})
+    servers: dict[str, Server] = {}
+    bench = Bench(plan, servers, pngs, routes(pngs))
     try:
-        seconds = server.wait_ready()
-        return {"start_to_ready_s": seconds, "rss_ready_mb": max(server.rss_mb())}
+        for name in names:  # all start together; each is waited on below
+            servers[name] = Server.from_spec(SERVERS[name], MODEL_DIR)
+        for server in servers.values():
+            server.wait_ready()
+        results["model"] = served_model(servers["product"].url)
+        preflight(bench)
+        began = time.monotonic()
+        results["order"] = run_rounds(bench)
+        results["rounds_wall_s"] = time.monotonic() - began  # against the time budget in bench/plan.py
+        for name in (m for m in plan.measurements if m in WHILE_SERVING):
+            results[name] = MEASUREMENTS[name](bench, results)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
+    for name in (m for m in plan.measurements if m not in WHILE_SERVING):
+        results[name] = MEASUREMENTS[name](bench, results)
+    cells = {cell.key: cell for cell in plan.cells}
+    results["cells"] = {key: {"server": cells[key].server, "route": cells[key].route,
+                              "concurrency": cells[key].concurrency, **summarise_cell(windows), "windows": windows}
+                        for key, windows in bench.windows.items()}
+    results["ratios"] = summarise_ratios(round_ratios(bench.windows, plan.ratios))
+    return results
 
 
 def training_speed() -> dict[str, Any]:
@@ -157,109 +217,63 @@ def training_speed() -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def serving(quick: bool) -> dict[str, Any]:
-    pngs = test_pngs(256)
-    table = routes(pngs)
-    seconds = 4.0 if quick else 6.0
-    results: dict[str, Any] = {"machine": machine(), "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
-                               "window_s": seconds, "warmup_s": 1.0}
-    encode = table["encode_1_raw"]
-    comparison = ("product", "minimal") if quick else ("product", "minimal", "ceiling", "naive")
-    levels = (32,) if quick else CONCURRENCY
-    runs: dict[str, dict[str, Any]] = {}
-    for kind in comparison:
-        server = Server(kind, MODEL_DIR)
-        try:
-            server.wait_ready()
-            for c in levels:
-                runs.setdefault(kind, {})[f"encode_1_raw_c{c}"] = load(server, encode, c, seconds)
-            if kind == "product" and not quick:
-                for name, route in table.items():
-                    for c in CONCURRENCY:
-                        if name != "encode_1_raw":
-                            runs[kind][f"{name}_c{c}"] = load(server, route, c, seconds)
-                runs[kind]["rss_after_load_mb"] = server.rss_mb()
-        finally:
-            server.stop()
-    if not quick:
-        server = Server("product", MODEL_DIR, workers=2)
-        try:
-            server.wait_ready()
-            time.sleep(1.0)  # both workers up
-            runs["product_2_workers"] = {f"encode_1_raw_c{c}": load(server, encode, c, seconds) for c in (32, 64)}
-            runs["product_2_workers"]["rss_per_worker_mb"] = server.rss_mb()
-        finally:
-            server.stop()
-        server = Server("product", MODEL_DIR, env={"VAE_MICRO_BATCH": "true"})
-        try:
-            server.wait_ready()
-            runs["product_micro_batch"] = {f"encode_1_raw_c{c}": load(server, encode, c, seconds) for c in (1, 32, 64)}
-        finally:
-            server.stop()
-        results["in_process"] = in_process(pngs)
-        results["cold_start"] = cold_start()
-    results["runs"] = runs
-    results["ratios"] = ratios(results, quick)
-    return results
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Whole or not at all: a failed run never leaves half a results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
-def ratios(results: dict[str, Any], quick: bool) -> dict[str, Any]:
-    runs = results["runs"]
-    rps = lambda kind, c=32: runs[kind][f"encode_1_raw_c{c}"]["rps"]  # noqa: E731
-    out: dict[str, Any] = {"encode_vs_minimal_c32": rps("product") / rps("minimal")}
-    if quick:
-        return out
-    ceiling_time = 1.0 / rps("ceiling")
-    work = results["in_process"]["work_per_encode_request_us"] / 1e6
-    ideal = 1.0 / (ceiling_time + work)
-    out.update({
-        "encode_vs_naive_c32": rps("product") / rps("naive"),
-        "encode_vs_ceiling_c32": rps("product") / rps("ceiling"),
-        "encode_efficiency_c32": rps("product") / ideal,
-        "ideal_rps_c32": ideal,
-        "p99_c1_product_vs_naive": runs["product"]["encode_1_raw_c1"]["p99_us"] / runs["naive"]["encode_1_raw_c1"]["p99_us"],
-        "two_workers_vs_one_c32": runs["product_2_workers"]["encode_1_raw_c32"]["rps"] / rps("product"),
-        "two_workers_vs_one_c64": runs["product_2_workers"]["encode_1_raw_c64"]["rps"] / rps("product", 64),
-        "micro_batch_vs_off_c32": runs["product_micro_batch"]["encode_1_raw_c32"]["rps"] / rps("product"),
-        "micro_batch_vs_off_c64": runs["product_micro_batch"]["encode_1_raw_c64"]["rps"] / rps("product", 64),
-        "micro_batch_p99_vs_off_c1": runs["product_micro_batch"]["encode_1_raw_c1"]["p99_us"]
-        / runs["product"]["encode_1_raw_c1"]["p99_us"],
-        "micro_batch_p99_vs_off_c64": runs["product_micro_batch"]["encode_1_raw_c64"]["p99_us"]
-        / runs["product"]["encode_1_raw_c64"]["p99_us"],
-    })
-    targets = {
-        "encode >= 0.9x minimal (c32)": out["encode_vs_minimal_c32"] >= 0.9,
-        "encode >= 2x naive (c32)": out["encode_vs_naive_c32"] >= 2.0,
-        "p99 at c1 <= naive": out["p99_c1_product_vs_naive"] <= 1.0,
-        "start to ready <= 1.5 s": results["cold_start"]["start_to_ready_s"] <= 1.5,
-        "RSS per worker <= 200 MB": max(runs["product"]["rss_after_load_mb"] + runs["product_2_workers"]
-                                        ["rss_per_worker_mb"]) <= 200,
-    }
-    out["targets_met"] = targets
-    return out
+def parse_plan(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"CI guard: /encode vs minimal only, fails below {QUICK_GUARD}x")
+    parser.add_argument("--rounds", type=int, help="rounds of windows (default: the plan's)")
+    parser.add_argument("--window", type=int, help="seconds per measured window (whole seconds)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up before each window (0: none)")
+    parser.add_argument("--seed", type=int, help="seed of the per-round order")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="directory for the JSON (the README is regenerated only for bench/results)")
+    parser.add_argument("--no-training", action="store_true")
+    args = parser.parse_args(argv)
+    plan = PLANS["quick" if args.quick else "full"]
+    overrides = {field: value for field, value in (("rounds", args.rounds), ("window_s", args.window),
+                                                   ("warmup_s", args.warmup), ("seed", args.seed))
+                 if value is not None}
+    if overrides.get("rounds", 1) < 1 or overrides.get("window_s", 1) < 1 or overrides.get("warmup_s", 0) < 0:
+        parser.error("--rounds and --window must be >= 1 and --warmup >= 0")
+    return dataclasses.replace(plan, **overrides), args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="CI guard: /encode vs minimal only, fails below 0.7x")
-    parser.add_argument("--no-training", action="store_true")
-    args = parser.parse_args(argv)
+    plan, args = parse_plan(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is needed (sudo apt-get install wrk)", file=sys.stderr)
         return 2
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results = serving(args.quick)
-    name = "quick" if args.quick else "serving"
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["ratios"], indent=2))
-    if not args.quick and not args.no_training:
-        training = {"machine": machine(), **training_speed()}
-        (RESULTS / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-        print(json.dumps(training, indent=2))
-    if args.quick and results["ratios"]["encode_vs_minimal_c32"] < 0.7:
-        print("bench --quick: /encode fell below 0.7x the minimal app: a hot-path regression", file=sys.stderr)
+    command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        results = serving(plan, command)
+    except WindowFailed as failure:
+        print(f"bench: a window failed, so its numbers would be wrong; no results written.\n"
+              f"bench: {failure}", file=sys.stderr)
         return 1
     if not args.quick:
+        results["targets_met"] = targets(results)
+    write_json(args.results / f"{plan.name}.json", results)
+    print(json.dumps({name: round(r["median"], 3) for name, r in results["ratios"].items()}, indent=2))
+    if not args.quick and not args.no_training:
+        training = {"machine": machine(), "git": git_state(), **training_speed()}
+        write_json(args.results / "training.json", training)
+        print(json.dumps(training, indent=2))
+    if args.quick:
+        ratio = results["ratios"]["encode_vs_minimal_c32"]
+        if ratio["median"] < QUICK_GUARD:
+            print(f"bench --quick: /encode fell below {QUICK_GUARD}x the minimal app (median {ratio['median']:.2f}x, "
+                  f"rounds {ratio['min']:.2f}-{ratio['max']:.2f}x): a hot-path regression", file=sys.stderr)
+            return 1
+    elif args.results.resolve() == RESULTS.resolve():
         from bench.report import update_readme
 
         update_readme()

@@ -1,0 +1,88 @@
+"""What `make bench` measures, as data: the servers, the cells, the ratios, the rounds.
+
+Rounds x windows, chosen to fit `make bench` in about 12 minutes on 2 cores: the full plan has 37
+cells x 5 rounds x (1 s warm-up + 2 s window) = about 9.5 minutes of load, and the rest of
+`make bench` (decoder shapes, in-process costs, cold start, one training epoch) about 2 minutes.
+Five rounds give a median that one slow round cannot move, and a range. The quick plan (the CI
+guard) measures 2 cells x 5 rounds x (1 s + 2 s), about 35 s with the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.rounds import Cell, Ratio
+from bench.servers import REPO, Server, ServerSpec
+
+RESULTS = REPO / "bench" / "results"
+MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
+CONCURRENCY = (1, 8, 32, 64)
+ENCODE = "encode_1_raw"
+
+SERVERS = {
+    "product": ServerSpec("product"),
+    "minimal": ServerSpec("minimal"),
+    "ceiling": ServerSpec("ceiling"),
+    "naive": ServerSpec("naive"),
+    "product_2_workers": ServerSpec("product", workers=2),
+    "product_micro_batch": ServerSpec("product", env={"VAE_MICRO_BATCH": "true"}),
+}
+PRODUCT_ROUTES = ("encode_16_multipart", "sample_16_png", "elbo_k1", "elbo_k100")
+
+
+def encode_cell(server: str, concurrency: int) -> Cell:
+    return Cell(server, ENCODE, concurrency)
+
+
+FULL_CELLS = (
+    *(encode_cell(server, c) for server in ("product", "minimal", "ceiling", "naive") for c in CONCURRENCY),
+    *(Cell("product", route, c) for route in PRODUCT_ROUTES for c in CONCURRENCY),
+    *(encode_cell("product_2_workers", c) for c in (32, 64)),
+    *(encode_cell("product_micro_batch", c) for c in (1, 32, 64)),
+)
+QUICK_RATIOS = {"encode_vs_minimal_c32": Ratio(encode_cell("product", 32), encode_cell("minimal", 32))}
+FULL_RATIOS = {
+    **QUICK_RATIOS,
+    "encode_vs_naive_c32": Ratio(encode_cell("product", 32), encode_cell("naive", 32)),
+    "encode_vs_ceiling_c32": Ratio(encode_cell("product", 32), encode_cell("ceiling", 32)),
+    "p99_c1_product_vs_naive": Ratio(encode_cell("product", 1), encode_cell("naive", 1), "p99_us"),
+    "two_workers_vs_one_c32": Ratio(encode_cell("product_2_workers", 32), encode_cell("product", 32)),
+    "two_workers_vs_one_c64": Ratio(encode_cell("product_2_workers", 64), encode_cell("product", 64)),
+    "micro_batch_vs_off_c32": Ratio(encode_cell("product_micro_batch", 32), encode_cell("product", 32)),
+    "micro_batch_vs_off_c64": Ratio(encode_cell("product_micro_batch", 64), encode_cell("product", 64)),
+    "micro_batch_p99_vs_off_c1": Ratio(encode_cell("product_micro_batch", 1), encode_cell("product", 1), "p99_us"),
+    "micro_batch_p99_vs_off_c64": Ratio(encode_cell("product_micro_batch", 64), encode_cell("product", 64), "p99_us"),
+}
+QUICK_GUARD = 0.7  # `--quick` fails when the median encode_vs_minimal_c32 falls below this
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # the results file: bench/results/<name>.json
+    cells: tuple[Cell, ...]
+    ratios: dict[str, Ratio]
+    measurements: tuple[str, ...]  # keys of bench.measurements.MEASUREMENTS, run after the rounds in order
+    rounds: int = 5
+    window_s: int = 2  # wrk takes whole seconds
+    warmup_s: int = 1
+    seed: int = 0
+
+
+PLANS = {
+    "full": Plan("serving", FULL_CELLS, FULL_RATIOS, ("memory", "in_process", "cold_start", "efficiency")),
+    "quick": Plan("quick", (encode_cell("product", 32), encode_cell("minimal", 32)), QUICK_RATIOS, ()),
+}
+
+
+@dataclass
+class Bench:
+    """What a measurement may use: the plan, the running servers, the request bodies."""
+
+    plan: Plan
+    servers: dict[str, Server]
+    pngs: list[bytes]
+    routes: dict[str, dict[str, Any]]
+    windows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # cell key -> one per round

@@ -1,0 +1,96 @@
+"""The README's benchmark block, generated from a full run's results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report, run
+from bench.plan import FULL_CELLS, FULL_RATIOS
+from bench.rounds import round_ratios, summarise_cell, summarise_ratios
+
+
+def window(rps: float, p99_us: int) -> dict:
+    return {"rps": rps, "p50_us": 20000, "p90_us": 25000, "p99_us": p99_us, "mean_us": 21000.0}
+
+
+def full_serving() -> dict:
+    """Three rounds; the product's /encode at c=32 serves 1400, 1500, 1450 and the minimal app
+    1500, 1500, 1600; every other cell 1000 requests/s."""
+    windows = {cell.key: [window(1000.0, 50000 + 1000 * r) for r in range(3)] for cell in FULL_CELLS}
+    windows["product/encode_1_raw/c32"] = [window(r, 100000) for r in (1400.0, 1500.0, 1450.0)]
+    windows["minimal/encode_1_raw/c32"] = [window(r, 80000) for r in (1500.0, 1500.0, 1600.0)]
+    ratios = summarise_ratios(round_ratios(windows, FULL_RATIOS))
+    serving = {
+        "machine": {"cores": 2, "cpu": "AMD EPYC", "time": "2026-11-24T05:00:00Z", "wrk": "wrk 4.1.0"},
+        "git": {"commit": "0123456789abcdef0123", "dirty": False},
+        "model": {"name": "fashion-mnist-vae", "version": "2.0.0", "encoder_sha256": "be4c6cfaf5bd" + "0" * 52,
+                  "decoder_sha256": "7676dc5a6077" + "0" * 52},
+        "plan": {"rounds": 3, "window_s": 2, "warmup_s": 1, "seed": 0},
+        "cells": {key: summarise_cell(w) for key, w in windows.items()}, "ratios": ratios,
+        "efficiency": summarise_ratios({"ideal_rps_c32": [2900.0, 3000.0, 2950.0],
+                                        "encode_efficiency_c32": [0.48, 0.5, 0.49]}),
+        "in_process": {**{f"{n}_images_per_s_batch{b}": 5000.0 for n in ("encoder", "decoder") for b in (1, 16, 256)},
+                       "png_decode_us": 35.0, "response_serialise_us": 3.0},
+        "cold_start": {"start_to_ready_s": 0.7}, "memory": {"product": [147.0], "product_2_workers": [133.0, 131.0]},
+    }
+    serving["targets_met"] = run.targets(serving)
+    return serving
+
+
+def test_cells_show_the_median_and_range_of_the_rounds():
+    text = report.bench_section(full_serving())
+    assert ("| product `POST /encode`, 1 PNG | 1000 (1000-1000) | 1000 (1000-1000) | 1450 (1400-1500) | "
+            "1000 (1000-1000) | 20.0 / 25.0 / 100.0 (100.0-100.0) |") in text
+    assert "| product `POST /elbo?k=100` | 1000 (1000-1000) |" in text
+
+
+def test_the_target_is_judged_on_the_median_of_per_round_ratios():
+    # Per round 1400/1500, 1500/1500, 1450/1600: median 0.933x, range 0.906-1.000x.
+    text = report.bench_section(full_serving())
+    assert "| `/encode` at c=32 vs the minimal app (>= 0.9x) | 0.93x (0.91-1.00x) | yes |" in text
+
+
+def test_the_header_names_commit_model_hashes_and_rounds():
+    text = report.bench_section(full_serving(), {"threads": 2, "seconds_per_epoch": 22.9, "images_per_second": 2626,
+                                                 "command": "vae-train --epochs 1 --threads 2"})
+    assert ("at commit `0123456789ab`, model `fashion-mnist-vae` 2.0.0 (encoder `be4c6cfaf5bd`, "
+            "decoder `7676dc5a6077`)") in text
+    assert "in each of 3 rounds every cell got one 2 s window after a 1 s warm-up" in text
+    assert "22.9 s per epoch" in text
+    assert "| efficiency: rps / (1 / (ceiling time + in-process work)) | 0.49 (0.48-0.50) (ideal 2950 rps) |" in text
+
+
+def test_a_dirty_tree_is_said():
+    serving = full_serving()
+    serving["git"]["dirty"] = True
+    assert "(with uncommitted changes)" in report.bench_section(serving)
+
+
+@pytest.fixture
+def readme(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    path = tmp_path / "README.md"
+    path.write_text("# x\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n")
+    monkeypatch.setattr(report, "README", path)
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "MANIFEST", tmp_path / "no-manifest.json")
+    return path, results
+
+
+def test_update_readme_writes_the_block_from_serving_json(readme):
+    path, results = readme
+    (results / "serving.json").write_text(json.dumps(full_serving()))
+    report.update_readme()
+    text = path.read_text()
+    assert "old table" not in text and "0.93x (0.91-1.00x)" in text and text.endswith("<!-- bench:end -->\n")
+
+
+def test_update_readme_leaves_a_single_window_run_alone(readme, capsys):
+    path, results = readme
+    (results / "serving.json").write_text(json.dumps({"runs": {}, "ratios": {}}))
+    report.update_readme()
+    assert "old table" in path.read_text()
+    assert "no interleaved rounds" in capsys.readouterr().out
