@@ -49,6 +49,7 @@ bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
 	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.soak
 
 # The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.
 bench-quick: $(BIN)/.dev-installed

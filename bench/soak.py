@@ -158,6 +158,7 @@ def soak(base_url: str, pid: int | None, requests: int = 20_000, concurrency: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.provenance import git_state
     from bench.run import machine
     from bench.servers import Server
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         result = soak(server.url, server.process.pid, args.requests, args.concurrency)
     finally:
         server.stop()
-    result = {"machine": machine(), **result}
+    result = {"machine": machine(), "git": git_state(), **result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"soak: {result['requests']} requests in {result['seconds']} s, {result['server_errors']} 5xx, "
