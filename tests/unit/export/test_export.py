@@ -1,7 +1,9 @@
 """Round trip: train a tiny model, export it, load it in onnxruntime through the service's loader."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from export import parity
 from export.cli import main as export_main
+from export.cli import move_into_place
 from export.manifest import SCHEMA_PATH, Manifest, json_schema
 from model import data as data_module
 from model.config import ModelConfig, TrainConfig
@@ -132,6 +135,29 @@ def test_re_export_over_the_model_with_its_own_report_replaces_it_whole(exported
     assert manifest.metrics["iwae_k"] == 10 and manifest.parity["images"] == 64
     assert load_model_dir(target, variant="int8").manifest == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]
+
+
+def test_a_failed_rename_into_place_puts_the_old_export_back(tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("old")
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "manifest.json").write_text("new")
+    real = os.replace
+
+    def failing_for_the_new_one(src, dst):
+        if Path(src).name == "staging":
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_for_the_new_one)
+    with pytest.raises(OSError, match="No space"):
+        move_into_place(tmp_path / "staging", tmp_path / "model")
+    assert (tmp_path / "model" / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "staging"]
+    monkeypatch.setattr(os, "replace", real)
+    move_into_place(tmp_path / "staging", tmp_path / "model")
+    assert (tmp_path / "model" / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_export_refuses_to_replace_a_directory_it_did_not_write(exported, tmp_path, monkeypatch, capsys):
