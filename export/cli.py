@@ -6,9 +6,11 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,10 @@ from export import parity
 from export.exporter import OPSET, export_vae, io_shapes
 from export.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
 from model import checkpoint
-from model.data import DataChecksumError, DataMissingError, fixed_test_set, load_dataset, sha256_file
+from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset, sha256_file
 from model.preprocess import PreprocessContract
 from model.vae import VAE, decoder_output_names
-from service.runtime import load_model_dir
+from service.runtime import ModelLoadError, load_model_dir, open_graphs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,39 +90,65 @@ def quantize_int8(out_dir: Path) -> Int8Variant:
     return Int8Variant(encoder=infos["encoder"], decoder=infos["decoder"], parity={}, speed={})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+class ExportError(RuntimeError):
+    """The export cannot be completed; nothing was written to OUT_DIR."""
+
+
+def target_dir(out_dir: str) -> Path:
+    """OUT_DIR, which the export replaces as a whole: it must be new, empty, or an earlier export."""
+    out = Path(out_dir)
+    if out.is_symlink():  # replace what the link points at and keep the link
+        out = out.resolve()
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())):
+        raise ExportError(f"{out} exists and is not a directory written by vae-export (no manifest.json). "
+                          "The export replaces OUT_DIR as a whole: choose a new directory or empty this one.")
+    return out
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished export to OUT. An earlier export is renamed aside first and removed only
+    once the new one is in place; if the second rename fails, it is renamed back. A directory
+    cannot be renamed over a non-empty one, so for that instant OUT does not exist."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old)  # onto the empty directory just made: a fresh, unique name
     try:
-        model, payload = checkpoint.load_model(args.checkpoint)
-        config = model.config
-        train_config = payload["train_config"]
-        data = load_dataset(args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"],
-                            PreprocessContract(input_shape=config.input_shape))
-    except (checkpoint.CheckpointError, DataMissingError, DataChecksumError) as exc:
-        print(f"vae-export: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload: dict[str, Any],
+                 data: Dataset) -> Manifest:
+    """Graphs, slim checkpoint and report into `directory`; parity checks; then the manifest, once.
+
+    Raises ParityError or ExportError before the manifest is written, so a failed export never
+    leaves a directory the service would load."""
+    config = model.config
+    train_config = payload["train_config"]
     name = args.name or f"{train_config['dataset']}-vae"
     source = FileHash(file=Path(args.checkpoint).name, sha256=sha256_file(args.checkpoint))
     metadata = {"name": name, "version": args.version, "latent_dim": str(config.latent_dim),
                 "likelihood": config.likelihood, "input_shape": json.dumps(list(config.input_shape)),
                 "source_checkpoint_sha256": source.sha256, "producer": "vae-service vae-export"}
-    protos = export_vae(model, out, metadata)
+    protos = export_vae(model, directory, metadata)
 
     report: dict[str, Any] = {}
-    if args.report:
+    if args.report:  # copied from where it is, even from inside the OUT_DIR this export replaces
         report = json.loads((Path(args.report) / "report.json").read_text())
-        if Path(args.report).resolve() != (out / "report").resolve():
-            shutil.copytree(args.report, out / "report", dirs_exist_ok=True)
-    checkpoint.slim(args.checkpoint, out / "checkpoint.pt")
+        shutil.copytree(args.report, directory / "report")
+    checkpoint.slim(args.checkpoint, directory / "checkpoint.pt")
 
     manifest = Manifest(
         name=name, version=args.version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        source_checkpoint=source, checkpoint=FileHash(file="checkpoint.pt", sha256=sha256_file(out / "checkpoint.pt")),
-        encoder=graph_info(out, "encoder.onnx", protos["encoder"]),
-        decoder=graph_info(out, "decoder.onnx", protos["decoder"]),
+        source_checkpoint=source,
+        checkpoint=FileHash(file="checkpoint.pt", sha256=sha256_file(directory / "checkpoint.pt")),
+        encoder=graph_info(directory, "encoder.onnx", protos["encoder"]),
+        decoder=graph_info(directory, "decoder.onnx", protos["decoder"]),
         input=InputSpec(shape=list(config.input_shape), channels=config.input_shape[0]),
         latent_dim=config.latent_dim, likelihood=likelihood_spec(model),
         preprocessing=PreprocessContract(input_shape=config.input_shape).describe(),
@@ -136,27 +164,26 @@ def main(argv: list[str] | None = None) -> int:
     scored = report.get("scored_with", {})
     if scored.get("backend") == "onnxruntime" and (scored["encoder_sha256"], scored["decoder_sha256"]) != (
             manifest.encoder.sha256, manifest.decoder.sha256):
-        print("vae-export: the report was scored on other graphs than these; re-run vae-eval --onnx-dir",
-              file=sys.stderr)
-        return 1
-    manifest.write(out / "manifest.json")
+        raise ExportError("the report was scored on other graphs than these; re-run vae-eval --onnx-dir")
 
-    # Parity through the loader the service uses (which also checks the hashes just written).
-    backend = load_model_dir(out, threads=args.threads)
+    # Parity through the sessions the service builds (which also check the graphs' hashes).
+    backend = open_graphs(directory, manifest, threads=args.threads)
     rng = np.random.default_rng(0)
     images = fixed_test_set(data.test[: args.parity_count], config.likelihood, train_config["test_binarize_seed"])
     latents = rng.standard_normal((args.parity_count, config.latent_dim), dtype=np.float32)
     names = [f"encoder.{n}" for n in ("mean", "logvar")] + [f"decoder.{n}" for n in decoder_output_names(config)]
     diffs = parity.max_abs_diff(backend, model, images, latents, names)
     consistency = parity.batch_consistency(backend, images[:256], latents[:256])
-    parity_record = {"images": int(len(images)), "latents": int(len(latents)), "tolerance": parity.TOLERANCE,
-                     "max_abs_diff": diffs, "batch_sizes": [1, 7, 256], "batch_max_abs_diff": consistency}
-    manifest = manifest.model_copy(update={"parity": parity_record})
+    print(f"parity max |onnx - torch| = {max(diffs.values()):.2e} over {len(images)} images and {len(latents)} "
+          f"latents; batch 1/7/256 max diff {max(consistency.values()):.2e}")
+    parity.check(diffs, consistency)
+    manifest = manifest.model_copy(update={"parity": {
+        "images": int(len(images)), "latents": int(len(latents)), "tolerance": parity.TOLERANCE,
+        "max_abs_diff": diffs, "batch_sizes": [1, 7, 256], "batch_max_abs_diff": consistency}})
     if args.int8:
-        variant = quantize_int8(out)
-        manifest = manifest.model_copy(update={"int8": variant})
-        manifest.write(out / "manifest.json")
-        int8 = load_model_dir(out, threads=args.threads, variant="int8")
+        variant = quantize_int8(directory)
+        int8 = open_graphs(directory, manifest.model_copy(update={"int8": variant}), threads=args.threads,
+                           variant="int8")
         fp32_out = [*backend.encode(images), *backend.decode(latents)]
         int8_out = [*int8.encode(images), *int8.decode(latents)]
         int8_parity = {n: float(np.max(np.abs(a - b))) for n, a, b in zip(names, fp32_out, int8_out)}
@@ -165,16 +192,44 @@ def main(argv: list[str] | None = None) -> int:
                  for variant_name, b in (("fp32", backend), ("int8", int8))}
         manifest = manifest.model_copy(update={"int8": variant.model_copy(update={"parity": int8_parity,
                                                                                    "speed": speed})})
-    manifest.write(out / "manifest.json")
-    worst = max(diffs.values())
-    print(f"exported {name} {args.version} to {out}: parity max |onnx - torch| = {worst:.2e} over "
-          f"{len(images)} images and {len(latents)} latents; batch 1/7/256 max diff "
-          f"{max(consistency.values()):.2e}")
+    manifest.write(directory / "manifest.json")
+    # What is moved into place is what the service's loader accepts, read back from disk.
+    for variant_name in ("fp32", "int8") if args.int8 else ("fp32",):
+        try:
+            load_model_dir(directory, threads=args.threads, variant=variant_name)
+        except ModelLoadError as exc:
+            raise ExportError(f"the written {variant_name} model does not load: {exc}") from exc
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     try:
-        parity.check(diffs, consistency)
-    except parity.ParityError as exc:
+        out = target_dir(args.out_dir)
+        model, payload = checkpoint.load_model(args.checkpoint)
+        train_config = payload["train_config"]
+        data = load_dataset(args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"],
+                            PreprocessContract(input_shape=model.config.input_shape))
+    except (ExportError, checkpoint.CheckpointError, DataMissingError, DataChecksumError) as exc:
+        print(f"vae-export: {exc}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside OUT (same file system, so the final rename is atomic) and renamed into place
+    # only when complete and checked: OUT holds the old export or the new one, never a failed one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a server run as another user
+    try:
+        manifest = write_export(staging, args, model, payload, data)
+        move_into_place(staging, out)
+    except (parity.ParityError, ExportError, OSError) as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"exported {manifest.name} {manifest.version} to {out}")
     return 0
 
 

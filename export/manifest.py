@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,33 @@ class Manifest(_Strict):
 
     def write(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+
+def beyond_tolerance(figures: dict[str, float], tolerance: float) -> dict[str, float]:
+    """The figures that are not within the tolerance. NaN counts as beyond: a graph that yields NaN
+    has no parity."""
+    return {name: value for name, value in figures.items() if not value <= tolerance}
+
+
+def parity_problem(parity: dict[str, Any]) -> str | None:
+    """Why a manifest's parity record forbids serving its graphs, or None when it allows it.
+
+    vae-export writes a manifest only after its parity check passed, so a record that is missing or
+    beyond its own tolerance means the directory was not written by a successful export."""
+    try:
+        tolerance = float(parity["tolerance"])
+        figures = {**parity["max_abs_diff"],
+                   **{f"batch.{k}": v for k, v in parity.get("batch_max_abs_diff", {}).items()}}
+        figures = {name: float(value) for name, value in figures.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "it records no parity check (tolerance and max_abs_diff)"
+    if not figures or not math.isfinite(tolerance) or tolerance < 0:
+        return f"its parity record is incomplete (tolerance {tolerance}, {len(figures)} figures)"
+    bad = beyond_tolerance(figures, tolerance)
+    if bad:
+        details = ", ".join(f"{name} {value:.2e}" for name, value in bad.items())
+        return f"its recorded parity exceeds the tolerance {tolerance:g}: {details}"
+    return None
 
 
 def json_schema() -> dict[str, Any]:

@@ -58,8 +58,9 @@ class ModelConfig:
         _check(self.latent_dim > 0, "latent_dim must be positive")
         _check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "hidden needs at least one positive width")
         _check(self.logvar_min < self.logvar_max, "logvar_min must be below logvar_max")
-        for name, channels, used in (("conv_channels", self.conv_channels, self.arch == "conv"),
-                                     ("decoder_channels", self.decoder_up_channels, self.decoder == "conv")):
+        for name, channels, used, dense in (("conv_channels", self.conv_channels, self.arch == "conv", "--arch mlp"),
+                                            ("decoder_channels", self.decoder_up_channels, self.decoder == "conv",
+                                             "--decoder mlp")):
             if not used:
                 continue
             _check(len(channels) > 0 and all(c > 0 for c in channels), f"{name} needs at least one positive width")
@@ -67,8 +68,9 @@ class ModelConfig:
             _, height, width = self.input_shape
             _check(
                 height % factor == 0 and width % factor == 0,
-                f"input H and W ({height}x{width}) must be divisible by 2**len({name}) = {factor}; "
-                "use fewer conv layers",
+                f"input H and W ({height}x{width}) must be divisible by 2**len({name}) = {factor}, as each conv "
+                f"layer halves them: pick an --image-size divisible by {factor}, fewer --{name.replace('_', '-')}, "
+                f"or {dense}",
             )
 
     @property

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import ImageMode
 
 from model.idx import read_idx
-from model.preprocess import PreprocessContract, bytes_to_array, to_data_space
+from model.preprocess import (ImageDecodeError, ImageTooLargeError, PreprocessContract, image_to_array, open_image,
+                              to_data_space)
 
+logger = logging.getLogger(__name__)
+
+# A training folder is the user's own data, not an upload: only a guard against decompression bombs.
+FOLDER_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -21,6 +29,10 @@ class DataMissingError(RuntimeError):
 
 class DataChecksumError(RuntimeError):
     """A data file does not have its known SHA-256."""
+
+
+class DataFormatError(DataMissingError):
+    """A file in an image folder cannot be read as an image. The message names it."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +109,11 @@ def resolve_data_dir(dataset: str, data_dir: str | None) -> Path:
     raise DataMissingError(f"dataset {dataset!r} needs a directory: pass --data-dir or set VAE_DATA_DIR.")
 
 
-def load_dataset(dataset: str, data_dir: str | None = None, contract: PreprocessContract | None = None,
-                 seed: int = 0) -> Dataset:
+def load_dataset(dataset: str, data_dir: str | None = None, contract: PreprocessContract | None = None) -> Dataset:
     """Load a named IDX dataset, or `folder` (a directory of images)."""
     directory = resolve_data_dir(dataset, data_dir)
     if dataset == "folder":
-        return load_image_folder(directory, contract or PreprocessContract(), seed=seed)
+        return load_image_folder(directory, contract or PreprocessContract())
     if dataset not in DATASETS:
         raise DataMissingError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS) + ['folder']}.")
     return load_idx_dataset(DATASETS[dataset], directory)
@@ -138,10 +149,11 @@ def load_idx_dataset(spec: IdxDatasetSpec, directory: Path) -> Dataset:
     )
 
 
-def load_image_folder(directory: Path, contract: PreprocessContract, seed: int = 0,
-                      test_fraction: float = 0.1) -> Dataset:
-    """A folder of images. With `train/` and `test/` subfolders those are the splits;
-    otherwise a seeded random `test_fraction` of the images is the test split."""
+def load_image_folder(directory: Path, contract: PreprocessContract, test_fraction: float = 0.1) -> Dataset:
+    """A folder of images. With `train/` and `test/` subfolders those are the splits. Otherwise the
+    test split is the `test_fraction` (at least one) of the images whose file contents have the
+    smallest SHA-256: fixed by content alone, so vae-train, vae-eval and vae-export see the same
+    split whatever the seed, file names or order, and identical files land in the same split."""
     if not directory.is_dir():
         raise DataMissingError(f"Image folder {directory} does not exist. Point --data-dir at a folder of images.")
     if (directory / "train").is_dir() and (directory / "test").is_dir():
@@ -152,25 +164,60 @@ def load_image_folder(directory: Path, contract: PreprocessContract, seed: int =
         images, checksums = read_image_folder(directory, contract)
         if len(images) < 2:
             raise DataMissingError(f"Image folder {directory} holds fewer than 2 images; add more.")
-        order = np.random.default_rng(seed).permutation(len(images))
-        n_test = max(1, int(round(test_fraction * len(images))))
-        test, train = images[order[:n_test]], images[order[n_test:]]
+        digests = list(checksums.values())  # in path order, like `images`
+        order = sorted(range(len(images)), key=digests.__getitem__)  # stable: ties keep path order
+        n_test = min(len(images) - 1, max(1, round(test_fraction * len(images))))
+        test, train = images[order[:n_test]], images[sorted(order[n_test:])]
     return Dataset(name="folder", train=train, test=test, test_labels=None, checksums=checksums,
                    source=str(directory))
 
 
 def read_image_folder(directory: Path, contract: PreprocessContract) -> tuple[np.ndarray, dict[str, str]]:
+    """Every image under `directory`, sorted by path, converted by the contract; logs what was converted."""
     paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
         raise DataMissingError(
             f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}. Point --data-dir at a folder of images."
         )
-    arrays, checksums = [], {}
+    arrays, checksums, sources = [], {}, Counter()
     for path in paths:
         data = path.read_bytes()
-        arrays.append(bytes_to_array(data, contract))
+        try:
+            image = open_image(data, max_pixels=FOLDER_MAX_PIXELS)
+            sources[(_channels(image.mode), image.height, image.width)] += 1
+            arrays.append(image_to_array(image, contract))
+        except (ImageDecodeError, ImageTooLargeError) as exc:
+            raise DataFormatError(f"{path} cannot be used: {exc}. Fix or remove it.") from exc
         checksums[str(path.relative_to(directory))] = hashlib.sha256(data).hexdigest()
+    converted = {shape: n for shape, n in sources.items() if shape != contract.input_shape}
+    if converted:
+        logger.warning(conversion_note(directory, converted, contract.input_shape, len(paths)))
     return np.stack(arrays), checksums
+
+
+def conversion_note(directory: Path, converted: dict[tuple[int, int, int], int], target: tuple[int, int, int],
+                    total: int) -> str:
+    """What was converted to `target` and the flags that would keep the most common shape as it is."""
+    ranked = sorted(converted.items(), key=lambda kv: -kv[1])
+    channels, height, width = common = ranked[0][0]
+    size = f"{height}" if height == width else f"{height} {width}"
+    keep = f"pass --channels {channels} --image-size {size} to keep"
+    if len(ranked) == 1:
+        return (f"converting {ranked[0][1]} of {total} images in {directory} from {_describe(common)} to "
+                f"{_describe(target)}; {keep} them as they are")
+    kinds = ", ".join(f"{n} {_describe(shape)}" for shape, n in ranked)
+    return (f"converting {sum(converted.values())} of {total} images in {directory} ({kinds}) to "
+            f"{_describe(target)}; {keep} the most common ({_describe(common)}) as it is")
+
+
+def _channels(mode: str) -> int:
+    """1 for grey modes (L, 1, I, F, LA...), 3 for colour ones (RGB, RGBA, P, CMYK...)."""
+    return 1 if ImageMode.getmode(mode).basemode == "L" else 3
+
+
+def _describe(shape: tuple[int, int, int]) -> str:
+    channels, height, width = shape
+    return f"{'grey' if channels == 1 else 'RGB'} {height}x{width}"
 
 
 def _images(raw: np.ndarray) -> np.ndarray:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: mirror --conv-channels)")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=defaults_m.likelihood)
     p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale)
+    p.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"), default=None,
+                   help="folder: resize images to H x W (one number: square; default "
+                   f"{defaults_m.input_shape[1]}x{defaults_m.input_shape[2]})")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help=f"folder: 1 = grey, 3 = RGB (default {defaults_m.input_shape[0]})")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     p.add_argument("--out", default="runs/default", help="output directory")
@@ -52,6 +60,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, default=None, help="end this run after N epochs (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
+
+
+def requested_shape(args: argparse.Namespace, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, H, W) from --channels and --image-size, each falling back to `default`'s."""
+    size = args.image_size or list(default[1:])
+    if len(size) > 2 or min(size) <= 0:
+        raise ValueError(f"--image-size takes H or H W, positive; got {size}")
+    height, width = size[0], size[-1]
+    return (args.channels or default[0], height, width)
+
+
+def load_training_data(args: argparse.Namespace) -> Dataset:
+    """A folder is converted to the requested shape (1x28x28 by default, with a log line when
+    that converts images); an IDX data set keeps its own shape and refuses other flags."""
+    if args.dataset == "folder":
+        shape = requested_shape(args, ModelConfig().input_shape)
+        configs_from_args(args, shape)  # a shape the model cannot take fails before the folder is read
+        return load_dataset(args.dataset, args.data_dir, PreprocessContract(input_shape=shape))
+    data = load_dataset(args.dataset, args.data_dir)
+    own = tuple(int(s) for s in data.train.shape[1:])
+    if requested_shape(args, own) != own:
+        raise ValueError(f"{data.name} images are {own[0]}x{own[1]}x{own[2]} and are not converted; "
+                         "--image-size and --channels apply to --dataset folder")
+    return data
 
 
 def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int]) -> tuple[ModelConfig, TrainConfig]:
@@ -117,6 +149,7 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.requested = False
+        self.event = threading.Event()  # set with `requested`, for code that waits for it
 
     def __enter__(self) -> _Interrupt:
         self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -126,9 +159,29 @@ class _Interrupt:
         if self.requested:  # a second Ctrl-C aborts at once
             raise KeyboardInterrupt
         self.requested = True
+        self.event.set()
 
     def __exit__(self, *exc: object) -> None:
         signal.signal(signal.SIGINT, self._previous)
+
+
+PAUSE_ENV = "VAE_TRAIN_PAUSE_AT_STEP"
+
+
+def _test_pause_point() -> tuple[int, int] | None:
+    """For tests only: $VAE_TRAIN_PAUSE_AT_STEP="EPOCH:STEP" (epoch from 1, step from 0) makes
+    training stop before that step, write OUT/paused and wait for Ctrl-C, so a test can interrupt a
+    real run at a known point without guessing from timing."""
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return None
+    epoch, step = value.split(":")
+    return int(epoch), int(step)
+
+
+def _pause_until_interrupted(out: Path, interrupt: _Interrupt, at: tuple[int, int], timeout: float = 120.0) -> None:
+    (out / "paused").write_text(f"{at[0]}:{at[1]}\n")
+    interrupt.event.wait(timeout)  # Python runs the SIGINT handler, which sets it, in this thread
 
 
 def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, resume: bool = False,
@@ -165,26 +218,35 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
     def save(name: str, epoch: int) -> None:
+        """Called only between epochs, where the generator's state is that of the next epoch's start."""
         checkpoint.save(out / name, model, config, epoch=epoch, metrics=history, data_checksums=data.checksums,
-                        optimizer=optimizer, scheduler=scheduler, rng_state=epoch_rng, best_test_elbo=best,
-                        command=command)
+                        optimizer=optimizer, scheduler=scheduler, rng_state=generator.get_state(),
+                        best_test_elbo=best, command=command)
 
-    epoch_rng = generator.get_state()  # the generator as it was when the current epoch began
+    # Ctrl-C drops the unfinished epoch: OUT/last.pt always holds the end of the last completed one
+    # (or the start), so --resume replays exactly what an uninterrupted run does next. Saving the
+    # position inside an epoch would also need the data order, the step, the running train sums and
+    # the epoch's timing; an epoch boundary is one consistent point, the one `stop_after` already
+    # resumes from, at the cost of redoing at most one epoch.
+    if not resume:
+        save("last.pt", start_epoch)
+    pause_at = _test_pause_point()
     model.train()
     with _Interrupt() as interrupt:
         last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
         for epoch in range(start_epoch, last_epoch):
-            epoch_rng = generator.get_state()
             began = time.perf_counter()
             order = torch.randperm(len(x_train), generator=generator)
             sums = {"objective": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                        leave=False, dynamic_ncols=True)
             for step in bar:
+                if pause_at == (epoch + 1, step):
+                    _pause_until_interrupted(out, interrupt, pause_at)
                 if interrupt.requested:
-                    save("last.pt", epoch)  # resumes at the start of this epoch, with its RNG state
-                    print(f"\ninterrupted: saved {out / 'last.pt'} at the start of epoch {epoch + 1}; "
-                          "continue with --resume", file=sys.stderr)
+                    kept = f"the end of epoch {epoch}" if epoch else "the start of training"
+                    print(f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: {out / 'last.pt'} "
+                          f"holds {kept}. Continue with --resume", file=sys.stderr)
                     raise SystemExit(130)
                 batch = x_train[order[step * config.batch_size:(step + 1) * config.batch_size]]
                 x = to_data_space(batch, model_config.likelihood, generator)
@@ -214,7 +276,6 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
             print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
                   f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
                   f"{seconds:.1f}s", flush=True)
-            epoch_rng = generator.get_state()
             if test["elbo"] > best:
                 best = test["elbo"]
                 save("best.pt", epoch + 1)
@@ -224,9 +285,9 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(format="vae-train: %(message)s")  # shows model.data's note on converted images
     try:
-        probe = PreprocessContract()
-        data = load_dataset(args.dataset, args.data_dir, probe, seed=args.seed)
+        data = load_training_data(args)
         input_shape = tuple(int(s) for s in data.train.shape[1:])
         model_config, train_config = configs_from_args(args, input_shape)
     except (DataMissingError, DataChecksumError, ValueError) as exc:
@@ -234,9 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     print(f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
-          f"{model_config.likelihood}, on {len(data.train)} {data.name} images -> {out}", flush=True)
-    train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
-          command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after)
+          f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
+          f"{'x'.join(map(str, input_shape))} -> {out}", flush=True)
+    try:
+        train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
+              command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is only ever replaced whole
+        print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

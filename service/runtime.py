@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from export.manifest import GraphInfo, Manifest
+from export.manifest import GraphInfo, Manifest, parity_problem
 
 
 class ModelLoadError(RuntimeError):
@@ -72,6 +72,16 @@ def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32
         manifest = Manifest.read(manifest_path)
     except (ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{manifest_path} is not a valid vae-service manifest: {exc}") from exc
+    problem = parity_problem(manifest.parity)
+    if problem:
+        raise ModelLoadError(f"{manifest_path}: {problem}; the graphs may not compute what the model does. "
+                             "Refusing to serve them: re-export the model with vae-export.")
+    return open_graphs(directory, manifest, threads, variant)
+
+
+def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: str = "fp32") -> OnnxVAE:
+    """The graphs `manifest` names, hash-checked, in onnxruntime. vae-export runs its parity check
+    through this before any manifest is on disk; the service goes through `load_model_dir`."""
     if variant == "int8":
         if manifest.int8 is None:
             raise ModelLoadError(f"{directory} has no int8 variant; export with vae-export --int8")

@@ -40,6 +40,18 @@ def write_tiny_idx_dataset(directory: Path, size: int = 8, train: int = 512, tes
     return IdxDatasetSpec(name="tiny", default_dir=str(directory), files=files, how_to_get="(test data)")
 
 
+def write_png_folder(directory: Path, count: int, size: int, rgb: bool = False, seed: int = 3) -> Path:
+    """`count` PNGs of the synthetic rectangles, grey, or coloured (a random tint per image) with `rgb`."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tints = np.random.default_rng(seed).uniform(0.2, 1.0, (count, 3))
+    for index, image in enumerate(synthetic_images(count, size, seed)):
+        pixels = (image[:, :, None] * tints[index]).astype(np.uint8) if rgb else image
+        Image.fromarray(pixels).save(directory / f"{index:04d}.png")
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory):
     from model.data import load_idx_dataset

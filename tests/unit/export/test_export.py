@@ -1,6 +1,9 @@
 """Round trip: train a tiny model, export it, load it in onnxruntime through the service's loader."""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 from export import parity
 from export.cli import main as export_main
+from export.cli import move_into_place
 from export.manifest import SCHEMA_PATH, Manifest, json_schema
 from model import data as data_module
 from model.config import ModelConfig, TrainConfig
@@ -86,12 +90,101 @@ def test_onnxruntime_runs_the_loaded_graphs(exported):
     assert logits.shape == (3, 1, 8, 8)
 
 
+def copy_model(exported, destination):
+    shutil.copytree(exported, destination)
+    return destination
+
+
+def file_hashes(directory):
+    return {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def export_again(exported, tmp_path, monkeypatch, out, *flags):
+    """vae-export of the fixture's checkpoint into `out`, with the tiny data set registered again."""
+    spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=256, test=64)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
+    return export_main([str(exported.parent / "run" / "best.pt"), str(out), "--data-dir", str(tmp_path / "data"),
+                        "--parity-count", "64", "--threads", "1", *flags])
+
+
+def test_a_failed_parity_check_writes_nothing_and_keeps_the_old_export(exported, tmp_path, monkeypatch, capsys):
+    target = copy_model(exported, tmp_path / "model")
+    before = file_hashes(target)
+    real = parity.max_abs_diff
+    monkeypatch.setattr(parity, "max_abs_diff", lambda *args: {**real(*args), "decoder.logits": 3e-4})
+    assert export_again(exported, tmp_path, monkeypatch, target, "--version", "9.0.0", "--int8") == 1
+    assert "decoder.logits 3.00e-04" in capsys.readouterr().err
+    assert file_hashes(target) == before
+    assert Manifest.read(target / "manifest.json").version == "1.0.0"
+    assert export_again(exported, tmp_path, monkeypatch, tmp_path / "fresh") == 1
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]  # no staging or aside directories
+
+
+def test_re_export_over_the_model_with_its_own_report_replaces_it_whole(exported, tmp_path, monkeypatch):
+    target = copy_model(exported, tmp_path / "model")
+    before = file_hashes(target)
+    (target / "stale.txt").write_text("from an earlier export")
+    assert export_again(exported, tmp_path, monkeypatch, target, "--int8", "--report", str(target / "report")) == 0
+    after = file_hashes(target)
+    assert "stale.txt" not in after
+    # the graphs are byte-identical on re-export; the report was copied from inside the replaced directory
+    for name in ("encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "report/report.json"):
+        assert after[name] == before[name]
+    manifest = Manifest.read(target / "manifest.json")
+    assert manifest.metrics["iwae_k"] == 10 and manifest.parity["images"] == 64
+    assert load_model_dir(target, variant="int8").manifest == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]
+
+
+def test_a_failed_rename_into_place_puts_the_old_export_back(tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("old")
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "manifest.json").write_text("new")
+    real = os.replace
+
+    def failing_for_the_new_one(src, dst):
+        if Path(src).name == "staging":
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_for_the_new_one)
+    with pytest.raises(OSError, match="No space"):
+        move_into_place(tmp_path / "staging", tmp_path / "model")
+    assert (tmp_path / "model" / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "staging"]
+    monkeypatch.setattr(os, "replace", real)
+    move_into_place(tmp_path / "staging", tmp_path / "model")
+    assert (tmp_path / "model" / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_export_refuses_to_replace_a_directory_it_did_not_write(exported, tmp_path, monkeypatch, capsys):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    assert export_again(exported, tmp_path, monkeypatch, tmp_path / "home") == 2
+    assert "not a directory written by vae-export" in capsys.readouterr().err
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["max_abs_diff"].update({"decoder.logits": 2e-4}), "exceeds the tolerance 0.0001: decoder.logits"),
+    (lambda p: p["batch_max_abs_diff"].update({"encoder": 1.0}), "exceeds the tolerance 0.0001: batch.encoder"),
+    (lambda p: p.clear(), "records no parity check"),
+])
+def test_a_manifest_whose_parity_fails_is_refused(exported, tmp_path, change, message):
+    copy = copy_model(exported, tmp_path / "model")
+    raw = json.loads((copy / "manifest.json").read_text())
+    change(raw["parity"])
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_model_dir(copy)
+    assert "re-export" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_tampered_graph_is_refused_with_a_clear_error(exported, tmp_path):
-    copy = tmp_path / "model"
-    copy.mkdir()
-    for path in exported.iterdir():
-        if path.is_file():
-            (copy / path.name).write_bytes(path.read_bytes())
+    copy = copy_model(exported, tmp_path / "model")
     data = bytearray((copy / "decoder.onnx").read_bytes())
     data[-10] ^= 0xFF
     (copy / "decoder.onnx").write_bytes(bytes(data))
@@ -107,6 +200,8 @@ def test_a_directory_without_a_manifest_says_what_to_do(tmp_path):
 def test_parity_check_fails_beyond_tolerance():
     with pytest.raises(parity.ParityError, match="decoder.logits"):
         parity.check({"decoder.logits": 2e-4}, {"encoder": 0.0})
+    with pytest.raises(parity.ParityError, match="batch.encoder nan"):
+        parity.check({"decoder.logits": 0.0}, {"encoder": float("nan")})
     parity.check({"decoder.logits": 5e-5}, {"encoder": 0.0})
 
 

@@ -1,19 +1,25 @@
 """Training on a tiny synthetic dataset: the loss goes down, checkpoints rebuild the model,
-resume gives the same numbers as an uninterrupted run, and Ctrl-C saves and exits cleanly."""
+resume gives the same numbers as an uninterrupted run, Ctrl-C mid-epoch and --resume give the
+same weights, and folders train at the size and colour asked for."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from model import checkpoint
+from model import data as data_module
+from model import train as train_module
 from model.config import ModelConfig, TrainConfig
-from model.train import kl_weight, train
-from tests.conftest import REPO, write_tiny_idx_dataset
+from model.train import PAUSE_ENV, kl_weight, train
+from model.train import main as train_main
+from tests.conftest import REPO, write_png_folder, write_tiny_idx_dataset
 
 MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))
 CONFIG = TrainConfig(dataset="tiny", epochs=3, batch_size=32, lr=3e-3, kl_warmup_epochs=1, threads=1)
@@ -60,35 +66,97 @@ def test_kl_warmup_ramps_linearly_to_beta():
     assert kl_weight(config, 9, 0, 10) == 2.0
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    write_tiny_idx_dataset(tmp_path / "data", size=8, train=4096, test=64)
-    # The tiny files are not Fashion-MNIST: point the checksums at them through a test-only dataset name.
-    out = tmp_path / "run"
-    code = (
-        "import sys; from model import data; from tests.conftest import write_tiny_idx_dataset;"
-        f"data.DATASETS['tiny'] = write_tiny_idx_dataset(__import__('pathlib').Path({str(tmp_path / 'data')!r}),"
-        " size=8, train=4096, test=64);"
-        "from model.train import main; sys.exit(main(sys.argv[1:]))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--dataset", "tiny", "--epochs", "50", "--batch-size", "8", "--threads", "1",
-         "--arch", "mlp", "--hidden", "16", "--latent-dim", "2", "--no-progress", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"vae-train exited ({proc.returncode}) before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.02)  # polling interval of a condition with a deadline
+
+
+def test_ctrl_c_mid_epoch_and_resume_give_the_weights_of_an_uninterrupted_run(tmp_path):
+    folder = write_png_folder(tmp_path / "images", count=64, size=8)
+    flags = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8", "--epochs", "3",
+             "--batch-size", "8", "--kl-warmup-epochs", "1", "--threads", "1", "--arch", "mlp", "--decoder", "mlp",
+             "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    # A real vae-train that stops before step 3 of epoch 2 (of 8 steps) and waits there for the signal.
+    proc = subprocess.Popen([sys.executable, "-m", "model.train", *flags, "--out", str(interrupted)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: "2:3"})
     try:
-        for line in proc.stdout:
-            if line.startswith("epoch 1/"):
-                break
+        wait_for((interrupted / "paused").exists, "the pause before epoch 2, step 3", proc)
+        assert checkpoint.load(interrupted / "last.pt")["epoch"] == 1  # the steps of epoch 2 so far are not saved
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
-        proc.kill()
-    assert proc.returncode == 130
-    assert "interrupted: saved" in stderr and "--resume" in stderr
-    assert "Traceback" not in stderr
-    state = checkpoint.load(out / "last.pt")
-    assert state["epoch"] >= 1
-    assert isinstance(state["model_state"], dict) and torch.is_tensor(state["rng_state"])
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted in epoch 2" in stderr and "holds the end of epoch 1. Continue with --resume" in stderr
+    assert "Traceback" not in stderr and "epoch 2/3" not in stdout
+    state = checkpoint.load(interrupted / "last.pt")
+    assert state["epoch"] == 1 and [m["epoch"] for m in state["metrics"]] == [1]
+    assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 1
+
+    assert train_main([*flags, "--out", str(interrupted), "--resume"]) == 0
+    assert train_main([*flags, "--out", str(straight)]) == 0
+    resumed, reference = checkpoint.load(interrupted / "last.pt"), checkpoint.load(straight / "last.pt")
+    assert resumed["epoch"] == reference["epoch"] == 3
+    assert resumed["model_state"].keys() == reference["model_state"].keys()
+    for name, weights in reference["model_state"].items():
+        assert torch.equal(resumed["model_state"][name], weights), name  # bitwise, not approximately
+    assert torch.equal(resumed["rng_state"], reference["rng_state"])
+    assert [m["test_elbo"] for m in resumed["metrics"]] == [m["test_elbo"] for m in reference["metrics"]]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, monkeypatch, capsys):
+    # The first Ctrl-C only sets a flag; a second one raises KeyboardInterrupt wherever training is.
+    def interrupted_twice(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_twice)
+    folder = write_png_folder(tmp_path / "images", count=4, size=8)
+    assert train_main(["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8",
+                       "--out", str(tmp_path / "run")]) == 130
+    assert "holds the last completed epoch. Continue with --resume" in capsys.readouterr().err
+
+
+def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, caplog):
+    folder = write_png_folder(tmp_path / "images", count=12, size=32, rgb=True)
+    flags = ["--dataset", "folder", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "8", "--threads", "1",
+             "--conv-channels", "4", "--decoder-channels", "4", "--hidden", "8", "--latent-dim", "2", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="model.data"):
+        assert train_main([*flags, "--channels", "3", "--image-size", "32", "--out", str(tmp_path / "rgb")]) == 0
+        assert not caplog.records
+        assert train_main([*flags, "--out", str(tmp_path / "grey")]) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"converting 12 of 12 images in {folder} from RGB 32x32 to grey 28x28; "
+        "pass --channels 3 --image-size 32 to keep them as they are"]
+    rgb, _ = checkpoint.load_model(tmp_path / "rgb" / "best.pt")
+    grey, _ = checkpoint.load_model(tmp_path / "grey" / "best.pt")
+    assert rgb.config.input_shape == (3, 32, 32) and grey.config.input_shape == (1, 28, 28)
+    (logits,) = rgb.decode(torch.zeros(2, 2))
+    assert logits.shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "30"], "= 4, as each conv layer halves them: pick an --image-size divisible by 4"),
+    (["--image-size", "8", "8", "8"], "--image-size takes H or H W"),
+])
+def test_a_shape_the_model_cannot_take_is_refused_with_the_fix(tmp_path, capsys, flags, message):
+    folder = write_png_folder(tmp_path / "images", count=4, size=8)
+    assert train_main(["--dataset", "folder", "--data-dir", str(folder), *flags, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_idx_data_set_refuses_a_size_it_does_not_have(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(data_module.DATASETS, "tiny", write_tiny_idx_dataset(tmp_path, size=8, train=16, test=4))
+    assert train_main(["--dataset", "tiny", "--data-dir", str(tmp_path), "--channels", "3"]) == 2
+    assert "tiny images are 1x8x8 and are not converted" in capsys.readouterr().err
 
 
 def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset, tmp_path):
