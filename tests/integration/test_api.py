@@ -248,8 +248,12 @@ def test_every_routes_documented_example_works(http, spec, route):
 
 
 def test_the_decode_example_has_the_served_models_latent_size(spec, card):
-    (example,) = spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]["examples"].values()
+    media = spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]
+    (example,) = media["examples"].values()
     assert {len(z) for z in example["value"]["z"]} == {card["latent_dim"]}
+    validate(example["value"], media["schema"], spec)
+    with pytest.raises(jsonschema.ValidationError):  # the document states the latent size
+        validate({"z": [[0.0] * (card["latent_dim"] - 1)]}, media["schema"], spec)
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,8 @@ def test_the_server_logs_one_warning_per_unknown_variable_at_start_up(monkeypatc
     logged = []
     monkeypatch.setattr(app_module, "configure_logging", lambda level, json_format: None)
     monkeypatch.setattr(app_module.log, "warning", lambda fmt, *args: logged.append(fmt % args))
+    for name in [name for name in os.environ if name.upper().startswith("VAE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("VAE_MAX_INFLIGHT", "3")
     monkeypatch.setenv("VAE_WORKER", "2")
     app_module.app_factory()
