@@ -35,8 +35,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER vae
 EXPOSE 8000
+# The check asks the port the server listens on: VAE_PORT, as `docker run -e VAE_PORT=...` sets it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+    CMD ["python3", "-c", "import os, sys, urllib.request; port = os.environ.get('VAE_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status != 200)"]
 # uvicorn handles SIGTERM: it stops accepting, finishes in-flight requests (up to 30 s), then exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["vae-serve"]

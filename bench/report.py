@@ -4,7 +4,9 @@
 
 - the benchmark table, from bench/results/serving.json and training.json (medians of the
   interleaved rounds, with their range);
-- the model card numbers, from artifacts/fashion-mnist/manifest.json.
+- the model card numbers, from artifacts/fashion-mnist/manifest.json;
+- the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
+  and the access log's recorded cost in bench/results/inprocess.json.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -121,6 +124,40 @@ def model_card_section() -> str:
         f"{max(parity['max_abs_diff'].values()):.1e}.", ""])
 
 
+def settings_section() -> str:
+    """One row per `Settings` field, so a new setting appears in the README when this runs."""
+    from service.settings import BUNDLED_MODEL_DIR, PREFIX, Settings
+
+    lines = ["| variable | default | allowed | what it sets |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default
+        if default == BUNDLED_MODEL_DIR:
+            shown = f"the bundled model, `{BUNDLED_MODEL_DIR.relative_to(REPO)}`"
+        else:
+            shown = f"`{json.dumps(default) if isinstance(default, (bool, list)) else default}`"
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{PREFIX}{name.upper()}` | {shown} | {_allowed(field)} | {description} |")
+    recorded = RESULTS / "inprocess.json"
+    run = json.loads(recorded.read_text()) if recorded.exists() else {}
+    if "access_log_cost_us" in run:
+        lines += ["", f"The access log's cost, from `bench/results/inprocess.json` (`{run['command']}`, "
+                      f"{run['machine']['time']}): {run['access_log_cost_us']:.0f} us a request on `/encode`, "
+                      f"against {run['product_us']:.0f} us for the request without it."]
+    return "\n".join(lines) + "\n"
+
+
+def _allowed(field) -> str:
+    """The field's limits as text: its annotated bounds, or its choices."""
+    symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    bounds = [f"{symbols[key]} {getattr(rule, key)}" for rule in field.metadata for key in symbols
+              if hasattr(rule, key)]
+    if get_origin(field.annotation) is Literal:
+        return ", ".join(get_args(field.annotation))
+    if field.annotation is bool:
+        return "true, false"
+    return ", ".join(bounds) or "-"
+
+
 def _yes(value: bool) -> str:
     return "yes" if value else "**no**"
 
@@ -138,6 +175,7 @@ def update_readme() -> None:
         else:  # one 6 s window per cell, before the interleaved rounds: its table stays as written
             print("bench/results/serving.json has no interleaved rounds; the bench table is left as is "
                   "until `make bench` records them")
+    text = _replace(text, "settings", settings_section())
     README.write_text(text)
 
 

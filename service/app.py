@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
@@ -12,13 +13,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from model.preprocess import array_to_png, bytes_to_array
-from service import errors
+from service import docs, errors
 from service.batching import MicroBatcher
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.routes import images, latents, ops
 from service.runtime import ModelLoadError, OnnxVAE, load_model_dir
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, unknown_variables
 from service.state import AppState
 
 log = logging.getLogger("vae.service")
@@ -83,9 +84,12 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
         description="Every error is JSON `{\"error\": {\"code\", \"message\"}}`. Every response carries "
                     "X-Request-ID. Image routes take a raw image/* body or multipart parts named `file`.",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by service/docs.py
+        redoc_url=None,
     )
     app.state.vae = state
     errors.install(app)
+    docs.install(app, lambda: state.engine.latent_dim if state.engine is not None else None)
     routers = (images.router, latents.router, ops.router)
     for router in routers:
         app.include_router(router)
@@ -103,4 +107,6 @@ def app_factory() -> FastAPI:
     """Entry point for uvicorn (`--factory`): settings from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_json)
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     return create_app(settings)

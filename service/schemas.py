@@ -27,8 +27,9 @@ class ErrorBody(BaseModel):
 
 class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    z: list[list[FiniteFloat]] = Field(description="1..max_batch rows of exactly latent_dim finite numbers",
-                                       examples=[[[0.0] * 4]])
+    # The served document fits the rows and the example to the model's latent_dim (service/docs.py).
+    z: list[list[FiniteFloat]] = Field(description="1..max_batch rows of exactly latent_dim finite numbers "
+                                       "(GET /v1/model)")
 
 
 class EncodedImage(BaseModel):

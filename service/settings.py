@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -9,10 +11,22 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist"
+PREFIX = "VAE_"
+# VAE_* variables that other parts of the project read; the server ignores them without a warning.
+# tests/unit/service/test_settings.py checks that every VAE_* name in the repository is here or a setting.
+OTHER_VARIABLES = {
+    "VAE_DATA_DIR": "vae-train and vae-eval: the dataset directory",
+    "VAE_BASE_URL": "the integration tests: run against this server",
+    "VAE_TEST_MODEL_DIR": "the integration tests: the model directory they serve",
+    "VAE_CONTAINER_ENGINE": "the container tests (set by docker/test-image.sh)",
+    "VAE_CONTAINER_IMAGE": "the container tests (set by docker/test-image.sh)",
+    "VAE_IMAGE": "docker/test-image.sh: the image tag it builds",
+    "VAE_BASE_IMAGE": "docker/test-image.sh: the base image",
+}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
 
     model_dir: Path = Field(BUNDLED_MODEL_DIR, description="directory written by vae-export")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
@@ -26,20 +40,25 @@ class Settings(BaseSettings):
                                    "event loop; more only adds memory (each call holds its activations) on few cores")
     workers: int = Field(1, gt=0, le=64, description="uvicorn worker processes")
     max_in_flight: int = Field(64, gt=0, description="concurrent requests per worker before 429")
-    inline_cost: int = Field(64, ge=0, description="decoder/encoder rows below which inference runs on "
-                             "the event loop instead of a worker thread (the thread hop costs more)")
+    inline_cost: int = Field(64, ge=0, description="model work of at most this many rows (images or latents; "
+                             "/elbo counts images x (k + 1)) runs on the event loop instead of a worker thread, "
+                             "where the thread hop would cost more than the work")
     micro_batch: bool = Field(False, description="coalesce concurrent /encode requests into one onnxruntime "
-                              "call; a request alone in flight skips it. Off: two runs disagreed on its effect "
-                              "(README, Benchmarks)")
+                              "call; a request alone in flight skips it. Off: the recorded benchmark runs "
+                              "disagreed on its effect (README, Benchmarks)")
     micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
                                        "requests; 0 = only what arrived in the same event-loop tick")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_json: bool = False
-    access_log: bool = Field(False, description="one log line per request; off by default because it cost "
-                             "24-36 us a request on /encode, `python -m bench.inprocess`; metrics count every request anyway")
-    cors_origins: list[str] = Field(default_factory=list)
-    host: str = "0.0.0.0"
-    port: int = Field(8000, gt=0, lt=65536)
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe level "
+                                                                    "logged; any case")
+    log_json: bool = Field(False, description="one JSON object per log line (time, level, logger, request_id, "
+                           "message) instead of text")
+    access_log: bool = Field(False, description="one log line per request; off because of its cost per request "
+                             "(`access_log_cost_us` in bench/results/inprocess.json, from `python -m bench.inprocess`); "
+                             "metrics count every request anyway")
+    cors_origins: list[str] = Field(default_factory=list, description='JSON list of origins allowed to call the '
+                                    'API from a browser, e.g. ["https://a.example"]; empty: no CORS headers')
+    host: str = Field("0.0.0.0", description="bind address")
+    port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -57,3 +76,23 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = [f"  VAE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
         raise SettingsError("invalid vae-service settings:\n" + "\n".join(lines)) from None
+
+
+def variable_names() -> list[str]:
+    """Every setting's environment variable, in the order of the fields."""
+    return [PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per VAE_* variable that is neither a setting nor read elsewhere in the project, with
+    the closest setting's name: a misspelt variable would otherwise be ignored without a word."""
+    known = variable_names()
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()  # pydantic-settings matches names in any case
+        if not upper.startswith(PREFIX) or upper in known or upper in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; the settings are {', '.join(known)}"
+        warnings.append(f"{name} is not a vae-service setting and is ignored{hint}")
+    return warnings

@@ -11,18 +11,23 @@ from service.params import openapi_parameters
 from service.schemas import (ElboQuery, ElboResponse, EncodeQuery, EncodeResponse, ReconstructQuery,
                              ReconstructResponse, error_responses)
 from service.state import model_route
-from service.uploads import read_images
+from service.uploads import ACCEPTED, IMAGE_TYPES, read_images
 
 router = APIRouter(tags=["images"])
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Any image will do as an example; the model's own sample is one the server always has.
+EXAMPLE_IMAGE = {"examples": {"a_sample": {"summary": "a PNG the model generated (GET /sample?n=1&seed=0)",
+                                           "externalValue": "/sample?n=1&seed=0"}}}
+MEDIA_TYPES = ["image/png", *sorted(IMAGE_TYPES - {"image/png"})]  # the first is Swagger UI's default
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "one image as a raw body (PNG, JPEG, WebP, BMP, GIF: first frame, TIFF), or "
-                       "multipart/form-data with one or more parts named `file`",
+        "description": f"{ACCEPTED}. GIF: the first frame. Every image goes through the model's preprocessing "
+                       "contract (GET /v1/model).",
         "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            **{media_type: {**BINARY, **(EXAMPLE_IMAGE if media_type == "image/png" else {})}
+               for media_type in MEDIA_TYPES},
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
                 "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
         },

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 
+import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
@@ -152,9 +154,117 @@ def test_metrics_are_prometheus_text(http):
     assert 'vae_images_processed_total{operation="sample"}' in text
 
 
-def test_openapi_at_docs(http):
-    assert http.get("/docs").status_code == 200 and "swagger" in http.get("/docs").text.lower()
-    spec = http.get("/openapi.json").json()
+@pytest.fixture(scope="module")
+def spec(http):
+    return http.get("/openapi.json").json()
+
+
+def operations(spec):
+    return [(path, method, operation) for path, methods in spec["paths"].items()
+            for method, operation in methods.items()]
+
+
+def validate(document: dict, schema: dict, spec: dict) -> None:
+    """Validate against a schema of the OpenAPI document, its $refs resolved within the document."""
+    jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).validate(document)
+
+
+def test_every_route_is_documented_with_its_errors(spec):
     assert {"/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/healthz", "/readyz", "/v1/model",
             "/metrics"} <= set(spec["paths"])
-    assert json.dumps(spec)  # serialisable
+    model_routes = {"/encode", "/decode", "/sample", "/elbo", "/reconstruct"}
+    image_routes = {"/encode", "/elbo", "/reconstruct"}
+    for path, method, operation in operations(spec):
+        statuses = set(operation["responses"])
+        expected = {"422", "429", "503"} if path in model_routes else set()
+        expected |= {"400", "413", "415"} if path in image_routes else set()
+        expected |= {"503"} if path in {"/readyz", "/v1/model"} else set()
+        assert expected <= statuses, f"{method} {path} documents {sorted(statuses)}"
+        for status in statuses - {"200"}:
+            schema = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, f"{method} {path} {status}"
+        assert operation.get("summary"), f"{method} {path} has no summary"
+        for parameter in operation.get("parameters", []):
+            assert parameter["description"], f"{method} {path} {parameter['name']} has no description"
+
+
+def test_every_image_route_lists_every_accepted_image_type(spec):
+    from service.uploads import IMAGE_TYPES
+
+    for path in ("/encode", "/elbo", "/reconstruct"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert set(content) == IMAGE_TYPES | {"multipart/form-data"}, path
+        assert all(content[t]["schema"] == {"type": "string", "format": "binary"} for t in IMAGE_TYPES)
+
+
+def test_an_error_answer_validates_against_the_documented_error_body(http, spec):
+    response = http.post("/decode", json={"z": [[0.0]]})
+    assert response.status_code == 422
+    validate(response.json(), spec["paths"]["/decode"]["post"]["responses"]["422"]["content"]["application/json"]
+             ["schema"], spec)
+
+
+def try_it_out(http, operation: dict) -> dict:
+    """The request Swagger UI's "Try it out" sends: the parameters' defaults, and the body's example."""
+    parameters = {}
+    for parameter in operation.get("parameters", []):
+        default = parameter["schema"].get("default")
+        assert default is not None or not parameter["required"], parameter["name"]
+        if default is not None:
+            parameters[parameter["name"]] = json.dumps(default) if isinstance(default, bool) else default
+    request = {"params": parameters}
+    body = operation.get("requestBody")
+    if body:
+        with_example = [(t, m) for t, m in body["content"].items() if m.get("examples")]
+        assert with_example, "a route that takes a body must have an example of one"
+        media_type, media = with_example[0]
+        example = next(iter(media["examples"].values()))
+        if "externalValue" in example:
+            fetched = http.get(example["externalValue"])
+            assert fetched.status_code == 200, example["externalValue"]
+            request.update(content=fetched.content, headers={"content-type": media_type})
+        else:
+            request.update(content=json.dumps(example["value"]), headers={"content-type": media_type})
+    return request
+
+
+@pytest.mark.parametrize("route", ["GET /healthz", "GET /readyz", "GET /v1/model", "GET /metrics",
+                                   "POST /encode", "POST /elbo", "POST /reconstruct", "POST /decode",
+                                   "GET /sample"])
+def test_every_routes_documented_example_works(http, spec, route):
+    method, path = route.split()
+    operation = spec["paths"][path][method.lower()]
+    response = http.request(method, path, **try_it_out(http, operation))
+    assert 200 <= response.status_code < 300, response.text
+    documented = operation["responses"][str(response.status_code)]["content"]
+    media_type = response.headers["content-type"].split(";")[0]
+    assert media_type in documented, f"{route} answered {media_type}, documented {sorted(documented)}"
+    if media_type == "application/json":
+        validate(response.json(), documented[media_type]["schema"], spec)
+    elif media_type == "image/png":
+        assert Image.open(io.BytesIO(response.content)).size[0] > 0
+    else:
+        assert media_type == "text/plain" and "vae_requests_total" in response.text
+
+
+def test_the_decode_example_has_the_served_models_latent_size(spec, card):
+    media = spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]
+    (example,) = media["examples"].values()
+    assert {len(z) for z in example["value"]["z"]} == {card["latent_dim"]}
+    validate(example["value"], media["schema"], spec)
+    with pytest.raises(jsonschema.ValidationError):  # the document states the latent size
+        validate({"z": [[0.0] * (card["latent_dim"] - 1)]}, media["schema"], spec)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_need_nothing_but_this_server(http, page):
+    response = http.get(page)
+    assert response.status_code == 200 and "/openapi.json" in response.text
+    assert not re.search(r"https?://", response.text), "the page loads something from another host"
+    kinds = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+    assets = re.findall(r'(?:href|src)="([^"]+)"', response.text)
+    assert any(a.endswith(".js") for a in assets)
+    for asset in assets:
+        served = http.get(asset)
+        assert served.status_code == 200, asset
+        assert served.headers["content-type"].startswith(kinds["." + asset.rsplit(".", 1)[-1]]), asset

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -23,12 +24,12 @@ PNG = {"content-type": "image/png"}
 
 
 class Container:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, container_port: int = 8000) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"vae-check-{self.port}"
-        subprocess.run([ENGINE, "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:8000", *args, IMAGE],
-                       check=True, capture_output=True)
+        subprocess.run([ENGINE, "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:{container_port}",
+                        *args, IMAGE], check=True, capture_output=True)
 
     def wait_up(self, ready: bool = True, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -51,6 +52,26 @@ class Container:
 
     def remove(self) -> None:
         subprocess.run([ENGINE, "rm", "-f", self.name], capture_output=True)
+
+
+def poll(condition, what: str, timeout: float = 30) -> None:
+    """Wait until `condition()` holds, checking every 0.1 s; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+async def in_flight_at_least(client: httpx.AsyncClient, count: int, timeout: float = 30) -> None:
+    """Wait until the server's vae_requests_in_flight gauge reaches `count`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = (await client.get("/metrics")).text
+        match = re.search(r"^vae_requests_in_flight (\S+)$", text, re.M)
+        if match and float(match.group(1)) >= count:
+            return
+        assert time.monotonic() < deadline, f"fewer than {count} requests in flight after {timeout} s"
+        await asyncio.sleep(0.02)
 
 
 def model_copy(tmp_path: Path) -> Path:
@@ -77,7 +98,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(test_images):
                         return "refused"  # never accepted: allowed once shutdown began
 
                 tasks = [asyncio.create_task(one()) for _ in range(24)]
-                await asyncio.sleep(0.5)  # requests are in flight
+                await in_flight_at_least(client, 1)  # the server has accepted requests it is still serving
                 subprocess.run([ENGINE, "kill", "--signal", "TERM", container.name], check=True, capture_output=True)
                 return await asyncio.gather(*tasks)
 
@@ -112,10 +133,27 @@ def test_a_tampered_mounted_graph_keeps_the_container_unready(tmp_path):
     container = Container("-v", f"{model}:/models/custom:ro", "-e", "VAE_MODEL_DIR=/models/custom")
     try:
         container.wait_up(ready=False)
-        time.sleep(2)
+        poll(lambda: "model not served, staying unready" in container.logs(), "the load failure is logged")
         response = httpx.get(f"{container.url}/readyz")
         assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
         logs = container.logs()
         assert "model not served, staying unready" in logs and "decoder.onnx: SHA-256" in logs
+    finally:
+        container.remove()
+
+
+def test_the_healthcheck_follows_vae_port():
+    container = Container("-e", "VAE_PORT=9123", container_port=9123)
+    try:
+        container.wait_up()
+        if Path(ENGINE).name == "podman":  # runs the image's HEALTHCHECK command now
+            result = subprocess.run([ENGINE, "healthcheck", "run", container.name], capture_output=True, text=True,
+                                    timeout=60)
+            assert result.returncode == 0, result.stdout + result.stderr + container.logs()
+        else:  # docker runs it on its own schedule (every 10 s after a 15 s start period)
+            def health() -> str:
+                return subprocess.run([ENGINE, "inspect", "--format", "{{.State.Health.Status}}", container.name],
+                                      capture_output=True, text=True).stdout.strip()
+            poll(lambda: health() == "healthy", "the container reports healthy", timeout=90)
     finally:
         container.remove()

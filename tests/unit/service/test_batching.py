@@ -25,14 +25,20 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
         np.testing.assert_array_equal(logvar, encode(x)[1])
 
 
-def test_a_full_batch_flushes_at_once():
+def test_a_full_batch_flushes_at_once_without_waiting_for_its_timer():
     async def run():
-        batcher = MicroBatcher(encode, max_rows=2, max_wait_s=10.0)
-        await asyncio.wait_for(asyncio.gather(batcher.submit(np.ones((1, 1, 1, 1))),
-                                              batcher.submit(np.ones((1, 1, 1, 1)))), timeout=1)
-        return batcher.calls
+        batcher = MicroBatcher(encode, max_rows=2, max_wait_s=3600.0)  # a timer that would never fire in a test
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 1, 1))))
+        await asyncio.sleep(0)  # one loop turn: the first request is queued and its timer armed, nothing flushed
+        queued = (batcher.calls, first.done(), batcher._timer is not None)
+        second = await batcher.submit(np.full((1, 1, 1, 1), 2.0))  # fills the batch: flushed on the spot
+        return queued, batcher.calls, await first, second, batcher._timer
 
-    assert asyncio.run(run()) == 1
+    queued, calls, first, second, timer = asyncio.run(run())
+    assert queued == (0, False, True)
+    assert calls == 1 and timer is None
+    np.testing.assert_array_equal(first[0], [[1.0]])
+    np.testing.assert_array_equal(second[0], [[2.0]])
 
 
 def test_a_failure_reaches_every_waiting_request():
@@ -56,15 +62,27 @@ async def test_encode_route_gives_the_same_answer_with_micro_batching():
     batched, _ = build(fake, micro_batch=True)
     batched.state.vae.batcher = Batcher(fake.encode, max_rows=8, max_wait_s=0.0)
     headers = {"content-type": "image/png"}
+    bodies = [png_bytes(i) for i in range(4)]
+    started, all_started = [], asyncio.Event()
+
+    async def held_until_all_started(body: bytes):
+        """The body is sent only once every request has begun, so all four are in flight together."""
+        started.append(body)
+        if len(started) == len(bodies):
+            all_started.set()
+        await all_started.wait()
+        yield body
+
     async with client_for(plain) as a, client_for(batched) as b:
-        bodies = [png_bytes(i) for i in range(4)]
         expected = [(await a.post("/encode?sample=true&seed=2", content=x, headers=headers)).json() for x in bodies]
-        got = await asyncio.gather(*[b.post("/encode?sample=true&seed=2", content=x, headers=headers) for x in bodies])
+        got = await asyncio.wait_for(asyncio.gather(*[
+            b.post("/encode?sample=true&seed=2", content=held_until_all_started(x), headers=headers)
+            for x in bodies]), timeout=30)
     for response, want in zip(got, expected):
         result, wanted = response.json()["results"][0], want["results"][0]
         for key in ("mean", "logvar", "z"):  # the fake's numpy matmul rounds differently in a batch
             np.testing.assert_allclose(result[key], wanted[key], rtol=1e-5, atol=1e-6)
-    assert batched.state.vae.batcher.calls < 4
+    assert 1 <= batched.state.vae.batcher.calls < len(bodies)  # the batcher ran, and coalesced
 
 
 @pytest.fixture

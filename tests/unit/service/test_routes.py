@@ -4,6 +4,8 @@ import base64
 import io
 import json
 import math
+import threading
+import time
 
 import anyio
 import numpy as np
@@ -13,7 +15,7 @@ from PIL import Image
 from model import scoring
 from model.preprocess import bytes_to_array, to_data_space
 from tests.unit.service.conftest import build, client_for, png_bytes
-from tests.unit.service.fakes import LATENT, SHAPE
+from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 
 pytestmark = pytest.mark.anyio
 PNG = {"content-type": "image/png"}
@@ -136,9 +138,14 @@ async def test_sample_json_returns_latents_scaled_by_temperature(client):
     assert cold["seed"] == 1 and len(cold["samples"]) == 2
 
 
-async def test_sample_without_seed_reports_the_seed_it_drew(client):
-    response = await client.get("/sample?n=1&format=json")
-    assert response.json()["seed"] >= 0
+async def test_sample_without_seed_reports_a_seed_that_reproduces_it(client):
+    drawn = (await client.get("/sample?n=3&format=json")).json()
+    again = (await client.get(f"/sample?n=3&seed={drawn['seed']}&format=json")).json()
+    assert again["samples"] == drawn["samples"]
+    grid = await client.get("/sample?n=3")
+    assert (await client.get(f"/sample?n=3&seed={grid.headers['x-seed']}")).content == grid.content
+    other = (await client.get(f"/sample?n=3&seed={drawn['seed'] + 1}&format=json")).json()
+    assert other["samples"] != drawn["samples"]
 
 
 @pytest.mark.parametrize("query", ["n=0", "n=9", "temperature=0", "temperature=10.5", "temperature=nan",
@@ -201,8 +208,6 @@ async def test_model_card(client):
 
 
 async def test_unexpected_errors_are_500_without_internals():
-    from tests.unit.service.fakes import FakeVAE
-
     app, _ = build(FakeVAE(broken=True))
     async with client_for(app) as client:
         response = await client.post("/encode", content=png_bytes(0), headers=PNG)
@@ -210,19 +215,48 @@ async def test_unexpected_errors_are_500_without_internals():
     assert "secret" not in response.text and "/opt/model" not in response.text
 
 
+class GatedVAE(FakeVAE):
+    """Encode calls wait at a gate, so a test can hold requests inside the model for as long as it needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.inside, self._lock = threading.Event(), 0, threading.Lock()
+
+    def encode(self, x):
+        with self._lock:
+            self.inside += 1
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return super().encode(x)
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await anyio.sleep(0.005)
+
+
 async def test_overload_is_429_and_the_rest_are_served():
-    from tests.unit.service.fakes import FakeVAE
-
-    app, _ = build(FakeVAE(delay=0.3), max_in_flight=2, inline_cost=0)
-    statuses = []
+    fake = GatedVAE()
+    app, _ = build(fake, max_in_flight=2, inline_cost=0)
     async with client_for(app) as client:
-        async def one():
-            statuses.append((await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code)
+        async def post():
+            return await client.post("/encode", content=png_bytes(0), headers=PNG)
 
+        held = []
         async with anyio.create_task_group() as group:
-            for _ in range(5):
-                group.start_soon(one)
-    assert sorted(statuses) == [200, 200, 429, 429, 429]
+            async def hold():
+                held.append(await post())
+
+            for _ in range(2):
+                group.start_soon(hold)
+            await wait_for(lambda: fake.inside == 2)  # both slots are taken, inside the model
+            refused = [await post() for _ in range(3)]
+            fake.gate.set()
+    assert [error_of(r) for r in refused] == [(429, "overloaded")] * 3
+    assert [r.status_code for r in held] == [200, 200] and all(len(r.json()["results"]) == 1 for r in held)
 
 
 async def test_request_id_is_echoed_or_made(client):

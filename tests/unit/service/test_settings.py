@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from service.settings import SettingsError, load_settings
@@ -26,3 +29,67 @@ def test_vae_serve_refuses_invalid_settings_readably(monkeypatch, capsys):
     monkeypatch.setenv("VAE_PORT", "70000")
     assert main([]) == 2
     assert "VAE_PORT" in capsys.readouterr().err
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting():
+    from service.settings import unknown_variables
+
+    warnings = unknown_variables({"VAE_MAX_BATCHES": "8", "vae_acess_log": "1", "VAE_MAX_BATCH": "8",
+                                  "vae_port": "9000", "VAE_DATA_DIR": "/data", "HOME": "/root"})
+    assert warnings == ["VAE_MAX_BATCHES is not a vae-service setting and is ignored; did you mean VAE_MAX_BATCH?",
+                        "vae_acess_log is not a vae-service setting and is ignored; did you mean VAE_ACCESS_LOG?"]
+
+
+def test_a_variable_like_no_setting_lists_the_settings():
+    from service.settings import unknown_variables, variable_names
+
+    (warning,) = unknown_variables({"VAE_ZZZZZZZZ": "1"})
+    assert warning.startswith("VAE_ZZZZZZZZ is not a vae-service setting") and all(
+        name in warning for name in variable_names())
+
+
+def test_the_server_logs_one_warning_per_unknown_variable_at_start_up(monkeypatch):
+    from service import app as app_module
+
+    logged = []
+    monkeypatch.setattr(app_module, "configure_logging", lambda level, json_format: None)
+    monkeypatch.setattr(app_module.log, "warning", lambda fmt, *args: logged.append(fmt % args))
+    for name in [name for name in os.environ if name.upper().startswith("VAE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("VAE_MAX_INFLIGHT", "3")
+    monkeypatch.setenv("VAE_WORKER", "2")
+    app_module.app_factory()
+    assert logged == ["VAE_MAX_INFLIGHT is not a vae-service setting and is ignored; did you mean VAE_MAX_IN_FLIGHT?",
+                      "VAE_WORKER is not a vae-service setting and is ignored; did you mean VAE_WORKERS?"]
+
+
+def test_every_vae_variable_in_the_repository_is_a_setting_or_known_elsewhere():
+    import re
+
+    from service.settings import OTHER_VARIABLES, variable_names
+    from tests.conftest import REPO
+
+    skip = {".git", ".venv", "runs", "artifacts", "node_modules", ".pytest_cache"}
+    suffixes = {".py", ".sh", ".md", ".yaml", ".yml", ".toml", ""}
+    found = set()
+    for path in REPO.rglob("*"):
+        misspelt_here = path == Path(__file__)  # this file's misspellings are on purpose
+        if path.is_file() and path.suffix in suffixes and not misspelt_here and not skip & set(
+                path.relative_to(REPO).parts):
+            found |= set(re.findall(r"\bVAE_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="ignore")))
+    assert found, "no VAE_* names found: the scan is broken"
+    assert found - set(variable_names()) - set(OTHER_VARIABLES) == set()
+
+
+def test_every_setting_is_described():
+    from service.settings import Settings
+
+    assert [name for name, field in Settings.model_fields.items() if not field.description] == []
+
+
+def test_the_readme_configuration_list_is_generated_from_settings():
+    from bench.report import README, settings_section
+
+    text = README.read_text()
+    block = text.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
+    assert block == settings_section(), "README.md's settings block is stale: run `python -m bench.report`"

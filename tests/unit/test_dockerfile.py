@@ -1,0 +1,63 @@
+"""The image's HEALTHCHECK command, run here against a stub server: it must ask the port VAE_PORT names."""
+
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def healthcheck_command() -> list[str]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("HEALTHCHECK")]
+    return json.loads(re.search(r"\bCMD\s+(\[.*\])\s*$", line).group(1))
+
+
+@pytest.fixture
+def stub():
+    """A server on a free port whose /readyz answers the status the test sets."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        status = 200
+
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(Handler.status if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, Handler
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+
+
+def run_check(port: int) -> int:
+    command = healthcheck_command()
+    assert command[0] == "python3"
+    environment = {**os.environ, "VAE_PORT": str(port)}
+    return subprocess.run([sys.executable, *command[1:]], env=environment, capture_output=True, timeout=30).returncode
+
+
+def test_the_healthcheck_asks_the_port_in_vae_port(stub):
+    server, handler = stub
+    assert run_check(server.server_address[1]) == 0
+    handler.status = 503
+    assert run_check(server.server_address[1]) != 0
+
+
+def test_the_healthcheck_fails_where_nothing_listens(stub):
+    server, _ = stub
+    port = server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    assert run_check(port) != 0
