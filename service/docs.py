@@ -15,6 +15,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.schemas import REQUEST_MODELS
+
 ASSETS_URL = "/docs-assets"
 # The wheel's static folder holds exactly these: Swagger UI's bundle and CSS, ReDoc, a favicon.
 SWAGGER_JS, SWAGGER_CSS, REDOC_JS, FAVICON = "swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", \
@@ -49,7 +51,14 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
                               redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}", redoc_favicon_url=f"{ASSETS_URL}/{FAVICON}",
                               with_google_fonts=False)
 
-    generic = app.openapi  # FastAPI's generator; it caches the document on the app
+    fastapi_generator = app.openapi  # FastAPI's own; it caches the document on the app
+
+    def generic() -> dict[str, Any]:
+        document = fastapi_generator()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in REQUEST_MODELS:
+            schemas.setdefault(model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+        return document
     fitted: dict[int, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:

@@ -32,6 +32,11 @@ class DecodeRequest(BaseModel):
                                        "(GET /v1/model)")
 
 
+# Request bodies that routes parse themselves (one pass of pydantic's JSON parser, under their own
+# size limit) and reference from `openapi_extra`; service/docs.py adds them to the document.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (DecodeRequest,)
+
+
 class EncodedImage(BaseModel):
     index: int
     mean: list[float] = Field(description="mean of q(z|x)")

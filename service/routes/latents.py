@@ -18,7 +18,7 @@ from service.uploads import read_body
 router = APIRouter(tags=["latents"])
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG, or JSON with format=json"}}
 JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": DecodeRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    "schema": {"$ref": "#/components/schemas/DecodeRequest"}}}}}  # the schema is in REQUEST_MODELS
 JSON_TYPES = {"", "application/json"}
 
 
