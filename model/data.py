@@ -226,6 +226,9 @@ def _images(raw: np.ndarray) -> np.ndarray:
 
 
 def fixed_test_set(images: np.ndarray, likelihood: str, seed: int) -> np.ndarray:
-    """The evaluation test set in the likelihood's data space, binarised (or dequantised) once
-    with a fixed seed, so every evaluation sees the same bits."""
+    """The evaluation test set in the likelihood's data space, binarised (or dequantised) once with a
+    fixed seed, so every evaluation sees the same bits: the literature's fixed binarised test set.
+    One draw over the whole (N, C, H, W) array, so a prefix of the set gets the bits it has in the
+    whole. Images scored as a user's own (`/elbo`, `vae-eval --images-dir`) are drawn one by one,
+    keyed by their content, with `model.preprocess.images_to_data_space`."""
     return to_data_space(images, likelihood, np.random.default_rng(seed))

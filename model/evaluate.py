@@ -16,7 +16,7 @@ from tqdm import tqdm
 from model import checkpoint, figures, scoring
 from model.data import (DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder,
                         sha256_file)
-from model.preprocess import PreprocessContract
+from model.preprocess import PreprocessContract, images_to_data_space
 from model.torch_backend import TorchBackend
 
 
@@ -44,10 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def evaluate(backend: scoring.Backend, likelihood: str, x: np.ndarray, seed: int, k: int, batch_size: int,
              progress: bool = True) -> scoring.Scores:
-    """Score every image; image i always uses noise stream (seed, i), whatever the batching."""
+    """Score every image; each image's noise stream is keyed by the seed and its content, so the
+    batching does not change the numbers."""
     parts = []
     for start in tqdm(range(0, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
-        parts.append(scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k, start_index=start))
+        parts.append(scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k))
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
     return scoring.Scores(elbo=cat("elbo"), reconstruction=cat("reconstruction"), kl=cat("kl"),
                           log_likelihood=cat("log_likelihood") if k > 1 else None, k=k, dims=parts[0].dims)
@@ -104,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         pixels = pixels[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
-    data_x = fixed_test_set(pixels, config.likelihood, train_config["test_binarize_seed"])
+    binarize_seed = train_config["test_binarize_seed"]
+    if args.images_dir:  # image by image, as /elbo does, so both agree on any images in any order
+        data_x = images_to_data_space(pixels, config.likelihood, binarize_seed)
+        test_set = f"{config.likelihood} data space, each image drawn from seed {binarize_seed} and its content"
+    else:  # the literature's fixed test set: binarised once, as a whole
+        data_x = fixed_test_set(pixels, config.likelihood, binarize_seed)
+        test_set = f"{config.likelihood} data space, fixed once with seed {binarize_seed}"
     backend: scoring.Backend = TorchBackend(model)
     scored_with: dict[str, Any] = {"backend": "torch"}
     if args.onnx_dir:
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "epoch": payload["epoch"],
         "model_config": payload["model_config"],
         "data": source,
-        "test_set": f"{config.likelihood} data space, fixed once with seed {train_config['test_binarize_seed']}",
+        "test_set": test_set,
         "noise_seed": args.seed,
         "scored_with": scored_with,
         "metrics": summary,

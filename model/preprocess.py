@@ -7,6 +7,7 @@ and the service use the same code. The contract is recorded in the exported mani
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,24 @@ def to_data_space(pixels: np.ndarray, likelihood: str, rng: np.random.Generator)
     if likelihood == "gaussian":
         return dequantize(pixels, rng)
     raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def image_stream(seed: int, image: np.ndarray) -> np.random.Generator:
+    """The noise stream of one image, keyed by the seed and the image's content: the first 8 bytes of
+    the BLAKE2b digest of its float32 (C, H, W) C-order bytes, as two uint32 words. Never its position,
+    so an image draws the same noise alone or in any batch, and duplicates draw alike."""
+    data = np.ascontiguousarray(image, dtype=np.float32).tobytes()
+    words = np.frombuffer(hashlib.blake2b(data, digest_size=8).digest(), dtype="<u4")
+    return np.random.default_rng([seed, *(int(w) for w in words)])
+
+
+def images_to_data_space(pixels: np.ndarray, likelihood: str, seed: int) -> np.ndarray:
+    """`to_data_space` image by image, each with its own `image_stream(seed, pixels[i])`, so an image's
+    binarisation (or dequantisation) does not depend on the other images. (N, C, H, W) -> (N, C, H, W)"""
+    data = np.empty(pixels.shape, dtype=np.float32)
+    for i, image in enumerate(pixels):
+        data[i] = to_data_space(image, likelihood, image_stream(seed, image))
+    return data
 
 
 def array_to_png(pixels: np.ndarray) -> bytes:

@@ -1,10 +1,10 @@
 """Per-image ELBO and IWAE scores from any encode/decode backend, with seeded noise.
 
 `vae-eval` runs it over torch; the service runs it over onnxruntime. Both draw noise the same
-way, from one stream per image, `numpy.random.default_rng([seed, index])`, where `index` is the
-image's position in the evaluated set (or in the request). The ELBO's single sample comes first
-from that stream, then the k importance samples, in chunks. So the same images and seed give the
-same numbers on both sides.
+way, from one stream per image, `model.preprocess.image_stream(seed, x)`, keyed by the seed and
+the image's content (never its position in the set or the request). The ELBO's single sample
+comes first from that stream, then the k importance samples, in chunks. So an image scores the
+same alone, in any batch, at any position, and on both sides.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from model import distributions as dist
+from model.preprocess import image_stream
 
 
 class Backend(Protocol):
@@ -50,10 +51,6 @@ class Scores:
         return None if self.log_likelihood is None else dist.bits_per_dim(-self.log_likelihood, self.dims)
 
 
-def noise_stream(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, index])
-
-
 def log_likelihood(likelihood: str, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
     """log p(x|z) for K parameter sets. x (P,) or (K, P); params each (K, C, H, W) -> (K,)"""
     flat = [p.reshape(p.shape[0], -1) for p in params]
@@ -64,16 +61,16 @@ def log_likelihood(likelihood: str, x: np.ndarray, params: tuple[np.ndarray, ...
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
-def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 1,
-          start_index: int = 0, chunk: int = 1000) -> Scores:
+def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000) -> Scores:
     """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the IWAE estimate
     log (1/k) sum_i p(x, z_i) / q(z_i | x) (Burda et al. 2016), for a batch of images x in
     the likelihood's data space, shape (N, C, H, W)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     count, dims = x.shape[0], int(np.prod(x.shape[1:]))
-    mean, logvar = backend.encode(x.astype(np.float32))  # (N, D), (N, D)
-    streams = [noise_stream(seed, start_index + i) for i in range(count)]
+    x = x.astype(np.float32, copy=False)
+    mean, logvar = backend.encode(x)  # (N, D), (N, D)
+    streams = [image_stream(seed, image) for image in x]
     eps = np.stack([s.standard_normal(mean.shape[1], dtype=np.float32) for s in streams])  # (N, D)
     params = backend.decode(dist.reparameterize(mean, logvar, eps))
     flat_x = x.reshape(count, -1)

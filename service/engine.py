@@ -1,7 +1,8 @@
 """What the routes ask of the model, as plain numpy functions over the ONNX graphs.
 
-Randomness lives here, never in the graphs: every draw comes from a generator seeded by the
-request, with the same per-image streams as `vae-eval` (see `model.scoring`).
+Randomness lives here, never in the graphs: every draw comes from a stream seeded by the request's
+seed and the image's content (`model.preprocess.image_stream`), the same streams as `vae-eval`, so
+an image's numbers do not depend on the other images in the request or on its position.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from model import distributions as dist
 from model import scoring
-from model.preprocess import PreprocessContract, to_data_space
+from model.preprocess import PreprocessContract, image_stream, images_to_data_space
 from service.runtime import OnnxVAE
 
 
@@ -37,13 +38,15 @@ class Engine:
         return self.model.likelihood
 
     def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """mean, logvar (N, D), and z = mean + sigma * eps with eps from stream (seed, i) when `sample`."""
+        """mean, logvar (N, D), and when `sample` z = mean + sigma * eps, eps from image_stream(seed, pixels[i])."""
         mean, logvar = self.model.encode(pixels)
-        return mean, logvar, self.reparameterize(mean, logvar, seed) if sample else None
+        return mean, logvar, self.reparameterize(pixels, mean, logvar, seed) if sample else None
 
-    def reparameterize(self, mean: np.ndarray, logvar: np.ndarray, seed: int) -> np.ndarray:
-        eps = np.stack([scoring.noise_stream(seed, i).standard_normal(self.latent_dim, dtype=np.float32)
-                        for i in range(len(mean))])
+    def reparameterize(self, pixels: np.ndarray, mean: np.ndarray, logvar: np.ndarray, seed: int) -> np.ndarray:
+        """The noise is keyed by the pixels, not by mean and logvar: those can differ in the last bits
+        with the batch onnxruntime ran, and a key must not."""
+        eps = np.stack([image_stream(seed, image).standard_normal(self.latent_dim, dtype=np.float32)
+                        for image in pixels])  # (N, D)
         return dist.reparameterize(mean, logvar, eps)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
@@ -61,14 +64,14 @@ class Engine:
         return self.decode(mean)
 
     def score(self, pixels: np.ndarray, k: int, seed: int, binarize_seed: int) -> scoring.Scores:
-        """The images in the likelihood's data space (one draw over the request, as vae-eval does
-        over its image set), then ELBO and IWAE with noise streams (seed, i)."""
-        data = to_data_space(pixels, self.likelihood, np.random.default_rng(binarize_seed))
+        """Each image in the likelihood's data space with its own stream (binarize_seed, content), then
+        ELBO and IWAE with streams (seed, content), as `vae-eval --images-dir` does."""
+        data = images_to_data_space(pixels, self.likelihood, binarize_seed)
         return scoring.score(self.model, self.likelihood, data, seed, k=k)
 
     def data_space(self, binarize_seed: int) -> str:
         if self.likelihood == "bernoulli":
-            return (f"binarised: x ~ Bernoulli(pixel), one draw over the request's images with seed {binarize_seed} "
-                    "(binary images are unchanged)")
-        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), seed {binarize_seed}; "
-                "densities are reported as probabilities of the 8-bit image")
+            return (f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {binarize_seed} and its own "
+                    "content (binary images are unchanged)")
+        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), each image drawn from seed "
+                f"{binarize_seed} and its own content; densities are reported as probabilities of the 8-bit image")

@@ -72,7 +72,7 @@ class AppState:
         began = time.perf_counter()
         mean, logvar = await self.batcher.submit(pixels)
         self.metrics.observe_inference("encode", len(pixels), time.perf_counter() - began)
-        return mean, logvar, engine.reparameterize(mean, logvar, seed) if sample else None
+        return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None
 
 
 def app_state(request: Request) -> AppState:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model import scoring
+from model.preprocess import image_stream
 
 W = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # orthogonal columns: the exact posterior is diagonal
 B = np.array([0.1, -0.2, 0.3])
@@ -69,7 +70,7 @@ def _iwae_k1(model, seed):
     """IWAE with k=1 is log p(x,z) - log q(z|x) for one z ~ q: score() with k=1 reports no IWAE,
     so run its estimator directly."""
     mean, logvar = model.encode(X[:1])
-    stream = scoring.noise_stream(seed, 0)
+    stream = image_stream(seed, X[0])  # the stream score() gives X[0]
     return scoring._iwae_one(model, "gaussian", X[0].reshape(-1), mean[0], logvar[0], stream, 1, 1)
 
 
@@ -80,12 +81,61 @@ def test_chunking_does_not_change_the_estimate():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_an_image_scores_the_same_alone_or_in_a_batch():
+FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood")
+# Four distinct images: X and two more, so batches can hold an image among strangers.
+MORE = np.concatenate([X, np.array([[[[0.3, 0.8, 0.5]]], [[[0.7, 0.2, 0.9]]]], dtype=np.float32)])
+
+
+def _fields(scores, order=slice(None)):
+    return {name: getattr(scores, name)[order] for name in FIELDS}
+
+
+def _assert_same(a, b):
+    """Same noise, so the same numbers up to float32 rounding, which a BLAS may vary with the batch's
+    shape; noise drawn by position would move them by tenths of a nat."""
+    for name in FIELDS:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+def test_an_image_scores_the_same_at_any_position_in_a_batch(position):
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    batch = scoring.score(model, "gaussian", X, seed=5, k=20)
-    alone = scoring.score(model, "gaussian", X[1:], seed=5, k=20, start_index=1)
-    assert alone.elbo[0] == batch.elbo[1]
-    assert alone.log_likelihood[0] == batch.log_likelihood[1]
+    others = [MORE[1], MORE[2]]
+    batch = np.stack(others[:position] + [MORE[0]] + others[position:])  # MORE[0] at `position`
+    alone = scoring.score(model, "gaussian", MORE[:1], seed=5, k=20)
+    _assert_same(_fields(scoring.score(model, "gaussian", batch, seed=5, k=20), [position]), _fields(alone))
+
+
+def test_permuting_a_batch_permutes_the_scores():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    order = np.array([2, 0, 3, 1])
+    scores = scoring.score(model, "gaussian", MORE, seed=5, k=20)
+    _assert_same(_fields(scoring.score(model, "gaussian", MORE[order], seed=5, k=20)), _fields(scores, order))
+
+
+def test_batches_of_one_give_the_numbers_of_one_batch():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    whole = scoring.score(model, "gaussian", MORE, seed=5, k=20)
+    ones = [scoring.score(model, "gaussian", MORE[i:i + 1], seed=5, k=20) for i in range(len(MORE))]
+    _assert_same(_fields(whole), {name: np.concatenate([getattr(o, name) for o in ones]) for name in FIELDS})
+
+
+def test_duplicates_in_a_batch_score_identically():
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    scores = _fields(scoring.score(model, "gaussian", MORE[[1, 0, 1, 1]], seed=5, k=20))
+    _assert_same({name: values[[2, 3]] for name, values in scores.items()},
+                 {name: values[[0, 0]] for name, values in scores.items()})
+
+
+def test_the_noise_follows_the_content_of_the_image():
+    """Equal content draws equal noise; other content, even one pixel's last bit, or another seed
+    draws other noise."""
+    nudged = X[:1].copy()
+    nudged[0, 0, 0, 0] = np.nextafter(nudged[0, 0, 0, 0], np.float32(1))
+    draws = [image_stream(5, image).standard_normal(4) for image in (X[0], X[1], nudged[0], X[0])]
+    assert not np.allclose(draws[0], draws[1]) and not np.allclose(draws[0], draws[2])
+    np.testing.assert_array_equal(draws[0], draws[3])
+    assert not np.allclose(draws[0], image_stream(6, X[0]).standard_normal(4))  # and the seed does
 
 
 def test_seed_changes_the_noise():

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from model import scoring
-from model.preprocess import bytes_to_array, to_data_space
+from model.preprocess import bytes_to_array, images_to_data_space
 from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 
@@ -160,7 +160,7 @@ async def test_elbo_matches_the_scoring_module_on_the_same_pixels_and_seed(clien
     files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(2)]
     body = (await client.post("/elbo?k=20&seed=7", files=files)).json()
     pixels = np.stack([bytes_to_array(png_bytes(i), fake_contract()) for i in range(2)])
-    expected = scoring.score(fake, "bernoulli", to_data_space(pixels, "bernoulli", np.random.default_rng(0)), 7, k=20)
+    expected = scoring.score(fake, "bernoulli", images_to_data_space(pixels, "bernoulli", 0), 7, k=20)
     assert body["k"] == 20 and body["seed"] == 7 and "Bernoulli" in body["data_space"]
     for i, result in enumerate(body["results"]):
         assert result["elbo"] == pytest.approx(expected.elbo[i])
