@@ -22,6 +22,8 @@ OTHER_VARIABLES = {
     "VAE_CONTAINER_IMAGE": "the container tests (set by docker/test-image.sh)",
     "VAE_IMAGE": "docker/test-image.sh: the image tag it builds",
     "VAE_BASE_IMAGE": "docker/test-image.sh: the base image",
+    "VAE_TRAIN_PAUSE_AT_STEP": "the Ctrl-C test of vae-train: pause at EPOCH:STEP until signalled",
+    "VAE_SOAK_REQUESTS": "tests/integration/test_soak.py: how many requests the soak sends",
 }
 
 
