@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,6 +233,7 @@ def _context() -> Any:
 def _serve(connection: Any) -> None:
     """A decoder process: jobs in, ("ok", arrays) or ("error", status, code, message) out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
+    warnings.simplefilter("ignore")  # Pillow's warnings about hostile bytes would flood the log; the reply says it
     while True:
         try:
             job = connection.recv()
