@@ -7,8 +7,8 @@ Then each image is decoded where its worst case is affordable:
 - inline, on the event loop, when its bytes (`decode_inline_bytes`) and its declared pixels
   (`decode_inline_pixels`) are both small. The header, the scan count and the pixels of such an
   image are bounded by a few kB and 128x128, so it stalls the loop well under a millisecond.
-  This is the common case (a 28x28 PNG) and it stays as cheap as before: a round trip to a
-  process costs several times the decode itself (figures: `python -m service.decoding`).
+  This is the common case (a 28x28 PNG) and it stays as cheap as a bare `bytes_to_array`; a round
+  trip to a process costs about 3x its CPU and 1 ms of latency (`python -m bench.decode_cost`).
 - otherwise in a pool of `decode_workers` processes, one request's images in one job, with one
   deadline per job. Threads cannot be stopped, so a decode past its deadline would keep its
   slot; a process is killed and replaced, and the slot is free at once. At most
@@ -128,14 +128,16 @@ class ImageDecoder:
             elif not blob:
                 inspect(blob, index, count, limits)  # raises: empty
             heavy.append((index, blob))
-        arrays: dict[int, np.ndarray] = {}
+        arrays: list[np.ndarray] = [np.empty(0)] * count
         if heavy:  # the job checks the request's budget, the inline images' pixels included
             decoded = await self.pool.run((heavy, count, contract, limits, declared), limits.timeout_s)
-            arrays.update(zip((index for index, _ in heavy), decoded))
+            for (index, _), array in zip(heavy, decoded):
+                arrays[index] = array
         else:
             check_budget(declared, limits)
-        arrays.update((index, convert(image, contract, index, count)) for index, image in inline)
-        return np.stack([arrays[index] for index in range(count)])  # (N, C, H, W)
+        for index, image in inline:
+            arrays[index] = convert(image, contract, index, count)
+        return arrays[0][None] if count == 1 else np.stack(arrays)  # (N, C, H, W); a view costs less than stack
 
 
 class DecodePool:
@@ -185,6 +187,9 @@ class DecodePool:
         """In a thread holding one of `workers` slots: hand the job to an idle process, wait up to the deadline."""
         try:
             worker = self._idle.get_nowait()
+            if not worker.process.is_alive():  # died idle (the OOM killer, say): not this image's fault
+                worker.kill()
+                worker = _Worker(self._context)
         except queue.Empty:
             worker = _Worker(self._context)  # started before the clock: its start-up is not the image's fault
         try:
@@ -247,31 +252,3 @@ def _serve(connection: Any) -> None:
             outcome = ("error", 400, "invalid_image", "the image could not be decoded")
         connection.send(outcome)
 
-
-def _measure() -> None:
-    """Per-image cost of the two paths for a 28x28 PNG: `python -m service.decoding`."""
-    import asyncio
-    import io
-
-    contract = PreprocessContract()
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
-    png, rounds = buffer.getvalue(), 2000
-
-    async def main() -> None:
-        inline = ImageDecoder(DecodeLimits())
-        pooled = ImageDecoder(DecodeLimits(inline_bytes=0), workers=1)
-        await pooled.start()
-        for name, decoder in (("inline", inline), ("process", pooled)):
-            await decoder.decode([png], contract)
-            began = time.perf_counter()
-            for _ in range(rounds):
-                await decoder.decode([png], contract)
-            print(f"{name}: {(time.perf_counter() - began) / rounds * 1e6:.0f} us per 28x28 PNG")
-        pooled.close()
-
-    asyncio.run(main())
-
-
-if __name__ == "__main__":
-    _measure()

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
                                     "images; past it the decoder process is killed and the request gets 422. "
                                     "A 2048x2048 image decodes in about 0.1 s")
     decode_inline_bytes: int = Field(8192, ge=0, description="images up to this size in bytes (and "
-                                     "VAE_DECODE_INLINE_PIXELS) decode on the event loop: a 28x28 PNG costs about "
-                                     "40 us there, a round trip to a decoder process costs more (service/decoding.py)")
+                                     "VAE_DECODE_INLINE_PIXELS) decode on the event loop, where a 28x28 PNG costs "
+                                     "no more than before; a decoder process round trip costs about 2.5x the CPU "
+                                     "and up to 1 ms (python -m bench.decode_cost)")
     decode_inline_pixels: int = Field(16_384, ge=0, description="images declaring up to this many pixels (and "
                                       "VAE_DECODE_INLINE_BYTES) decode on the event loop; 128x128 bounds the stall")
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
