@@ -138,3 +138,14 @@ async def test_a_full_queue_is_answered_429_at_once():
         assert len(outcomes) == 1 and outcomes[0][0].shape == (1, 28, 28)  # the first was served
     finally:
         pool.close()
+
+
+def test_only_short_png_and_jpeg_headers_decode_inline():
+    png, jpeg = noise_png(28), encode(Image.new("L", (28, 28)), "JPEG")
+    assert decoding.few_segments(png) and decoding.few_segments(jpeg)
+    text = b"\x00\x00\x00\x05zTXtk\x00\x00x\x9c" + b"\x00" * 4  # the CRC is not checked here
+    assert not decoding.few_segments(png[:33] + text + png[33:])  # inflated on open: to a process
+    assert not decoding.few_segments(jpeg[:2] + b"\xff\xfe\x00\x02" * 20 + jpeg[2:])  # 20 comments
+    assert decoding.few_segments(png[:20]) is False  # a cut header is judged, not an error
+    for fmt in ("GIF", "BMP", "TIFF", "WEBP"):
+        assert not decoding.few_segments(encode(Image.new("L", (28, 28)), fmt))
