@@ -159,8 +159,8 @@ def image_to_array(image: Image.Image, contract: PreprocessContract) -> np.ndarr
         image.load()
     except Exception as exc:  # truncated data surfaces here, at load()
         raise ImageDecodeError("the image data is truncated or corrupt") from exc
-    image = _to_8_bit(image)
     try:
+        image = _to_8_bit(image)
         image = _flatten_alpha(image, contract.alpha_background)
         if image.mode == "LAB":  # Pillow converts LAB only to RGB
             image = image.convert("RGB")
@@ -169,6 +169,8 @@ def image_to_array(image: Image.Image, contract: PreprocessContract) -> np.ndarr
         if image.size != (width, height):
             image = image.resize((width, height), _RESAMPLE[contract.resize_filter], reducing_gap=REDUCING_GAP)
         pixels = np.asarray(image, dtype=np.float32)  # (H, W) or (H, W, C)
+    except ImageDecodeError:
+        raise
     except Exception as exc:
         raise ImageDecodeError(f"the image (mode {image.mode}) could not be converted to {contract.mode}") from exc
     pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)

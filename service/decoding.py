@@ -7,9 +7,9 @@ Then each image is decoded where its worst case is affordable:
 - inline, on the event loop, when it is a PNG or JPEG whose bytes (`decode_inline_bytes`) and
   declared pixels (`decode_inline_pixels`) are both small and whose header is a few segments with
   no compressed text (`few_segments`). The work for such an image is bounded by 8 kB and 128x128,
-  a fraction of a millisecond.
-  This is the common case (a 28x28 PNG) and it stays as cheap as a bare `bytes_to_array`; a round
-  trip to a process costs about 3x its CPU and 1 ms of latency (`python -m bench.decode_cost`).
+  a fraction of a millisecond. This is the common case (a 28x28 PNG), and it costs what the decode
+  on the loop cost before; a round trip to a process costs about 2.5x the CPU and up to 1 ms more
+  latency (`python -m bench.decode_cost`).
 - otherwise in a pool of `decode_workers` processes, one request's images in one job, with one
   deadline per job. Threads cannot be stopped, so a decode past its deadline would keep its
   slot; a process is killed and replaced, and the slot is free at once. At most
@@ -23,7 +23,6 @@ import multiprocessing
 import queue
 import signal
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
