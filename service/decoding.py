@@ -35,7 +35,15 @@ from model.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLa
                               image_to_array, open_image)
 from service.errors import ApiError
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 log = logging.getLogger("vae.service")
+# A decoder process maps about 180 MB (Python, numpy, Pillow, FastAPI) and a 2048x2048 RGBA image with
+# its conversions needs about 100 MB more; 1 GiB of address space leaves room and stops allocation bombs.
+DECODER_ADDRESS_SPACE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,8 @@ def _serve(connection: Any) -> None:
     """A decoder process: jobs in, ("ok", arrays) or ("error", status, code, message) out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes the pipe
     warnings.simplefilter("ignore")  # Pillow's warnings about hostile bytes would flood the log; the reply says it
+    if resource is not None:  # an allocation bomb is a MemoryError here, not the host's OOM killer
+        resource.setrlimit(resource.RLIMIT_AS, (DECODER_ADDRESS_SPACE, resource.getrlimit(resource.RLIMIT_AS)[1]))
     while True:
         try:
             job = connection.recv()
@@ -279,6 +289,8 @@ def _serve(connection: Any) -> None:
             return
         try:
             outcome: tuple = ("ok", decode_job(*job))
+        except MemoryError:
+            outcome = ("error", 413, "image_too_large", "the image needs more memory to decode than a decoder has")
         except ApiError as exc:
             outcome = ("error", exc.status, exc.code, exc.message)
         except Exception:  # a decoder bug must not take the process down with a half-sent reply

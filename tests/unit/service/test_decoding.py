@@ -149,3 +149,22 @@ def test_only_short_png_and_jpeg_headers_decode_inline():
     assert decoding.few_segments(png[:20]) is False  # a cut header is judged, not an error
     for fmt in ("GIF", "BMP", "TIFF", "WEBP"):
         assert not decoding.few_segments(encode(Image.new("L", (28, 28)), fmt))
+
+
+class _AllocatingCount(int):
+    """A pixel count whose sum allocates 2 GiB, inside decode_job in the decoder process."""
+
+    def __add__(self, other):
+        return len(bytearray(2 << 30)) + other
+
+
+async def test_a_decoder_process_cannot_allocate_past_its_memory_limit():
+    pool = DecodePool(workers=1, queue_limit=0)
+    try:
+        job = ([(0, noise_png(300))], 1, CONTRACT, DecodeLimits(), _AllocatingCount(0))
+        status, code, message = await refusal(pool.run(job, timeout_s=60))
+        assert (status, code) == (413, "image_too_large") and "more memory" in message
+        [array] = await pool.run(([(0, noise_png(300))], 1, CONTRACT, DecodeLimits(), 0), timeout_s=60)
+        assert array.shape == (1, 28, 28)  # the same process, still serving
+    finally:
+        pool.close()
