@@ -108,17 +108,39 @@ class PreprocessContract:
 def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS) -> Image.Image:
     """Open image bytes lazily (header only) and refuse what would cost out of proportion before any
     pixel is decoded: too many declared pixels, or a JPEG with too many scans."""
+    declared = webp_size(data)  # libwebp allocates the whole canvas when Pillow opens a WebP
+    if declared is not None:
+        _check_pixels(*declared, max_pixels)
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Exception as exc:  # Pillow raises many types for bad bytes
         raise ImageDecodeError("the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image") from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    _check_pixels(*image.size, max_pixels)
     if image.format == "JPEG" and jpeg_scan_count(data, stop_after=max_jpeg_scans) > max_jpeg_scans:
         raise ImageTooComplexError(f"the JPEG has more than {max_jpeg_scans} scans (a progressive JPEG has "
                                    "about 10); each scan costs a pass over the whole image")
     return image
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """A WebP's declared (width, height) from its first chunk (VP8X canvas, VP8L or VP8 frame header);
+    None when the bytes are not a WebP this reads."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8X":  # 24-bit canvas width - 1, height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L":  # after the 0x2f signature: 14 bits of width - 1, 14 of height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 ":  # after the frame tag and start code: 14-bit width, 14-bit height
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
 
 
 def jpeg_scan_count(data: bytes, stop_after: int) -> int:

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from model.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                              array_to_png, binarize, bytes_to_array, dequantize, jpeg_scan_count, make_grid)
+                              array_to_png, binarize, bytes_to_array, dequantize, jpeg_scan_count, make_grid,
+                              webp_size)
 from tests.hostile_images import many_frame_gif, many_page_tiff, progressive_jpeg_bomb
 
 CONTRACT = PreprocessContract(input_shape=(1, 28, 28))
@@ -165,3 +166,14 @@ def test_small_jpegs_are_decoded_exactly_as_a_full_decode():
     data = png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)), "JPEG")
     full = Image.open(io.BytesIO(data)).convert("L").resize((28, 28), Image.Resampling.BILINEAR)
     np.testing.assert_array_equal(bytes_to_array(data, CONTRACT)[0], np.asarray(full, np.float32) * np.float32(1 / 255))
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"lossless": False},
+                                     {"save_all": True, "append_images": [Image.new("L", (30, 20), 9)]}],
+                         ids=["VP8L", "VP8", "VP8X"])
+def test_webp_size_is_read_from_the_header_before_pillow_opens_it(options):
+    data = png(Image.new("L", (30, 20), 200), "WEBP", **options)
+    assert webp_size(data) == (30, 20)
+    assert webp_size(b"RIFF\x00\x00\x00\x00WEBPXXXX" + b"\x00" * 20) is None
+    with pytest.raises(ImageTooLargeError, match="30x20 = 600 pixels; the limit is 599"):
+        bytes_to_array(data, CONTRACT, max_pixels=599)
