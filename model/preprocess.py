@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,20 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Decompression bombs are refused by `open_image`'s own limit, checked on the header before any pixel is
 # decoded, so Pillow's global limit (and the warnings.catch_warnings it would need per call) is turned off.
 Image.MAX_IMAGE_PIXELS = None
+
+# The formats the service lists. Image.open is told to try only these, so hostile bytes never reach
+# Pillow's other plugins (EPS runs Ghostscript; PSD, ICNS, PDF, SPIDER... are attack surface we do not need).
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+# A JPEG's decode cost grows with its scans (each progressive refinement scan touches every block),
+# and a scan can be a few bytes. libjpeg's standard progressive scripts use 6 (grey) or 10 (colour).
+DEFAULT_MAX_JPEG_SCANS = 64
+# Resizes to the model's size first `reduce()` by an integer factor while the image stays at least this
+# many times the target: Pillow's documented point where the result is near a full-size resample.
+REDUCING_GAP = 3.0
+# An entropy-coded JPEG byte 0xFF is followed by 0x00 (stuffing) or a restart marker 0xD0-0xD7;
+# anything else (after fill bytes 0xFF) is the next marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -36,6 +51,10 @@ class ImageDecodeError(ValueError):
 
 class ImageTooLargeError(ValueError):
     """The image declares more pixels than allowed; refused before decoding."""
+
+
+class ImageTooComplexError(ValueError):
+    """The image is small but declares work out of proportion to it (a JPEG with too many scans)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +84,11 @@ class PreprocessContract:
         return {
             **dataclasses.asdict(self),
             "mode": self.mode,
-            "frames": "first frame of animated or multi-page images",
+            "frames": "first frame of animated or multi-page images (frames are never counted)",
+            "bit_depth": "16-bit grey scaled to 8 bits as round(value / 257); 32-bit integer and float images refused",
+            "large_images": f"JPEGs at least twice {height}x{width} are decoded at 1/2, 1/4 or 1/8 scale (libjpeg "
+                            f"DCT scaling) and images at least {REDUCING_GAP:g}x larger are box-reduced by an integer "
+                            "factor before the resize; their pixels differ slightly from a full-size resize",
             "alpha": f"composited onto grey level {self.alpha_background} before mode conversion",
             "size": [height, width],
             "resize": f"{self.resize_filter} to exactly {height}x{width} (aspect ratio not kept) when sizes differ",
@@ -83,40 +106,116 @@ class PreprocessContract:
         return cls(**kwargs)
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open image bytes lazily (header only) and refuse decompression bombs before any pixel is decoded."""
+def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS) -> Image.Image:
+    """Open image bytes lazily (header only) and refuse what would cost out of proportion before any
+    pixel is decoded: too many declared pixels, or a JPEG with too many scans."""
+    declared = webp_size(data)  # libwebp allocates the whole canvas when Pillow opens a WebP
+    if declared is not None:
+        _check_pixels(*declared, max_pixels)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Exception as exc:  # Pillow raises many types for bad bytes
-        raise ImageDecodeError("the bytes are not a decodable image") from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        raise ImageDecodeError("the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image") from exc
+    _check_pixels(*image.size, max_pixels)
+    if image.format == "JPEG" and jpeg_scan_count(data, stop_after=max_jpeg_scans) > max_jpeg_scans:
+        raise ImageTooComplexError(f"the JPEG has more than {max_jpeg_scans} scans (a progressive JPEG has "
+                                   "about 10); each scan costs a pass over the whole image")
     return image
 
 
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """A WebP's declared (width, height) from its first chunk (VP8X canvas, VP8L or VP8 frame header);
+    None when the bytes are not a WebP this reads."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    kind = data[12:16]
+    if kind == b"VP8X":  # 24-bit canvas width - 1, height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L":  # after the 0x2f signature: 14 bits of width - 1, 14 of height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b"VP8 ":  # after the frame tag and start code: 14-bit width, 14-bit height
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return None
+
+
+def jpeg_scan_count(data: bytes, stop_after: int) -> int:
+    """The JPEG's SOS (start of scan) markers, counting past `stop_after` only as far as `stop_after + 1`.
+
+    Byte stuffing keeps 0xFF 0xDA out of entropy-coded data, so `bytes.count` (memchr speed) is an
+    upper bound and exact for most files; only when that bound is over the cap are the markers walked,
+    skipping segment payloads (an EXIF thumbnail or a comment may hold the same two bytes)."""
+    upper_bound = data.count(b"\xff\xda")
+    if upper_bound <= stop_after:
+        return upper_bound
+    scans, position = 0, 2  # after SOI
+    while scans <= stop_after:
+        marker = _JPEG_MARKER.search(data, position)
+        if marker is None:
+            break
+        code, position = data[marker.start() + 1], marker.end()
+        if code == 0xD9:  # EOI
+            break
+        if 0xD0 <= code <= 0xD8 or code == 0x01:  # markers without a payload
+            continue
+        if position + 2 > len(data):
+            break
+        position += int.from_bytes(data[position:position + 2], "big")  # the segment's own length
+        scans += code == 0xDA  # entropy-coded data follows a scan header; the search skips it
+    return scans
+
+
 def image_to_array(image: Image.Image, contract: PreprocessContract) -> np.ndarray:
-    """Apply the contract: first frame, alpha, mode, size, scaling. Returns (C, H, W) float32 in [0, 1]."""
+    """Apply the contract to the first frame: alpha, mode, size, scaling. Returns (C, H, W) float32 in [0, 1].
+
+    Frames are never counted or sought (Pillow's `n_frames` walks every frame, quadratically for
+    TIFF): an opened image is positioned on its first frame and `load()` decodes only that one."""
+    _, height, width = contract.input_shape
     try:
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)
+        if image.format == "JPEG" and image.width >= 2 * width and image.height >= 2 * height:
+            image.draft(image.mode, (width, height))  # DCT scaling: libjpeg skips the detail we drop
         image.load()
-        image = _flatten_alpha(image, contract.alpha_background)
-        if image.mode != contract.mode:
-            image = image.convert(contract.mode)
-        _, height, width = contract.input_shape
-        if image.size != (width, height):
-            image = image.resize((width, height), _RESAMPLE[contract.resize_filter])
-        pixels = np.asarray(image, dtype=np.float32)  # (H, W) or (H, W, C)
     except Exception as exc:  # truncated data surfaces here, at load()
         raise ImageDecodeError("the image data is truncated or corrupt") from exc
+    try:
+        image = _to_8_bit(image)
+        image = _flatten_alpha(image, contract.alpha_background)
+        if image.mode == "LAB":  # Pillow converts LAB only to RGB
+            image = image.convert("RGB")
+        if image.mode != contract.mode:
+            image = image.convert(contract.mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), _RESAMPLE[contract.resize_filter], reducing_gap=REDUCING_GAP)
+        pixels = np.asarray(image, dtype=np.float32)  # (H, W) or (H, W, C)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"the image (mode {image.mode}) could not be converted to {contract.mode}") from exc
     pixels = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # (C, H, W)
     return pixels * np.float32(1.0 / 255.0)
 
 
-def bytes_to_array(data: bytes, contract: PreprocessContract, max_pixels: int = 40_000_000) -> np.ndarray:
+def bytes_to_array(data: bytes, contract: PreprocessContract, max_pixels: int = 40_000_000,
+                   max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS) -> np.ndarray:
     """Decode image bytes and apply the contract."""
-    return image_to_array(open_image(data, max_pixels), contract)
+    return image_to_array(open_image(data, max_pixels, max_jpeg_scans), contract)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8 bits by rounding (Pillow's own conversion clips at 255, so 256..65535 would all
+    be white); 32-bit integer and float images have no defined range and are refused."""
+    if image.mode in _SIXTEEN_BIT:
+        levels = np.asarray(image).astype(np.uint32)  # (H, W)
+        return Image.fromarray(((levels + 128) // 257).astype(np.uint8))
+    if image.mode in ("I", "F"):
+        raise ImageDecodeError(f"{'32-bit integer' if image.mode == 'I' else 'floating-point'} images have no "
+                               "defined pixel range; send an 8- or 16-bit image")
+    return image
 
 
 def _flatten_alpha(image: Image.Image, background: int) -> Image.Image:

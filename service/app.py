@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
         yield
         if not state.loading.done():
             state.loading.cancel()
+        state.decoder.close()
 
     app = FastAPI(
         title="vae-service",

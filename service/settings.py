@@ -34,7 +34,26 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
     max_json_bytes: int = Field(262_144, gt=0, description="largest JSON body (/decode's latents: max_batch x "
                                 "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB")
-    max_image_pixels: int = Field(16_777_216, gt=0, description="largest image (width x height) decoded")
+    max_image_pixels: int = Field(4_194_304, gt=0, description="largest image (width x height) decoded, "
+                                  "checked on the header; 2048x2048 is ample for a model that sees 28x28")
+    max_request_pixels: int = Field(16_777_216, gt=0, description="most declared pixels over all of a request's "
+                                    "images, checked on the headers before any is decoded: four full-size images; "
+                                    "64 images at the per-image limit would be a quarter of a billion pixels")
+    max_jpeg_scans: int = Field(64, gt=0, le=4096, description="most scans in one JPEG; each progressive scan "
+                                "costs a pass over the image and libjpeg's standard scripts use 6 to 10")
+    decode_workers: int = Field(2, gt=0, le=64, description="decoder processes for images over the inline size; "
+                                "processes, not threads, so a decode past its deadline can be killed")
+    decode_queue: int = Field(32, ge=0, le=4096, description="requests that may wait for a decoder process "
+                              "before more are answered 429 at once")
+    decode_timeout_s: float = Field(3.0, gt=0, le=600, description="deadline for decoding one request's "
+                                    "images; past it the decoder process is killed and the request gets 422. "
+                                    "A 2048x2048 image decodes in about 0.1 s")
+    decode_inline_bytes: int = Field(8192, ge=0, description="images up to this size in bytes (and "
+                                     "VAE_DECODE_INLINE_PIXELS) decode on the event loop, where a 28x28 PNG costs "
+                                     "no more than before; a decoder process round trip costs about 2.5x the CPU "
+                                     "and up to 1 ms (python -m bench.decode_cost)")
+    decode_inline_pixels: int = Field(16_384, ge=0, description="images declaring up to this many pixels (and "
+                                      "VAE_DECODE_INLINE_BYTES) decode on the event loop; 128x128 bounds the stall")
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
     max_k: int = Field(5000, gt=0, le=100_000, description="most importance samples for /elbo")
     intra_op_threads: int = Field(1, gt=0, le=256, description="onnxruntime threads per worker")

@@ -11,6 +11,7 @@ import anyio
 from fastapi import Request
 
 from service.batching import MicroBatcher
+from service.decoding import ImageDecoder
 from service.engine import Engine
 from service.errors import ApiError
 from service.params import parse_query
@@ -25,12 +26,17 @@ Q = TypeVar("Q")
 class AppState:
     settings: Settings
     metrics: Metrics
+    decoder: ImageDecoder = field(default=None, repr=False)  # type: ignore[assignment]  # from settings
     engine: Engine | None = None
     batcher: MicroBatcher | None = None
     in_flight: int = 0  # model-route requests being served, kept by the observability middleware
     load_failed: bool = False
     loading: asyncio.Task[Any] | None = field(default=None, repr=False)
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+
+    def __post_init__(self) -> None:
+        if self.decoder is None:
+            self.decoder = ImageDecoder.from_settings(self.settings)
 
     @property
     def ready(self) -> bool:

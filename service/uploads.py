@@ -1,7 +1,7 @@
 """Image uploads: a raw `image/*` body, or multipart/form-data with one or more `file` parts.
 
 The body is read with a hard byte limit (413 as soon as it is crossed, whatever Content-Length
-says), and every image is checked against the pixel limit before any pixel is decoded.
+says); the images are decoded by `service.decoding`, under its limits and off the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from model.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessContract, bytes_to_array
+from model.preprocess import PreprocessContract
+from service.decoding import ImageDecoder
 from service.errors import ApiError, bad_request, unprocessable
 
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif",
@@ -37,7 +38,7 @@ async def read_body(request: Request, limit: int, setting: str = "VAE_MAX_UPLOAD
     return b"".join(chunks)
 
 
-async def read_images(request: Request, contract: PreprocessContract, max_bytes: int, max_pixels: int,
+async def read_images(request: Request, contract: PreprocessContract, decoder: ImageDecoder, max_bytes: int,
                       max_batch: int) -> np.ndarray:
     """The request's images as (N, C, H, W) float32 in [0, 1], after the preprocessing contract."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -48,7 +49,7 @@ async def read_images(request: Request, contract: PreprocessContract, max_bytes:
     else:
         shown = media_type or "none"
         raise ApiError(415, "unsupported_media_type", f"Content-Type {shown} is not accepted; send {ACCEPTED}")
-    return np.stack([_decode(blob, contract, max_pixels, index, len(blobs)) for index, blob in enumerate(blobs)])
+    return await decoder.decode(blobs, contract)
 
 
 async def _multipart_files(request: Request, max_bytes: int, max_batch: int) -> list[bytes]:
@@ -75,14 +76,3 @@ async def _multipart_files(request: Request, max_bytes: int, max_batch: int) -> 
     finally:
         await form.close()
 
-
-def _decode(blob: bytes, contract: PreprocessContract, max_pixels: int, index: int, count: int) -> np.ndarray:
-    which = f"image {index}" if count > 1 else "the image"
-    if not blob:
-        raise bad_request("invalid_image", f"{which} is empty")
-    try:
-        return bytes_to_array(blob, contract, max_pixels=max_pixels)
-    except ImageTooLargeError as exc:
-        raise ApiError(413, "image_too_large", f"{which}: {exc}") from None
-    except ImageDecodeError as exc:
-        raise bad_request("invalid_image", f"{which}: {exc}") from None

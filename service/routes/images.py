@@ -38,7 +38,7 @@ IMAGE_ERRORS = error_responses(400, 413, 415, 422, 429, 503)
 
 async def _images(request: Request, state, engine):
     s = state.settings
-    return await read_images(request, engine.contract, s.max_upload_bytes, s.max_image_pixels, s.max_batch)
+    return await read_images(request, engine.contract, state.decoder, s.max_upload_bytes, s.max_batch)
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=IMAGE_ERRORS,
