@@ -73,7 +73,8 @@ def readme(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
     path = tmp_path / "README.md"
-    path.write_text("# x\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\n")
+    path.write_text("# x\n<!-- settings:begin -->\n<!-- settings:end -->\n"
+                    "<!-- bench:begin -->\nold table\n<!-- bench:end -->\n")
     monkeypatch.setattr(report, "README", path)
     monkeypatch.setattr(report, "RESULTS", results)
     monkeypatch.setattr(report, "MANIFEST", tmp_path / "no-manifest.json")

@@ -94,7 +94,7 @@ def test_the_folder_split_depends_on_the_contents_only(tmp_path):
 def test_an_undecodable_file_in_a_folder_is_named(tmp_path):
     write_png_folder(tmp_path, count=3, size=8)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataFormatError, match="broken.png cannot be used: the bytes are not a decodable image"):
+    with pytest.raises(DataFormatError, match="broken.png cannot be used: the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image"):
         load_image_folder(tmp_path, PreprocessContract(input_shape=(1, 8, 8)))
 
 
