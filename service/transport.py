@@ -1,0 +1,135 @@
+"""uvicorn's httptools protocol with limits on request headers.
+
+uvicorn 0.54 bounds neither the time a client may take to send its headers nor their size:
+measured with raw sockets, "GET / HTTP/1.1\\r\\nHost: x\\r\\n" and then nothing stays open for good
+(with httptools and h11 alike: the keep-alive timer is armed only after a response, and any byte
+disarms it), and httptools answers a 1 MB header or 100,000 headers with 200. An ASGI app sees
+nothing until the headers are complete, so the limits live here, in the protocol:
+
+- the request line and headers must arrive within `header_timeout_s` of the connection opening
+  or of the previous response, else the connection is closed;
+- past `max_header_bytes` or `max_headers` the client gets 431 and the connection is closed.
+
+`vae-serve` passes this class to uvicorn; run by hand, name it: `uvicorn --http
+service.transport:GuardedHttpToolsProtocol --factory service.app:app_factory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("vae.transport")
+LINGER_S = 1.0
+
+
+@functools.cache
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _rejection(status: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = _settings()
+        self.header_timeout_s = settings.header_timeout_s
+        self.max_header_bytes, self.max_headers = settings.max_header_bytes, settings.max_headers
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._awaiting_headers, self._rejected = True, False
+        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:  # draining what the client still sends, so the close is not a reset
+            return
+        if self._awaiting_headers:
+            self._raw_header_bytes += len(data)
+        super().data_received(data)
+        # httptools holds a header until it is complete, so one huge header is caught here, by raw bytes
+        if self._awaiting_headers and self._raw_header_bytes > self.max_header_bytes:
+            self._reject_headers()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._header_count > self.max_headers or self._header_bytes > self.max_header_bytes:
+            self._reject_headers()
+        if not self._rejected:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._rejected:  # while these headers were parsed
+            return
+        self._awaiting_headers = False
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._rejected:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        super().on_message_complete()
+        self._await_headers()
+
+    def _await_headers(self) -> None:
+        self._awaiting_headers, self._rejected = True, False
+        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+        self._stop_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or not self._awaiting_headers:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:  # still answering: wait again
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+            return
+        self.transport.close()
+
+    def _reject_headers(self) -> None:
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._stop_header_timer()
+        log.info("request headers over the limit (%d headers, %d bytes allowed); connection closed",
+                 self.max_headers, self.max_header_bytes)
+        self.transport.write(_rejection("431 Request Header Fields Too Large", "headers_too_large",
+                                        f"request headers exceed {self.max_headers} headers or "
+                                        f"{self.max_header_bytes} bytes"))
+        # Half-close and drain for a moment: closing with unread bytes would send a reset, which
+        # can destroy the 431 before the client reads it.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
