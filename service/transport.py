@@ -98,6 +98,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._await_headers()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (bad chunk sizes, a bad or doubled Content-Length, Content-Length
+        with Transfer-Encoding): uvicorn's plain-text 400, in the service's JSON error shape."""
+        self._rejected = True
+        self._stop_header_timer()
+        self.transport.write(_rejection("400 Bad Request", "invalid_http", msg))
+        self.transport.close()
+
     def _await_headers(self) -> None:
         self._awaiting_headers, self._rejected = True, False
         self._raw_header_bytes = self._header_bytes = self._header_count = 0
