@@ -7,7 +7,8 @@ disarms it), and httptools answers a 1 MB header or 100,000 headers with 200. An
 nothing until the headers are complete, so the limits live here, in the protocol:
 
 - the request line and headers must arrive within `header_timeout_s` of the connection opening
-  or of the previous response, else the connection is closed;
+  or of the previous response, else the connection is closed (so is one that keeps sending a
+  body after its answer);
 - past `max_header_bytes` or `max_headers` the client gets 431 and the connection is closed.
 
 `vae-serve` passes this class to uvicorn; run by hand, name it: `uvicorn --http
@@ -53,7 +54,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._await_headers()
+        self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
@@ -96,7 +97,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._rejected:
             return
         super().on_message_complete()
-        self._await_headers()
+        self._awaiting_headers = True  # the next request's, which may be pipelined
+        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            # also when the body is still arriving after an early answer (429, 404): uvicorn would
+            # keep reading it, and disarm its keep-alive timer at every byte
+            self._arm_idle_timer()
 
     def send_400_response(self, msg: str) -> None:
         """A request the parser refuses (bad chunk sizes, a bad or doubled Content-Length, Content-Length
@@ -106,9 +115,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_rejection("400 Bad Request", "invalid_http", msg))
         self.transport.close()
 
-    def _await_headers(self) -> None:
-        self._awaiting_headers, self._rejected = True, False
-        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+    def _arm_idle_timer(self) -> None:
         self._stop_header_timer()
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
 
@@ -118,11 +125,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _header_timeout(self) -> None:
+        """No request in progress for `header_timeout_s`: close. A request being answered (its
+        headers complete; its body has the app's own deadline) keeps the connection."""
         self._header_timer = None
-        if self.transport.is_closing() or not self._awaiting_headers:
+        if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:  # still answering: wait again
-            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_idle_timer()
             return
         self.transport.close()
 

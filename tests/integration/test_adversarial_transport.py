@@ -226,6 +226,27 @@ def test_a_kept_alive_connection_that_half_sends_its_next_request_is_closed(guar
     assert parse(first)[0][0] == 200 and waited < HEADER_TIMEOUT_S + 1.0
 
 
+def test_a_body_dribbled_after_an_early_answer_does_not_hold_the_connection(guarded):
+    with connect(guarded) as sock:
+        sock.sendall(upload_head("/nope", 50_000).replace(b"Connection: close\r\n", b"") + b"x" * 10)
+        answer = b""
+        for _ in range(100):
+            answer += sock.recv(4096)
+            if answer.endswith(b"}}"):
+                break
+        [(status, _, body)] = parse(answer)
+        began, closed = time.monotonic(), False
+        for _ in range(int((HEADER_TIMEOUT_S + 3) / 0.1)):  # 100 bytes/s of body nobody reads, bounded
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable:
+                closed = sock.recv(4096) == b""
+                break
+            sock.sendall(b"x" * 10)
+        waited = time.monotonic() - began
+    assert status == 404 and error_code(body) == "not_found"
+    assert closed and waited < HEADER_TIMEOUT_S + 1.0
+
+
 def test_64_aborted_uploads_are_one_log_line_each_and_counted_499(guarded):
     server = guarded
     before_log = server.log().count("\n")
