@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
-    uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol", host=settings.host, port=settings.port,
+    uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol",
+                host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=30, proxy_headers=False, server_header=False)
     return 0

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
                                "429 (counted around the model work, not the upload)")
     max_uploads: int = Field(128, gt=0, description="request bodies being received at once per worker before "
                              "429; separate from max_in_flight so slow uploads cannot starve the model. "
-                             "Bounds buffered bodies to max_uploads x max_upload_bytes")
+                             "Bounds the bodies in transit to max_uploads x max_upload_bytes")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many "
                                   "seconds of its headers, else 408: a 10 MiB body then needs 350 kB/s, and a "
                                   "slow sender holds an upload slot at most this long")

@@ -186,3 +186,15 @@ async def test_a_slow_upload_holds_no_model_slot():
             finish.set()
     assert results["other"].status_code == 200 and len(results["other"].json()["results"]) == 1
     assert results["slow"].json()["results"][0]["mean"] == results["other"].json()["results"][0]["mean"]
+
+
+async def test_a_route_that_raises_answers_500_with_the_request_id_through_the_whole_app(caplog):
+    from tests.unit.service.fakes import FakeVAE
+
+    app, _ = build(FakeVAE(broken=True))
+    with caplog.at_level(logging.INFO, logger="vae"):
+        async with client_for(app) as client:
+            response = await client.post("/encode", content=png_bytes(0), headers={**PNG, "x-request-id": "r-500"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "r-500"
+    assert response.json()["error"]["code"] == "internal_error" and "/opt/model" not in response.text
+    assert len([r for r in caplog.records if r.exc_info]) == 1
