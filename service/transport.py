@@ -42,6 +42,36 @@ def _rejection(status: str, code: str, message: str) -> bytes:
             "connection: close\r\n\r\n").encode() + body
 
 
+class _LingeringTransport:
+    """The connection's transport, but a close while the client may still be sending (a 408 or 413
+    mid-body, a refused request) half-closes and drains for LINGER_S first: closing with unread bytes
+    sends a reset, which can destroy the answer before the client reads it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport, self._protocol, self._lingering = transport, protocol, False
+        # the calls made per request go straight to the real transport
+        self.write, self.get_extra_info = transport.write, transport.get_extra_info
+        self.pause_reading, self.resume_reading = transport.pause_reading, transport.resume_reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._lingering or transport.is_closing():
+            return
+        if not self._protocol.client_may_be_sending() or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._protocol.discard_input()
+        transport.write_eof()
+        self._protocol.loop.call_later(LINGER_S, transport.close)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -53,15 +83,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._raw_header_bytes = self._header_bytes = self._header_count = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm_idle_timer()
+
+    def client_may_be_sending(self) -> bool:
+        """A request refused mid-way, or a body not yet complete."""
+        return self._rejected or (not self._awaiting_headers and self.cycle is not None and self.cycle.more_body)
+
+    def discard_input(self) -> None:
+        self._rejected = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._rejected:  # draining what the client still sends, so the close is not a reset
+        if self._rejected:  # draining what the client still sends (see _LingeringTransport)
             return
         if self._awaiting_headers:
             self._raw_header_bytes += len(data)
@@ -145,8 +182,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(_rejection("431 Request Header Fields Too Large", "headers_too_large",
                                         f"request headers exceed {self.max_headers} headers or "
                                         f"{self.max_header_bytes} bytes"))
-        # Half-close and drain for a moment: closing with unread bytes would send a reset, which
-        # can destroy the 431 before the client reads it.
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.close)
+        self.transport.close()

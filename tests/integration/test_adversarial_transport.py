@@ -145,6 +145,12 @@ def test_64_slow_uploaders_do_not_starve_encode_and_each_gets_408(guarded, test_
     answers: list[bytes | str] = [b""] * uploaders
 
     def slow_uploader(i: int) -> None:
+        try:
+            paced_upload(i)
+        except OSError as exc:  # reported with the answers below
+            answers[i] = repr(exc)
+
+    def paced_upload(i: int) -> None:
         with connect(server) as sock:
             sock.sendall(upload_head("/encode", 50_000))
             sock.sendall(b"x" * 100)
@@ -170,6 +176,7 @@ def test_64_slow_uploaders_do_not_starve_encode_and_each_gets_408(guarded, test_
     for thread in threads:
         thread.join(timeout=BODY_TIMEOUT_S + 10)
     for data in answers:
+        assert isinstance(data, bytes) and data, data
         [(status, headers, body)] = parse(data)
         assert status == 408 and error_code(body) == "request_timeout" and headers["connection"] == "close"
 
