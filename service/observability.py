@@ -147,7 +147,6 @@ class ObservabilityMiddleware:
                 self.log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)
             request_id_var.reset(token)
 
-
     async def _sweep(self) -> None:
         """Times out bodies past their deadline, checking every `tick`; runs while any is being received.
         One sweeper instead of a timer per receive: asyncio.timeout_at costs about 27 us a call,
@@ -194,6 +193,9 @@ class _Body:
             message = await self.inner()
             self.disconnected = self.disconnected or message["type"] == "http.disconnect"
             return message
+        if time.monotonic() >= self.deadline:  # past it while busy between receives
+            self.release()
+            raise BodyTimeout(self.owner.body_timeout_s)
         self.waiting = asyncio.current_task()
         try:
             message = await self.inner()
