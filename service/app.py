@@ -24,7 +24,6 @@ from service.state import AppState
 
 log = logging.getLogger("vae.service")
 Loader = Callable[[Settings], OnnxVAE]
-MODEL_ROUTES = {"/encode", "/elbo", "/reconstruct", "/decode", "/sample"}
 
 
 def default_loader(settings: Settings) -> OnnxVAE:
@@ -98,8 +97,8 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed"])
     paths = {route.path for router in routers for route in router.routes} | {"/docs", "/openapi.json"}
-    app.add_middleware(ObservabilityMiddleware, state=state, max_in_flight=settings.max_in_flight,
-                       routes=paths, limited=MODEL_ROUTES, max_body=settings.max_upload_bytes,
+    app.add_middleware(ObservabilityMiddleware, state=state, routes=paths, max_body=settings.max_upload_bytes,
+                       max_uploads=settings.max_uploads, body_timeout_s=settings.body_timeout_s,
                        access_log=settings.access_log)
     return app
 

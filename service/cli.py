@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run("service.app:app_factory", factory=True, host=settings.host, port=settings.port,
+    # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
+    uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol",
+                host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level, access_log=False,
                 timeout_graceful_shutdown=30, proxy_headers=False, server_header=False)
     return 0

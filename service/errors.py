@@ -1,7 +1,9 @@
 """One error layer: every error is JSON {"error": {"code", "message"}} with the right status.
 
 Domain errors are raised as `ApiError`; FastAPI's validation errors and Starlette's HTTP errors
-are reshaped; anything unexpected is logged with its traceback and answered with a generic 500.
+are reshaped. Anything unexpected is logged with its traceback and answered with the generic
+INTERNAL_ERROR by the observability middleware, inside which it lands: there the response still
+gets its X-Request-ID (Starlette's own 500 handler sits outside every middleware).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("vae.service")
+INTERNAL_ERROR = ("internal_error", "internal error; the request id is in the X-Request-ID header")
 
 
 class ApiError(Exception):
@@ -55,13 +58,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
         message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}",
-                   413: str(exc.detail)}
+                   408: str(exc.detail), 413: str(exc.detail)}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
                               message.get(exc.status_code, "request failed"), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; the request id is in the X-Request-ID header")

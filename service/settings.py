@@ -60,7 +60,18 @@ class Settings(BaseSettings):
     inference_threads: int = Field(2, gt=0, le=256, description="model calls run at once per worker, off the "
                                    "event loop; more only adds memory (each call holds its activations) on few cores")
     workers: int = Field(1, gt=0, le=64, description="uvicorn worker processes")
-    max_in_flight: int = Field(64, gt=0, description="concurrent requests per worker before 429")
+    max_in_flight: int = Field(64, gt=0, description="model calls running or queued per worker before "
+                               "429 (counted around the model work, not the upload)")
+    max_uploads: int = Field(128, gt=0, description="request bodies being received at once per worker before "
+                             "429; separate from max_in_flight so slow uploads cannot starve the model. "
+                             "Bounds the bodies in transit to max_uploads x max_upload_bytes")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many "
+                                  "seconds of its headers, else 408: a 10 MiB body then needs 350 kB/s, and a "
+                                  "slow sender holds an upload slot at most this long")
+    header_timeout_s: float = Field(10.0, gt=0, description="a connection's request line and headers must "
+                                    "arrive within this many seconds, else it is closed")
+    max_header_bytes: int = Field(16384, gt=0, description="request line and headers, in bytes, before 431")
+    max_headers: int = Field(100, gt=0, description="request headers before 431")
     inline_cost: int = Field(64, ge=0, description="model work of at most this many rows (images or latents; "
                              "/elbo counts images x (k + 1)) runs on the event loop instead of a worker thread, "
                              "where the thread hop would cost more than the work")

@@ -70,7 +70,7 @@ def base_url(tmp_path_factory):
     if os.environ.get("VAE_BASE_URL"):
         yield os.environ["VAE_BASE_URL"].rstrip("/")
         return
-    server = Server(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512")
+    server = Server(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512", VAE_MAX_UPLOADS="512")
     try:
         server.wait()
         yield server.url

@@ -1,7 +1,9 @@
 import asyncio
 import threading
-import time
 
+import pytest
+
+from service.errors import ApiError
 from service.observability import Metrics
 from service.settings import Settings
 from service.state import AppState
@@ -10,13 +12,14 @@ from service.state import AppState
 def test_heavy_model_calls_run_on_at_most_inference_threads_threads():
     state = AppState(settings=Settings(inference_threads=2, inline_cost=0), metrics=Metrics())
     lock, running, peak, threads = threading.Lock(), [0], [0], set()
+    pair = threading.Barrier(2, timeout=10)  # each call waits for a second one to run beside it
 
     def work(i):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
             threads.add(threading.get_ident())
-        time.sleep(0.02)
+        pair.wait()
         with lock:
             running[0] -= 1
         return i * 10
@@ -35,3 +38,41 @@ def test_small_model_calls_run_inline_on_the_event_loop():
         return await state.run("encode", 1, threading.get_ident)
 
     assert asyncio.run(run()) == threading.get_ident()
+
+
+def test_past_max_in_flight_model_calls_are_refused_with_429_and_the_slot_comes_back():
+    state = AppState(settings=Settings(max_in_flight=1, inline_cost=0), metrics=Metrics())
+    started, release = threading.Event(), threading.Event()
+
+    def blocking():
+        started.set()
+        release.wait(timeout=10)
+        return "first"
+
+    async def run():
+        first = asyncio.create_task(state.run("decode", 100, blocking))
+        await asyncio.to_thread(started.wait, 10)
+        assert state.in_flight == 1
+        with pytest.raises(ApiError) as refused:
+            await state.run("decode", 100, lambda: "second")
+        release.set()
+        return refused.value, await first, await state.run("decode", 100, lambda: "third")
+
+    refused, first, third = asyncio.run(run())
+    assert (refused.status, refused.code, refused.headers) == (429, "overloaded", {"Retry-After": "1"})
+    assert (first, third, state.in_flight) == ("first", "third", 0)
+    assert state.metrics.registry.get_sample_value("vae_requests_rejected_overload_total") == 1.0
+
+
+def test_a_failing_model_call_gives_its_slot_back():
+    state = AppState(settings=Settings(max_in_flight=1), metrics=Metrics())
+
+    def fails():
+        raise RuntimeError("boom")
+
+    async def run():
+        with pytest.raises(RuntimeError):
+            await state.run("encode", 1, fails)
+        return await state.run("encode", 1, lambda: "ok")
+
+    assert asyncio.run(run()) == "ok" and state.in_flight == 0

@@ -1,0 +1,185 @@
+"""uvicorn's httptools protocol with limits on request headers.
+
+uvicorn 0.54 bounds neither the time a client may take to send its headers nor their size:
+measured with raw sockets, "GET / HTTP/1.1\\r\\nHost: x\\r\\n" and then nothing stays open for good
+(with httptools and h11 alike: the keep-alive timer is armed only after a response, and any byte
+disarms it), and httptools answers a 1 MB header or 100,000 headers with 200. An ASGI app sees
+nothing until the headers are complete, so the limits live here, in the protocol:
+
+- the request line and headers must arrive within `header_timeout_s` of the connection opening
+  or of the previous response, else the connection is closed (so is one that keeps sending a
+  body after its answer);
+- past `max_header_bytes` or `max_headers` the client gets 431 and the connection is closed.
+
+`vae-serve` passes this class to uvicorn; run by hand, name it: `uvicorn --http
+service.transport:GuardedHttpToolsProtocol --factory service.app:app_factory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("vae.transport")
+LINGER_S = 1.0
+
+
+@functools.cache
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _rejection(status: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class _LingeringTransport:
+    """The connection's transport, but a close while the client may still be sending (a 408 or 413
+    mid-body, a refused request) half-closes and drains for LINGER_S first: closing with unread bytes
+    sends a reset, which can destroy the answer before the client reads it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport, self._protocol, self._lingering = transport, protocol, False
+        # the calls made per request go straight to the real transport
+        self.write, self.get_extra_info = transport.write, transport.get_extra_info
+        self.pause_reading, self.resume_reading = transport.pause_reading, transport.resume_reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._lingering or transport.is_closing():
+            return
+        if not self._protocol.client_may_be_sending() or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        self._protocol.discard_input()
+        transport.write_eof()
+        self._protocol.loop.call_later(LINGER_S, transport.close)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = _settings()
+        self.header_timeout_s = settings.header_timeout_s
+        self.max_header_bytes, self.max_headers = settings.max_header_bytes, settings.max_headers
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._awaiting_headers, self._rejected = True, False
+        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        self._arm_idle_timer()
+
+    def client_may_be_sending(self) -> bool:
+        """A request refused mid-way, or a body not yet complete."""
+        return self._rejected or (not self._awaiting_headers and self.cycle is not None and self.cycle.more_body)
+
+    def discard_input(self) -> None:
+        self._rejected = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:  # draining what the client still sends (see _LingeringTransport)
+            return
+        if self._awaiting_headers:
+            self._raw_header_bytes += len(data)
+        super().data_received(data)
+        # httptools holds a header until it is complete, so one huge header is caught here, by raw bytes
+        if self._awaiting_headers and self._raw_header_bytes > self.max_header_bytes:
+            self._reject_headers()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._header_count > self.max_headers or self._header_bytes > self.max_header_bytes:
+            self._reject_headers()
+        if not self._rejected:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._rejected:  # while these headers were parsed
+            return
+        self._awaiting_headers = False
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._rejected:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._rejected:
+            return
+        super().on_message_complete()
+        self._awaiting_headers = True  # the next request's, which may be pipelined
+        self._raw_header_bytes = self._header_bytes = self._header_count = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            # also when the body is still arriving after an early answer (429, 404): uvicorn would
+            # keep reading it, and disarm its keep-alive timer at every byte
+            self._arm_idle_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (bad chunk sizes, a bad or doubled Content-Length, Content-Length
+        with Transfer-Encoding): uvicorn's plain-text 400, in the service's JSON error shape."""
+        self._rejected = True
+        self._stop_header_timer()
+        self.transport.write(_rejection("400 Bad Request", "invalid_http", msg))
+        self.transport.close()
+
+    def _arm_idle_timer(self) -> None:
+        self._stop_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        """No request in progress for `header_timeout_s`: close. A request being answered (its
+        headers complete; its body has the app's own deadline) keeps the connection."""
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_idle_timer()
+            return
+        self.transport.close()
+
+    def _reject_headers(self) -> None:
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._stop_header_timer()
+        log.info("request headers over the limit (%d headers, %d bytes allowed); connection closed",
+                 self.max_headers, self.max_header_bytes)
+        self.transport.write(_rejection("431 Request Header Fields Too Large", "headers_too_large",
+                                        f"request headers exceed {self.max_headers} headers or "
+                                        f"{self.max_header_bytes} bytes"))
+        self.transport.close()
