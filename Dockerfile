@@ -25,13 +25,16 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${BASE_IMAGE} AS runtime
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vae
 COPY --from=build /opt/venv /opt/venv
-COPY artifacts/fashion-mnist/manifest.json artifacts/fashion-mnist/encoder.onnx artifacts/fashion-mnist/decoder.onnx \
-     /app/models/fashion-mnist/
-# Mount another model directory and point VAE_MODEL_DIR at it to replace the bundled one:
-#   docker run -v ./my-model:/models/custom -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service
+# The bundled repository: each model version's serving files, as artifacts/<name>/<version>/ holds them.
+COPY artifacts/fashion-mnist-vae/2.0.0/manifest.json artifacts/fashion-mnist-vae/2.0.0/encoder.onnx \
+     artifacts/fashion-mnist-vae/2.0.0/decoder.onnx /app/models/fashion-mnist-vae/2.0.0/
+# Mount another repository and point VAE_MODEL_REPOSITORY at it, or one model directory with VAE_MODEL_DIR:
+#   docker run -v ./models:/models:ro -e VAE_MODEL_REPOSITORY=/models -p 8000:8000 vae-service
+#   docker run -v ./my-model:/models/custom:ro -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    VAE_MODEL_DIR=/app/models/fashion-mnist VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
+    VAE_MODEL_REPOSITORY=/app/models VAE_DEFAULT_MODEL=fashion-mnist-vae \
+    VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
 WORKDIR /app
 USER vae
 EXPOSE 8000

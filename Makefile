@@ -3,14 +3,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL_DIR ?= artifacts/fashion-mnist
+REPOSITORY ?= artifacts
+MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/2.0.0
 RUN ?= runs/fashion-mnist
 PORT ?= 8000
 
 .PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick clean help
 
 help:
-	@echo "make serve   - install the serving dependencies and serve the bundled model on :$(PORT)"
+	@echo "make serve   - install the serving dependencies and serve the bundled model repository ($(REPOSITORY)) on :$(PORT)"
 	@echo "make test    - install everything and run the whole test suite"
 	@echo "make train / eval / export - train the default model, evaluate it, export it to $(MODEL_DIR)"
 	@echo "make bench   - serving and training benchmarks into bench/results/"
@@ -27,7 +28,7 @@ $(BIN)/.dev-installed: pyproject.toml $(BIN)/.serve-installed
 	touch $@
 
 serve: $(BIN)/.serve-installed
-	$(BIN)/vae-serve --model-dir $(MODEL_DIR) --port $(PORT)
+	$(BIN)/vae-serve --model-repository $(REPOSITORY) --port $(PORT)
 
 # The whole suite: unit and integration tests, then the integration suite against the container
 # image (skipped, with a message, where no container engine exists).

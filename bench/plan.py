@@ -18,7 +18,7 @@ from bench.rounds import Cell, Ratio
 from bench.servers import REPO, Server, ServerSpec
 
 RESULTS = REPO / "bench" / "results"
-MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
+MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
 CONCURRENCY = (1, 8, 32, 64)
 ENCODE = "encode_1_raw"
 

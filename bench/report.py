@@ -4,7 +4,7 @@
 
 - the benchmark table, from bench/results/serving.json and training.json (medians of the
   interleaved rounds, with their range);
-- the model card numbers, from artifacts/fashion-mnist/manifest.json;
+- the model card numbers, from artifacts/fashion-mnist-vae/2.0.0/manifest.json;
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
 """
@@ -19,7 +19,7 @@ from typing import Literal, get_args, get_origin
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 RESULTS = REPO / "bench" / "results"
-MANIFEST = REPO / "artifacts" / "fashion-mnist" / "manifest.json"
+MANIFEST = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0" / "manifest.json"
 
 
 def _replace(text: str, name: str, body: str) -> str:
@@ -126,13 +126,13 @@ def model_card_section() -> str:
 
 def settings_section() -> str:
     """One row per `Settings` field, so a new setting appears in the README when this runs."""
-    from service.settings import BUNDLED_MODEL_DIR, PREFIX, Settings
+    from service.settings import PREFIX, Settings
 
     lines = ["| variable | default | allowed | what it sets |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default
-        if default == BUNDLED_MODEL_DIR:
-            shown = f"the bundled model, `{BUNDLED_MODEL_DIR.relative_to(REPO)}`"
+        if default is None:
+            shown = "unset"
         else:
             shown = f"`{json.dumps(default) if isinstance(default, (bool, list)) else default}`"
         description = (field.description or "").replace("|", "\\|")

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.score_variance", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model-dir", default=str(REPO / "artifacts" / "fashion-mnist"))
+    p.add_argument("--model-dir", default=str(REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
     p.add_argument("--images", type=int, default=4, help="the first N images of the test set")
     p.add_argument("--seeds", type=int, default=10, help="noise seeds 0..N-1")
     p.add_argument("--k", type=int, nargs="+", default=[100, 1000, 5000], help="IWAE sample counts")

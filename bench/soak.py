@@ -28,6 +28,7 @@ import numpy as np
 from model.preprocess import array_to_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist-vae" / "2.0.0"
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--model-dir", default=str(Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist"))
+    p.add_argument("--model-dir", default=str(SHIPPED))
     args = p.parse_args(argv)
     server = Server("product", Path(args.model_dir))
     try:

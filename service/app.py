@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator, Callable
 
 import numpy as np
@@ -14,20 +15,24 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from model.preprocess import array_to_png, bytes_to_array
 from service import docs, errors
-from service.batching import MicroBatcher
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
-from service.routes import images, latents, ops
-from service.runtime import ModelLoadError, OnnxVAE, load_model_dir
-from service.settings import Settings, load_settings, unknown_variables
+from service.registry import ModelSource, Registry, scan_repository, single_model
+from service.routes import images, latents, ops, repository
+from service.runtime import load_model_dir
+from service.served import ServedModel
+from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
 
 log = logging.getLogger("vae.service")
-Loader = Callable[[Settings], OnnxVAE]
+EngineLoader = Callable[[Path, Settings], Engine]
 
 
-def default_loader(settings: Settings) -> OnnxVAE:
-    return load_model_dir(settings.model_dir, threads=settings.intra_op_threads)
+def load_engine(directory: Path, settings: Settings) -> Engine:
+    """A version directory as an engine: graphs hash-checked against the manifest, then warmed up."""
+    engine = Engine.from_model(load_model_dir(directory, threads=settings.intra_op_threads))
+    warm_up(engine)
+    return engine
 
 
 def warm_up(engine: Engine) -> None:
@@ -40,41 +45,72 @@ def warm_up(engine: Engine) -> None:
     engine.score(pixels, k=2, seed=0, binarize_seed=0)
 
 
-async def _load(state: AppState, loader: Loader) -> None:
+def repository_scanner(settings: Settings) -> Callable[[], dict[str, ModelSource]]:
+    if settings.model_dir is not None:  # a repository of one model; it wins over VAE_MODEL_REPOSITORY
+        return lambda: single_model(settings.model_dir)
+    root = settings.model_repository or BUNDLED_REPOSITORY
+    return lambda: scan_repository(root)
+
+
+def default_model_name(settings: Settings, sources: dict[str, ModelSource]) -> str | None:
+    if settings.default_model:
+        return settings.default_model
+    if len(sources) == 1:
+        return next(iter(sources))
+    return BUNDLED_DEFAULT_MODEL if settings.bundled else None
+
+
+async def start(state: AppState) -> None:
+    """Load every model the repository holds; the default model's readiness is the server's."""
     try:
-        model = await asyncio.to_thread(loader, state.settings)
-        engine = Engine.from_model(model)
-        await asyncio.to_thread(warm_up, engine)
-    except ModelLoadError as exc:
-        state.load_failed = True
-        log.error("model not served, staying unready: %s", exc)
-        return
-    except Exception:
-        state.load_failed = True
-        log.exception("model not served, staying unready: unexpected error while loading %s", state.settings.model_dir)
-        return
-    manifest = model.manifest
-    state.metrics.model_info.labels(manifest.name, manifest.version, str(manifest.latent_dim),
-                                    manifest.likelihood.name).set(1)
-    if state.settings.micro_batch:
-        state.batcher = MicroBatcher(engine.model.encode, max_rows=state.settings.max_batch,
-                                     max_wait_s=state.settings.micro_batch_wait_ms / 1000)
-    state.engine = engine
-    state.metrics.ready.set(1)
-    log.info("ready: %s %s from %s (encoder %s, decoder %s)", manifest.name, manifest.version,
-             state.settings.model_dir, manifest.encoder.sha256[:12], manifest.decoder.sha256[:12])
+        try:
+            sources = await asyncio.to_thread(state.registry.scan)
+        except ValueError as exc:  # --model-dir without a readable manifest
+            log.error("no model served: %s", exc)
+            return
+        state.default_model = default_model_name(state.settings, sources)
+        if state.default_model is None:
+            log.error("no default model: the repository holds %s; set VAE_DEFAULT_MODEL to one of them",
+                      ", ".join(sorted(sources)) or "no model")
+        await state.registry.load_all()
+        for name, versions in state.registry.served().items():
+            log.info("serving %s %s", name, ", ".join(versions))
+    finally:
+        state.started = True
 
 
-def create_app(settings: Settings | None = None, loader: Loader = default_loader) -> FastAPI:
+async def _poll(state: AppState, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)  # a timer: Triton's poll mode re-scans on an interval
+        await state.registry.poll()
+
+
+def create_app(settings: Settings | None = None, load: EngineLoader = load_engine,
+               scan: Callable[[], dict[str, ModelSource]] | None = None) -> FastAPI:
+    """`load` and `scan` default to the real loader and the configured repository; tests pass fakes."""
     settings = settings or load_settings()
-    state = AppState(settings=settings, metrics=Metrics())
+    metrics = Metrics()
+
+    def load_version(directory: Path) -> ServedModel:
+        return ServedModel.create(load(directory, settings), settings, metrics)
+
+    state = AppState(settings=settings, metrics=metrics,
+                     registry=Registry(scan=scan or repository_scanner(settings), load_version=load_version,
+                                       on_change=metrics.model_changed))
+
+    async def start_all() -> None:
+        await start(state)
+        # The decoder processes start with the first image too large to decode inline, not here: most
+        # deployments send small images and never need them (see service/decoding.py).
+        if settings.repository_poll_s:
+            await _poll(state, settings.repository_poll_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.loading = asyncio.create_task(_load(state, loader))
+        state.tasks.append(asyncio.create_task(start_all()))
         yield
-        if not state.loading.done():
-            state.loading.cancel()
+        for task in state.tasks:
+            task.cancel()
         state.decoder.close()
 
     app = FastAPI(
@@ -89,15 +125,13 @@ def create_app(settings: Settings | None = None, loader: Loader = default_loader
     )
     app.state.vae = state
     errors.install(app)
-    docs.install(app, lambda: state.engine.latent_dim if state.engine is not None else None)
-    routers = (images.router, latents.router, ops.router)
-    for router in routers:
+    docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
+    for router in (images.router, latents.router, ops.router, repository.router):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed"])
-    paths = {route.path for router in routers for route in router.routes} | {"/docs", "/openapi.json"}
-    app.add_middleware(ObservabilityMiddleware, state=state, routes=paths, max_body=settings.max_upload_bytes,
+    app.add_middleware(ObservabilityMiddleware, state=state, max_body=settings.max_upload_bytes,
                        max_uploads=settings.max_uploads, body_timeout_s=settings.body_timeout_s,
                        access_log=settings.access_log)
     return app

@@ -3,7 +3,7 @@
 Off by default (`VAE_MICRO_BATCH=true` turns it on): two benchmark runs disagreed, one measuring
 +6% / +29% requests/s at concurrency 32 / 64 and the other -16% / -4%, so the simpler path stays
 the default (README, Benchmarks). With a wait of 0 ms it batches only what arrived in the same
-event-loop tick, so it adds no timer latency; a request alone in flight skips it.
+event-loop tick, so it adds no timer latency.
 """
 
 from __future__ import annotations

@@ -33,15 +33,18 @@ class Metrics:
         self.latency = Histogram("vae_request_duration_seconds", "HTTP request latency by route",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.inference = Histogram("vae_inference_duration_seconds", "time in onnxruntime and the scoring math",
-                                   ["operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.images = Counter("vae_images_processed", "images or latents processed", ["operation"],
-                              registry=self.registry)
+                                   ["model", "version", "operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.images = Counter("vae_images_processed", "images or latents processed",
+                              ["model", "version", "operation"], registry=self.registry)
         self.in_flight = Gauge("vae_requests_in_flight", "model calls running or queued", registry=self.registry)
         self.rejected = Counter("vae_requests_rejected_overload", "requests answered 429", registry=self.registry)
-        self.model_info = Gauge("vae_model_info", "the served model", ["name", "version", "latent_dim", "likelihood"],
-                                registry=self.registry)
-        self.ready = Gauge("vae_ready", "1 when the model is loaded and warmed up", registry=self.registry)
+        self.model_info = Gauge("vae_model_info", "1 for each model version being served, 0 once it is not",
+                                ["model", "version"], registry=self.registry)
         self._children: dict[tuple, Any] = {}
+
+    def model_changed(self, name: str, version: str, state: str) -> None:
+        """The registry's hook: a version became READY, or stopped being served."""
+        self.model_info.labels(name, version).set(1 if state == "READY" else 0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count and time one request; the labelled children are cached (labels() costs ~4 us each)."""
@@ -53,11 +56,12 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_inference(self, operation: str, rows: int, seconds: float) -> None:
-        children = self._children.get(operation)
+    def observe_inference(self, model: str, version: str, operation: str, rows: int, seconds: float) -> None:
+        key = (model, version, operation)
+        children = self._children.get(key)
         if children is None:
-            children = (self.inference.labels(operation), self.images.labels(operation))
-            self._children[operation] = children
+            children = (self.inference.labels(*key), self.images.labels(*key))
+            self._children[key] = children
         children[0].observe(seconds)
         children[1].inc(rows)
 
@@ -76,11 +80,10 @@ class ObservabilityMiddleware:
     count, deadline), and turns a client abort into one log line and status 499, an unexpected
     exception into one logged traceback and a generic 500 that carries the request id."""
 
-    def __init__(self, app: Any, state: Any, routes: set[str], max_body: int, max_uploads: int,
+    def __init__(self, app: Any, state: Any, max_body: int, max_uploads: int,
                  body_timeout_s: float, access_log: bool = False) -> None:
         self.app, self.state, self.metrics = app, state, state.metrics
         self.max_body, self.max_uploads, self.body_timeout_s = max_body, max_uploads, body_timeout_s
-        self.routes = routes
         self.uploads: set[_Body] = set()  # bodies being received now
         self._sweeper: asyncio.Task[None] | None = None
         self.log = logging.getLogger("vae.access") if access_log else None
@@ -93,7 +96,6 @@ class ObservabilityMiddleware:
         request_id = _request_id(scope)
         token = request_id_var.set(request_id)
         path = scope["path"]
-        route = path if path in self.routes else "other"
         method = scope["method"]
         status = 500
         started = False
@@ -142,6 +144,9 @@ class ObservabilityMiddleware:
                 status = CLIENT_CLOSED
                 errors.log.info("client disconnected before its request was answered: %s %s", method, path)
             elapsed = time.perf_counter() - began
+            # The matched route's template (FastAPI puts the route in the scope): one label per route,
+            # whatever the path parameters, with no list of paths to keep in sync.
+            route = getattr(scope.get("route"), "path", "other")
             self.metrics.observe_request(route, method, status, elapsed)
             if self.log is not None and self.log.isEnabledFor(logging.INFO):
                 self.log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)

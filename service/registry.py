@@ -178,10 +178,12 @@ class Registry(Generic[T]):
 
     scan: Callable[[], dict[str, ModelSource]]
     load_version: Callable[[Path], T]
+    on_change: Callable[[str, str, str], None] | None = None  # (name, version, state), e.g. for metrics
     _served: dict[str, dict[str, T]] = field(default_factory=dict)
     _status: dict[tuple[str, str], Status] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _unloaded: set[str] = field(default_factory=set)  # unloaded on request, not by a failure
 
     # ---- reading: no locks, one snapshot per call ----
 
@@ -203,6 +205,11 @@ class Registry(Generic[T]):
         except ModelNotFound:
             return False
         return True
+
+    def failed(self, name: str) -> bool:
+        """The model was tried and nothing of it serves, and nobody asked for that (no unload)."""
+        return (name not in self._unloaded and not self._served.get(name)
+                and any(key[0] == name for key in self._status))
 
     def served(self) -> dict[str, list[str]]:
         return {name: sorted(versions, key=version_key) for name, versions in self._served.items() if versions}
@@ -235,6 +242,7 @@ class Registry(Generic[T]):
             if source is None:
                 raise ModelNotFound(f"no model {name!r} in the repository")
             self._fingerprints[name] = source.fingerprint
+            self._unloaded.discard(name)
             for version, reason in source.problems.items():
                 self._set(Status(name, version, UNAVAILABLE, reason), log_reason=True)
             selected = source.policy.select(list(source.versions))
@@ -270,6 +278,7 @@ class Registry(Generic[T]):
                 raise ModelNotFound(f"model {name!r} is not loaded")
             versions = self._served.get(name, {})
             self._served = {k: v for k, v in self._served.items() if k != name}
+            self._unloaded.add(name)
             for version in versions:
                 self._set(Status(name, version, UNAVAILABLE, "unloaded"))
 
@@ -309,6 +318,8 @@ class Registry(Generic[T]):
         previous = self._status.get((status.name, status.version))
         self._status[(status.name, status.version)] = status
         if previous != status:
+            if self.on_change is not None and (previous is None or previous.state != status.state):
+                self.on_change(status.name, status.version, status.state)
             line = f"model {status.name} {status.version}: {status.state}"
             if status.reason:
                 line += f" ({status.reason})"

@@ -108,6 +108,17 @@ class Health(BaseModel):
     status: str
 
 
+class ModelVersions(BaseModel):
+    name: str
+    versions: list[str] = Field(description="the versions being served, lowest first")
+    default_version: str = Field(description="the version a request gets when it names none: the highest")
+    default: bool = Field(description="whether the plain routes (/encode, ...) serve this model")
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersions]
+
+
 class Ready(BaseModel):
     status: str
     model: ModelRef
@@ -128,11 +139,14 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer."""
     meaning = {
         400: "undecodable or truncated image bytes",
-        413: "body over VAE_MAX_UPLOAD_BYTES, or an image over VAE_MAX_IMAGE_PIXELS",
+        404: "no such model or version is being served",
+        408: "the request body did not arrive within VAE_BODY_TIMEOUT_S",
+        413: "body over VAE_MAX_UPLOAD_BYTES (VAE_MAX_JSON_BYTES for JSON), an image over VAE_MAX_IMAGE_PIXELS, "
+             "or a request over VAE_MAX_REQUEST_PIXELS",
         415: "unsupported media type",
-        422: "bad parameters or latents",
-        429: "too many requests in flight; retry later",
-        503: "the model is not loaded yet",
+        422: "bad parameters or latents, or an image too costly to decode",
+        429: "too many model calls or uploads in flight, or the decoders' queue is full; retry later",
+        503: "the model is not loaded yet, or failed to load",
     }
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 

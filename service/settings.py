@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist"
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "artifacts"
+BUNDLED_DEFAULT_MODEL = "fashion-mnist-vae"  # the plain routes' model when the bundled repository is served
 PREFIX = "VAE_"
 # VAE_* variables that other parts of the project read; the server ignores them without a warning.
 # tests/unit/service/test_settings.py checks that every VAE_* name in the repository is here or a setting.
@@ -30,7 +31,21 @@ OTHER_VARIABLES = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
 
-    model_dir: Path = Field(BUNDLED_MODEL_DIR, description="directory written by vae-export")
+    model_repository: Path | None = Field(None, description="serve every model in DIR/<name>/<version>/ (each "
+                                          "version directory as vae-export writes it); default: the bundled "
+                                          "repository artifacts/")
+    model_dir: Path | None = Field(None, description="serve one directory written by vae-export instead: a "
+                                   "repository of one model, named by its manifest; wins over "
+                                   "VAE_MODEL_REPOSITORY, so an image's repository can be replaced by a mount")
+    default_model: str | None = Field(None, description="the model the plain routes (/encode, /sample, ...) "
+                                      "serve; default: the repository's only model, or fashion-mnist-vae for the "
+                                      "bundled repository")
+    admin_token: SecretStr | None = Field(None, description="bearer token of the repository control routes "
+                                          "(/v2/repository/...); without it they answer 403")
+    repository_control: Literal["token", "open"] = Field("token", description="open: the repository control "
+                                                         "routes work without a token (only for a trusted network)")
+    repository_poll_s: float | None = Field(None, gt=0, description="re-scan the repository every this many "
+                                            "seconds and apply what changed; default: only on load requests")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
     max_json_bytes: int = Field(262_144, gt=0, description="largest JSON body (/decode's latents: max_batch x "
                                 "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB")
@@ -76,7 +91,7 @@ class Settings(BaseSettings):
                              "/elbo counts images x (k + 1)) runs on the event loop instead of a worker thread, "
                              "where the thread hop would cost more than the work")
     micro_batch: bool = Field(False, description="coalesce concurrent /encode requests into one onnxruntime "
-                              "call; a request alone in flight skips it. Off: the recorded benchmark runs "
+                              "call. Off: the recorded benchmark runs "
                               "disagreed on its effect (README, Benchmarks)")
     micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
                                        "requests; 0 = only what arrived in the same event-loop tick")
@@ -92,6 +107,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
 
+    @property
+    def bundled(self) -> bool:
+        return self.model_dir is None and self.model_repository is None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -106,7 +125,8 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  VAE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
+        lines = [f"  VAE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
+                 else f"  {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
         raise SettingsError("invalid vae-service settings:\n" + "\n".join(lines)) from None
 
 

@@ -1,24 +1,21 @@
-"""What the app holds while it runs, and the dependencies that hand it to routes."""
+"""What the app holds while it runs, and how a route finds the model version it serves."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-import anyio
 from fastapi import Request
 
-from service.batching import MicroBatcher
 from service.decoding import ImageDecoder
-from service.engine import Engine
 from service.errors import ApiError
-from service.params import parse_query
 from service.observability import Metrics
+from service.params import parse_query
+from service.registry import ModelNotFound, Registry
+from service.served import ServedModel
 from service.settings import Settings
 
-T = TypeVar("T")
 Q = TypeVar("Q")
 
 
@@ -26,13 +23,11 @@ Q = TypeVar("Q")
 class AppState:
     settings: Settings
     metrics: Metrics
+    registry: Registry[ServedModel]
+    default_model: str | None = None  # the model of the plain routes (/encode, ...): VAE_DEFAULT_MODEL
     decoder: ImageDecoder = field(default=None, repr=False)  # type: ignore[assignment]  # from settings
-    engine: Engine | None = None
-    batcher: MicroBatcher | None = None
-    in_flight: int = 0  # model calls running or queued: the max_in_flight limit
-    load_failed: bool = False
-    loading: asyncio.Task[Any] | None = field(default=None, repr=False)
-    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+    started: bool = False  # the first load of the repository has finished, successfully or not
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.decoder is None:
@@ -40,67 +35,29 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self.default_model is not None and self.registry.is_ready(self.default_model)
 
-    def model_ref(self) -> dict[str, str]:
-        manifest = self.require_engine().model.manifest
-        return {"name": manifest.name, "version": manifest.version}
+    def not_ready_message(self, name: str | None = None) -> str:
+        name = name or self.default_model
+        if not self.started:
+            return f"the model {name} is loading" if name else "the models are loading"
+        if name is None:
+            return "no default model: set VAE_DEFAULT_MODEL to one of the repository's models"
+        return f"the model {name} failed to load; see the server log"
 
-    @property
-    def not_ready_message(self) -> str:
-        return "the model failed to load; see the server log" if self.load_failed else "the model is loading"
-
-    def require_engine(self) -> Engine:
-        if self.engine is None:
-            raise ApiError(503, "not_ready", self.not_ready_message, headers={"Retry-After": "1"})
-        return self.engine
-
-    def _admit(self) -> None:
-        """Take a model slot, or 429. Counted here, around the model work only, so a slow upload
-        (its own limit and deadline live in the observability middleware) never holds one."""
-        if self.in_flight >= self.settings.max_in_flight:
-            self.metrics.rejected.inc()
-            raise ApiError(429, "overloaded", f"more than {self.settings.max_in_flight} model calls in flight; "
-                           "retry shortly", headers={"Retry-After": "1"})
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
-
-    def _release(self) -> None:
-        self.in_flight -= 1
-        self.metrics.in_flight.dec()
-
-    async def run(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
-        """Run model work within the in-flight limit, and time it. Small work runs on the event loop:
-        the thread hop costs more than a few rows of onnxruntime. Larger work goes to one of
-        `inference_threads` worker threads (onnxruntime releases the GIL); the rest wait their turn,
-        so memory stays bounded under load."""
-        self._admit()
+    def resolve(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The version a request is served by: the named one, else the model's default (its highest
+        loaded version); the plain routes use VAE_DEFAULT_MODEL. 404 for a model that is not served,
+        503 while the repository is still loading or when the model failed to load."""
+        name = name or self.default_model
+        if name is None:
+            raise ApiError(503, "not_ready", self.not_ready_message(), headers={"Retry-After": "1"})
         try:
-            began = time.perf_counter()
-            if rows <= self.settings.inline_cost:
-                result = fn(*args)
-            else:
-                if self.limiter is None:
-                    self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-                result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-            self.metrics.observe_inference(operation, rows, time.perf_counter() - began)
-            return result
-        finally:
-            self._release()
-
-    async def encode(self, engine: Engine, pixels, sample: bool, seed: int):
-        """/encode's model call: through the micro-batcher when it is on and other model calls are in
-        flight (alone, there is nothing to coalesce and the batcher would only add a loop iteration)."""
-        if self.batcher is None or self.in_flight == 0:
-            return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
-        self._admit()
-        try:
-            began = time.perf_counter()
-            mean, logvar = await self.batcher.submit(pixels)
-            self.metrics.observe_inference("encode", len(pixels), time.perf_counter() - began)
-        finally:
-            self._release()
-        return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None
+            return self.registry.resolve(name, version)[1]
+        except ModelNotFound as exc:
+            if not self.started or self.registry.failed(name):
+                raise ApiError(503, "not_ready", self.not_ready_message(name), headers={"Retry-After": "1"}) from None
+            raise ApiError(404, "model_not_found", str(exc)) from None
 
 
 def app_state(request: Request) -> AppState:
@@ -110,7 +67,10 @@ def app_state(request: Request) -> AppState:
     return request.app.state.vae
 
 
-def model_route(request: Request, query_model: type[Q]) -> tuple[AppState, Engine, Q]:
-    """What every model route starts with: the state, the engine (503 when not ready), the query."""
+def model_route(request: Request, query_model: type[Q]) -> tuple[AppState, ServedModel, Q]:
+    """What every model route starts with: the state, the version that serves it (from the path's
+    {name} and {version}, else the default model), and the parsed query."""
     state = app_state(request)
-    return state, state.require_engine(), parse_query(request, query_model)
+    params = request.path_params
+    served = state.resolve(params.get("name"), params.get("version"))
+    return state, served, parse_query(request, query_model)

@@ -10,6 +10,7 @@ from service.errors import unprocessable
 from service.params import openapi_parameters
 from service.schemas import (ElboQuery, ElboResponse, EncodeQuery, EncodeResponse, ReconstructQuery,
                              ReconstructResponse, error_responses)
+from service.routes.addressing import add_model_route
 from service.state import model_route
 from service.uploads import ACCEPTED, IMAGE_TYPES, read_images
 
@@ -36,55 +37,61 @@ IMAGE_BODY = {
 IMAGE_ERRORS = error_responses(400, 413, 415, 422, 429, 503)
 
 
-async def _images(request: Request, state, engine):
+async def _images(request: Request, state, served):
     s = state.settings
-    return await read_images(request, engine.contract, state.decoder, s.max_upload_bytes, s.max_batch)
+    return await read_images(request, served.engine.contract, state.decoder, s.max_upload_bytes, s.max_batch)
 
 
-@router.post("/encode", response_model=EncodeResponse, responses=IMAGE_ERRORS,
-             openapi_extra={**IMAGE_BODY, **openapi_parameters(EncodeQuery)},
-             summary="Images to the posterior q(z|x): mean, log-variance and optionally a sample z")
 async def encode(request: Request) -> Response:
-    state, engine, query = model_route(request, EncodeQuery)
-    pixels = await _images(request, state, engine)
-    mean, logvar, z = await state.encode(engine, pixels, query.sample, query.seed)
+    state, served, query = model_route(request, EncodeQuery)
+    pixels = await _images(request, state, served)
+    mean, logvar, z = await served.encode(pixels, query.sample, query.seed)
     results = [{"index": i, "mean": mean[i], "logvar": logvar[i], **({"z": z[i]} if z is not None else {})}
                for i in range(len(pixels))]
-    return responses.json_response({"model": state.model_ref(), "latent_dim": engine.latent_dim,
+    return responses.json_response({"model": served.ref, "latent_dim": served.engine.latent_dim,
                                     "seed": query.seed if query.sample else None, "results": results})
 
 
-@router.post("/elbo", response_model=ElboResponse, responses=IMAGE_ERRORS,
-             openapi_extra={**IMAGE_BODY, **openapi_parameters(ElboQuery)},
-             summary="Score images: ELBO, its terms, and with k > 1 the IWAE log-likelihood")
 async def elbo(request: Request) -> Response:
-    state, engine, query = model_route(request, ElboQuery)
+    state, served, query = model_route(request, ElboQuery)
+    engine = served.engine
     if query.k > state.settings.max_k:
         raise unprocessable("k_out_of_range", f"k must be between 1 and {state.settings.max_k}, not {query.k}")
-    pixels = await _images(request, state, engine)
+    pixels = await _images(request, state, served)
     binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
-    scores = await state.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
-                             binarize)
+    scores = await served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
+                              binarize)
     bpd, ll, ll_bpd = scores.bits_per_dim, scores.log_likelihood, scores.log_likelihood_bits_per_dim
     results = [{"index": i, "elbo": float(scores.elbo[i]), "reconstruction": float(scores.reconstruction[i]),
                 "kl": float(scores.kl[i]), "bits_per_dim": float(bpd[i]),
                 "log_likelihood": None if ll is None else float(ll[i]),
                 "log_likelihood_bits_per_dim": None if ll_bpd is None else float(ll_bpd[i])}
                for i in range(len(pixels))]
-    return responses.json_response({"model": state.model_ref(), "k": query.k, "seed": query.seed,
+    return responses.json_response({"model": served.ref, "k": query.k, "seed": query.seed,
                                     "binarize_seed": binarize, "data_space": engine.data_space(binarize),
                                     "results": results})
 
 
-@router.post("/reconstruct", response_model=ReconstructResponse, responses={
-    **IMAGE_ERRORS, 200: {"content": {"image/png": {}}, "description": "PNG (format=png) or JSON (format=json)"}},
-    openapi_extra={**IMAGE_BODY, **openapi_parameters(ReconstructQuery)},
-    summary="Images in, reconstructions E[x | z = mean of q(z|x)] out")
 async def reconstruct(request: Request) -> Response:
-    state, engine, query = model_route(request, ReconstructQuery)
-    pixels = await _images(request, state, engine)
-    recon = await state.run("reconstruct", len(pixels), engine.reconstruct, pixels)
+    state, served, query = model_route(request, ReconstructQuery)
+    pixels = await _images(request, state, served)
+    recon = await served.run("reconstruct", len(pixels), served.engine.reconstruct, pixels)
     if query.format == "json":
-        return responses.json_response({"model": state.model_ref(), "images": [
+        return responses.json_response({"model": served.ref, "images": [
             {"index": i, "png_base64": responses.png_base64(x)} for i, x in enumerate(recon)]})
-    return responses.png_response(recon[0]) if len(recon) == 1 else responses.grid_response(recon)
+    if len(recon) == 1:
+        return responses.png_response(recon[0], served.headers)
+    return responses.grid_response(recon, served.headers)
+
+
+add_model_route(router, "POST", "/encode", encode, response_model=EncodeResponse, responses=IMAGE_ERRORS,
+                openapi_extra={**IMAGE_BODY, **openapi_parameters(EncodeQuery)},
+                summary="Images to the posterior q(z|x): mean, log-variance and optionally a sample z")
+add_model_route(router, "POST", "/elbo", elbo, response_model=ElboResponse, responses=IMAGE_ERRORS,
+                openapi_extra={**IMAGE_BODY, **openapi_parameters(ElboQuery)},
+                summary="Score images: ELBO, its terms, and with k > 1 the IWAE log-likelihood")
+add_model_route(router, "POST", "/reconstruct", reconstruct, response_model=ReconstructResponse,
+                responses={**IMAGE_ERRORS, 200: {"content": {"image/png": {}},
+                                                 "description": "PNG (format=png) or JSON (format=json)"}},
+                openapi_extra={**IMAGE_BODY, **openapi_parameters(ReconstructQuery)},
+                summary="Images in, reconstructions E[x | z = mean of q(z|x)] out")

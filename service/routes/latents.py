@@ -12,6 +12,7 @@ from service.errors import ApiError, describe_validation, unprocessable
 from service.params import openapi_parameters
 from service.schemas import (DecodeQuery, DecodeRequest, DecodeResponse, SampleQuery, SampleResponse,
                              error_responses)
+from service.routes.addressing import add_model_route
 from service.state import model_route
 from service.uploads import read_body
 
@@ -50,39 +51,43 @@ def _latents(body: DecodeRequest, latent_dim: int, max_batch: int) -> np.ndarray
     return z.astype(np.float32)
 
 
-@router.post("/decode", response_model=DecodeResponse,
-             responses={**PNG, **error_responses(413, 415, 422, 429, 503)},
-             openapi_extra={**JSON_BODY, **openapi_parameters(DecodeQuery)},
-             summary="Latents to images: E[x|z] as PNGs")
 async def decode(request: Request) -> Response:
-    state, engine, query = model_route(request, DecodeQuery)
+    state, served, query = model_route(request, DecodeQuery)
+    engine = served.engine
     body = await _decode_request(request, state.settings.max_json_bytes)
     z = _latents(body, engine.latent_dim, state.settings.max_batch)
     if query.format == "png" and len(z) != 1:
         raise unprocessable("invalid_format", f"format=png returns one image but z has {len(z)} rows; use "
                             "format=grid or format=json")
-    images = await state.run("decode", len(z), engine.decode, z)
+    images = await served.run("decode", len(z), engine.decode, z)
     if query.format == "png":
-        return responses.png_response(images[0])
+        return responses.png_response(images[0], served.headers)
     if query.format == "grid":
-        return responses.grid_response(images)
-    return responses.json_response({"model": state.model_ref(), "images": [
+        return responses.grid_response(images, served.headers)
+    return responses.json_response({"model": served.ref, "images": [
         {"index": i, "png_base64": responses.png_base64(x), **({"pixels": x.tolist()} if query.pixels else {})}
         for i, x in enumerate(images)]})
 
 
-@router.get("/sample", response_model=SampleResponse, responses={**PNG, **error_responses(422, 429, 503)},
-            openapi_extra=openapi_parameters(SampleQuery),
-            summary="Draw z ~ N(0, t^2 I) and decode: what the model generates")
 async def sample(request: Request) -> Response:
-    state, engine, query = model_route(request, SampleQuery)
+    state, served, query = model_route(request, SampleQuery)
+    engine = served.engine
     if query.n > state.settings.max_batch:
         raise unprocessable("n_out_of_range", f"n must be between 1 and {state.settings.max_batch}, not {query.n}")
     seed = int(np.random.default_rng().integers(0, 2**31)) if query.seed is None else query.seed
     z = engine.prior_latents(query.n, seed, query.temperature)
-    images = await state.run("sample", query.n, engine.decode, z)
+    images = await served.run("sample", query.n, engine.decode, z)
     if query.format == "png":
-        return responses.grid_response(images, headers={"X-Seed": str(seed)})
-    return responses.json_response({"model": state.model_ref(), "seed": seed, "temperature": query.temperature,
+        return responses.grid_response(images, headers={"X-Seed": str(seed), **served.headers})
+    return responses.json_response({"model": served.ref, "seed": seed, "temperature": query.temperature,
                                     "samples": [{"index": i, "png_base64": responses.png_base64(x),
                                                  "z": z[i].tolist()} for i, x in enumerate(images)]})
+
+
+add_model_route(router, "POST", "/decode", decode, response_model=DecodeResponse,
+                responses={**PNG, **error_responses(413, 415, 422, 429, 503)},
+                openapi_extra={**JSON_BODY, **openapi_parameters(DecodeQuery)},
+                summary="Latents to images: E[x|z] as PNGs")
+add_model_route(router, "GET", "/sample", sample, response_model=SampleResponse,
+                responses={**PNG, **error_responses(422, 429, 503)}, openapi_extra=openapi_parameters(SampleQuery),
+                summary="Draw z ~ N(0, t^2 I) and decode: what the model generates")

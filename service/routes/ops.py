@@ -7,7 +7,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.errors import error_response
-from service.schemas import Health, ModelCard, Ready, error_responses
+from service.routes.addressing import model_paths
+from service.schemas import Health, ModelCard, ModelList, Ready, error_responses
 from service.state import app_state
 
 router = APIRouter(tags=["operations"])
@@ -19,22 +20,29 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=Ready, responses=error_responses(503),
-            summary="Readiness: 200 once the graphs are loaded, hash-checked and warmed up")
+            summary="Readiness: 200 once the default model is loaded, hash-checked and warmed up")
 async def readyz(request: Request):
     state = app_state(request)
     if not state.ready:
-        return error_response(503, "not_ready", state.not_ready_message, {"Retry-After": "1"})
-    return {"status": "ready", "model": state.model_ref()}
+        return error_response(503, "not_ready", state.not_ready_message(), {"Retry-After": "1"})
+    return {"status": "ready", "model": state.resolve().ref}
 
 
-@router.get("/v1/model", response_model=ModelCard, responses=error_responses(503),
-            summary="The model card: shapes, latent size, likelihood, preprocessing, metrics")
+@router.get("/v1/models", response_model=ModelList, summary="The models and versions being served")
+async def model_list(request: Request) -> dict:
+    state = app_state(request)
+    return {"models": [{"name": name, "versions": versions, "default_version": versions[-1],
+                        "default": name == state.default_model}
+                       for name, versions in sorted(state.registry.served().items())]}
+
+
 async def model_card(request: Request) -> dict:
     state = app_state(request)
-    manifest = state.require_engine().model.manifest
+    served = state.resolve(request.path_params.get("name"), request.path_params.get("version"))
+    manifest = served.engine.model.manifest
     s = state.settings
     return {
-        "model": state.model_ref(),
+        "model": served.ref,
         "input": manifest.input.model_dump(),
         "latent_dim": manifest.latent_dim,
         "likelihood": manifest.likelihood.model_dump(),
@@ -44,8 +52,18 @@ async def model_card(request: Request) -> dict:
         "created": manifest.created,
         "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256},
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_image_pixels": s.max_image_pixels,
-                   "max_batch": s.max_batch, "max_k": s.max_k},
+                   "max_request_pixels": s.max_request_pixels, "max_batch": s.max_batch, "max_k": s.max_k},
     }
+
+
+router.add_api_route("/v1/model", model_card, methods=["GET"], response_model=ModelCard,
+                     responses=error_responses(503), summary="The default model's card: shapes, latent size, "
+                     "likelihood, preprocessing, metrics")
+for _path, _params in model_paths(""):
+    if _params:
+        router.add_api_route(_path, model_card, methods=["GET"], response_model=ModelCard,
+                             responses=error_responses(404, 503), openapi_extra={"parameters": list(_params)},
+                             summary="A model's card (its default version), or one version's")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

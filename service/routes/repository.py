@@ -12,13 +12,17 @@ import hmac
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.registry import LoadFailed, ModelNotFound
 from service.state import app_state
 
 router = APIRouter(tags=["model repository"])
+Name = Annotated[str, Path(description="model name: a directory of the repository")]
+Version = Annotated[str, Path(description="model version: a directory of the model's")]
 V2_ERROR = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"],
                                                         "properties": {"error": {"type": "string"}}}}}}
 CONTROL_ERRORS = {400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
@@ -78,7 +82,7 @@ async def repository_index(request: Request) -> Response:
 
 @router.post("/v2/repository/models/{name}/load", responses=CONTROL_ERRORS,
              summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
-async def repository_load(request: Request, name: str) -> Response:
+async def repository_load(request: Request, name: Name) -> Response:
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -96,7 +100,7 @@ async def repository_load(request: Request, name: str) -> Response:
 
 @router.post("/v2/repository/models/{name}/unload", responses=CONTROL_ERRORS,
              summary="Stop serving a model; requests already running finish on it")
-async def repository_unload(request: Request, name: str) -> Response:
+async def repository_unload(request: Request, name: Name) -> Response:
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -112,9 +116,17 @@ async def repository_unload(request: Request, name: str) -> Response:
 
 @router.get("/v2/models/{name}/ready", responses={400: V2_ERROR},
             summary="Per-model readiness: 200 when a version of the model is loaded and warmed up")
+async def model_ready(request: Request, name: Name) -> Response:
+    return _readiness(request, name, None)
+
+
 @router.get("/v2/models/{name}/versions/{version}/ready", responses={400: V2_ERROR},
             summary="Per-version readiness")
-async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+async def version_ready(request: Request, name: Name, version: Version) -> Response:
+    return _readiness(request, name, version)
+
+
+def _readiness(request: Request, name: str, version: str | None) -> Response:
     if app_state(request).registry.is_ready(name, version):
         return Response(status_code=200)
     which = f"model '{name}'" + (f" version '{version}'" if version else "")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 
-MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", REPO / "artifacts" / "fashion-mnist"))
+MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
 
 
 def free_port() -> int:
@@ -32,8 +32,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
-        environment = {**os.environ, "VAE_MODEL_DIR": str(MODEL_DIR), "VAE_HOST": "127.0.0.1",
-                       "VAE_PORT": str(self.port), **env}
+        source = {} if "VAE_MODEL_REPOSITORY" in env else {"VAE_MODEL_DIR": str(MODEL_DIR)}
+        environment = {**os.environ, **source, "VAE_HOST": "127.0.0.1", "VAE_PORT": str(self.port), **env}
         self._log_file = self.log_path.open("w")
         self.process = subprocess.Popen([sys.executable, "-m", "service.cli"], cwd=REPO, env=environment,
                                         stdout=self._log_file, stderr=subprocess.STDOUT)

@@ -153,7 +153,7 @@ def test_metrics_are_prometheus_text(http):
     text = http.get("/metrics").text
     assert 'vae_requests_total{method="GET",route="/sample",status="200"}' in text
     assert "vae_model_info{" in text and "vae_request_duration_seconds_bucket" in text
-    assert 'vae_images_processed_total{operation="sample"}' in text
+    assert 'vae_images_processed_total{model="fashion-mnist-vae",operation="sample",version="2.0.0"}' in text
 
 
 @pytest.fixture(scope="module")

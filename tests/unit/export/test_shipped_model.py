@@ -1,5 +1,5 @@
-"""The model shipped in artifacts/fashion-mnist/ loads, its manifest's hashes match the files, and
-its graphs reproduce the recorded per-image scores of real test images."""
+"""The model shipped in artifacts/fashion-mnist-vae/2.0.0/ loads, its manifest's hashes match the files,
+and its graphs reproduce the recorded per-image scores of real test images."""
 
 import json
 
@@ -13,7 +13,7 @@ from model.data import DataMissingError, fixed_test_set, load_dataset, sha256_fi
 from service.runtime import load_model_dir
 from tests.conftest import REPO
 
-SHIPPED = REPO / "artifacts" / "fashion-mnist"
+SHIPPED = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"
 
 
 def test_shipped_manifest_is_valid_and_its_hashes_match_the_files():

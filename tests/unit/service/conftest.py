@@ -1,11 +1,15 @@
+import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.app import create_app
+from service.app import create_app, start
+from service.registry import ModelSource, VersionPolicy
 from service.engine import Engine
 from service.settings import Settings
 from tests.unit.service.fakes import SHAPE, FakeVAE
@@ -23,13 +27,36 @@ def png_bytes(seed: int = 0, size=SHAPE[1:]) -> bytes:
     return buffer.getvalue()
 
 
-def build(fake=None, ready=True, **settings):
-    """An app with a fake model, made ready without running the lifespan."""
+def fake_repository(*fakes) -> dict[str, ModelSource]:
+    """A repository scan that finds each fake's name and version (the fake loader ignores the path)."""
+    sources: dict[str, ModelSource] = {}
+    for fake in fakes:
+        name, version = fake.manifest.name, fake.manifest.version
+        versions = {**(sources[name].versions if name in sources else {}), version: Path(f"/fake/{name}/{version}")}
+        sources[name] = ModelSource(name, versions, {}, VersionPolicy(all={}))
+    return sources
+
+
+def build(fake=None, ready=True, others=(), **settings):
+    """An app serving a fake model (and `others`), loaded without running the lifespan when `ready`."""
     fake = fake or FakeVAE()
-    app = create_app(Settings(**{"max_batch": 8, "max_k": 100, **settings}), loader=lambda s: fake)
+    by_path = {Path(f"/fake/{f.manifest.name}/{f.manifest.version}"): f for f in (fake, *others)}
+    app = create_app(Settings(**{"max_batch": 8, "max_k": 100, **settings}),
+                     load=lambda directory, _: Engine.from_model(by_path[directory]),
+                     scan=lambda: fake_repository(fake, *others))
     if ready:
-        app.state.vae.engine = Engine.from_model(fake)
+        run_to_completion(start(app.state.vae))
     return app, fake
+
+
+def run_to_completion(coroutine):
+    """Run a coroutine to its end from sync code, also when called inside a running loop (async tests)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def client_for(app) -> httpx.AsyncClient:

@@ -60,7 +60,8 @@ async def test_encode_route_gives_the_same_answer_with_micro_batching():
 
     plain, fake = build()
     batched, _ = build(fake, micro_batch=True)
-    batched.state.vae.batcher = Batcher(fake.encode, max_rows=8, max_wait_s=0.0)
+    served = batched.state.vae.resolve()
+    served.batcher = Batcher(fake.encode, max_rows=8, max_wait_s=0.0)
     headers = {"content-type": "image/png"}
     bodies = [png_bytes(i) for i in range(4)]
     started, all_started = [], asyncio.Event()
@@ -82,7 +83,7 @@ async def test_encode_route_gives_the_same_answer_with_micro_batching():
         result, wanted = response.json()["results"][0], want["results"][0]
         for key in ("mean", "logvar", "z"):  # the fake's numpy matmul rounds differently in a batch
             np.testing.assert_allclose(result[key], wanted[key], rtol=1e-5, atol=1e-6)
-    assert 1 <= batched.state.vae.batcher.calls < len(bodies)  # the batcher ran, and coalesced
+    assert 1 <= served.batcher.calls < len(bodies)  # the batcher ran, and coalesced
 
 
 @pytest.fixture

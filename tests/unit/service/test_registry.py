@@ -195,3 +195,13 @@ async def test_a_model_dir_is_a_repository_of_one_named_by_its_manifest(tmp_path
     registry = Registry(scan=lambda: single_model(directory), load_version=load)
     await registry.load_all()
     assert registry.served() == {"m": ["1.2.3"]}
+
+
+async def test_failed_tells_a_failure_from_an_unload(tmp_path):
+    add_version(tmp_path, "bad", "1.0.0", broken=True)
+    add_version(tmp_path, "good", "1.0.0")
+    registry = registry_for(tmp_path)
+    await registry.load_all()
+    assert registry.failed("bad") and not registry.failed("good") and not registry.failed("never-seen")
+    await registry.unload("good")
+    assert not registry.failed("good")

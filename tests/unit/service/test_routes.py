@@ -277,7 +277,8 @@ async def test_metrics_count_requests_by_route_and_status(client):
     text = (await client.get("/metrics")).text
     assert 'vae_requests_total{method="GET",route="/sample",status="200"} 1.0' in text
     assert 'vae_requests_total{method="GET",route="/sample",status="422"} 1.0' in text
-    assert "vae_request_duration_seconds_bucket" in text and 'vae_images_processed_total{operation="sample"} 2.0' in text
+    assert "vae_request_duration_seconds_bucket" in text
+    assert 'vae_images_processed_total{model="fake-vae",operation="sample",version="9.9.9"} 2.0' in text
     assert "vae_inference_duration_seconds" in text
 
 

@@ -3,14 +3,20 @@ import threading
 
 import pytest
 
+from service.engine import Engine
 from service.errors import ApiError
 from service.observability import Metrics
+from service.served import ServedModel
 from service.settings import Settings
-from service.state import AppState
+from tests.unit.service.fakes import FakeVAE
+
+
+def served_with(**settings) -> ServedModel:
+    return ServedModel.create(Engine.from_model(FakeVAE()), Settings(**settings), Metrics())
 
 
 def test_heavy_model_calls_run_on_at_most_inference_threads_threads():
-    state = AppState(settings=Settings(inference_threads=2, inline_cost=0), metrics=Metrics())
+    state = served_with(inference_threads=2, inline_cost=0)
     lock, running, peak, threads = threading.Lock(), [0], [0], set()
     pair = threading.Barrier(2, timeout=10)  # each call waits for a second one to run beside it
 
@@ -32,7 +38,7 @@ def test_heavy_model_calls_run_on_at_most_inference_threads_threads():
 
 
 def test_small_model_calls_run_inline_on_the_event_loop():
-    state = AppState(settings=Settings(inline_cost=64), metrics=Metrics())
+    state = served_with(inline_cost=64)
 
     async def run():
         return await state.run("encode", 1, threading.get_ident)
@@ -41,7 +47,7 @@ def test_small_model_calls_run_inline_on_the_event_loop():
 
 
 def test_past_max_in_flight_model_calls_are_refused_with_429_and_the_slot_comes_back():
-    state = AppState(settings=Settings(max_in_flight=1, inline_cost=0), metrics=Metrics())
+    state = served_with(max_in_flight=1, inline_cost=0)
     started, release = threading.Event(), threading.Event()
 
     def blocking():
@@ -60,12 +66,13 @@ def test_past_max_in_flight_model_calls_are_refused_with_429_and_the_slot_comes_
 
     refused, first, third = asyncio.run(run())
     assert (refused.status, refused.code, refused.headers) == (429, "overloaded", {"Retry-After": "1"})
+    assert "fake-vae 9.9.9" in refused.message
     assert (first, third, state.in_flight) == ("first", "third", 0)
     assert state.metrics.registry.get_sample_value("vae_requests_rejected_overload_total") == 1.0
 
 
 def test_a_failing_model_call_gives_its_slot_back():
-    state = AppState(settings=Settings(max_in_flight=1), metrics=Metrics())
+    state = served_with(max_in_flight=1)
 
     def fails():
         raise RuntimeError("boom")

@@ -1,0 +1,101 @@
+"""One served model version: its engine, with its own in-flight limit, worker threads and batcher.
+
+The registry (service/registry.py) holds these per model and version. A request resolves one and
+keeps it until it finishes, so a live swap never moves a running request to another version.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import anyio
+import numpy as np
+
+from service.batching import MicroBatcher
+from service.engine import Engine
+from service.errors import ApiError
+from service.observability import Metrics
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    engine: Engine
+    settings: Settings
+    metrics: Metrics
+    batcher: MicroBatcher | None = None
+    in_flight: int = 0  # model calls running or queued: the max_in_flight limit, per version
+    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+
+    @classmethod
+    def create(cls, engine: Engine, settings: Settings, metrics: Metrics) -> ServedModel:
+        manifest = engine.model.manifest
+        batcher = (MicroBatcher(engine.model.encode, max_rows=settings.max_batch,
+                                max_wait_s=settings.micro_batch_wait_ms / 1000) if settings.micro_batch else None)
+        return cls(manifest.name, manifest.version, engine, settings, metrics, batcher)
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """How every response names the model that produced it."""
+        return {"name": self.name, "version": self.version}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The same, for responses that are images."""
+        return {"X-Model-Name": self.name, "X-Model-Version": self.version}
+
+    def _admit(self) -> None:
+        """Take a model slot, or 429. Counted around the model work only, so a slow upload (its own
+        limit and deadline live in the observability middleware) never holds one."""
+        if self.in_flight >= self.settings.max_in_flight:
+            self.metrics.rejected.inc()
+            raise ApiError(429, "overloaded", f"more than {self.settings.max_in_flight} model calls in flight on "
+                           f"{self.name} {self.version}; retry shortly", headers={"Retry-After": "1"})
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.dec()
+
+    async def run(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run model work within the in-flight limit, and time it. Small work runs on the event loop:
+        the thread hop costs more than a few rows of onnxruntime. Larger work goes to one of
+        `inference_threads` worker threads (onnxruntime releases the GIL); the rest wait their turn,
+        so memory stays bounded under load."""
+        self._admit()
+        try:
+            began = time.perf_counter()
+            if rows <= self.settings.inline_cost:
+                result = fn(*args)
+            else:
+                if self.limiter is None:
+                    self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+                result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
+            return result
+        finally:
+            self._release()
+
+    async def encode(self, pixels: np.ndarray, sample: bool, seed: int):
+        """/encode's model call: through the micro-batcher when it is on. (Small model calls run inline
+        and never overlap, so "other calls in flight" cannot tell when to batch; with a wait of 0 the
+        batcher costs a lone request one event-loop iteration.)"""
+        engine = self.engine
+        if self.batcher is None:
+            return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
+        self._admit()
+        try:
+            began = time.perf_counter()
+            mean, logvar = await self.batcher.submit(pixels)
+            self.metrics.observe_inference(self.name, self.version, "encode", len(pixels),
+                                           time.perf_counter() - began)
+        finally:
+            self._release()
+        return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None
