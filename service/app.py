@@ -75,6 +75,9 @@ async def start(state: AppState) -> None:
         await state.registry.load_all()
         for name, versions in state.registry.served().items():
             log.info("serving %s %s", name, ", ".join(versions))
+        if state.default_model is not None and not state.ready:
+            log.error("default model %s not served, staying unready (the reason is logged above)",
+                      state.default_model)
     finally:
         state.started = True
 

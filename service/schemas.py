@@ -25,6 +25,12 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorBody(BaseModel):
+    """The open inference protocol's error shape, used by the /v2 routes (Triton's clients parse it)."""
+
+    error: str = Field(description="what was wrong, for a person")
+
+
 class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # The served document fits the rows and the example to the model's latent_dim (service/docs.py).

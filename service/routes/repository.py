@@ -12,19 +12,22 @@ import hmac
 from typing import Any
 
 import orjson
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.registry import LoadFailed, ModelNotFound
+from service.schemas import V2ErrorBody
 from service.state import app_state
 
 router = APIRouter(tags=["model repository"])
-Name = Annotated[str, Path(description="model name: a directory of the repository")]
-Version = Annotated[str, Path(description="model version: a directory of the model's")]
-V2_ERROR = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"],
-                                                        "properties": {"error": {"type": "string"}}}}}}
+# Path parameters read from request.path_params and documented here: declared in the signature, FastAPI
+# would document a 422 body these routes never send.
+NAME = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "model name: a directory of the repository"}]}
+VERSION = {"parameters": [*NAME["parameters"], {"name": "version", "in": "path", "required": True,
+                                                "schema": {"type": "string"},
+                                                "description": "model version: a directory of the model's"}]}
+V2_ERROR = {"model": V2ErrorBody}
 CONTROL_ERRORS = {400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
                   401: {**V2_ERROR, "description": "missing or wrong bearer token"},
                   403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
@@ -81,8 +84,10 @@ async def repository_index(request: Request) -> Response:
 
 
 @router.post("/v2/repository/models/{name}/load", responses=CONTROL_ERRORS,
+             openapi_extra=NAME,
              summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
-async def repository_load(request: Request, name: Name) -> Response:
+async def repository_load(request: Request) -> Response:
+    name = request.path_params["name"]
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -99,8 +104,9 @@ async def repository_load(request: Request, name: Name) -> Response:
 
 
 @router.post("/v2/repository/models/{name}/unload", responses=CONTROL_ERRORS,
-             summary="Stop serving a model; requests already running finish on it")
-async def repository_unload(request: Request, name: Name) -> Response:
+             openapi_extra=NAME, summary="Stop serving a model; requests already running finish on it")
+async def repository_unload(request: Request) -> Response:
+    name = request.path_params["name"]
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -114,16 +120,17 @@ async def repository_unload(request: Request, name: Name) -> Response:
     return JSONResponse({})
 
 
-@router.get("/v2/models/{name}/ready", responses={400: V2_ERROR},
+@router.get("/v2/models/{name}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+            openapi_extra=NAME,
             summary="Per-model readiness: 200 when a version of the model is loaded and warmed up")
-async def model_ready(request: Request, name: Name) -> Response:
-    return _readiness(request, name, None)
+async def model_ready(request: Request) -> Response:
+    return _readiness(request, request.path_params["name"], None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", responses={400: V2_ERROR},
-            summary="Per-version readiness")
-async def version_ready(request: Request, name: Name, version: Version) -> Response:
-    return _readiness(request, name, version)
+@router.get("/v2/models/{name}/versions/{version}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+            openapi_extra=VERSION, summary="Per-version readiness")
+async def version_ready(request: Request) -> Response:
+    return _readiness(request, request.path_params["name"], request.path_params["version"])
 
 
 def _readiness(request: Request, name: str, version: str | None) -> Response:

@@ -19,6 +19,14 @@ from tests.conftest import REPO
 MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
 
 
+def poll(condition, what: str, timeout: float = 30) -> None:
+    """Wait until `condition()` holds, checking every 0.1 s; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

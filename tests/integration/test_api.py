@@ -174,17 +174,22 @@ def validate(document: dict, schema: dict, spec: dict) -> None:
 def test_every_route_is_documented_with_its_errors(spec):
     assert {"/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/healthz", "/readyz", "/v1/model",
             "/metrics"} <= set(spec["paths"])
-    model_routes = {"/encode", "/decode", "/sample", "/elbo", "/reconstruct"}
-    image_routes = {"/encode", "/elbo", "/reconstruct"}
+    operations_ = ("/encode", "/decode", "/sample", "/elbo", "/reconstruct")
+    prefixes = ("", "/v1/models/{name}", "/v1/models/{name}/versions/{version}")
+    model_routes = {prefix + op for prefix in prefixes for op in operations_}
+    image_routes = {prefix + op for prefix in prefixes for op in ("/encode", "/elbo", "/reconstruct")}
+    assert model_routes <= set(spec["paths"])
     for path, method, operation in operations(spec):
         statuses = set(operation["responses"])
         expected = {"422", "429", "503"} if path in model_routes else set()
         expected |= {"400", "413", "415"} if path in image_routes else set()
         expected |= {"503"} if path in {"/readyz", "/v1/model"} else set()
+        expected |= {"404"} if path.startswith("/v1/models/{name}") else set()
         assert expected <= statuses, f"{method} {path} documents {sorted(statuses)}"
+        error_body = "V2ErrorBody" if path.startswith("/v2/") else "ErrorBody"
         for status in statuses - {"200"}:
             schema = operation["responses"][status]["content"]["application/json"]["schema"]
-            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, f"{method} {path} {status}"
+            assert schema == {"$ref": f"#/components/schemas/{error_body}"}, f"{method} {path} {status}"
         assert operation.get("summary"), f"{method} {path} has no summary"
         for parameter in operation.get("parameters", []):
             assert parameter["description"], f"{method} {path} {parameter['name']} has no description"

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 
 from model.preprocess import PreprocessContract, bytes_to_array
-from tests.integration.conftest import MODEL_DIR, Server, png
+from tests.integration.conftest import MODEL_DIR, Server, png, poll
 
 PNG = {"content-type": "image/png"}
 
@@ -86,10 +86,7 @@ def test_a_tampered_graph_keeps_the_server_unready_with_a_clear_log_line(tmp_pat
         encode = httpx.post(f"{server.url}/encode", content=b"x", headers=PNG)
         assert encode.status_code == 503
         assert "SHA-256" not in response.text  # the reason goes to the log, not to clients
-        for _ in range(50):
-            if "SHA-256" in server.log():
-                break
-            asyncio.run(asyncio.sleep(0.1))
-        assert "model not served, staying unready" in server.log() and "encoder.onnx: SHA-256" in server.log()
+        poll(lambda: "staying unready" in server.log(), "the load failure is logged", timeout=10)
+        assert "not served, staying unready" in server.log() and "encoder.onnx: SHA-256" in server.log()
     finally:
         server.stop()
