@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from bench.run import RESULTS, machine
-from model import scoring
+from model.core import scoring
 from model.data import fixed_test_set, load_dataset
-from service.runtime import load_model_dir
+from model.core.artifact import load_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,12 +21,12 @@ import torch
 
 from export import parity
 from export.exporter import OPSET, export_vae, io_shapes
-from export.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
+from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
 from model import checkpoint
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset, sha256_file
-from model.preprocess import PreprocessContract
+from model.core.preprocess import PreprocessContract
 from model.vae import VAE, decoder_output_names
-from service.runtime import ModelLoadError, load_model_dir, open_graphs
+from model.core.artifact import ModelLoadError, load_model_dir, open_graphs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import ImageMode
 
 from model.idx import read_idx
-from model.preprocess import (ImageDecodeError, ImageTooLargeError, PreprocessContract, image_to_array, open_image,
+from model.core.preprocess import (ImageDecodeError, ImageTooLargeError, PreprocessContract, image_to_array, open_image,
                               to_data_space)
 
 logger = logging.getLogger(__name__)
@@ -230,5 +230,5 @@ def fixed_test_set(images: np.ndarray, likelihood: str, seed: int) -> np.ndarray
     fixed seed, so every evaluation sees the same bits: the literature's fixed binarised test set.
     One draw over the whole (N, C, H, W) array, so a prefix of the set gets the bits it has in the
     whole. Images scored as a user's own (`/elbo`, `vae-eval --images-dir`) are drawn one by one,
-    keyed by their content, with `model.preprocess.images_to_data_space`."""
+    keyed by their content, with `model.core.preprocess.images_to_data_space`."""
     return to_data_space(images, likelihood, np.random.default_rng(seed))

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import checkpoint, figures, scoring
+from model import checkpoint, figures
+from model.core import scoring
 from model.data import (DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder,
                         sha256_file)
-from model.preprocess import PreprocessContract, images_to_data_space
+from model.core.preprocess import PreprocessContract, images_to_data_space
 from model.torch_backend import TorchBackend
 
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     backend: scoring.Backend = TorchBackend(model)
     scored_with: dict[str, Any] = {"backend": "torch"}
     if args.onnx_dir:
-        from service.runtime import load_model_dir
+        from model.core.artifact import load_model_dir
 
         onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
         if onnx_model.manifest.source_checkpoint.sha256 != sha256_file(args.checkpoint):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from model import checkpoint, losses
 from model.config import ModelConfig, TrainConfig
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
-from model.preprocess import PreprocessContract
+from model.core.preprocess import PreprocessContract
 from model.vae import VAE
 
 

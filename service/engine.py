@@ -1,7 +1,7 @@
 """What the routes ask of the model, as plain numpy functions over the ONNX graphs.
 
 Randomness lives here, never in the graphs: every draw comes from a stream seeded by the request's
-seed and the image's content (`model.preprocess.image_stream`), the same streams as `vae-eval`, so
+seed and the image's content (`model.core.preprocess.image_stream`), the same streams as `vae-eval`, so
 an image's numbers do not depend on the other images in the request or on its position.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import distributions as dist
-from model import scoring
-from model.preprocess import PreprocessContract, image_stream, images_to_data_space
-from service.runtime import OnnxVAE
+from model.core import distributions as dist
+from model.core import scoring
+from model.core.preprocess import PreprocessContract, image_stream, images_to_data_space
+from model.core.artifact import OnnxVAE
 
 
 @dataclass(frozen=True)

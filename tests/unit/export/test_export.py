@@ -13,13 +13,13 @@ import pytest
 from export import parity
 from export.cli import main as export_main
 from export.cli import move_into_place
-from export.manifest import SCHEMA_PATH, Manifest, json_schema
+from model.core.manifest import SCHEMA_PATH, Manifest, json_schema
 from model import data as data_module
 from model.config import ModelConfig, TrainConfig
 from model.data import sha256_file
 from model.evaluate import main as eval_main
 from model.train import train
-from service.runtime import ModelIntegrityError, ModelLoadError, load_model_dir
+from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from tests.conftest import write_tiny_idx_dataset
 
 MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))

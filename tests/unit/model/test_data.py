@@ -8,7 +8,7 @@ from PIL import Image
 
 from model.data import (DATASETS, DataChecksumError, DataFormatError, DataMissingError, load_dataset,
                         load_idx_dataset, load_image_folder, resolve_data_dir)
-from model.preprocess import PreprocessContract, bytes_to_array
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from tests.conftest import write_png_folder, write_tiny_idx_dataset
 
 

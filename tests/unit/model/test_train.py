@@ -160,7 +160,7 @@ def test_an_idx_data_set_refuses_a_size_it_does_not_have(tmp_path, monkeypatch, 
 
 
 def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset, tmp_path):
-    from model import scoring
+    from model.core import scoring
     from model.data import fixed_test_set
     from model.torch_backend import TorchBackend
 

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from export.manifest import FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
-from model.preprocess import PreprocessContract
+from model.core.manifest import FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
+from model.core.preprocess import PreprocessContract
 
 SHAPE = (1, 8, 8)
 LATENT = 4

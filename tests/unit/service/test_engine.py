@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from model.preprocess import image_stream, images_to_data_space
+from model.core.preprocess import image_stream, images_to_data_space
 from service.engine import Engine
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import scoring
-from model.preprocess import bytes_to_array, images_to_data_space
+from model.core import scoring
+from model.core.preprocess import bytes_to_array, images_to_data_space
 from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 
@@ -39,7 +39,7 @@ async def test_encode_returns_the_models_posterior_for_the_pixels(client, app_an
 
 
 def fake_contract():
-    from model.preprocess import PreprocessContract
+    from model.core.preprocess import PreprocessContract
 
     return PreprocessContract(input_shape=SHAPE)
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model import distributions as dist
+from model.core import distributions as dist
 
 
 class Likelihood(ABC):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import likelihoods
-from model.likelihoods import LIKELIHOODS
+from model.core import likelihoods
+from model.core.likelihoods import LIKELIHOODS
 from tests.conftest import REPO
 
 
@@ -82,6 +82,6 @@ def test_an_unknown_likelihood_names_the_known_ones():
 
 
 def test_importing_the_likelihoods_does_not_import_torch():
-    code = "import sys, model.likelihoods; print('torch' in sys.modules)"
+    code = "import sys, model.core.likelihoods; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

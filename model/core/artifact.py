@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from export.manifest import GraphInfo, Manifest, parity_problem
+from model.core.manifest import GraphInfo, Manifest, parity_problem
 
 
 class ModelLoadError(RuntimeError):
@@ -27,7 +27,7 @@ class ModelIntegrityError(ModelLoadError):
 
 @dataclass(frozen=True)
 class OnnxVAE:
-    """The two graphs as a `model.scoring.Backend`: numpy in, numpy out."""
+    """The two graphs as a `model.core.scoring.Backend`: numpy in, numpy out."""
 
     manifest: Manifest
     encoder: ort.InferenceSession

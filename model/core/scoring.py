@@ -1,7 +1,7 @@
 """Per-image ELBO and IWAE scores from any encode/decode backend, with seeded noise.
 
 `vae-eval` runs it over torch; the service runs it over onnxruntime. Both draw noise the same
-way, from one stream per image, `model.preprocess.image_stream(seed, x)`, keyed by the seed and
+way, from one stream per image, `model.core.preprocess.image_stream(seed, x)`, keyed by the seed and
 the image's content (never its position in the set or the request). The ELBO's single sample
 comes first from that stream, then the k importance samples, in chunks. So an image scores the
 same alone, in any batch, at any position, and on both sides.
@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from model import distributions as dist
-from model.preprocess import image_stream
+from model.core import distributions as dist
+from model.core.preprocess import image_stream
 
 
 class Backend(Protocol):

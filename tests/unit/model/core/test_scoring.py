@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from model import scoring
-from model.preprocess import image_stream
+from model.core import scoring
+from model.core.preprocess import image_stream
 
 W = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # orthogonal columns: the exact posterior is diagonal
 B = np.array([0.1, -0.2, 0.3])

@@ -1,6 +1,6 @@
 """The model card written beside the graphs, as a pydantic model (torch-free: the service reads it).
 
-`manifest.schema.json` is generated from `Manifest` (`python -m export.manifest`).
+`manifest.schema.json` is generated from `Manifest` (`python -m model.core.manifest`).
 """
 
 from __future__ import annotations

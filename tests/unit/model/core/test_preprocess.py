@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
+from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
                               array_to_png, binarize, bytes_to_array, dequantize, jpeg_scan_count, make_grid,
                               webp_size)
 from tests.hostile_images import many_frame_gif, many_page_tiff, progressive_jpeg_bomb

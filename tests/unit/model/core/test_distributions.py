@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import distributions as dist
+from model.core import distributions as dist
 from model import losses
 
 
