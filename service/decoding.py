@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                              image_to_array, open_image)
+                                   image_to_array, open_image)
 from service.errors import ApiError
 
 try:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.core.likelihoods import LIKELIHOODS
+
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -41,7 +43,7 @@ class InputSpec(_Strict):
 
 
 class LikelihoodSpec(_Strict):
-    name: Literal["bernoulli", "gaussian"]
+    name: Literal[tuple(LIKELIHOODS)]  # type: ignore[valid-type]  # the schema's enum is the registry's names
     outputs: list[str] = Field(description="decoder outputs, in order")
     parameters: dict[str, Any] = Field(default_factory=dict)
     data_space: str

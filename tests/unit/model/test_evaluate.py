@@ -9,7 +9,8 @@ from model.core import scoring
 from model.config import ModelConfig, TrainConfig
 from model.data import read_image_folder
 from model.evaluate import main
-from model.core.preprocess import PreprocessContract, array_to_png, images_to_data_space
+from model.core.likelihoods import LIKELIHOODS
+from model.core.preprocess import PreprocessContract, array_to_png
 from model.torch_backend import TorchBackend
 from model.train import train
 
@@ -41,7 +42,8 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
     model, _ = checkpoint.load_model(tmp_path / "best.pt")
     pixels, _ = read_image_folder(images, PreprocessContract(input_shape=MODEL.input_shape))
     order = np.array([4, 1, 5, 0, 3, 2])
-    direct = scoring.score(TorchBackend(model), "bernoulli", images_to_data_space(pixels[order], "bernoulli", 0),
+    bernoulli = LIKELIHOODS["bernoulli"]
+    direct = scoring.score(TorchBackend(model), bernoulli, bernoulli.images_to_data_space(pixels[order], 0),
                            seed=3, k=50)
     stored = np.load(tmp_path / "report" / "scores.npz")
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
