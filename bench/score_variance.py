@@ -19,8 +19,8 @@ import numpy as np
 
 from bench.run import RESULTS, machine
 from model.core import scoring
-from model.data import fixed_test_set, load_dataset
 from model.core.artifact import load_model_dir
+from model.data import fixed_test_set, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 

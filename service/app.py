@@ -12,13 +12,13 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors
 from service.batching import MicroBatcher
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.routes import images, latents, ops
-from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir
 from service.settings import Settings, load_settings, unknown_variables
 from service.state import AppState
 

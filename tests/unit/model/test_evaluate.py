@@ -5,12 +5,12 @@ import json
 import numpy as np
 
 from model import checkpoint
-from model.core import scoring
 from model.config import ModelConfig, TrainConfig
-from model.data import read_image_folder
-from model.evaluate import main
+from model.core import scoring
 from model.core.likelihoods import LIKELIHOODS
 from model.core.preprocess import PreprocessContract, array_to_png
+from model.data import read_image_folder
+from model.evaluate import main
 from model.torch_backend import TorchBackend
 from model.train import train
 
