@@ -3,9 +3,10 @@
 A `Likelihood` holds its decoder's output names; its log-probability in numpy (evaluation and
 serving) and its torch twin (training; torch is imported only when the twin is called, so this
 module stays torch-free for the service); how [0, 1] pixels become its data space, in numpy and in
-torch; the pixel mean E[x | z] that a person looks at; the offset that turns a continuous density
-into the probability of an 8-bit image; and how the manifest describes it. Adding a likelihood is
-one subclass here plus its tests.
+torch; how the torch decoder's last layer becomes its parameters; the pixel mean E[x | z] that a
+person looks at; the offset that turns a continuous density into the probability of an 8-bit image;
+and how the manifest and the responses describe it. Adding a likelihood is one subclass here plus
+its tests: the config, the CLI and the manifest schema take their names from `LIKELIHOODS`.
 """
 
 from __future__ import annotations

@@ -9,9 +9,7 @@ import pytest
 
 from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from model.core.likelihoods import LIKELIHOODS
-from tests.conftest import REPO
-
-SHIPPED = REPO / "artifacts" / "fashion-mnist"
+from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
 SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx")
 
 
