@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from bench.run import test_pngs
-from model.preprocess import PreprocessContract, bytes_to_array
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from service.decoding import DecodeLimits, ImageDecoder
 
 ROUNDS = 5

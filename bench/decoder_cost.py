@@ -18,8 +18,8 @@ from bench.provenance import git_state
 from bench.run import RESULTS, machine
 from export.exporter import export_graph
 from model.config import ModelConfig
+from model.core.artifact import session_options
 from model.vae import Decoder
-from service.runtime import session_options
 
 import onnxruntime as ort  # noqa: E402
 

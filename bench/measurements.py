@@ -22,9 +22,9 @@ def memory(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
 
 def in_process(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
     """The compute limit: onnxruntime alone, plus PNG decoding and response serialisation."""
-    from model.preprocess import PreprocessContract, bytes_to_array
+    from model.core.artifact import load_model_dir
+    from model.core.preprocess import PreprocessContract, bytes_to_array
     from service.responses import json_response
-    from service.runtime import load_model_dir
 
     pngs = bench.pngs
     model = load_model_dir(MODEL_DIR, threads=1)

@@ -62,7 +62,7 @@ def _wrk_version() -> str:
 
 def test_pngs(count: int) -> list[bytes]:
     """Real Fashion-MNIST test images when the data is installed, else seeded noise."""
-    from model.preprocess import array_to_png
+    from model.core.preprocess import array_to_png
 
     try:
         from model.data import load_dataset

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from bench.run import RESULTS, machine
-from model import scoring
+from model.core import scoring
+from model.core.artifact import load_model_dir
 from model.data import fixed_test_set, load_dataset
-from service.runtime import load_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"name": model.manifest.name, "version": model.manifest.version,
                   "encoder_sha256": model.manifest.encoder.sha256, "decoder_sha256": model.manifest.decoder.sha256},
         "test_images": list(range(args.images)),
-        "test_set": f"{model.likelihood} data space, fixed once with seed {seed}",
+        "test_set": f"{model.likelihood.name} data space, fixed once with seed {seed}",
         "seeds": list(range(args.seeds)),
         "nats": {"elbo": spread(elbo), **{f"iwae_k{k}": spread(values) for k, values in iwae.items()}},
         "seconds": time.perf_counter() - began,

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from model.preprocess import array_to_png
+from model.core.preprocess import array_to_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist-vae" / "2.0.0"

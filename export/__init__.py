@@ -1,1 +1,2 @@
-"""Checkpoint -> ONNX encoder and decoder graphs + manifest. Only `export.manifest` is torch-free."""
+"""Checkpoint -> ONNX encoder and decoder graphs + manifest. The manifest's format and the graphs'
+reader are in `model.core` (torch-free), which the service reads them with."""

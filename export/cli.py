@@ -21,12 +21,12 @@ import torch
 
 from export import parity
 from export.exporter import OPSET, export_vae, io_shapes
-from export.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
 from model import checkpoint
+from model.core.artifact import ModelLoadError, load_model_dir, open_graphs
+from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
+from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset, sha256_file
-from model.preprocess import PreprocessContract
-from model.vae import VAE, decoder_output_names
-from service.runtime import ModelLoadError, load_model_dir, open_graphs
+from model.vae import VAE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,17 +60,14 @@ def versions() -> dict[str, str]:
 
 
 def likelihood_spec(model: VAE) -> LikelihoodSpec:
-    config = model.config
-    if config.likelihood == "bernoulli":
-        return LikelihoodSpec(name="bernoulli", outputs=["logits"], parameters={},
-                              data_space="binary pixels: x ~ Bernoulli(pixel), dynamically re-drawn in training")
-    log_scale = model.decoder.log_sigma.detach()
-    return LikelihoodSpec(name="gaussian", outputs=["mean", "log_scale"],
-                          parameters={"scale": config.gaussian_scale,
-                                      "sigma_mean": float(log_scale.exp().mean()),
-                                      "sigma_min": float(log_scale.exp().min())},
-                          data_space="dequantised 8-bit pixels: (round(255 * pixel) + u) / 256, u ~ U(0, 1); "
-                          "densities reported as 8-bit probabilities (bin 1/256)")
+    likelihood = model.decoder.likelihood
+    parameters: dict[str, Any] = {}
+    if model.decoder.log_sigma is not None:  # a learned scale: record what it learned
+        sigma = model.decoder.log_sigma.detach().exp()
+        parameters = {"scale": model.config.gaussian_scale, "sigma_mean": float(sigma.mean()),
+                      "sigma_min": float(sigma.min())}
+    return LikelihoodSpec(name=likelihood.name, outputs=list(likelihood.outputs), parameters=parameters,
+                          data_space=likelihood.data_space)
 
 
 def quantize_int8(out_dir: Path) -> Int8Variant:
@@ -169,9 +166,10 @@ def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload:
     # Parity through the sessions the service builds (which also check the graphs' hashes).
     backend = open_graphs(directory, manifest, threads=args.threads)
     rng = np.random.default_rng(0)
-    images = fixed_test_set(data.test[: args.parity_count], config.likelihood, train_config["test_binarize_seed"])
+    images = fixed_test_set(data.test[: args.parity_count], model.decoder.likelihood,
+                            train_config["test_binarize_seed"])
     latents = rng.standard_normal((args.parity_count, config.latent_dim), dtype=np.float32)
-    names = [f"encoder.{n}" for n in ("mean", "logvar")] + [f"decoder.{n}" for n in decoder_output_names(config)]
+    names = [f"encoder.{n}" for n in ("mean", "logvar")] + [f"decoder.{n}" for n in model.decoder.likelihood.outputs]
     diffs = parity.max_abs_diff(backend, model, images, latents, names)
     consistency = parity.batch_consistency(backend, images[:256], latents[:256])
     print(f"parity max |onnx - torch| = {max(diffs.values()):.2e} over {len(images)} images and {len(latents)} "

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from model.vae import VAE, decoder_output_names
+from model.vae import VAE
 
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
 
@@ -43,7 +43,7 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
     return {
         "encoder": export_graph(model.encoder, example_image, "image", ("mean", "logvar"),
                                 out_dir / "encoder.onnx", {**metadata, "graph": "encoder"}),
-        "decoder": export_graph(model.decoder, example_z, "z", decoder_output_names(config),
+        "decoder": export_graph(model.decoder, example_z, "z", model.decoder.likelihood.outputs,
                                 out_dir / "decoder.onnx", {**metadata, "graph": "decoder"}),
     }
 

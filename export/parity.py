@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from export.manifest import beyond_tolerance
+from model.core.manifest import beyond_tolerance
 from model.vae import VAE
 
 TOLERANCE = 1e-4

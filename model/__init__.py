@@ -1,8 +1,8 @@
-"""Training side of vae-service: configs, data, the VAE, its loss, and the CLIs.
+"""Training side of vae-service: configs, data, the VAE, its loss, and the CLIs, over `model.core`.
 
-Importing this package must stay cheap and torch-free: the service imports
-`model.preprocess` (numpy + Pillow only). Torch is imported by the submodules
-that need it (`model.vae`, `model.losses`, `model.train`, ...).
+Importing this package must stay cheap and torch-free: the service imports `model.core`
+(numpy, Pillow, pydantic and onnxruntime only). Torch is imported by the submodules that need
+it (`model.vae`, `model.losses`, `model.train`, ...).
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from model.core.likelihoods import LIKELIHOODS
+
 Arch = Literal["conv", "mlp"]
-Likelihood = Literal["bernoulli", "gaussian"]
 GaussianScale = Literal["shared", "per_pixel"]
 
 
@@ -37,7 +38,7 @@ class ModelConfig:
     # (each doubles H and W); empty = mirror the encoder's conv_channels
     decoder_channels: tuple[int, ...] = (32, 16)
     hidden: tuple[int, ...] = (512, 512)  # dense layers (encoder head and decoder)
-    likelihood: Likelihood = "bernoulli"
+    likelihood: str = "bernoulli"  # a name in model.core.likelihoods.LIKELIHOODS
     gaussian_scale: GaussianScale = "shared"  # one learned sigma, or one per pixel
     logvar_min: float = -12.0  # encoder log-variance is clamped to a numerically safe range
     logvar_max: float = 8.0
@@ -45,10 +46,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.arch in ("conv", "mlp"), f"arch must be 'conv' or 'mlp', not {self.arch!r}")
         _check(self.decoder in ("conv", "mlp"), f"decoder must be 'conv' or 'mlp', not {self.decoder!r}")
-        _check(
-            self.likelihood in ("bernoulli", "gaussian"),
-            f"likelihood must be 'bernoulli' or 'gaussian', not {self.likelihood!r}",
-        )
+        _check(self.likelihood in LIKELIHOODS,
+               f"likelihood must be one of {', '.join(sorted(LIKELIHOODS))}, not {self.likelihood!r}")
         _check(
             self.gaussian_scale in ("shared", "per_pixel"),
             f"gaussian_scale must be 'shared' or 'per_pixel', not {self.gaussian_scale!r}",

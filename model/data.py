@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import ImageMode
 
+from model.core.likelihoods import Likelihood
+from model.core.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessContract, image_to_array, open_image
 from model.idx import read_idx
-from model.preprocess import (ImageDecodeError, ImageTooLargeError, PreprocessContract, image_to_array, open_image,
-                              to_data_space)
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +225,10 @@ def _images(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.float32) / 255.0)[:, None, :, :]
 
 
-def fixed_test_set(images: np.ndarray, likelihood: str, seed: int) -> np.ndarray:
+def fixed_test_set(images: np.ndarray, likelihood: Likelihood, seed: int) -> np.ndarray:
     """The evaluation test set in the likelihood's data space, binarised (or dequantised) once with a
     fixed seed, so every evaluation sees the same bits: the literature's fixed binarised test set.
     One draw over the whole (N, C, H, W) array, so a prefix of the set gets the bits it has in the
     whole. Images scored as a user's own (`/elbo`, `vae-eval --images-dir`) are drawn one by one,
-    keyed by their content, with `model.preprocess.images_to_data_space`."""
-    return to_data_space(images, likelihood, np.random.default_rng(seed))
+    keyed by their content, with `Likelihood.images_to_data_space`."""
+    return likelihood.to_data_space(images, np.random.default_rng(seed))

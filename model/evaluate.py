@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import checkpoint, figures, scoring
+from model import checkpoint, figures
+from model.core import likelihoods, scoring
+from model.core.likelihoods import Likelihood
+from model.core.preprocess import PreprocessContract
 from model.data import (DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder,
                         sha256_file)
-from model.preprocess import PreprocessContract, images_to_data_space
 from model.torch_backend import TorchBackend
 
 
@@ -42,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate(backend: scoring.Backend, likelihood: str, x: np.ndarray, seed: int, k: int, batch_size: int,
+def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int, batch_size: int,
              progress: bool = True) -> scoring.Scores:
     """Score every image; each image's noise stream is keyed by the seed and its content, so the
     batching does not change the numbers."""
@@ -54,20 +56,20 @@ def evaluate(backend: scoring.Backend, likelihood: str, x: np.ndarray, seed: int
                           log_likelihood=cat("log_likelihood") if k > 1 else None, k=k, dims=parts[0].dims)
 
 
-def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: str, pixels: np.ndarray,
+def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: Likelihood, pixels: np.ndarray,
                  data_x: np.ndarray, labels: np.ndarray | None, report: Path, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     latent_dim = payload["model_config"]["latent_dim"]
     out: dict[str, Any] = {}
     z = rng.standard_normal((64, latent_dim), dtype=np.float32)
-    out["samples"] = figures.samples(scoring.pixel_means(likelihood, backend.decode(z)), report / "samples.png",
+    out["samples"] = figures.samples(likelihood.pixel_mean(backend.decode(z)), report / "samples.png",
                                      seed=seed, temperature=1.0)
     all_mean, all_logvar = backend.encode(data_x)  # (N, D) each: once, for every figure below
     indices = list(range(min(16, len(pixels))))
     mean = all_mean[indices]
     params = backend.decode(mean)
-    recon_ll = scoring.log_likelihood(likelihood, data_x[indices].reshape(len(indices), -1), params)
-    out["reconstructions"] = figures.reconstructions(pixels[indices], scoring.pixel_means(likelihood, params),
+    recon_ll = likelihood.log_prob_8bit(data_x[indices].reshape(len(indices), -1), params)
+    out["reconstructions"] = figures.reconstructions(pixels[indices], likelihood.pixel_mean(params),
                                                      recon_ll, indices, report / "reconstructions.png")
     kl_per_dim = 0.5 * (all_mean ** 2 + np.exp(all_logvar) - 1 - all_logvar).mean(axis=0)  # (D,)
     dims = [int(d) for d in np.argsort(-kl_per_dim)[:8]]
@@ -75,7 +77,7 @@ def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: 
     rows = np.repeat(mean[:1], len(dims) * len(values), axis=0)
     for r, d in enumerate(dims):
         rows[r * len(values):(r + 1) * len(values), d] = values
-    out["traversals"] = figures.traversals(scoring.pixel_means(likelihood, backend.decode(rows)), dims, values,
+    out["traversals"] = figures.traversals(likelihood.pixel_mean(backend.decode(rows)), dims, values,
                                            [float(kl_per_dim[d]) for d in dims], report / "traversals.png")
     out["latent_map"] = figures.latent_map(all_mean, labels, report / "latent_map.png")
     out["learning_curves"] = figures.learning_curves(payload["metrics"], report / "learning_curves.png")
@@ -106,16 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         pixels = pixels[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
     binarize_seed = train_config["test_binarize_seed"]
+    likelihood = likelihoods.get(config.likelihood)
     if args.images_dir:  # image by image, as /elbo does, so both agree on any images in any order
-        data_x = images_to_data_space(pixels, config.likelihood, binarize_seed)
-        test_set = f"{config.likelihood} data space, each image drawn from seed {binarize_seed} and its content"
+        data_x = likelihood.images_to_data_space(pixels, binarize_seed)
+        test_set = f"{likelihood.name} data space, each image drawn from seed {binarize_seed} and its content"
     else:  # the literature's fixed test set: binarised once, as a whole
-        data_x = fixed_test_set(pixels, config.likelihood, binarize_seed)
-        test_set = f"{config.likelihood} data space, fixed once with seed {binarize_seed}"
+        data_x = fixed_test_set(pixels, likelihood, binarize_seed)
+        test_set = f"{likelihood.name} data space, fixed once with seed {binarize_seed}"
     backend: scoring.Backend = TorchBackend(model)
     scored_with: dict[str, Any] = {"backend": "torch"}
     if args.onnx_dir:
-        from service.runtime import load_model_dir
+        from model.core.artifact import load_model_dir
 
         onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
         if onnx_model.manifest.source_checkpoint.sha256 != sha256_file(args.checkpoint):
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         scored_with = {"backend": "onnxruntime", "encoder_sha256": onnx_model.manifest.encoder.sha256,
                        "decoder_sha256": onnx_model.manifest.decoder.sha256}
     began = time.perf_counter()
-    scores = evaluate(backend, config.likelihood, data_x, args.seed, args.k, args.batch_size,
+    scores = evaluate(backend, likelihood, data_x, args.seed, args.k, args.batch_size,
                       progress=not args.no_progress)
     seconds = time.perf_counter() - began
     summary = scoring.summarize(scores)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": ["vae-eval", *(argv if argv is not None else sys.argv[1:])],
     }
     if not args.no_figures:
-        result["figures"] = make_figures(backend, payload, config.likelihood, pixels, data_x, labels, report, args.seed)
+        result["figures"] = make_figures(backend, payload, likelihood, pixels, data_x, labels, report, args.seed)
     (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(report / "scores.npz", elbo=scores.elbo, reconstruction=scores.reconstruction,
                         kl=scores.kl, **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}))

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.preprocess import make_grid  # noqa: E402
+from model.core.preprocess import make_grid  # noqa: E402
 
 
 def _show_grid(images: np.ndarray, path: Path, title: str, columns: int) -> None:

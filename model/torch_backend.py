@@ -1,4 +1,4 @@
-"""A `model.scoring.Backend` over a torch VAE: numpy in, numpy out, no gradients."""
+"""A `model.core.scoring.Backend` over a torch VAE: numpy in, numpy out, no gradients."""
 
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from model import checkpoint, losses
 from model.config import ModelConfig, TrainConfig
+from model.core import likelihoods
+from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
-from model.preprocess import PreprocessContract
 from model.vae import VAE
 
 
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-channels", type=int, nargs="*", default=list(defaults_m.decoder_channels),
                    help="conv decoder: channels into each transposed conv, lowest resolution first "
                    "(default: mirror --conv-channels)")
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=defaults_m.likelihood)
+    p.add_argument("--likelihood", choices=sorted(likelihoods.LIKELIHOODS), default=defaults_m.likelihood)
     p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale)
     p.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"), default=None,
                    help="folder: resize images to H x W (one number: square; default "
@@ -133,15 +134,8 @@ def _terms(model: VAE, x: torch.Tensor, generator: torch.Generator, beta: float)
     mean, logvar = model.encode(x)  # (B, D), (B, D)
     eps = torch.randn(mean.shape, generator=generator)
     params = model.decode(losses.reparameterize(mean, logvar, eps))
-    log_px_z = losses.log_likelihood(model.config.likelihood, x, params)
+    log_px_z = likelihoods.get(model.config.likelihood).torch_log_prob(x, params)
     return losses.elbo_terms(log_px_z, losses.kl_standard_normal(mean, logvar), beta)
-
-
-def to_data_space(batch: torch.Tensor, likelihood: str, generator: torch.Generator) -> torch.Tensor:
-    """Dynamic binarisation (a fresh Bernoulli draw each time an image is seen) or dequantisation."""
-    if likelihood == "bernoulli":
-        return torch.bernoulli(batch, generator=generator)
-    return (torch.round(batch * 255.0) + torch.rand(batch.shape, generator=generator)) / 256.0
 
 
 class _Interrupt:
@@ -194,8 +188,8 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
     torch.manual_seed(config.seed)
     out.mkdir(parents=True, exist_ok=True)
     x_train = torch.from_numpy(data.train[: config.limit_train])
-    x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], model_config.likelihood,
-                                             config.test_binarize_seed))
+    likelihood = likelihoods.get(model_config.likelihood)
+    x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
     steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
 
     model = VAE(model_config)
@@ -249,7 +243,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
                           f"holds {kept}. Continue with --resume", file=sys.stderr)
                     raise SystemExit(130)
                 batch = x_train[order[step * config.batch_size:(step + 1) * config.batch_size]]
-                x = to_data_space(batch, model_config.likelihood, generator)
+                x = likelihood.torch_to_data_space(batch, generator)  # a fresh draw each time an image is seen
                 terms = _terms(model, x, generator, kl_weight(config, epoch, step, steps_per_epoch))
                 loss = -terms["objective"].mean()
                 optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,8 @@
 """The VAE: encoder q(z|x) -> (mean, logvar), decoder p(x|z) -> distribution parameters.
 
+The decoder's parameters, and their names (`Likelihood.outputs`), are its likelihood's
+(model/core/likelihoods.py); a learned log-scale, where the likelihood has one, lives here.
+
 Both halves are deterministic so they export to ONNX as they are; noise is drawn by the caller.
 """
 
@@ -11,10 +14,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
-
-
-def decoder_output_names(config: ModelConfig) -> tuple[str, ...]:
-    return ("logits",) if config.likelihood == "bernoulli" else ("mean", "log_scale")
+from model.core import likelihoods
 
 
 def _dense(widths: list[int]) -> list[nn.Module]:
@@ -63,16 +63,16 @@ class Decoder(nn.Module):
         else:
             self.body = nn.Sequential(*_dense(widths), nn.Linear(widths[-1], config.input_dim),
                                       nn.Unflatten(1, tuple(config.input_shape)))
-        if config.likelihood == "gaussian":
+        self.likelihood = likelihoods.get(config.likelihood)
+        if self.likelihood.learned_scale:
             scale_shape = (1, 1, 1, 1) if config.gaussian_scale == "shared" else (1, *config.input_shape)
             self.log_sigma = nn.Parameter(torch.full(scale_shape, math.log(0.1)))
+        else:
+            self.register_parameter("log_sigma", None)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.body(z)  # (B, C, H, W)
-        if self.config.likelihood == "bernoulli":
-            return (out,)  # logits
-        mean = torch.sigmoid(out)
-        return mean, self.log_sigma.expand_as(mean)  # output "log_scale"
+        return self.likelihood.torch_params(out, self.log_sigma)  # named by self.likelihood.outputs
 
 
 class VAE(nn.Module):

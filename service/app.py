@@ -13,13 +13,13 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from model.preprocess import array_to_png, bytes_to_array
+from model.core.artifact import load_model_dir
+from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import ModelSource, Registry, scan_repository, single_model
 from service.routes import images, latents, ops, repository
-from service.runtime import load_model_dir
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState

@@ -31,8 +31,8 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from model.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                              image_to_array, open_image)
+from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
+                                   image_to_array, open_image)
 from service.errors import ApiError
 
 try:

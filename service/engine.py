@@ -1,7 +1,7 @@
 """What the routes ask of the model, as plain numpy functions over the ONNX graphs.
 
 Randomness lives here, never in the graphs: every draw comes from a stream seeded by the request's
-seed and the image's content (`model.preprocess.image_stream`), the same streams as `vae-eval`, so
+seed and the image's content (`model.core.preprocess.image_stream`), the same streams as `vae-eval`, so
 an image's numbers do not depend on the other images in the request or on its position.
 """
 
@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import distributions as dist
-from model import scoring
-from model.preprocess import PreprocessContract, image_stream, images_to_data_space
-from service.runtime import OnnxVAE
+from model.core import distributions as dist
+from model.core import scoring
+from model.core.artifact import OnnxVAE
+from model.core.likelihoods import Likelihood
+from model.core.preprocess import PreprocessContract, image_stream
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Engine:
         return self.model.latent_dim
 
     @property
-    def likelihood(self) -> str:
+    def likelihood(self) -> Likelihood:
         return self.model.likelihood
 
     def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -51,7 +52,7 @@ class Engine:
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """(K, D) -> E[x | z] in [0, 1], (K, C, H, W)."""
-        return scoring.pixel_means(self.likelihood, self.model.decode(z))
+        return self.likelihood.pixel_mean(self.model.decode(z))
 
     def prior_latents(self, n: int, seed: int, temperature: float) -> np.ndarray:
         """z ~ N(0, t^2 I), (n, D)."""
@@ -66,12 +67,8 @@ class Engine:
     def score(self, pixels: np.ndarray, k: int, seed: int, binarize_seed: int) -> scoring.Scores:
         """Each image in the likelihood's data space with its own stream (binarize_seed, content), then
         ELBO and IWAE with streams (seed, content), as `vae-eval --images-dir` does."""
-        data = images_to_data_space(pixels, self.likelihood, binarize_seed)
+        data = self.likelihood.images_to_data_space(pixels, binarize_seed)
         return scoring.score(self.model, self.likelihood, data, seed, k=k)
 
     def data_space(self, binarize_seed: int) -> str:
-        if self.likelihood == "bernoulli":
-            return (f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {binarize_seed} and its own "
-                    "content (binary images are unchanged)")
-        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), each image drawn from seed "
-                f"{binarize_seed} and its own content; densities are reported as probabilities of the 8-bit image")
+        return self.likelihood.describe_draw(binarize_seed)

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 from fastapi.responses import Response
 
-from model.preprocess import array_to_png, make_grid
+from model.core.preprocess import array_to_png, make_grid
 
 
 def png_base64(pixels: np.ndarray) -> str:

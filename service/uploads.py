@@ -11,7 +11,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from model.preprocess import PreprocessContract
+from model.core.preprocess import PreprocessContract
 from service.decoding import ImageDecoder
 from service.errors import ApiError, bad_request, unprocessable
 

@@ -105,7 +105,7 @@ def card(http):
 @pytest.fixture(scope="session")
 def local_model():
     """The same graphs, loaded here, to compare the server's answers with direct onnxruntime output."""
-    from service.runtime import load_model_dir
+    from model.core.artifact import load_model_dir
 
     return load_model_dir(MODEL_DIR)
 
@@ -122,6 +122,6 @@ def test_images():
 
 
 def png(pixels: np.ndarray) -> bytes:
-    from model.preprocess import array_to_png
+    from model.core.preprocess import array_to_png
 
     return array_to_png(pixels)

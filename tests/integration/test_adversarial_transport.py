@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model.preprocess import PreprocessContract, bytes_to_array
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from tests.integration.conftest import Server, png
 
 BODY_TIMEOUT_S = 2.0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import bytes_to_array, PreprocessContract
+from model.core.preprocess import bytes_to_array, PreprocessContract
 from tests.integration.conftest import png
 
 PNG = {"content-type": "image/png"}

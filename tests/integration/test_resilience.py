@@ -8,7 +8,7 @@ import shutil
 import httpx
 import numpy as np
 
-from model.preprocess import PreprocessContract, bytes_to_array
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from tests.integration.conftest import MODEL_DIR, Server, png, poll
 
 PNG = {"content-type": "image/png"}

@@ -7,10 +7,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from export.manifest import SCHEMA_PATH, Manifest
-from model import scoring
+from model.core import scoring
+from model.core.artifact import load_model_dir
+from model.core.manifest import SCHEMA_PATH, Manifest
 from model.data import DataMissingError, fixed_test_set, load_dataset, sha256_file
-from service.runtime import load_model_dir
 from tests.conftest import REPO
 
 SHIPPED = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from model.data import (DATASETS, DataChecksumError, DataFormatError, DataMissingError, load_dataset,
                         load_idx_dataset, load_image_folder, resolve_data_dir)
-from model.preprocess import PreprocessContract, bytes_to_array
 from tests.conftest import write_png_folder, write_tiny_idx_dataset
 
 

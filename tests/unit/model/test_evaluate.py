@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 
-from model import checkpoint, scoring
+from model import checkpoint
 from model.config import ModelConfig, TrainConfig
+from model.core import scoring
+from model.core.likelihoods import LIKELIHOODS
+from model.core.preprocess import PreprocessContract, array_to_png
 from model.data import read_image_folder
 from model.evaluate import main
-from model.preprocess import PreprocessContract, array_to_png, images_to_data_space
 from model.torch_backend import TorchBackend
 from model.train import train
 
@@ -35,12 +37,13 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
         assert (tmp_path / "report" / figure["file"]).stat().st_size > 1000
     assert len(report["figures"]["reconstructions"]["reconstruction_log_likelihood_nats"]) == 6
     assert report["test_set"] == "bernoulli data space, each image drawn from seed 0 and its content"
-    # Per image, the numbers are model.scoring's over the same images in any order, each binarised
+    # Per image, the numbers are model.core.scoring's over the same images in any order, each binarised
     # on its own (as /elbo does), with the same seeds.
     model, _ = checkpoint.load_model(tmp_path / "best.pt")
     pixels, _ = read_image_folder(images, PreprocessContract(input_shape=MODEL.input_shape))
     order = np.array([4, 1, 5, 0, 3, 2])
-    direct = scoring.score(TorchBackend(model), "bernoulli", images_to_data_space(pixels[order], "bernoulli", 0),
+    bernoulli = LIKELIHOODS["bernoulli"]
+    direct = scoring.score(TorchBackend(model), bernoulli, bernoulli.images_to_data_space(pixels[order], 0),
                            seed=3, k=50)
     stored = np.load(tmp_path / "report" / "scores.npz")
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):

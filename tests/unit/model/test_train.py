@@ -160,19 +160,21 @@ def test_an_idx_data_set_refuses_a_size_it_does_not_have(tmp_path, monkeypatch, 
 
 
 def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset, tmp_path):
-    from model import scoring
+    from model.core import scoring
+    from model.core.likelihoods import LIKELIHOODS
     from model.data import fixed_test_set
     from model.torch_backend import TorchBackend
 
+    gaussian = LIKELIHOODS["gaussian"]
     config = ModelConfig(arch="mlp", decoder="mlp", input_shape=(1, 8, 8), latent_dim=3, hidden=(32,),
                          likelihood="gaussian", gaussian_scale="per_pixel")
     history = train(config, TrainConfig(dataset="tiny", epochs=2, batch_size=32, threads=1), tiny_dataset,
                     tmp_path, progress=False)
     assert history["epoch"] == 2
     model, _ = checkpoint.load_model(tmp_path / "best.pt")
-    x = fixed_test_set(tiny_dataset.test[:4], "gaussian", 0)  # dequantised: strictly inside (0, 1)
+    x = fixed_test_set(tiny_dataset.test[:4], gaussian, 0)  # dequantised: strictly inside (0, 1)
     assert 0.0 < x.min() and x.max() < 1.0
-    scores = scoring.score(TorchBackend(model), "gaussian", x, seed=0, k=10)
+    scores = scoring.score(TorchBackend(model), gaussian, x, seed=0, k=10)
     # log-probability of an 8-bit image: never above 0 nats, so bits/dim are positive
     assert (scores.log_likelihood < 0).all() and (scores.bits_per_dim > 0).all()
     assert model.decoder.log_sigma.shape == (1, 1, 8, 8)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.vae import VAE, decoder_output_names
+from model.core.likelihoods import LIKELIHOODS
+from model.vae import VAE
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp"])
@@ -15,7 +16,7 @@ def test_shapes_follow_the_config(arch, decoder, likelihood):
     mean, logvar = model.encode(torch.rand(7, 3, 16, 12))
     assert mean.shape == logvar.shape == (7, 5)
     params = model.decode(torch.randn(7, 5))
-    assert len(params) == len(decoder_output_names(config))
+    assert len(params) == len(LIKELIHOODS[likelihood].outputs)
     assert all(p.shape == (7, 3, 16, 12) for p in params)
 
 

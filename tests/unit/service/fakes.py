@@ -6,8 +6,9 @@ import time
 
 import numpy as np
 
-from export.manifest import FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
-from model.preprocess import PreprocessContract
+from model.core.likelihoods import LIKELIHOODS
+from model.core.manifest import FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
+from model.core.preprocess import PreprocessContract
 
 SHAPE = (1, 8, 8)
 LATENT = 4
@@ -36,7 +37,7 @@ class FakeVAE:
         self.delay, self.broken = delay, broken
 
     latent_dim = LATENT
-    likelihood = "bernoulli"
+    likelihood = LIKELIHOODS["bernoulli"]
 
     def encode(self, x):
         if self.broken:

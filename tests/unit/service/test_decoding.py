@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import PreprocessContract, bytes_to_array
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from service import decoding
 from service.decoding import DecodeLimits, DecodePool, ImageDecoder
 from service.errors import ApiError

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from model.preprocess import image_stream, images_to_data_space
+from model.core.likelihoods import LIKELIHOODS
+from model.core.preprocess import image_stream
 from service.engine import Engine
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 
@@ -53,16 +54,17 @@ def test_an_image_alone_scores_as_in_a_request_of_many(engine):
 
 def test_the_binarisation_seed_changes_the_bits_of_grey_images_only(engine):
     grey, binary = grey_images(1), (grey_images(1, seed=1) > 0.5).astype(np.float32)
-    assert not np.array_equal(images_to_data_space(grey, "bernoulli", 0), images_to_data_space(grey, "bernoulli", 1))
+    bernoulli = LIKELIHOODS["bernoulli"]
+    assert not np.array_equal(bernoulli.images_to_data_space(grey, 0), bernoulli.images_to_data_space(grey, 1))
     for seed in (0, 1):
-        np.testing.assert_array_equal(images_to_data_space(binary, "bernoulli", seed), binary)
+        np.testing.assert_array_equal(bernoulli.images_to_data_space(binary, seed), binary)
 
 
 def test_gaussian_dequantisation_is_per_image_and_stays_in_the_pixels_bin():
     images = grey_images(3)
-    data = images_to_data_space(images[[0, 1, 0, 2]], "gaussian", 5)
+    data = LIKELIHOODS["gaussian"].images_to_data_space(images[[0, 1, 0, 2]], 5)
     np.testing.assert_array_equal(data[2], data[0])
-    np.testing.assert_array_equal(data[[0, 1, 3]], images_to_data_space(images, "gaussian", 5))
+    np.testing.assert_array_equal(data[[0, 1, 3]], LIKELIHOODS["gaussian"].images_to_data_space(images, 5))
     levels = np.round(images[[0, 1, 0, 2]] * 255.0)
     assert np.all(data >= levels / 256.0) and np.all(data < (levels + 1) / 256.0)
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import scoring
-from model.preprocess import bytes_to_array, images_to_data_space
+from model.core import scoring
+from model.core.likelihoods import LIKELIHOODS
+from model.core.preprocess import bytes_to_array
 from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE
 
@@ -39,7 +40,7 @@ async def test_encode_returns_the_models_posterior_for_the_pixels(client, app_an
 
 
 def fake_contract():
-    from model.preprocess import PreprocessContract
+    from model.core.preprocess import PreprocessContract
 
     return PreprocessContract(input_shape=SHAPE)
 
@@ -94,7 +95,7 @@ async def test_decode_json_gives_pngs_of_the_declared_shape_and_pixels_on_reques
     assert len(body["images"]) == 2
     image = Image.open(io.BytesIO(base64.b64decode(body["images"][0]["png_base64"])))
     assert image.size == (SHAPE[2], SHAPE[1]) and image.mode == "L"
-    expected = scoring.pixel_means("bernoulli", fake.decode(np.asarray(z, dtype=np.float32)))
+    expected = LIKELIHOODS["bernoulli"].pixel_mean(fake.decode(np.asarray(z, dtype=np.float32)))
     np.testing.assert_allclose(body["images"][0]["pixels"], expected[0], rtol=1e-6)
 
 
@@ -160,7 +161,7 @@ async def test_elbo_matches_the_scoring_module_on_the_same_pixels_and_seed(clien
     files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(2)]
     body = (await client.post("/elbo?k=20&seed=7", files=files)).json()
     pixels = np.stack([bytes_to_array(png_bytes(i), fake_contract()) for i in range(2)])
-    expected = scoring.score(fake, "bernoulli", images_to_data_space(pixels, "bernoulli", 0), 7, k=20)
+    expected = scoring.score(fake, fake.likelihood, fake.likelihood.images_to_data_space(pixels, 0), 7, k=20)
     assert body["k"] == 20 and body["seed"] == 7 and "Bernoulli" in body["data_space"]
     for i, result in enumerate(body["results"]):
         assert result["elbo"] == pytest.approx(expected.elbo[i])

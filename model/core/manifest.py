@@ -1,6 +1,6 @@
 """The model card written beside the graphs, as a pydantic model (torch-free: the service reads it).
 
-`manifest.schema.json` is generated from `Manifest` (`python -m export.manifest`).
+`manifest.schema.json` is generated from `Manifest` (`python -m model.core.manifest`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from model.core.likelihoods import LIKELIHOODS
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -41,7 +43,7 @@ class InputSpec(_Strict):
 
 
 class LikelihoodSpec(_Strict):
-    name: Literal["bernoulli", "gaussian"]
+    name: Literal[tuple(LIKELIHOODS)]  # type: ignore[valid-type]  # the schema's enum is the registry's names
     outputs: list[str] = Field(description="decoder outputs, in order")
     parameters: dict[str, Any] = Field(default_factory=dict)
     data_space: str

@@ -3,9 +3,10 @@
 A `Likelihood` holds its decoder's output names; its log-probability in numpy (evaluation and
 serving) and its torch twin (training; torch is imported only when the twin is called, so this
 module stays torch-free for the service); how [0, 1] pixels become its data space, in numpy and in
-torch; the pixel mean E[x | z] that a person looks at; the offset that turns a continuous density
-into the probability of an 8-bit image; and how the manifest describes it. Adding a likelihood is
-one subclass here plus its tests.
+torch; how the torch decoder's last layer becomes its parameters; the pixel mean E[x | z] that a
+person looks at; the offset that turns a continuous density into the probability of an 8-bit image;
+and how the manifest and the responses describe it. Adding a likelihood is one subclass here plus
+its tests: the config, the CLI and the manifest schema take their names from `LIKELIHOODS`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model import distributions as dist
+from model.core import distributions as dist
+from model.core.preprocess import image_stream
 
 
 class Likelihood(ABC):
     name: ClassVar[str]
     outputs: ClassVar[tuple[str, ...]]  # the decoder graph's outputs, in order
+    learned_scale: ClassVar[bool] = False  # whether the torch decoder learns a log-scale beside its output
     data_space: ClassVar[str]  # how the manifest describes the data the model scores
 
     @abstractmethod
@@ -32,6 +35,11 @@ class Likelihood(ABC):
     @abstractmethod
     def torch_log_prob(self, x: Any, params: tuple[Any, ...]) -> Any:
         """The same in torch, for training: x and params (B, C, H, W) -> (B,)."""
+
+    @abstractmethod
+    def torch_params(self, out: Any, log_scale: Any) -> tuple[Any, ...]:
+        """The torch decoder's last layer (B, C, H, W), and its learned log-scale when `learned_scale`
+        (else None) -> the parameters named by `outputs`, each (B, C, H, W)."""
 
     @abstractmethod
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -48,6 +56,14 @@ class Likelihood(ABC):
     @abstractmethod
     def describe_draw(self, seed: int) -> str:
         """The data-space draw applied to a request's images, for the response."""
+
+    def images_to_data_space(self, pixels: np.ndarray, seed: int) -> np.ndarray:
+        """`to_data_space` image by image, each with its own `image_stream(seed, pixels[i])`, so an image's
+        draw does not depend on the other images. (N, C, H, W) -> (N, C, H, W)"""
+        data = np.empty(pixels.shape, dtype=np.float32)
+        for i, image in enumerate(pixels):
+            data[i] = self.to_data_space(image, image_stream(seed, image))
+        return data
 
     def discrete_offset(self, dims: int) -> float:
         """Nats to add to `log_prob` to get the probability of the 8-bit image (0 for discrete data)."""
@@ -74,6 +90,9 @@ class Bernoulli(Likelihood):
 
         return -F.binary_cross_entropy_with_logits(params[0], x, reduction="none").flatten(1).sum(dim=1)
 
+    def torch_params(self, out: Any, log_scale: Any) -> tuple[Any, ...]:
+        return (out,)  # logits
+
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
         return (1.0 / (1.0 + np.exp(-params[0].astype(np.float64)))).astype(np.float32)
 
@@ -86,7 +105,8 @@ class Bernoulli(Likelihood):
         return torch.bernoulli(batch, generator=generator)
 
     def describe_draw(self, seed: int) -> str:
-        return f"binarised: x ~ Bernoulli(pixel), seed {seed} (binary images are unchanged)"
+        return (f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {seed} and its own content "
+                "(binary images are unchanged)")
 
 
 class Gaussian(Likelihood):
@@ -94,6 +114,7 @@ class Gaussian(Likelihood):
 
     name = "gaussian"
     outputs = ("mean", "log_scale")
+    learned_scale = True
     data_space = ("dequantised 8-bit pixels: (round(255 * pixel) + u) / 256, u ~ U(0, 1); densities reported "
                   "as 8-bit probabilities (bin 1/256)")
 
@@ -106,6 +127,12 @@ class Gaussian(Likelihood):
         mean, log_scale = params
         z = (x - mean) * torch.exp(-log_scale)
         return (-0.5 * z.pow(2) - log_scale - 0.5 * dist.LOG_2PI).flatten(1).sum(dim=1)
+
+    def torch_params(self, out: Any, log_scale: Any) -> tuple[Any, ...]:
+        import torch
+
+        mean = torch.sigmoid(out)
+        return mean, log_scale.expand_as(mean)
 
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
         return np.clip(params[0], 0.0, 1.0).astype(np.float32)
@@ -120,8 +147,8 @@ class Gaussian(Likelihood):
         return (torch.round(batch * 255.0) + torch.rand(batch.shape, generator=generator)) / 256.0
 
     def describe_draw(self, seed: int) -> str:
-        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), seed {seed}; densities are "
-                "reported as probabilities of the 8-bit image")
+        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), each image drawn from seed {seed} "
+                "and its own content; densities are reported as probabilities of the 8-bit image")
 
     def discrete_offset(self, dims: int) -> float:
         return -dims * math.log(256.0)

@@ -5,12 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from model import scoring
-from model.preprocess import image_stream
+from model.core import scoring
+from model.core.likelihoods import LIKELIHOODS
+from model.core.preprocess import image_stream
 
 W = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # orthogonal columns: the exact posterior is diagonal
 B = np.array([0.1, -0.2, 0.3])
 SIGMA = 0.5
+GAUSSIAN = LIKELIHOODS["gaussian"]
 OFFSET = -3 * math.log(256.0)  # scoring reports Gaussian densities as 8-bit probabilities
 
 
@@ -42,16 +44,16 @@ X = np.array([[[[0.4, 0.1, 0.6]]], [[[0.9, 0.5, 0.2]]]], dtype=np.float32)  # (2
 
 
 def test_iwae_with_the_exact_posterior_is_the_exact_log_likelihood():
-    scores = scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=10)
+    scores = scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=10)
     expected = [exact_log_px(x) + OFFSET for x in X]
     np.testing.assert_allclose(scores.log_likelihood, expected, atol=1e-4)
 
 
 def test_elbo_is_a_lower_bound_that_iwae_tightens():
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    elbo = np.mean([scoring.score(model, "gaussian", X[:1], seed=s).elbo[0] for s in range(400)])
-    iwae_100 = scoring.score(model, "gaussian", X[:1], seed=0, k=100).log_likelihood[0]
-    iwae_5000 = scoring.score(model, "gaussian", X[:1], seed=0, k=5000).log_likelihood[0]
+    elbo = np.mean([scoring.score(model, GAUSSIAN, X[:1], seed=s).elbo[0] for s in range(400)])
+    iwae_100 = scoring.score(model, GAUSSIAN, X[:1], seed=0, k=100).log_likelihood[0]
+    iwae_5000 = scoring.score(model, GAUSSIAN, X[:1], seed=0, k=5000).log_likelihood[0]
     truth = exact_log_px(X[0]) + OFFSET
     assert elbo < iwae_100 < truth + 0.05
     assert iwae_5000 == pytest.approx(truth, abs=0.05)
@@ -61,7 +63,7 @@ def test_elbo_is_a_lower_bound_that_iwae_tightens():
 def test_iwae_with_one_sample_equals_the_elbo_in_expectation():
     model = LinearGaussian(shrink=0.6, widen=0.7)
     seeds = range(3000)
-    elbo = np.mean([scoring.score(model, "gaussian", X[:1], seed=s).elbo[0] for s in seeds])
+    elbo = np.mean([scoring.score(model, GAUSSIAN, X[:1], seed=s).elbo[0] for s in seeds])
     iwae_1 = np.mean([_iwae_k1(model, s) for s in seeds])
     assert iwae_1 == pytest.approx(elbo, abs=0.15)
 
@@ -71,13 +73,13 @@ def _iwae_k1(model, seed):
     so run its estimator directly."""
     mean, logvar = model.encode(X[:1])
     stream = image_stream(seed, X[0])  # the stream score() gives X[0]
-    return scoring._iwae_one(model, "gaussian", X[0].reshape(-1), mean[0], logvar[0], stream, 1, 1)
+    return scoring._iwae_one(model, GAUSSIAN, X[0].reshape(-1), mean[0], logvar[0], stream, 1, 1)
 
 
 def test_chunking_does_not_change_the_estimate():
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    a = scoring.score(model, "gaussian", X, seed=3, k=50, chunk=7).log_likelihood
-    b = scoring.score(model, "gaussian", X, seed=3, k=50, chunk=1000).log_likelihood
+    a = scoring.score(model, GAUSSIAN, X, seed=3, k=50, chunk=7).log_likelihood
+    b = scoring.score(model, GAUSSIAN, X, seed=3, k=50, chunk=1000).log_likelihood
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -102,27 +104,27 @@ def test_an_image_scores_the_same_at_any_position_in_a_batch(position):
     model = LinearGaussian(shrink=0.6, widen=0.7)
     others = [MORE[1], MORE[2]]
     batch = np.stack(others[:position] + [MORE[0]] + others[position:])  # MORE[0] at `position`
-    alone = scoring.score(model, "gaussian", MORE[:1], seed=5, k=20)
-    _assert_same(_fields(scoring.score(model, "gaussian", batch, seed=5, k=20), [position]), _fields(alone))
+    alone = scoring.score(model, GAUSSIAN, MORE[:1], seed=5, k=20)
+    _assert_same(_fields(scoring.score(model, GAUSSIAN, batch, seed=5, k=20), [position]), _fields(alone))
 
 
 def test_permuting_a_batch_permutes_the_scores():
     model = LinearGaussian(shrink=0.6, widen=0.7)
     order = np.array([2, 0, 3, 1])
-    scores = scoring.score(model, "gaussian", MORE, seed=5, k=20)
-    _assert_same(_fields(scoring.score(model, "gaussian", MORE[order], seed=5, k=20)), _fields(scores, order))
+    scores = scoring.score(model, GAUSSIAN, MORE, seed=5, k=20)
+    _assert_same(_fields(scoring.score(model, GAUSSIAN, MORE[order], seed=5, k=20)), _fields(scores, order))
 
 
 def test_batches_of_one_give_the_numbers_of_one_batch():
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    whole = scoring.score(model, "gaussian", MORE, seed=5, k=20)
-    ones = [scoring.score(model, "gaussian", MORE[i:i + 1], seed=5, k=20) for i in range(len(MORE))]
+    whole = scoring.score(model, GAUSSIAN, MORE, seed=5, k=20)
+    ones = [scoring.score(model, GAUSSIAN, MORE[i:i + 1], seed=5, k=20) for i in range(len(MORE))]
     _assert_same(_fields(whole), {name: np.concatenate([getattr(o, name) for o in ones]) for name in FIELDS})
 
 
 def test_duplicates_in_a_batch_score_identically():
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    scores = _fields(scoring.score(model, "gaussian", MORE[[1, 0, 1, 1]], seed=5, k=20))
+    scores = _fields(scoring.score(model, GAUSSIAN, MORE[[1, 0, 1, 1]], seed=5, k=20))
     _assert_same({name: values[[2, 3]] for name, values in scores.items()},
                  {name: values[[0, 0]] for name, values in scores.items()})
 
@@ -140,14 +142,14 @@ def test_the_noise_follows_the_content_of_the_image():
 
 def test_seed_changes_the_noise():
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    a = scoring.score(model, "gaussian", X, seed=1, k=20)
-    b = scoring.score(model, "gaussian", X, seed=2, k=20)
+    a = scoring.score(model, GAUSSIAN, X, seed=1, k=20)
+    b = scoring.score(model, GAUSSIAN, X, seed=2, k=20)
     assert not np.allclose(a.log_likelihood, b.log_likelihood)
     np.testing.assert_array_equal(a.kl, b.kl)  # the KL is analytic
 
 
 def test_summary_reports_nats_and_bits_per_dim():
-    summary = scoring.summarize(scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=10))
+    summary = scoring.summarize(scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=10))
     assert summary["images"] == 2 and summary["iwae_k"] == 10
     assert summary["nll_nats"] == pytest.approx(-summary["log_likelihood"])
     assert summary["bits_per_dim"] == pytest.approx(summary["nll_nats"] / (3 * math.log(2)))
@@ -155,9 +157,5 @@ def test_summary_reports_nats_and_bits_per_dim():
 
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be"):
-        scoring.score(LinearGaussian(), "gaussian", X, seed=0, k=0)
+        scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=0)
 
-
-def test_pixel_means_of_bernoulli_logits_are_sigmoids():
-    means = scoring.pixel_means("bernoulli", (np.array([[[[0.0, 100.0]]]], dtype=np.float32),))
-    np.testing.assert_allclose(means, [[[[0.5, 1.0]]]])

@@ -1,8 +1,8 @@
 """Log-densities and divergences in numpy: the math shared by `vae-eval` and the service.
 
 Pure functions on arrays; the last axis (or the image axes) is summed. Shapes in comments:
-K samples, D latent dimensions, P = C*H*W pixels. The torch twins used for training are in
-`model/losses.py`; the unit tests check that the two agree.
+K samples, D latent dimensions, P = C*H*W pixels. The likelihoods' torch twins used for training are
+in `model/core/likelihoods.py`, the KL's in `model/losses.py`; the unit tests check that they agree.
 """
 
 from __future__ import annotations
@@ -58,8 +58,3 @@ def bits_per_dim(nats, dims: int):
     """Nats per image -> bits per dimension (works on floats and arrays)."""
     return nats / (dims * math.log(2.0))
 
-
-def discrete_offset(likelihood: str, dims: int) -> float:
-    """Nats to add to a continuous log-density on [0,1]^P to get the log-probability of the
-    8-bit image under uniform dequantisation (bin width 1/256). Zero for Bernoulli."""
-    return -dims * math.log(256.0) if likelihood == "gaussian" else 0.0

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                              array_to_png, binarize, bytes_to_array, dequantize, jpeg_scan_count, make_grid,
-                              webp_size)
+from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
+                                   array_to_png, bytes_to_array, jpeg_scan_count, make_grid,
+                                   webp_size)
 from tests.hostile_images import many_frame_gif, many_page_tiff, progressive_jpeg_bomb
 
 CONTRACT = PreprocessContract(input_shape=(1, 28, 28))
@@ -63,17 +63,6 @@ def test_garbage_is_a_decode_error():
 def test_too_many_pixels_are_refused_before_decoding():
     with pytest.raises(ImageTooLargeError, match="pixels"):
         bytes_to_array(png(Image.new("L", (300, 300))), CONTRACT, max_pixels=100 * 100)
-
-
-def test_binary_images_pass_binarisation_unchanged():
-    pixels = (np.random.default_rng(0).random((1, 28, 28)) < 0.5).astype(np.float32)
-    np.testing.assert_array_equal(binarize(pixels, np.random.default_rng(1)), pixels)
-
-
-def test_dequantisation_stays_inside_each_pixels_bin():
-    pixels = np.array([0.0, 1.0, 128 / 255], dtype=np.float32)
-    out = dequantize(pixels, np.random.default_rng(0))
-    assert (out >= np.array([0, 255, 128]) / 256).all() and (out < np.array([1, 256, 129]) / 256).all()
 
 
 def test_png_round_trip_and_grid_shape():

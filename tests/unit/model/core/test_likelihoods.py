@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import likelihoods
-from model.likelihoods import LIKELIHOODS
+from model.core import likelihoods
+from model.core.likelihoods import LIKELIHOODS
 from tests.conftest import REPO
 
 
@@ -76,12 +76,41 @@ def test_pixel_means_are_in_the_unit_interval():
         assert mean.dtype == np.float32 and mean.shape == params[0].shape and 0 <= mean.min() <= mean.max() <= 1
 
 
+def test_pixel_means_of_bernoulli_logits_are_sigmoids():
+    means = LIKELIHOODS["bernoulli"].pixel_mean((np.array([[[[0.0, 100.0]]]], dtype=np.float32),))
+    np.testing.assert_allclose(means, [[[[0.5, 1.0]]]])
+
+
+def test_binary_images_pass_binarisation_unchanged():
+    pixels = (np.random.default_rng(0).random((1, 28, 28)) < 0.5).astype(np.float32)
+    np.testing.assert_array_equal(LIKELIHOODS["bernoulli"].to_data_space(pixels, np.random.default_rng(1)), pixels)
+
+
+def test_dequantisation_stays_inside_each_pixels_bin():
+    pixels = np.array([0.0, 1.0, 128 / 255], dtype=np.float32)
+    out = LIKELIHOODS["gaussian"].to_data_space(pixels, np.random.default_rng(0))
+    assert (out >= np.array([0, 255, 128]) / 256).all() and (out < np.array([1, 256, 129]) / 256).all()
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_torch_params_are_named_by_the_outputs(name):
+    likelihood = LIKELIHOODS[name]
+    out = torch.randn(2, 1, 3, 3)
+    params = likelihood.torch_params(out, torch.full((1, 1, 1, 1), -1.0) if likelihood.learned_scale else None)
+    assert len(params) == len(likelihood.outputs) and all(p.shape == out.shape for p in params)
+
+
+def test_the_draw_description_names_the_seed_and_the_rule():
+    for likelihood in LIKELIHOODS.values():
+        assert "seed 3 and its own content" in likelihood.describe_draw(3)
+
+
 def test_an_unknown_likelihood_names_the_known_ones():
     with pytest.raises(ValueError, match="known: bernoulli, gaussian"):
         likelihoods.get("poisson")
 
 
 def test_importing_the_likelihoods_does_not_import_torch():
-    code = "import sys, model.likelihoods; print('torch' in sys.modules)"
+    code = "import sys, model.core.likelihoods; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

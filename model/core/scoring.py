@@ -1,7 +1,7 @@
 """Per-image ELBO and IWAE scores from any encode/decode backend, with seeded noise.
 
 `vae-eval` runs it over torch; the service runs it over onnxruntime. Both draw noise the same
-way, from one stream per image, `model.preprocess.image_stream(seed, x)`, keyed by the seed and
+way, from one stream per image, `model.core.preprocess.image_stream(seed, x)`, keyed by the seed and
 the image's content (never its position in the set or the request). The ELBO's single sample
 comes first from that stream, then the k importance samples, in chunks. So an image scores the
 same alone, in any batch, at any position, and on both sides.
@@ -15,8 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from model import distributions as dist
-from model.preprocess import image_stream
+from model.core import distributions as dist
+from model.core.likelihoods import Likelihood
+from model.core.preprocess import image_stream
 
 
 class Backend(Protocol):
@@ -51,17 +52,7 @@ class Scores:
         return None if self.log_likelihood is None else dist.bits_per_dim(-self.log_likelihood, self.dims)
 
 
-def log_likelihood(likelihood: str, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
-    """log p(x|z) for K parameter sets. x (P,) or (K, P); params each (K, C, H, W) -> (K,)"""
-    flat = [p.reshape(p.shape[0], -1) for p in params]
-    if likelihood == "bernoulli":
-        return dist.log_bernoulli(x, flat[0])
-    if likelihood == "gaussian":
-        return dist.log_gaussian(x, flat[0], flat[1]) + dist.discrete_offset("gaussian", flat[0].shape[1])
-    raise ValueError(f"unknown likelihood {likelihood!r}")
-
-
-def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000) -> Scores:
+def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000) -> Scores:
     """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the IWAE estimate
     log (1/k) sum_i p(x, z_i) / q(z_i | x) (Burda et al. 2016), for a batch of images x in
     the likelihood's data space, shape (N, C, H, W)."""
@@ -74,7 +65,7 @@ def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 
     eps = np.stack([s.standard_normal(mean.shape[1], dtype=np.float32) for s in streams])  # (N, D)
     params = backend.decode(dist.reparameterize(mean, logvar, eps))
     flat_x = x.reshape(count, -1)
-    reconstruction = log_likelihood(likelihood, flat_x, params)  # (N,)
+    reconstruction = likelihood.log_prob_8bit(flat_x, params)  # (N,)
     kl = dist.kl_standard_normal(mean, logvar)  # (N,)
     iwae = None
     if k > 1:
@@ -85,7 +76,7 @@ def score(backend: Backend, likelihood: str, x: np.ndarray, seed: int, k: int = 
     return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, log_likelihood=iwae, k=k, dims=dims)
 
 
-def _iwae_one(backend: Backend, likelihood: str, x: np.ndarray, mean: np.ndarray, logvar: np.ndarray,
+def _iwae_one(backend: Backend, likelihood: Likelihood, x: np.ndarray, mean: np.ndarray, logvar: np.ndarray,
               stream: np.random.Generator, k: int, chunk: int) -> float:
     """Running logsumexp over chunks of importance samples, so k=5000 needs one chunk of memory."""
     running = -math.inf
@@ -93,7 +84,7 @@ def _iwae_one(backend: Backend, likelihood: str, x: np.ndarray, mean: np.ndarray
         size = min(chunk, k - start)
         eps = stream.standard_normal((size, mean.shape[0]), dtype=np.float32)  # (c, D)
         z = dist.reparameterize(mean, logvar, eps)
-        log_w = (log_likelihood(likelihood, x, backend.decode(z))
+        log_w = (likelihood.log_prob_8bit(x, backend.decode(z))
                  + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean, logvar))  # (c,)
         running = float(np.logaddexp(running, _logsumexp(log_w)))
     return running - math.log(k)
@@ -120,9 +111,3 @@ def summarize(scores: Scores) -> dict[str, float | int | None]:
         "bits_per_dim": None if ll is None else float(np.mean(scores.log_likelihood_bits_per_dim)),
     }
 
-
-def pixel_means(likelihood: str, params: tuple[np.ndarray, ...]) -> np.ndarray:
-    """E[x | z] in [0, 1]: what a person looks at. (K, C, H, W) -> (K, C, H, W)"""
-    if likelihood == "bernoulli":
-        return (1.0 / (1.0 + np.exp(-params[0].astype(np.float64)))).astype(np.float32)
-    return np.clip(params[0], 0.0, 1.0).astype(np.float32)

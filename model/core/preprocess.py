@@ -64,9 +64,8 @@ class PreprocessContract:
     input_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     resize_filter: str = "bilinear"  # used only when the image is not already H x W
     alpha_background: int = 0  # transparent pixels are composited onto this grey level
-    # How a [0, 1] image becomes the likelihood's data space:
-    #   bernoulli: stochastic binarisation x ~ Bernoulli(pixel) (binary images pass unchanged)
-    #   gaussian:  dequantisation x = (round(255 * pixel) + u) / 256, u ~ U(0, 1)
+    # How a [0, 1] image then becomes the likelihood's data space is the likelihood's own
+    # `to_data_space` (model/core/likelihoods.py).
 
     def __post_init__(self) -> None:
         if self.resize_filter not in _RESAMPLE:
@@ -227,26 +226,6 @@ def _flatten_alpha(image: Image.Image, background: int) -> Image.Image:
     return Image.alpha_composite(base, rgba).convert("RGB")
 
 
-def binarize(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stochastic binarisation x ~ Bernoulli(pixel): the convention of the VAE literature."""
-    return (rng.random(pixels.shape, dtype=np.float32) < pixels).astype(np.float32)
-
-
-def dequantize(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Uniform dequantisation of 8-bit pixels to a continuous density on [0, 1]."""
-    levels = np.round(pixels * 255.0)
-    return ((levels + rng.random(pixels.shape, dtype=np.float32)) / 256.0).astype(np.float32)
-
-
-def to_data_space(pixels: np.ndarray, likelihood: str, rng: np.random.Generator) -> np.ndarray:
-    """Map [0, 1] pixels to the likelihood's data space (binary, or dequantised continuous)."""
-    if likelihood == "bernoulli":
-        return binarize(pixels, rng)
-    if likelihood == "gaussian":
-        return dequantize(pixels, rng)
-    raise ValueError(f"unknown likelihood {likelihood!r}")
-
-
 def image_stream(seed: int, image: np.ndarray) -> np.random.Generator:
     """The noise stream of one image, keyed by the seed and the image's content: the first 8 bytes of
     the BLAKE2b digest of its float32 (C, H, W) C-order bytes, as two uint32 words. Never its position,
@@ -254,15 +233,6 @@ def image_stream(seed: int, image: np.ndarray) -> np.random.Generator:
     data = np.ascontiguousarray(image, dtype=np.float32).tobytes()
     words = np.frombuffer(hashlib.blake2b(data, digest_size=8).digest(), dtype="<u4")
     return np.random.default_rng([seed, *(int(w) for w in words)])
-
-
-def images_to_data_space(pixels: np.ndarray, likelihood: str, seed: int) -> np.ndarray:
-    """`to_data_space` image by image, each with its own `image_stream(seed, pixels[i])`, so an image's
-    binarisation (or dequantisation) does not depend on the other images. (N, C, H, W) -> (N, C, H, W)"""
-    data = np.empty(pixels.shape, dtype=np.float32)
-    for i, image in enumerate(pixels):
-        data[i] = to_data_space(image, likelihood, image_stream(seed, image))
-    return data
 
 
 def array_to_png(pixels: np.ndarray) -> bytes:

@@ -14,7 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from export.manifest import GraphInfo, Manifest, parity_problem
+from model.core import likelihoods
+from model.core.likelihoods import Likelihood
+from model.core.manifest import GraphInfo, Manifest, parity_problem
 
 
 class ModelLoadError(RuntimeError):
@@ -27,7 +29,7 @@ class ModelIntegrityError(ModelLoadError):
 
 @dataclass(frozen=True)
 class OnnxVAE:
-    """The two graphs as a `model.scoring.Backend`: numpy in, numpy out."""
+    """The two graphs as a `model.core.scoring.Backend`: numpy in, numpy out."""
 
     manifest: Manifest
     encoder: ort.InferenceSession
@@ -39,8 +41,8 @@ class OnnxVAE:
         return self.manifest.latent_dim
 
     @property
-    def likelihood(self) -> str:
-        return self.manifest.likelihood.name
+    def likelihood(self) -> Likelihood:
+        return likelihoods.get(self.manifest.likelihood.name)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 in the model's input scale -> mean (N, D), logvar (N, D)"""

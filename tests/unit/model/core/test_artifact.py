@@ -1,0 +1,88 @@
+"""The artifact reader: a model directory is loaded only when its manifest, hashes, parity record and
+graph signatures all hold, and then runs in onnxruntime. Uses the shipped model's serving files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
+from model.core.likelihoods import LIKELIHOODS
+from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
+SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx")
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    """The shipped fp32 graphs and manifest, copied so a test can break them."""
+    for name in SERVING_FILES:
+        shutil.copy(SHIPPED / name, tmp_path / name)
+    return tmp_path
+
+
+def edit_manifest(directory, change):
+    raw = json.loads((directory / "manifest.json").read_text())
+    change(raw)
+    (directory / "manifest.json").write_text(json.dumps(raw))
+
+
+def test_the_loaded_graphs_run_with_the_manifests_shapes_and_likelihood(model_copy):
+    model = load_model_dir(model_copy)
+    channels_height_width = tuple(model.manifest.input.shape)
+    mean, logvar = model.encode(np.zeros((3, *channels_height_width), dtype=np.float32))
+    assert mean.shape == logvar.shape == (3, model.latent_dim)
+    params = model.decode(mean)
+    assert model.likelihood is LIKELIHOODS[model.manifest.likelihood.name]
+    assert len(params) == len(model.likelihood.outputs)
+    assert all(p.shape == (3, *channels_height_width) for p in params)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["max_abs_diff"].update({"decoder.logits": 2e-4}), "exceeds the tolerance 0.0001: decoder.logits"),
+    (lambda p: p["batch_max_abs_diff"].update({"encoder": 1.0}), "exceeds the tolerance 0.0001: batch.encoder"),
+    (lambda p: p.clear(), "records no parity check"),
+])
+def test_a_manifest_whose_parity_fails_is_refused(model_copy, change, message):
+    edit_manifest(model_copy, lambda raw: change(raw["parity"]))
+    with pytest.raises(ModelLoadError, match=message) as info:
+        load_model_dir(model_copy)
+    assert "re-export" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_tampered_graph_is_refused_with_a_clear_error(model_copy):
+    data = bytearray((model_copy / "decoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (model_copy / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="decoder.onnx: SHA-256 is .* but the manifest says"):
+        load_model_dir(model_copy)
+
+
+def test_a_graph_whose_outputs_differ_from_the_manifest_is_refused(model_copy):
+    edit_manifest(model_copy, lambda raw: raw["decoder"].update(outputs={"probabilities": raw["decoder"]["outputs"]
+                                                                        ["logits"]}))
+    with pytest.raises(ModelLoadError, match=r"outputs \['logits'\]; the manifest declares .*\['probabilities'\]"):
+        load_model_dir(model_copy)
+
+
+def test_an_unknown_likelihood_is_not_a_valid_manifest(model_copy):
+    edit_manifest(model_copy, lambda raw: raw["likelihood"].update(name="poisson"))
+    with pytest.raises(ModelLoadError, match="not a valid vae-service manifest"):
+        load_model_dir(model_copy)
+
+
+def test_a_missing_int8_variant_says_how_to_make_one(model_copy):
+    edit_manifest(model_copy, lambda raw: raw.update(int8=None))
+    with pytest.raises(ModelLoadError, match="no int8 variant; export with vae-export --int8"):
+        load_model_dir(model_copy, variant="int8")
+
+
+def test_a_missing_graph_file_is_a_load_error(model_copy):
+    (model_copy / "encoder.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="cannot read .*encoder.onnx"):
+        load_model_dir(model_copy)
+
+
+def test_a_directory_without_a_manifest_says_what_to_do(tmp_path):
+    with pytest.raises(ModelLoadError, match="vae-export"):
+        load_model_dir(tmp_path)
