@@ -53,11 +53,12 @@ def repository_scanner(settings: Settings) -> Callable[[], dict[str, ModelSource
 
 
 def default_model_name(settings: Settings, sources: dict[str, ModelSource]) -> str | None:
+    """VAE_DEFAULT_MODEL, else the repository's only model, else the bundled default when present."""
     if settings.default_model:
         return settings.default_model
     if len(sources) == 1:
         return next(iter(sources))
-    return BUNDLED_DEFAULT_MODEL if settings.bundled else None
+    return BUNDLED_DEFAULT_MODEL if BUNDLED_DEFAULT_MODEL in sources else None
 
 
 async def start(state: AppState) -> None:

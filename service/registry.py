@@ -242,7 +242,6 @@ class Registry(Generic[T]):
             if source is None:
                 raise ModelNotFound(f"no model {name!r} in the repository")
             self._fingerprints[name] = source.fingerprint
-            self._unloaded.discard(name)
             for version, reason in source.problems.items():
                 self._set(Status(name, version, UNAVAILABLE, reason), log_reason=True)
             selected = source.policy.select(list(source.versions))
@@ -263,6 +262,8 @@ class Registry(Generic[T]):
                     self._set(Status(name, version, READY, f"reload failed, still serving the copy loaded earlier: "
                                      f"{failed[version]}"))
             self._served = {**self._served, name: new}
+            if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
+                self._unloaded.discard(name)
             if failed:
                 serving = ", ".join(sorted(new, key=version_key)) or "nothing"
                 raise LoadFailed(f"failed to load {name} " + "; ".join(f"{v}: {r}" for v, r in failed.items())

@@ -38,8 +38,8 @@ class Settings(BaseSettings):
                                    "repository of one model, named by its manifest; wins over "
                                    "VAE_MODEL_REPOSITORY, so an image's repository can be replaced by a mount")
     default_model: str | None = Field(None, description="the model the plain routes (/encode, /sample, ...) "
-                                      "serve; default: the repository's only model, or fashion-mnist-vae for the "
-                                      "bundled repository")
+                                      "serve; default: the repository's only model, else fashion-mnist-vae (the "
+                                      "bundled default) when the repository holds it")
     admin_token: SecretStr | None = Field(None, description="bearer token of the repository control routes "
                                           "(/v2/repository/...); without it they answer 403")
     repository_control: Literal["token", "open"] = Field("token", description="open: the repository control "
@@ -106,10 +106,6 @@ class Settings(BaseSettings):
                                     'API from a browser, e.g. ["https://a.example"]; empty: no CORS headers')
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
-
-    @property
-    def bundled(self) -> bool:
-        return self.model_dir is None and self.model_repository is None
 
     @field_validator("log_level", mode="before")
     @classmethod

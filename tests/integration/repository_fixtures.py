@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.preprocess import array_to_png
+from model.core.preprocess import array_to_png
 from tests.conftest import REPO, synthetic_images
 from tests.integration.conftest import Server
 

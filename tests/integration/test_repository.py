@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.preprocess import PreprocessContract, array_to_png, bytes_to_array
-from service.runtime import ModelIntegrityError, load_model_dir
+from model.core.artifact import ModelIntegrityError, load_model_dir
+from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
 from tests.conftest import REPO, synthetic_images
 from tests.integration.repository_fixtures import (ADMIN_TOKEN, DEFAULT_MODEL, TINY_LATENT_DIM, add_version,
                                                    bearer, export_version, flip_a_byte, index_states, manifest_of,
