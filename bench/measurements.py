@@ -5,8 +5,12 @@ measurement is a function here, an entry in MEASUREMENTS and its name in a plan 
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,6 +79,56 @@ def efficiency(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
                              "encode_efficiency_c32": [p["rps"] / i for p, i in zip(product, ideal, strict=True)]})
 
 
+def repository(bench: Bench, results: dict[str, Any], swaps: int = 5, extra_models: int = 3) -> dict[str, Any]:
+    """A fresh product server on a temporary repository: the time of a live swap (POST load of a new
+    version: loaded, hash-checked and warmed up before it takes traffic), and the resident memory
+    each extra model adds. The versions are copies of the bundled model under other names, so they
+    cost what a model of its size costs."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _copy_version(MODEL_DIR, root, "fashion-mnist-vae", "2.0.0")
+        server = Server("product", None, env={"VAE_MODEL_REPOSITORY": str(root), "VAE_REPOSITORY_CONTROL": "open"})
+        try:
+            server.wait_ready()
+            rss = [max(server.rss_mb())]
+            swap_s = []
+            for i in range(1, swaps + 1):
+                _copy_version(MODEL_DIR, root, "fashion-mnist-vae", f"2.0.{i}")
+                began = time.perf_counter()
+                response = httpx.post(f"{server.url}/v2/repository/models/fashion-mnist-vae/load", timeout=60)
+                swap_s.append(time.perf_counter() - began)
+                served = httpx.get(f"{server.url}/v1/models/fashion-mnist-vae", timeout=10).json()["model"]
+                if response.status_code != 200 or served["version"] != f"2.0.{i}":
+                    raise RuntimeError(f"swap to 2.0.{i} failed: {response.status_code} {response.text}; "
+                                       f"serving {served}")
+            rss_after_swaps = max(server.rss_mb())
+            for i in range(extra_models):
+                _copy_version(MODEL_DIR, root, f"extra-{i}", "1.0.0")
+                response = httpx.post(f"{server.url}/v2/repository/models/extra-{i}/load", timeout=60)
+                if response.status_code != 200:
+                    raise RuntimeError(f"loading extra-{i} failed: {response.status_code} {response.text}")
+                rss.append(max(server.rss_mb()))
+        finally:
+            server.stop()
+    per_model = [b - a for a, b in zip(rss, rss[1:])]
+    return {"swap_s": swap_s, "swap_median_s": float(np.median(swap_s)), "rss_one_model_mb": rss[0],
+            "rss_after_swaps_mb": rss_after_swaps, "rss_with_extra_models_mb": rss[1:],
+            "rss_per_extra_model_mb": per_model, "rss_per_extra_model_median_mb": float(np.median(per_model))}
+
+
+def _copy_version(source: Path, root: Path, name: str, version: str) -> None:
+    """The serving files of `source` as root/name/version, its manifest renamed to match."""
+    target = root / name / version
+    target.mkdir(parents=True)
+    for file in ("encoder.onnx", "decoder.onnx"):
+        shutil.copyfile(source / file, target / file)
+    manifest = json.loads((source / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps({**manifest, "name": name, "version": version}))
+
+
 MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]] = {
-    "memory": memory, "in_process": in_process, "cold_start": cold_start, "efficiency": efficiency}
+    "memory": memory, "in_process": in_process, "cold_start": cold_start, "efficiency": efficiency,
+    "repository": repository}
 WHILE_SERVING = {"memory"}  # measurements that read the running servers; the rest run after they stop

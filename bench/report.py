@@ -87,6 +87,13 @@ def bench_section(serving: dict, training: dict | None = None) -> str:
               f"1 / 16 / 256, decoder {ip['decoder_images_per_s_batch1']:.0f} / {ip['decoder_images_per_s_batch16']:.0f}"
               f" / {ip['decoder_images_per_s_batch256']:.0f}; decoding one PNG {ip['png_decode_us']:.0f} us, "
               f"serialising one `/encode` response {ip['response_serialise_us']:.0f} us."]
+    repo = serving.get("repository")
+    if repo is not None:
+        lines += ["", f"Model repository: a live swap (`POST /v2/repository/models/{{name}}/load` of a new version: "
+                      f"loaded, hash-checked, warmed up, then given the traffic) took {repo['swap_median_s']:.2f} s "
+                      f"(median of {len(repo['swap_s'])}); each extra model of the bundled model's size added "
+                      f"{repo['rss_per_extra_model_median_mb']:.0f} MB of resident memory (median of "
+                      f"{len(repo['rss_per_extra_model_mb'])}; {repo['rss_one_model_mb']:.0f} MB with one model)."]
     if training is not None:
         lines += ["", f"Training (default model, Fashion-MNIST, {training['threads']} threads): "
                   f"{training['seconds_per_epoch']:.1f} s per epoch, {training['images_per_second']:.0f} images/s "

@@ -31,11 +31,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, model_dir: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: str, model_dir: Path | None, workers: int = 1, env: dict[str, str] | None = None) -> None:
+        """`model_dir` None: the product serves what `env` names (VAE_MODEL_REPOSITORY)."""
         self.kind, self.workers, self.port = kind, workers, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # The in-flight limit is raised so that c=64 measures throughput, not the limit's 429s.
-        environment = {**os.environ, "VAE_MODEL_DIR": str(model_dir), "VAE_PORT": str(self.port),
+        source = {"VAE_MODEL_DIR": str(model_dir)} if model_dir is not None else {}
+        environment = {**os.environ, **source, "VAE_PORT": str(self.port),
                        "VAE_HOST": "127.0.0.1", "VAE_WORKERS": str(workers), "VAE_MAX_IN_FLIGHT": "1024",
                        **(env or {})}
         if kind == "product":

@@ -33,6 +33,8 @@ def full_serving() -> dict:
                                         "encode_efficiency_c32": [0.48, 0.5, 0.49]}),
         "in_process": {**{f"{n}_images_per_s_batch{b}": 5000.0 for n in ("encoder", "decoder") for b in (1, 16, 256)},
                        "png_decode_us": 35.0, "response_serialise_us": 3.0},
+        "repository": {"swap_s": [0.1, 0.12, 0.11], "swap_median_s": 0.11, "rss_one_model_mb": 134.0,
+                       "rss_per_extra_model_mb": [30.0, 25.0, 28.0], "rss_per_extra_model_median_mb": 28.0},
         "cold_start": {"start_to_ready_s": 0.7}, "memory": {"product": [147.0], "product_2_workers": [133.0, 131.0]},
     }
     serving["targets_met"] = run.targets(serving)
@@ -95,3 +97,8 @@ def test_update_readme_leaves_a_single_window_run_alone(readme, capsys):
     report.update_readme()
     assert "old table" in path.read_text()
     assert "no interleaved rounds" in capsys.readouterr().out
+
+
+def test_the_repository_figures_are_reported():
+    text = report.bench_section(full_serving())
+    assert "took 0.11 s (median of 3)" in text and "added 28 MB of resident memory (median of 3; 134 MB" in text
