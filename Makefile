@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REPOSITORY ?= artifacts
-MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/2.0.0
+VERSION ?= 2.0.0
+MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/$(VERSION)
 RUN ?= runs/fashion-mnist
 PORT ?= 8000
 
@@ -43,7 +44,7 @@ eval: $(BIN)/.dev-installed
 	$(BIN)/vae-eval $(RUN)/best.pt --k 5000 --report $(RUN)/report
 
 export: $(BIN)/.dev-installed
-	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --report $(RUN)/report
+	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --version $(VERSION) --report $(RUN)/report
 
 # About 12 minutes on 2 cores: interleaved rounds of short wrk windows (the plan is in bench/run.py).
 bench: $(BIN)/.dev-installed
