@@ -133,11 +133,12 @@ async def test_stalled_multipart_and_json_bodies_get_408_too(path, content_type,
     assert response.status_code == 408 and response.json()["error"]["code"] == "request_timeout"
 
 
-async def test_past_max_uploads_a_body_gets_a_fast_429_while_bodiless_requests_pass():
-    app, _ = build(max_uploads=1, body_timeout_s=30)
+async def while_a_slow_upload_waits(app, then) -> tuple[object, dict]:
+    """Start an /encode whose body stops after 10 bytes, run `then(client, results)` while it waits,
+    then let the body finish. Returns the slow upload's response and what `then` recorded."""
     arrived, finish = anyio.Event(), anyio.Event()
     data = png_bytes(0)
-    results = {}
+    results: dict = {}
 
     async def slow():
         yield data[:10]
@@ -153,40 +154,31 @@ async def test_past_max_uploads_a_body_gets_a_fast_429_while_bodiless_requests_p
             group.start_soon(slow_upload)
             with anyio.fail_after(5):
                 await arrived.wait()
-            results["second"] = await client.post("/encode", content=data, headers=PNG)
-            results["health"] = await client.get("/healthz")
+            await then(client, results)
             finish.set()
+    return results.pop("slow"), results
+
+
+async def test_past_max_uploads_a_body_gets_a_fast_429_while_bodiless_requests_pass():
+    async def meanwhile(client, results):
+        results["second"] = await client.post("/encode", content=png_bytes(0), headers=PNG)
+        results["health"] = await client.get("/healthz")
+
+    slow, results = await while_a_slow_upload_waits(build(max_uploads=1, body_timeout_s=30)[0], meanwhile)
     second = results["second"]
     assert second.status_code == 429 and second.headers["retry-after"] == "1"
     assert second.json()["error"]["code"] == "overloaded" and "uploads" in second.json()["error"]["message"]
     assert results["health"].json() == {"status": "ok"}
-    assert results["slow"].status_code == 200 and len(results["slow"].json()["results"]) == 1
+    assert slow.status_code == 200 and len(slow.json()["results"]) == 1
 
 
 async def test_a_slow_upload_holds_no_model_slot():
-    app, _ = build(max_in_flight=1, body_timeout_s=30)
-    arrived, finish = anyio.Event(), anyio.Event()
-    data = png_bytes(0)
-    results = {}
+    async def meanwhile(client, results):
+        results["other"] = await client.post("/encode", content=png_bytes(0), headers=PNG)
 
-    async def slow():
-        yield data[:10]
-        arrived.set()
-        await finish.wait()
-        yield data[10:]
-
-    async with client_for(app) as client:
-        async def slow_upload():
-            results["slow"] = await client.post("/encode", content=slow(), headers=PNG)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(slow_upload)
-            with anyio.fail_after(5):
-                await arrived.wait()
-            results["other"] = await client.post("/encode", content=data, headers=PNG)
-            finish.set()
+    slow, results = await while_a_slow_upload_waits(build(max_in_flight=1, body_timeout_s=30)[0], meanwhile)
     assert results["other"].status_code == 200 and len(results["other"].json()["results"]) == 1
-    assert results["slow"].json()["results"][0]["mean"] == results["other"].json()["results"][0]["mean"]
+    assert slow.json()["results"][0]["mean"] == results["other"].json()["results"][0]["mean"]
 
 
 async def test_a_route_that_raises_answers_500_with_the_request_id_through_the_whole_app(caplog):
