@@ -86,7 +86,10 @@ async def start(state: AppState) -> None:
 async def _poll(state: AppState, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)  # a timer: Triton's poll mode re-scans on an interval
-        await state.registry.poll()
+        try:
+            await state.registry.poll()
+        except Exception:  # a directory changing under the scan, say: the next poll looks again
+            log.exception("repository poll failed; trying again in %g s", seconds)
 
 
 def create_app(settings: Settings | None = None, load: EngineLoader = load_engine,
@@ -134,7 +137,7 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed"])
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"])
     app.add_middleware(ObservabilityMiddleware, state=state, max_body=settings.max_upload_bytes,
                        max_uploads=settings.max_uploads, body_timeout_s=settings.body_timeout_s,
                        access_log=settings.access_log)
