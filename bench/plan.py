@@ -28,7 +28,7 @@ SERVERS = {
     "ceiling": ServerSpec("ceiling"),
     "naive": ServerSpec("naive"),
     "product_2_workers": ServerSpec("product", workers=2),
-    "product_micro_batch": ServerSpec("product", env={"VAE_MICRO_BATCH": "true"}),
+    "product_no_batch": ServerSpec("product", env={"VAE_MICRO_BATCH": "false"}),
 }
 PRODUCT_ROUTES = ("encode_16_multipart", "sample_16_png", "elbo_k1", "elbo_k100")
 
@@ -41,7 +41,7 @@ FULL_CELLS = (
     *(encode_cell(server, c) for server in ("product", "minimal", "ceiling", "naive") for c in CONCURRENCY),
     *(Cell("product", route, c) for route in PRODUCT_ROUTES for c in CONCURRENCY),
     *(encode_cell("product_2_workers", c) for c in (32, 64)),
-    *(encode_cell("product_micro_batch", c) for c in (1, 32, 64)),
+    *(encode_cell("product_no_batch", c) for c in (1, 32, 64)),
 )
 QUICK_RATIOS = {"encode_vs_minimal_c32": Ratio(encode_cell("product", 32), encode_cell("minimal", 32))}
 FULL_RATIOS = {
@@ -51,10 +51,10 @@ FULL_RATIOS = {
     "p99_c1_product_vs_naive": Ratio(encode_cell("product", 1), encode_cell("naive", 1), "p99_us"),
     "two_workers_vs_one_c32": Ratio(encode_cell("product_2_workers", 32), encode_cell("product", 32)),
     "two_workers_vs_one_c64": Ratio(encode_cell("product_2_workers", 64), encode_cell("product", 64)),
-    "micro_batch_vs_off_c32": Ratio(encode_cell("product_micro_batch", 32), encode_cell("product", 32)),
-    "micro_batch_vs_off_c64": Ratio(encode_cell("product_micro_batch", 64), encode_cell("product", 64)),
-    "micro_batch_p99_vs_off_c1": Ratio(encode_cell("product_micro_batch", 1), encode_cell("product", 1), "p99_us"),
-    "micro_batch_p99_vs_off_c64": Ratio(encode_cell("product_micro_batch", 64), encode_cell("product", 64), "p99_us"),
+    "micro_batch_vs_off_c32": Ratio(encode_cell("product", 32), encode_cell("product_no_batch", 32)),
+    "micro_batch_vs_off_c64": Ratio(encode_cell("product", 64), encode_cell("product_no_batch", 64)),
+    "micro_batch_p99_vs_off_c1": Ratio(encode_cell("product", 1), encode_cell("product_no_batch", 1), "p99_us"),
+    "micro_batch_p99_vs_off_c64": Ratio(encode_cell("product", 64), encode_cell("product_no_batch", 64), "p99_us"),
 }
 QUICK_GUARD = 0.7  # `--quick` fails when the median encode_vs_minimal_c32 falls below this
 

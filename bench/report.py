@@ -77,7 +77,7 @@ def bench_section(serving: dict, training: dict | None = None) -> str:
               f"{_spread(efficiency['encode_efficiency_c32'], '.2f')} "
               f"(ideal {efficiency['ideal_rps_c32']['median']:.0f} rps) | - |",
               f"| 2 workers vs 1 at c=32 / c=64 | {x('two_workers_vs_one_c32')} / {x('two_workers_vs_one_c64')} | - |",
-              f"| micro-batching on vs off (default): requests/s at c=32 / c=64 | {x('micro_batch_vs_off_c32')} / "
+              f"| micro-batching on (default) vs off: requests/s at c=32 / c=64 | {x('micro_batch_vs_off_c32')} / "
               f"{x('micro_batch_vs_off_c64')} | - |",
               f"| micro-batching on vs off: p99 at c=1 / c=64 | {x('micro_batch_p99_vs_off_c1')} / "
               f"{x('micro_batch_p99_vs_off_c64')} | - |",

@@ -180,6 +180,7 @@ class Registry(Generic[T]):
     load_version: Callable[[Path], T]
     on_change: Callable[[str, str, str], None] | None = None  # (name, version, state), e.g. for metrics
     _served: dict[str, dict[str, T]] = field(default_factory=dict)
+    _default_version: dict[str, str] = field(default_factory=dict)  # per model: its highest served version
     _status: dict[tuple[str, str], Status] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -193,7 +194,7 @@ class Registry(Generic[T]):
         if not versions:
             raise ModelNotFound(f"model {name!r} is not loaded")
         if version is None:
-            version = max(versions, key=version_key)
+            version = self._default_version[name]
         elif version not in versions:
             raise ModelNotFound(f"model {name!r} has no loaded version {version!r}; loaded: "
                                 f"{', '.join(sorted(versions, key=version_key))}")
@@ -261,7 +262,7 @@ class Registry(Generic[T]):
                 if version in new:
                     self._set(Status(name, version, READY, f"reload failed, still serving the copy loaded earlier: "
                                      f"{failed[version]}"))
-            self._served = {**self._served, name: new}
+            self._serve({**self._served, name: new})
             if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
                 self._unloaded.discard(name)
             if failed:
@@ -278,7 +279,7 @@ class Registry(Generic[T]):
             if name not in self._served and not any(key[0] == name for key in self._status):
                 raise ModelNotFound(f"model {name!r} is not loaded")
             versions = self._served.get(name, {})
-            self._served = {k: v for k, v in self._served.items() if k != name}
+            self._serve({k: v for k, v in self._served.items() if k != name})
             self._unloaded.add(name)
             for version in versions:
                 self._set(Status(name, version, UNAVAILABLE, "unloaded"))
@@ -311,6 +312,12 @@ class Registry(Generic[T]):
             self._set(Status(name, version, READY))
             _log_release(engine, name, version)
         return loaded, failed
+
+    def _serve(self, served: dict[str, dict[str, T]]) -> None:
+        """Replace what is served in one step (requests read it without locks); the default versions
+        are computed here, not per request."""
+        self._default_version = {name: max(versions, key=version_key) for name, versions in served.items() if versions}
+        self._served = served
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -36,9 +36,12 @@ class ServedModel:
     @classmethod
     def create(cls, engine: Engine, settings: Settings, metrics: Metrics) -> ServedModel:
         manifest = engine.model.manifest
-        batcher = (MicroBatcher(engine.model.encode, max_rows=settings.max_batch,
-                                max_wait_s=settings.micro_batch_wait_ms / 1000) if settings.micro_batch else None)
-        return cls(manifest.name, manifest.version, engine, settings, metrics, batcher)
+        served = cls(manifest.name, manifest.version, engine, settings, metrics)
+        if settings.micro_batch:  # a batch is one model call: inline when small, else on a worker thread
+            served.batcher = MicroBatcher(lambda pixels: served._call("encode", len(pixels), engine.model.encode,
+                                                                      pixels),
+                                          max_rows=settings.max_batch, max_wait_s=settings.micro_batch_wait_ms / 1000)
+        return served
 
     @property
     def ref(self) -> dict[str, str]:
@@ -71,17 +74,21 @@ class ServedModel:
         so memory stays bounded under load."""
         self._admit()
         try:
-            began = time.perf_counter()
-            if rows <= self.settings.inline_cost:
-                result = fn(*args)
-            else:
-                if self.limiter is None:
-                    self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-                result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-            self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
-            return result
+            return await self._call(operation, rows, fn, *args)
         finally:
             self._release()
+
+    async def _call(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
+        """One model call, timed: inline, or on a worker thread past `inline_cost` rows."""
+        began = time.perf_counter()
+        if rows <= self.settings.inline_cost:
+            result = fn(*args)
+        else:
+            if self.limiter is None:
+                self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+            result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
+        return result
 
     async def encode(self, pixels: np.ndarray, sample: bool, seed: int):
         """/encode's model call: through the micro-batcher when it is on. (Small model calls run inline
@@ -92,10 +99,7 @@ class ServedModel:
             return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
         self._admit()
         try:
-            began = time.perf_counter()
-            mean, logvar = await self.batcher.submit(pixels)
-            self.metrics.observe_inference(self.name, self.version, "encode", len(pixels),
-                                           time.perf_counter() - began)
+            mean, logvar = await self.batcher.submit(pixels)  # the batch's call is timed by _call
         finally:
             self._release()
         return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None

@@ -90,3 +90,34 @@ def test_a_tampered_graph_keeps_the_server_unready_with_a_clear_log_line(tmp_pat
         assert "not served, staying unready" in server.log() and "encoder.onnx: SHA-256" in server.log()
     finally:
         server.stop()
+
+
+def test_concurrent_encodes_are_batched_and_each_equals_its_image_alone(base_url, test_images, local_model):
+    """Micro-batching (on by default) coalesces these into shared onnxruntime calls; the encoder gives
+    identical rows at any batch size (the exporter checks 1, 7 and 256), so each answer is exactly
+    that image's own."""
+    bodies = [png(x) for x in test_images[:48]]
+    contract = PreprocessContract()
+    alone = [local_model.encode(bytes_to_array(b, contract)[None]) for b in bodies]
+
+    async def run():
+        async with httpx.AsyncClient(base_url=base_url, timeout=60,
+                                     limits=httpx.Limits(max_connections=48)) as client:
+            return await asyncio.gather(*[client.post("/encode", content=b, headers=PNG) for b in bodies])
+
+    def encode_calls_and_images() -> tuple[float, float]:
+        text = httpx.get(f"{base_url}/metrics").text
+        def total(prefix):
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(prefix) and 'operation="encode"' in line)
+        return total("vae_inference_duration_seconds_count"), total("vae_images_processed_total")
+
+    calls_before, images_before = encode_calls_and_images()
+    responses = asyncio.run(run())
+    calls_after, images_after = encode_calls_and_images()
+    assert images_after - images_before == len(bodies)
+    assert calls_after - calls_before < len(bodies)  # some requests shared an onnxruntime call
+    for response, (mean, logvar) in zip(responses, alone):
+        result = response.json()["results"][0]
+        np.testing.assert_array_equal(np.asarray(result["mean"], dtype=np.float32), mean[0])
+        np.testing.assert_array_equal(np.asarray(result["logvar"], dtype=np.float32), logvar[0])

@@ -1,4 +1,5 @@
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -53,12 +54,33 @@ def test_a_failure_reaches_every_waiting_request():
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(run()))
 
 
+def test_an_async_encode_runs_the_batch_off_the_loop_and_requests_queue_behind_it():
+    threads = []
+
+    async def encode_in_thread(x):
+        def work():
+            threads.append(threading.get_ident())
+            return encode(x)
+
+        return await asyncio.to_thread(work)
+
+    async def run():
+        batcher = MicroBatcher(encode_in_thread, max_rows=64, max_wait_s=0.0)
+        inputs = [np.full((1, 1, 2, 2), float(i)) for i in range(4)]
+        return batcher.calls, inputs, await asyncio.gather(*[batcher.submit(x) for x in inputs])
+
+    _, inputs, results = asyncio.run(run())
+    assert threads and threading.get_ident() not in threads
+    for x, (mean, _) in zip(inputs, results):
+        np.testing.assert_array_equal(mean, encode(x)[0])
+
+
 @pytest.mark.anyio
 async def test_encode_route_gives_the_same_answer_with_micro_batching():
     from tests.unit.service.conftest import build, client_for, png_bytes
     from service.batching import MicroBatcher as Batcher
 
-    plain, fake = build()
+    plain, fake = build(micro_batch=False)
     batched, _ = build(fake, micro_batch=True)
     served = batched.state.vae.resolve()
     served.batcher = Batcher(fake.encode, max_rows=8, max_wait_s=0.0)

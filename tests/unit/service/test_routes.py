@@ -241,7 +241,7 @@ async def wait_for(condition, timeout: float = 10.0) -> None:
 
 async def test_overload_is_429_and_the_rest_are_served():
     fake = GatedVAE()
-    app, _ = build(fake, max_in_flight=2, inline_cost=0)
+    app, _ = build(fake, max_in_flight=2, inline_cost=0, micro_batch=False)  # one model call per request
     async with client_for(app) as client:
         async def post():
             return await client.post("/encode", content=png_bytes(0), headers=PNG)
