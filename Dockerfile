@@ -33,7 +33,7 @@ COPY artifacts/fashion-mnist-vae/2.0.0/manifest.json artifacts/fashion-mnist-vae
 #   docker run -v ./my-model:/models/custom:ro -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    VAE_MODEL_REPOSITORY=/app/models VAE_DEFAULT_MODEL=fashion-mnist-vae \
+    VAE_MODEL_REPOSITORY=/app/models \
     VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
 WORKDIR /app
 USER vae

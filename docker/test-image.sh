@@ -66,7 +66,7 @@ echo "image size: $((SIZE / 1000000)) MB"
 
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # A higher in-flight limit than the default so the 200-request concurrency test sees no 429.
-"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" -e VAE_MAX_IN_FLIGHT=512 "$IMAGE" >/dev/null
+"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" -e VAE_MAX_IN_FLIGHT=512 -e VAE_MAX_UPLOADS=512 "$IMAGE" >/dev/null
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   sleep 0.2
