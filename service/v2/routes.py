@@ -28,8 +28,8 @@ from service.v2.schemas import (InferenceRequest, InferenceResponse, LiveRespons
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-# A body up to this size is parsed on the event loop (orjson: well under a millisecond); a larger one,
-# up to VAE_MAX_UPLOAD_BYTES of JSON numbers, in a worker thread.
+# A JSON header up to this size is parsed on the event loop (orjson: well under a millisecond); a
+# larger one, up to VAE_MAX_UPLOAD_BYTES of JSON numbers, in a worker thread.
 INLINE_PARSE_BYTES = 65_536
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -118,7 +118,7 @@ async def infer(request: Request) -> Response:
     served, kind = resolve(state, name, version)
     body = await read_body(request, state.settings.max_upload_bytes)
     length = header_length(request.headers.get(HEADER_LENGTH), len(body))
-    if len(body) <= INLINE_PARSE_BYTES:
+    if length <= INLINE_PARSE_BYTES:  # binary tensors cost nothing to parse: np.frombuffer
         parsed = parse_request(body, length)
     else:
         parsed = await anyio.to_thread.run_sync(parse_request, body, length)
