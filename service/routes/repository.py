@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.registry import LoadFailed, ModelNotFound
 from service.schemas import V2ErrorBody
+from service.v2.schemas import ModelReadyResponse
 from service.state import app_state
 from service.v2.models import split_name, v2_names
 
@@ -136,14 +137,18 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-@router.get("/v2/models/{name}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+READY = {200: {"model": ModelReadyResponse, "description": "ready"}, 400: {**V2_ERROR, "description": "not ready"}}
+
+
+@router.get("/v2/models/{name}/ready", responses=READY,
             openapi_extra=NAME,
-            summary="Per-model readiness: 200 when a version of the model is loaded and warmed up")
+            summary="Per-model readiness: 200 when a version of the model (or of a v2 model's) is loaded and "
+                    "warmed up")
 async def model_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=READY,
             openapi_extra=VERSION, summary="Per-version readiness")
 async def version_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], request.path_params["version"])
