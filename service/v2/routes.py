@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ApiError
 from service.registry import version_key
+from service.schemas import V2ErrorBody
 from service.state import AppState, app_state
 from service.uploads import read_body
 from service.v2 import models as v2
@@ -75,21 +76,16 @@ def _paths(suffix: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _errors(*statuses: int) -> dict[int | str, Any]:
-    from service.schemas import V2ErrorBody
-
     meaning = {400: "a malformed request, tensor or parameter", 404: "no such v2 model or version",
                408: "the body did not arrive in time", 413: "a body or image over its limit",
                429: "too many model calls in flight; retry", 503: "the model is loading or failed to load"}
     return {status: {"model": V2ErrorBody, "description": meaning[status]} for status in statuses}
 
 
-@router.get("/v2/health/live", response_model=LiveResponse, summary="Liveness: the process answers")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", response_model=ReadyResponse, responses=_errors(503),
-            summary="Readiness: the default model (VAE_DEFAULT_MODEL) serves")
 async def ready(request: Request) -> Response:
     state = app_state(request)
     if not state.ready:
@@ -97,7 +93,6 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"ready": True})
 
 
-@router.get("/v2", response_model=ServerMetadata, summary="Server metadata: name, version, extensions")
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
 
@@ -151,11 +146,18 @@ INFER_OK = {200: {"description": "the outputs; with binary outputs the body is t
                               "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 REQUEST_MODELS = (InferenceRequest, InferenceResponse)  # referenced from openapi_extra; added by service/docs.py
 
-for _path, _params in _paths(""):
-    router.add_api_route(_path, model_metadata, methods=["GET"], response_model=ModelMetadata,
-                         responses=_errors(404, 503), openapi_extra=_params,
-                         summary="A v2 model's metadata: its tensors, platform and parameters")
+# Inference first: Starlette tries the routes in order, and each miss costs a regular-expression match.
 for _path, _params in _paths("/infer"):
     router.add_api_route(_path, infer, methods=["POST"], response_class=Response,
                          responses={**INFER_OK, **_errors(400, 404, 408, 413, 429, 503)},
                          openapi_extra={**_params, **INFER_BODY}, summary="Inference, JSON or binary tensors")
+router.add_api_route("/v2/health/live", live, methods=["GET"], response_model=LiveResponse,
+                     summary="Liveness: the process answers")
+router.add_api_route("/v2/health/ready", ready, methods=["GET"], response_model=ReadyResponse,
+                     responses=_errors(503), summary="Readiness: the default model (VAE_DEFAULT_MODEL) serves")
+router.add_api_route("/v2", server_metadata, methods=["GET"], response_model=ServerMetadata,
+                     summary="Server metadata: name, version, extensions")
+for _path, _params in _paths(""):
+    router.add_api_route(_path, model_metadata, methods=["GET"], response_model=ModelMetadata,
+                         responses=_errors(404, 503), openapi_extra=_params,
+                         summary="A v2 model's metadata: its tensors, platform and parameters")
