@@ -2,8 +2,8 @@
 
 The graph models must match onnxruntime run here on the same graphs; the operation models must
 equal the service's own routes for the same images and seeds. KServe's Python client is not used:
-the `kserve` package pulls kubernetes, grpcio, grpcio-tools, pandas and psutil<6 into the test
-environment. What it needs beyond tritonclient (JSON health bodies, `model_name` in every response,
+the `kserve` package pulls kubernetes, grpcio, grpcio-tools, pandas and psutil<6 (434 MB) into the
+test environment. What it needs beyond tritonclient (JSON health bodies, `model_name` in every response,
 a body that carries `model_name` and `id`, Content-Type application/octet-stream) is checked on the
 wire with httpx instead (`test_what_kserves_client_reads`)."""
 
