@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.fakes import FakeVAE
 
 pytestmark = pytest.mark.anyio
 MODEL = "fake-vae"
@@ -84,3 +85,29 @@ async def test_a_body_over_the_upload_limit_is_413_in_the_protocols_shape():
     async with client_for(app) as client:
         response = await client.post(f"/v2/models/{MODEL}.encode/infer", content=b"x" * 1001)
         assert "exceeds the limit of 1000 bytes" in v2_error(response, 413)
+
+
+async def test_the_in_flight_limit_is_429_in_the_protocols_shape():
+    app, _ = build(max_in_flight=1)
+    served = app.state.vae.resolve()
+    served.in_flight = 1  # a model call of another request holds the only slot
+    async with client_for(app) as client:
+        body, headers = bytes_request([png_bytes(1)])
+        response = await client.post(f"/v2/models/{MODEL}.encode/infer", content=body, headers=headers)
+        assert "more than 1 model calls in flight" in v2_error(response, 429)
+        assert response.headers["retry-after"] == "1"
+    served.in_flight = 0
+
+
+async def test_a_wrong_method_is_405_in_the_protocols_shape(client):
+    assert v2_error(await client.get(f"/v2/models/{MODEL}.encode/infer"), 405) == \
+        f"GET is not allowed on /v2/models/{MODEL}.encode/infer"
+
+
+async def test_an_unexpected_error_is_a_generic_500_in_the_protocols_shape():
+    app, _ = build(FakeVAE(broken=True))
+    async with client_for(app) as client:
+        body, headers = bytes_request([png_bytes(1)])
+        response = await client.post(f"/v2/models/{MODEL}.encode/infer", content=body, headers=headers)
+    message = v2_error(response, 500)
+    assert "secret" not in message and "X-Request-ID" in message
