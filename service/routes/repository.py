@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse, Response
 
 from service.registry import LoadFailed, ModelNotFound
 from service.schemas import V2ErrorBody
-from service.v2.schemas import ModelReadyResponse
 from service.state import app_state
 from service.v2.models import split_name, v2_names
+from service.v2.schemas import ModelReadyResponse
 
 router = APIRouter(tags=["model repository"])
 # Path parameters read from request.path_params and documented here: declared in the signature, FastAPI

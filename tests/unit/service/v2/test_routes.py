@@ -111,3 +111,16 @@ async def test_an_unexpected_error_is_a_generic_500_in_the_protocols_shape():
         response = await client.post(f"/v2/models/{MODEL}.encode/infer", content=body, headers=headers)
     message = v2_error(response, 500)
     assert "secret" not in message and "X-Request-ID" in message
+
+
+async def test_the_index_lists_the_v2_models_and_their_names_load_and_unload_the_model():
+    app, _ = build(repository_control="open")
+    async with client_for(app) as client:
+        index = (await client.post("/v2/repository/index")).json()
+        assert [row["name"] for row in index][:3] == [MODEL, f"{MODEL}.encoder", f"{MODEL}.decoder"]
+        assert {row["state"] for row in index} == {"READY"} and len(index) == 8
+        assert (await client.get(f"/v2/models/{MODEL}.elbo/ready")).json() == {"name": f"{MODEL}.elbo", "ready": True}
+        assert (await client.post(f"/v2/repository/models/{MODEL}.encoder/unload")).status_code == 200
+        assert "is not ready" in v2_error(await client.get(f"/v2/models/{MODEL}.elbo/ready"), 400)
+        assert (await client.post(f"/v2/repository/models/{MODEL}.elbo/load", json={})).status_code == 200
+        assert (await client.get(f"/v2/models/{MODEL}.encode/versions/9.9.9/ready")).status_code == 200
