@@ -21,11 +21,12 @@ from service.registry import version_key
 from service.schemas import V2ErrorBody
 from service.state import AppState, app_state
 from service.uploads import read_body
-from service.v2 import models as v2
 from service.v2.codec import (HEADER_LENGTH, InferResponse, ProtocolError, encode_response, header_length,
                               parse_request)
+from service.v2.models import MODELS, split_name, v2_names
 from service.v2.schemas import (InferenceRequest, InferenceResponse, LiveResponse, ModelMetadata, ReadyResponse,
                                 ServerMetadata)
+from service.v2.spec import Call, V2Model
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -53,13 +54,13 @@ def protocol_errors(endpoint: Endpoint) -> Endpoint:
     return answer
 
 
-def resolve(state: AppState, v2_name: str, version: str | None) -> tuple[Any, v2.V2Model]:
+def resolve(state: AppState, v2_name: str, version: str | None) -> tuple[Any, V2Model]:
     """(the served version, the v2 model) behind a v2 name; 404 or 503 as the native routes answer."""
-    found = v2.split_name(v2_name)
+    found = split_name(v2_name)
     if found is None:
-        hint = (f"'{v2_name}' is a repository model; its v2 models are {', '.join(v2.v2_names(v2_name))}"
+        hint = (f"'{v2_name}' is a repository model; its v2 models are {', '.join(v2_names(v2_name))}"
                 if v2_name in state.registry.served() else
-                f"no v2 model '{v2_name}': v2 models are named <model>.<{'|'.join(v2.MODELS)}> for each model "
+                f"no v2 model '{v2_name}': v2 models are named <model>.<{'|'.join(MODELS)}> for each model "
                 "in GET /v1/models (POST /v2/repository/index lists them)")
         raise ProtocolError(hint, status=404)
     model, kind = found
@@ -122,7 +123,7 @@ async def infer(request: Request) -> Response:
         if requested.name not in known:
             raise ProtocolError(f"model '{name}' has no output '{requested.name}'; its outputs are "
                                 f"{', '.join(known)}")
-    call = v2.Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters)
+    call = Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters)
     outputs, parameters = await kind.run(call)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs is not None else list(outputs)
     missing = [o for o in wanted if o not in outputs]
