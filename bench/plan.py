@@ -1,7 +1,7 @@
 """What `make bench` measures, as data: the servers, the cells, the ratios, the rounds.
 
-Rounds x windows, chosen to fit `make bench` in about 12 minutes on 2 cores: the full plan has 37
-cells x 5 rounds x (1 s warm-up + 2 s window) = about 9.5 minutes of load, and the rest of
+Rounds x windows, chosen to fit `make bench` in about 12 minutes on 2 cores: the full plan has 39
+cells x 5 rounds x (1 s warm-up + 2 s window) = about 9.75 minutes of load, and the rest of
 `make bench` (decoder shapes, in-process costs, cold start, one training epoch) about 2 minutes.
 Five rounds give a median that one slow round cannot move, and a range. The quick plan (the CI
 guard) measures 2 cells x 5 rounds x (1 s + 2 s), about 35 s with the server starts.
@@ -31,6 +31,7 @@ SERVERS = {
     "product_no_batch": ServerSpec("product", env={"VAE_MICRO_BATCH": "false"}),
 }
 PRODUCT_ROUTES = ("encode_16_multipart", "sample_16_png", "elbo_k1", "elbo_k100")
+V2_ROUTES = ("v2_encoder_binary", "v2_encoder_json")  # /encode's image over the open inference protocol
 
 
 def encode_cell(server: str, concurrency: int) -> Cell:
@@ -42,6 +43,7 @@ FULL_CELLS = (
     *(Cell("product", route, c) for route in PRODUCT_ROUTES for c in CONCURRENCY),
     *(encode_cell("product_2_workers", c) for c in (32, 64)),
     *(encode_cell("product_no_batch", c) for c in (1, 32, 64)),
+    *(Cell("product", route, 32) for route in V2_ROUTES),
 )
 QUICK_RATIOS = {"encode_vs_minimal_c32": Ratio(encode_cell("product", 32), encode_cell("minimal", 32))}
 FULL_RATIOS = {
@@ -55,6 +57,8 @@ FULL_RATIOS = {
     "micro_batch_vs_off_c64": Ratio(encode_cell("product", 64), encode_cell("product_no_batch", 64)),
     "micro_batch_p99_vs_off_c1": Ratio(encode_cell("product", 1), encode_cell("product_no_batch", 1), "p99_us"),
     "micro_batch_p99_vs_off_c64": Ratio(encode_cell("product", 64), encode_cell("product_no_batch", 64), "p99_us"),
+    "v2_binary_vs_encode_c32": Ratio(Cell("product", "v2_encoder_binary", 32), encode_cell("product", 32)),
+    "v2_json_vs_encode_c32": Ratio(Cell("product", "v2_encoder_json", 32), encode_cell("product", 32)),
 }
 QUICK_GUARD = 0.7  # `--quick` fails when the median encode_vs_minimal_c32 falls below this
 

@@ -60,6 +60,10 @@ def bench_section(serving: dict, training: dict | None = None) -> str:
     ip, cold, rss, efficiency = serving["in_process"], serving["cold_start"], serving["memory"], serving["efficiency"]
     met = serving["targets_met"]
     x = lambda name: _spread(ratios[name], ".2f", "x")  # noqa: E731
+    v2_rows = [] if "v2_binary_vs_encode_c32" not in ratios else [
+        f"| open inference protocol, encoder graph at c=32 vs `/encode`: binary tensors (>= 0.9x) / JSON tensors | "
+        f"{x('v2_binary_vs_encode_c32')} / {x('v2_json_vs_encode_c32')} | "
+        f"{_yes(met['v2 binary encoder >= 0.9x /encode (c32)'])} |"]
     lines += ["",
               "| target (ratios taken within each round: median (min-max)) | measured | met |", "|---|---|---|",
               f"| `/encode` at c=32 vs the minimal app (>= 0.9x) | {x('encode_vs_minimal_c32')} | "
@@ -81,6 +85,7 @@ def bench_section(serving: dict, training: dict | None = None) -> str:
               f"{x('micro_batch_vs_off_c64')} | - |",
               f"| micro-batching on vs off: p99 at c=1 / c=64 | {x('micro_batch_p99_vs_off_c1')} / "
               f"{x('micro_batch_p99_vs_off_c64')} | - |",
+              *v2_rows,
               "",
               f"In-process limit (onnxruntime, 1 thread): encoder {ip['encoder_images_per_s_batch1']:.0f} / "
               f"{ip['encoder_images_per_s_batch16']:.0f} / {ip['encoder_images_per_s_batch256']:.0f} images/s at batch "

@@ -80,9 +80,33 @@ def multipart(files: list[bytes]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def routes(pngs: list[bytes]) -> dict[str, dict[str, Any]]:
+def v2_encoder_routes(pixels: np.ndarray, model: str) -> dict[str, dict[str, Any]]:
+    """The encoder graph over the open inference protocol, as tritonclient sends it (binary tensor
+    data, no Content-Type) and as JSON tensors; `pixels` (1, C, H, W) is the image /encode gets."""
+    path = f"/v2/models/{model}.encoder/infer"
+    tensor = {"name": "image", "shape": list(pixels.shape), "datatype": "FP32"}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    as_json = json.dumps({"inputs": [{**tensor, "data": pixels.ravel().tolist()}]}).encode()
+    return {
+        "v2_encoder_binary": {"path": path, "method": "POST", "body": header + pixels.astype("<f4").tobytes(),
+                              "content_type": "", "headers": {"Inference-Header-Content-Length": str(len(header))}},
+        "v2_encoder_json": {"path": path, "method": "POST", "body": as_json, "content_type": "application/json"},
+    }
+
+
+def first_image(pngs: list[bytes], model_dir: Path) -> tuple[np.ndarray, str]:
+    """The first PNG as the model sees it, (1, C, H, W), and the model's name."""
+    from model.core.manifest import Manifest
+    from model.core.preprocess import PreprocessContract, bytes_to_array
+
+    manifest = Manifest.read(model_dir / "manifest.json")
+    return bytes_to_array(pngs[0], PreprocessContract.from_dict(manifest.preprocessing))[None], manifest.name
+
+
+def routes(pngs: list[bytes], model_dir: Path = MODEL_DIR) -> dict[str, dict[str, Any]]:
     body16, type16 = multipart(pngs[:16])
     return {
+        **v2_encoder_routes(*first_image(pngs, model_dir)),
         ENCODE: {"path": "/encode", "method": "POST", "body": pngs[0], "content_type": "image/png"},
         "encode_16_multipart": {"path": "/encode", "method": "POST", "body": body16, "content_type": type16},
         "sample_16_png": {"path": "/sample?n=16&seed=1", "method": "GET", "body": None, "content_type": ""},
@@ -98,7 +122,8 @@ def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any]) -> dict
             handle.write(route["body"])
             handle.flush()
         env = {**os.environ, "WRK_BODY": handle.name if route["body"] is not None else "",
-               "WRK_METHOD": route["method"], "WRK_CONTENT_TYPE": route["content_type"]}
+               "WRK_METHOD": route["method"], "WRK_CONTENT_TYPE": route["content_type"],
+               "WRK_HEADERS": "".join(f"{k}: {v}\n" for k, v in route.get("headers", {}).items())}
         command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s",
                    str(REPO / "bench" / "wrk_report.lua"), url + route["path"]]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
@@ -136,7 +161,8 @@ def preflight(bench: Bench) -> None:
     also covers the 1xx and 3xx answers that wrk does not count as errors."""
     for server, route_name in sorted({(cell.server, cell.route) for cell in bench.plan.cells}):
         route = bench.routes[route_name]
-        headers = {"Content-Type": route["content_type"]} if route["content_type"] else {}
+        headers = {**({"Content-Type": route["content_type"]} if route["content_type"] else {}),
+                   **route.get("headers", {})}
         response = httpx.request(route["method"], bench.servers[server].url + route["path"], content=route["body"],
                                  headers=headers, timeout=30)
         if not 200 <= response.status_code < 300 or not response.content:
@@ -164,6 +190,7 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
     rss = results["memory"]["product"] + results["memory"]["product_2_workers"]
     return {
         "encode >= 0.9x minimal (c32)": ratio("encode_vs_minimal_c32") >= 0.9,
+        "v2 binary encoder >= 0.9x /encode (c32)": ratio("v2_binary_vs_encode_c32") >= 0.9,
         "encode >= 2x naive (c32)": ratio("encode_vs_naive_c32") >= 2.0,
         "p99 at c1 <= naive": ratio("p99_c1_product_vs_naive") <= 1.0,
         "start to ready <= 1.5 s": results["cold_start"]["start_to_ready_s"] <= 1.5,

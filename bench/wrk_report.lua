@@ -13,6 +13,10 @@ local content_type = os.getenv("WRK_CONTENT_TYPE")
 if content_type and content_type ~= "" then
   wrk.headers["Content-Type"] = content_type
 end
+-- Further headers, one "Name: value" a line (the open inference protocol's binary header length).
+for name, value in string.gmatch(os.getenv("WRK_HEADERS") or "", "([^:\n]+): ([^\n]*)\n") do
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

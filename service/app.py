@@ -23,6 +23,7 @@ from service.routes import images, latents, ops, repository
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
+from service.v2 import routes as v2_routes
 
 log = logging.getLogger("vae.service")
 EngineLoader = Callable[[Path, Settings], Engine]
@@ -133,7 +134,7 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
     app.state.vae = state
     errors.install(app)
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
-    for router in (images.router, latents.router, ops.router, repository.router):
+    for router in (images.router, latents.router, ops.router, repository.router, v2_routes.router):
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service.schemas import REQUEST_MODELS
+from service.v2.routes import REQUEST_MODELS as V2_REQUEST_MODELS
 
 ASSETS_URL = "/docs-assets"
 # The wheel's static folder holds exactly these: Swagger UI's bundle and CSS, ReDoc, a favicon.
@@ -56,8 +57,11 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
     def generic() -> dict[str, Any]:
         document = fastapi_generator()
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for model in REQUEST_MODELS:
-            schemas.setdefault(model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+        for model in (*REQUEST_MODELS, *V2_REQUEST_MODELS):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, nested in schema.pop("$defs", {}).items():  # the models it refers to, beside it
+                schemas.setdefault(name, nested)
+            schemas.setdefault(model.__name__, schema)
         return document
     fitted: dict[int, dict[str, Any]] = {}
 

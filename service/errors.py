@@ -26,6 +26,11 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+def is_v2(path: str) -> bool:
+    """Paths of the open inference protocol, whose errors are {"error": "<message>"}."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -61,5 +66,8 @@ def install(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
         message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}",
                    408: str(exc.detail), 413: str(exc.detail)}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                              message.get(exc.status_code, "request failed"), getattr(exc, "headers", None))
+        text = message.get(exc.status_code, "request failed")
+        if is_v2(request.url.path):  # the open inference protocol's shape, {"error": "<message>"}
+            return JSONResponse({"error": text}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), text,
+                              getattr(exc, "headers", None))

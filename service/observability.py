@@ -119,12 +119,12 @@ class ObservabilityMiddleware:
                 return
             if length > self.max_body:  # before a byte of the body is read
                 await _reject(send_with_id, 413, "payload_too_large",
-                              f"request body exceeds the limit of {self.max_body} bytes")
+                              f"request body exceeds the limit of {self.max_body} bytes", v2=errors.is_v2(path))
                 return
             if len(self.uploads) >= self.max_uploads:
                 self.metrics.rejected.inc()
                 await _reject(send_with_id, 429, "overloaded",
-                              f"more than {self.max_uploads} uploads in progress; retry shortly")
+                              f"more than {self.max_uploads} uploads in progress; retry shortly", v2=errors.is_v2(path))
                 return
             body = _Body(self, receive)
             if self._sweeper is None:
@@ -138,7 +138,7 @@ class ObservabilityMiddleware:
             if not aborted:
                 errors.log.exception("unhandled error on %s %s", method, path)
                 if not started:  # else the connection is cut mid-response, which the client notices
-                    await _reject(send_with_id, 500, *errors.INTERNAL_ERROR)
+                    await _reject(send_with_id, 500, *errors.INTERNAL_ERROR, v2=errors.is_v2(path))
         finally:
             if aborted or (body is not None and body.disconnected):
                 status = CLIENT_CLOSED
@@ -248,8 +248,8 @@ def _body_length(scope: dict) -> int | None:
     return length or None
 
 
-async def _reject(send: Any, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+async def _reject(send: Any, status: int, code: str, message: str, v2: bool = False) -> None:
+    body = json.dumps({"error": message} if v2 else {"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 429:
         headers.append((b"retry-after", b"1"))

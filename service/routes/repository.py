@@ -1,5 +1,8 @@
 """Triton's model-repository extension: index, load, unload; and per-model readiness.
 
+A repository model M is served as the v2 models M.encoder, M.decoder, M.encode, ... (service/v2/models.py):
+the index lists them beside M, with M's versions and states; load and unload of a v2 name act on M.
+
 These routes change what is served, so they need `Authorization: Bearer <VAE_ADMIN_TOKEN>` when
 that setting is present; without it they are off (403) unless `VAE_REPOSITORY_CONTROL=open`.
 Errors here are `{"error": "<message>"}`, the open inference protocol's shape, which Triton's
@@ -18,6 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from service.registry import LoadFailed, ModelNotFound
 from service.schemas import V2ErrorBody
 from service.state import app_state
+from service.v2.models import split_name, v2_names
+from service.v2.schemas import ModelReadyResponse
 
 router = APIRouter(tags=["model repository"])
 # Path parameters read from request.path_params and documented here: declared in the signature, FastAPI
@@ -80,14 +85,26 @@ async def repository_index(request: Request) -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         return v2_error(400, "'ready' must be true or false")
-    return JSONResponse(app_state(request).registry.index(ready_only=ready))
+    return JSONResponse(with_v2_models(app_state(request).registry.index(ready_only=ready)))
+
+
+def with_v2_models(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Each repository model's rows, then the same rows for each of its v2 models."""
+    return [entry for row in rows for entry in
+            (row, *({**row, "name": name} for name in v2_names(row["name"])))]
+
+
+def repository_model(name: str) -> str:
+    """The repository model behind a name: M itself, or M for a v2 model M.<kind>."""
+    found = split_name(name)
+    return found[0] if found is not None else name
 
 
 @router.post("/v2/repository/models/{name}/load", responses=CONTROL_ERRORS,
              openapi_extra=NAME,
              summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
 async def repository_load(request: Request) -> Response:
-    name = request.path_params["name"]
+    name = repository_model(request.path_params["name"])
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -106,7 +123,7 @@ async def repository_load(request: Request) -> Response:
 @router.post("/v2/repository/models/{name}/unload", responses=CONTROL_ERRORS,
              openapi_extra=NAME, summary="Stop serving a model; requests already running finish on it")
 async def repository_unload(request: Request) -> Response:
-    name = request.path_params["name"]
+    name = repository_model(request.path_params["name"])
     denied = _denied(request)
     if denied is not None:
         return denied
@@ -120,21 +137,25 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-@router.get("/v2/models/{name}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+READY = {200: {"model": ModelReadyResponse, "description": "ready"}, 400: {**V2_ERROR, "description": "not ready"}}
+
+
+@router.get("/v2/models/{name}/ready", responses=READY,
             openapi_extra=NAME,
-            summary="Per-model readiness: 200 when a version of the model is loaded and warmed up")
+            summary="Per-model readiness: 200 when a version of the model (or of a v2 model's) is loaded and "
+                    "warmed up")
 async def model_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", responses={400: {**V2_ERROR, "description": "not ready"}},
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=READY,
             openapi_extra=VERSION, summary="Per-version readiness")
 async def version_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], request.path_params["version"])
 
 
 def _readiness(request: Request, name: str, version: str | None) -> Response:
-    if app_state(request).registry.is_ready(name, version):
-        return Response(status_code=200)
+    if app_state(request).registry.is_ready(repository_model(name), version):
+        return JSONResponse({"name": name, "ready": True})
     which = f"model '{name}'" + (f" version '{version}'" if version else "")
     return v2_error(400, f"{which} is not ready")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from bench import run
@@ -90,3 +91,19 @@ def test_a_failed_window_exits_1_naming_the_cell_and_writes_nothing(monkeypatch,
     err = capsys.readouterr().err
     assert "no results written" in err and "product/encode_1_raw/c64, round 2, window: 5 responses" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_v2_bodies_carry_the_image_encode_gets():
+    """Parsed as the server parses them: the binary body as tritonclient sends it, and the JSON one."""
+    from service.v2.codec import header_length, parse_request
+
+    pixels = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    bodies = run.v2_encoder_routes(pixels, "m")
+    binary, as_json = bodies["v2_encoder_binary"], bodies["v2_encoder_json"]
+    assert binary["path"] == as_json["path"] == "/v2/models/m.encoder/infer"
+    length = header_length(binary["headers"]["Inference-Header-Content-Length"], len(binary["body"]))
+    for body, json_length in ((binary["body"], length), (as_json["body"], len(as_json["body"]))):
+        (tensor,) = parse_request(body, json_length).inputs
+        assert (tensor.name, tensor.datatype) == ("image", "FP32")
+        np.testing.assert_array_equal(tensor.data, pixels)
+    assert binary["content_type"] == "" and as_json["content_type"] == "application/json"

@@ -1,0 +1,1 @@
+"""The open inference protocol (KServe v2 / Triton): codec, models, routes."""

@@ -1,0 +1,296 @@
+"""The open inference protocol's tensors on the wire: JSON `data` (flat or nested) and Triton's binary
+tensor data extension, both ways. Pure functions over bytes and numpy; no model, no HTTP framework.
+
+A request body is a JSON header followed by the binary tensors, in the order of the inputs that carry
+`parameters.binary_data_size`; the `Inference-Header-Content-Length` header gives the JSON's length
+and defaults to the whole body (Triton's rule: it keys on that header, not on Content-Type, and
+tritonclient sends no Content-Type). A BYTES element is a 4-byte little-endian length, then the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+# Little-endian, as the binary extension fixes; BYTES is handled apart (variable-length elements).
+DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in (
+    ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"), ("INT8", "i1"),
+    ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"), ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"))}
+BYTES = "BYTES"
+DATATYPES = (*DTYPES, BYTES)
+HEADER_LENGTH = "inference-header-content-length"
+LENGTH_PREFIX = struct.Struct("<I")
+
+
+class ProtocolError(ValueError):
+    """A request the protocol cannot accept: answered `{"error": message}` with `status`."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str
+    data: np.ndarray  # shaped; dtype object holding bytes for BYTES
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None  # None: not said, the request's binary_data_output decides
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: list[Tensor]
+    outputs: list[RequestedOutput] | None  # None: every output the model produces
+    binary_output: bool = False  # parameters.binary_data_output
+
+    def binary(self, output: str) -> bool:
+        for requested in self.outputs or ():
+            if requested.name == output and requested.binary is not None:
+                return requested.binary
+        return self.binary_output
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[tuple[str, np.ndarray, bool]]  # (name, data, as binary)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return BYTES
+    for name, dtype in DTYPES.items():
+        if array.dtype == dtype.newbyteorder("="):
+            return name
+    raise TypeError(f"no protocol datatype for {array.dtype}")
+
+
+def header_length(value: str | None, body_length: int) -> int:
+    """The JSON header's length from Inference-Header-Content-Length; the whole body without it."""
+    if value is None:
+        return body_length
+    text = value.strip()
+    if not text.isdigit():
+        raise ProtocolError(f"Inference-Header-Content-Length must be a non-negative integer, not {value[:40]!r}")
+    length = int(text)
+    if length == 0:
+        raise ProtocolError("Inference-Header-Content-Length is 0: a raw binary request (no JSON header) is not "
+                            "supported; send the JSON inference request first")
+    if length > body_length:
+        raise ProtocolError(f"Inference-Header-Content-Length is {length} but the body has only {body_length} bytes")
+    return length
+
+
+def parse_header(header: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("the inference request header is not JSON (with binary tensors, "
+                            "Inference-Header-Content-Length must give the JSON's length)") from None
+    if not isinstance(parsed, dict):
+        raise ProtocolError("the inference request must be a JSON object")
+    return parsed
+
+
+def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None = None) -> InferRequest:
+    """The request: its JSON header (parsed here unless given) and the binary tensors after it."""
+    header = parse_header(body[:json_length]) if parsed is None else parsed
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    parameters = _parameters(header.get("parameters"), "the request")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise ProtocolError("the inference request needs 'inputs', a list of tensors")
+    blobs = memoryview(body)[json_length:]
+    offset, inputs, names = 0, [], set()
+    for position, raw in enumerate(raw_inputs):
+        tensor, used = _input(raw, position, blobs[offset:])
+        if tensor.name in names:
+            raise ProtocolError(f"input '{tensor.name}' is given twice")
+        names.add(tensor.name)
+        inputs.append(tensor)
+        offset += used
+    if offset != len(blobs):
+        raise ProtocolError(f"the body has {len(blobs) - offset} bytes of binary data that no input's "
+                            "binary_data_size accounts for")
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise ProtocolError("parameter 'binary_data_output' must be true or false")
+    return InferRequest(request_id, parameters, inputs, _outputs(header.get("outputs")), binary_output)
+
+
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"'parameters' of {where} must be an object")
+    return raw
+
+
+def _outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ProtocolError("'outputs' must be a list of {\"name\": ...} objects")
+    outputs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ProtocolError("each requested output must be an object with a string 'name'")
+        binary = _parameters(item.get("parameters"), f"output '{item['name']}'").get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise ProtocolError(f"output '{item['name']}': parameter 'binary_data' must be true or false")
+        outputs.append(RequestedOutput(item["name"], binary))
+    return outputs
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise ProtocolError(f"input '{name}': 'shape' must be a list of non-negative integers, not {str(raw)[:80]}")
+    return tuple(raw)
+
+
+def _input(raw: Any, position: int, blobs: memoryview) -> tuple[Tensor, int]:
+    """One input tensor and how many bytes of the binary section it used."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ProtocolError(f"input {position} must be an object with a string 'name'")
+    name = raw["name"]
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"input '{name}': datatype must be one of {', '.join(DATATYPES)}, not {datatype!r}")
+    shape = _shape(raw.get("shape"), name)
+    count = math.prod(shape)
+    size = _parameters(raw.get("parameters"), f"input '{name}'").get("binary_data_size")
+    if size is not None:
+        if "data" in raw:
+            raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size; send one")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
+        if size > len(blobs):
+            raise ProtocolError(f"input '{name}': binary_data_size is {size} bytes but only {len(blobs)} bytes of "
+                                "binary data are left in the body")
+        return Tensor(name, datatype, binary_tensor(bytes(blobs[:size]), datatype, shape, name)), size
+    if "data" not in raw:
+        raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+    return Tensor(name, datatype, json_tensor(raw["data"], datatype, shape, count, name)), 0
+
+
+def binary_tensor(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == BYTES:
+        elements = split_bytes(blob, name)
+        if len(elements) != count:
+            raise ProtocolError(f"input '{name}': shape {list(shape)} holds {count} elements but the binary data "
+                                f"holds {len(elements)} BYTES elements")
+        return _object_array(elements, shape)
+    dtype = DTYPES[datatype]
+    if len(blob) != count * dtype.itemsize:
+        raise ProtocolError(f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
+                            f"but binary_data_size is {len(blob)}")
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], count: int, name: str) -> np.ndarray:
+    flat = _flatten(data, name)
+    if len(flat) != count:
+        raise ProtocolError(f"input '{name}': shape {list(shape)} holds {count} elements but 'data' has {len(flat)}")
+    if datatype == BYTES:
+        if not all(isinstance(x, str) for x in flat):
+            raise ProtocolError(f"input '{name}': BYTES data in JSON must be strings")
+        return _object_array([x.encode() for x in flat], shape)
+    kind = DTYPES[datatype].kind
+    allowed = {"b": (bool, int), "f": (int, float)}.get(kind, (int,))  # no silent rounding into integers
+    if not all(isinstance(x, allowed) and (kind == "b" or not isinstance(x, bool)) for x in flat):
+        what = {"b": "booleans", "f": "numbers"}.get(kind, "integers")
+        raise ProtocolError(f"input '{name}': {datatype} data must be {what}")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.array(flat, dtype=DTYPES[datatype])
+    except (OverflowError, ValueError, FloatingPointError):
+        raise ProtocolError(f"input '{name}': a value does not fit {datatype}") from None
+    return array.reshape(shape)
+
+
+def _flatten(data: Any, name: str) -> list[Any]:
+    """Row-major elements of flat or nested `data`, without recursion (nesting depth is the client's)."""
+    if not isinstance(data, list):
+        raise ProtocolError(f"input '{name}': 'data' must be a list")
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def split_bytes(blob: bytes, name: str) -> list[bytes]:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    while offset < len(blob):
+        if offset + 4 > len(blob):
+            raise ProtocolError(f"input '{name}': BYTES element {len(elements)} is cut short in its 4-byte length")
+        (length,) = LENGTH_PREFIX.unpack_from(blob, offset)
+        offset += 4
+        if offset + length > len(blob):
+            raise ProtocolError(f"input '{name}': BYTES element {len(elements)} declares {length} bytes but only "
+                                f"{len(blob) - offset} remain")
+        elements.append(blob[offset:offset + length])
+        offset += length
+    return elements
+
+
+def join_bytes(elements: np.ndarray) -> bytes:
+    return b"".join(LENGTH_PREFIX.pack(len(x)) + x for x in elements.reshape(-1))
+
+
+def _object_array(elements: list[bytes], shape: tuple[int, ...]) -> np.ndarray:
+    array = np.empty(len(elements), dtype=object)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
+    """The body and its headers. BYTES outputs always go as binary data: PNG bytes are not JSON text."""
+    outputs, blobs = [], []
+    for name, data, binary in response.outputs:
+        datatype = datatype_of(data)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(data.shape)}
+        if binary or datatype == BYTES:
+            blob = join_bytes(data) if datatype == BYTES else np.ascontiguousarray(data, DTYPES[datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = data.reshape(-1)
+        outputs.append(entry)
+    header: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id is not None:
+        header["id"] = response.id
+    if response.parameters:
+        header["parameters"] = response.parameters
+    header["outputs"] = outputs
+    json_bytes = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return json_bytes, {"content-type": "application/json"}
+    return b"".join((json_bytes, *blobs)), {"content-type": "application/octet-stream",
+                                            HEADER_LENGTH: str(len(json_bytes))}

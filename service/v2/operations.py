@@ -1,0 +1,163 @@
+"""The service's own operations as v2 models: the native routes' engine calls, through the same
+`ServedModel.run` (in-flight limit, worker threads), with the routes' knobs in the request's `parameters`.
+
+An image input is `image`, FP32 [-1, C, H, W] in the model's input scale, or `image_bytes`, BYTES [-1]
+of encoded images (PNG, JPEG, ...), which go through `state.decoder`: the preprocessing contract and
+decoding limits of the image routes. Exactly one of the two is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from model.core.preprocess import array_to_png
+from service.schemas import ElboQuery, EncodeQuery, SampleQuery
+from service.v2.codec import BYTES, ProtocolError
+from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs, knobs
+
+OPERATION_PLATFORM = "vae-service_operation"
+
+
+def image_shape(served: Any) -> tuple[int, ...]:
+    return (-1, *served.engine.model.manifest.input.shape)
+
+
+def latent_shape(served: Any) -> tuple[int, ...]:
+    return (-1, served.engine.latent_dim)
+
+
+def image_inputs(served: Any) -> list[TensorSpec]:
+    return [TensorSpec("image", "FP32", image_shape(served)), TensorSpec("image_bytes", BYTES, (-1,))]
+
+
+async def read_pixels(call: Call, name: str) -> np.ndarray:
+    """(N, C, H, W) float32 in [0, 1], from `image` as it is or `image_bytes` decoded as the image routes do."""
+    inputs = checked_inputs(call, image_inputs(call.served), name)
+    if ("image" in inputs) == ("image_bytes" in inputs):
+        raise ProtocolError(f"model '{name}' takes exactly one of 'image' (FP32) and 'image_bytes' (BYTES, "
+                            "encoded images)")
+    if "image_bytes" in inputs:
+        blobs = list(inputs["image_bytes"].data.reshape(-1))
+        return await call.state.decoder.decode(blobs, call.served.engine.contract)
+    pixels = inputs["image"].data
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
+        raise ProtocolError(f"input 'image' of '{name}' must hold finite values in [0, 1], the model's input scale")
+    return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def read_latents(call: Call, name: str) -> np.ndarray:
+    specs = [TensorSpec("z", "FP32", latent_shape(call.served))]
+    inputs = checked_inputs(call, specs, name)
+    if "z" not in inputs:
+        raise ProtocolError(f"model '{name}' needs input 'z'")
+    z = inputs["z"].data
+    if not np.isfinite(z).all():
+        raise ProtocolError(f"input 'z' of '{name}' must hold finite values")
+    return np.ascontiguousarray(z, dtype=np.float32)
+
+
+def png_tensor(images: np.ndarray) -> np.ndarray:
+    """One PNG per image, the bytes the native routes send (base64 in JSON there)."""
+    array = np.empty(len(images), dtype=object)
+    array[:] = [array_to_png(x) for x in images]
+    return array
+
+
+
+def _specs(*entries: tuple[str, str, Callable[[Any], tuple[int, ...]]]) -> Callable[[Any], list[TensorSpec]]:
+    return lambda served: [TensorSpec(name, datatype, shape(served)) for name, datatype, shape in entries]
+
+
+def rows(_: Any) -> tuple[int, ...]:
+    return (-1,)
+
+
+async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name = f"{call.served.name}.encode"
+    query = knobs(EncodeQuery, call.parameters, name)
+    pixels = await read_pixels(call, name)
+    mean, logvar, z = await call.served.encode(pixels, query.sample, query.seed)
+    return {"mean": mean, "logvar": logvar, **({"z": z} if z is not None else {})}, {}
+
+
+async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name, state, engine = f"{call.served.name}.elbo", call.state, call.served.engine
+    query = knobs(ElboQuery, call.parameters, name)
+    if query.k > state.settings.max_k:
+        raise ProtocolError(f"k must be between 1 and {state.settings.max_k}, not {query.k}")
+    pixels = await read_pixels(call, name)
+    binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
+    scores = await call.served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
+                                   binarize)
+    outputs = {"elbo": scores.elbo, "reconstruction": scores.reconstruction, "kl": scores.kl,
+               "bits_per_dim": scores.bits_per_dim}
+    if scores.log_likelihood is not None:
+        outputs["log_likelihood"] = scores.log_likelihood
+        outputs["log_likelihood_bits_per_dim"] = scores.log_likelihood_bits_per_dim
+    return ({k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()},
+            {"k": query.k, "seed": query.seed, "binarize_seed": binarize, "data_space": engine.data_space(binarize)})
+
+
+async def _reconstruct(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name = f"{call.served.name}.reconstruct"
+    knobs(_NoKnobs, call.parameters, name)
+    pixels = await read_pixels(call, name)
+    images = await call.served.run("reconstruct", len(pixels), call.served.engine.reconstruct, pixels)
+    return {"images": images, "png": png_tensor(images)}, {}
+
+
+async def _decode(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name = f"{call.served.name}.decode"
+    knobs(_NoKnobs, call.parameters, name)
+    z = read_latents(call, name)
+    images = await call.served.run("decode", len(z), call.served.engine.decode, z)
+    return {"images": images, "png": png_tensor(images)}, {}
+
+
+async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name, state, engine = f"{call.served.name}.sample", call.state, call.served.engine
+    query = knobs(_SampleKnobs, call.parameters, name)
+    checked_inputs(call, [], name)
+    if query.n > state.settings.max_batch:
+        raise ProtocolError(f"n must be between 1 and {state.settings.max_batch}, not {query.n}")
+    seed = int(np.random.default_rng().integers(0, 2**31)) if query.seed is None else query.seed
+    z = engine.prior_latents(query.n, seed, query.temperature)
+    images = await call.served.run("sample", query.n, engine.decode, z)
+    return {"images": images, "png": png_tensor(images), "z": z}, {"seed": seed}
+
+
+class _NoKnobs(BaseModel):
+    pass
+
+
+class _SampleKnobs(BaseModel):
+    """/sample's query without its response format: the tensors are the format here."""
+
+    n: int = SampleQuery.model_fields["n"]
+    seed: int | None = SampleQuery.model_fields["seed"]
+    temperature: float = SampleQuery.model_fields["temperature"]
+
+
+IMAGES = ("images", "FP32", image_shape)
+PNG = ("png", BYTES, rows)
+SCORES = tuple((score, "FP64", rows) for score in ("elbo", "reconstruction", "kl", "bits_per_dim",
+                                                    "log_likelihood", "log_likelihood_bits_per_dim"))
+
+OPERATIONS = (
+    V2Model("encode", OPERATION_PLATFORM, image_inputs, _specs(("mean", "FP32", latent_shape),
+            ("logvar", "FP32", latent_shape), ("z", "FP32", latent_shape)), _encode,
+            "POST /encode: the posterior q(z|x); z only with sample=true", EncodeQuery),
+    V2Model("elbo", OPERATION_PLATFORM, image_inputs, _specs(*SCORES), _elbo,
+            "POST /elbo: ELBO and its terms in nats; log_likelihood (IWAE) only with k > 1. The response "
+            "parameters give binarize_seed and data_space", ElboQuery),
+    V2Model("reconstruct", OPERATION_PLATFORM, image_inputs, _specs(IMAGES, PNG), _reconstruct,
+            "POST /reconstruct: E[x | z = mean of q(z|x)], as pixels and as the PNGs the native route sends"),
+    V2Model("decode", OPERATION_PLATFORM, _specs(("z", "FP32", latent_shape)), _specs(IMAGES, PNG), _decode,
+            "POST /decode: E[x|z] as pixels and PNGs"),
+    V2Model("sample", OPERATION_PLATFORM, lambda served: [], _specs(IMAGES, PNG, ("z", "FP32", latent_shape)),
+            _sample, "GET /sample: z ~ N(0, t^2 I), decoded; no inputs. The response parameters give the seed",
+            _SampleKnobs),
+)

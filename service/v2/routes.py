@@ -1,0 +1,164 @@
+"""The open inference protocol (KServe v2, Triton) over REST: health, server and model metadata,
+model readiness, inference. The repository extension is in service/routes/repository.py.
+
+Errors here are `{"error": "<message>"}` as the protocol has them, whatever raised them: each route
+converts its own errors (`protocol_errors`), so the service's own routes keep `{"error": {"code",
+"message"}}`. A 422 of the shared code (bad parameters, an image too costly) is the protocol's 400.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Awaitable, Callable
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import ApiError
+from service.registry import version_key
+from service.schemas import V2ErrorBody
+from service.state import AppState, app_state
+from service.uploads import read_body
+from service.v2.codec import (HEADER_LENGTH, InferResponse, ProtocolError, encode_response, header_length,
+                              parse_request)
+from service.v2.models import MODELS, split_name, v2_names
+from service.v2.schemas import (InferenceRequest, InferenceResponse, LiveResponse, ModelMetadata, ReadyResponse,
+                                ServerMetadata)
+from service.v2.spec import Call, V2Model
+
+router = APIRouter(tags=["open inference protocol (v2)"])
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# A JSON header up to this size is parsed on the event loop (orjson: well under a millisecond); a
+# larger one, up to VAE_MAX_UPLOAD_BYTES of JSON numbers, in a worker thread.
+INLINE_PARSE_BYTES = 65_536
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def protocol_errors(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ProtocolError as exc:
+            return v2_error(exc.status, exc.message)
+        except ApiError as exc:
+            return v2_error(400 if exc.status == 422 else exc.status, exc.message, exc.headers)
+        except StarletteHTTPException as exc:  # the body's deadline or size, from the middleware's guard
+            return v2_error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    return answer
+
+
+def resolve(state: AppState, v2_name: str, version: str | None) -> tuple[Any, V2Model]:
+    """(the served version, the v2 model) behind a v2 name; 404 or 503 as the native routes answer."""
+    found = split_name(v2_name)
+    if found is None:
+        hint = (f"'{v2_name}' is a repository model; its v2 models are {', '.join(v2_names(v2_name))}"
+                if v2_name in state.registry.served() else
+                f"no v2 model '{v2_name}': v2 models are named <model>.<{'|'.join(MODELS)}> for each model "
+                "in GET /v1/models (POST /v2/repository/index lists them)")
+        raise ProtocolError(hint, status=404)
+    model, kind = found
+    return state.resolve(model, version), kind
+
+
+def _paths(suffix: str) -> list[tuple[str, dict[str, Any]]]:
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "a v2 model: <model>.<encoder|decoder|encode|elbo|reconstruct|decode|sample>"}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "a version being served"}
+    return [(f"/v2/models/{{name}}{suffix}", {"parameters": [name]}),
+            (f"/v2/models/{{name}}/versions/{{version}}{suffix}", {"parameters": [name, version]})]
+
+
+def _errors(*statuses: int) -> dict[int | str, Any]:
+    meaning = {400: "a malformed request, tensor or parameter", 404: "no such v2 model or version",
+               408: "the body did not arrive in time", 413: "a body or image over its limit",
+               429: "too many model calls in flight; retry", 503: "the model is loading or failed to load"}
+    return {status: {"model": V2ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+async def ready(request: Request) -> Response:
+    state = app_state(request)
+    if not state.ready:
+        return v2_error(503, state.not_ready_message(), {"Retry-After": "1"})
+    return JSONResponse({"ready": True})
+
+
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
+
+
+@protocol_errors
+async def model_metadata(request: Request) -> Response:
+    state = app_state(request)
+    name, version = request.path_params["name"], request.path_params.get("version")
+    served, kind = resolve(state, name, version)
+    versions = sorted(state.registry.served().get(served.name, [served.version]), key=version_key)
+    return JSONResponse(kind.metadata(name, versions, served))
+
+
+@protocol_errors
+async def infer(request: Request) -> Response:
+    state = app_state(request)
+    name, version = request.path_params["name"], request.path_params.get("version")
+    served, kind = resolve(state, name, version)
+    body = await read_body(request, state.settings.max_upload_bytes)
+    length = header_length(request.headers.get(HEADER_LENGTH), len(body))
+    if length <= INLINE_PARSE_BYTES:  # binary tensors cost nothing to parse: np.frombuffer
+        parsed = parse_request(body, length)
+    else:
+        parsed = await anyio.to_thread.run_sync(parse_request, body, length)
+    known = [spec.name for spec in kind.outputs(served)]
+    for requested in parsed.outputs or ():
+        if requested.name not in known:
+            raise ProtocolError(f"model '{name}' has no output '{requested.name}'; its outputs are "
+                                f"{', '.join(known)}")
+    call = Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters)
+    outputs, parameters = await kind.run(call)
+    wanted = [o.name for o in parsed.outputs] if parsed.outputs is not None else list(outputs)
+    missing = [o for o in wanted if o not in outputs]
+    if missing:
+        raise ProtocolError(f"model '{name}' does not produce {', '.join(map(repr, missing))} with these "
+                            "parameters (GET its metadata: the description says when each output is produced)")
+    answer = InferResponse(name, served.version, parsed.id,
+                           [(o, outputs[o], parsed.binary(o)) for o in wanted], parameters)
+    content, headers = encode_response(answer)
+    return Response(content, headers=headers)
+
+
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "binary tensor data: the JSON request (its length in "
+                                                "Inference-Header-Content-Length), then the tensors' bytes"}}}}
+INFER_OK = {200: {"description": "the outputs; with binary outputs the body is the JSON response (its length "
+                                 "in Inference-Header-Content-Length) followed by their bytes",
+                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+                              "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+REQUEST_MODELS = (InferenceRequest, InferenceResponse)  # referenced from openapi_extra; added by service/docs.py
+
+# Inference first: Starlette tries the routes in order, and each miss costs a regular-expression match.
+for _path, _params in _paths("/infer"):
+    router.add_api_route(_path, infer, methods=["POST"], response_class=Response,
+                         responses={**INFER_OK, **_errors(400, 404, 408, 413, 429, 503)},
+                         openapi_extra={**_params, **INFER_BODY}, summary="Inference, JSON or binary tensors")
+router.add_api_route("/v2/health/live", live, methods=["GET"], response_model=LiveResponse,
+                     summary="Liveness: the process answers")
+router.add_api_route("/v2/health/ready", ready, methods=["GET"], response_model=ReadyResponse,
+                     responses=_errors(503), summary="Readiness: the default model (VAE_DEFAULT_MODEL) serves")
+router.add_api_route("/v2", server_metadata, methods=["GET"], response_model=ServerMetadata,
+                     summary="Server metadata: name, version, extensions")
+for _path, _params in _paths(""):
+    router.add_api_route(_path, model_metadata, methods=["GET"], response_model=ModelMetadata,
+                         responses=_errors(404, 503), openapi_extra=_params,
+                         summary="A v2 model's metadata: its tensors, platform and parameters")

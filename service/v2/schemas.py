@@ -1,0 +1,95 @@
+"""The open inference protocol's JSON bodies, as they appear in the OpenAPI document. The routes
+parse and write the bodies themselves (service/v2/codec.py); these models document them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.v2.codec import DATATYPES
+
+Datatype = Literal[DATATYPES]  # type: ignore[valid-type]
+Parameters = dict[str, Union[bool, int, float, str]]
+TensorData = list[Any]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="the protocol extensions implemented")
+
+
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: a variable dimension")
+
+
+class ParameterDoc(BaseModel):
+    name: str
+    type: str
+    default: Any = None
+    description: str
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str = Field(description="onnx_onnxv1 for the graphs, vae-service_operation for the operations")
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    description: str | None = None
+    parameters: list[ParameterDoc] | None = Field(None, description="the operation's request parameters")
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int] = Field(description="row-major; the data holds their product of elements")
+    datatype: Datatype
+    parameters: Parameters | None = Field(None, description="binary_data_size: the tensor is that many bytes "
+                                          "after the JSON header (binary tensor data extension)")
+    data: TensorData | None = Field(None, description="flat or nested; absent with binary_data_size")
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters | None = Field(None, description="binary_data: true to receive the tensor as binary")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: Parameters | None = Field(None, description="the operation's knobs (see its metadata); "
+                                          "binary_data_output: every output as binary")
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = Field(None, description="default: every output")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: TensorData | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
