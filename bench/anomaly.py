@@ -5,7 +5,7 @@ tuning sets, the second half with the held-out sets. Scores are fitted and refer
 validation split of the training data that vae-export uses (export/calibrate.py).
 
 The outlier sets are split before any result is seen. The candidate scores are compared on TUNING
-only, and the one with the highest mean AUROC there is chosen; the headline figures are HELD_OUT.
+only (`SELECTION`); the headline figures are HELD_OUT.
 Every image goes through the service's preprocessing contract (resize to 28x28, grey), as an upload
 would. Writes bench/results/anomaly.json and bench/results/anomaly_scores.png; `python -m bench.report`
 puts the table in the README.
@@ -54,6 +54,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "typicality_gaussian_all": {"method": "typicality", "estimator": "gaussian", "statistics": anomaly.STATISTICS},
 }
 BASELINE = "likelihood"
+CALIBRATED = (0.005, 0.02)  # the issue's bounds on the false-positive rate at the 1% threshold
+SELECTION = ("highest mean AUROC over the tuning sets among the candidates whose 1% threshold (from the training "
+             "split) flags 0.5-2% of the tuning inliers; all candidates if none does")
 
 
 def _contract_array(images: np.ndarray, contract: PreprocessContract) -> np.ndarray:
@@ -234,7 +237,14 @@ def run(threads: int, seed: int) -> dict[str, Any]:
                              cand: figures(score(inlier_stats[part]), score(outlier_stats[name]))
                              for cand, score in candidates.items()}}
     tuning_mean = {cand: float(np.mean([per_set[s]["scores"][cand]["auroc"] for s in TUNING])) for cand in candidates}
-    chosen = max(candidates, key=lambda cand: tuning_mean[cand])  # the held-out sets play no part
+    # The 1% threshold read from the training split's reference scores, applied to the tuning inliers.
+    tuning_fpr = {}
+    for cand, score in candidates.items():
+        threshold = anomaly.Calibration.build(score, reference_stats, seed, binarize_seed, split).threshold(0.01)
+        tuning_fpr[cand] = float(np.mean(score(inlier_stats["tuning"]) > threshold))
+    calibrated = [cand for cand in candidates if CALIBRATED[0] <= tuning_fpr[cand] <= CALIBRATED[1]]
+    # The held-out sets and held-out inliers play no part in the choice.
+    chosen = max(calibrated or candidates, key=lambda cand: tuning_mean[cand])
 
     score = candidates[chosen]
     calib = anomaly.Calibration.build(score, reference_stats, seed, binarize_seed, split)
@@ -263,7 +273,7 @@ def run(threads: int, seed: int) -> dict[str, Any]:
         "inliers": {"tuning": "Fashion-MNIST test[0:5000]", "held_out": "Fashion-MNIST test[5000:10000]"},
         "calibration_split": split, "tuning_sets": list(TUNING), "held_out_sets": list(HELD_OUT),
         "exempt_sets": list(EXEMPT), "target_auroc": TARGET_AUROC, "candidates": CANDIDATES,
-        "selection": "highest mean AUROC over the tuning sets", "tuning_mean_auroc": tuning_mean,
+        "selection": SELECTION, "tuning_mean_auroc": tuning_mean, "tuning_fpr_at_1pct_threshold": tuning_fpr,
         "chosen": chosen, "baseline": BASELINE, "sets": per_set, "calibration": calibration_figures,
         "cost": cost_ratio(model, data.test[:512]),
     }
@@ -303,8 +313,8 @@ def anomaly_section(results: dict[str, Any]) -> str:
     """The README's table: per set, the raw likelihood's figures beside the chosen score's; misses in bold."""
     chosen, base = results["chosen"], results["baseline"]
     lines = [f"Measured by `python -m bench.anomaly` on {results['machine']['time']}; model "
-             f"`{results['model']['name']}` {results['model']['version']}. Chosen score: `{chosen}` (highest mean "
-             f"AUROC over the tuning sets). Inliers: {results['inliers']['held_out']} for held-out sets, "
+             f"`{results['model']['name']}` {results['model']['version']}. Chosen score: `{chosen}` "
+             f"({results['selection']}). Inliers: {results['inliers']['held_out']} for held-out sets, "
              f"{results['inliers']['tuning']} for tuning sets. Raw = -ELBO (k=1).", "",
              "| set | part | images | AUROC raw / chosen | AUPRC raw / chosen | FPR@95%TPR raw / chosen | target |",
              "|---|---|---|---|---|---|---|"]
@@ -321,14 +331,16 @@ def anomaly_section(results: dict[str, Any]) -> str:
                      f"{r['fpr_at_95_tpr']:.3f} / {c['fpr_at_95_tpr']:.3f} | {target} |")
     cal, cost = results["calibration"], results["cost"]
     one = cal["fpr_10permil"]
-    ok = 0.005 <= one["test_all"] <= 0.02
+    ok = 0.005 <= one["test_held_out"] <= 0.02
     lines += ["", f"Calibration: at the 1% threshold (from the training split's reference scores), the false-positive "
-              f"rate on the 10,000 Fashion-MNIST test images is {100 * one['test_all']:.2f}% "
-              f"(target 0.5-2%: {_yes(ok)}); at 5%: {100 * cal['fpr_50permil']['test_all']:.2f}%; at 0.1%: "
-              f"{100 * cal['fpr_1permil']['test_all']:.2f}%. The raw likelihood calibrated the same way: "
-              f"{100 * cal['baseline_fpr_10permil_test_all']:.2f}% at 1%.",
-              f"Cost: {1e6 * cost['anomaly_s_per_image']:.0f} us per image against {1e6 * cost['elbo_k1_s_per_image']:.0f} "
-              f"us for the /elbo?k=1 scoring, {cost['ratio']:.2f}x (batches of {cost['batch']}, on a shared machine).", ""]
+              f"rate on the 5,000 held-out Fashion-MNIST test images is {100 * one['test_held_out']:.2f}% "
+              f"(target 0.5-2%: {_yes(ok)}); on all 10,000: {100 * one['test_all']:.2f}% at 1%, "
+              f"{100 * cal['fpr_50permil']['test_all']:.2f}% at 5%, {100 * cal['fpr_1permil']['test_all']:.2f}% at "
+              f"0.1%. The raw likelihood calibrated the same way: {100 * cal['baseline_fpr_10permil_test_all']:.2f}% "
+              "at 1%.",
+              f"Cost: {1e6 * cost['anomaly_s_per_image']:.0f} us per image against "
+              f"{1e6 * cost['elbo_k1_s_per_image']:.0f} us for the /elbo?k=1 scoring, {cost['ratio']:.2f}x "
+              f"(batches of {cost['batch']}, on a shared machine).", ""]
     return "\n".join(lines) + "\n"
 
 
