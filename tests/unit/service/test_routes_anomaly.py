@@ -124,3 +124,10 @@ async def test_an_undecodable_image_is_400(calibrated):
     client, _ = calibrated
     status, code, _ = error_of(await client.post("/anomaly", content=b"not an image", headers=PNG))
     assert status == 400 and code
+
+
+async def test_the_model_card_states_the_method_and_its_cost(calibrated, client):
+    calibrated_client, _ = calibrated
+    card = (await calibrated_client.get("/v1/model")).json()["anomaly"]
+    assert card["method"] == "typicality" and card["fpr_default"] == FAKE_FPR_DEFAULT and card["cost"]
+    assert (await client.get("/v1/model")).json()["anomaly"] is None
