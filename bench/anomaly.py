@@ -52,6 +52,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                              "statistics": ("reconstruction", "kl", "latent_norm", "posterior_logvar",
                                             "data_complexity_bits")},
     "typicality_gaussian_all": {"method": "typicality", "estimator": "gaussian", "statistics": anomaly.STATISTICS},
+    "typicality_gaussian_4": {"method": "typicality", "estimator": "gaussian",
+                              "statistics": ("elbo", "kl", "latent_norm", "complexity_bits")},
+    "typicality_gaussian_terms": {"method": "typicality", "estimator": "gaussian",
+                                  "statistics": ("reconstruction", "kl", "latent_norm", "posterior_logvar",
+                                                 "data_complexity_bits")},
 }
 BASELINE = "likelihood"
 CALIBRATED = (0.005, 0.02)  # the bounds on the false-positive rate at the 1% threshold
