@@ -64,3 +64,15 @@ def test_the_table_says_which_targets_are_met():
 def test_the_table_prints_its_misses_in_bold():
     text = bench.anomaly_section(results(chosen_auroc=0.9, exempt_auroc=0.5, test_fpr=0.03))
     assert "AUROC >= 0.95: **no**" in text and "beat raw: **no**" in text and "(target 0.5-2%: **no**)" in text
+
+
+def test_vae_export_calibrates_with_the_score_the_benchmark_chose():
+    import json
+
+    from export import calibrate
+
+    recorded = json.loads((bench.RESULTS / "anomaly.json").read_text())
+    chosen = recorded["candidates"][recorded["chosen"]]
+    assert chosen == bench.CANDIDATES[recorded["chosen"]] | {"statistics": list(chosen["statistics"])}
+    assert (calibrate.METHOD, calibrate.ESTIMATOR, list(calibrate.STATISTICS)) == (
+        chosen["method"], chosen["estimator"], chosen["statistics"])

@@ -12,7 +12,7 @@ from model.core.anomaly import Calibration, LikelihoodScore
 from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from model.core.likelihoods import LIKELIHOODS
 from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
-SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx")
+SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "anomaly.json")
 
 
 @pytest.fixture
