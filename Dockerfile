@@ -27,7 +27,8 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
 COPY --from=build /opt/venv /opt/venv
 # The bundled repository: each model version's serving files, as artifacts/<name>/<version>/ holds them.
 COPY artifacts/fashion-mnist-vae/2.0.0/manifest.json artifacts/fashion-mnist-vae/2.0.0/encoder.onnx \
-     artifacts/fashion-mnist-vae/2.0.0/decoder.onnx /app/models/fashion-mnist-vae/2.0.0/
+     artifacts/fashion-mnist-vae/2.0.0/decoder.onnx artifacts/fashion-mnist-vae/2.0.0/anomaly.json \
+     /app/models/fashion-mnist-vae/2.0.0/
 # Mount another repository and point VAE_MODEL_REPOSITORY at it, or one model directory with VAE_MODEL_DIR:
 #   docker run -v ./models:/models:ro -e VAE_MODEL_REPOSITORY=/models -p 8000:8000 vae-service
 #   docker run -v ./my-model:/models/custom:ro -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service

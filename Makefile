@@ -9,7 +9,7 @@ MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/$(VERSION)
 RUN ?= runs/fashion-mnist
 PORT ?= 8000
 
-.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick clean help
+.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick bench-anomaly clean help
 
 help:
 	@echo "make serve   - install the serving dependencies and serve the bundled model repository ($(REPOSITORY)) on :$(PORT)"
@@ -56,6 +56,12 @@ bench: $(BIN)/.dev-installed
 # The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.
 bench-quick: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.run --quick
+
+# The anomaly benchmark (a few minutes on 2 cores): bench/results/anomaly.json, its figure and README table.
+bench-anomaly: $(BIN)/.dev-installed
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.anomaly
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -5,6 +5,7 @@
 - the benchmark table, from bench/results/serving.json and training.json (medians of the
   interleaved rounds, with their range);
 - the model card numbers, from artifacts/fashion-mnist-vae/2.0.0/manifest.json;
+- the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
 """
@@ -187,6 +188,10 @@ def update_readme() -> None:
         else:  # one 6 s window per cell, before the interleaved rounds: its table stays as written
             print("bench/results/serving.json has no interleaved rounds; the bench table is left as is "
                   "until `make bench` records them")
+    if (RESULTS / "anomaly.json").exists():
+        from bench.anomaly import anomaly_section
+
+        text = _replace(text, "anomaly", anomaly_section(json.loads((RESULTS / "anomaly.json").read_text())))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export import parity
+from export import calibrate, parity
 from export.exporter import OPSET, export_vae, io_shapes
 from model import checkpoint
 from model.core.artifact import ModelLoadError, load_model_dir, open_graphs
@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default=None, help="parity data (default: the checkpoint's dataset)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--parity-count", type=int, default=1000, help="test images and latents for the parity check")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit the anomaly score (POST /anomaly) on a validation split of the training data")
+    p.add_argument("--calibration-count", type=int, default=calibrate.DEFAULT_COUNT,
+                   help="training images in each half of the calibration split")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -190,6 +194,10 @@ def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload:
                  for variant_name, b in (("fp32", backend), ("int8", int8))}
         manifest = manifest.model_copy(update={"int8": variant.model_copy(update={"parity": int8_parity,
                                                                                    "speed": speed})})
+    if args.calibrate:
+        fitted = calibrate.calibrate(backend, data.train, args.calibration_count,
+                                     binarize_seed=int(train_config["test_binarize_seed"]))
+        manifest = calibrate.add_calibration(directory, manifest, fitted)
     manifest.write(directory / "manifest.json")
     # What is moved into place is what the service's loader accepts, read back from disk.
     for variant_name in ("fp32", "int8") if args.int8 else ("fp32",):
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = write_export(staging, args, model, payload, data)
         move_into_place(staging, out)
-    except (parity.ParityError, ExportError, OSError) as exc:
+    except (parity.ParityError, ExportError, calibrate.CalibrationError, OSError) as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.core import anomaly
 from model.core import distributions as dist
 from model.core import scoring
 from model.core.artifact import OnnxVAE
@@ -69,6 +70,17 @@ class Engine:
         ELBO and IWAE with streams (seed, content), as `vae-eval --images-dir` does."""
         data = self.likelihood.images_to_data_space(pixels, binarize_seed)
         return scoring.score(self.model, self.likelihood, data, seed, k=k)
+
+    @property
+    def calibration(self) -> anomaly.Calibration | None:
+        """The anomaly calibration shipped with the model; None for exports made without one."""
+        return self.model.anomaly
+
+    def anomaly(self, pixels: np.ndarray, seed: int, binarize_seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Scores (N,) of the calibration's method and the statistics (N,) they are built from; every draw
+        keyed by (seed, content), so an image scores the same alone or in any batch."""
+        stats = anomaly.statistics(self.model, self.likelihood, pixels, seed, binarize_seed)
+        return self.calibration.score(stats), stats
 
     def data_space(self, binarize_seed: int) -> str:
         return self.likelihood.describe_draw(binarize_seed)

@@ -100,6 +100,27 @@ class ElboResponse(BaseModel):
     results: list[ImageScore]
 
 
+class AnomalyResult(BaseModel):
+    index: int
+    score: float = Field(description="higher = more anomalous; the method is named in the response")
+    percentile: float = Field(description="share of the in-distribution reference images scoring lower, 0..1")
+    is_anomaly: bool = Field(description="score above the threshold for the response's false-positive rate")
+    statistics: dict[str, float] = Field(description="the per-image statistics the score is built from "
+                                         "(ELBO and KL in nats, compressed lengths in bits)")
+
+
+class AnomalyResponse(BaseModel):
+    model: ModelRef
+    method: str = Field(description="likelihood, complexity or typicality (README: Anomaly detection)")
+    fpr: float = Field(description="the false-positive rate is_anomaly is set for")
+    threshold: float = Field(description="the score above which is_anomaly is true")
+    reference_images: int = Field(description="in-distribution images the percentiles are read from")
+    seed: int
+    binarize_seed: int
+    data_space: str
+    results: list[AnomalyResult]
+
+
 class ReconstructionImage(BaseModel):
     index: int
     png_base64: str
@@ -146,6 +167,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "undecodable or truncated image bytes",
         404: "no such model or version is being served",
+        409: "the model has no anomaly calibration (export it again, or run python -m export.calibrate on it)",
         408: "the request body did not arrive within VAE_BODY_TIMEOUT_S",
         413: "body over VAE_MAX_UPLOAD_BYTES (VAE_MAX_JSON_BYTES for JSON), an image over VAE_MAX_IMAGE_PIXELS, "
              "or a request over VAE_MAX_REQUEST_PIXELS",
@@ -172,6 +194,14 @@ class ElboQuery(QueryModel):
     seed: int = SeedField
     binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
                                       "(default: the model's test-set seed, as vae-eval uses)")
+
+
+class AnomalyQuery(QueryModel):
+    fpr: float | None = Field(None, gt=0, lt=1, description="false-positive rate of is_anomaly, at least one "
+                              "over the reference images (default: the manifest's, 0.01)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise (default: the calibration's)")
+    binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation (default: "
+                                      "the calibration's)")
 
 
 class ReconstructQuery(QueryModel):

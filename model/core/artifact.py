@@ -15,6 +15,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from model.core import likelihoods
+from model.core.anomaly import Calibration
 from model.core.likelihoods import Likelihood
 from model.core.manifest import GraphInfo, Manifest, parity_problem
 
@@ -35,6 +36,7 @@ class OnnxVAE:
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
     directory: Path
+    anomaly: Calibration | None = None  # None: the export has no anomaly calibration
 
     @property
     def latent_dim(self) -> int:
@@ -92,19 +94,40 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
         graphs = (manifest.encoder, manifest.decoder)
     options = session_options(threads)
     encoder, decoder = (_session(directory, info, options) for info in graphs)
-    return OnnxVAE(manifest=manifest, encoder=encoder, decoder=decoder, directory=directory)
+    return OnnxVAE(manifest=manifest, encoder=encoder, decoder=decoder, directory=directory,
+                   anomaly=load_calibration(directory, manifest))
 
 
-def _session(directory: Path, info: GraphInfo, options: ort.SessionOptions) -> ort.InferenceSession:
-    path = directory / info.file
+def load_calibration(directory: Path, manifest: Manifest) -> Calibration | None:
+    """The anomaly calibration the manifest lists, hash-checked; None when it lists none."""
+    spec = manifest.anomaly
+    if spec is None:
+        return None
+    path = directory / spec.file
+    data = _checked_bytes(path, spec.sha256, "anomaly calibration")
+    try:
+        return Calibration.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} is not a valid anomaly calibration ({exc}); re-run "
+                             "python -m export.calibrate on the model directory") from exc
+
+
+def _checked_bytes(path: Path, sha256: str, what: str) -> bytes:
+    """The file's bytes, when their SHA-256 is the manifest's."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from exc
     actual = hashlib.sha256(data).hexdigest()
-    if actual != info.sha256:
-        raise ModelIntegrityError(f"{path}: SHA-256 is {actual} but the manifest says {info.sha256}; the graph "
+    if actual != sha256:
+        raise ModelIntegrityError(f"{path}: SHA-256 is {actual} but the manifest says {sha256}; the {what} "
                                   "was modified or corrupted. Refusing to serve it: re-export the model.")
+    return data
+
+
+def _session(directory: Path, info: GraphInfo, options: ort.SessionOptions) -> ort.InferenceSession:
+    path = directory / info.file
+    data = _checked_bytes(path, info.sha256, "graph")
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -56,6 +56,19 @@ class Int8Variant(_Strict):
     speed: dict[str, float]
 
 
+class AnomalySpec(_Strict):
+    """The anomaly calibration shipped beside the graphs (model/core/anomaly.py reads the file)."""
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    method: str = Field(description="the score POST /anomaly returns: likelihood, complexity or typicality")
+    statistics: list[str] = Field(description="the per-image statistics the score is built from")
+    cost: str = Field(description="what the score costs per image, relative to POST /elbo?k=1")
+    fpr_default: float = Field(0.01, gt=0, lt=1, description="false-positive rate of is_anomaly by default")
+    calibration: dict[str, Any] = Field(description="the in-distribution images the score was fitted and "
+                                        "referenced on")
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -73,6 +86,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any]
     parity: dict[str, Any]
     int8: Int8Variant | None = None
+    anomaly: AnomalySpec | None = None  # absent in exports made before anomaly calibration
     exporter: dict[str, str]
 
     @classmethod

@@ -41,6 +41,8 @@ class Scores:
     log_likelihood: np.ndarray | None  # IWAE estimate; None when k == 1
     k: int
     dims: int
+    posterior_mean: np.ndarray | None = None  # (N, D), q(z|x)'s mean, for statistics beyond the ELBO
+    posterior_logvar: np.ndarray | None = None  # (N, D)
 
     @property
     def bits_per_dim(self) -> np.ndarray:
@@ -73,7 +75,8 @@ def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k:
             _iwae_one(backend, likelihood, flat_x[i], mean[i], logvar[i], streams[i], k, chunk)
             for i in range(count)
         ])
-    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, log_likelihood=iwae, k=k, dims=dims)
+    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, log_likelihood=iwae, k=k, dims=dims,
+                  posterior_mean=mean, posterior_logvar=logvar)
 
 
 def _iwae_one(backend: Backend, likelihood: Likelihood, x: np.ndarray, mean: np.ndarray, logvar: np.ndarray,

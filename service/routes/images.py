@@ -37,14 +37,14 @@ IMAGE_BODY = {
 IMAGE_ERRORS = error_responses(400, 413, 415, 422, 429, 503)
 
 
-async def _images(request: Request, state, served):
+async def read_model_images(request: Request, state, served):
     s = state.settings
     return await read_images(request, served.engine.contract, state.decoder, s.max_upload_bytes, s.max_batch)
 
 
 async def encode(request: Request) -> Response:
     state, served, query = model_route(request, EncodeQuery)
-    pixels = await _images(request, state, served)
+    pixels = await read_model_images(request, state, served)
     mean, logvar, z = await served.encode(pixels, query.sample, query.seed)
     results = [{"index": i, "mean": mean[i], "logvar": logvar[i], **({"z": z[i]} if z is not None else {})}
                for i in range(len(pixels))]
@@ -57,7 +57,7 @@ async def elbo(request: Request) -> Response:
     engine = served.engine
     if query.k > state.settings.max_k:
         raise unprocessable("k_out_of_range", f"k must be between 1 and {state.settings.max_k}, not {query.k}")
-    pixels = await _images(request, state, served)
+    pixels = await read_model_images(request, state, served)
     binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
     scores = await served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
                               binarize)
@@ -74,7 +74,7 @@ async def elbo(request: Request) -> Response:
 
 async def reconstruct(request: Request) -> Response:
     state, served, query = model_route(request, ReconstructQuery)
-    pixels = await _images(request, state, served)
+    pixels = await read_model_images(request, state, served)
     recon = await served.run("reconstruct", len(pixels), served.engine.reconstruct, pixels)
     if query.format == "json":
         return responses.json_response({"model": served.ref, "images": [

@@ -51,6 +51,7 @@ async def model_card(request: Request) -> dict:
         "parity": manifest.parity,
         "created": manifest.created,
         "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256},
+        "anomaly": manifest.anomaly.model_dump() if manifest.anomaly else None,  # POST /anomaly's method and cost
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_image_pixels": s.max_image_pixels,
                    "max_request_pixels": s.max_request_pixels, "max_batch": s.max_batch, "max_k": s.max_k},
     }

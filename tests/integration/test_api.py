@@ -174,10 +174,10 @@ def validate(document: dict, schema: dict, spec: dict) -> None:
 def test_every_route_is_documented_with_its_errors(spec):
     assert {"/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/healthz", "/readyz", "/v1/model",
             "/metrics"} <= set(spec["paths"])
-    operations_ = ("/encode", "/decode", "/sample", "/elbo", "/reconstruct")
+    operations_ = ("/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/anomaly")
     prefixes = ("", "/v1/models/{name}", "/v1/models/{name}/versions/{version}")
     model_routes = {prefix + op for prefix in prefixes for op in operations_}
-    image_routes = {prefix + op for prefix in prefixes for op in ("/encode", "/elbo", "/reconstruct")}
+    image_routes = {prefix + op for prefix in prefixes for op in ("/encode", "/elbo", "/reconstruct", "/anomaly")}
     assert model_routes <= set(spec["paths"])
     for path, method, operation in operations(spec):
         statuses = set(operation["responses"])
@@ -198,7 +198,7 @@ def test_every_route_is_documented_with_its_errors(spec):
 def test_every_image_route_lists_every_accepted_image_type(spec):
     from service.uploads import IMAGE_TYPES
 
-    for path in ("/encode", "/elbo", "/reconstruct"):
+    for path in ("/encode", "/elbo", "/reconstruct", "/anomaly"):
         content = spec["paths"][path]["post"]["requestBody"]["content"]
         assert set(content) == IMAGE_TYPES | {"multipart/form-data"}, path
         assert all(content[t]["schema"] == {"type": "string", "format": "binary"} for t in IMAGE_TYPES)
@@ -236,7 +236,7 @@ def try_it_out(http, operation: dict) -> dict:
 
 
 @pytest.mark.parametrize("route", ["GET /healthz", "GET /readyz", "GET /v1/model", "GET /metrics",
-                                   "POST /encode", "POST /elbo", "POST /reconstruct", "POST /decode",
+                                   "POST /encode", "POST /elbo", "POST /reconstruct", "POST /anomaly", "POST /decode",
                                    "GET /sample"])
 def test_every_routes_documented_example_works(http, spec, route):
     method, path = route.split()

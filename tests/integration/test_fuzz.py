@@ -14,9 +14,9 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
-CORE = {"POST /encode", "POST /elbo", "POST /reconstruct", "POST /decode", "GET /sample", "GET /healthz",
-        "GET /readyz", "GET /v1/model", "GET /metrics", "POST /v1/models/{name}/versions/{version}/encode",
-        "POST /v2/repository/index"}
+CORE = {"POST /encode", "POST /elbo", "POST /reconstruct", "POST /anomaly", "POST /decode", "GET /sample",
+        "GET /healthz", "GET /readyz", "GET /v1/model", "GET /metrics",
+        "POST /v1/models/{name}/versions/{version}/encode", "POST /v2/repository/index"}
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import time
 
 import numpy as np
 
+from model.core import anomaly
 from model.core.likelihoods import LIKELIHOODS
-from model.core.manifest import FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
+from model.core.manifest import AnomalySpec, FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
 from model.core.preprocess import PreprocessContract
 
 SHAPE = (1, 8, 8)
@@ -15,7 +16,10 @@ LATENT = 4
 HASH = "0" * 64
 
 
-def make_manifest(shape=SHAPE, latent_dim=LATENT) -> Manifest:
+FAKE_FPR_DEFAULT = 0.05  # not the usual 0.01, so a test can tell that the manifest's default is used
+
+
+def make_manifest(shape=SHAPE, latent_dim=LATENT, anomaly_spec: AnomalySpec | None = None) -> Manifest:
     graph = GraphInfo(file="x.onnx", sha256=HASH, inputs={}, outputs={}, opset=20)
     return Manifest(
         name="fake-vae", version="9.9.9", created="2026-01-01T00:00:00+00:00",
@@ -23,18 +27,26 @@ def make_manifest(shape=SHAPE, latent_dim=LATENT) -> Manifest:
         input=InputSpec(shape=list(shape), channels=shape[0]), latent_dim=latent_dim,
         likelihood=LikelihoodSpec(name="bernoulli", outputs=["logits"], data_space="binary"),
         preprocessing=PreprocessContract(input_shape=shape).describe(),
-        training={"train_config": {"test_binarize_seed": 0}}, metrics={"nll_nats": 1.0}, parity={}, exporter={})
+        training={"train_config": {"test_binarize_seed": 0}}, metrics={"nll_nats": 1.0}, parity={}, exporter={},
+        anomaly=anomaly_spec)
 
 
 class FakeVAE:
-    """mean = W x, logvar = -1; logits = V z. Optionally slow, or broken."""
+    """mean = W x, logvar = -1; logits = V z. Optionally slow, broken, or anomaly-calibrated."""
 
-    def __init__(self, delay: float = 0.0, broken: bool = False) -> None:
+    def __init__(self, delay: float = 0.0, broken: bool = False, calibrated: bool = False) -> None:
         rng = np.random.default_rng(0)
         self.manifest = make_manifest()
         self.W = rng.normal(size=(LATENT, int(np.prod(SHAPE)))).astype(np.float32) * 0.1
         self.V = rng.normal(size=(int(np.prod(SHAPE)), LATENT)).astype(np.float32)
         self.delay, self.broken = delay, broken
+        self.anomaly: anomaly.Calibration | None = None
+        if calibrated:
+            self.anomaly = calibrate(self)
+            spec = AnomalySpec(file=anomaly.CALIBRATION_FILE, sha256=HASH, method=self.anomaly.score.name,
+                               statistics=list(self.anomaly.score.statistics), cost="one ELBO pass",
+                               fpr_default=FAKE_FPR_DEFAULT, calibration=self.anomaly.data)
+            self.manifest = make_manifest(anomaly_spec=spec)
 
     latent_dim = LATENT
     likelihood = LIKELIHOODS["bernoulli"]
@@ -49,3 +61,19 @@ class FakeVAE:
 
     def decode(self, z):
         return ((z @ self.V.T).reshape(len(z), *SHAPE).astype(np.float32),)
+
+
+def in_distribution(count: int, seed: int) -> np.ndarray:
+    """The fake's "training data": dark images with a bright centre, (N, C, H, W) on the 8-bit grid."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 0.2, (count, *SHAPE))
+    images[:, :, 2:6, 2:6] = rng.uniform(0.7, 1.0, (count, SHAPE[0], 4, 4))
+    return (np.rint(images * 255) / 255).astype(np.float32)
+
+
+def calibrate(fake: FakeVAE) -> anomaly.Calibration:
+    """A typicality score fitted on 300 in-distribution images, referenced on 400 others."""
+    fit = anomaly.statistics(fake, fake.likelihood, in_distribution(300, 1), 0, 0)
+    score = anomaly.TypicalityScore.fit(fit, ("elbo", "kl", "latent_norm", "complexity_bits"), "kde", points=300)
+    reference = anomaly.statistics(fake, fake.likelihood, in_distribution(400, 2), 0, 0)
+    return anomaly.Calibration.build(score, reference, 0, 0, {"split": "fake", "images": 700})

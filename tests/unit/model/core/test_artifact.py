@@ -1,16 +1,18 @@
 """The artifact reader: a model directory is loaded only when its manifest, hashes, parity record and
 graph signatures all hold, and then runs in onnxruntime. Uses the shipped model's serving files."""
 
+import hashlib
 import json
 import shutil
 
 import numpy as np
 import pytest
 
+from model.core.anomaly import Calibration, LikelihoodScore
 from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from model.core.likelihoods import LIKELIHOODS
 from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
-SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx")
+SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "anomaly.json")
 
 
 @pytest.fixture
@@ -86,3 +88,39 @@ def test_a_missing_graph_file_is_a_load_error(model_copy):
 def test_a_directory_without_a_manifest_says_what_to_do(tmp_path):
     with pytest.raises(ModelLoadError, match="vae-export"):
         load_model_dir(tmp_path)
+
+
+def with_calibration(directory, text: str) -> None:
+    """Write `text` as the directory's anomaly.json and list it, with its hash, in the manifest."""
+    (directory / "anomaly.json").write_text(text)
+    spec = {"file": "anomaly.json", "sha256": hashlib.sha256(text.encode()).hexdigest(), "method": "likelihood",
+            "statistics": ["elbo"], "cost": "one ELBO pass", "fpr_default": 0.01, "calibration": {}}
+    edit_manifest(directory, lambda raw: raw.update(anomaly=spec))
+
+
+CALIBRATION = Calibration(LikelihoodScore(), np.arange(100, 200, dtype=np.float64)).to_json()
+
+
+def test_an_export_without_anomaly_calibration_still_loads(model_copy):
+    edit_manifest(model_copy, lambda raw: raw.pop("anomaly", None))
+    (model_copy / "anomaly.json").unlink(missing_ok=True)
+    assert load_model_dir(model_copy).anomaly is None
+
+
+def test_the_listed_calibration_is_loaded(model_copy):
+    with_calibration(model_copy, CALIBRATION)
+    calibration = load_model_dir(model_copy).anomaly
+    assert calibration.score.name == "likelihood" and calibration.threshold(0.01) == 198.0
+
+
+def test_a_tampered_calibration_is_refused_like_a_graph(model_copy):
+    with_calibration(model_copy, CALIBRATION)
+    (model_copy / "anomaly.json").write_text(CALIBRATION.replace("100.0", "1000.0"))
+    with pytest.raises(ModelIntegrityError, match="anomaly.json: SHA-256 is .* the anomaly calibration was modified"):
+        load_model_dir(model_copy)
+
+
+def test_a_listed_calibration_that_is_not_one_is_a_load_error(model_copy):
+    with_calibration(model_copy, '{"format": 1, "score": {"name": "likelihood"}}')
+    with pytest.raises(ModelLoadError, match="not a valid anomaly calibration .*export.calibrate"):
+        load_model_dir(model_copy)
