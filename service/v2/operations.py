@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from model.core.preprocess import array_to_png
-from service.schemas import ElboQuery, EncodeQuery, SampleQuery
+from service import anomaly
+from service.schemas import AnomalyQuery, ElboQuery, EncodeQuery, SampleQuery
 from service.v2.codec import BYTES, ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs, knobs
 
@@ -129,6 +130,27 @@ async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
     return {"images": images, "png": png_tensor(images), "z": z}, {"seed": seed}
 
 
+async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
+    name = f"{call.served.name}.anomaly"
+    query = knobs(AnomalyQuery, call.parameters, name)
+    prepared = anomaly.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
+    pixels = await read_pixels(call, name)
+    out = await anomaly.score(call.served, pixels, prepared)
+    statistics = {f"statistic_{key}": values for key, values in out["statistics"].items()}
+    return ({"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
+            {"method": prepared.calibration.score.name, "fpr": prepared.fpr, "threshold": prepared.threshold,
+             "seed": prepared.seed, "binarize_seed": prepared.binarize_seed})
+
+
+def anomaly_outputs(served: Any) -> list[TensorSpec]:
+    """score, percentile, is_anomaly, and one statistic_<name> per statistic of the model's calibration."""
+    calibration = served.engine.calibration
+    names = calibration.score.statistics if calibration is not None else ()
+    return [TensorSpec("score", "FP64", (-1,)), TensorSpec("percentile", "FP64", (-1,)),
+            TensorSpec("is_anomaly", "BOOL", (-1,)),
+            *(TensorSpec(f"statistic_{name}", "FP64", (-1,)) for name in names)]
+
+
 class _NoKnobs(BaseModel):
     pass
 
@@ -157,6 +179,10 @@ OPERATIONS = (
             "POST /reconstruct: E[x | z = mean of q(z|x)], as pixels and as the PNGs the native route sends"),
     V2Model("decode", OPERATION_PLATFORM, _specs(("z", "FP32", latent_shape)), _specs(IMAGES, PNG), _decode,
             "POST /decode: E[x|z] as pixels and PNGs"),
+    V2Model("anomaly", OPERATION_PLATFORM, image_inputs, anomaly_outputs, _anomaly,
+            "POST /anomaly: higher score = less like the training data; percentile among the calibration's "
+            "reference images; is_anomaly at the false-positive rate fpr. 409 for a model without calibration",
+            AnomalyQuery),
     V2Model("sample", OPERATION_PLATFORM, lambda served: [], _specs(IMAGES, PNG, ("z", "FP32", latent_shape)),
             _sample, "GET /sample: z ~ N(0, t^2 I), decoded; no inputs. The response parameters give the seed",
             _SampleKnobs),

@@ -216,6 +216,20 @@ def test_elbo_equals_the_elbo_route(client, http, model, images):
     assert result.get_response()["parameters"]["data_space"] == expected["data_space"]
 
 
+def test_anomaly_equals_the_anomaly_route(client, http, model, images):
+    expected = native(http, model, "/anomaly?fpr=0.05&seed=4", files=multipart(pngs_of(images)))
+    result = client.infer(f"{model}.anomaly", [bytes_tensor(pngs_of(images), binary=True)],
+                          parameters={"fpr": 0.05, "seed": 4})
+    for key in ("score", "percentile"):
+        np.testing.assert_allclose(result.as_numpy(key), [r[key] for r in expected["results"]], **EXACT)
+    assert list(result.as_numpy("is_anomaly")) == [r["is_anomaly"] for r in expected["results"]]
+    for name in expected["results"][0]["statistics"]:
+        np.testing.assert_allclose(result.as_numpy(f"statistic_{name}"),
+                                   [r["statistics"][name] for r in expected["results"]], **EXACT)
+    parameters = result.get_response()["parameters"]
+    assert (parameters["threshold"], parameters["method"]) == (expected["threshold"], expected["method"])
+
+
 def test_reconstruct_equals_the_reconstruct_route(client, http, model, images):
     expected = native(http, model, "/reconstruct?format=json", files=multipart(pngs_of(images)))["images"]
     result = client.infer(f"{model}.reconstruct", [tensor("image", images)])

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from service.v2.models import MODELS
 from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.fakes import FakeVAE
 
@@ -118,7 +119,7 @@ async def test_the_index_lists_the_v2_models_and_their_names_load_and_unload_the
     async with client_for(app) as client:
         index = (await client.post("/v2/repository/index")).json()
         assert [row["name"] for row in index][:3] == [MODEL, f"{MODEL}.encoder", f"{MODEL}.decoder"]
-        assert {row["state"] for row in index} == {"READY"} and len(index) == 8
+        assert {row["state"] for row in index} == {"READY"} and len(index) == 1 + len(MODELS)
         assert (await client.get(f"/v2/models/{MODEL}.elbo/ready")).json() == {"name": f"{MODEL}.elbo", "ready": True}
         assert (await client.post(f"/v2/repository/models/{MODEL}.encoder/unload")).status_code == 200
         assert "is not ready" in v2_error(await client.get(f"/v2/models/{MODEL}.elbo/ready"), 400)
