@@ -42,14 +42,14 @@ async def per_request_us(app, body: bytes, n: int) -> float:
 
 
 async def product_app(access_log: bool):
-    from service.app import _load, create_app, default_loader
+    from service.app import create_app, start
     from service.observability import configure_logging
     from service.settings import Settings
 
     configure_logging("info", False)
     logging.getLogger("vae").handlers[0].stream = open(os.devnull, "w")  # noqa: SIM115 - the cost, not the terminal
     app = create_app(Settings(model_dir=MODEL_DIR, access_log=access_log))
-    await _load(app.state.vae, default_loader)
+    await start(app.state.vae)
     return app
 
 

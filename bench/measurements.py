@@ -119,11 +119,10 @@ def repository(bench: Bench, results: dict[str, Any], swaps: int = 5, extra_mode
 
 
 def _copy_version(source: Path, root: Path, name: str, version: str) -> None:
-    """The serving files of `source` as root/name/version, its manifest renamed to match."""
+    """The serving files of `source` (what the image ships: no report, checkpoint or int8 graphs) as
+    root/name/version, its manifest renamed to match."""
     target = root / name / version
-    target.mkdir(parents=True)
-    for file in ("encoder.onnx", "decoder.onnx"):
-        shutil.copyfile(source / file, target / file)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report", "*.pt", "*.int8.onnx"))
     manifest = json.loads((source / "manifest.json").read_text())
     (target / "manifest.json").write_text(json.dumps({**manifest, "name": name, "version": version}))
 
