@@ -58,8 +58,12 @@ def _denied(request: Request) -> JSONResponse | None:
     return None
 
 
-async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
-    """The optional JSON body of a control request: absent, or an object."""
+async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
+    """What every control route starts with: the token check (before the body is read), then the
+    optional JSON body: absent, or an object. A response means: answer with it."""
+    denied = _denied(request)
+    if denied is not None:
+        return denied
     body = await request.body()
     if not body.strip():
         return {}
@@ -76,10 +80,7 @@ async def _json_object(request: Request) -> dict[str, Any] | JSONResponse:
              "content": {"application/json": {"example": INDEX_EXAMPLE}}}},
              summary="Every model and version in the repository, with its state and reason")
 async def repository_index(request: Request) -> Response:
-    denied = _denied(request)
-    if denied is not None:
-        return denied
-    body = await _json_object(request)
+    body = await _control_request(request)
     if isinstance(body, JSONResponse):
         return body
     ready = body.get("ready", False)
@@ -105,10 +106,7 @@ def repository_model(name: str) -> str:
              summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
 async def repository_load(request: Request) -> Response:
     name = repository_model(request.path_params["name"])
-    denied = _denied(request)
-    if denied is not None:
-        return denied
-    body = await _json_object(request)
+    body = await _control_request(request)
     if isinstance(body, JSONResponse):
         return body
     try:
@@ -124,10 +122,7 @@ async def repository_load(request: Request) -> Response:
              openapi_extra=NAME, summary="Stop serving a model; requests already running finish on it")
 async def repository_unload(request: Request) -> Response:
     name = repository_model(request.path_params["name"])
-    denied = _denied(request)
-    if denied is not None:
-        return denied
-    body = await _json_object(request)
+    body = await _control_request(request)
     if isinstance(body, JSONResponse):
         return body
     try:
