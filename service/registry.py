@@ -215,10 +215,14 @@ class Registry(Generic[T]):
     def served(self) -> dict[str, list[str]]:
         return {name: sorted(versions, key=version_key) for name, versions in self._served.items() if versions}
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+    async def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model and version known here or on disk, with its state (Triton's repository index)."""
-        statuses = dict(self._status)
-        for name, source in self.scan().items():
+        statuses = dict(self._status)  # taken on the loop; the disk is read on a worker thread
+        try:
+            sources = await asyncio.to_thread(self.scan)
+        except (OSError, ValueError):  # the disk changed under the scan: report what is known
+            sources = {}
+        for name, source in sources.items():
             for version in [*source.versions, *source.problems]:
                 if (name, version) not in statuses:
                     reason = source.problems.get(version, "not loaded")
@@ -229,7 +233,12 @@ class Registry(Generic[T]):
     # ---- changing: one load or unload at a time per model ----
 
     async def load_all(self) -> None:
-        for name in self.scan():
+        try:
+            names = list(await self._scan())
+        except LoadFailed as exc:
+            log.error("%s", exc)
+            return
+        for name in names:
             try:
                 await self.load(name)
             except (LoadFailed, ModelNotFound) as exc:
@@ -239,7 +248,7 @@ class Registry(Generic[T]):
         """(Re)load the versions the model's policy selects from disk. Each is loaded, hash-checked
         and warmed up before it takes traffic; a version that fails never replaces a working one."""
         async with self._lock(name):
-            source = self.scan().get(name)
+            source = (await self._scan()).get(name)
             if source is None:
                 raise ModelNotFound(f"no model {name!r} in the repository")
             self._fingerprints[name] = source.fingerprint
@@ -286,7 +295,7 @@ class Registry(Generic[T]):
 
     async def poll(self) -> None:
         """Apply what changed on disk since the last look (Triton's poll mode)."""
-        sources = self.scan()
+        sources = await self._scan()
         for name, source in sources.items():
             if self._fingerprints.get(name) != source.fingerprint:
                 try:
@@ -312,6 +321,14 @@ class Registry(Generic[T]):
             self._set(Status(name, version, READY))
             _log_release(engine, name, version)
         return loaded, failed
+
+    async def _scan(self) -> dict[str, ModelSource]:
+        """The repository as it is on disk, read on a worker thread (it lists directories and reads
+        every manifest); a failure to read it is a failed load, not a server error."""
+        try:
+            return await asyncio.to_thread(self.scan)
+        except (OSError, ValueError) as exc:
+            raise LoadFailed(f"cannot read the model repository: {exc}") from None
 
     def _serve(self, served: dict[str, dict[str, T]]) -> None:
         """Replace what is served in one step (requests read it without locks); the default versions

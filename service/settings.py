@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _no_empty_token(cls, value: object) -> object:
+        """An empty token (an unset ${VAR} in a compose file, say) would match an empty bearer: treat it
+        as no token, so the control routes stay off."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

@@ -86,7 +86,7 @@ async def repository_index(request: Request) -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         return v2_error(400, "'ready' must be true or false")
-    return JSONResponse(with_v2_models(app_state(request).registry.index(ready_only=ready)))
+    return JSONResponse(with_v2_models(await app_state(request).registry.index(ready_only=ready)))
 
 
 def with_v2_models(rows: list[dict[str, str]]) -> list[dict[str, str]]:

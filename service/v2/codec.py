@@ -86,7 +86,7 @@ def header_length(value: str | None, body_length: int) -> int:
     if value is None:
         return body_length
     text = value.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit() also takes "²", which int() refuses
         raise ProtocolError(f"Inference-Header-Content-Length must be a non-negative integer, not {value[:40]!r}")
     length = int(text)
     if length == 0:

@@ -43,8 +43,8 @@ def registry_for(repo: Path) -> Registry:
     return Registry(scan=lambda: scan_repository(repo), load_version=load)
 
 
-def states(registry: Registry) -> dict[tuple[str, str], tuple[str, str]]:
-    return {(r["name"], r["version"]): (r["state"], r["reason"]) for r in registry.index()}
+async def states(registry: Registry) -> dict[tuple[str, str], tuple[str, str]]:
+    return {(r["name"], r["version"]): (r["state"], r["reason"]) for r in await registry.index()}
 
 
 def test_versions_order_by_their_numbers():
@@ -79,7 +79,7 @@ async def test_a_directory_that_differs_from_its_manifest_is_unavailable_naming_
     add_version(tmp_path, "m", "2.0.0", manifest_version="1.5.0")
     registry = registry_for(tmp_path)
     await registry.load("m")
-    state, reason = states(registry)[("m", "2.0.0")]
+    state, reason = (await states(registry))[("m", "2.0.0")]
     assert state == "UNAVAILABLE" and "m/2.0.0" in reason and "m 1.5.0" in reason
     assert registry.served() == {"m": ["1.0.0"]}
 
@@ -92,8 +92,8 @@ async def test_a_failed_new_version_never_replaces_the_working_one(tmp_path, cap
     with caplog.at_level(logging.ERROR, logger="vae.service"), pytest.raises(LoadFailed, match="serving: 1.0.0"):
         await registry.load("m")
     assert registry.resolve("m")[0] == "1.0.0"
-    assert states(registry)[("m", "2.0.0")] == ("UNAVAILABLE", f"{tmp_path}/m/2.0.0/decoder.onnx: SHA-256 mismatch")
-    assert states(registry)[("m", "1.0.0")][0] == "READY"
+    assert (await states(registry))[("m", "2.0.0")] == ("UNAVAILABLE", f"{tmp_path}/m/2.0.0/decoder.onnx: SHA-256 mismatch")
+    assert (await states(registry))[("m", "1.0.0")][0] == "READY"
     assert [r.message for r in caplog.records] == [f"model m 2.0.0: UNAVAILABLE ({tmp_path}/m/2.0.0/decoder.onnx: "
                                                    "SHA-256 mismatch)"]
 
@@ -107,7 +107,7 @@ async def test_a_failed_reload_of_the_same_version_keeps_serving_the_earlier_cop
     with pytest.raises(LoadFailed):
         await registry.load("m")
     assert registry.resolve("m")[1] is before
-    state, reason = states(registry)[("m", "1.0.0")]
+    state, reason = (await states(registry))[("m", "1.0.0")]
     assert state == "READY" and reason.startswith("reload failed, still serving")
 
 
@@ -120,7 +120,7 @@ async def test_a_new_version_replaces_the_old_and_the_old_is_released_when_its_l
     with caplog.at_level(logging.INFO, logger="vae.service"):
         await registry.load("m")
         assert registry.resolve("m")[0] == "2.0.0" and in_flight.directory.name == "1.0.0"
-        assert states(registry)[("m", "1.0.0")][0] == "UNAVAILABLE"
+        assert (await states(registry))[("m", "1.0.0")][0] == "UNAVAILABLE"
         assert "model m 1.0.0: released" not in caplog.messages
         del in_flight
         gc.collect()
@@ -134,7 +134,7 @@ async def test_unload_then_requests_are_not_found_and_load_brings_it_back(tmp_pa
     await registry.unload("m")
     with pytest.raises(ModelNotFound, match="'m' is not loaded"):
         registry.resolve("m")
-    assert states(registry)[("m", "1.0.0")] == ("UNAVAILABLE", "unloaded")
+    assert (await states(registry))[("m", "1.0.0")] == ("UNAVAILABLE", "unloaded")
     await registry.load("m")
     assert registry.resolve("m")[0] == "1.0.0"
 
@@ -156,11 +156,11 @@ async def test_the_index_lists_versions_on_disk_that_are_not_loaded(tmp_path):
     add_version(tmp_path, "other", "1.0.0")
     registry = registry_for(tmp_path)
     await registry.load("m")
-    assert registry.index() == [
+    assert await registry.index() == [
         {"name": "m", "version": "1.0.0", "state": "READY", "reason": ""},
         {"name": "other", "version": "1.0.0", "state": "UNAVAILABLE", "reason": "not loaded"},
     ]
-    assert registry.index(ready_only=True) == registry.index()[:1]
+    assert await registry.index(ready_only=True) == (await registry.index())[:1]
 
 
 async def test_poll_applies_what_changed_on_disk(tmp_path):
@@ -186,7 +186,7 @@ async def test_an_invalid_config_makes_every_version_unavailable_with_the_expect
     registry = registry_for(tmp_path)
     with pytest.raises(LoadFailed):
         await registry.load("m")
-    state, reason = states(registry)[("m", "1.0.0")]
+    state, reason = (await states(registry))[("m", "1.0.0")]
     assert state == "UNAVAILABLE" and "config.json is invalid" in reason and '"latest"' in reason
 
 
@@ -205,3 +205,18 @@ async def test_failed_tells_a_failure_from_an_unload(tmp_path):
     assert registry.failed("bad") and not registry.failed("good") and not registry.failed("never-seen")
     await registry.unload("good")
     assert not registry.failed("good")
+
+
+async def test_a_repository_that_cannot_be_read_fails_the_load_and_the_index_reports_what_is_known(tmp_path):
+    add_version(tmp_path, "m", "1.0.0")
+    registry = registry_for(tmp_path)
+    await registry.load("m")
+
+    def unreadable():
+        raise PermissionError("repository not readable")
+
+    registry.scan = unreadable
+    with pytest.raises(LoadFailed, match="cannot read the model repository"):
+        await registry.load("m")
+    assert await registry.index() == [{"name": "m", "version": "1.0.0", "state": "READY", "reason": ""}]
+    assert registry.resolve("m")[0] == "1.0.0"

@@ -93,3 +93,11 @@ def test_the_readme_configuration_list_is_generated_from_settings():
     text = README.read_text()
     block = text.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
     assert block == settings_section(), "README.md's settings block is stale: run `python -m bench.report`"
+
+
+def test_an_empty_admin_token_is_no_token_so_control_stays_off():
+    from service.settings import load_settings
+
+    assert load_settings(admin_token="").admin_token is None
+    assert load_settings(admin_token="  ").admin_token is None
+    assert load_settings(admin_token="s3cret").admin_token.get_secret_value() == "s3cret"

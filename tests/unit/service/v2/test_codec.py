@@ -97,6 +97,8 @@ def test_a_bytes_shape_that_disagrees_with_its_elements_names_both():
 @pytest.mark.parametrize("value, message", [
     ("-5", "must be a non-negative integer"),
     ("abc", "must be a non-negative integer"),
+    ("\u00b2", "must be a non-negative integer"),  # "²": str.isdigit() says yes, int() refuses it
+    ("\u0663", "must be a non-negative integer"),  # Arabic-Indic three: no silent acceptance either
     ("0", "raw binary request"),
     ("1000", "is 1000 but the body has only 10 bytes"),
 ])

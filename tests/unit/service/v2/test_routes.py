@@ -125,3 +125,10 @@ async def test_the_index_lists_the_v2_models_and_their_names_load_and_unload_the
         assert "is not ready" in v2_error(await client.get(f"/v2/models/{MODEL}.elbo/ready"), 400)
         assert (await client.post(f"/v2/repository/models/{MODEL}.elbo/load", json={})).status_code == 200
         assert (await client.get(f"/v2/models/{MODEL}.encode/versions/9.9.9/ready")).status_code == 200
+
+
+async def test_an_empty_admin_token_keeps_the_control_routes_off():
+    app, _ = build(admin_token="")
+    async with client_for(app) as client:
+        response = await client.post("/v2/repository/index", headers={"authorization": "Bearer "})
+    assert response.status_code == 403 and "VAE_ADMIN_TOKEN" in response.json()["error"]
