@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -73,17 +75,24 @@ class Server:
         self._log_file.close()
 
 
-@pytest.fixture(scope="session")
-def base_url(tmp_path_factory):
+@contextmanager
+def serving(tmp: Path, **env: str) -> Iterator[str]:
+    """VAE_BASE_URL when it is set, else the URL of a vae-serve started here with `env`, stopped after."""
     if os.environ.get("VAE_BASE_URL"):
         yield os.environ["VAE_BASE_URL"].rstrip("/")
         return
-    server = Server(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512", VAE_MAX_UPLOADS="512")
+    server = Server(tmp, **env)
     try:
         server.wait()
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512", VAE_MAX_UPLOADS="512") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

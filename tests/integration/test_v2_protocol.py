@@ -22,7 +22,7 @@ from PIL import Image
 from model.core.preprocess import PreprocessContract, bytes_to_array
 from service.v2.models import MODELS
 from tests.conftest import REPO
-from tests.integration.conftest import Server, png
+from tests.integration.conftest import png, serving
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -36,15 +36,8 @@ GRAPH_TOLERANCE = {"rtol": 0, "atol": 1e-6}
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     """A server of its own (the repository index needs the admin token), or VAE_BASE_URL's."""
-    if REMOTE:
-        yield REMOTE.rstrip("/")
-        return
-    process = Server(tmp_path_factory.mktemp("v2"), VAE_ADMIN_TOKEN=TOKEN)
-    try:
-        process.wait()
-        yield process.url
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("v2"), VAE_ADMIN_TOKEN=TOKEN) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
