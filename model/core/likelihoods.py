@@ -109,8 +109,16 @@ class Bernoulli(Likelihood):
                 "(binary images are unchanged)")
 
 
+# The smallest useful scale, in data units: the standard deviation of the uniform dequantisation noise
+# within one 8-bit bin, (1/256)/sqrt(12); ln of it is about -6.79. A narrower Gaussian would put ever
+# more density on the noise of pixels the decoder predicts exactly (the always-black background), and
+# the likelihood of dequantised data would be unbounded.
+LOG_SCALE_FLOOR = math.log((1.0 / 256.0) / math.sqrt(12.0))
+
+
 class Gaussian(Likelihood):
-    """Dequantised 8-bit pixels: x ~ N(mean, exp(log_scale)^2), reported as 8-bit probabilities."""
+    """Dequantised 8-bit pixels: x ~ N(mean, exp(log_scale)^2), reported as 8-bit probabilities.
+    The decoder's log-scale is floored softly at `LOG_SCALE_FLOOR`."""
 
     name = "gaussian"
     outputs = ("mean", "log_scale")
@@ -132,7 +140,10 @@ class Gaussian(Likelihood):
         import torch
 
         mean = torch.sigmoid(out)
-        return mean, log_scale.expand_as(mean)
+        # A soft floor, floor + softplus(s - floor), keeps a gradient everywhere (a clamp would strand
+        # a scale that wandered below it). It is part of the decoder graph, so serving sees it too.
+        floored = LOG_SCALE_FLOOR + torch.nn.functional.softplus(log_scale - LOG_SCALE_FLOOR)
+        return mean, floored.expand_as(mean)
 
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
         return np.clip(params[0], 0.0, 1.0).astype(np.float32)

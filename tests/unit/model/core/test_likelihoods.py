@@ -114,3 +114,16 @@ def test_importing_the_likelihoods_does_not_import_torch():
     code = "import sys, model.core.likelihoods; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_gaussian_scale_is_floored_softly_at_the_quantisation_limit():
+    from model.core.likelihoods import LOG_SCALE_FLOOR
+
+    assert LOG_SCALE_FLOOR == pytest.approx(-6.787, abs=1e-3)  # ln((1/256) / sqrt(12))
+    raw = torch.tensor([-100.0, -10.0, -6.79, -2.0, 3.0]).reshape(1, 1, 1, 5).requires_grad_()
+    _, log_scale = LIKELIHOODS["gaussian"].torch_params(torch.zeros(1, 1, 1, 5), raw)
+    assert (log_scale >= torch.tensor(LOG_SCALE_FLOOR, dtype=torch.float32)).all()
+    assert log_scale[0, 0, 0, 0].item() == pytest.approx(LOG_SCALE_FLOOR, abs=1e-6)
+    assert log_scale[0, 0, 0, 3:].tolist() == pytest.approx([-2.0, 3.0], abs=0.01)  # far above: unchanged
+    log_scale.sum().backward()
+    assert (raw.grad[0, 0, 0, 1:] > 0).all()  # a scale below the floor can still climb back
