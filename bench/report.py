@@ -4,7 +4,7 @@
 
 - the benchmark table, from bench/results/serving.json and training.json (medians of the
   interleaved rounds, with their range);
-- the model card numbers, from artifacts/fashion-mnist-vae/2.0.0/manifest.json;
+- the model card, one block per bundled model from its newest manifest (bench/model_card.py);
 - the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
@@ -17,10 +17,11 @@ import re
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
+from bench import model_card
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 RESULTS = REPO / "bench" / "results"
-MANIFEST = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0" / "manifest.json"
 
 
 def _replace(text: str, name: str, body: str) -> str:
@@ -113,30 +114,6 @@ def _spread(summary: dict, spec: str, unit: str = "") -> str:
             f"({format(summary['min'], spec)}-{format(summary['max'], spec)}{unit})")
 
 
-def model_card_section() -> str:
-    manifest = json.loads(MANIFEST.read_text())
-    m, parity = manifest["metrics"], manifest["parity"]
-    cfg = manifest["training"]["model_config"]
-    return "\n".join([
-        f"`{manifest['name']}` {manifest['version']}: {cfg['arch']} encoder, {cfg['decoder']} decoder, "
-        f"{manifest['latent_dim']} latent dimensions, {manifest['likelihood']['name']} likelihood; the checkpoint with "
-        f"the best test ELBO (epoch {manifest['training']['epoch']} of {manifest['training']['train_config']['epochs']})"
-        f" on {manifest['training']['dataset']} "
-        f"(`{' '.join(manifest['training']['command'])}`).", "",
-        "| test set (10,000 images, binarised once, seed 0) | nats | bits/dim |", "|---|---|---|",
-        f"| negative ELBO | {m['nll_elbo_nats']:.2f} | {m['bits_per_dim_elbo']:.4f} |",
-        f"| reconstruction term E_q[log p(x\\|z)] | {m['reconstruction']:.2f} | |",
-        f"| KL(q(z\\|x) \\|\\| N(0, I)) | {m['kl']:.2f} | |",
-        f"| **NLL, IWAE k={m['iwae_k']}** | **{m['nll_nats']:.2f}** | {m['bits_per_dim']:.4f} |",
-        "| reference: plain VAE, Gaussian prior (Exemplar VAE paper) | 228.70 | |", "",
-        (f"The shipped model beats the reference by {228.70 - m['nll_nats']:.2f} nats." if m["nll_nats"] < 228.70
-         else f"**The shipped model does not yet beat the reference: it is {m['nll_nats'] - 228.70:.2f} nats short.**"),
-        "",
-        f"Reproduce: `{' '.join(m['command'])}`. Parity of the ONNX graphs with torch on "
-        f"{parity['images']} test images and {parity['latents']} latents: max |difference| "
-        f"{max(parity['max_abs_diff'].values()):.1e}.", ""])
-
-
 def settings_section() -> str:
     """One row per `Settings` field, so a new setting appears in the README when this runs."""
     from service.settings import PREFIX, Settings
@@ -177,8 +154,8 @@ def _yes(value: bool) -> str:
 
 def update_readme() -> None:
     text = README.read_text()
-    if MANIFEST.exists():
-        text = _replace(text, "model-card", model_card_section())
+    if model_card.newest_manifests(model_card.REPOSITORY):
+        text = _replace(text, "model-card", model_card.model_card_section())
     if (RESULTS / "serving.json").exists():
         serving = json.loads((RESULTS / "serving.json").read_text())
         training_path = RESULTS / "training.json"

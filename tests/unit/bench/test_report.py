@@ -79,7 +79,8 @@ def readme(tmp_path, monkeypatch):
                     "<!-- bench:begin -->\nold table\n<!-- bench:end -->\n")
     monkeypatch.setattr(report, "README", path)
     monkeypatch.setattr(report, "RESULTS", results)
-    monkeypatch.setattr(report, "MANIFEST", tmp_path / "no-manifest.json")
+    (tmp_path / "empty-repository").mkdir()
+    monkeypatch.setattr(report.model_card, "REPOSITORY", tmp_path / "empty-repository")
     return path, results
 
 

@@ -1,0 +1,60 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench import model_card
+from tests.conftest import REPO
+
+
+def manifest(name: str, version: str, likelihood: str, nll: float) -> dict:
+    """The fields the card reads, shaped as the exporter writes them."""
+    return {
+        "name": name, "version": version, "latent_dim": 32, "likelihood": {"name": likelihood},
+        "training": {"epoch": 20, "dataset": "fashion-mnist", "command": ["vae-train", "--out", "runs/x"],
+                     "model_config": {"arch": "conv", "decoder": "conv", "gaussian_scale": "per_pixel"},
+                     "train_config": {"epochs": 20, "test_binarize_seed": 0}},
+        "metrics": {"images": 10000, "nll_elbo_nats": nll + 3, "bits_per_dim_elbo": 0.5, "reconstruction": -nll,
+                    "kl": 20.0, "iwae_k": 5000, "nll_nats": nll, "bits_per_dim": 0.4,
+                    "command": ["vae-eval", "runs/x/best.pt"]},
+        "parity": {"images": 1000, "latents": 1000, "max_abs_diff": {"mean": 2e-5}},
+    }
+
+
+def write(repository, m: dict) -> None:
+    folder = repository / m["name"] / m["version"]
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def test_each_model_gets_its_newest_version_and_the_default_model_comes_first(tmp_path):
+    write(tmp_path, manifest("a-gaussian", "1.0.0", "gaussian", -1500.0))
+    write(tmp_path, manifest("fashion-mnist-vae", "1.9.0", "bernoulli", 230.0))
+    write(tmp_path, manifest("fashion-mnist-vae", "1.10.0", "bernoulli", 227.5))  # numerically newer
+    (tmp_path / "fashion-mnist-vae" / "notes").mkdir()  # not a version: no manifest
+    card = model_card.model_card_section(tmp_path)
+    assert card.index("### `fashion-mnist-vae` 1.10.0") < card.index("### `a-gaussian` 1.0.0")
+    assert "1.9.0" not in card
+    assert "**227.50**" in card and "beats the reference by 1.20 nats" in card
+    assert "per-pixel learned sigma" in card and "dequantised once" in card
+
+
+def test_a_model_short_of_its_reference_is_said(tmp_path):
+    write(tmp_path, manifest("fashion-mnist-vae", "1.0.0", "bernoulli", 229.0))
+    assert "does not yet beat the reference: it is 0.30 nats short" in model_card.model_card_section(tmp_path)
+
+
+def test_the_gaussian_floor_is_the_cross_entropy_of_bin_noise_under_its_best_gaussian():
+    # U(0, w) under N(w/2, w^2/12): E[-log2 density] in units of the bin, by a fine Riemann sum
+    n, w = 100_000, 1.0
+    u = (0.5 + np.arange(n)) / n * w
+    sigma2 = w * w / 12
+    bits = float(((u - w / 2) ** 2 / (2 * sigma2) + 0.5 * math.log(2 * math.pi * sigma2)).mean()) / math.log(2)
+    assert model_card.GAUSSIAN_FLOOR_BITS == pytest.approx(bits, abs=1e-6)
+    assert round(model_card.GAUSSIAN_FLOOR_BITS, 2) == 0.25
+
+
+def test_the_bundled_repository_renders():
+    card = model_card.model_card_section(REPO / "artifacts")
+    assert "### `fashion-mnist-vae`" in card and "NLL, IWAE k=5000" in card
