@@ -5,6 +5,7 @@
 - the benchmark table, from bench/results/serving.json and training.json (medians of the
   interleaved rounds, with their range);
 - the model card, one block per bundled model from its newest manifest (bench/model_card.py);
+- the Gaussian decoder's shared against per-pixel sigma, from bench/results/gaussian_scales.json;
 - the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
@@ -169,6 +170,11 @@ def update_readme() -> None:
         from bench.anomaly import anomaly_section
 
         text = _replace(text, "anomaly", anomaly_section(json.loads((RESULTS / "anomaly.json").read_text())))
+    if (RESULTS / "gaussian_scales.json").exists():
+        from bench.gaussian_scales import section as gaussian_scales_section
+
+        text = _replace(text, "gaussian-scales",
+                        gaussian_scales_section(json.loads((RESULTS / "gaussian_scales.json").read_text())))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 
