@@ -23,6 +23,7 @@ from export import calibrate, parity
 from export.exporter import OPSET, export_vae, io_shapes
 from model import checkpoint
 from model.core.artifact import ModelLoadError, load_model_dir, open_graphs
+from model.core.likelihoods import LOG_SCALE_FLOOR
 from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset, sha256_file
@@ -67,9 +68,13 @@ def likelihood_spec(model: VAE) -> LikelihoodSpec:
     likelihood = model.decoder.likelihood
     parameters: dict[str, Any] = {}
     if model.decoder.log_sigma is not None:  # a learned scale: record what it learned
-        sigma = model.decoder.log_sigma.detach().exp()
+        with torch.no_grad():  # the scale the decoder graph outputs: the learned one, through its floor
+            shape = (1, *model.config.input_shape)
+            _, log_scale = likelihood.torch_params(torch.zeros(shape), model.decoder.log_sigma)
+        sigma = log_scale.exp()
         parameters = {"scale": model.config.gaussian_scale, "sigma_mean": float(sigma.mean()),
-                      "sigma_min": float(sigma.min())}
+                      "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max()),
+                      "log_sigma_floor": LOG_SCALE_FLOOR}
     return LikelihoodSpec(name=likelihood.name, outputs=list(likelihood.outputs), parameters=parameters,
                           data_space=likelihood.data_space)
 

@@ -187,6 +187,10 @@ def test_a_gaussian_model_exports_mean_and_log_scale(tmp_path, monkeypatch):
     assert list(manifest.decoder.outputs) == ["mean", "log_scale"]
     mean, log_scale = load_model_dir(tmp_path / "model").decode(np.zeros((2, 3), dtype=np.float32))
     assert mean.shape == log_scale.shape == (2, 1, 8, 8) and 0 <= mean.min() and mean.max() <= 1
+    # the manifest records the scale the graph outputs, floored at the quantisation limit
+    parameters = manifest.likelihood.parameters
+    assert parameters["sigma_mean"] == pytest.approx(float(np.exp(log_scale).mean()), rel=1e-5)
+    assert parameters["log_sigma_floor"] == pytest.approx(-6.787, abs=1e-3)
 
 
 def test_the_export_is_calibrated_on_a_training_split_and_the_calibration_is_hashed(exported):
