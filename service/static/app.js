@@ -15,6 +15,7 @@ const state = {
   image: null, // the Blob being analysed
   mean: null, // its latent mean, once encoded
   endpoints: { a: null, b: null }, // Blobs
+  dimChosen: false, // whether the user picked the dimension to traverse
   generation: 0, // analyses started; an answer for an older one is dropped
 };
 
@@ -174,6 +175,7 @@ async function analyse(blob) {
   $('input-view').replaceChildren(tile(inputCanvas, 'Input after preprocessing', `${fileStem('input')}.png`));
   $('recon-view').replaceChildren(tile(reconCanvas, 'Reconstruction', `${fileStem('reconstruction')}.png`));
   state.mean = encoded.value.results[0].mean;
+  if (!state.dimChosen) $('traverse-dim').value = String(mostPrecise(encoded.value.results[0].logvar));
   drawChart();
   if (elbo.status === 'fulfilled') showElbo(elbo.value);
   else {
@@ -219,9 +221,16 @@ function showAnomaly(answer) {
   $('anomaly-verdict').className = result.is_anomaly ? 'verdict anomalous' : 'verdict typical';
 }
 
+/** The dimension the encoder is surest of for this image (lowest posterior variance): until the user
+ * picks one, the traversal starts there, as a dimension the posterior leaves at the prior shows nothing. */
+function mostPrecise(logvar) {
+  return logvar.reduce((best, value, i) => (value < logvar[best] ? i : best), 0);
+}
+
 function drawChart() {
   barChart($('latent-chart'), state.mean, (dim) => {
     $('traverse-dim').value = String(dim);
+    state.dimChosen = true;
     drawChart();
     $('traverse-dim').focus();
   }, intValue($('traverse-dim')));
@@ -366,7 +375,10 @@ function wire() {
   $('set-b').addEventListener('click', () => setEndpoint('b'));
   onSubmit('interpolate-form', interpolation);
   onSubmit('traverse-form', traversal);
-  $('traverse-dim').addEventListener('change', () => state.mean && drawChart());
+  $('traverse-dim').addEventListener('change', () => {
+    state.dimChosen = true;
+    if (state.mean) drawChart();
+  });
   updateButtons();
 }
 

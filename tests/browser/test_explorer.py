@@ -42,8 +42,9 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
         recon = post_image(client, f"{MODEL_PATH}/reconstruct", image_files[0], format="json")
         elbo = post_image(client, f"{MODEL_PATH}/elbo", image_files[0], k=k, seed=0)["results"][0]
         anomaly = post_image(client, f"{MODEL_PATH}/anomaly", image_files[0])
-        mean = post_image(client, f"{MODEL_PATH}/encode", image_files[0])["results"][0]["mean"]
+        encoded = post_image(client, f"{MODEL_PATH}/encode", image_files[0])["results"][0]
         card = client.get(MODEL_PATH).json()
+    mean = encoded["mean"]
     np.testing.assert_array_equal(page.levels(page.find("recon-canvas")), png_levels(recon["images"][0]["png_base64"]))
     for element, key in (("score-elbo", "elbo"), ("score-kl", "kl"), ("score-reconstruction", "reconstruction"),
                          ("score-iwae", "log_likelihood")):
@@ -57,6 +58,8 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
     assert page.find("anomaly-verdict").text.startswith(verdict)
     bars = page.find("latent-chart").find_elements("css selector", "rect.bar")
     assert [float(bar.get_attribute("data-value")) for bar in bars] == mean
+    # Until a dimension is picked, the traversal starts at the one the encoder is surest of.
+    assert page.find("traverse-dim").get_attribute("value") == str(int(np.argmin(encoded["logvar"])))
     assert page.find("card-latent-dim").text == str(card["latent_dim"]) == str(len(mean))
     assert page.find("card-likelihood").text == card["likelihood"]["name"]
     assert page.find("card-nll").text.startswith(f"{card['metrics']['nll_nats']:.2f} nats")
