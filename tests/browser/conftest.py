@@ -84,10 +84,10 @@ def driver():
 class Explorer:
     """The page, as a test drives it: panels finish requests (data-runs), canvases hold pixels."""
 
-    def __init__(self, driver, url: str) -> None:
+    def __init__(self, driver, url: str, downloads: Path) -> None:
         from selenium.webdriver.support.ui import WebDriverWait
 
-        self.driver, self.url = driver, url
+        self.driver, self.url, self.downloads = driver, url, downloads
         self.wait = WebDriverWait(driver, TIMEOUT_S)
         self.allowed_errors: list[str] = []  # console messages a test expects (an API error it provokes)
 
@@ -127,6 +127,17 @@ class Explorer:
     def tiles(self, container: str) -> list[np.ndarray]:
         return [self.levels(c) for c in self.find(container).find_elements("css selector", "canvas")]
 
+    def download(self, button, filename: str) -> np.ndarray:
+        """Press a download button; the PNG it saves as (H, W) grey levels."""
+        from PIL import Image
+
+        path = self.downloads / filename
+        button.click()
+        # Chromium writes NAME.crdownload and renames it when complete.
+        self.wait.until(lambda _: path.is_file(), f"{filename} never downloaded")
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"))
+
     def value(self, element_id: str) -> str:
         return self.find(element_id).get_attribute("data-value")
 
@@ -155,11 +166,14 @@ class Explorer:
 
 
 @pytest.fixture
-def page(driver, explorer_url):
-    """The page, freshly loaded; the test fails on any console error it did not declare."""
+def page(driver, explorer_url, tmp_path):
+    """The page, freshly loaded, downloading into tmp_path/downloads; the test fails on any console
+    error it did not declare."""
     driver.get("about:blank")
     driver.get_log("browser")  # what earlier tests left
-    explorer = Explorer(driver, explorer_url)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow",
+                                                           "downloadPath": str(tmp_path / "downloads")})
+    explorer = Explorer(driver, explorer_url, tmp_path / "downloads")
     explorer.open()
     yield explorer
     errors = explorer.console_errors()

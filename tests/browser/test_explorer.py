@@ -45,7 +45,10 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
         encoded = post_image(client, f"{MODEL_PATH}/encode", image_files[0])["results"][0]
         card = client.get(MODEL_PATH).json()
     mean = encoded["mean"]
-    np.testing.assert_array_equal(page.levels(page.find("recon-canvas")), png_levels(recon["images"][0]["png_base64"]))
+    reconstruction = png_levels(recon["images"][0]["png_base64"])
+    np.testing.assert_array_equal(page.levels(page.find("recon-canvas")), reconstruction)
+    tile = page.find("recon-view").find_element("css selector", "button.tile")
+    np.testing.assert_array_equal(page.download(tile, f"{DEFAULT_MODEL}-2.0.0-reconstruction.png"), reconstruction)
     for element, key in (("score-elbo", "elbo"), ("score-kl", "kl"), ("score-reconstruction", "reconstruction"),
                          ("score-iwae", "log_likelihood")):
         assert float(page.value(element)) == elbo[key], element
@@ -63,7 +66,7 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
     assert page.find("card-latent-dim").text == str(card["latent_dim"]) == str(len(mean))
     assert page.find("card-likelihood").text == card["likelihood"]["name"]
     assert page.find("card-nll").text.startswith(f"{card['metrics']['nll_nats']:.2f} nats")
-    page.screenshot("explorer-1280x800")
+    page.screenshot("explorer-upload-1280x800")
     page.screenshot("explorer-full", full_page=True)
 
 
@@ -88,6 +91,10 @@ def test_the_same_seed_gives_the_same_grid_and_the_apis_pixels(page, explorer_ur
         answer = client.get(f"{MODEL_PATH}/sample", params={"n": 16, "seed": 7, "temperature": 0.8,
                                                              "format": "json"}).json()
     assert all(np.array_equal(tile, png_levels(s["png_base64"])) for tile, s in zip(first, answer["samples"]))
+    grid = page.download(page.find("sample-download"), f"{DEFAULT_MODEL}-2.0.0-sample.png")
+    assert grid.shape == (4 * 28 + 5 * 2,) * 2  # 4 x 4 tiles, 2 px apart and around
+    np.testing.assert_array_equal(grid[2:30, 2:30], first[0])
+    np.testing.assert_array_equal(grid[-30:-2, -30:-2], again[-1])
 
 
 def test_interpolation_runs_from_one_image_to_the_other(page, explorer_url, image_files):
@@ -187,11 +194,15 @@ def test_another_model_and_version_are_picked_and_a_missing_card_entry_is_said(p
 
 
 @pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
-def test_the_page_fits_the_screen_width(page, width, height):
+def test_the_page_fits_the_screen_width(page, image_files, width, height):
     page.open(width, height)
+    assert page.upload(image_files[0]) == "done"
+    assert page.run("sample-panel", page.find("sample-button").click) == "done"
     overflow = page.driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{overflow} px wider than a {width} px screen"
-    page.screenshot(f"explorer-{width}x{height}-empty")
+    recon = page.find("recon-canvas").rect
+    assert recon["width"] >= min(150, width / 3), f"the reconstruction is {recon['width']} px wide"
+    page.screenshot(f"explorer-{width}x{height}", full_page=True)
 
 
 def test_the_latent_paths_in_the_pages_own_module(page):
@@ -218,3 +229,32 @@ def test_the_latent_paths_in_the_pages_own_module(page):
     assert result["linearMidNorm"] == pytest.approx(3 / np.sqrt(2))
     assert result["parallel"] == [1.5, 1.5]  # same direction: the straight line
     assert result["traverse"] == [[0.5, -3], [0.5, -1], [0.5, 1]]
+
+
+def test_a_dropped_image_is_analysed_like_an_upload(page, image_files, test_images):
+    """A drop event carrying the file, as the browser makes one when a file is dragged onto the zone."""
+    page.run("analysis-panel", lambda: page.driver.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
+        document.getElementById('drop-zone').dispatchEvent(
+          new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    """, base64.b64encode(image_files[3].read_bytes()).decode()))
+    assert page.find("analysis-panel").get_attribute("data-state") == "done"
+    np.testing.assert_array_equal(page.levels(page.find("input-canvas")),
+                                  np.rint(test_images[3][0] * 255).astype(np.uint8))
+
+
+def test_a_drawing_is_analysed(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    pad = page.find("draw-pad")
+    page.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)
+    strokes = ActionChains(page.driver).move_to_element_with_offset(pad, -60, -80).click_and_hold()
+    for _ in range(8):
+        strokes = strokes.move_by_offset(0, 20)
+    strokes.release().perform()
+    assert page.run("analysis-panel", page.find("draw-use").click) == "done"
+    seen = page.levels(page.find("input-canvas"))  # a vertical stroke, left of centre, on black
+    assert seen.shape == (28, 28) and seen[:, :14].max() > 200 and seen[:, 16:].max() == 0
+    assert page.find("score-elbo").text.endswith("nats")
