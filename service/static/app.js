@@ -10,6 +10,7 @@ import { barChart, bitmapCanvas, blobBitmap, download, facts, fixed, montage, pn
 const $ = (id) => document.getElementById(id);
 
 const state = {
+  models: [], // GET /v1/models
   model: null, // {name, version}
   card: null,
   image: null, // the Blob being analysed
@@ -86,18 +87,23 @@ async function selectVersion() {
   const panel = $('model-panel');
   setPanel(panel, 'loading');
   hideError($('model-error'));
-  state.model = { name: $('model-select').value, version: $('version-select').value };
+  const model = { name: $('model-select').value, version: $('version-select').value };
+  state.model = model;
+  let card;
   try {
-    state.card = await api.modelCard(state.model);
+    card = await api.modelCard(model);
   } catch (error) {
+    if (state.model !== model) return; // another choice since
     state.card = null;
     $('model-card').replaceChildren();
     showError($('model-error'), error);
     setPanel(panel, 'error');
     return;
   }
-  showCard(state.card);
-  applyLimits(state.card);
+  if (state.model !== model) return;
+  state.card = card;
+  showCard(card);
+  applyLimits(card);
   for (const kind of ['sample', 'interpolate', 'traverse']) clearStrip(kind);
   setPanel(panel, 'done');
   announce(`Model ${state.model.name} ${state.model.version} selected`);
@@ -202,8 +208,10 @@ function showElbo(answer) {
     ['KL term', `${fixed(result.kl)} nats`, result.kl, 'score-kl'],
     [`IWAE log p(x), k = ${answer.k}`, Number.isFinite(result.log_likelihood) ? `${fixed(result.log_likelihood)} nats`
       : 'needs k > 1', result.log_likelihood, 'score-iwae'],
-    ['Bits per dimension', fixed(result.log_likelihood_bits_per_dim ?? result.bits_per_dim, 4),
-      result.log_likelihood_bits_per_dim ?? result.bits_per_dim, 'score-bpd'],
+    Number.isFinite(result.log_likelihood_bits_per_dim)
+      ? ['Bits per dimension (IWAE)', fixed(result.log_likelihood_bits_per_dim, 4), result.log_likelihood_bits_per_dim,
+        'score-bpd']
+      : ['Bits per dimension (ELBO)', fixed(result.bits_per_dim, 4), result.bits_per_dim, 'score-bpd'],
   ]);
   $('elbo-data-space').textContent = `Scored on ${answer.data_space}`;
 }
@@ -238,9 +246,11 @@ function drawChart() {
 
 // ---- grids and strips of decoded latents ----
 
+/** Where a panel's decoded images go: the sample grid, or the interpolation's or traversal's strip. */
+const tilesOf = (kind) => $(kind === 'sample' ? 'sample-grid' : `${kind}-strip`);
+
 function clearStrip(kind) {
-  const container = $(kind === 'sample' ? 'sample-grid' : `${kind}-strip`);
-  container.replaceChildren();
+  tilesOf(kind).replaceChildren();
   $(`${kind}-download`).hidden = true;
   hideError($(`${kind}-error`));
   setPanel($(`${kind}-panel`), 'empty');
@@ -248,7 +258,7 @@ function clearStrip(kind) {
 
 /** Shows decoded PNGs as tiles, and arms the panel's download button with their montage. */
 async function showTiles(kind, images, labels, columns) {
-  const container = $(kind === 'sample' ? 'sample-grid' : `${kind}-strip`);
+  const container = tilesOf(kind);
   const bitmaps = await Promise.all(images.map((image) => pngBitmap(image.png_base64)));
   const canvases = bitmaps.map((bitmap, i) => bitmapCanvas(bitmap, labels[i]));
   container.replaceChildren(...canvases.map((canvas, i) => tile(canvas, labels[i], `${fileStem(kind)}-${i}.png`)));
@@ -266,7 +276,7 @@ async function runPanel(kind, work) {
     await work();
     setPanel(panel, 'done');
   } catch (error) {
-    $(kind === 'sample' ? 'sample-grid' : `${kind}-strip`).replaceChildren();
+    tilesOf(kind).replaceChildren();
     $(`${kind}-download`).hidden = true;
     showError($(`${kind}-error`), error);
     setPanel(panel, 'error');
@@ -319,7 +329,7 @@ function traversal() {
     const answer = await api.decode(state.model, rows);
     const labels = rows.map((z) => `Dimension ${dim} at ${z[dim].toFixed(2)}`);
     await showTiles('traverse', answer.images, labels, steps);
-    drawChart();
+    if (state.mean) drawChart(); // none while another image is being analysed
     announce(`Traversed dimension ${dim}`);
   });
 }
