@@ -15,7 +15,7 @@ const norm = (v) => Math.sqrt(v.reduce((sum, x) => sum + x * x, 0));
  * Spherical interpolation (Shoemake 1985; for generative models' latents, White 2016, "Sampling
  * generative networks"): weights sin((1-t)w)/sin(w) and sin(tw)/sin(w), w the angle between a
  * and b. Between two typical prior draws it stays near the shell where the prior's mass is, where
- * the straight line cuts through the middle. The straight line where the angle is 0 or undefined.
+ * the straight line cuts through the middle. The straight line where the angle is 0 or pi (no one circle).
  */
 export function slerp(a, b, t) {
   const normA = norm(a);
