@@ -29,6 +29,7 @@ $(BIN)/.dev-installed: pyproject.toml $(BIN)/.serve-installed
 	touch $@
 
 serve: $(BIN)/.serve-installed
+	@echo "vae-serve: the explorer will be at http://localhost:$(PORT)/ (API reference: http://localhost:$(PORT)/docs)"
 	$(BIN)/vae-serve --model-repository $(REPOSITORY) --port $(PORT)
 
 # The whole suite: unit and integration tests, then the integration suite against the container

@@ -19,7 +19,7 @@ from service import docs, errors
 from service.engine import Engine
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import ModelSource, Registry, scan_repository, single_model
-from service.routes import anomaly, images, latents, ops, repository
+from service.routes import anomaly, images, latents, ops, preprocess, repository, ui
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
@@ -134,8 +134,10 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
     app.state.vae = state
     errors.install(app)
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
-    for router in (images.router, anomaly.router, latents.router, ops.router, repository.router, v2_routes.router):
+    for router in (images.router, preprocess.router, anomaly.router, latents.router, ops.router, repository.router,
+                   v2_routes.router):
         app.include_router(router)
+    ui.install(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"])

@@ -1,0 +1,396 @@
+// The explorer's wiring: controls to API calls, answers to the views. Each panel's data-state
+// (empty, loading, done, error) and data-runs say where it stands, for assistive technology
+// (aria-busy) and for tests.
+
+import * as api from './api.js';
+import { drawingPad } from './draw.js';
+import { interpolate, traverse } from './latent.js';
+import { barChart, bitmapCanvas, blobBitmap, download, facts, fixed, montage, pngBitmap, tile } from './render.js';
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  models: [], // GET /v1/models
+  model: null, // {name, version}
+  card: null,
+  image: null, // the Blob being analysed
+  mean: null, // its latent mean, once encoded
+  endpoints: { a: null, b: null }, // Blobs
+  dimChosen: false, // whether the user picked the dimension to traverse
+  generation: 0, // analyses started; an answer for an older one is dropped
+};
+
+/** A panel's state; data-runs counts its finished requests, so a caller can wait for the next one. */
+function setPanel(panel, value) {
+  panel.dataset.state = value;
+  panel.setAttribute('aria-busy', String(value === 'loading'));
+  if (value === 'done' || value === 'error') panel.dataset.runs = String(Number(panel.dataset.runs || 0) + 1);
+}
+
+function showError(element, error) {
+  element.textContent = error instanceof api.ApiError ? error.message : `unexpected error: ${error.message}`;
+  element.hidden = false;
+}
+
+function hideError(element) {
+  element.hidden = true;
+  element.textContent = '';
+}
+
+function announce(text) {
+  $('status').textContent = text;
+}
+
+const fileStem = (kind) => `${state.model.name}-${state.model.version}-${kind}`;
+
+function limit(name, fallback) {
+  const limits = (state.card && state.card.limits) || {};
+  return Number.isInteger(limits[name]) ? limits[name] : fallback;
+}
+
+/** A form number input's value as an integer, clamped to the input's range. */
+function intValue(input) {
+  const value = Math.trunc(Number(input.value));
+  const low = input.min === '' ? -Infinity : Number(input.min);
+  const high = input.max === '' ? Infinity : Number(input.max);
+  return Math.min(high, Math.max(low, value));
+}
+
+// ---- models ----
+
+async function loadModels() {
+  const panel = $('model-panel');
+  setPanel(panel, 'loading');
+  try {
+    const { models } = await api.listModels();
+    if (!models.length) throw new api.ApiError(503, 'no_model', 'the service serves no model yet');
+    const select = $('model-select');
+    select.replaceChildren(...models.map((model) => new Option(model.name, model.name, model.default, model.default)));
+    state.models = models;
+    await selectModel();
+  } catch (error) {
+    showError($('model-error'), error);
+    setPanel(panel, 'error');
+  }
+}
+
+async function selectModel() {
+  const entry = state.models.find((model) => model.name === $('model-select').value);
+  $('version-select').replaceChildren(...entry.versions.map((version) => {
+    const selected = version === entry.default_version;
+    return new Option(version, version, selected, selected);
+  }));
+  await selectVersion();
+}
+
+async function selectVersion() {
+  const panel = $('model-panel');
+  setPanel(panel, 'loading');
+  hideError($('model-error'));
+  const model = { name: $('model-select').value, version: $('version-select').value };
+  state.model = model;
+  let card;
+  try {
+    card = await api.modelCard(model);
+  } catch (error) {
+    if (state.model !== model) return; // another choice since
+    state.card = null;
+    $('model-card').replaceChildren();
+    showError($('model-error'), error);
+    setPanel(panel, 'error');
+    return;
+  }
+  if (state.model !== model) return;
+  state.card = card;
+  showCard(card);
+  applyLimits(card);
+  for (const kind of ['sample', 'interpolate', 'traverse']) clearStrip(kind);
+  setPanel(panel, 'done');
+  announce(`Model ${state.model.name} ${state.model.version} selected`);
+  if (state.image) await analyse(state.image);
+}
+
+function showCard(card) {
+  const metrics = card.metrics || {};
+  const likelihood = card.likelihood || {};
+  const nll = metrics.nll_nats;
+  const iwae = Number.isInteger(metrics.iwae_k) ? ` (IWAE, k = ${metrics.iwae_k})` : '';
+  facts($('model-card'), [
+    ['Likelihood', likelihood.name || 'not recorded', likelihood.name, 'card-likelihood'],
+    ['Latent size', Number.isInteger(card.latent_dim) ? String(card.latent_dim) : 'not recorded', card.latent_dim,
+      'card-latent-dim'],
+    ['Test NLL', Number.isFinite(nll) ? `${fixed(nll)} nats${iwae}` : 'not recorded', nll, 'card-nll'],
+    ['Test bits/dim', fixed(metrics.bits_per_dim, 4), metrics.bits_per_dim, 'card-bpd'],
+    ['Input', Array.isArray((card.input || {}).shape) ? card.input.shape.join(' x ') : 'not recorded'],
+    ['Anomaly score', card.anomaly ? card.anomaly.method : 'no calibration'],
+  ]);
+}
+
+function applyLimits(card) {
+  const maxBatch = limit('max_batch', 16);
+  for (const id of ['sample-n', 'interpolate-steps', 'traverse-steps']) $(id).max = String(maxBatch);
+  $('sample-n').value = String(Math.min(intValue($('sample-n')), maxBatch));
+  $('iwae-k').max = String(limit('max_k', 1000));
+  $('iwae-k').value = String(Math.min(intValue($('iwae-k')), limit('max_k', 1000)));
+  $('traverse-dim').max = String(card.latent_dim - 1);
+  $('traverse-dim').value = String(Math.min(intValue($('traverse-dim')), card.latent_dim - 1));
+}
+
+// ---- one image: preprocessing, reconstruction, latents, scores ----
+
+async function analyse(blob) {
+  if (!state.card) return;
+  state.image = blob;
+  state.mean = null;
+  const generation = ++state.generation;
+  const panel = $('analysis-panel');
+  setPanel(panel, 'loading');
+  $('analysis-hint').hidden = true;
+  for (const id of ['analysis-error', 'elbo-error', 'anomaly-error']) hideError($(id));
+  updateButtons();
+  announce('Analysing the image');
+  const model = state.model;
+  const k = intValue($('iwae-k'));
+  const calls = await Promise.allSettled([
+    api.postImage(model, 'preprocess', blob, { format: 'json' }),
+    api.postImage(model, 'reconstruct', blob, { format: 'json' }),
+    api.postImage(model, 'encode', blob),
+    api.postImage(model, 'elbo', blob, { k, seed: 0 }),
+    api.postImage(model, 'anomaly', blob),
+  ]);
+  if (generation !== state.generation) return;
+  const [input, recon, encoded, elbo, anomaly] = calls;
+  const failed = [input, recon, encoded].find((call) => call.status === 'rejected');
+  if (failed) {
+    for (const id of ['input-view', 'recon-view']) $(id).replaceChildren();
+    for (const id of ['elbo-scores', 'anomaly-scores']) $(id).replaceChildren();
+    $('elbo-data-space').textContent = '';
+    $('latent-chart').replaceChildren();
+    showError($('analysis-error'), failed.reason);
+    setPanel(panel, 'error');
+    announce('The image could not be analysed');
+    return;
+  }
+  const [inputBitmap, reconBitmap] = await Promise.all([
+    pngBitmap(input.value.images[0].png_base64), pngBitmap(recon.value.images[0].png_base64)]);
+  if (generation !== state.generation) return;
+  const inputCanvas = bitmapCanvas(inputBitmap, 'the input after preprocessing');
+  inputCanvas.id = 'input-canvas';
+  const reconCanvas = bitmapCanvas(reconBitmap, 'the reconstruction');
+  reconCanvas.id = 'recon-canvas';
+  $('input-view').replaceChildren(tile(inputCanvas, 'Input after preprocessing', `${fileStem('input')}.png`));
+  $('recon-view').replaceChildren(tile(reconCanvas, 'Reconstruction', `${fileStem('reconstruction')}.png`));
+  state.mean = encoded.value.results[0].mean;
+  if (!state.dimChosen) $('traverse-dim').value = String(mostPrecise(encoded.value.results[0].logvar));
+  drawChart();
+  if (elbo.status === 'fulfilled') showElbo(elbo.value);
+  else {
+    $('elbo-scores').replaceChildren();
+    $('elbo-data-space').textContent = '';
+    showError($('elbo-error'), elbo.reason);
+  }
+  if (anomaly.status === 'fulfilled') showAnomaly(anomaly.value);
+  else {
+    $('anomaly-scores').replaceChildren();
+    showError($('anomaly-error'), anomaly.reason);
+  }
+  panel.dataset.model = `${model.name} ${model.version}`; // which model these results are from
+  setPanel(panel, 'done');
+  updateButtons();
+  announce(`Reconstruction and scores from ${model.name} ${model.version}`);
+}
+
+function showElbo(answer) {
+  const result = answer.results[0];
+  facts($('elbo-scores'), [
+    ['ELBO', `${fixed(result.elbo)} nats`, result.elbo, 'score-elbo'],
+    ['Reconstruction term', `${fixed(result.reconstruction)} nats`, result.reconstruction, 'score-reconstruction'],
+    ['KL term', `${fixed(result.kl)} nats`, result.kl, 'score-kl'],
+    [`IWAE log p(x), k = ${answer.k}`, Number.isFinite(result.log_likelihood) ? `${fixed(result.log_likelihood)} nats`
+      : 'needs k > 1', result.log_likelihood, 'score-iwae'],
+    Number.isFinite(result.log_likelihood_bits_per_dim)
+      ? ['Bits per dimension (IWAE)', fixed(result.log_likelihood_bits_per_dim, 4), result.log_likelihood_bits_per_dim,
+        'score-bpd']
+      : ['Bits per dimension (ELBO)', fixed(result.bits_per_dim, 4), result.bits_per_dim, 'score-bpd'],
+  ]);
+  $('elbo-data-space').textContent = `Scored on ${answer.data_space}`;
+}
+
+function showAnomaly(answer) {
+  const result = answer.results[0];
+  const verdict = result.is_anomaly ? 'anomalous' : 'typical';
+  facts($('anomaly-scores'), [
+    ['Score', fixed(result.score), result.score, 'anomaly-score'],
+    ['Percentile', `${fixed(100 * result.percentile, 1)}%`, result.percentile, 'anomaly-percentile'],
+    ['Verdict', `${verdict} at a ${fixed(100 * answer.fpr, 1)}% false-positive rate`, verdict, 'anomaly-verdict'],
+    ['Threshold', fixed(answer.threshold), answer.threshold],
+    ['Method', answer.method],
+  ]);
+  $('anomaly-verdict').className = result.is_anomaly ? 'verdict anomalous' : 'verdict typical';
+}
+
+/** The dimension the encoder is surest of for this image (lowest posterior variance): until the user
+ * picks one, the traversal starts there, as a dimension the posterior leaves at the prior shows nothing. */
+function mostPrecise(logvar) {
+  return logvar.reduce((best, value, i) => (value < logvar[best] ? i : best), 0);
+}
+
+function drawChart() {
+  barChart($('latent-chart'), state.mean, (dim) => {
+    $('traverse-dim').value = String(dim);
+    state.dimChosen = true;
+    drawChart();
+    $('traverse-dim').focus();
+  }, intValue($('traverse-dim')));
+}
+
+// ---- grids and strips of decoded latents ----
+
+/** Where a panel's decoded images go: the sample grid, or the interpolation's or traversal's strip. */
+const tilesOf = (kind) => $(kind === 'sample' ? 'sample-grid' : `${kind}-strip`);
+
+function clearStrip(kind) {
+  tilesOf(kind).replaceChildren();
+  $(`${kind}-download`).hidden = true;
+  hideError($(`${kind}-error`));
+  setPanel($(`${kind}-panel`), 'empty');
+}
+
+/** Shows decoded PNGs as tiles, and arms the panel's download button with their montage. */
+async function showTiles(kind, images, labels, columns) {
+  const container = tilesOf(kind);
+  const bitmaps = await Promise.all(images.map((image) => pngBitmap(image.png_base64)));
+  const canvases = bitmaps.map((bitmap, i) => bitmapCanvas(bitmap, labels[i]));
+  container.replaceChildren(...canvases.map((canvas, i) => tile(canvas, labels[i], `${fileStem(kind)}-${i}.png`)));
+  const button = $(`${kind}-download`);
+  button.hidden = false;
+  button.onclick = () => download(montage(canvases, columns), `${fileStem(kind)}.png`);
+}
+
+/** Runs one panel's request: loading state, the API's message on failure. */
+async function runPanel(kind, work) {
+  const panel = $(`${kind}-panel`);
+  setPanel(panel, 'loading');
+  hideError($(`${kind}-error`));
+  try {
+    await work();
+    setPanel(panel, 'done');
+  } catch (error) {
+    tilesOf(kind).replaceChildren();
+    $(`${kind}-download`).hidden = true;
+    showError($(`${kind}-error`), error);
+    setPanel(panel, 'error');
+  }
+}
+
+function sample() {
+  const seed = intValue($('sample-seed'));
+  const temperature = Number($('sample-temperature').value);
+  const n = intValue($('sample-n'));
+  return runPanel('sample', async () => {
+    const answer = await api.sample(state.model, { n, seed, temperature });
+    const labels = answer.samples.map((s) => `Sample ${s.index + 1}, seed ${answer.seed}, temperature ${temperature}`);
+    await showTiles('sample', answer.samples, labels, Math.ceil(Math.sqrt(answer.samples.length)));
+    $('sample-grid').dataset.seed = String(answer.seed);
+    announce(`${answer.samples.length} samples, seed ${answer.seed}`);
+  });
+}
+
+async function setEndpoint(which) {
+  if (!state.image || !state.mean) return;
+  state.endpoints[which] = state.image;
+  const bitmap = await blobBitmap(await canvasBlob($('input-canvas')));
+  $(`endpoint-${which}`).replaceChildren(bitmapCanvas(bitmap, `endpoint ${which.toUpperCase()}`));
+  updateButtons();
+}
+
+const canvasBlob = (canvas) => new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
+
+function interpolation() {
+  const steps = intValue($('interpolate-steps'));
+  const path = $('interpolate-path').value;
+  return runPanel('interpolate', async () => {
+    const [a, b] = await Promise.all(['a', 'b'].map((which) => api.postImage(state.model, 'encode', state.endpoints[which])));
+    const rows = interpolate(a.results[0].mean, b.results[0].mean, steps, path);
+    const answer = await api.decode(state.model, rows);
+    const labels = rows.map((_, i) => `Step ${i + 1} of ${steps} from A to B (${path})`);
+    await showTiles('interpolate', answer.images, labels, steps);
+    announce(`Interpolated in ${steps} steps`);
+  });
+}
+
+function traversal() {
+  const dim = intValue($('traverse-dim'));
+  const radius = Number($('traverse-radius').value);
+  const steps = intValue($('traverse-steps'));
+  const mean = state.mean;
+  return runPanel('traverse', async () => {
+    const rows = traverse(mean, dim, radius, steps);
+    const answer = await api.decode(state.model, rows);
+    const labels = rows.map((z) => `Dimension ${dim} at ${z[dim].toFixed(2)}`);
+    await showTiles('traverse', answer.images, labels, steps);
+    if (state.mean) drawChart(); // none while another image is being analysed
+    announce(`Traversed dimension ${dim}`);
+  });
+}
+
+function updateButtons() {
+  const analysed = Boolean(state.mean);
+  $('set-a').disabled = !analysed;
+  $('set-b').disabled = !analysed;
+  $('traverse-button').disabled = !analysed;
+  $('interpolate-button').disabled = !(state.endpoints.a && state.endpoints.b);
+}
+
+// ---- controls ----
+
+function onSubmit(formId, action) {
+  $(formId).addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (event.target.reportValidity()) action();
+  });
+}
+
+function wire() {
+  $('model-select').addEventListener('change', selectModel);
+  $('version-select').addEventListener('change', selectVersion);
+  $('file-input').addEventListener('change', (event) => {
+    const [file] = event.target.files;
+    if (file) analyse(file);
+  });
+  const zone = $('drop-zone');
+  zone.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    zone.classList.add('over');
+  });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    zone.classList.remove('over');
+    const [file] = event.dataTransfer.files;
+    if (file) analyse(file);
+  });
+  const pad = drawingPad($('draw-pad'), $('brush-size'));
+  $('draw-clear').addEventListener('click', pad.clear);
+  $('draw-use').addEventListener('click', async () => analyse(await pad.blob()));
+  $('sample-temperature').addEventListener('input', (event) => {
+    $('sample-temperature-value').textContent = Number(event.target.value).toFixed(2);
+  });
+  $('sample-new-seed').addEventListener('click', () => {
+    $('sample-seed').value = String(Math.floor(Math.random() * 2 ** 31));
+    sample();
+  });
+  onSubmit('sample-form', sample);
+  $('set-a').addEventListener('click', () => setEndpoint('a'));
+  $('set-b').addEventListener('click', () => setEndpoint('b'));
+  onSubmit('interpolate-form', interpolation);
+  onSubmit('traverse-form', traversal);
+  $('traverse-dim').addEventListener('change', () => {
+    state.dimChosen = true;
+    if (state.mean) drawChart();
+  });
+  updateButtons();
+}
+
+wire();
+loadModels();
