@@ -196,7 +196,8 @@ def update_readme() -> None:
     if (RESULTS / "seed_argument.json").exists():
         from bench.seed_argument import argument_section
 
-        text = _replace(text, "seed-argument", argument_section(json.loads((RESULTS / "seed_argument.json").read_text())))
+        argument = json.loads((RESULTS / "seed_argument.json").read_text())
+        text = _replace(text, "seed-argument", argument_section(argument))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

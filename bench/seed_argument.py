@@ -184,8 +184,8 @@ def argument_section(result: dict[str, Any]) -> str:
              f"{result['binarize_seed']}: the numbers `POST /elbo?k={k}&seed={result['seed']}&estimator=...` gives. "
              f"Test image {result['argument_image']}; log p(x) in nats (of the 8-bit image for a Gaussian "
              "decoder), Monte Carlo standard error in brackets, ESS = effective sample size.", "",
-             f"| image | distance to the original | naive estimate (z ~ N(0, I)), ESS | importance estimate "
-             f"(z ~ q(z\\|x)), ESS | ELBO |", "|---|---|---|---|---|"]
+             "| image | distance to the original | naive estimate (z ~ N(0, I)), ESS | importance estimate "
+             "(z ~ q(z\\|x)), ESS | ELBO |", "|---|---|---|---|---|"]
     for row in result["erased_versus_shifted"]:
         p, q = row["prior"], row["importance"]
         lines.append(f"| {row['variant']} | {row['distance']:.2f} | {p['estimate']:.1f} ({p['standard_error']:.2f}), "
