@@ -59,7 +59,6 @@ def bits_per_dim(nats, dims: int):
     return nats / (dims * math.log(2.0))
 
 
-
 def log_mean_exp_standard_error(log_sum, log_sum_squares, k):
     """Monte Carlo standard error of log((1/k) sum_i w_i), from log sum w and log sum w^2 (arrays or floats).
 
