@@ -214,6 +214,7 @@ def argument_section(result: dict[str, Any]) -> str:
 def _write_atomically(path: Path, data: bytes) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
         handle.write(data)
+    os.chmod(handle.name, 0o644)  # a temporary file is private; a result is for everyone to read
     os.replace(handle.name, path)
 
 
