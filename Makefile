@@ -9,7 +9,7 @@ MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/$(VERSION)
 RUN ?= runs/fashion-mnist
 PORT ?= 8000
 
-.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick bench-anomaly clean help
+.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick bench-anomaly bench-argument clean help
 
 help:
 	@echo "make serve   - install the serving dependencies and serve the bundled model repository ($(REPOSITORY)) on :$(PORT)"
@@ -62,6 +62,13 @@ bench-quick: $(BIN)/.dev-installed
 bench-anomaly: $(BIN)/.dev-installed
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.anomaly
+	$(BIN)/python -m bench.report
+
+# Prior against importance sampling (README: Why z is sampled from q(z|x)), a minute or two on 2 cores, on the
+# latest artifacts/fashion-mnist-gaussian/ (or ARGUMENT_MODEL_DIR=...): bench/results/seed_argument.{json,png}.
+ARGUMENT_MODEL_DIR ?=
+bench-argument: $(BIN)/.dev-installed
+	$(BIN)/python -m bench.seed_argument $(if $(ARGUMENT_MODEL_DIR),--model-dir $(ARGUMENT_MODEL_DIR))
 	$(BIN)/python -m bench.report
 
 clean:

@@ -7,6 +7,7 @@
 - the model card, one block per bundled model from its newest manifest (bench/model_card.py);
 - the Gaussian decoder's shared against per-pixel sigma, from bench/results/gaussian_scales.json;
 - the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
+- the prior-versus-importance table, from bench/results/seed_argument.json (`python -m bench.seed_argument`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
 """
@@ -175,6 +176,11 @@ def update_readme() -> None:
 
         text = _replace(text, "gaussian-scales",
                         gaussian_scales_section(json.loads((RESULTS / "gaussian_scales.json").read_text())))
+    if (RESULTS / "seed_argument.json").exists():
+        from bench.seed_argument import argument_section
+
+        argument = json.loads((RESULTS / "seed_argument.json").read_text())
+        text = _replace(text, "seed-argument", argument_section(argument))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

@@ -65,11 +65,12 @@ class Engine:
         mean, _ = self.model.encode(pixels)
         return self.decode(mean)
 
-    def score(self, pixels: np.ndarray, k: int, seed: int, binarize_seed: int) -> scoring.Scores:
+    def score(self, pixels: np.ndarray, k: int, seed: int, binarize_seed: int,
+              estimator: str = scoring.ImportanceSampling.name) -> scoring.Scores:
         """Each image in the likelihood's data space with its own stream (binarize_seed, content), then
-        ELBO and IWAE with streams (seed, content), as `vae-eval --images-dir` does."""
+        the ELBO and the estimator's log p(x) with streams (seed, content), as `vae-eval --images-dir` does."""
         data = self.likelihood.images_to_data_space(pixels, binarize_seed)
-        return scoring.score(self.model, self.likelihood, data, seed, k=k)
+        return scoring.score(self.model, self.likelihood, data, seed, k=k, estimator=estimator)
 
     @property
     def calibration(self) -> anomaly.Calibration | None:

@@ -6,9 +6,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.core.scoring import ESTIMATORS
 from service.params import QueryModel
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Estimator = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the names of model.core.scoring's estimators
 
 
 class ModelRef(BaseModel):
@@ -87,8 +89,12 @@ class ImageScore(BaseModel):
     reconstruction: float = Field(description="E_q[log p(x|z)], one reparameterised sample, nats")
     kl: float = Field(description="KL(q(z|x) || N(0, I)), analytic, nats")
     bits_per_dim: float = Field(description="-elbo in bits per dimension")
-    log_likelihood: float | None = Field(None, description="IWAE estimate of log p(x) with k samples, when k > 1")
+    log_likelihood: float | None = Field(None, description="the estimator's log p(x) with k samples, when k > 1")
     log_likelihood_bits_per_dim: float | None = None
+    log_likelihood_standard_error: float | None = Field(None, description="Monte Carlo standard error of "
+                                                        "log_likelihood (delta method), nats, when k > 1")
+    effective_sample_size: float | None = Field(None, description="(sum w)^2 / sum w^2 of the k weights, 1..k, "
+                                                "when k > 1")
 
 
 class ElboResponse(BaseModel):
@@ -98,6 +104,7 @@ class ElboResponse(BaseModel):
     binarize_seed: int
     data_space: str = Field(description="the binarisation or dequantisation applied to the images")
     results: list[ImageScore]
+    estimator: Estimator = Field(description="where the k latents of log_likelihood were drawn from")
 
 
 class AnomalyResult(BaseModel):
@@ -194,6 +201,8 @@ class ElboQuery(QueryModel):
     seed: int = SeedField
     binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
                                       "(default: the model's test-set seed, as vae-eval uses)")
+    estimator: Estimator = Field("importance", description="importance: z ~ q(z|x), the IWAE bound; prior: "
+                                 "z ~ N(0, I), the naive Monte Carlo estimate (README: Why z is sampled from q(z|x))")
 
 
 class AnomalyQuery(QueryModel):

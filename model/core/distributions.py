@@ -58,3 +58,25 @@ def bits_per_dim(nats, dims: int):
     """Nats per image -> bits per dimension (works on floats and arrays)."""
     return nats / (dims * math.log(2.0))
 
+
+def log_mean_exp_standard_error(log_sum, log_sum_squares, k):
+    """Monte Carlo standard error of log((1/k) sum_i w_i), from log sum w and log sum w^2 (arrays or floats).
+
+    The delta method on the mean of the weights: se = std(w) / (sqrt(k) * mean(w)), with the sample
+    standard deviation (k - 1 in the variance). In the two sums that is sqrt((k sum w^2 / (sum w)^2 - 1) /
+    (k - 1)) = sqrt((k / ESS - 1) / (k - 1)), computed from logs because the weights themselves under-
+    or overflow (log p(x|z) is hundreds of nats). nan for k < 2. It is itself an estimate: when a few
+    huge weights were never drawn (small ESS), it understates the error."""
+    log_sum, log_sum_squares = np.asarray(log_sum, dtype=np.float64), np.asarray(log_sum_squares, dtype=np.float64)
+    k = np.asarray(k, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess = np.expm1(np.log(k) + log_sum_squares - 2.0 * log_sum)  # k sum w^2 / (sum w)^2 - 1 >= 0
+        se = np.sqrt(np.maximum(excess, 0.0) / (k - 1.0))
+    return np.where(k >= 2, se, np.nan)
+
+
+def effective_sample_size(log_sum, log_sum_squares):
+    """Kish's effective sample size of normalised weights, (sum w)^2 / sum w^2, from the logs of the two
+    sums: 1 when one weight carries everything, k when all k are equal."""
+    log_sum, log_sum_squares = np.asarray(log_sum, dtype=np.float64), np.asarray(log_sum_squares, dtype=np.float64)
+    return np.exp(2.0 * log_sum - log_sum_squares)

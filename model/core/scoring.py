@@ -1,17 +1,26 @@
-"""Per-image ELBO and IWAE scores from any encode/decode backend, with seeded noise.
+"""Per-image ELBO and log p(x) estimates from any encode/decode backend, with seeded noise.
 
 `vae-eval` runs it over torch; the service runs it over onnxruntime. Both draw noise the same
 way, from one stream per image, `model.core.preprocess.image_stream(seed, x)`, keyed by the seed and
 the image's content (never its position in the set or the request). The ELBO's single sample
-comes first from that stream, then the k importance samples, in chunks. So an image scores the
-same alone, in any batch, at any position, and on both sides.
+comes first from that stream, then the k samples of the log p(x) estimator, in chunks. So an image
+scores the same alone, in any batch, at any position, and on both sides.
+
+Two estimators of log p(x) = log E[w] share that noise eps ~ N(0, I):
+- `importance` (IWAE, Burda et al. 2016): z = mean + sigma * eps ~ q(z|x), w = p(x|z) p(z) / q(z|x);
+- `prior`, the naive Monte Carlo estimate: z = eps ~ p(z), w = p(x|z). Almost every z from the prior
+  decodes to another image, so almost all the weight sits in the rare z near x: its effective sample
+  size stays near 1 and the estimate far below log p(x) at any k a computer can afford.
+Each reports the estimate log (1/k) sum w, its Monte Carlo standard error and the effective sample size
+of the weights (`model.core.distributions`), from running sums of w and w^2 in log space.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from abc import ABC, abstractmethod
+from typing import ClassVar, Iterator, Protocol
 
 import numpy as np
 
@@ -30,6 +39,78 @@ class Backend(Protocol):
         """(K, D) float32 -> the likelihood's parameters, each (K, C, H, W)"""
 
 
+class Estimator(ABC):
+    """Where the k latents of a log p(x) estimate come from, and how each is weighted."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @abstractmethod
+    def latents(self, mean: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """q(z|x)'s mean (D,) and logvar (D,), noise eps (K, D) -> z (K, D), float32"""
+
+    @abstractmethod
+    def log_weights(self, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+        """log p(x|z) (K,) and z (K, D) -> log w (K,), with E[w] = p(x)"""
+
+
+class ImportanceSampling(Estimator):
+    name = "importance"
+    description = "z ~ q(z|x), w = p(x|z) p(z) / q(z|x) (IWAE)"
+
+    def latents(self, mean, logvar, eps):
+        return dist.reparameterize(mean, logvar, eps)
+
+    def log_weights(self, log_px_z, z, mean, logvar):
+        return log_px_z + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean, logvar)
+
+
+class PriorSampling(Estimator):
+    name = "prior"
+    description = "z ~ p(z) = N(0, I), w = p(x|z) (naive Monte Carlo)"
+
+    def latents(self, mean, logvar, eps):
+        return eps.astype(np.float32, copy=False)
+
+    def log_weights(self, log_px_z, z, mean, logvar):
+        return log_px_z
+
+
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (ImportanceSampling(), PriorSampling())}
+
+
+def get_estimator(name: str) -> Estimator:
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}") from None
+
+
+@dataclass(frozen=True)
+class WeightSums:
+    """log sum w and log sum w^2 over k weights: enough for the estimate, its standard error and ESS."""
+
+    log_sum: float = -math.inf
+    log_sum_squares: float = -math.inf
+    k: int = 0
+
+    def add(self, log_w: np.ndarray) -> WeightSums:
+        return WeightSums(float(np.logaddexp(self.log_sum, _logsumexp(log_w))),
+                          float(np.logaddexp(self.log_sum_squares, _logsumexp(2.0 * log_w))), self.k + len(log_w))
+
+    @property
+    def estimate(self) -> float:
+        return self.log_sum - math.log(self.k)
+
+    @property
+    def standard_error(self) -> float:
+        return float(dist.log_mean_exp_standard_error(self.log_sum, self.log_sum_squares, self.k))
+
+    @property
+    def effective_sample_size(self) -> float:
+        return float(dist.effective_sample_size(self.log_sum, self.log_sum_squares))
+
+
 @dataclass(frozen=True)
 class Scores:
     """Per-image scores in nats (arrays of shape (N,)). For a Gaussian likelihood the
@@ -38,11 +119,14 @@ class Scores:
     elbo: np.ndarray
     reconstruction: np.ndarray
     kl: np.ndarray
-    log_likelihood: np.ndarray | None  # IWAE estimate; None when k == 1
+    log_likelihood: np.ndarray | None  # the estimator's log p(x); None when k == 1
     k: int
     dims: int
     posterior_mean: np.ndarray | None = None  # (N, D), q(z|x)'s mean, for statistics beyond the ELBO
     posterior_logvar: np.ndarray | None = None  # (N, D)
+    estimator: str = ImportanceSampling.name
+    standard_error: np.ndarray | None = None  # of log_likelihood; None when k == 1
+    effective_sample_size: np.ndarray | None = None  # of the k weights; None when k == 1
 
     @property
     def bits_per_dim(self) -> np.ndarray:
@@ -54,12 +138,14 @@ class Scores:
         return None if self.log_likelihood is None else dist.bits_per_dim(-self.log_likelihood, self.dims)
 
 
-def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000) -> Scores:
-    """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the IWAE estimate
-    log (1/k) sum_i p(x, z_i) / q(z_i | x) (Burda et al. 2016), for a batch of images x in
-    the likelihood's data space, shape (N, C, H, W)."""
+def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000,
+          estimator: str = ImportanceSampling.name) -> Scores:
+    """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the estimator's
+    log (1/k) sum_i w_i with its standard error and ESS, for a batch of images x in the likelihood's
+    data space, shape (N, C, H, W)."""
     if k < 1:
         raise ValueError("k must be >= 1")
+    chosen = get_estimator(estimator)
     count, dims = x.shape[0], int(np.prod(x.shape[1:]))
     x = x.astype(np.float32, copy=False)
     mean, logvar = backend.encode(x)  # (N, D), (N, D)
@@ -69,28 +155,52 @@ def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k:
     flat_x = x.reshape(count, -1)
     reconstruction = likelihood.log_prob_8bit(flat_x, params)  # (N,)
     kl = dist.kl_standard_normal(mean, logvar)  # (N,)
-    iwae = None
+    estimates = {}
     if k > 1:
-        iwae = np.array([
-            _iwae_one(backend, likelihood, flat_x[i], mean[i], logvar[i], streams[i], k, chunk)
-            for i in range(count)
-        ])
-    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl, log_likelihood=iwae, k=k, dims=dims,
-                  posterior_mean=mean, posterior_logvar=logvar)
+        sums = [_weight_sums(_log_weight_chunks(backend, likelihood, chosen, flat_x[i], mean[i], logvar[i], streams[i],
+                                                k, chunk))
+                for i in range(count)]
+        estimates = {"log_likelihood": np.array([s.estimate for s in sums]),
+                     "standard_error": np.array([s.standard_error for s in sums]),
+                     "effective_sample_size": np.array([s.effective_sample_size for s in sums])}
+    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl,
+                  log_likelihood=estimates.get("log_likelihood"), k=k, dims=dims, posterior_mean=mean,
+                  posterior_logvar=logvar, estimator=chosen.name, standard_error=estimates.get("standard_error"),
+                  effective_sample_size=estimates.get("effective_sample_size"))
 
 
-def _iwae_one(backend: Backend, likelihood: Likelihood, x: np.ndarray, mean: np.ndarray, logvar: np.ndarray,
-              stream: np.random.Generator, k: int, chunk: int) -> float:
-    """Running logsumexp over chunks of importance samples, so k=5000 needs one chunk of memory."""
-    running = -math.inf
+def log_weights(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int,
+                estimator: str = ImportanceSampling.name, chunk: int = 1000) -> np.ndarray:
+    """The k log-weights per image that `score` sums, in the order drawn: (N, C, H, W) -> (N, k).
+    Their first j are the weights of `score` with k = j, so one draw gives the estimate at every k."""
+    chosen = get_estimator(estimator)
+    x = x.astype(np.float32, copy=False)
+    mean, logvar = backend.encode(x)  # (N, D), (N, D)
+    rows = []
+    for i, image in enumerate(x):
+        stream = image_stream(seed, image)
+        stream.standard_normal(mean.shape[1], dtype=np.float32)  # the ELBO's draw comes first, as in `score`
+        rows.append(np.concatenate(list(_log_weight_chunks(backend, likelihood, chosen, image.reshape(-1), mean[i],
+                                                           logvar[i], stream, k, chunk))))
+    return np.stack(rows)
+
+
+def _log_weight_chunks(backend: Backend, likelihood: Likelihood, estimator: Estimator, x: np.ndarray,
+                       mean: np.ndarray, logvar: np.ndarray, stream: np.random.Generator, k: int,
+                       chunk: int) -> Iterator[np.ndarray]:
+    """log w of one image's k samples, `chunk` decodes at a time, so k=5000 needs one chunk of memory."""
     for start in range(0, k, chunk):
         size = min(chunk, k - start)
         eps = stream.standard_normal((size, mean.shape[0]), dtype=np.float32)  # (c, D)
-        z = dist.reparameterize(mean, logvar, eps)
-        log_w = (likelihood.log_prob_8bit(x, backend.decode(z))
-                 + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean, logvar))  # (c,)
-        running = float(np.logaddexp(running, _logsumexp(log_w)))
-    return running - math.log(k)
+        z = estimator.latents(mean, logvar, eps)  # (c, D)
+        yield estimator.log_weights(likelihood.log_prob_8bit(x, backend.decode(z)), z, mean, logvar)  # (c,)
+
+
+def _weight_sums(chunks: Iterator[np.ndarray]) -> WeightSums:
+    sums = WeightSums()
+    for log_w in chunks:
+        sums = sums.add(log_w)
+    return sums
 
 
 def _logsumexp(values: np.ndarray) -> float:
@@ -113,4 +223,3 @@ def summarize(scores: Scores) -> dict[str, float | int | None]:
         "nll_nats": None if ll is None else float(-np.mean(ll)),
         "bits_per_dim": None if ll is None else float(np.mean(scores.log_likelihood_bits_per_dim)),
     }
-

@@ -60,16 +60,19 @@ async def elbo(request: Request) -> Response:
     pixels = await read_model_images(request, state, served)
     binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
     scores = await served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
-                              binarize)
+                              binarize, query.estimator)
     bpd, ll, ll_bpd = scores.bits_per_dim, scores.log_likelihood, scores.log_likelihood_bits_per_dim
+    se, ess = scores.standard_error, scores.effective_sample_size
     results = [{"index": i, "elbo": float(scores.elbo[i]), "reconstruction": float(scores.reconstruction[i]),
                 "kl": float(scores.kl[i]), "bits_per_dim": float(bpd[i]),
                 "log_likelihood": None if ll is None else float(ll[i]),
-                "log_likelihood_bits_per_dim": None if ll_bpd is None else float(ll_bpd[i])}
+                "log_likelihood_bits_per_dim": None if ll_bpd is None else float(ll_bpd[i]),
+                "log_likelihood_standard_error": None if se is None else float(se[i]),
+                "effective_sample_size": None if ess is None else float(ess[i])}
                for i in range(len(pixels))]
     return responses.json_response({"model": served.ref, "k": query.k, "seed": query.seed,
                                     "binarize_seed": binarize, "data_space": engine.data_space(binarize),
-                                    "results": results})
+                                    "results": results, "estimator": scores.estimator})
 
 
 async def reconstruct(request: Request) -> Response:
@@ -89,7 +92,8 @@ add_model_route(router, "POST", "/encode", encode, response_model=EncodeResponse
                 summary="Images to the posterior q(z|x): mean, log-variance and optionally a sample z")
 add_model_route(router, "POST", "/elbo", elbo, response_model=ElboResponse, responses=IMAGE_ERRORS,
                 openapi_extra={**IMAGE_BODY, **openapi_parameters(ElboQuery)},
-                summary="Score images: ELBO, its terms, and with k > 1 the IWAE log-likelihood")
+                summary="Score images: ELBO, its terms, and with k > 1 an estimate of log p(x) with its standard "
+                        "error and effective sample size")
 add_model_route(router, "POST", "/reconstruct", reconstruct, response_model=ReconstructResponse,
                 responses={**IMAGE_ERRORS, 200: {"content": {"image/png": {}},
                                                  "description": "PNG (format=png) or JSON (format=json)"}},

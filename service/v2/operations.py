@@ -92,14 +92,17 @@ async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
     pixels = await read_pixels(call, name)
     binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
     scores = await call.served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
-                                   binarize)
+                                   binarize, query.estimator)
     outputs = {"elbo": scores.elbo, "reconstruction": scores.reconstruction, "kl": scores.kl,
                "bits_per_dim": scores.bits_per_dim}
     if scores.log_likelihood is not None:
         outputs["log_likelihood"] = scores.log_likelihood
         outputs["log_likelihood_bits_per_dim"] = scores.log_likelihood_bits_per_dim
+        outputs["log_likelihood_standard_error"] = scores.standard_error
+        outputs["effective_sample_size"] = scores.effective_sample_size
     return ({k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()},
-            {"k": query.k, "seed": query.seed, "binarize_seed": binarize, "data_space": engine.data_space(binarize)})
+            {"k": query.k, "seed": query.seed, "binarize_seed": binarize, "data_space": engine.data_space(binarize),
+             "estimator": scores.estimator})
 
 
 async def _reconstruct(call: Call) -> tuple[Outputs, dict[str, Any]]:
@@ -166,15 +169,17 @@ class _SampleKnobs(BaseModel):
 IMAGES = ("images", "FP32", image_shape)
 PNG = ("png", BYTES, rows)
 SCORES = tuple((score, "FP64", rows) for score in ("elbo", "reconstruction", "kl", "bits_per_dim",
-                                                    "log_likelihood", "log_likelihood_bits_per_dim"))
+                                                    "log_likelihood", "log_likelihood_bits_per_dim",
+                                                    "log_likelihood_standard_error", "effective_sample_size"))
 
 OPERATIONS = (
     V2Model("encode", OPERATION_PLATFORM, image_inputs, _specs(("mean", "FP32", latent_shape),
             ("logvar", "FP32", latent_shape), ("z", "FP32", latent_shape)), _encode,
             "POST /encode: the posterior q(z|x); z only with sample=true", EncodeQuery),
     V2Model("elbo", OPERATION_PLATFORM, image_inputs, _specs(*SCORES), _elbo,
-            "POST /elbo: ELBO and its terms in nats; log_likelihood (IWAE) only with k > 1. The response "
-            "parameters give binarize_seed and data_space", ElboQuery),
+            "POST /elbo: ELBO and its terms in nats; log_likelihood (the estimator's: importance, IWAE, by default), "
+            "its standard error and the effective sample size only with k > 1. The response parameters give "
+            "binarize_seed, data_space and estimator", ElboQuery),
     V2Model("reconstruct", OPERATION_PLATFORM, image_inputs, _specs(IMAGES, PNG), _reconstruct,
             "POST /reconstruct: E[x | z = mean of q(z|x)], as pixels and as the PNGs the native route sends"),
     V2Model("decode", OPERATION_PLATFORM, _specs(("z", "FP32", latent_shape)), _specs(IMAGES, PNG), _decode,

@@ -103,3 +103,20 @@ def test_update_readme_leaves_a_single_window_run_alone(readme, capsys):
 def test_the_repository_figures_are_reported():
     text = report.bench_section(full_serving())
     assert "took 0.11 s (median of 3)" in text and "added 28 MB of resident memory (median of 3; 134 MB" in text
+
+
+def test_update_readme_writes_the_seed_argument_block(readme):
+    from bench import seed_argument
+    from tests.unit.service.fakes import LinearGaussianVAE
+
+    path, results = readme
+    path.write_text(path.read_text() + "<!-- seed-argument:begin -->\nold\n<!-- seed-argument:end -->\n")
+    fake = LinearGaussianVAE()
+    result = seed_argument.run(fake, fake.likelihood, fake.draw(2, seed=0), [0], 1, patch=2, seed=0, binarize_seed=0,
+                               k_max=20)
+    result.update(command="python -m bench.seed_argument", model={"name": "fake-vae", "version": "9.9.9"},
+                  machine={"time": "2026-01-01 00:00 UTC"})
+    (results / "seed_argument.json").write_text(json.dumps(result))
+    report.update_readme()
+    text = path.read_text()
+    assert "\nold\n" not in text and "| shifted 2 pixels |" in text and "Ranked, most likely first" in text

@@ -77,3 +77,45 @@ def calibrate(fake: FakeVAE) -> anomaly.Calibration:
     score = anomaly.TypicalityScore.fit(fit, ("elbo", "kl", "latent_norm", "complexity_bits"), "kde", points=300)
     reference = anomaly.statistics(fake, fake.likelihood, in_distribution(400, 2), 0, 0)
     return anomaly.Calibration.build(score, reference, 0, 0, {"split": "fake", "images": 700})
+
+
+class LinearGaussianVAE:
+    """p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I), so p(x) = N(b, W W^T + sigma^2 I) in closed form;
+    the encoder is the exact posterior, shrunk and widened a little, so neither estimator is exact."""
+
+    SIGMA = 0.3
+    latent_dim = LATENT
+    likelihood = LIKELIHOODS["gaussian"]
+    anomaly = None
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(3)
+        pixels = int(np.prod(SHAPE))
+        self.manifest = make_manifest()
+        self.W = rng.normal(0.0, 0.15, (pixels, LATENT))  # (P, D)
+        self.b = rng.uniform(0.3, 0.7, pixels)  # (P,)
+        precision = np.eye(LATENT) + self.W.T @ self.W / self.SIGMA ** 2
+        self.post_cov = np.linalg.inv(precision)  # (D, D)
+
+    def encode(self, x):
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        mean = 0.9 * (flat - self.b) @ self.W @ self.post_cov / self.SIGMA ** 2  # (N, D)
+        logvar = np.log(np.diag(self.post_cov)) + 0.2
+        return mean.astype(np.float32), np.broadcast_to(logvar, mean.shape).astype(np.float32)
+
+    def decode(self, z):
+        mean = (z.astype(np.float64) @ self.W.T + self.b).reshape(len(z), *SHAPE)
+        return mean.astype(np.float32), np.full(mean.shape, np.log(self.SIGMA), dtype=np.float32)
+
+    def log_px(self, x: np.ndarray) -> float:
+        """The exact log-density of one image in the data space, (C, H, W)."""
+        cov = self.W @ self.W.T + self.SIGMA ** 2 * np.eye(len(self.b))
+        d = x.reshape(-1).astype(np.float64) - self.b
+        return float(-0.5 * (d @ np.linalg.solve(cov, d) + np.linalg.slogdet(cov)[1] + len(d) * np.log(2 * np.pi)))
+
+    def draw(self, count: int, seed: int) -> np.ndarray:
+        """Images the model could have made, clipped to [0, 1] and put on the 8-bit grid, (N, C, H, W)."""
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((count, LATENT))
+        x = z @ self.W.T + self.b + self.SIGMA * rng.standard_normal((count, len(self.b)))
+        return (np.rint(np.clip(x, 0, 1) * 255) / 255).reshape(count, *SHAPE).astype(np.float32)

@@ -71,3 +71,50 @@ def test_elbo_terms_weight_only_the_kl():
     terms = losses.elbo_terms(torch.tensor([-10.0]), torch.tensor([4.0]), beta=0.5)
     assert float(terms["elbo"]) == -14.0
     assert float(terms["objective"]) == -12.0
+
+
+def _direct_standard_error_and_ess(w):
+    """The two statistics from the weights themselves, for weights small enough to exponentiate."""
+    return np.std(w, ddof=1) / (math.sqrt(len(w)) * np.mean(w)), w.sum() ** 2 / (w ** 2).sum()
+
+
+def _log_sums(log_w):
+    return np.logaddexp.reduce(log_w), np.logaddexp.reduce(2 * log_w)
+
+
+def test_standard_error_and_ess_match_the_weights_computed_directly():
+    log_w = np.random.default_rng(0).normal(-2.0, 1.5, 300)
+    se, ess = _direct_standard_error_and_ess(np.exp(log_w))
+    assert dist.log_mean_exp_standard_error(*_log_sums(log_w), 300) == pytest.approx(se, rel=1e-9)
+    assert dist.effective_sample_size(*_log_sums(log_w)) == pytest.approx(ess, rel=1e-9)
+
+
+def test_weights_far_beyond_floating_point_range_give_the_same_statistics():
+    """log p(x|z) of an image is hundreds of nats: exp() of it is 0 or inf, the logs are not."""
+    log_w = np.random.default_rng(1).normal(0.0, 2.0, 50)
+    for shift in (-5000.0, 3000.0):
+        assert dist.log_mean_exp_standard_error(*_log_sums(log_w + shift), 50) == pytest.approx(
+            dist.log_mean_exp_standard_error(*_log_sums(log_w), 50), rel=1e-9)
+        assert dist.effective_sample_size(*_log_sums(log_w + shift)) == pytest.approx(
+            dist.effective_sample_size(*_log_sums(log_w)), rel=1e-9)
+
+
+def test_equal_weights_have_full_ess_and_no_error():
+    log_w = np.full(40, -731.25)
+    assert dist.effective_sample_size(*_log_sums(log_w)) == pytest.approx(40.0)
+    assert dist.log_mean_exp_standard_error(*_log_sums(log_w), 40) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_dominant_weight_has_ess_one_and_error_one():
+    """se = sqrt((k / ESS - 1) / (k - 1)) = 1 when ESS = 1: the estimate is no better than one sample."""
+    log_w = np.array([0.0, -900.0, -900.0, -900.0])
+    assert dist.effective_sample_size(*_log_sums(log_w)) == pytest.approx(1.0)
+    assert dist.log_mean_exp_standard_error(*_log_sums(log_w), 4) == pytest.approx(1.0)
+
+
+def test_standard_error_is_undefined_for_one_weight_and_works_on_arrays():
+    assert math.isnan(dist.log_mean_exp_standard_error(-3.0, -6.0, 1))
+    log_w = np.random.default_rng(2).normal(size=(3, 20))
+    sums = np.logaddexp.reduce(log_w, axis=1), np.logaddexp.reduce(2 * log_w, axis=1)
+    rows = [dist.log_mean_exp_standard_error(*_log_sums(row), 20) for row in log_w]
+    np.testing.assert_allclose(dist.log_mean_exp_standard_error(*sums, 20), rows, rtol=1e-12)

@@ -1,4 +1,4 @@
-"""ELBO and IWAE on a linear-Gaussian model, where log p(x) is known in closed form."""
+"""ELBO and the log p(x) estimators on a linear-Gaussian model, where log p(x) is known in closed form."""
 
 import math
 
@@ -71,9 +71,7 @@ def test_iwae_with_one_sample_equals_the_elbo_in_expectation():
 def _iwae_k1(model, seed):
     """IWAE with k=1 is log p(x,z) - log q(z|x) for one z ~ q: score() with k=1 reports no IWAE,
     so run its estimator directly."""
-    mean, logvar = model.encode(X[:1])
-    stream = image_stream(seed, X[0])  # the stream score() gives X[0]
-    return scoring._iwae_one(model, GAUSSIAN, X[0].reshape(-1), mean[0], logvar[0], stream, 1, 1)
+    return scoring.log_weights(model, GAUSSIAN, X[:1], seed, k=1)[0, 0]
 
 
 def test_chunking_does_not_change_the_estimate():
@@ -83,7 +81,7 @@ def test_chunking_does_not_change_the_estimate():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood")
+FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood", "standard_error", "effective_sample_size")
 # Four distinct images: X and two more, so batches can hold an image among strangers.
 MORE = np.concatenate([X, np.array([[[[0.3, 0.8, 0.5]]], [[[0.7, 0.2, 0.9]]]], dtype=np.float32)])
 
@@ -159,3 +157,85 @@ def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be"):
         scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=0)
 
+
+
+def _truth(x):
+    return exact_log_px(x) + OFFSET
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_both_estimators_converge_on_the_exact_log_likelihood(estimator):
+    """With a slightly-off encoder; the closed form is log N(x | b, W W^T + sigma^2 I)."""
+    model, truth = LinearGaussian(shrink=0.8, widen=0.3), [_truth(x) for x in X]
+    coarse = scoring.score(model, GAUSSIAN, X, seed=0, k=50, estimator=estimator)
+    fine = scoring.score(model, GAUSSIAN, X, seed=0, k=20_000, estimator=estimator)
+    assert fine.estimator == estimator
+    np.testing.assert_allclose(fine.log_likelihood, truth, atol=0.05)
+    assert np.all(np.abs(fine.log_likelihood - truth) < 4 * fine.standard_error)
+    assert np.all(fine.standard_error < coarse.standard_error / 10)  # 1/sqrt(k): 20 times smaller
+
+
+def test_importance_sampling_from_the_exact_posterior_has_equal_weights():
+    """w = p(x, z) / p(z|x) = p(x) for every z: ESS = k and no error."""
+    scores = scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=64)
+    np.testing.assert_allclose(scores.effective_sample_size, 64, rtol=1e-5)
+    np.testing.assert_allclose(scores.standard_error, 0, atol=1e-4)
+
+
+def test_the_prior_wastes_samples_the_encoder_does_not():
+    model = LinearGaussian(shrink=0.8, widen=0.3)
+    prior = scoring.score(model, GAUSSIAN, X, seed=0, k=1000, estimator="prior")
+    importance = scoring.score(model, GAUSSIAN, X, seed=0, k=1000)
+    assert np.all(prior.effective_sample_size < importance.effective_sample_size / 2)
+    assert np.all(prior.standard_error > 2 * importance.standard_error)
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_the_standard_error_is_the_spread_of_the_estimate_over_seeds(estimator):
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    runs = [scoring.score(model, GAUSSIAN, X[:1], seed=s, k=100, estimator=estimator) for s in range(300)]
+    spread = np.std([r.log_likelihood[0] for r in runs])
+    assert np.mean([r.standard_error[0] for r in runs]) == pytest.approx(spread, rel=0.2)
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_the_first_j_log_weights_are_the_estimate_at_k_j(estimator):
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    log_w = scoring.log_weights(model, GAUSSIAN, X, seed=4, k=30, estimator=estimator, chunk=7)  # (2, 30)
+    assert log_w.shape == (2, 30)
+    for j in (2, 7, 8, 30):
+        scores = scoring.score(model, GAUSSIAN, X, seed=4, k=j, estimator=estimator)
+        np.testing.assert_allclose(np.logaddexp.reduce(log_w[:, :j], axis=1) - math.log(j), scores.log_likelihood,
+                                   rtol=1e-12)
+
+
+def test_prior_and_importance_share_the_noise_but_not_the_latents():
+    """The prior's z is the eps from which importance sampling builds z = mean + sigma * eps."""
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    mean, logvar = model.encode(X[:1])
+    stream = image_stream(2, X[0])
+    stream.standard_normal(2, dtype=np.float32)  # the ELBO's
+    eps = stream.standard_normal((5, 2), dtype=np.float32)
+    expected = GAUSSIAN.log_prob_8bit(X[0].reshape(-1), model.decode(eps))
+    np.testing.assert_allclose(scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("position", [0, 2])
+def test_the_prior_estimate_of_an_image_does_not_depend_on_the_batch(position):
+    model = LinearGaussian(shrink=0.6, widen=0.7)
+    batch = np.stack([MORE[1], MORE[2]][:position] + [MORE[0]] + [MORE[1], MORE[2]][position:])
+    alone = scoring.score(model, GAUSSIAN, MORE[:1], seed=5, k=20, estimator="prior")
+    together = scoring.score(model, GAUSSIAN, batch, seed=5, k=20, estimator="prior")
+    _assert_same(_fields(together, [position]), _fields(alone))
+
+
+def test_k_1_reports_no_estimate_for_either_estimator():
+    for estimator in scoring.ESTIMATORS:
+        scores = scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=1, estimator=estimator)
+        assert scores.log_likelihood is None and scores.standard_error is None and scores.effective_sample_size is None
+
+
+def test_an_unknown_estimator_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown estimator 'uniform'; known: importance, prior"):
+        scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=2, estimator="uniform")
