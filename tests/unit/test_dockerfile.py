@@ -61,3 +61,26 @@ def test_the_healthcheck_fails_where_nothing_listens(stub):
     server.shutdown()
     server.server_close()
     assert run_check(port) != 0
+
+
+def copied_to(destination: str) -> set[str]:
+    """The source paths of the Dockerfile's COPY instructions into `destination`."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    sources: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and parts[-1].rstrip("/") == destination.rstrip("/"):
+            sources.update(parts[1:-1])
+    return sources
+
+
+def test_the_image_bundles_every_model_versions_serving_files():
+    versions = [v for v in (REPO / "artifacts").glob("*/*") if (v / "manifest.json").is_file()]
+    assert {v.parent.name for v in versions} >= {"fashion-mnist-vae", "fashion-mnist-gaussian"}
+    for version in versions:
+        relative = version.relative_to(REPO).as_posix()
+        manifest = json.loads((version / "manifest.json").read_text())
+        serving = {"manifest.json", manifest["encoder"]["file"], manifest["decoder"]["file"]}
+        if manifest.get("anomaly"):
+            serving.add(manifest["anomaly"]["file"])
+        assert {f"{relative}/{name}" for name in serving} <= copied_to(f"/app/models/{relative[len('artifacts/'):]}/")
