@@ -67,7 +67,7 @@ def test_the_deployment_runs_one_hardened_worker_per_pod():
     assert settings["VAE_WORKERS"] == "1" and "replicas" not in resources["Deployment"]["spec"]  # the HPA's
     assert set(settings) <= set(variable_names()), "every ConfigMap key must be a vae-service setting"
     assert main["envFrom"] == [{"configMapRef": {"name": resources["ConfigMap"]["metadata"]["name"]}}]
-    assert pod["enableServiceLinks"] is False  # else VAE_SERVICE_* variables appear in the environment
+    assert pod["enableServiceLinks"] is False  # else the Service's address lands in VAE_-prefixed variables in the environment
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     dockerfile_user = re.search(r"^USER (\d+):(\d+)$", (REPO / "Dockerfile").read_text(), re.M)
     assert dockerfile_user, "runAsNonRoot needs the image's user to be numeric"
