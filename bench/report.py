@@ -6,6 +6,7 @@
   interleaved rounds, with their range);
 - the model card numbers, from artifacts/fashion-mnist-vae/2.0.0/manifest.json;
 - the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
+- the scale-out table, from bench/results/scaleout.json (`python -m bench.scaleout`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
 """
@@ -192,6 +193,10 @@ def update_readme() -> None:
         from bench.anomaly import anomaly_section
 
         text = _replace(text, "anomaly", anomaly_section(json.loads((RESULTS / "anomaly.json").read_text())))
+    if (RESULTS / "scaleout.json").exists():
+        from bench.scaleout import scaleout_section
+
+        text = _replace(text, "scaleout", scaleout_section(json.loads((RESULTS / "scaleout.json").read_text())))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

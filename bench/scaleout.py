@@ -124,6 +124,32 @@ def measure(plan: Plan, command: str) -> dict[str, Any]:
     return results
 
 
+def scaleout_section(results: dict[str, Any]) -> str:
+    """The README block (bench/report.py writes it): requests/s per cell and the ratios, as medians of
+    the rounds with their range, and how the balance window split between the replicas."""
+    from bench.report import _spread
+
+    cells, ratios, m, plan, git = (results[k] for k in ("cells", "ratios", "machine", "plan", "git"))
+    tree = "" if git["dirty"] is False else " (with uncommitted changes)"
+    lines = [f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}), {m['time']}, at commit "
+             f"`{(git['commit'] or 'unknown')[:12]}`{tree}: `POST /encode` (1 PNG) requests/s, the median of "
+             f"{plan['rounds']} interleaved rounds of {plan['window_s']} s windows, (min-max) in brackets. wrk, "
+             f"the proxy and the replicas share the cores.", "",
+             "| | c=32 | c=64 |", "|---|---|---|"]
+    for server, label in (("one_replica", "one replica, direct"), ("one_replica_proxied", "one replica behind the proxy"),
+                          ("two_replicas_proxied", "two replicas behind the proxy")):
+        lines.append(f"| {label} | " + " | ".join(_spread(cells[f"{server}/{ENCODE}/c{c}"]["rps"], ".0f")
+                                                  for c in CONCURRENCY) + " |")
+    for name, label in (("two_vs_one_replica", "two replicas / one (both behind the proxy)"),
+                        ("proxy_vs_direct", "one replica: behind the proxy / direct")):
+        lines.append(f"| {label} | " + " | ".join(_spread(ratios[f"{name}_c{c}"], ".2f", "x") for c in CONCURRENCY)
+                     + " |")
+    shares = results["balance"]["answered_per_replica"]
+    lines += ["", f"In one more window through the two-replica proxy the replicas answered {shares[0]:.0f} and "
+                  f"{shares[1]:.0f} requests."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.scaleout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_json(args.results / f"{plan.name}.json", results)
     print(json.dumps({name: round(r["median"], 3) for name, r in results["ratios"].items()}, indent=2))
+    if args.results.resolve() == RESULTS.resolve():
+        from bench.report import update_readme
+
+        update_readme()
     return 0
 
 
