@@ -23,7 +23,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # ---- runtime: the virtualenv, the bundled model, a non-root user ----
 FROM ${BASE_IMAGE} AS runtime
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vae
+RUN groupadd --system --gid 10001 vae \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
 COPY --from=build /opt/venv /opt/venv
 # The bundled repository: each model version's serving files, as artifacts/<name>/<version>/ holds them.
 COPY artifacts/fashion-mnist-vae/2.0.0/manifest.json artifacts/fashion-mnist-vae/2.0.0/encoder.onnx \
@@ -40,7 +41,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_MODEL_REPOSITORY=/app/models \
     VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
 WORKDIR /app
-USER vae
+# Numeric, so that Kubernetes' runAsNonRoot can tell the user is not root (docker/kubernetes/).
+USER 10001:10001
 EXPOSE 8000
 # The check asks the port the server listens on: VAE_PORT, as `docker run -e VAE_PORT=...` sets it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \

@@ -47,11 +47,13 @@ eval: $(BIN)/.dev-installed
 export: $(BIN)/.dev-installed
 	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --version $(VERSION) --report $(RUN)/report
 
-# About 12 minutes on 2 cores: interleaved rounds of short wrk windows (the plan is in bench/run.py).
+# About 14 minutes on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
+# bench/scaleout.py: two replicas behind a round-robin proxy against one).
 bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
 	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.soak
 
 # The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.

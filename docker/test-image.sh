@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the image and run the httpx integration suite against a running container, with whichever
 # engine is here (docker with a running daemon, else podman). With neither, say so and skip (exit 0).
+# With podman and kubectl, then run the Kubernetes manifests (docker/kubernetes/base, rendered by
+# kustomize) as a pod with `podman kube play`, run the suite against the pod, and take it down.
 #
 # Where no registry is reachable (this project's machines), podman builds on a local Debian
 # bookworm base made with debootstrap, as in shared/docs/containers.md; it is cached between runs.
@@ -52,8 +54,10 @@ fi
 [ -n "$BASE_IMAGE" ] && BUILD_ARGS+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 
 NAME=vae-test-$$
+KUBE_YAML=
 cleanup() {
   "$ENGINE" rm -f "$NAME" >/dev/null 2>&1 || true
+  [ -n "$KUBE_YAML" ] && { podman kube down "$KUBE_YAML" >/dev/null 2>&1 || true; rm -f "$KUBE_YAML"; }
   [ "$KEEP_IMAGE" = 1 ] || "$ENGINE" rmi -f "$IMAGE" >/dev/null 2>&1 || true
   [ -n "${CONF_DIR:-}" ] && rm -rf "$CONF_DIR"
 }
@@ -79,3 +83,41 @@ echo "container $NAME ready on :$PORT as uid $USER_IN_IMAGE; running the integra
 
 VAE_BASE_URL="http://127.0.0.1:$PORT" VAE_CONTAINER_ENGINE="$ENGINE" VAE_CONTAINER_IMAGE="$IMAGE" \
   "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
+
+# ---- the Kubernetes manifests, played as a pod ----
+if [ "$ENGINE" != podman ] || ! command -v kubectl >/dev/null 2>&1; then
+  echo "docker/test-image.sh: podman kube play needs podman and kubectl (kustomize); skipping the pod run."
+  exit 0
+fi
+"$ENGINE" rm -f "$NAME" >/dev/null
+KUBE_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+KUBE_YAML=$(mktemp --suffix=.yaml)
+# The Deployment and its ConfigMap as rendered, on the image built above, published on 127.0.0.1 (podman
+# plays no Service); the same raised limits as the container run above.
+KUBE_NAME=vae-kube-$$
+kubectl kustomize docker/kubernetes/base \
+  | "$PYTHON" docker/kubernetes/podman_play.py --name "$KUBE_NAME" --image "localhost/${IMAGE#localhost/}" --host-port "$KUBE_PORT" \
+      --set VAE_MAX_IN_FLIGHT=512 --set VAE_MAX_UPLOADS=512 >"$KUBE_YAML"
+podman kube play "$KUBE_YAML" >/dev/null 2>&1 || { podman kube play "$KUBE_YAML"; exit 1; }
+POD_CONTAINER=$(podman ps --filter "name=^$KUBE_NAME-pod" --format '{{.Names}}' | grep -- '-vae-service$' | head -1)
+READY_PATH=$("$PYTHON" -c 'import sys, yaml
+d = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d["kind"] == "Deployment"][0]
+print(d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"])' "$KUBE_YAML")
+for _ in $(seq 1 150); do  # the readiness probe's route, polled, for up to 30 s
+  curl -fs "http://127.0.0.1:$KUBE_PORT$READY_PATH" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$KUBE_PORT$READY_PATH" >/dev/null || { podman logs "$POD_CONTAINER"; exit 1; }
+# What the manifests rely on: a non-root numeric user, a read-only root with /tmp writable, the preStop sleep.
+[ "$(podman exec "$POD_CONTAINER" id -u)" = 10001 ] || { echo "the pod does not run as uid 10001"; exit 1; }
+if podman exec "$POD_CONTAINER" sh -c ': >/app/write-check' 2>/dev/null; then
+  echo "the pod's root filesystem is writable"; exit 1
+fi
+podman exec "$POD_CONTAINER" sh -c ': >/tmp/write-check' || { echo "/tmp (the emptyDir) is not writable"; exit 1; }
+podman exec "$POD_CONTAINER" /bin/sleep 0 || { echo "the image has no /bin/sleep for the preStop hook"; exit 1; }
+echo "pod $POD_CONTAINER (podman kube play of docker/kubernetes/base) ready on :$KUBE_PORT; running the integration suite against it"
+VAE_BASE_URL="http://127.0.0.1:$KUBE_PORT" "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
+podman kube down "$KUBE_YAML" >/dev/null
+KUBE_YAML_DONE=$KUBE_YAML
+KUBE_YAML=
+rm -f "$KUBE_YAML_DONE"

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 from service.settings import BUNDLED_REPOSITORY, Settings, SettingsError, load_settings
+
+
+# prometheus_client's switch to multiprocess mode (and its deprecated spelling); read when it is first imported,
+# so it is set here, before the workers start, and this process never imports prometheus_client first.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; docker/kubernetes/ allows for it
 
 
 def source_problem(settings: Settings) -> str | None:
@@ -48,12 +56,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
-    uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol",
-                host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level, access_log=False,
-                timeout_graceful_shutdown=30, proxy_headers=False, server_header=False)
+    metrics_dir = worker_metrics_dir(settings.workers)
+    try:
+        # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
+        uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol",
+                    host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level=settings.log_level, access_log=False,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, proxy_headers=False, server_header=False)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def worker_metrics_dir(workers: int) -> str | None:
+    """With several workers, a fresh directory for Prometheus' multiprocess mode, named in the
+    environment the workers inherit (service/observability.py), so /metrics sums the whole group.
+    Fresh on every start: files left by an earlier run would add its counts to this one's. In a
+    container it lies under TMPDIR or /tmp, which must be writable (an emptyDir in Kubernetes)."""
+    for name in (MULTIPROCESS_DIR, MULTIPROCESS_DIR.lower()):
+        os.environ.pop(name, None)  # one worker keeps its metrics in memory
+    if workers == 1:
+        return None
+    path = tempfile.mkdtemp(prefix="vae-metrics-")
+    os.environ[MULTIPROCESS_DIR] = path
+    return path
 
 
 if __name__ == "__main__":

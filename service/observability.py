@@ -6,9 +6,11 @@ Pure ASGI (not BaseHTTPMiddleware) keeps the per-request cost to a few dictionar
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import ClientDisconnect
 
 from service import errors
@@ -23,23 +26,40 @@ from service import errors
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # vae-serve sets it for several workers (service/cli.py)
 
 
 class Metrics:
+    """The service's Prometheus metrics. With several uvicorn workers, `vae-serve` sets
+    PROMETHEUS_MULTIPROC_DIR before the workers start; prometheus_client then keeps every value in a
+    file per process there, and `registry` (what /metrics exposes) sums the files of the whole
+    process group, so a scrape counts every worker's requests whichever worker answers it."""
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # prometheus_client chose file-backed values on import, from this same variable
+        multiprocess_dir = os.environ.get(MULTIPROCESS_DIR)
+        self.registry = CollectorRegistry(auto_describe=not multiprocess_dir)
+        if multiprocess_dir:  # the values live in the files: the metrics need no registry of their own
+            _WorkerGroupCollector(self.registry, multiprocess_dir)
+            atexit.register(mark_process_dead, os.getpid(), multiprocess_dir)
+        own = None if multiprocess_dir else self.registry
         self.requests = Counter("vae_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=self.registry)
+                                ["route", "method", "status"], registry=own)
         self.latency = Histogram("vae_request_duration_seconds", "HTTP request latency by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=own)
         self.inference = Histogram("vae_inference_duration_seconds", "time in onnxruntime and the scoring math",
-                                   ["model", "version", "operation"], buckets=LATENCY_BUCKETS, registry=self.registry)
+                                   ["model", "version", "operation"], buckets=LATENCY_BUCKETS, registry=own)
         self.images = Counter("vae_images_processed", "images or latents processed",
-                              ["model", "version", "operation"], registry=self.registry)
-        self.in_flight = Gauge("vae_requests_in_flight", "model calls running or queued", registry=self.registry)
-        self.rejected = Counter("vae_requests_rejected_overload", "requests answered 429", registry=self.registry)
+                              ["model", "version", "operation"], registry=own)
+        # Gauges summed over the live workers, or (a model being served) the most any live worker says.
+        self.in_flight = Gauge("vae_requests_in_flight", "model calls running or queued", registry=own,
+                               multiprocess_mode="livesum")
+        self.rejected = Counter("vae_requests_rejected_overload", "requests answered 429", registry=own)
         self.model_info = Gauge("vae_model_info", "1 for each model version being served, 0 once it is not",
-                                ["model", "version"], registry=self.registry)
+                                ["model", "version"], registry=own, multiprocess_mode="livemax")
+        self.workers = Gauge("vae_workers", "worker processes whose metrics this endpoint reports",
+                             registry=own, multiprocess_mode="livesum")
+        self.workers.set(1)
         self._children: dict[tuple, Any] = {}
 
     def model_changed(self, name: str, version: str, state: str) -> None:
@@ -64,6 +84,34 @@ class Metrics:
             self._children[key] = children
         children[0].observe(seconds)
         children[1].inc(rows)
+
+
+class _WorkerGroupCollector(MultiProcessCollector):
+    """prometheus_client's collector over the files of every worker, which first drops the live
+    gauges of workers that are gone: a worker removes its own as it exits (atexit), this covers one
+    that was killed, so that its last in-flight count does not stay in the sum."""
+
+    def collect(self) -> Any:
+        for path in os.scandir(self._path):
+            name = path.name
+            if name.startswith("gauge_live") and name.endswith(".db"):
+                pid = int(name[:-3].rsplit("_", 1)[1])
+                if not _alive(pid):
+                    try:
+                        mark_process_dead(pid, self._path)
+                    except FileNotFoundError:  # another worker's scrape removed it first
+                        pass
+        return super().collect()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, under another user
+        return True
+    return True
 
 
 class BodyTimeout(HTTPException):
