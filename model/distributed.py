@@ -41,6 +41,8 @@ class Ranks:
         """Rank 0: the one that prints, and writes metrics and checkpoints."""
         return self.rank == 0
 
+SINGLE_PROCESS = Ranks()  # plain `vae-train`: no process group, no collective steps
+
 
 def from_environment(device: str = "cpu", environ: Mapping[str, str] = os.environ) -> Ranks:
     """Ranks from torchrun's variables, starting the process group when there is more than one:
@@ -52,7 +54,7 @@ def from_environment(device: str = "cpu", environ: Mapping[str, str] = os.enviro
     world_size = int(environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(environ.get("RANK", "0")), int(environ.get("LOCAL_RANK", "0"))
     if world_size <= 1:
-        return Ranks(device=torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
+        return SINGLE_PROCESS if device == "cpu" else Ranks(device=torch.device("cuda", 0))
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(local_rank)

@@ -29,7 +29,7 @@ from model.config import ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
-from model.distributed import Ranks, SharedStreamOrder, ShardedOrder
+from model.distributed import SINGLE_PROCESS, Ranks, SharedStreamOrder, ShardedOrder
 from model.vae import VAE
 
 
@@ -128,7 +128,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
 
 @torch.no_grad()
 def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000,
-                  ranks: Ranks = Ranks()) -> dict[str, float]:
+                  ranks: Ranks = SINGLE_PROCESS) -> dict[str, float]:
     """Test-set ELBO with one reparameterised sample per image from a fixed generator. With N ranks,
     each draws every batch's noise and scores every N-th image of it; the sums are all-reduced, so
     the numbers are one process's whatever N is (up to float rounding)."""
@@ -254,7 +254,7 @@ def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> to
 
 def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, resume: bool = False,
           progress: bool = True, command: list[str] | None = None, stop_after: int | None = None,
-          ranks: Ranks = Ranks()) -> dict[str, Any]:
+          ranks: Ranks = SINGLE_PROCESS) -> dict[str, Any]:
     """Train and write OUT/{last,best}.pt and OUT/metrics.jsonl. Returns the last epoch's metrics.
 
     `stop_after` ends this run after that many epochs (the schedule still spans `config.epochs`);
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     """`vae-train`; under torchrun (RANK, WORLD_SIZE... set) one of the DDP processes."""
     args = parse_args(argv)
     logging.basicConfig(format="vae-train: %(message)s")  # shows model.data's note on converted images
-    ranks = Ranks()
+    ranks = SINGLE_PROCESS
     try:
         ranks = distributed.from_environment(args.device)
         distributed.per_rank_batch_size(args.batch_size, ranks.world_size)
