@@ -55,6 +55,7 @@ bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.train_throughput
 
 # The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.
 bench-quick: $(BIN)/.dev-installed

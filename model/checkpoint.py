@@ -43,8 +43,12 @@ def git_commit() -> str | None:
 def save(path: str | Path, model: VAE, train_config: TrainConfig, *, epoch: int, metrics: list[dict[str, Any]],
          data_checksums: dict[str, str], optimizer: torch.optim.Optimizer | None = None,
          scheduler: Any | None = None, rng_state: torch.Tensor | None = None, best_test_elbo: float | None = None,
-         command: list[str] | None = None) -> None:
-    """Atomic write (temp file + rename), so an interrupted save never leaves a broken file."""
+         command: list[str] | None = None, world_size: int = 1,
+         rank_rng_states: list[torch.Tensor] | None = None) -> None:
+    """Atomic write (temp file + rename), so an interrupted save never leaves a broken file.
+
+    `world_size` is the number of training processes (torchrun's); with more than one, `rank_rng_states`
+    holds each rank's generator state (`rng_state` is rank 0's), so --resume continues every stream."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -54,6 +58,8 @@ def save(path: str | Path, model: VAE, train_config: TrainConfig, *, epoch: int,
         "optimizer_state": optimizer.state_dict() if optimizer else None,
         "scheduler_state": scheduler.state_dict() if scheduler else None,
         "rng_state": rng_state,
+        "world_size": world_size,  # absent from files written before torchrun support: read as 1
+        "rank_rng_states": rank_rng_states,
         "epoch": epoch,
         "metrics": metrics,
         "best_test_elbo": best_test_elbo,
@@ -95,5 +101,5 @@ def load_model(path: str | Path) -> tuple[VAE, dict[str, Any]]:
 def slim(src: str | Path, dst: str | Path) -> None:
     """A copy without optimizer and scheduler state: what ships beside the exported graphs."""
     payload = load(src)
-    payload.update(optimizer_state=None, scheduler_state=None, rng_state=None)
+    payload.update(optimizer_state=None, scheduler_state=None, rng_state=None, rank_rng_states=None)
     torch.save(payload, dst)

@@ -1,8 +1,12 @@
-"""`vae-train`: train a VAE on a dataset, with metrics, best/last checkpoints and resume."""
+"""`vae-train`: train a VAE on a dataset, with metrics, best/last checkpoints and resume.
+
+Under `torchrun --nproc_per_node=N` it trains with DistributedDataParallel (model/distributed.py):
+--batch-size stays the global batch, rank 0 writes the metrics and checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -11,17 +15,21 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from model import checkpoint, losses
+from model import checkpoint, distributed, losses
 from model.config import ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
+from model.distributed import SINGLE_PROCESS, Ranks, SharedStreamOrder, ShardedOrder
 from model.vae import VAE
 
 
@@ -32,13 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", default=defaults_t.dataset, help="fashion-mnist, mnist, or folder")
     p.add_argument("--data-dir", default=None, help="data directory (default: $VAE_DATA_DIR or the dataset's)")
     p.add_argument("--epochs", type=int, default=defaults_t.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults_t.batch_size)
+    p.add_argument("--batch-size", type=int, default=defaults_t.batch_size,
+                   help="images per step, over all processes together under torchrun")
     p.add_argument("--lr", type=float, default=defaults_t.lr)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=defaults_t.lr_schedule)
     p.add_argument("--beta", type=float, default=defaults_t.beta, help="weight of the KL term")
     p.add_argument("--kl-warmup-epochs", type=int, default=defaults_t.kl_warmup_epochs)
     p.add_argument("--seed", type=int, default=defaults_t.seed)
-    p.add_argument("--threads", type=int, default=defaults_t.threads, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=defaults_t.threads, help="torch intra-op threads (per process)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: one GPU per process (under torchrun: LOCAL_RANK's), gradients all-reduced with NCCL")
     p.add_argument("--arch", choices=["conv", "mlp"], default=defaults_m.arch, help="encoder family")
     p.add_argument("--decoder", choices=["conv", "mlp"], default=defaults_m.decoder, help="decoder family")
     p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim)
@@ -116,26 +127,46 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
 
 
 @torch.no_grad()
-def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000) -> dict[str, float]:
-    """Test-set ELBO with one reparameterised sample per image from a fixed generator."""
+def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000,
+                  ranks: Ranks = SINGLE_PROCESS) -> dict[str, float]:
+    """Test-set ELBO with one reparameterised sample per image from a fixed generator. With N ranks,
+    each draws every batch's noise and scores every N-th image of it; the sums are all-reduced, so
+    the numbers are one process's whatever N is (up to float rounding)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    mine = slice(ranks.rank, None, ranks.world_size)
     for start in range(0, len(x_test), batch_size):
         x = x_test[start:start + batch_size]
-        terms = _terms(model, x, generator, beta=1.0)
+        eps = torch.randn((len(x), model.config.latent_dim), generator=generator)  # (B, D)
+        if not len(x[mine]):
+            continue
+        terms = _terms(model, x[mine].to(ranks.device), eps[mine].to(ranks.device), beta=1.0)
         for key in totals:
             totals[key] += float(terms[key].sum())
     model.train()
+    totals = distributed.sum_over_ranks(totals, ranks)
     return {key: value / len(x_test) for key, value in totals.items()}
 
 
-def _terms(model: VAE, x: torch.Tensor, generator: torch.Generator, beta: float) -> dict[str, torch.Tensor]:
+def _terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+    """Per-image ELBO terms of x (B, C, H, W) with the reparameterisation noise eps (B, D)."""
     mean, logvar = model.encode(x)  # (B, D), (B, D)
-    eps = torch.randn(mean.shape, generator=generator)
     params = model.decode(losses.reparameterize(mean, logvar, eps))
     log_px_z = likelihoods.get(model.config.likelihood).torch_log_prob(x, params)
     return losses.elbo_terms(log_px_z, losses.kl_standard_normal(mean, logvar), beta)
+
+
+class _Objective(nn.Module):
+    """`_terms` as a module's forward(), the one call DistributedDataParallel wraps: its gradient
+    all-reduce is armed by forward(), not by calls to encode() and decode()."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+        return _terms(self.model, x, eps, beta)
 
 
 class _Interrupt:
@@ -173,49 +204,107 @@ def _test_pause_point() -> tuple[int, int] | None:
     return int(epoch), int(step)
 
 
-def _pause_until_interrupted(out: Path, interrupt: _Interrupt, at: tuple[int, int], timeout: float = 120.0) -> None:
-    (out / "paused").write_text(f"{at[0]}:{at[1]}\n")
+def _pause_until_interrupted(out: Path, interrupt: _Interrupt, at: tuple[int, int], ranks: Ranks,
+                             timeout: float = 120.0) -> None:
+    if ranks.is_main:
+        (out / "paused").write_text(f"{at[0]}:{at[1]}\n")
     interrupt.event.wait(timeout)  # Python runs the SIGINT handler, which sets it, in this thread
 
 
+TRACE_ENV = "VAE_TRAIN_TRACE_WEIGHTS"
+
+
+def _weight_tracer(ranks: Ranks) -> Callable[[int, int, VAE], None] | None:
+    """For tests only: $VAE_TRAIN_TRACE_WEIGHTS=DIR makes each rank append "EPOCH:STEP SHA256" of its
+    weights after every step to DIR/rank<R>.txt, so a test can see that the ranks never differ."""
+    directory = os.environ.get(TRACE_ENV)
+    if not directory:
+        return None
+    path = Path(directory) / f"rank{ranks.rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+    def trace(epoch: int, step: int, model: VAE) -> None:
+        digest = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        with path.open("a") as handle:
+            handle.write(f"{epoch + 1}:{step} {digest.hexdigest()}\n")
+
+    return trace
+
+
+def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> torch.Tensor:
+    """The state this rank's data-space and reparameterisation generator resumes from. With the
+    world size of the checkpoint, the state it saved for this rank, so the run goes on bit for bit
+    as an uninterrupted one. With another world size, a fresh stream seeded by (seed, rank, epoch)
+    that no earlier epoch drew from: weights, optimizer, schedule and data order carry over, the
+    noise does not (a rank has no counterpart in the old run)."""
+    saved = state.get("world_size", 1)
+    if saved == ranks.world_size:
+        return state["rng_state"] if saved == 1 else state["rank_rng_states"][ranks.rank]
+    entropy = np.random.SeedSequence([seed, ranks.rank, state["epoch"]]).generate_state(2, np.uint64)[0]
+    if ranks.is_main:
+        print(f"vae-train: --resume: last.pt was written by {saved} process(es), this run has {ranks.world_size}; "
+              "the weights, optimizer, schedule and data order carry over, the per-process noise streams are "
+              "re-seeded, so the run will not match one that kept the old process count", file=sys.stderr)
+    return torch.Generator().manual_seed(int(entropy) >> 1).get_state()
+
+
 def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, resume: bool = False,
-          progress: bool = True, command: list[str] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+          progress: bool = True, command: list[str] | None = None, stop_after: int | None = None,
+          ranks: Ranks = SINGLE_PROCESS) -> dict[str, Any]:
     """Train and write OUT/{last,best}.pt and OUT/metrics.jsonl. Returns the last epoch's metrics.
 
     `stop_after` ends this run after that many epochs (the schedule still spans `config.epochs`);
-    `resume=True` continues from OUT/last.pt with the same numbers as an uninterrupted run."""
+    `resume=True` continues from OUT/last.pt with the same numbers as an uninterrupted run.
+    `ranks` other than the default single process: this is one of N DDP processes (see main)."""
     torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     x_train = torch.from_numpy(data.train[: config.limit_train])
     likelihood = likelihoods.get(model_config.likelihood)
     x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
 
-    model = VAE(model_config)
+    model = VAE(model_config).to(ranks.device)
+    # The data-space and reparameterisation draws: one stream per rank, seed + rank.
+    generator = torch.Generator().manual_seed(config.seed + ranks.rank)
+    order = (ShardedOrder(len(x_train), config.batch_size, ranks, config.seed) if ranks.distributed
+             else SharedStreamOrder(len(x_train), config.batch_size, generator))
+    steps_per_epoch = order.steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -math.inf
     if resume:
-        state = checkpoint.load(out / "last.pt")
+        # Rank 0 reads the file and hands it to the others: no file system shared between machines needed.
+        state = distributed.from_main(checkpoint.load(out / "last.pt") if ranks.is_main else None, ranks)
         if ModelConfig.from_dict(state["model_config"]) != model_config:
             raise SystemExit(f"--resume: the model config in {out / 'last.pt'} differs from the flags given")
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scheduler.load_state_dict(state["scheduler_state"])
-        generator.set_state(state["rng_state"])
+        generator.set_state(_noise_generator_state(state, ranks, config.seed))
         history, start_epoch = state["metrics"], state["epoch"]
         best = state["best_test_elbo"] if state["best_test_elbo"] is not None else -math.inf
+    objective = distributed.wrap(_Objective(model), ranks)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    if ranks.is_main:
+        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
-    def save(name: str, epoch: int) -> None:
-        """Called only between epochs, where the generator's state is that of the next epoch's start."""
-        checkpoint.save(out / name, model, config, epoch=epoch, metrics=history, data_checksums=data.checksums,
-                        optimizer=optimizer, scheduler=scheduler, rng_state=generator.get_state(),
-                        best_test_elbo=best, command=command)
+    def save(epoch: int, improved: bool) -> None:
+        """Called by every rank only between epochs, where each generator's state is that of the next
+        epoch's start: rank 0 gathers the ranks' states and writes, the others wait at the barrier."""
+        states = distributed.gather(generator.get_state(), ranks)
+        if ranks.is_main:
+            for name in ("best.pt", "last.pt") if improved else ("last.pt",):
+                checkpoint.save(out / name, model, config, epoch=epoch, metrics=history,
+                                data_checksums=data.checksums, optimizer=optimizer, scheduler=scheduler,
+                                rng_state=states[0], best_test_elbo=best, command=command,
+                                world_size=ranks.world_size, rank_rng_states=states if ranks.distributed else None)
+        distributed.barrier(ranks)
 
     # Ctrl-C drops the unfinished epoch: OUT/last.pt always holds the end of the last completed one
     # (or the start), so --resume replays exactly what an uninterrupted run does next. Saving the
@@ -223,81 +312,102 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
     # the epoch's timing; an epoch boundary is one consistent point, the one `stop_after` already
     # resumes from, at the cost of redoing at most one epoch.
     if not resume:
-        save("last.pt", start_epoch)
-    pause_at = _test_pause_point()
+        save(start_epoch, improved=False)
+    pause_at, trace = _test_pause_point(), _weight_tracer(ranks)
     model.train()
     with _Interrupt() as interrupt:
         last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
         for epoch in range(start_epoch, last_epoch):
             began = time.perf_counter()
-            order = torch.randperm(len(x_train), generator=generator)
+            indices = order.epoch(epoch)  # this rank's images of the epoch, in order
             sums = {"objective": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                       leave=False, dynamic_ncols=True)
+            seen = 0
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not (progress and ranks.is_main), leave=False, dynamic_ncols=True)
             for step in bar:
                 if pause_at == (epoch + 1, step):
-                    _pause_until_interrupted(out, interrupt, pause_at)
-                if interrupt.requested:
+                    _pause_until_interrupted(out, interrupt, pause_at, ranks)
+                if distributed.any_rank(interrupt.requested, ranks):
                     kept = f"the end of epoch {epoch}" if epoch else "the start of training"
-                    print(f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: {out / 'last.pt'} "
-                          f"holds {kept}. Continue with --resume", file=sys.stderr)
+                    if ranks.is_main:
+                        print(f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: "
+                              f"{out / 'last.pt'} holds {kept}. Continue with --resume", file=sys.stderr)
                     raise SystemExit(130)
-                batch = x_train[order[step * config.batch_size:(step + 1) * config.batch_size]]
+                batch = x_train[indices[step * order.batch_size:(step + 1) * order.batch_size]]
                 x = likelihood.torch_to_data_space(batch, generator)  # a fresh draw each time an image is seen
-                terms = _terms(model, x, generator, kl_weight(config, epoch, step, steps_per_epoch))
-                loss = -terms["objective"].mean()
+                eps = torch.randn((len(x), model_config.latent_dim), generator=generator)  # (B, D)
+                terms = objective(x.to(ranks.device), eps.to(ranks.device),
+                                  kl_weight(config, epoch, step, steps_per_epoch))
+                loss = -terms["objective"].mean()  # equal shards: DDP's mean of the ranks' means is the batch's
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 for key in sums:
                     sums[key] += float(terms[key].detach().sum())
+                seen += len(x)
+                if trace:
+                    trace(epoch, step, model)
                 bar.set_postfix(loss=f"{loss.item():.2f}")
             seconds = time.perf_counter() - began
-            test = evaluate_elbo(model, x_test, seed=config.seed)
+            train_totals = distributed.sum_over_ranks({**sums, "images": seen}, ranks)
+            test = evaluate_elbo(model, x_test, seed=config.seed, ranks=ranks)
             record = {
                 "epoch": epoch + 1,
-                **{f"train_{k}": v / len(x_train) for k, v in sums.items()},
+                **{f"train_{k}": train_totals[k] / train_totals["images"] for k in sums},
                 **{f"test_{k}": v for k, v in test.items()},
                 "beta": kl_weight(config, epoch + 1, 0, steps_per_epoch),
                 "lr": scheduler.get_last_lr()[0],
                 "seconds": seconds,
-                "images_per_second": len(x_train) / seconds,
+                "images_per_second": train_totals["images"] / seconds,
             }
             history.append(record)
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
-                  f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
-                  f"{seconds:.1f}s", flush=True)
-            if test["elbo"] > best:
-                best = test["elbo"]
-                save("best.pt", epoch + 1)
-            save("last.pt", epoch + 1)
+            improved = test["elbo"] > best
+            best = max(best, test["elbo"])
+            if ranks.is_main:
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
+                      f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
+                      f"{seconds:.1f}s", flush=True)
+            save(epoch + 1, improved)
     return history[-1] if history else {}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`vae-train`; under torchrun (RANK, WORLD_SIZE... set) one of the DDP processes."""
     args = parse_args(argv)
     logging.basicConfig(format="vae-train: %(message)s")  # shows model.data's note on converted images
+    ranks = SINGLE_PROCESS
     try:
+        ranks = distributed.from_environment(args.device)
+        distributed.per_rank_batch_size(args.batch_size, ranks.world_size)
         data = load_training_data(args)
         input_shape = tuple(int(s) for s in data.train.shape[1:])
         model_config, train_config = configs_from_args(args, input_shape)
     except (DataMissingError, DataChecksumError, ValueError) as exc:
-        print(f"vae-train: {exc}", file=sys.stderr)
+        where = f" (rank {ranks.rank})" if ranks.distributed else ""
+        print(f"vae-train{where}: {exc}", file=sys.stderr)
+        distributed.shutdown(ranks)
         return 2
     out = Path(args.out)
-    print(f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
-          f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
-          f"{'x'.join(map(str, input_shape))} -> {out}", flush=True)
+    if ranks.is_main:
+        processes = (f" on {ranks.world_size} processes ({ranks.backend}), global batch {args.batch_size} = "
+                     f"{ranks.world_size} x {args.batch_size // ranks.world_size}" if ranks.distributed else "")
+        print(f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
+              f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
+              f"{'x'.join(map(str, input_shape))}{processes} -> {out}", flush=True)
     try:
         train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
-              command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after)
+              command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after,
+              ranks=ranks)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is only ever replaced whole
-        print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",
-              file=sys.stderr)
+        if ranks.is_main:
+            print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",
+                  file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown(ranks)
     return 0
 
 
