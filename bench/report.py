@@ -8,6 +8,7 @@
 - the Gaussian decoder's shared against per-pixel sigma, from bench/results/gaussian_scales.json;
 - the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
 - the prior-versus-importance table, from bench/results/seed_argument.json (`python -m bench.seed_argument`);
+- the training throughput table, from bench/results/train_throughput.json (`python -m bench.train_throughput`);
 - the scale-out table, from bench/results/scaleout.json (`python -m bench.scaleout`);
 - the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
   and the access log's recorded cost in bench/results/inprocess.json.
@@ -186,6 +187,11 @@ def update_readme() -> None:
         from bench.scaleout import scaleout_section
 
         text = _replace(text, "scaleout", scaleout_section(json.loads((RESULTS / "scaleout.json").read_text())))
+    if (RESULTS / "train_throughput.json").exists():
+        from bench.train_throughput import throughput_section
+
+        text = _replace(text, "train-throughput",
+                        throughput_section(json.loads((RESULTS / "train_throughput.json").read_text())))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

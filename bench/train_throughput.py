@@ -120,3 +120,23 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def throughput_section(results: dict[str, Any]) -> str:
+    """The README block (bench/report.py writes it): images/s per setup and the ratio, medians of the rounds."""
+    from bench.report import _spread
+
+    m, git = results["machine"], results["git"]
+    load = m.get("load_average_1_5_15_min", {}).get("before")
+    lines = [f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}) at commit "
+             f"`{(git.get('commit') or 'unknown')[:12]}`: training images/s in the last of {results['epochs']} epochs "
+             f"of {results['limit_train']:,} images, {results['model']}; the median of {results['rounds']} interleaved "
+             "rounds, (min-max) in brackets" + (f"; 1-minute load average before the run {load[0]:.1f}" if load else "")
+             + ".", "", "| setup | images/s |", "|---|---|"]
+    for name, summary in results["images_per_second"].items():
+        lines.append(f"| {name} | {_spread(summary, '.0f')} |")
+    for name, summary in results["ratios"].items():
+        lines.append(f"| {name} | {_spread(summary, '.2f', 'x')} |")
+    if results.get("gpu_note"):
+        lines += ["", results["gpu_note"] + "."]
+    return "\n".join(lines) + "\n"
