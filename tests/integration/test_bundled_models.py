@@ -54,7 +54,8 @@ def test_scores_encode_and_reconstruct_fit_the_likelihood(client, served, name, 
     score = body["results"][0]
     assert body["model"]["name"] == name
     assert ("dequantised" if BUNDLED[name] == "gaussian" else "binarised") in body["data_space"]
-    assert math.isfinite(score["elbo"]) and score["log_likelihood"] >= score["elbo"] - 1.0
+    # a one-sample ELBO may land above the k=100 estimate, but not far from it
+    assert math.isfinite(score["elbo"]) and abs(score["log_likelihood"] - score["elbo"]) < 0.05 * abs(score["elbo"])
     # probabilities of the 8-bit (or binary) image: never above 0 nats, and the bits agree with the nats
     assert score["log_likelihood"] < 0
     assert score["bits_per_dim"] == pytest.approx(-score["elbo"] / (784 * math.log(2)), rel=1e-5)
@@ -70,8 +71,8 @@ def test_scores_encode_and_reconstruct_fit_the_likelihood(client, served, name, 
 def test_sampling_is_seeded_and_anomaly_scores_are_calibrated(client, served, name, test_images):
     prefix = served[name]
     first, again = (client.get(f"{prefix}/sample?n=4&seed=11&format=json").json() for _ in range(2))
-    assert first["results"] == again["results"]
-    image = Image.open(io.BytesIO(base64.b64decode(first["results"][0]["png_base64"])))
+    assert first["samples"] == again["samples"] and first["seed"] == 11
+    image = Image.open(io.BytesIO(base64.b64decode(first["samples"][0]["png_base64"])))
     assert image.size == (28, 28)
     anomaly = client.post(f"{prefix}/anomaly", content=png(test_images[1]), headers=PNG).json()
     assert anomaly["model"]["name"] == name and 0.0 <= anomaly["results"][0]["percentile"] <= 1.0
