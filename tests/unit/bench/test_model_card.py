@@ -58,3 +58,8 @@ def test_the_gaussian_floor_is_the_cross_entropy_of_bin_noise_under_its_best_gau
 def test_the_bundled_repository_renders():
     card = model_card.model_card_section(REPO / "artifacts")
     assert "### `fashion-mnist-vae`" in card and "NLL, IWAE k=5000" in card
+
+
+def test_a_pixels_cost_at_the_floor_scale_is_the_floor():
+    assert model_card.gaussian_pixel_bits((1 / 256) / math.sqrt(12)) == pytest.approx(model_card.GAUSSIAN_FLOOR_BITS)
+    assert model_card.gaussian_pixel_bits(2 / 256 / math.sqrt(12)) == pytest.approx(model_card.GAUSSIAN_FLOOR_BITS + 1)
