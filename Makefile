@@ -47,8 +47,9 @@ eval: $(BIN)/.dev-installed
 export: $(BIN)/.dev-installed
 	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --version $(VERSION) --report $(RUN)/report
 
-# About 14 minutes on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
-# bench/scaleout.py: two replicas behind a round-robin proxy against one).
+# About half an hour on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
+# bench/scaleout.py: two replicas behind a round-robin proxy against one), the soak, and training
+# throughput (1 process x 2 threads against 2 DDP processes x 1 thread).
 bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
 	$(BIN)/python -m bench.inprocess
@@ -56,6 +57,7 @@ bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.train_throughput
+	$(BIN)/python -m bench.report
 
 # The CI guard, under a minute: /encode vs the minimal app over 5 interleaved rounds, fails below 0.7x.
 bench-quick: $(BIN)/.dev-installed
