@@ -128,7 +128,7 @@ def throughput_section(results: dict[str, Any]) -> str:
 
     m, git = results["machine"], results["git"]
     load = m.get("load_average_1_5_15_min", {}).get("before")
-    lines = [f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}) at commit "
+    lines = [f"Measured by `{results['command'].strip()}` on {m['cores']} cores ({m['cpu']}) at commit "
              f"`{(git.get('commit') or 'unknown')[:12]}`: training images/s in the last of {results['epochs']} epochs "
              f"of {results['limit_train']:,} images, {results['model']}; the median of {results['rounds']} interleaved "
              "rounds, (min-max) in brackets" + (f"; 1-minute load average before the run {load[0]:.1f}" if load else "")
