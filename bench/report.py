@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -156,6 +157,16 @@ def _yes(value: bool) -> str:
     return "yes" if value else "**no**"
 
 
+# README block, its recorded results file in bench/results/, and the function that turns them into the block.
+RECORDED_SECTIONS = (
+    ("anomaly", "anomaly.json", "bench.anomaly", "anomaly_section"),
+    ("gaussian-scales", "gaussian_scales.json", "bench.gaussian_scales", "section"),
+    ("seed-argument", "seed_argument.json", "bench.seed_argument", "argument_section"),
+    ("scaleout", "scaleout.json", "bench.scaleout", "scaleout_section"),
+    ("train-throughput", "train_throughput.json", "bench.train_throughput", "throughput_section"),
+)
+
+
 def update_readme() -> None:
     text = README.read_text()
     if model_card.newest_manifests(model_card.REPOSITORY):
@@ -169,29 +180,10 @@ def update_readme() -> None:
         else:  # one 6 s window per cell, before the interleaved rounds: its table stays as written
             print("bench/results/serving.json has no interleaved rounds; the bench table is left as is "
                   "until `make bench` records them")
-    if (RESULTS / "anomaly.json").exists():
-        from bench.anomaly import anomaly_section
-
-        text = _replace(text, "anomaly", anomaly_section(json.loads((RESULTS / "anomaly.json").read_text())))
-    if (RESULTS / "gaussian_scales.json").exists():
-        from bench.gaussian_scales import section as gaussian_scales_section
-
-        text = _replace(text, "gaussian-scales",
-                        gaussian_scales_section(json.loads((RESULTS / "gaussian_scales.json").read_text())))
-    if (RESULTS / "seed_argument.json").exists():
-        from bench.seed_argument import argument_section
-
-        argument = json.loads((RESULTS / "seed_argument.json").read_text())
-        text = _replace(text, "seed-argument", argument_section(argument))
-    if (RESULTS / "scaleout.json").exists():
-        from bench.scaleout import scaleout_section
-
-        text = _replace(text, "scaleout", scaleout_section(json.loads((RESULTS / "scaleout.json").read_text())))
-    if (RESULTS / "train_throughput.json").exists():
-        from bench.train_throughput import throughput_section
-
-        text = _replace(text, "train-throughput",
-                        throughput_section(json.loads((RESULTS / "train_throughput.json").read_text())))
+    for block, results, module, function in RECORDED_SECTIONS:
+        if (RESULTS / results).exists():  # imported only when used: some need the bench extra (matplotlib)
+            section = getattr(importlib.import_module(module), function)
+            text = _replace(text, block, section(json.loads((RESULTS / results).read_text())))
     text = _replace(text, "settings", settings_section())
     README.write_text(text)
 

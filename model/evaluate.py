@@ -52,8 +52,10 @@ def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, se
     for start in tqdm(range(0, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
         parts.append(scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k))
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return scoring.Scores(elbo=cat("elbo"), reconstruction=cat("reconstruction"), kl=cat("kl"),
-                          log_likelihood=cat("log_likelihood") if k > 1 else None, k=k, dims=parts[0].dims)
+    estimates = {name: cat(name) for name in ("log_likelihood", "standard_error", "effective_sample_size")} if k > 1 else {}
+    return scoring.Scores(elbo=cat("elbo"), reconstruction=cat("reconstruction"), kl=cat("kl"), k=k, dims=parts[0].dims,
+                          log_likelihood=estimates.get("log_likelihood"), standard_error=estimates.get("standard_error"),
+                          effective_sample_size=estimates.get("effective_sample_size"))
 
 
 def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: Likelihood, pixels: np.ndarray,

@@ -48,3 +48,14 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
     stored = np.load(tmp_path / "report" / "scores.npz")
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
         np.testing.assert_allclose(getattr(direct, name), stored[name][order], rtol=1e-6, err_msg=name)
+
+
+def test_evaluate_keeps_each_images_standard_error_and_ess_across_batches():
+    from model.evaluate import evaluate
+    from tests.unit.model.core.test_scoring import GAUSSIAN, X, LinearGaussian
+
+    x = np.concatenate([X, X[::-1] + 0.05])  # four images, scored two to a batch
+    batched = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False)
+    whole = scoring.score(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50)
+    for name in ("log_likelihood", "standard_error", "effective_sample_size"):
+        np.testing.assert_allclose(getattr(batched, name), getattr(whole, name), rtol=1e-6, err_msg=name)
