@@ -10,6 +10,8 @@ from model.core.likelihoods import LIKELIHOODS
 
 Arch = Literal["conv", "mlp"]
 GaussianScale = Literal["shared", "per_pixel"]
+PRIORS = ("standard_normal", "mog", "vamp")  # model/prior.py
+OBJECTIVES = ("elbo", "iwae-dreg")
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,13 @@ class ModelConfig:
     gaussian_scale: GaussianScale = "shared"  # one learned sigma, or one per pixel
     logvar_min: float = -12.0  # encoder log-variance is clamped to a numerically safe range
     logvar_max: float = 8.0
+    prior: str = "standard_normal"  # a name in PRIORS
+    prior_components: int = 0  # K, for the mixture priors (mog, vamp)
 
     def __post_init__(self) -> None:
+        _check(self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
+        _check((self.prior_components > 0) == (self.prior != "standard_normal"),
+               "prior_components must be positive for a mixture prior (mog, vamp) and 0 for standard_normal")
         _check(self.arch in ("conv", "mlp"), f"arch must be 'conv' or 'mlp', not {self.arch!r}")
         _check(self.decoder in ("conv", "mlp"), f"decoder must be 'conv' or 'mlp', not {self.decoder!r}")
         _check(self.likelihood in LIKELIHOODS,
@@ -105,6 +112,13 @@ class TrainConfig:
     test_binarize_seed: int = 0  # the test set is binarised once, with this seed
     limit_train: int | None = None  # use only the first N training images (smoke tests)
     limit_test: int | None = None
+    objective: str = "elbo"  # a name in OBJECTIVES
+    samples: int = 1  # importance samples per image in the objective (iwae-dreg)
+    validation: int = 0  # the last N training images are held out to pick the best epoch (0: the test ELBO)
+    patience: int = 0  # stop when the validation bound has not improved for this many epochs (0: never)
+    init_from: str | None = None  # start from this checkpoint's encoder and decoder
+    init_sha256: str | None = None
+    prior_fit_steps: int = 0  # with init_from: first fit a mixture prior alone to the aggregate posterior
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +129,13 @@ class TrainConfig:
         _check(self.beta >= 0, "beta must be >= 0")
         _check(self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0")
         _check(self.threads > 0, "threads must be positive")
+        _check(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        _check(self.samples >= 1, "samples must be >= 1")
+        _check(self.objective == "iwae-dreg" or self.samples == 1, "samples > 1 needs --objective iwae-dreg")
+        _check(self.objective == "elbo" or (self.beta == 1.0 and self.kl_warmup_epochs == 0),
+               "--objective iwae-dreg bounds log p(x) itself: it takes --beta 1 and --kl-warmup-epochs 0")
+        _check(self.validation >= 0 and self.patience >= 0, "validation and patience must be >= 0")
+        _check(self.patience == 0 or self.validation > 0, "--patience needs a --validation split")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

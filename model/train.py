@@ -6,6 +6,7 @@ Under `torchrun --nproc_per_node=N` it trains with DistributedDataParallel (mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model import checkpoint, distributed, losses
-from model.config import ModelConfig, TrainConfig
+from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
@@ -65,6 +66,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"{defaults_m.input_shape[1]}x{defaults_m.input_shape[2]})")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
                    help=f"folder: 1 = grey, 3 = RGB (default {defaults_m.input_shape[0]})")
+    p.add_argument("--prior", choices=list(PRIORS), default=defaults_m.prior,
+                   help="p(z): N(0, I), a mixture of Gaussians, or a VampPrior")
+    p.add_argument("--prior-components", type=int, default=None,
+                   help="K components of a mixture prior (default 500 for mog and vamp)")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=defaults_t.objective,
+                   help="elbo, or the IWAE bound with DReG encoder gradients over --samples samples")
+    p.add_argument("--samples", type=int, default=defaults_t.samples, help="importance samples per image")
+    p.add_argument("--validation", type=int, default=defaults_t.validation,
+                   help="hold out the last N training images; best.pt is the epoch with the best bound on them")
+    p.add_argument("--patience", type=int, default=defaults_t.patience,
+                   help="stop after N epochs without a better validation bound (0: never)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's encoder and decoder (same architecture; the prior may differ)")
+    p.add_argument("--prior-fit-steps", type=int, default=0,
+                   help="with --init-from: first fit the mixture prior alone to the initial encoder's aggregate "
+                   "posterior for N steps")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     p.add_argument("--out", default="runs/default", help="output directory")
@@ -103,12 +120,25 @@ def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int
                                latent_dim=args.latent_dim, hidden=tuple(args.hidden),
                                conv_channels=tuple(args.conv_channels),
                                decoder_channels=tuple(args.decoder_channels), likelihood=args.likelihood,
-                               gaussian_scale=args.gaussian_scale)
+                               gaussian_scale=args.gaussian_scale, prior=args.prior,
+                               prior_components=_prior_components(args))
+    if args.init_from and not Path(args.init_from).is_file():
+        raise ValueError(f"--init-from {args.init_from}: no such checkpoint")
+    init_sha256 = hashlib.sha256(Path(args.init_from).read_bytes()).hexdigest() if args.init_from else None
     train_config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                                beta=args.beta, kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed,
-                               threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test)
+                               threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test,
+                               objective=args.objective, samples=args.samples, validation=args.validation,
+                               patience=args.patience, init_from=args.init_from, init_sha256=init_sha256,
+                               prior_fit_steps=args.prior_fit_steps)
     return model_config, train_config
+
+
+def _prior_components(args: argparse.Namespace) -> int:
+    if args.prior == "standard_normal":
+        return 0 if args.prior_components is None else args.prior_components
+    return 500 if args.prior_components is None else args.prior_components
 
 
 def kl_weight(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -128,20 +158,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
 
 @torch.no_grad()
 def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000,
-                  ranks: Ranks = SINGLE_PROCESS) -> dict[str, float]:
-    """Test-set ELBO with one reparameterised sample per image from a fixed generator. With N ranks,
+                  ranks: Ranks = SINGLE_PROCESS, samples: int = 1) -> dict[str, float]:
+    """Test-set ELBO with one reparameterised sample per image from a fixed generator, and with
+    `samples` > 1 the IWAE bound over that many (the ELBO uses the first). With N ranks,
     each draws every batch's noise and scores every N-th image of it; the sums are all-reduced, so
     the numbers are one process's whatever N is (up to float rounding)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+    totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0, **({"iwae": 0.0} if samples > 1 else {})}
     mine = slice(ranks.rank, None, ranks.world_size)
     for start in range(0, len(x_test), batch_size):
         x = x_test[start:start + batch_size]
-        eps = torch.randn((len(x), model.config.latent_dim), generator=generator)  # (B, D)
+        eps = _noise(samples, len(x), model.config.latent_dim, generator)  # (B, D) or (S, B, D)
         if not len(x[mine]):
             continue
-        terms = _terms(model, x[mine].to(ranks.device), eps[mine].to(ranks.device), beta=1.0)
+        mine_eps = eps[mine] if samples == 1 else eps[:, mine]
+        terms = _terms(model, x[mine].to(ranks.device), mine_eps.to(ranks.device), beta=1.0)
+        if samples > 1:  # the ELBO of the first sample, as with samples == 1
+            first = _terms(model, x[mine].to(ranks.device), mine_eps[0].to(ranks.device), beta=1.0)
+            terms = {**first, "iwae": terms["iwae"]}
         for key in totals:
             totals[key] += float(terms[key].sum())
     model.train()
@@ -149,12 +184,33 @@ def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int =
     return {key: value / len(x_test) for key, value in totals.items()}
 
 
+def _noise(samples: int, batch: int, latent_dim: int, generator: torch.Generator) -> torch.Tensor:
+    """The reparameterisation noise of a step: (B, D) for the ELBO, (S, B, D) for S importance samples."""
+    shape = (batch, latent_dim) if samples == 1 else (samples, batch, latent_dim)
+    return torch.randn(shape, generator=generator)
+
+
 def _terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-    """Per-image ELBO terms of x (B, C, H, W) with the reparameterisation noise eps (B, D)."""
+    """Per-image terms of x (B, C, H, W): with eps (B, D) the ELBO, with eps (S, B, D) the IWAE bound
+    over S samples with DReG gradients for the encoder (model/losses.py)."""
     mean, logvar = model.encode(x)  # (B, D), (B, D)
-    params = model.decode(losses.reparameterize(mean, logvar, eps))
-    log_px_z = likelihoods.get(model.config.likelihood).torch_log_prob(x, params)
-    return losses.elbo_terms(log_px_z, losses.kl_standard_normal(mean, logvar), beta)
+    likelihood = likelihoods.get(model.config.likelihood)
+    if eps.dim() == 3:
+        samples, batch, dims = eps.shape
+        z = losses.reparameterize(mean, logvar, eps)  # (S, B, D)
+        flat = z.reshape(samples * batch, dims)
+        repeated = x.expand(samples, *x.shape).reshape(samples * batch, *x.shape[1:])
+        log_px_z = likelihood.torch_log_prob(repeated, model.decode(flat)).view(samples, batch)
+        log_pz = model.prior.log_prob(flat).view(samples, batch)
+        log_qz = losses.log_normal_diag(z, mean.detach(), logvar.detach())  # (S, B)
+        return losses.iwae_dreg_terms(log_px_z, log_pz, log_qz, z)
+    z = losses.reparameterize(mean, logvar, eps)
+    log_px_z = likelihood.torch_log_prob(x, model.decode(z))
+    if model.config.prior == "standard_normal":
+        kl = losses.kl_standard_normal(mean, logvar)
+    else:
+        kl = losses.kl_estimate(z, mean, logvar, model.prior.log_prob(z))
+    return losses.elbo_terms(log_px_z, kl, beta)
 
 
 class _Objective(nn.Module):
@@ -267,8 +323,18 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
     x_train = torch.from_numpy(data.train[: config.limit_train])
     likelihood = likelihoods.get(model_config.likelihood)
     x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
+    x_val = None
+    if config.validation:
+        if config.validation >= len(x_train):
+            raise ValueError(f"--validation {config.validation} leaves no training images of {len(x_train)}")
+        # Drawn into the data space once, like the test set, so the selection metric is not noisier than it must be.
+        x_val = torch.from_numpy(fixed_test_set(x_train[-config.validation:].numpy(), likelihood,
+                                                config.test_binarize_seed + 1))
+        x_train = x_train[:-config.validation]
 
     model = VAE(model_config).to(ranks.device)
+    if config.init_from and not resume:
+        initialize_from(model, config, x_train, likelihood)
     # The data-space and reparameterisation draws: one stream per rank, seed + rank.
     generator = torch.Generator().manual_seed(config.seed + ranks.rank)
     order = (ShardedOrder(len(x_train), config.batch_size, ranks, config.seed) if ranks.distributed
@@ -335,7 +401,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
                     raise SystemExit(130)
                 batch = x_train[indices[step * order.batch_size:(step + 1) * order.batch_size]]
                 x = likelihood.torch_to_data_space(batch, generator)  # a fresh draw each time an image is seen
-                eps = torch.randn((len(x), model_config.latent_dim), generator=generator)  # (B, D)
+                eps = _noise(config.samples, len(x), model_config.latent_dim, generator)  # (B, D) or (S, B, D)
                 terms = objective(x.to(ranks.device), eps.to(ranks.device),
                                   kl_weight(config, epoch, step, steps_per_epoch))
                 loss = -terms["objective"].mean()  # equal shards: DDP's mean of the ranks' means is the batch's
@@ -352,18 +418,23 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
             seconds = time.perf_counter() - began
             train_totals = distributed.sum_over_ranks({**sums, "images": seen}, ranks)
             test = evaluate_elbo(model, x_test, seed=config.seed, ranks=ranks)
+            val = ({} if x_val is None else
+                   evaluate_elbo(model, x_val, seed=config.seed + 1, ranks=ranks, samples=config.samples, batch_size=500))
             record = {
                 "epoch": epoch + 1,
                 **{f"train_{k}": train_totals[k] / train_totals["images"] for k in sums},
                 **{f"test_{k}": v for k, v in test.items()},
+                **{f"val_{k}": v for k, v in val.items()},
                 "beta": kl_weight(config, epoch + 1, 0, steps_per_epoch),
                 "lr": scheduler.get_last_lr()[0],
                 "seconds": seconds,
                 "images_per_second": train_totals["images"] / seconds,
             }
+            # The epoch kept as best.pt: by the objective's bound on the validation split when there is one.
+            record["selection"] = selected = val.get("iwae", val.get("elbo", test["elbo"]))
             history.append(record)
-            improved = test["elbo"] > best
-            best = max(best, test["elbo"])
+            improved = selected > best
+            best = max(best, selected)
             if ranks.is_main:
                 with metrics_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
@@ -371,7 +442,66 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
                       f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
                       f"{seconds:.1f}s", flush=True)
             save(epoch + 1, improved)
+            stale = epochs_without_improvement(history)
+            if config.patience and stale >= config.patience:
+                if ranks.is_main:
+                    print(f"early stop: the validation bound has not improved for {stale} epochs; best.pt holds "
+                          f"epoch {epoch + 1 - stale}", flush=True)
+                break
     return history[-1] if history else {}
+
+
+def epochs_without_improvement(history: list[dict[str, Any]]) -> int:
+    """Epochs since the best `selection` in the history (0 when the last epoch is the best)."""
+    scores = [record.get("selection", -math.inf) for record in history]
+    return len(scores) - 1 - max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, likelihood: likelihoods.Likelihood) -> None:
+    """Start from another run's encoder and decoder (`config.init_from`, its SHA-256 checked); a mixture
+    prior then starts at the posteriors of K training images drawn with the run's seed."""
+    path = Path(config.init_from)
+    if config.init_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != config.init_sha256:
+        raise ValueError(f"--init-from {path}: its SHA-256 differs from the one recorded for this run")
+    state = checkpoint.load(path)
+    source = ModelConfig.from_dict(state["model_config"])
+    if dataclasses.replace(source, prior=model.config.prior, prior_components=model.config.prior_components) != model.config:
+        raise ValueError(f"--init-from {path}: its architecture differs from the flags given (only the prior may)")
+    own = {k: v for k, v in state["model_state"].items() if not k.startswith("prior.")}
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    if unexpected or any(not name.startswith("prior.") for name in missing):
+        raise ValueError(f"--init-from {path}: weights do not fit ({missing}, {unexpected})")
+    if model.config.prior != "standard_normal":
+        generator = torch.Generator().manual_seed(config.seed)
+        chosen = torch.randperm(len(x_train), generator=generator)[: model.config.prior_components]
+        images = likelihood.torch_to_data_space(x_train[chosen], generator)
+        model.eval()
+        model.prior.initialize(images, model.encoder)
+        fit_prior(model, x_train, likelihood, config.prior_fit_steps, generator)
+        model.train()
+
+
+def fit_prior(model: VAE, x_train: torch.Tensor, likelihood: likelihoods.Likelihood, steps: int,
+              generator: torch.Generator, batch: int = 1000, lr: float = 3e-3) -> None:
+    """Fit the prior alone, encoder and decoder fixed: maximise E[log p(z)] over z ~ q(z|x) of training images,
+    i.e. move p(z) towards the aggregate posterior, the prior that maximises the ELBO for this encoder. The
+    joint training that follows then starts from a prior already better than N(0, I)."""
+    if not steps:
+        return
+    with torch.no_grad():
+        data = likelihood.torch_to_data_space(x_train, generator)
+        mean, logvar = (torch.cat(part) for part in zip(*(model.encode(data[i:i + 2000])
+                                                          for i in range(0, len(data), 2000))))
+    optimizer = torch.optim.Adam(model.prior.parameters(), lr=lr)
+    for step in range(steps):
+        chosen = torch.randint(len(mean), (batch,), generator=generator)
+        z = losses.reparameterize(mean[chosen], logvar[chosen], torch.randn((batch, mean.shape[1]), generator=generator))
+        loss = -model.prior.log_prob(z).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    print(f"prior fitted to the aggregate posterior in {steps} steps: E[log p(z)] {-loss.item():.2f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig
+from model import prior as priors
 from model.core import likelihoods
 
 
@@ -81,6 +82,7 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        self.prior = priors.build(config, self.encoder)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
