@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from model.prior import mixture_log_prob
 from model.vae import VAE
 
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
@@ -19,6 +20,7 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str
     """Export one half with torch.export (the current exporter) and store `metadata` in metadata_props."""
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it logs that torchvision is absent
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # and that constant outputs are not deduplicated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation noise from torch internals, not from our code
         program = torch.onnx.export(module.eval(), (example,), input_names=[input_name],
@@ -37,15 +39,45 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str
 
 
 def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str, onnx.ModelProto]:
+    """encoder.onnx, decoder.onnx, and prior.onnx for a learned prior (N(0, I) needs no graph)."""
     config = model.config
     example_image = torch.rand(2, *config.input_shape)  # (B, C, H, W)
     example_z = torch.randn(2, config.latent_dim)  # (B, D)
-    return {
+    prior = {} if config.prior == "standard_normal" else {"prior": export_prior(model, out_dir, metadata)}
+    return {**prior,
         "encoder": export_graph(model.encoder, example_image, "image", ("mean", "logvar"),
                                 out_dir / "encoder.onnx", {**metadata, "graph": "encoder"}),
         "decoder": export_graph(model.decoder, example_z, "z", model.decoder.likelihood.outputs,
                                 out_dir / "decoder.onnx", {**metadata, "graph": "decoder"}),
     }
+
+
+class FixedMixture(torch.nn.Module):
+    """A trained mixture prior frozen into constants: z (B, D) -> log p(z) (B,), and the mixture's
+    parameters as outputs too, so what the service samples from is what the graph scores with."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        with torch.no_grad():
+            means, logvars, log_weights = (t.detach().clone() for t in model.eval().prior.mixture())
+        # Not named as the outputs: the graph's constants and its outputs are distinct values.
+        self.register_buffer("component_means", means)
+        self.register_buffer("component_logvars", logvars)
+        self.register_buffer("component_log_weights", log_weights)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mixture = (self.component_means, self.component_logvars, self.component_log_weights)
+        return (mixture_log_prob(z, mixture), self.component_means.clone(), self.component_logvars.clone(),
+                self.component_log_weights.clone())
+
+
+PRIOR_OUTPUTS = ("log_prob", "means", "logvars", "log_weights")
+
+
+def export_prior(model: VAE, out_dir: Path, metadata: dict[str, str]) -> onnx.ModelProto:
+    example_z = torch.randn(2, model.config.latent_dim)  # (B, D)
+    return export_graph(FixedMixture(model), example_z, "z", PRIOR_OUTPUTS, out_dir / "prior.onnx",
+                        {**metadata, "graph": "prior"})
 
 
 def io_shapes(proto: onnx.ModelProto) -> tuple[dict[str, list[int | str]], dict[str, list[int | str]]]:

@@ -34,8 +34,7 @@ def test_each_model_gets_its_newest_version_and_the_default_model_comes_first(tm
     write(tmp_path, manifest("fashion-mnist-vae", "1.10.0", "bernoulli", 227.5))  # numerically newer
     (tmp_path / "fashion-mnist-vae" / "notes").mkdir()  # not a version: no manifest
     card = model_card.model_card_section(tmp_path)
-    assert card.index("### `fashion-mnist-vae` 1.10.0") < card.index("### `a-gaussian` 1.0.0")
-    assert "1.9.0" not in card
+    assert card.index("### `fashion-mnist-vae` 1.10.0, beside 1.9.0") < card.index("### `a-gaussian` 1.0.0")
     assert "**227.50**" in card and "beats the reference by 1.20 nats" in card
     assert "per-pixel learned sigma" in card and "dequantised once" in card
 
@@ -63,3 +62,20 @@ def test_the_bundled_repository_renders():
 def test_a_pixels_cost_at_the_floor_scale_is_the_floor():
     assert model_card.gaussian_pixel_bits((1 / 256) / math.sqrt(12)) == pytest.approx(model_card.GAUSSIAN_FLOOR_BITS)
     assert model_card.gaussian_pixel_bits(2 / 256 / math.sqrt(12)) == pytest.approx(model_card.GAUSSIAN_FLOOR_BITS + 1)
+
+
+def test_versions_stand_side_by_side_newest_first_with_their_prior_and_objective(tmp_path):
+    old = manifest("fashion-mnist-vae", "2.0.0", "bernoulli", 227.67)
+    new = manifest("fashion-mnist-vae", "3.0.0", "bernoulli", 226.40)
+    new["prior"] = {"name": "mog", "components": 200}
+    new["training"]["train_config"].update(objective="iwae-dreg", samples=5, validation=10000,
+                                           init_from="artifacts/x/checkpoint.pt", init_sha256="ab" * 32)
+    write(tmp_path, old)
+    write(tmp_path, new)
+    card = model_card.model_card_section(tmp_path)
+    assert "| 3.0.0: nats | bits/dim | 2.0.0: nats | bits/dim |" in card
+    assert "| prior | mixture of 200 Gaussians |  | N(0, I) |  |" in card
+    assert "| training objective | IWAE bound, k=5, DReG gradients |  | ELBO |  |" in card
+    assert "| **NLL, IWAE k=5000** | **226.40** | **0.4000** | **227.67** | **0.4000** |" in card
+    assert "best bound on a held-out validation split" in card and "starting from `artifacts/x/checkpoint.pt`" in card
+    assert "it beats: plain VAE, Gaussian prior; VAE, VampPrior; two stochastic layers (HVAE), VampPrior" in card

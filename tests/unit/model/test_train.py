@@ -17,6 +17,7 @@ from model import checkpoint
 from model import data as data_module
 from model import train as train_module
 from model.config import ModelConfig, TrainConfig
+from model.prior import MixtureOfGaussians
 from model.train import PAUSE_ENV, kl_weight, train
 from model.train import main as train_main
 from tests.conftest import REPO, write_png_folder, write_tiny_idx_dataset
@@ -178,3 +179,94 @@ def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset
     # log-probability of an 8-bit image: never above 0 nats, so bits/dim are positive
     assert (scores.log_likelihood < 0).all() and (scores.bits_per_dim > 0).all()
     assert model.decoder.log_sigma.shape == (1, 1, 8, 8)
+
+
+MOG = ModelConfig(**{**MODEL.to_dict(), "prior": "mog", "prior_components": 8})
+IWAE = TrainConfig(**{**CONFIG.to_dict(), "objective": "iwae-dreg", "samples": 4, "kl_warmup_epochs": 0,
+                      "validation": 40})
+
+
+def test_iwae_dreg_with_a_learned_prior_trains_and_keeps_the_epoch_with_the_best_validation_bound(tiny_dataset,
+                                                                                                 tmp_path):
+    train(MOG, IWAE, tiny_dataset, tmp_path, progress=False)
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["val_iwae"] > history[0]["val_iwae"]
+    assert all(h["val_iwae"] >= h["val_elbo"] for h in history)  # the bound over 4 samples beats one sample's
+    assert all(h["selection"] == h["val_iwae"] for h in history)
+    best = max(history, key=lambda h: h["selection"])
+    model, payload = checkpoint.load_model(tmp_path / "best.pt")
+    assert payload["epoch"] == best["epoch"] and model.config.prior == "mog"
+    assert model.prior.means.shape == (8, 4)
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_bound():
+    history = [{"selection": s} for s in (-10.0, -9.0, -9.5, -9.2)]
+    assert train_module.epochs_without_improvement(history) == 2
+    assert train_module.epochs_without_improvement(history[:2]) == 0
+
+
+def test_patience_stops_the_run(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "epochs_without_improvement", lambda history: len(history))
+    last = train(MOG, TrainConfig(**{**IWAE.to_dict(), "epochs": 5, "patience": 2}), tiny_dataset, tmp_path,
+                 progress=False)
+    assert last["epoch"] == 2  # stopped, not run to 5
+
+
+def test_init_from_takes_the_encoder_and_decoder_and_fits_the_prior_to_the_posteriors(tiny_dataset, tmp_path):
+    train(MODEL, TrainConfig(**{**CONFIG.to_dict(), "epochs": 1}), tiny_dataset, tmp_path / "base", progress=False)
+    base, _ = checkpoint.load_model(tmp_path / "base" / "last.pt")
+    import hashlib
+    digest = hashlib.sha256((tmp_path / "base" / "last.pt").read_bytes()).hexdigest()
+    config = TrainConfig(**{**IWAE.to_dict(), "epochs": 1, "init_from": str(tmp_path / "base" / "last.pt"),
+                            "init_sha256": digest, "prior_fit_steps": 50, "lr": 1e-12,
+                            "lr_schedule": "constant"})
+    train(MOG, config, tiny_dataset, tmp_path / "tuned", progress=False)
+    tuned, payload = checkpoint.load_model(tmp_path / "tuned" / "last.pt")
+    for name, tensor in base.state_dict().items():  # a vanishing learning rate: the weights are the base's
+        assert torch.allclose(tuned.state_dict()[name], tensor, atol=1e-6), name
+    assert payload["train_config"]["init_sha256"] == digest
+    assert not torch.equal(tuned.prior.means, MixtureOfGaussians(MOG).means)  # placed, not left at random
+
+
+def test_fit_prior_moves_the_mixture_onto_the_aggregate_posterior(tiny_dataset):
+    from model.core.likelihoods import LIKELIHOODS
+    from model.vae import VAE
+
+    torch.manual_seed(0)
+    model = VAE(MOG)
+    with torch.no_grad():  # posteriors far from N(0, I): means near 3, narrow
+        model.encoder.head.weight.mul_(0.1)
+        model.encoder.head.bias.copy_(torch.tensor([3.0] * 4 + [-3.0] * 4))
+    x = torch.from_numpy(tiny_dataset.train[:200])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        mean, logvar = model.encode(x.bernoulli(generator=generator))
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+        before = model.prior.log_prob(z).mean()
+    train_module.fit_prior(model, x, LIKELIHOODS["bernoulli"], steps=200, generator=generator, batch=100,
+                           lr=3e-2)
+    with torch.no_grad():
+        after = model.prior.log_prob(z).mean()
+        assert after > before + 10.0 and after > model.prior.log_prob(torch.randn(200, 4)).mean()
+
+
+def test_init_from_refuses_another_architecture_and_a_changed_file(tiny_dataset, tmp_path):
+    train(MODEL, TrainConfig(**{**CONFIG.to_dict(), "epochs": 1}), tiny_dataset, tmp_path / "base", progress=False)
+    source = str(tmp_path / "base" / "last.pt")
+    wider = ModelConfig(**{**MOG.to_dict(), "hidden": (16,)})
+    with pytest.raises(ValueError, match="architecture differs"):
+        train(wider, TrainConfig(**{**IWAE.to_dict(), "init_from": source}), tiny_dataset, tmp_path / "a",
+              progress=False)
+    with pytest.raises(ValueError, match="SHA-256"):
+        train(MOG, TrainConfig(**{**IWAE.to_dict(), "init_from": source, "init_sha256": "0" * 64}), tiny_dataset,
+              tmp_path / "b", progress=False)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"samples": 4}, "needs --objective iwae-dreg"),
+    ({"objective": "iwae-dreg", "kl_warmup_epochs": 10}, "kl-warmup-epochs 0"),
+    ({"patience": 3}, "needs a --validation split"),
+])
+def test_inconsistent_objective_settings_are_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
