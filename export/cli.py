@@ -22,9 +22,10 @@ import torch
 from export import calibrate, parity
 from export.exporter import OPSET, export_vae, io_shapes
 from model import checkpoint
+from model import prior as priors
 from model.core.artifact import ModelLoadError, load_model_dir, open_graphs
 from model.core.likelihoods import LOG_SCALE_FLOOR
-from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest
+from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest, PriorSpec
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset, sha256_file
 from model.vae import VAE
@@ -77,6 +78,20 @@ def likelihood_spec(model: VAE) -> LikelihoodSpec:
                       "log_sigma_floor": LOG_SCALE_FLOOR}
     return LikelihoodSpec(name=likelihood.name, outputs=list(likelihood.outputs), parameters=parameters,
                           data_space=likelihood.data_space)
+
+
+PRIOR_DESCRIPTIONS = {
+    "mog": "a mixture of K diagonal Gaussians learned in the latent space",
+    "vamp": "VampPrior: the encoder's posteriors at K learned pseudo-inputs, equally weighted",
+}
+
+
+def prior_spec(model: VAE, directory: Path, proto: onnx.ModelProto | None) -> PriorSpec | None:
+    """The manifest's prior section; None for N(0, I), which needs no graph."""
+    if proto is None:
+        return None
+    return PriorSpec(name=model.config.prior, components=model.config.prior_components,
+                     description=PRIOR_DESCRIPTIONS[model.config.prior], graph=graph_info(directory, "prior.onnx", proto))
 
 
 def quantize_int8(out_dir: Path) -> Int8Variant:
@@ -165,7 +180,7 @@ def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload:
                   "scored_with": report.get("scored_with", {"backend": "torch"}),
                   "test_set": report["test_set"], "checkpoint_sha256": report["checkpoint_sha256"]}
                  if report else {"evaluated": False}),
-        parity={}, exporter=versions(),
+        parity={}, exporter=versions(), prior=prior_spec(model, directory, protos.get("prior")),
     )
     scored = report.get("scored_with", {})
     if scored.get("backend") == "onnxruntime" and (scored["encoder_sha256"], scored["decoder_sha256"]) != (
@@ -181,12 +196,19 @@ def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload:
     names = [f"encoder.{n}" for n in ("mean", "logvar")] + [f"decoder.{n}" for n in model.decoder.likelihood.outputs]
     diffs = parity.max_abs_diff(backend, model, images, latents, names)
     consistency = parity.batch_consistency(backend, images[:256], latents[:256])
+    if manifest.prior is not None:  # at N(0, I) draws and at the prior's own, where its mass is
+        with torch.no_grad():
+            own = priors.sample(model.prior, args.parity_count, torch.Generator().manual_seed(0)).numpy()
+        prior_latents = np.concatenate([latents, own])
+        diffs.update(parity.prior_max_abs_diff(backend.prior, model, prior_latents))
+        consistency["prior"] = parity.prior_batch_consistency(backend.prior, prior_latents[:256])
     print(f"parity max |onnx - torch| = {max(diffs.values()):.2e} over {len(images)} images and {len(latents)} "
           f"latents; batch 1/7/256 max diff {max(consistency.values()):.2e}")
     parity.check(diffs, consistency)
     manifest = manifest.model_copy(update={"parity": {
         "images": int(len(images)), "latents": int(len(latents)), "tolerance": parity.TOLERANCE,
-        "max_abs_diff": diffs, "batch_sizes": [1, 7, 256], "batch_max_abs_diff": consistency}})
+        "max_abs_diff": diffs, "batch_sizes": [1, 7, 256], "batch_max_abs_diff": consistency,
+        **({"prior_latents": 2 * int(len(latents))} if manifest.prior is not None else {})}})
     if args.int8:
         variant = quantize_int8(directory)
         int8 = open_graphs(directory, manifest.model_copy(update={"int8": variant}), threads=args.threads,

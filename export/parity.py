@@ -43,6 +43,24 @@ def batch_consistency(onnx_backend, images: np.ndarray, latents: np.ndarray,
     return out
 
 
+def prior_max_abs_diff(onnx_prior, model: VAE, latents: np.ndarray) -> dict[str, float]:
+    """A learned prior's graph against torch: log p(z) at the given latents, and the mixture's parameters
+    the graph outputs (what the service samples from) against the torch prior's."""
+    with torch.no_grad():
+        torch_log_prob = model.prior.log_prob(torch.from_numpy(latents)).numpy()
+        torch_mixture = [t.numpy() for t in model.prior.mixture()]
+    onnx_mixture = (onnx_prior.means, onnx_prior.logvars, onnx_prior.log_weights)
+    return {"prior.log_prob": float(np.max(np.abs(onnx_prior.log_prob(latents) - torch_log_prob))),
+            "prior.parameters": max(float(np.max(np.abs(a - b))) for a, b in zip(onnx_mixture, torch_mixture))}
+
+
+def prior_batch_consistency(onnx_prior, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)) -> float:
+    """The prior graph's log p(z) of the same rows in batches of each size: max difference from the first."""
+    runs = [np.concatenate([onnx_prior.log_prob(latents[i:i + size]) for i in range(0, len(latents), size)])
+            for size in sizes]
+    return max(float(np.max(np.abs(runs[0] - other))) for other in runs[1:])
+
+
 def check(diffs: dict[str, float], consistency: dict[str, float], tolerance: float = TOLERANCE) -> None:
     bad = beyond_tolerance({**diffs, **{f"batch.{k}": v for k, v in consistency.items()}}, tolerance)
     if bad:
