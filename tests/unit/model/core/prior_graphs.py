@@ -26,19 +26,22 @@ def toy_mixture(latent_dim: int, components: int = 3, seed: int = 0) -> Mixture:
     return Mixture(means, logvars, logits - np.logaddexp.reduce(logits), name="mog")
 
 
-def prior_graph(mixture: Mixture) -> bytes:
-    """z [batch, D] -> log_prob [batch], means [K, D], logvars [K, D], log_weights [K] (the prior.onnx contract)."""
+def prior_graph(mixture: Mixture, reported: Mixture | None = None) -> bytes:
+    """z [batch, D] -> log_prob [batch], means [K, D], logvars [K, D], log_weights [K] (the prior.onnx contract).
+    `reported`: output these parameters instead of `mixture`'s, as a broken exporter might."""
     k, d = mixture.means.shape
+    reported = reported or mixture
     log_weights = mixture.log_weights.astype(np.float32)
     # per component: log w_k - (sum_d logvar_kd + D log 2 pi) / 2, the part of log w_k N(z | k) without z
     offsets = (log_weights - 0.5 * (mixture.logvars.sum(axis=1) + d * math.log(2 * math.pi))).astype(np.float32)
-    constants = {"means_c": mixture.means, "logvars_c": mixture.logvars, "log_weights_c": log_weights,
+    constants = {"means_c": reported.means, "logvars_c": reported.logvars,
+                 "log_weights_c": reported.log_weights.astype(np.float32), "means_used": mixture.means,
                  "precision_c": np.exp(-mixture.logvars).astype(np.float32), "offsets_c": offsets,
                  "minus_half": np.array(-0.5, dtype=np.float32), "axis_1": np.array([1], dtype=np.int64),
                  "axis_2": np.array([2], dtype=np.int64)}
     nodes = [
         helper.make_node("Unsqueeze", ["z", "axis_1"], ["z_rows"]),  # (N, 1, D)
-        helper.make_node("Sub", ["z_rows", "means_c"], ["difference"]),  # (N, K, D)
+        helper.make_node("Sub", ["z_rows", "means_used"], ["difference"]),  # (N, K, D)
         helper.make_node("Mul", ["difference", "difference"], ["squared"]),
         helper.make_node("Mul", ["squared", "precision_c"], ["scaled"]),
         helper.make_node("ReduceSum", ["scaled", "axis_2"], ["distance"], keepdims=0),  # (N, K)
@@ -76,9 +79,10 @@ def prior_spec(mixture: Mixture, data: bytes, name: str = "mog") -> dict:
                       "opset": OPSET}}
 
 
-def add_prior(directory: Path, mixture: Mixture) -> bytes:
-    """Write prior.onnx for `mixture` into a model directory and list it in its manifest; its bytes."""
-    data = prior_graph(mixture)
+def add_prior(directory: Path, mixture: Mixture, data: bytes | None = None) -> bytes:
+    """Write prior.onnx for `mixture` (or the graph `data`) into a model directory and list it in its
+    manifest; its bytes."""
+    data = data if data is not None else prior_graph(mixture)
     (directory / "prior.onnx").write_bytes(data)
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["prior"] = prior_spec(mixture, data)
