@@ -95,7 +95,7 @@ def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32
 def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: str = "fp32") -> OnnxVAE:
     """The graphs `manifest` names, hash-checked, in onnxruntime. vae-export runs its parity check
     through this before any manifest is on disk; the service goes through `load_model_dir`. Both variants
-    share the fp32 prior graph: it runs once per latent, next to thousands of decoder operations."""
+    load the same fp32 prior graph: an int8 prior would move log p(z), and the ELBO with it."""
     if variant == "int8":
         if manifest.int8 is None:
             raise ModelLoadError(f"{directory} has no int8 variant; export with vae-export --int8")
