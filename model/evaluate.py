@@ -60,10 +60,8 @@ def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, se
 
 def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: Likelihood, pixels: np.ndarray,
                  data_x: np.ndarray, labels: np.ndarray | None, report: Path, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    latent_dim = payload["model_config"]["latent_dim"]
     out: dict[str, Any] = {}
-    z = rng.standard_normal((64, latent_dim), dtype=np.float32)
+    z = scoring.prior_of(backend, payload["model_config"]["latent_dim"]).sample(64, np.random.default_rng(seed))
     out["samples"] = figures.samples(likelihood.pixel_mean(backend.decode(z)), report / "samples.png",
                                      seed=seed, temperature=1.0)
     all_mean, all_logvar = backend.encode(data_x)  # (N, D) each: once, for every figure below
@@ -128,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         backend = onnx_model
         scored_with = {"backend": "onnxruntime", "encoder_sha256": onnx_model.manifest.encoder.sha256,
-                       "decoder_sha256": onnx_model.manifest.decoder.sha256}
+                       "decoder_sha256": onnx_model.manifest.decoder.sha256,
+                       **({"prior_sha256": onnx_model.manifest.prior.graph.sha256} if onnx_model.manifest.prior else {})}
+    scored_with["prior"] = backend.prior.name  # both backends carry one: N(0, I) is "standard_normal"
     began = time.perf_counter()
     scores = evaluate(backend, likelihood, data_x, args.seed, args.k, args.batch_size,
                       progress=not args.no_progress)

@@ -25,7 +25,7 @@ def _show_grid(images: np.ndarray, path: Path, title: str, columns: int) -> None
 
 
 def samples(means: np.ndarray, path: Path, seed: int, temperature: float) -> dict[str, Any]:
-    """Grid of E[x|z], z ~ N(0, t^2 I)."""
+    """Grid of E[x|z], z ~ the prior at temperature t (`model.core.priors`)."""
     columns = int(np.ceil(np.sqrt(len(means))))
     _show_grid(means, path, f"prior samples (mean of p(x|z)), seed {seed}, temperature {temperature}", columns)
     return {"file": path.name, "n": int(len(means)), "seed": seed, "temperature": temperature,

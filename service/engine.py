@@ -2,7 +2,8 @@
 
 Randomness lives here, never in the graphs: every draw comes from a stream seeded by the request's
 seed and the image's content (`model.core.preprocess.image_stream`), the same streams as `vae-eval`, so
-an image's numbers do not depend on the other images in the request or on its position.
+an image's numbers do not depend on the other images in the request or on its position. The prior p(z)
+is the model's (`OnnxVAE.prior`: N(0, I), or the mixture in prior.onnx), for sampling and scoring alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from model.core import scoring
 from model.core.artifact import OnnxVAE
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract, image_stream
+from model.core.priors import Prior
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class Engine:
     def likelihood(self) -> Likelihood:
         return self.model.likelihood
 
+    @property
+    def prior(self) -> Prior:
+        return scoring.prior_of(self.model, self.latent_dim)
+
     def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """mean, logvar (N, D), and when `sample` z = mean + sigma * eps, eps from image_stream(seed, pixels[i])."""
         mean, logvar = self.model.encode(pixels)
@@ -56,9 +62,9 @@ class Engine:
         return self.likelihood.pixel_mean(self.model.decode(z))
 
     def prior_latents(self, n: int, seed: int, temperature: float) -> np.ndarray:
-        """z ~ N(0, t^2 I), (n, D)."""
-        return (temperature * np.random.default_rng(seed).standard_normal((n, self.latent_dim),
-                                                                            dtype=np.float32)).astype(np.float32)
+        """z ~ p(z) at temperature t, drawn from default_rng(seed) (`model.core.priors`): N(0, t^2 I) for the
+        standard normal prior, each component's standard deviation times t for a mixture.  (n, D) float32"""
+        return self.prior.sample(n, np.random.default_rng(seed), temperature)
 
     def reconstruct(self, pixels: np.ndarray) -> np.ndarray:
         """E[x | z = mean of q(z|x)]: the deterministic reconstruction."""

@@ -87,7 +87,8 @@ class ImageScore(BaseModel):
     index: int
     elbo: float = Field(description="evidence lower bound, nats")
     reconstruction: float = Field(description="E_q[log p(x|z)], one reparameterised sample, nats")
-    kl: float = Field(description="KL(q(z|x) || N(0, I)), analytic, nats")
+    kl: float = Field(description="KL(q(z|x) || p(z)), nats: analytic for the N(0, I) prior, the one-sample "
+                      "estimate log q(z|x) - log p(z) at the ELBO's z for a mixture prior (GET /v1/model: prior)")
     bits_per_dim: float = Field(description="-elbo in bits per dimension")
     log_likelihood: float | None = Field(None, description="the estimator's log p(x) with k samples, when k > 1")
     log_likelihood_bits_per_dim: float | None = None
@@ -166,6 +167,8 @@ class ModelCard(BaseModel):
     likelihood: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
+    prior: dict[str, Any] = Field(description="p(z): name (standard_normal, mog or vamp), components (K; 1 for "
+                                  "N(0, I)) and description")
     limits: dict[str, int]
 
 
@@ -202,7 +205,7 @@ class ElboQuery(QueryModel):
     binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
                                       "(default: the model's test-set seed, as vae-eval uses)")
     estimator: Estimator = Field("importance", description="importance: z ~ q(z|x), the IWAE bound; prior: "
-                                 "z ~ N(0, I), the naive Monte Carlo estimate (README: Why z is sampled from q(z|x))")
+                                 "z ~ p(z), the model's prior, the naive Monte Carlo estimate (README: Why z is sampled from q(z|x))")
 
 
 class AnomalyQuery(QueryModel):
@@ -229,6 +232,7 @@ class SampleQuery(QueryModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="the same seed gives byte-identical output; "
                              "omitted: a random seed, returned in X-Seed")
     temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False,
-                               description="scale of the prior's standard deviation, 0 < t <= 10")
+                               description="scale of the prior's standard deviation (of each component's, for "
+                               "a mixture prior), 0 < t <= 10")
     format: Literal["png", "json"] = Field("png", description="png: one grid to look at; json: base64 PNG and "
                                            "latents per sample")

@@ -1,4 +1,5 @@
-"""Load a model directory (encoder.onnx, decoder.onnx, manifest.json) into onnxruntime.
+"""Load a model directory (encoder.onnx, decoder.onnx, manifest.json; prior.onnx for a learned prior) into
+onnxruntime.
 
 Every graph's bytes are hashed and compared with the manifest before onnxruntime sees them, and
 onnxruntime is given those same bytes, so what was checked is what runs.
@@ -7,7 +8,7 @@ onnxruntime is given those same bytes, so what was checked is what runs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,10 @@ from pydantic import ValidationError
 from model.core import likelihoods
 from model.core.anomaly import Calibration
 from model.core.likelihoods import Likelihood
-from model.core.manifest import GraphInfo, Manifest, parity_problem
+from model.core.manifest import GraphInfo, Manifest, PriorSpec, parity_problem
+from model.core.priors import Mixture, Prior, StandardNormal
+
+PRIOR_OUTPUTS = ("log_prob", "means", "logvars", "log_weights")
 
 
 class ModelLoadError(RuntimeError):
@@ -30,13 +34,18 @@ class ModelIntegrityError(ModelLoadError):
 
 @dataclass(frozen=True)
 class OnnxVAE:
-    """The two graphs as a `model.core.scoring.Backend`: numpy in, numpy out."""
+    """The two graphs and the prior as a `model.core.scoring.Backend`: numpy in, numpy out."""
 
     manifest: Manifest
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
     directory: Path
     anomaly: Calibration | None = None  # None: the export has no anomaly calibration
+    prior: Prior = field(default=None)  # type: ignore[assignment]  # None: N(0, I), set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.prior is None:
+            object.__setattr__(self, "prior", StandardNormal(self.manifest.latent_dim))
 
     @property
     def latent_dim(self) -> int:
@@ -85,7 +94,8 @@ def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32
 
 def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: str = "fp32") -> OnnxVAE:
     """The graphs `manifest` names, hash-checked, in onnxruntime. vae-export runs its parity check
-    through this before any manifest is on disk; the service goes through `load_model_dir`."""
+    through this before any manifest is on disk; the service goes through `load_model_dir`. Both variants
+    load the same fp32 prior graph: an int8 prior would move log p(z), and the ELBO with it."""
     if variant == "int8":
         if manifest.int8 is None:
             raise ModelLoadError(f"{directory} has no int8 variant; export with vae-export --int8")
@@ -94,8 +104,39 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
         graphs = (manifest.encoder, manifest.decoder)
     options = session_options(threads)
     encoder, decoder = (_session(directory, info, options) for info in graphs)
+    prior = None if manifest.prior is None else load_prior(directory, manifest.prior, manifest.latent_dim, options)
     return OnnxVAE(manifest=manifest, encoder=encoder, decoder=decoder, directory=directory,
-                   anomaly=load_calibration(directory, manifest))
+                   anomaly=load_calibration(directory, manifest), prior=prior)
+
+
+def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.SessionOptions) -> Mixture:
+    """The mixture prior.onnx holds: its parameters, read once from the graph's constant outputs, and a
+    log_prob that runs the graph. Refused unless the graph's log_prob is the mixture of those parameters."""
+    session = _session(directory, spec.graph, options)
+    path = directory / spec.graph.file
+    if list(spec.graph.outputs) != list(PRIOR_OUTPUTS) or list(spec.graph.inputs) != ["z"]:
+        raise ModelLoadError(f"{path}: a prior graph maps z to {', '.join(PRIOR_OUTPUTS)}; the manifest declares "
+                             f"{list(spec.graph.inputs)} to {list(spec.graph.outputs)}")
+
+    def log_prob(z: np.ndarray) -> np.ndarray:
+        return session.run(["log_prob"], {"z": z})[0]  # (N,)
+
+    try:
+        _, means, logvars, log_weights = session.run(None, {"z": np.zeros((1, latent_dim), dtype=np.float32)})
+        prior = Mixture(means, logvars, log_weights, log_prob_fn=log_prob, name=spec.name)
+    except Exception as exc:  # onnxruntime's own errors, or parameters that are not a mixture
+        raise ModelLoadError(f"{path} does not compute a prior over {latent_dim} latent dimensions: {exc}") from exc
+    if prior.means.shape != (spec.components, latent_dim):
+        raise ModelLoadError(f"{path} holds {prior.components} components over {prior.latent_dim} dimensions; the "
+                             f"manifest says {spec.components} over {latent_dim}")
+    # The parameters drive sampling and the graph drives scoring: they must be the same mixture.
+    probe = np.concatenate([np.zeros((1, latent_dim), dtype=np.float32), prior.means])  # (1 + K, D)
+    graph, expected = prior.log_prob(probe), prior.numpy_log_prob(probe)
+    if not np.allclose(graph, expected, rtol=1e-5, atol=1e-3):
+        worst = float(np.max(np.abs(graph - expected)))
+        raise ModelLoadError(f"{path}: its log_prob differs from the mixture it outputs by up to {worst:.3g} nats; "
+                             "re-export the model")
+    return prior
 
 
 def load_calibration(directory: Path, manifest: Manifest) -> Calibration | None:

@@ -69,6 +69,19 @@ class AnomalySpec(_Strict):
                                         "referenced on")
 
 
+class PriorSpec(_Strict):
+    """A learned prior p(z), a fixed mixture of diagonal Gaussians (model/core/priors.py reads the graph).
+
+    The graph maps `z` [batch, D] to `log_prob` [batch] = log sum_k w_k N(z | mu_k, diag exp(logvar_k)),
+    and outputs the mixture's parameters as constants, `means` [K, D], `logvars` [K, D] and `log_weights`
+    [K] (normalised), so that sampling uses exactly what log_prob uses."""
+
+    name: Literal["mog", "vamp"] = Field(description="mog: a learned mixture of Gaussians; vamp: a VampPrior")
+    components: int = Field(gt=0, description="K, the mixture's components")
+    description: str
+    graph: GraphInfo
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str
@@ -87,6 +100,7 @@ class Manifest(_Strict):
     parity: dict[str, Any]
     int8: Int8Variant | None = None
     anomaly: AnomalySpec | None = None  # absent in exports made before anomaly calibration
+    prior: PriorSpec | None = None  # absent: p(z) = N(0, I)
     exporter: dict[str, str]
 
     @classmethod

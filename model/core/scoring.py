@@ -6,10 +6,14 @@ the image's content (never its position in the set or the request). The ELBO's s
 comes first from that stream, then the k samples of the log p(x) estimator, in chunks. So an image
 scores the same alone, in any batch, at any position, and on both sides.
 
+The prior p(z) is the backend's (`model.core.priors`): N(0, I), or a learned mixture. The ELBO's KL is
+analytic for N(0, I) and the one-sample estimate log q(z|x) - log p(z) at the ELBO's z for a mixture.
+
 Two estimators of log p(x) = log E[w] share that noise eps ~ N(0, I):
 - `importance` (IWAE, Burda et al. 2016): z = mean + sigma * eps ~ q(z|x), w = p(x|z) p(z) / q(z|x);
-- `prior`, the naive Monte Carlo estimate: z = eps ~ p(z), w = p(x|z). Almost every z from the prior
-  decodes to another image, so almost all the weight sits in the rare z near x: its effective sample
+- `prior`, the naive Monte Carlo estimate: z ~ p(z) built from eps (z = eps for N(0, I); a mixture adds
+  a component per sample, drawn from a child of the image's stream), w = p(x|z). Almost every z from the
+  prior decodes to another image, so almost all the weight sits in the rare z near x: its effective sample
   size stays near 1 and the estimate far below log p(x) at any k a computer can afford.
 Each reports the estimate log (1/k) sum w, its Monte Carlo standard error and the effective sample size
 of the weights (`model.core.distributions`), from running sums of w and w^2 in log space.
@@ -27,16 +31,25 @@ import numpy as np
 from model.core import distributions as dist
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import image_stream
+from model.core.priors import Prior, StandardNormal
 
 
 class Backend(Protocol):
-    """The two deterministic halves of a VAE, on numpy arrays."""
+    """The two deterministic halves of a VAE, on numpy arrays, and its prior."""
+
+    prior: Prior  # optional: a backend without one has N(0, I) (`prior_of`)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 -> mean (N, D), logvar (N, D)"""
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
         """(K, D) float32 -> the likelihood's parameters, each (K, C, H, W)"""
+
+
+def prior_of(backend: Backend, latent_dim: int) -> Prior:
+    """The backend's prior; N(0, I) for a backend that has none (test doubles, backends older than priors)."""
+    prior = getattr(backend, "prior", None)
+    return prior if prior is not None else StandardNormal(latent_dim)
 
 
 class Estimator(ABC):
@@ -46,11 +59,14 @@ class Estimator(ABC):
     description: ClassVar[str]
 
     @abstractmethod
-    def latents(self, mean: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        """q(z|x)'s mean (D,) and logvar (D,), noise eps (K, D) -> z (K, D), float32"""
+    def latents(self, prior: Prior, mean: np.ndarray, logvar: np.ndarray, eps: np.ndarray,
+                components: np.random.Generator | None) -> np.ndarray:
+        """q(z|x)'s mean (D,) and logvar (D,), noise eps (K, D), and the stream of the prior's components
+        (`Prior.component_stream`) -> z (K, D), float32"""
 
     @abstractmethod
-    def log_weights(self, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    def log_weights(self, prior: Prior, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray,
+                    logvar: np.ndarray) -> np.ndarray:
         """log p(x|z) (K,) and z (K, D) -> log w (K,), with E[w] = p(x)"""
 
 
@@ -58,21 +74,21 @@ class ImportanceSampling(Estimator):
     name = "importance"
     description = "z ~ q(z|x), w = p(x|z) p(z) / q(z|x) (IWAE)"
 
-    def latents(self, mean, logvar, eps):
+    def latents(self, prior, mean, logvar, eps, components):
         return dist.reparameterize(mean, logvar, eps)
 
-    def log_weights(self, log_px_z, z, mean, logvar):
-        return log_px_z + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean, logvar)
+    def log_weights(self, prior, log_px_z, z, mean, logvar):
+        return log_px_z + prior.log_prob(z) - dist.log_normal_diag(z, mean, logvar)
 
 
 class PriorSampling(Estimator):
     name = "prior"
-    description = "z ~ p(z) = N(0, I), w = p(x|z) (naive Monte Carlo)"
+    description = "z ~ p(z), the model's prior, w = p(x|z) (naive Monte Carlo)"
 
-    def latents(self, mean, logvar, eps):
-        return eps.astype(np.float32, copy=False)
+    def latents(self, prior, mean, logvar, eps, components):
+        return prior.from_noise(eps, components)
 
-    def log_weights(self, log_px_z, z, mean, logvar):
+    def log_weights(self, prior, log_px_z, z, mean, logvar):
         return log_px_z
 
 
@@ -118,7 +134,7 @@ class Scores:
 
     elbo: np.ndarray
     reconstruction: np.ndarray
-    kl: np.ndarray
+    kl: np.ndarray  # analytic for N(0, I); log q(z|x) - log p(z) at the ELBO's z for a mixture prior
     log_likelihood: np.ndarray | None  # the estimator's log p(x); None when k == 1
     k: int
     dims: int
@@ -140,7 +156,7 @@ class Scores:
 
 def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000,
           estimator: str = ImportanceSampling.name) -> Scores:
-    """ELBO (one reparameterised sample + analytic KL) and, for k > 1, the estimator's
+    """ELBO (one reparameterised sample, and the prior's KL: `Prior.kl`) and, for k > 1, the estimator's
     log (1/k) sum_i w_i with its standard error and ESS, for a batch of images x in the likelihood's
     data space, shape (N, C, H, W)."""
     if k < 1:
@@ -149,16 +165,18 @@ def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k:
     count, dims = x.shape[0], int(np.prod(x.shape[1:]))
     x = x.astype(np.float32, copy=False)
     mean, logvar = backend.encode(x)  # (N, D), (N, D)
+    prior = prior_of(backend, mean.shape[1])
     streams = [image_stream(seed, image) for image in x]
     eps = np.stack([s.standard_normal(mean.shape[1], dtype=np.float32) for s in streams])  # (N, D)
-    params = backend.decode(dist.reparameterize(mean, logvar, eps))
+    z = dist.reparameterize(mean, logvar, eps)  # (N, D)
+    params = backend.decode(z)
     flat_x = x.reshape(count, -1)
     reconstruction = likelihood.log_prob_8bit(flat_x, params)  # (N,)
-    kl = dist.kl_standard_normal(mean, logvar)  # (N,)
+    kl = prior.kl(z, mean, logvar)  # (N,)
     estimates = {}
     if k > 1:
-        sums = [_weight_sums(_log_weight_chunks(backend, likelihood, chosen, flat_x[i], mean[i], logvar[i], streams[i],
-                                                k, chunk))
+        sums = [_weight_sums(_log_weight_chunks(backend, prior, likelihood, chosen, flat_x[i], mean[i], logvar[i],
+                                                streams[i], k, chunk))
                 for i in range(count)]
         estimates = {"log_likelihood": np.array([s.estimate for s in sums]),
                      "standard_error": np.array([s.standard_error for s in sums]),
@@ -176,24 +194,27 @@ def log_weights(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: i
     chosen = get_estimator(estimator)
     x = x.astype(np.float32, copy=False)
     mean, logvar = backend.encode(x)  # (N, D), (N, D)
+    prior = prior_of(backend, mean.shape[1])
     rows = []
     for i, image in enumerate(x):
         stream = image_stream(seed, image)
         stream.standard_normal(mean.shape[1], dtype=np.float32)  # the ELBO's draw comes first, as in `score`
-        rows.append(np.concatenate(list(_log_weight_chunks(backend, likelihood, chosen, image.reshape(-1), mean[i],
-                                                           logvar[i], stream, k, chunk))))
+        rows.append(np.concatenate(list(_log_weight_chunks(backend, prior, likelihood, chosen, image.reshape(-1),
+                                                           mean[i], logvar[i], stream, k, chunk))))
     return np.stack(rows)
 
 
-def _log_weight_chunks(backend: Backend, likelihood: Likelihood, estimator: Estimator, x: np.ndarray,
+def _log_weight_chunks(backend: Backend, prior: Prior, likelihood: Likelihood, estimator: Estimator, x: np.ndarray,
                        mean: np.ndarray, logvar: np.ndarray, stream: np.random.Generator, k: int,
                        chunk: int) -> Iterator[np.ndarray]:
     """log w of one image's k samples, `chunk` decodes at a time, so k=5000 needs one chunk of memory."""
+    components = prior.component_stream(stream)  # before any eps: the same child at any chunk size
     for start in range(0, k, chunk):
         size = min(chunk, k - start)
         eps = stream.standard_normal((size, mean.shape[0]), dtype=np.float32)  # (c, D)
-        z = estimator.latents(mean, logvar, eps)  # (c, D)
-        yield estimator.log_weights(likelihood.log_prob_8bit(x, backend.decode(z)), z, mean, logvar)  # (c,)
+        z = estimator.latents(prior, mean, logvar, eps, components)  # (c, D)
+        log_px_z = likelihood.log_prob_8bit(x, backend.decode(z))  # (c,)
+        yield estimator.log_weights(prior, log_px_z, z, mean, logvar)  # (c,)
 
 
 def _weight_sums(chunks: Iterator[np.ndarray]) -> WeightSums:

@@ -90,4 +90,5 @@ add_model_route(router, "POST", "/decode", decode, response_model=DecodeResponse
                 summary="Latents to images: E[x|z] as PNGs")
 add_model_route(router, "GET", "/sample", sample, response_model=SampleResponse,
                 responses={**PNG, **error_responses(422, 429, 503)}, openapi_extra=openapi_parameters(SampleQuery),
-                summary="Draw z ~ N(0, t^2 I) and decode: what the model generates")
+                summary="Draw z from the model's prior (temperature t scales its standard deviation) and decode: what "
+                "the model generates")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.core.manifest import PriorSpec
 from service.errors import error_response
 from service.routes.addressing import model_paths
 from service.schemas import Health, ModelCard, ModelList, Ready, error_responses
@@ -50,16 +53,25 @@ async def model_card(request: Request) -> dict:
         "metrics": manifest.metrics,
         "parity": manifest.parity,
         "created": manifest.created,
-        "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256},
+        "prior": prior_card(manifest.prior),
+        "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256,
+                   **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {})},
         "anomaly": manifest.anomaly.model_dump() if manifest.anomaly else None,  # POST /anomaly's method and cost
         "limits": {"max_upload_bytes": s.max_upload_bytes, "max_image_pixels": s.max_image_pixels,
                    "max_request_pixels": s.max_request_pixels, "max_batch": s.max_batch, "max_k": s.max_k},
     }
 
 
+def prior_card(spec: PriorSpec | None) -> dict[str, Any]:
+    """Which p(z) the model samples and scores with: the manifest's prior, N(0, I) when it names none."""
+    if spec is None:
+        return {"name": "standard_normal", "components": 1, "description": "N(0, I)"}
+    return {"name": spec.name, "components": spec.components, "description": spec.description}
+
+
 router.add_api_route("/v1/model", model_card, methods=["GET"], response_model=ModelCard,
                      responses=error_responses(503), summary="The default model's card: shapes, latent size, "
-                     "likelihood, preprocessing, metrics")
+                     "likelihood, prior, preprocessing, metrics")
 for _path, _params in model_paths(""):
     if _params:
         router.add_api_route(_path, model_card, methods=["GET"], response_model=ModelCard,

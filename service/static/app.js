@@ -119,11 +119,19 @@ function showCard(card) {
     ['Likelihood', likelihood.name || 'not recorded', likelihood.name, 'card-likelihood'],
     ['Latent size', Number.isInteger(card.latent_dim) ? String(card.latent_dim) : 'not recorded', card.latent_dim,
       'card-latent-dim'],
+    ['Prior', priorText(card.prior), (card.prior || {}).name, 'card-prior'],
     ['Test NLL', Number.isFinite(nll) ? `${fixed(nll)} nats${iwae}` : 'not recorded', nll, 'card-nll'],
     ['Test bits/dim', fixed(metrics.bits_per_dim, 4), metrics.bits_per_dim, 'card-bpd'],
     ['Input', Array.isArray((card.input || {}).shape) ? card.input.shape.join(' x ') : 'not recorded'],
     ['Anomaly score', card.anomaly ? card.anomaly.method : 'no calibration'],
   ]);
+}
+
+// p(z): N(0, I), or a learned mixture with its number of components.
+function priorText(prior) {
+  if (!prior || !prior.name) return 'not recorded';
+  if (prior.name === 'standard_normal') return 'N(0, I)';
+  return Number.isInteger(prior.components) ? `${prior.name}, ${prior.components} components` : prior.name;
 }
 
 function applyLimits(card) {

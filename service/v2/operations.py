@@ -189,6 +189,7 @@ OPERATIONS = (
             "reference images; is_anomaly at the false-positive rate fpr. 409 for a model without calibration",
             AnomalyQuery),
     V2Model("sample", OPERATION_PLATFORM, lambda served: [], _specs(IMAGES, PNG, ("z", "FP32", latent_shape)),
-            _sample, "GET /sample: z ~ N(0, t^2 I), decoded; no inputs. The response parameters give the seed",
+            _sample, "GET /sample: z ~ the model's prior at temperature t, decoded; no inputs. The response "
+            "parameters give the seed",
             _SampleKnobs),
 )

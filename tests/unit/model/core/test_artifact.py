@@ -8,9 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
+from model.core import scoring
 from model.core.anomaly import Calibration, LikelihoodScore
 from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from model.core.likelihoods import LIKELIHOODS
+from model.core.priors import Mixture, StandardNormal
+from tests.unit.model.core.prior_graphs import add_prior, prior_graph, toy_mixture
 from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
 SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "anomaly.json")
 
@@ -124,3 +127,99 @@ def test_a_listed_calibration_that_is_not_one_is_a_load_error(model_copy):
     with_calibration(model_copy, '{"format": 1, "score": {"name": "likelihood"}}')
     with pytest.raises(ModelLoadError, match="not a valid anomaly calibration .*export.calibrate"):
         load_model_dir(model_copy)
+
+
+# ---- a learned prior: prior.onnx, listed in the manifest ----
+
+LATENT = 32  # the shipped model's
+
+
+class NumpyPrior:
+    """The loaded graphs with the same mixture in numpy in place of prior.onnx: the reference for scoring."""
+
+    def __init__(self, model, prior: Mixture) -> None:
+        self.model, self.prior = model, prior
+
+    def encode(self, x):
+        return self.model.encode(x)
+
+    def decode(self, z):
+        return self.model.decode(z)
+
+
+def test_a_model_without_a_prior_has_the_standard_normal(model_copy):
+    model = load_model_dir(model_copy)
+    assert model.manifest.prior is None and isinstance(model.prior, StandardNormal)
+    assert model.prior.latent_dim == LATENT
+
+
+def test_the_listed_prior_is_loaded_from_its_graph(model_copy):
+    mixture = toy_mixture(LATENT)
+    add_prior(model_copy, mixture)
+    prior = load_model_dir(model_copy).prior
+    assert isinstance(prior, Mixture) and prior.name == "mog" and prior.components == 3
+    for name in ("means", "logvars"):
+        np.testing.assert_array_equal(getattr(prior, name), getattr(mixture, name))
+    np.testing.assert_allclose(prior.log_weights, mixture.log_weights, atol=1e-6)
+    z = np.random.default_rng(0).normal(0.0, 2.0, (100, LATENT)).astype(np.float32)
+    graph = prior.log_prob(z)
+    assert graph.dtype == np.float64 and graph.shape == (100,)
+    np.testing.assert_allclose(graph, mixture.numpy_log_prob(z), rtol=1e-6)
+
+
+def test_the_int8_variant_scores_with_the_same_prior_graph(model_copy):
+    for name in ("encoder.int8.onnx", "decoder.int8.onnx"):
+        shutil.copy(SHIPPED / name, model_copy / name)
+    add_prior(model_copy, toy_mixture(LATENT))
+    fp32, int8 = load_model_dir(model_copy), load_model_dir(model_copy, variant="int8")
+    z = fp32.prior.means
+    np.testing.assert_array_equal(int8.prior.log_prob(z), fp32.prior.log_prob(z))
+
+
+def test_a_tampered_prior_graph_is_refused(model_copy):
+    data = bytearray(add_prior(model_copy, toy_mixture(LATENT)))
+    data[-5] ^= 0xFF
+    (model_copy / "prior.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="prior.onnx: SHA-256 is .* but the manifest says"):
+        load_model_dir(model_copy)
+
+
+def test_a_prior_graph_whose_parameters_are_not_its_density_is_refused(model_copy):
+    """Sampling reads the parameters and scoring runs the graph: a graph where they differ is refused."""
+    mixture, moved = toy_mixture(LATENT), toy_mixture(LATENT, seed=1)
+    add_prior(model_copy, mixture, prior_graph(mixture, reported=moved))
+    with pytest.raises(ModelLoadError, match="prior.onnx: its log_prob differs from the mixture it outputs"):
+        load_model_dir(model_copy)
+
+
+def test_a_prior_of_another_size_than_the_manifest_says_is_refused(model_copy):
+    add_prior(model_copy, toy_mixture(LATENT))
+    edit_manifest(model_copy, lambda raw: raw["prior"].update(components=4))
+    with pytest.raises(ModelLoadError, match="holds 3 components over 32 dimensions; the manifest says 4 over 32"):
+        load_model_dir(model_copy)
+
+
+def test_a_prior_graph_with_other_outputs_is_refused(model_copy):
+    add_prior(model_copy, toy_mixture(LATENT))
+    edit_manifest(model_copy, lambda raw: raw["prior"]["graph"].update(
+        outputs={"log_density": ["batch"], **{k: v for k, v in raw["prior"]["graph"]["outputs"].items()
+                                              if k != "log_prob"}}))
+    with pytest.raises(ModelLoadError, match=r"prior.onnx has inputs \['z'\] and outputs \['log_prob'"):
+        load_model_dir(model_copy)
+
+
+@pytest.mark.parametrize("estimator", ["importance", "prior"])
+def test_scoring_with_the_prior_graph_is_scoring_with_its_mixture_in_numpy(model_copy, estimator):
+    mixture = toy_mixture(LATENT)
+    add_prior(model_copy, mixture)
+    model = load_model_dir(model_copy)
+    likelihood = model.likelihood
+    pixels = np.random.default_rng(0).random((3, *model.manifest.input.shape)).astype(np.float32)
+    data = likelihood.images_to_data_space(pixels, 0)
+    graph = scoring.score(model, likelihood, data, seed=1, k=20, estimator=estimator)
+    numpy = scoring.score(NumpyPrior(model, mixture), likelihood, data, seed=1, k=20, estimator=estimator)
+    for name in ("elbo", "kl", "log_likelihood"):
+        np.testing.assert_allclose(getattr(graph, name), getattr(numpy, name), rtol=0, atol=1e-4, err_msg=name)
+    np.testing.assert_array_equal(graph.reconstruction, numpy.reconstruction)  # the same z: the same decode
+    standard = scoring.score(load_model_dir(SHIPPED), likelihood, data, seed=1, k=20, estimator=estimator)
+    assert np.all(np.abs(graph.kl - standard.kl) > 1.0)  # the prior is in the numbers, by nats

@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from model.core import distributions as dist
 from model.core import scoring
 from model.core.likelihoods import LIKELIHOODS
 from model.core.preprocess import image_stream
+from model.core.priors import Mixture, StandardNormal
 
 W = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # orthogonal columns: the exact posterior is diagonal
 B = np.array([0.1, -0.2, 0.3])
@@ -239,3 +241,99 @@ def test_k_1_reports_no_estimate_for_either_estimator():
 def test_an_unknown_estimator_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="unknown estimator 'uniform'; known: importance, prior"):
         scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=2, estimator="uniform")
+
+
+# ---- the backend's prior: N(0, I) as before, bit for bit, or a mixture ----
+
+TWO_COMPONENTS = Mixture(np.array([[1.0, 0.0], [-1.0, 0.5]]), np.array([[-0.5, -1.0], [0.0, -0.5]]),
+                         np.log([0.3, 0.7]), name="mog")
+
+
+class WithPrior(LinearGaussian):
+    """The linear-Gaussian model under another prior: p(x) = sum_k w_k N(x | W m_k + b, W S_k W^T + sigma^2 I)."""
+
+    def __init__(self, prior, shrink: float = 0.8, widen: float = 0.3) -> None:
+        super().__init__(shrink, widen)
+        self.prior = prior
+
+
+def exact_log_px_under(prior: Mixture, x) -> float:
+    d = x.reshape(-1) - B
+    terms = []
+    for mean, logvar, log_weight in zip(prior.means.astype(np.float64), prior.logvars, prior.log_weights):
+        cov = W @ np.diag(np.exp(logvar.astype(np.float64))) @ W.T + SIGMA ** 2 * np.eye(3)
+        r = d - W @ mean
+        terms.append(log_weight - 0.5 * (r @ np.linalg.solve(cov, r) + np.linalg.slogdet(cov)[1]
+                                         + 3 * math.log(2 * math.pi)))
+    return float(np.logaddexp.reduce(terms)) + OFFSET
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_both_estimators_converge_on_the_exact_log_likelihood_under_a_mixture_prior(estimator):
+    model, truth = WithPrior(TWO_COMPONENTS), [exact_log_px_under(TWO_COMPONENTS, x) for x in X]
+    scores = scoring.score(model, GAUSSIAN, X, seed=0, k=20_000, estimator=estimator)
+    np.testing.assert_allclose(scores.log_likelihood, truth, atol=0.05)
+    assert np.all(np.abs(scores.log_likelihood - truth) < 4 * scores.standard_error)
+    standard = [_truth(x) for x in X]
+    assert np.all(np.abs(np.array(truth) - standard) > 0.2)  # the prior is what moved the answer
+
+
+def test_the_mixture_kl_is_log_q_minus_log_p_at_the_elbos_z():
+    model = WithPrior(TWO_COMPONENTS)
+    mean, logvar = model.encode(X)
+    eps = np.stack([image_stream(4, x).standard_normal(2, dtype=np.float32) for x in X])
+    z = dist.reparameterize(mean, logvar, eps)
+    scores = scoring.score(model, GAUSSIAN, X, seed=4)
+    np.testing.assert_allclose(scores.kl, dist.log_normal_diag(z, mean, logvar) - TWO_COMPONENTS.log_prob(z),
+                               rtol=1e-12)
+    np.testing.assert_allclose(scores.elbo, GAUSSIAN.log_prob_8bit(X.reshape(2, -1), model.decode(z)) - scores.kl,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_chunking_and_batching_do_not_move_a_mixture_priors_draws(estimator):
+    """The mixture's components come from a child of the image's stream, so chunks cannot reorder them."""
+    model = WithPrior(TWO_COMPONENTS)
+    whole = scoring.score(model, GAUSSIAN, MORE, seed=3, k=50, estimator=estimator)
+    chunked = scoring.score(model, GAUSSIAN, MORE, seed=3, k=50, chunk=7, estimator=estimator)
+    alone = scoring.score(model, GAUSSIAN, MORE[2:3], seed=3, k=50, estimator=estimator)
+    _assert_same(_fields(chunked), _fields(whole))
+    _assert_same(_fields(alone), _fields(whole, [2]))
+    log_w = scoring.log_weights(model, GAUSSIAN, MORE, seed=3, k=50, estimator=estimator, chunk=7)
+    np.testing.assert_allclose(np.logaddexp.reduce(log_w, axis=1) - math.log(50), whole.log_likelihood, rtol=1e-12)
+
+
+def test_the_prior_estimator_draws_its_latents_from_the_mixture():
+    model = WithPrior(TWO_COMPONENTS)
+    stream = image_stream(2, X[0])
+    components = stream.spawn(1)[0]
+    stream.standard_normal(2, dtype=np.float32)  # the ELBO's
+    z = TWO_COMPONENTS.from_noise(stream.standard_normal((5, 2), dtype=np.float32), components)
+    expected = GAUSSIAN.log_prob_8bit(X[0].reshape(-1), model.decode(z))
+    np.testing.assert_allclose(scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["prior", "importance"])
+def test_the_standard_normal_prior_is_the_analytic_path_bit_for_bit(estimator):
+    """A backend with StandardNormal, one without a prior, and the formulas of a VAE with p(z) = N(0, I)."""
+    plain = LinearGaussian(shrink=0.6, widen=0.7)
+    explicit = WithPrior(StandardNormal(2), shrink=0.6, widen=0.7)
+    a = scoring.score(plain, GAUSSIAN, MORE, seed=5, k=30, chunk=7, estimator=estimator)
+    b = scoring.score(explicit, GAUSSIAN, MORE, seed=5, k=30, chunk=7, estimator=estimator)
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    mean, logvar = plain.encode(MORE)
+    np.testing.assert_array_equal(a.kl, dist.kl_standard_normal(mean, logvar))
+    stream = image_stream(5, MORE[0])
+    eps0 = stream.standard_normal(2, dtype=np.float32)
+    eps = stream.standard_normal((30, 2), dtype=np.float32)
+    z = eps if estimator == "prior" else dist.reparameterize(mean[0], logvar[0], eps)
+    log_px_z = GAUSSIAN.log_prob_8bit(MORE[0].reshape(-1), plain.decode(z))
+    log_w = log_px_z if estimator == "prior" else (log_px_z + dist.log_standard_normal(z)
+                                                   - dist.log_normal_diag(z, mean[0], logvar[0]))
+    np.testing.assert_array_equal(scoring.log_weights(plain, GAUSSIAN, MORE[:1], 5, k=30, estimator=estimator)[0],
+                                  log_w)
+    z0 = dist.reparameterize(mean[:1], logvar[:1], eps0[None])
+    np.testing.assert_array_equal(a.elbo[:1], GAUSSIAN.log_prob_8bit(MORE[:1].reshape(1, -1), plain.decode(z0))
+                                  - dist.kl_standard_normal(mean[:1], logvar[:1]))
