@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from model.prior import mixture_log_prob
+from model.losses import LOG_2PI
 from model.vae import VAE
 
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
@@ -54,7 +54,12 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
 
 class FixedMixture(torch.nn.Module):
     """A trained mixture prior frozen into constants: z (B, D) -> log p(z) (B,), and the mixture's
-    parameters as outputs too, so what the service samples from is what the graph scores with."""
+    parameters as outputs too, so what the service samples from is what the graph scores with.
+
+    Each component's log-density is expanded into two matrix products,
+    sum_d (z_d - mu_kd)^2 / v_kd = (z^2) P^T - 2 z (mu P)^T + sum_d mu_kd^2 / v_kd with P = 1 / v,
+    so the graph never builds a (B, K, D) array: it runs at a fraction of the decoder's cost. The expansion
+    cancels large terms when a component is narrow, so it is computed in float64."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
@@ -64,11 +69,18 @@ class FixedMixture(torch.nn.Module):
         self.register_buffer("component_means", means)
         self.register_buffer("component_logvars", logvars)
         self.register_buffer("component_log_weights", log_weights)
+        precision = torch.exp(-logvars.double())  # (K, D)
+        self.register_buffer("precision_t", precision.T.contiguous())  # (D, K)
+        self.register_buffer("scaled_means_t", (means.double() * precision).T.contiguous())  # (D, K)
+        constant = (log_weights.double() - 0.5 * ((means.double() ** 2 * precision).sum(1) + logvars.double().sum(1)
+                                                  + means.shape[1] * LOG_2PI))
+        self.register_buffer("constant", constant)  # (K,)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        mixture = (self.component_means, self.component_logvars, self.component_log_weights)
-        return (mixture_log_prob(z, mixture), self.component_means.clone(), self.component_logvars.clone(),
-                self.component_log_weights.clone())
+        z = z.double()
+        per_component = self.constant - 0.5 * (z * z) @ self.precision_t + z @ self.scaled_means_t  # (B, K)
+        return (torch.logsumexp(per_component, dim=1).float(), self.component_means.clone(),
+                self.component_logvars.clone(), self.component_log_weights.clone())
 
 
 PRIOR_OUTPUTS = ("log_prob", "means", "logvars", "log_weights")

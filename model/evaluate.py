@@ -22,6 +22,9 @@ from model.data import (DataChecksumError, DataMissingError, fixed_test_set, loa
 from model.torch_backend import TorchBackend
 
 
+PARTIAL = "partial.npz"  # in the report folder: the scores so far, until the run completes
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vae-eval", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -40,22 +43,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", default=None, help="report folder (default: next to the checkpoint)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from REPORT/partial.npz, the scores an interrupted run with the same settings left")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
+SCORE_FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood", "standard_error", "effective_sample_size")
+
+
 def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int, batch_size: int,
-             progress: bool = True) -> scoring.Scores:
+             progress: bool = True, partial: Path | None = None, fingerprint: dict[str, Any] | None = None,
+             resume: bool = False) -> tuple[scoring.Scores, float]:
     """Score every image; each image's noise stream is keyed by the seed and its content, so the
-    batching does not change the numbers."""
-    parts = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
-        parts.append(scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k))
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    estimates = {name: cat(name) for name in ("log_likelihood", "standard_error", "effective_sample_size")} if k > 1 else {}
-    return scoring.Scores(elbo=cat("elbo"), reconstruction=cat("reconstruction"), kl=cat("kl"), k=k, dims=parts[0].dims,
-                          log_likelihood=estimates.get("log_likelihood"), standard_error=estimates.get("standard_error"),
-                          effective_sample_size=estimates.get("effective_sample_size"))
+    batching does not change the numbers. With `partial`, the scores so far are written there after
+    every batch, and `resume` continues from them when they were made with the same `fingerprint`
+    (checkpoint, graphs, data, k, seed, batch size): the result is that of an uninterrupted run.
+    Returns the scores and the seconds spent scoring, over every resumed run."""
+    fields = SCORE_FIELDS if k > 1 else SCORE_FIELDS[:3]
+    done, seconds = (_read_partial(partial, fingerprint) if resume and partial else ({}, 0.0))
+    parts = [done] if done else []
+    first = len(done["elbo"]) if done else 0
+    if first:
+        print(f"vae-eval: --resume: {first} of {len(x)} images already scored in {partial}", flush=True)
+    began = time.perf_counter()
+    for start in tqdm(range(first, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
+        scores = scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k)
+        parts.append({name: getattr(scores, name) for name in fields})
+        if partial:
+            _write_partial(partial, fingerprint, parts, seconds + time.perf_counter() - began)
+    cat = {name: np.concatenate([p[name] for p in parts]) for name in fields}
+    scores = scoring.Scores(k=k, dims=int(np.prod(x.shape[1:])), **{name: cat.get(name) for name in SCORE_FIELDS})
+    return scores, seconds + time.perf_counter() - began
+
+
+def _write_partial(path: Path, fingerprint: dict[str, Any] | None, parts: list[dict[str, np.ndarray]],
+                   seconds: float) -> None:
+    """Atomically (temp file + rename): a run killed mid-write leaves the previous batch's file."""
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, fingerprint=json.dumps(fingerprint, sort_keys=True), seconds=seconds, **arrays)
+    tmp.replace(path)
+
+
+def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], float]:
+    if not path.is_file():
+        return {}, 0.0
+    with np.load(path) as saved:
+        if str(saved["fingerprint"]) != json.dumps(fingerprint, sort_keys=True):
+            raise ValueError(f"--resume: {path} was scored with another checkpoint, graphs, data, k, seed or "
+                             "batch size; remove it or run without --resume")
+        return {name: saved[name] for name in saved.files if name not in ("fingerprint", "seconds")}, float(saved["seconds"])
 
 
 def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: Likelihood, pixels: np.ndarray,
@@ -129,13 +167,19 @@ def main(argv: list[str] | None = None) -> int:
                        "decoder_sha256": onnx_model.manifest.decoder.sha256,
                        **({"prior_sha256": onnx_model.manifest.prior.graph.sha256} if onnx_model.manifest.prior else {})}
     scored_with["prior"] = backend.prior.name  # both backends carry one: N(0, I) is "standard_normal"
-    began = time.perf_counter()
-    scores = evaluate(backend, likelihood, data_x, args.seed, args.k, args.batch_size,
-                      progress=not args.no_progress)
-    seconds = time.perf_counter() - began
-    summary = scoring.summarize(scores)
     report = Path(args.report) if args.report else Path(args.checkpoint).parent / "report"
     report.mkdir(parents=True, exist_ok=True)
+    fingerprint = {"checkpoint_sha256": sha256_file(args.checkpoint), "scored_with": scored_with, "data": source,
+                   "test_set": test_set, "images": int(len(data_x)), "k": args.k, "seed": args.seed,
+                   "batch_size": args.batch_size}
+    try:
+        scores, seconds = evaluate(backend, likelihood, data_x, args.seed, args.k, args.batch_size,
+                                   progress=not args.no_progress, partial=report / PARTIAL, fingerprint=fingerprint,
+                                   resume=args.resume)
+    except ValueError as exc:
+        print(f"vae-eval: {exc}", file=sys.stderr)
+        return 2
+    summary = scoring.summarize(scores)
     result = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": sha256_file(args.checkpoint),
@@ -156,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(report / "scores.npz", elbo=scores.elbo, reconstruction=scores.reconstruction,
                         kl=scores.kl, **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}))
+    (report / PARTIAL).unlink(missing_ok=True)
     line = (f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
             f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim")
     if summary["nll_nats"] is not None:

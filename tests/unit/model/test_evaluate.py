@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from model import checkpoint
 from model.config import ModelConfig, TrainConfig
@@ -55,7 +56,44 @@ def test_evaluate_keeps_each_images_standard_error_and_ess_across_batches():
     from tests.unit.model.core.test_scoring import GAUSSIAN, X, LinearGaussian
 
     x = np.concatenate([X, X[::-1] + 0.05])  # four images, scored two to a batch
-    batched = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False)
+    batched, _ = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
+                          progress=False)
     whole = scoring.score(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50)
     for name in ("log_likelihood", "standard_error", "effective_sample_size"):
         np.testing.assert_allclose(getattr(batched, name), getattr(whole, name), rtol=1e-6, err_msg=name)
+
+
+def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
+    from model.evaluate import evaluate
+    from tests.unit.model.core.test_scoring import GAUSSIAN, X, LinearGaussian
+
+    x = np.concatenate([X, X[::-1] + 0.05, X + 0.1])  # six images, two to a batch
+    fingerprint = {"k": 50, "seed": 3}
+    whole, _ = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
+                        progress=False)
+
+    class DiesOnTheThirdBatch(LinearGaussian):
+        calls = 0
+
+        def encode(self, x):
+            DiesOnTheThirdBatch.calls += 1
+            if DiesOnTheThirdBatch.calls == 3:
+                raise KeyboardInterrupt
+            return super().encode(x)
+
+    partial = tmp_path / "partial.npz"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(DiesOnTheThirdBatch(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
+                 progress=False, partial=partial, fingerprint=fingerprint)
+    assert len(np.load(partial)["elbo"]) == 4  # two batches kept
+    counting = DiesOnTheThirdBatch(shrink=0.6, widen=0.7)
+    DiesOnTheThirdBatch.calls = -10  # it would die only far later
+    resumed, seconds = evaluate(counting, GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False,
+                                partial=partial, fingerprint=fingerprint, resume=True)
+    assert DiesOnTheThirdBatch.calls == -9  # one batch scored: the third
+    for name in ("elbo", "kl", "log_likelihood", "standard_error", "effective_sample_size"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
+    assert seconds > 0
+    with pytest.raises(ValueError, match="another checkpoint"):
+        evaluate(counting, GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False, partial=partial,
+                 fingerprint={**fingerprint, "k": 51}, resume=True)
