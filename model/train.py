@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{ranks.world_size} x {args.batch_size // ranks.world_size}" if ranks.distributed else "")
         print(f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
               f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
-              f"{'x'.join(map(str, input_shape))}{processes} -> {out}", flush=True)
+              f"{'x'.join(map(str, input_shape))}{processes}"
+              + (f", the last {args.validation} held out for validation" if args.validation else "") + f" -> {out}",
+              flush=True)
     try:
         train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
               command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after,

@@ -134,3 +134,11 @@ def png(pixels: np.ndarray) -> bytes:
     from model.core.preprocess import array_to_png
 
     return array_to_png(pixels)
+
+
+@pytest.fixture(scope="module")
+def bundled_client(tmp_path_factory) -> Iterator[httpx.Client]:
+    """A client of the bundled repository (artifacts/), served as `make serve` serves it, or of VAE_BASE_URL."""
+    with serving(tmp_path_factory.mktemp("bundled"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            yield http

@@ -7,23 +7,19 @@ import base64
 import io
 import math
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
-from tests.integration.conftest import png, serving
+from tests.integration.conftest import png
 
 BUNDLED = {"fashion-mnist-vae": "bernoulli", "fashion-mnist-gaussian": "gaussian"}
 PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("bundled"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            yield http
+def client(bundled_client):
+    return bundled_client
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import png, serving
+from tests.integration.conftest import png
 
 NAME = "fashion-mnist-vae"
 SUBSET, K, SEED = 500, 200, 1  # the first 500 test images; the report used seed 0 and k=5000
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("scores"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            yield http
+def client(bundled_client):
+    return bundled_client
 
 
 @pytest.fixture(scope="module")
