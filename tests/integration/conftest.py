@@ -3,6 +3,7 @@ subprocess started here on a free port; with VAE_BASE_URL set, any running serve
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,9 +17,19 @@ import httpx
 import numpy as np
 import pytest
 
+from service.registry import version_key
 from tests.conftest import REPO
 
-MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR", REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
+
+def newest_version(model_dir: Path) -> Path:
+    """The version directory the bundled repository serves as the model's default: its highest."""
+    return max((p.parent for p in model_dir.glob("*/manifest.json")), key=lambda p: version_key(p.name))
+
+
+# The model the suite serves: the bundled default model's default version, as the image serves it, so the
+# same tests run here and against the container.
+MODEL_DIR = Path(os.environ.get("VAE_TEST_MODEL_DIR") or newest_version(REPO / "artifacts" / "fashion-mnist-vae"))
+MODEL_VERSION = json.loads((MODEL_DIR / "manifest.json").read_text())["version"]
 
 
 def poll(condition, what: str, timeout: float = 30) -> None:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from model.core.preprocess import bytes_to_array, PreprocessContract
-from tests.integration.conftest import png
+from tests.integration.conftest import MODEL_VERSION, png
 
 PNG = {"content-type": "image/png"}
 
@@ -112,8 +112,14 @@ def test_elbo_agrees_with_vae_eval_on_the_same_images_in_any_order(http, test_im
 
 
 def test_elbo_k_improves_on_the_bound(http, test_images):
-    body = http.post("/elbo?k=500&seed=1", content=png(test_images[0]), headers=PNG).json()["results"][0]
-    assert body["log_likelihood"] > body["elbo"] and body["bits_per_dim"] > 0
+    """IWAE at k=500 lies above the ELBO's expectation. One ELBO draw may land above it (against a learned
+    prior even its KL is a one-sample estimate), so the bound is the mean of 16 seeds' draws."""
+    image = png(test_images[0])
+    body = http.post("/elbo?k=500&seed=1", content=image, headers=PNG).json()["results"][0]
+    draws = [http.post(f"/elbo?k=1&seed={seed}", content=image, headers=PNG).json()["results"][0]["elbo"]
+             for seed in range(16)]
+    assert len(set(draws)) == 16  # each seed is its own draw
+    assert body["log_likelihood"] > float(np.mean(draws)) and body["bits_per_dim"] > 0
 
 
 def _huge_png() -> bytes:
@@ -153,7 +159,7 @@ def test_metrics_are_prometheus_text(http):
     text = http.get("/metrics").text
     assert 'vae_requests_total{method="GET",route="/sample",status="200"}' in text
     assert "vae_model_info{" in text and "vae_request_duration_seconds_bucket" in text
-    assert 'vae_images_processed_total{model="fashion-mnist-vae",operation="sample",version="2.0.0"}' in text
+    assert f'vae_images_processed_total{{model="fashion-mnist-vae",operation="sample",version="{MODEL_VERSION}"}}' in text
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Server, poll
+from tests.integration.conftest import MODEL_VERSION, Server, poll
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("VAE_BASE_URL")),
                                 reason="starts a two-worker server of its own, to read its metrics files")
@@ -85,7 +85,7 @@ def test_metrics_sum_every_worker_and_survive_a_killed_worker(tmp_path):
         scrapes = [scrape(server.url) for _ in range(10)]
         assert [route_count(text) for text in scrapes] == [sent] * 10  # every scrape, whoever answers it
         assert {value(text, "vae_workers") for text in scrapes} == {2}
-        assert {value(text, "vae_model_info", model="fashion-mnist-vae", version="2.0.0") for text in scrapes} == {1}
+        assert {value(text, "vae_model_info", model="fashion-mnist-vae", version=MODEL_VERSION) for text in scrapes} == {1}
 
         # A killed worker cannot clean up: its live gauges go at the next scrape, its counts stay.
         victim = next(iter(workers))

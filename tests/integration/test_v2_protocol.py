@@ -22,7 +22,7 @@ from PIL import Image
 from model.core.preprocess import PreprocessContract, bytes_to_array
 from service.v2.models import MODELS
 from tests.conftest import REPO
-from tests.integration.conftest import png, serving
+from tests.integration.conftest import MODEL_VERSION, png, serving
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -114,7 +114,7 @@ def test_what_kserves_client_reads(http, model, images):
                                   "inference-header-content-length": str(len(header))})
     assert response.status_code == 200, response.text
     body = response.json()  # no binary output asked for: all JSON
-    assert (body["model_name"], body["model_version"], body["id"]) == (f"{model}.encoder", "2.0.0", "kserve-1")
+    assert (body["model_name"], body["model_version"], body["id"]) == (f"{model}.encoder", MODEL_VERSION, "kserve-1")
     assert [o["name"] for o in body["outputs"]] == ["mean", "logvar"]
     assert all(len(o["data"]) == len(images) * o["shape"][1] for o in body["outputs"])
 
@@ -126,22 +126,24 @@ def test_the_repository_index_lists_every_v2_model(client, model):
         pytest.skip("the index needs the admin token of a server started here")
     index = client.get_model_repository_index(headers={"Authorization": f"Bearer {TOKEN}"})
     states = {(row["name"], row["version"]): row["state"] for row in index}
-    assert states[(model, "2.0.0")] == "READY"
+    assert states[(model, MODEL_VERSION)] == "READY"
     for suffix in MODELS:
-        assert states[(f"{model}.{suffix}", "2.0.0")] == "READY", index
+        assert states[(f"{model}.{suffix}", MODEL_VERSION)] == "READY", index
 
 
 @pytest.mark.parametrize("graph", ["encoder", "decoder"])
-def test_graph_metadata_mirrors_the_onnx_graph(client, model, local_model, graph):
+def test_graph_metadata_mirrors_the_onnx_graph(client, http, model, local_model, graph):
     session = getattr(local_model, graph)
     metadata = client.get_model_metadata(f"{model}.{graph}")
-    assert (metadata["name"], metadata["versions"], metadata["platform"]) == (f"{model}.{graph}", ["2.0.0"],
+    served = next(m["versions"] for m in http.get("/v1/models").json()["models"] if m["name"] == model)
+    assert (metadata["name"], metadata["versions"], metadata["platform"]) == (f"{model}.{graph}", served,
                                                                               "onnx_onnxv1")
+    assert served[-1] == MODEL_VERSION  # the unversioned name is the default version, whose graphs these are
     for described, actual in ((metadata["inputs"], session.get_inputs()), (metadata["outputs"], session.get_outputs())):
         assert described == [{"name": a.name, "datatype": "FP32",
                               "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in actual]
-    assert client.get_model_metadata(f"{model}.{graph}", model_version="2.0.0") == metadata
-    assert client.is_model_ready(f"{model}.{graph}") and client.is_model_ready(f"{model}.{graph}", "2.0.0")
+    assert client.get_model_metadata(f"{model}.{graph}", model_version=MODEL_VERSION) == metadata
+    assert client.is_model_ready(f"{model}.{graph}") and client.is_model_ready(f"{model}.{graph}", MODEL_VERSION)
 
 
 @pytest.mark.parametrize("suffix", [s for s in MODELS if s not in ("encoder", "decoder")])

@@ -83,4 +83,14 @@ def test_the_image_bundles_every_model_versions_serving_files():
         serving = {"manifest.json", manifest["encoder"]["file"], manifest["decoder"]["file"]}
         if manifest.get("anomaly"):
             serving.add(manifest["anomaly"]["file"])
+        if (manifest.get("prior") or {}).get("graph"):  # a learned prior: without it the version does not load
+            serving.add(manifest["prior"]["graph"]["file"])
         assert {f"{relative}/{name}" for name in serving} <= copied_to(f"/app/models/{relative[len('artifacts/'):]}/")
+
+
+def test_the_image_bundles_each_models_version_policy():
+    """A model's config.json decides which of its versions are served: without it the image would serve
+    only the newest, and the previous version of the default model would not be there to pin."""
+    for config in (REPO / "artifacts").glob("*/config.json"):
+        relative = config.relative_to(REPO).as_posix()
+        assert relative in copied_to(f"/app/models/{config.parent.name}/"), relative
