@@ -54,7 +54,8 @@ def test_a_fixed_subset_scored_by_the_service_agrees_with_the_report(client, ver
         body = response.json()
         assert body["model"]["version"] == version and len(body["results"]) == len(files)
         scores += [result["log_likelihood"] for result in body["results"]]
-    report = np.load(REPO / "artifacts" / NAME / version / "report" / "scores.npz")["log_likelihood"][:SUBSET]
+    with np.load(REPO / "artifacts" / NAME / version / "report" / "scores.npz") as stored:
+        report = stored["log_likelihood"][:SUBSET]
     served, reported = -float(np.mean(scores)), -float(np.mean(report))
     # k=200 against k=5000 and fresh noise: the estimate's bias shrinks with k (here by about
     # a tenth of a nat) and the mean of 500 images' noise is smaller still. A wrong prior, test set,

@@ -64,6 +64,7 @@ def test_rescored_images_match_the_report():
     x = fixed_test_set(data.test, model.likelihood, model.manifest.training["train_config"]["test_binarize_seed"])
     scores = scoring.score(model, model.likelihood, x[RESCORED], seed=report["noise_seed"],
                            k=report["metrics"]["iwae_k"])
-    stored = np.load(SHIPPED / "report" / "scores.npz")
-    for name in ("kl", "elbo", "log_likelihood"):
-        np.testing.assert_allclose(getattr(scores, name), stored[name][RESCORED], rtol=1e-5, atol=1e-2, err_msg=name)
+    with np.load(SHIPPED / "report" / "scores.npz") as stored:
+        for name in ("kl", "elbo", "log_likelihood"):
+            np.testing.assert_allclose(getattr(scores, name), stored[name][RESCORED], rtol=1e-5, atol=1e-2,
+                                       err_msg=name)

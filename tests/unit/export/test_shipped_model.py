@@ -85,8 +85,8 @@ def rescored(shipped):
     x = fixed_test_set(data.test, model.likelihood, train_config["test_binarize_seed"])  # bits of the whole set
     scores = scoring.score(model, model.likelihood, x[RESCORED], seed=report["noise_seed"],
                            k=report["metrics"]["iwae_k"])
-    stored = np.load(shipped / "report" / "scores.npz")
-    return scores, {name: stored[name][RESCORED] for name in stored.files}
+    with np.load(shipped / "report" / "scores.npz") as stored:
+        return scores, {name: stored[name][RESCORED] for name in stored.files}
 
 
 def test_rescored_kl_matches_the_report(rescored):

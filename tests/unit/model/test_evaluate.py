@@ -46,7 +46,8 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
     bernoulli = LIKELIHOODS["bernoulli"]
     direct = scoring.score(TorchBackend(model), bernoulli, bernoulli.images_to_data_space(pixels[order], 0),
                            seed=3, k=50)
-    stored = np.load(tmp_path / "report" / "scores.npz")
+    with np.load(tmp_path / "report" / "scores.npz") as archive:
+        stored = {key: archive[key] for key in archive.files}
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
         np.testing.assert_allclose(getattr(direct, name), stored[name][order], rtol=1e-6, err_msg=name)
 
@@ -85,7 +86,8 @@ def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_on
     with pytest.raises(KeyboardInterrupt):
         evaluate(DiesOnTheThirdBatch(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
                  progress=False, partial=partial, fingerprint=fingerprint)
-    assert len(np.load(partial)["elbo"]) == 4  # two batches kept
+    with np.load(partial) as kept:
+        assert len(kept["elbo"]) == 4  # two batches kept
     counting = DiesOnTheThirdBatch(shrink=0.6, widen=0.7)
     DiesOnTheThirdBatch.calls = -10  # it would die only far later
     resumed, seconds = evaluate(counting, GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False,
