@@ -116,7 +116,7 @@ class TrainConfig:
     samples: int = 1  # importance samples per image in the objective (iwae-dreg)
     validation: int = 0  # the last N training images are held out to pick the best epoch (0: the test ELBO)
     patience: int = 0  # stop when the validation bound has not improved for this many epochs (0: never)
-    init_from: str | None = None  # start from this checkpoint's encoder and decoder
+    init_from: str | None = None  # start from this checkpoint's model (its prior too, when of the same kind)
     init_sha256: str | None = None
     prior_fit_steps: int = 0  # with init_from: first fit a mixture prior alone to the aggregate posterior
     extra: dict[str, Any] = field(default_factory=dict)

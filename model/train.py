@@ -78,10 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=defaults_t.patience,
                    help="stop after N epochs without a better validation bound (0: never)")
     p.add_argument("--init-from", default=None,
-                   help="start from this checkpoint's encoder and decoder (same architecture; the prior may differ)")
+                   help="start from this checkpoint's model (same architecture): all of it when the prior is the same "
+                   "kind and size, else its encoder and decoder under a newly placed prior")
     p.add_argument("--prior-fit-steps", type=int, default=0,
-                   help="with --init-from: first fit the mixture prior alone to the initial encoder's aggregate "
-                   "posterior for N steps")
+                   help="with --init-from a checkpoint of another prior: first fit the newly placed mixture alone to "
+                   "the initial encoder's aggregate posterior for N steps")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     p.add_argument("--out", default="runs/default", help="output directory")
@@ -458,8 +459,10 @@ def epochs_without_improvement(history: list[dict[str, Any]]) -> int:
 
 
 def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, likelihood: likelihoods.Likelihood) -> None:
-    """Start from another run's encoder and decoder (`config.init_from`, its SHA-256 checked); a mixture
-    prior then starts at the posteriors of K training images drawn with the run's seed."""
+    """Start from another run's model (`config.init_from`, its SHA-256 checked). A source with the same
+    prior (kind and components) is taken whole, the prior included, so a run can continue another with a
+    new objective or schedule; otherwise only the encoder and decoder are taken, and a mixture prior starts
+    at the posteriors of K training images drawn with the run's seed, then `prior_fit_steps` fit it."""
     path = Path(config.init_from)
     if config.init_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != config.init_sha256:
         raise ValueError(f"--init-from {path}: its SHA-256 differs from the one recorded for this run")
@@ -467,11 +470,15 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
     source = ModelConfig.from_dict(state["model_config"])
     if dataclasses.replace(source, prior=model.config.prior, prior_components=model.config.prior_components) != model.config:
         raise ValueError(f"--init-from {path}: its architecture differs from the flags given (only the prior may)")
-    own = {k: v for k, v in state["model_state"].items() if not k.startswith("prior.")}
+    same_prior = source == model.config
+    if same_prior and config.prior_fit_steps:
+        raise ValueError(f"--init-from {path}: it has this prior already; --prior-fit-steps fits only a newly "
+                         "placed one")
+    own = {k: v for k, v in state["model_state"].items() if same_prior or not k.startswith("prior.")}
     missing, unexpected = model.load_state_dict(own, strict=False)
-    if unexpected or any(not name.startswith("prior.") for name in missing):
+    if unexpected or any(same_prior or not name.startswith("prior.") for name in missing):
         raise ValueError(f"--init-from {path}: weights do not fit ({missing}, {unexpected})")
-    if model.config.prior != "standard_normal":
+    if not same_prior and model.config.prior != "standard_normal":
         generator = torch.Generator().manual_seed(config.seed)
         chosen = torch.randperm(len(x_train), generator=generator)[: model.config.prior_components]
         images = likelihood.torch_to_data_space(x_train[chosen], generator)

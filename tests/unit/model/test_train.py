@@ -228,6 +228,22 @@ def test_init_from_takes_the_encoder_and_decoder_and_fits_the_prior_to_the_poste
     assert not torch.equal(tuned.prior.means, MixtureOfGaussians(MOG).means)  # placed, not left at random
 
 
+def test_init_from_the_same_prior_continues_that_model_prior_included(tiny_dataset, tmp_path):
+    train(MOG, TrainConfig(**{**IWAE.to_dict(), "epochs": 1}), tiny_dataset, tmp_path / "base", progress=False)
+    source = str(tmp_path / "base" / "last.pt")
+    base, _ = checkpoint.load_model(source)
+    config = TrainConfig(**{**IWAE.to_dict(), "epochs": 1, "init_from": source, "lr": 1e-12,
+                            "lr_schedule": "constant", "samples": 3})
+    train(MOG, config, tiny_dataset, tmp_path / "stage2", progress=False)
+    tuned, _ = checkpoint.load_model(tmp_path / "stage2" / "last.pt")
+    for name, tensor in base.state_dict().items():  # the learned mixture too, not placed anew
+        assert torch.allclose(tuned.state_dict()[name], tensor, atol=1e-6), name
+    assert any(name.startswith("prior.") for name in base.state_dict())
+    with pytest.raises(ValueError, match="prior-fit-steps"):  # nothing newly placed to fit
+        train(MOG, TrainConfig(**{**config.to_dict(), "prior_fit_steps": 10}), tiny_dataset, tmp_path / "c",
+              progress=False)
+
+
 def test_fit_prior_moves_the_mixture_onto_the_aggregate_posterior(tiny_dataset):
     from model.core.likelihoods import LIKELIHOODS
     from model.vae import VAE
