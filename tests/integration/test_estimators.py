@@ -14,9 +14,8 @@ import pytest
 
 from model.core.manifest import FileHash, GraphInfo, LikelihoodSpec
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
-from service.registry import version_key
 from tests.conftest import REPO
-from tests.integration.conftest import Server, png, serving
+from tests.integration.conftest import Server, newest_version, png, serving
 from tests.unit.service.fakes import SHAPE, LinearGaussianVAE, make_manifest
 
 REPOSITORY = REPO / "artifacts"
@@ -24,15 +23,9 @@ K = 1000
 IMAGES = 4
 
 
-def bundled_models(repository: Path) -> list[tuple[str, str]]:
-    """(name, latest version) of each model with a manifest in the repository."""
-    versions: dict[str, list[str]] = {}
-    for manifest in sorted(repository.glob("*/*/manifest.json")):
-        versions.setdefault(manifest.parent.parent.name, []).append(manifest.parent.name)
-    return [(name, max(found, key=version_key)) for name, found in sorted(versions.items())]
-
-
-MODELS = bundled_models(REPOSITORY)
+# (name, latest version) of each model with a manifest in the repository
+MODELS = [(model.name, newest_version(model).name) for model in sorted(REPOSITORY.iterdir())
+          if any(model.glob("*/manifest.json"))]
 
 
 @pytest.fixture(scope="module")
