@@ -91,7 +91,11 @@ def _one_model(versions: list[dict]) -> str:
     scale = f" ({cfg['gaussian_scale'].replace('_', '-')} learned sigma)" if likelihood == "gaussian" else ""
     drawn = "binarised" if likelihood == "bernoulli" else "dequantised"
     chosen = ("the epoch with the best bound on a held-out validation split" if train_cfg.get("validation")
-              else "the checkpoint with the best test ELBO")
+              else "the checkpoint with the best test ELBO") + f" (epoch {training['epoch']} of {train_cfg['epochs']})"
+    averaged = training.get("averaged")
+    if averaged:
+        chosen = (f"the mean of the weights at the ends of epochs {averaged['epochs'][0]} to {averaged['epochs'][-1]} "
+                  f"of {train_cfg['epochs']} (`{' '.join(averaged['command'])}`)")
     start = (f", starting from `{train_cfg['init_from']}` (SHA-256 {train_cfg['init_sha256'][:12]}...)"
              if train_cfg.get("init_from") else "")
     columns = list(reversed(versions))  # newest first
@@ -105,7 +109,7 @@ def _one_model(versions: list[dict]) -> str:
             f", beside {', '.join(v['version'] for v in reversed(versions[:-1]))}" if len(versions) > 1 else ""), "",
         f"{cfg['arch']} encoder, {cfg['decoder']} decoder, {manifest['latent_dim']} latent dimensions, "
         f"{likelihood} likelihood{scale}, prior {prior_name(manifest)}, trained on the {objective_name(manifest)}; "
-        f"{chosen} (epoch {training['epoch']} of {train_cfg['epochs']}) on {training['dataset']}{start} "
+        f"{chosen} on {training['dataset']}{start} "
         f"(`{' '.join(training['command'])}`).", "",
         f"| test set ({m['images']:,} images, {drawn} once, seed {train_cfg['test_binarize_seed']}) | "
         + " | ".join(f"{v['version']}: nats | bits/dim" for v in columns) + " |",

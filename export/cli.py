@@ -175,7 +175,8 @@ def write_export(directory: Path, args: argparse.Namespace, model: VAE, payload:
         preprocessing=PreprocessContract(input_shape=config.input_shape).describe(),
         training={"dataset": data.name, "data_checksums": payload["data_checksums"], "model_config":
                   payload["model_config"], "train_config": train_config, "epoch": payload["epoch"],
-                  "command": payload["command"], "git_commit": payload["git_commit"], "versions": payload["versions"]},
+                  "command": payload["command"], "git_commit": payload["git_commit"], "versions": payload["versions"],
+                  **({"averaged": payload["averaged"]} if payload.get("averaged") else {})},
         metrics=({**report["metrics"], "command": report["command"], "noise_seed": report["noise_seed"],
                   "scored_with": report.get("scored_with", {"backend": "torch"}),
                   "test_set": report["test_set"], "checkpoint_sha256": report["checkpoint_sha256"]}

@@ -69,6 +69,11 @@ def save(path: str | Path, model: VAE, train_config: TrainConfig, *, epoch: int,
         "git_commit": git_commit(),
         "command": command if command is not None else sys.argv,
     }
+    write(path, payload)
+
+
+def write(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename) of a checkpoint payload."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

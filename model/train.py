@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep the end of every epoch as OUT/epoch-NNN.pt, for vae-average")
     p.add_argument("--stop-after", type=int, default=None, help="end this run after N epochs (resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -183,6 +185,32 @@ def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int =
     model.train()
     totals = distributed.sum_over_ranks(totals, ranks)
     return {key: value / len(x_test) for key, value in totals.items()}
+
+
+def epoch_file(epoch: int) -> str:
+    """The name under which `--keep-epochs` keeps the end of an epoch."""
+    return f"epoch-{epoch:03d}.pt"
+
+
+def validation_split(data: Dataset, config: TrainConfig,
+                     likelihood: likelihoods.Likelihood) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the training images, the validation split in the data space or None): the last `config.validation`
+    of the (limited) training images, drawn into the data space once, like the test set, so the selection
+    metric is not noisier than it must be."""
+    x_train = torch.from_numpy(data.train[: config.limit_train])
+    if not config.validation:
+        return x_train, None
+    if config.validation >= len(x_train):
+        raise ValueError(f"--validation {config.validation} leaves no training images of {len(x_train)}")
+    x_val = torch.from_numpy(fixed_test_set(x_train[-config.validation:].numpy(), likelihood,
+                                            config.test_binarize_seed + 1))
+    return x_train[:-config.validation], x_val
+
+
+def evaluate_validation(model: VAE, x_val: torch.Tensor, config: TrainConfig,
+                        ranks: Ranks = SINGLE_PROCESS) -> dict[str, float]:
+    """The run's bound on its validation split, by which best.pt is chosen (and `vae-average` reports)."""
+    return evaluate_elbo(model, x_val, seed=config.seed + 1, ranks=ranks, samples=config.samples, batch_size=500)
 
 
 def _noise(samples: int, batch: int, latent_dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -311,27 +339,20 @@ def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> to
 
 def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, resume: bool = False,
           progress: bool = True, command: list[str] | None = None, stop_after: int | None = None,
-          ranks: Ranks = SINGLE_PROCESS) -> dict[str, Any]:
+          ranks: Ranks = SINGLE_PROCESS, keep_epochs: bool = False) -> dict[str, Any]:
     """Train and write OUT/{last,best}.pt and OUT/metrics.jsonl. Returns the last epoch's metrics.
 
     `stop_after` ends this run after that many epochs (the schedule still spans `config.epochs`);
     `resume=True` continues from OUT/last.pt with the same numbers as an uninterrupted run.
+    `keep_epochs` also keeps each epoch's end as OUT/epoch-NNN.pt (what `vae-average` averages).
     `ranks` other than the default single process: this is one of N DDP processes (see main)."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    x_train = torch.from_numpy(data.train[: config.limit_train])
     likelihood = likelihoods.get(model_config.likelihood)
     x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
-    x_val = None
-    if config.validation:
-        if config.validation >= len(x_train):
-            raise ValueError(f"--validation {config.validation} leaves no training images of {len(x_train)}")
-        # Drawn into the data space once, like the test set, so the selection metric is not noisier than it must be.
-        x_val = torch.from_numpy(fixed_test_set(x_train[-config.validation:].numpy(), likelihood,
-                                                config.test_binarize_seed + 1))
-        x_train = x_train[:-config.validation]
+    x_train, x_val = validation_split(data, config, likelihood)
 
     model = VAE(model_config).to(ranks.device)
     if config.init_from and not resume:
@@ -366,7 +387,8 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
         epoch's start: rank 0 gathers the ranks' states and writes, the others wait at the barrier."""
         states = distributed.gather(generator.get_state(), ranks)
         if ranks.is_main:
-            for name in ("best.pt", "last.pt") if improved else ("last.pt",):
+            names = ("best.pt", "last.pt") if improved else ("last.pt",)
+            for name in names + ((epoch_file(epoch),) if keep_epochs and epoch else ()):
                 checkpoint.save(out / name, model, config, epoch=epoch, metrics=history,
                                 data_checksums=data.checksums, optimizer=optimizer, scheduler=scheduler,
                                 rng_state=states[0], best_test_elbo=best, command=command,
@@ -419,8 +441,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
             seconds = time.perf_counter() - began
             train_totals = distributed.sum_over_ranks({**sums, "images": seen}, ranks)
             test = evaluate_elbo(model, x_test, seed=config.seed, ranks=ranks)
-            val = ({} if x_val is None else
-                   evaluate_elbo(model, x_val, seed=config.seed + 1, ranks=ranks, samples=config.samples, batch_size=500))
+            val = {} if x_val is None else evaluate_validation(model, x_val, config, ranks)
             record = {
                 "epoch": epoch + 1,
                 **{f"train_{k}": train_totals[k] / train_totals["images"] for k in sums},
@@ -539,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
               command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after,
-              ranks=ranks)
+              ranks=ranks, keep_epochs=args.keep_epochs)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is only ever replaced whole
         if ranks.is_main:
             print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",

@@ -82,3 +82,14 @@ def test_versions_stand_side_by_side_newest_first_with_their_prior_and_objective
     assert "best bound on a held-out validation split" in card and "starting from `artifacts/x/checkpoint.pt`" in card
     assert ("0.32 nats ahead of two stochastic layers (HVAE), VampPrior; 1.02 nats behind ConvHVAE, Gaussian prior"
             in card)
+
+
+def test_an_averaged_model_says_which_epochs_and_how(tmp_path):
+    m = manifest("fashion-mnist-vae", "1.0.0", "bernoulli", 226.0)
+    m["training"]["averaged"] = {"epochs": [8, 9, 10], "command": ["vae-average", "runs/x/epoch-008.pt", "--out",
+                                                                   "runs/x/average.pt"]}
+    write(tmp_path, m)
+    card = model_card.model_card_section(tmp_path)
+    assert ("the mean of the weights at the ends of epochs 8 to 10 of 20 (`vae-average runs/x/epoch-008.pt --out "
+            "runs/x/average.pt`) on fashion-mnist") in card
+    assert "(epoch 20 of 20)" not in card  # the average is no single epoch

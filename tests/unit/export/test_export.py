@@ -14,6 +14,7 @@ from export import parity
 from export.cli import main as export_main
 from export.cli import move_into_place
 from model import data as data_module
+from model.average import main as average_main
 from model.config import ModelConfig, TrainConfig
 from model.core.artifact import load_model_dir
 from model.core.manifest import SCHEMA_PATH, Manifest
@@ -170,6 +171,21 @@ def test_parity_check_fails_beyond_tolerance():
     with pytest.raises(parity.ParityError, match="batch.encoder nan"):
         parity.check({"decoder.logits": 0.0}, {"encoder": float("nan")})
     parity.check({"decoder.logits": 5e-5}, {"encoder": 0.0})
+
+
+def test_an_averaged_checkpoint_exports_with_the_record_of_what_it_averaged(tmp_path, monkeypatch):
+    spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=64, test=32)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
+    dataset = data_module.load_idx_dataset(spec, tmp_path / "data")
+    train(MODEL, TrainConfig(dataset="tiny", data_dir=str(tmp_path / "data"), epochs=2, batch_size=32, threads=1),
+          dataset, tmp_path / "run", progress=False, keep_epochs=True)
+    assert average_main([str(tmp_path / "run" / "epoch-001.pt"), str(tmp_path / "run" / "epoch-002.pt"), "--out",
+                         str(tmp_path / "run" / "average.pt"), "--no-validate"]) == 0
+    assert export_main([str(tmp_path / "run" / "average.pt"), str(tmp_path / "model"), "--parity-count", "32",
+                        "--threads", "1"]) == 0
+    training = Manifest.read(tmp_path / "model" / "manifest.json").training
+    assert training["averaged"]["epochs"] == [1, 2] and training["epoch"] == 2
+    assert training["averaged"]["command"][:2] == ["vae-average", str(tmp_path / "run" / "epoch-001.pt")]
 
 
 def test_a_gaussian_model_exports_mean_and_log_scale(tmp_path, monkeypatch):
