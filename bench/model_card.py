@@ -82,6 +82,12 @@ def objective_name(manifest: dict) -> str:
     return "ELBO"
 
 
+def epoch_list(epochs: list[int]) -> str:
+    """[6, 7, 8, 9] -> "6 to 9"; a list with gaps is given whole."""
+    consecutive = epochs == list(range(epochs[0], epochs[0] + len(epochs)))
+    return f"{epochs[0]} to {epochs[-1]}" if consecutive and len(epochs) > 2 else ", ".join(map(str, epochs))
+
+
 def _one_model(versions: list[dict]) -> str:
     """The newest version's card; with earlier versions, their figures in columns beside it."""
     manifest = versions[-1]
@@ -90,12 +96,13 @@ def _one_model(versions: list[dict]) -> str:
     likelihood = manifest["likelihood"]["name"]
     scale = f" ({cfg['gaussian_scale'].replace('_', '-')} learned sigma)" if likelihood == "gaussian" else ""
     drawn = "binarised" if likelihood == "bernoulli" else "dequantised"
-    chosen = ("the epoch with the best bound on a held-out validation split" if train_cfg.get("validation")
-              else "the checkpoint with the best test ELBO") + f" (epoch {training['epoch']} of {train_cfg['epochs']})"
     averaged = training.get("averaged")
     if averaged:
-        chosen = (f"the mean of the weights at the ends of epochs {averaged['epochs'][0]} to {averaged['epochs'][-1]} "
-                  f"of {train_cfg['epochs']} (`{' '.join(averaged['command'])}`)")
+        chosen = (f"the mean of the weights at the ends of epochs {epoch_list(averaged['epochs'])} of "
+                  f"{train_cfg['epochs']} (`{' '.join(averaged['command'])}`)")
+    else:
+        chosen = ("the epoch with the best bound on a held-out validation split" if train_cfg.get("validation")
+                  else "the checkpoint with the best test ELBO") + f" (epoch {training['epoch']} of {train_cfg['epochs']})"
     start = (f", starting from `{train_cfg['init_from']}` (SHA-256 {train_cfg['init_sha256'][:12]}...)"
              if train_cfg.get("init_from") else "")
     columns = list(reversed(versions))  # newest first

@@ -21,7 +21,8 @@ from model.data import DataChecksumError, DataMissingError, load_dataset
 from model.train import evaluate_validation, validation_split
 from model.vae import VAE
 
-# Written fresh for the average: there is no optimizer or noise state to resume it with.
+# Cleared in the average: there is no optimizer or noise state to resume it with. Its history
+# (metrics, best_test_elbo) stays the newest input's: the run it was averaged from.
 TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng_state", "rank_rng_states")
 
 
@@ -36,26 +37,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def average(payloads: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The mean of the payloads' weights (accumulated in float64). They must be distinct epochs of one run:
-    the same architecture and training configuration."""
-    first = payloads[0]
-    for payload in payloads[1:]:
-        if payload["model_config"] != first["model_config"]:
-            raise ValueError("the checkpoints have different architectures")
-        if payload["train_config"] != first["train_config"]:
-            raise ValueError("the checkpoints come from different training runs (their configurations differ)")
-    epochs = [payload["epoch"] for payload in payloads]
+def check_one_run(payloads: list[dict[str, Any]]) -> None:
+    """Refuse anything but two or more distinct epochs of one run. One run is told by its history, not its
+    flags: each epoch's recorded history is the start of every later one's (`--resume` carries it over,
+    whatever --threads it is given), which a fresh run into the same folder does not continue."""
+    if len(payloads) < 2:
+        raise ValueError("give two or more checkpoints: the average of one is itself")
+    ordered = sorted(payloads, key=lambda payload: payload["epoch"])
+    epochs = [payload["epoch"] for payload in ordered]
     if len(set(epochs)) != len(epochs):
-        raise ValueError(f"the same epoch is given twice: {sorted(epochs)}")
-    states = [payload["model_state"] for payload in payloads]
+        raise ValueError(f"the same epoch is given twice: {epochs}")
+    for earlier, later in zip(ordered, ordered[1:]):
+        if later["model_config"] != earlier["model_config"] or later["model_state"].keys() != earlier["model_state"].keys():
+            raise ValueError("the checkpoints have different architectures")
+        if later["metrics"][: earlier["epoch"]] != earlier["metrics"]:
+            raise ValueError(f"epochs {earlier['epoch']} and {later['epoch']} are not of one training run: the "
+                             "later one's history does not continue the earlier one's")
+
+
+def average(payloads: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The mean of the payloads' weights, accumulated in float64 (`check_one_run` first). Tensors that are
+    not floating point (none today) are counters or indices, not weights: the newest input's are kept."""
+    states = [payload["model_state"] for payload in sorted(payloads, key=lambda payload: payload["epoch"])]
     return {name: (sum(state[name].double() for state in states) / len(states)).to(tensor.dtype)
+            if tensor.is_floating_point() else states[-1][name]
             for name, tensor in states[0].items()}
 
 
 def averaged_payload(paths: list[Path], payloads: list[dict[str, Any]], command: list[str]) -> dict[str, Any]:
     """The newest input's payload (its run's configuration, history and command) with the averaged weights
     and an `averaged` record of the inputs."""
+    check_one_run(payloads)
     newest = max(payloads, key=lambda payload: payload["epoch"])
     inputs = sorted(zip(paths, payloads), key=lambda pair: pair[1]["epoch"])
     return {**newest, **dict.fromkeys(TRAINING_STATE), "model_state": average(payloads),
@@ -73,6 +85,9 @@ def validation_bounds(payloads: dict[str, dict[str, Any]]) -> dict[str, float]:
     model_config = ModelConfig.from_dict(some["model_config"])
     likelihood = likelihoods.get(model_config.likelihood)
     data = load_dataset(config.dataset, config.data_dir, PreprocessContract(input_shape=model_config.input_shape))
+    if data.checksums != some["data_checksums"]:
+        raise ValueError(f"the {config.dataset} files found are not those the run trained on (checksums differ), "
+                         "so its validation split cannot be drawn again")
     _, x_val = validation_split(data, config, likelihood)
     bounds = {}
     for name, payload in payloads.items():
@@ -86,7 +101,12 @@ def validation_bounds(payloads: dict[str, dict[str, Any]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    paths = [Path(p) for p in args.checkpoints]
+    paths, out = [Path(p) for p in args.checkpoints], Path(args.out)
+    if out.name in ("last.pt", "best.pt") or any(out.resolve() == path.resolve() for path in paths):
+        # last.pt without its optimizer state cannot be resumed; an input is what the record's hashes name
+        print(f"vae-average: --out {out} would replace a run's own checkpoint or an input; choose another name",
+              file=sys.stderr)
+        return 2
     try:
         payloads = [checkpoint.load(path) for path in paths]
         payload = averaged_payload(paths, payloads, ["vae-average", *(argv if argv is not None else sys.argv[1:])])
@@ -94,19 +114,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-average: {exc}", file=sys.stderr)
         return 2
     epochs = payload["averaged"]["epochs"]
-    validates = not args.no_validate and TrainConfig.from_dict(payload["train_config"]).validation > 0
-    if validates:
+    has_split = TrainConfig.from_dict(payload["train_config"]).validation > 0
+    if not has_split:
+        print("vae-average: the run held out no validation split (vae-train --validation): the average is not scored")
+    if has_split and not args.no_validate:
         newest = max(payloads, key=lambda p: p["epoch"])
         try:
             bounds = validation_bounds({"average": payload, "newest": newest})
         except (DataMissingError, DataChecksumError, ValueError) as exc:
-            print(f"vae-average: cannot score on the validation split: {exc}", file=sys.stderr)
+            print(f"vae-average: cannot score on the validation split: {exc} (--no-validate skips it)",
+                  file=sys.stderr)
             return 2
         payload["averaged"]["validation_bound"] = bounds["average"]
         print(f"validation bound: average of epochs {epochs[0]}..{epochs[-1]} {bounds['average']:.4f}, "
               f"epoch {newest['epoch']} alone {bounds['newest']:.4f}")
-    checkpoint.write(args.out, payload)
-    print(f"averaged {len(epochs)} checkpoints (epochs {', '.join(map(str, epochs))}) -> {args.out}")
+    checkpoint.write(out, payload)
+    print(f"averaged {len(epochs)} checkpoints (epochs {', '.join(map(str, epochs))}) -> {out}")
     return 0
 
 

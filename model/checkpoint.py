@@ -85,7 +85,10 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises whatever the unpickler meets in a file that is not its own
+        raise CheckpointError(f"{path} is not a vae-service checkpoint ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vae-service checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:

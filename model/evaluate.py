@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": sha256_file(args.checkpoint),
         "epoch": payload["epoch"],
+        **({"averaged": payload["averaged"]} if payload.get("averaged") else {}),  # the epochs it is the mean of
         "model_config": payload["model_config"],
         "data": source,
         "test_set": test_set,

@@ -387,12 +387,15 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
         epoch's start: rank 0 gathers the ranks' states and writes, the others wait at the barrier."""
         states = distributed.gather(generator.get_state(), ranks)
         if ranks.is_main:
-            names = ("best.pt", "last.pt") if improved else ("last.pt",)
-            for name in names + ((epoch_file(epoch),) if keep_epochs and epoch else ()):
+            for name in ("best.pt", "last.pt") if improved else ("last.pt",):
                 checkpoint.save(out / name, model, config, epoch=epoch, metrics=history,
                                 data_checksums=data.checksums, optimizer=optimizer, scheduler=scheduler,
                                 rng_state=states[0], best_test_elbo=best, command=command,
                                 world_size=ranks.world_size, rank_rng_states=states if ranks.distributed else None)
+            if keep_epochs and epoch:  # weights and history only: a third of the size, and last.pt resumes
+                checkpoint.save(out / epoch_file(epoch), model, config, epoch=epoch, metrics=history,
+                                data_checksums=data.checksums, best_test_elbo=best, command=command,
+                                world_size=ranks.world_size)
         distributed.barrier(ranks)
 
     # Ctrl-C drops the unfinished epoch: OUT/last.pt always holds the end of the last completed one
@@ -561,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
         train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
               command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after,
               ranks=ranks, keep_epochs=args.keep_epochs)
+    except (ValueError, checkpoint.CheckpointError) as exc:  # e.g. an --init-from that does not fit
+        if ranks.is_main:
+            print(f"vae-train: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is only ever replaced whole
         if ranks.is_main:
             print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",

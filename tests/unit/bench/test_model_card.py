@@ -93,3 +93,4 @@ def test_an_averaged_model_says_which_epochs_and_how(tmp_path):
     assert ("the mean of the weights at the ends of epochs 8 to 10 of 20 (`vae-average runs/x/epoch-008.pt --out "
             "runs/x/average.pt`) on fashion-mnist") in card
     assert "(epoch 20 of 20)" not in card  # the average is no single epoch
+    assert model_card.epoch_list([3, 5, 6]) == "3, 5, 6" and model_card.epoch_list([4, 5]) == "4, 5"

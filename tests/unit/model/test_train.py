@@ -286,3 +286,15 @@ def test_init_from_refuses_another_architecture_and_a_changed_file(tiny_dataset,
 def test_inconsistent_objective_settings_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**fields)
+
+
+def test_an_init_from_that_does_not_fit_is_refused_without_a_traceback(tmp_path, capsys):
+    folder = write_png_folder(tmp_path / "images", count=4, size=8)
+    flags = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8", "--epochs", "1",
+             "--batch-size", "4", "--threads", "1", "--conv-channels", "4", "--decoder-channels", "4", "--hidden", "8",
+             "--latent-dim", "2", "--no-progress"]
+    assert train_main([*flags, "--out", str(tmp_path / "base")]) == 0
+    assert train_main([*flags, "--latent-dim", "3", "--init-from", str(tmp_path / "base" / "last.pt"),
+                       "--out", str(tmp_path / "wider")]) == 2
+    err = capsys.readouterr().err
+    assert "vae-train: --init-from" in err and "architecture differs" in err and "Traceback" not in err
