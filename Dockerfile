@@ -27,8 +27,12 @@ RUN groupadd --system --gid 10001 vae \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vae
 COPY --from=build /opt/venv /opt/venv
 # The bundled repository: each model version's serving files, as artifacts/<name>/<version>/ holds them,
-# and a model's config.json, its version policy (fashion-mnist-vae serves its two newest: 3.0.0 by default).
+# and a model's config.json, its version policy (fashion-mnist-vae serves its three newest: 3.1.0 by default).
 COPY artifacts/fashion-mnist-vae/config.json /app/models/fashion-mnist-vae/
+COPY artifacts/fashion-mnist-vae/3.1.0/manifest.json artifacts/fashion-mnist-vae/3.1.0/encoder.onnx \
+     artifacts/fashion-mnist-vae/3.1.0/decoder.onnx artifacts/fashion-mnist-vae/3.1.0/prior.onnx \
+     artifacts/fashion-mnist-vae/3.1.0/anomaly.json \
+     /app/models/fashion-mnist-vae/3.1.0/
 COPY artifacts/fashion-mnist-vae/3.0.0/manifest.json artifacts/fashion-mnist-vae/3.0.0/encoder.onnx \
      artifacts/fashion-mnist-vae/3.0.0/decoder.onnx artifacts/fashion-mnist-vae/3.0.0/prior.onnx \
      artifacts/fashion-mnist-vae/3.0.0/anomaly.json \

@@ -18,7 +18,9 @@ REPOSITORY = Path(__file__).resolve().parent.parent / "artifacts"
 REFERENCES: dict[str, list[tuple[str, float | None, float | None]]] = {
     "bernoulli": [("reference: plain VAE, Gaussian prior (Exemplar VAE paper)", 228.70, None),
                   ("reference: VAE, VampPrior (Exemplar VAE paper)", 227.35, None),
+                  ("reference: VAE, Exemplar prior (Exemplar VAE paper)", 226.75, None),
                   ("reference: two stochastic layers (HVAE), VampPrior (Exemplar VAE paper)", 226.72, None),
+                  ("reference: two stochastic layers (HVAE), Exemplar prior (Exemplar VAE paper)", 226.53, None),
                   ("reference: ConvHVAE, Gaussian prior, a decoder about 100 times ours (Exemplar VAE paper)", 225.38,
                    None)],
     "gaussian": [("reference: published flows and autoregressive models on 8-bit Fashion-MNIST (about)", None, 2.9)],

@@ -37,7 +37,8 @@ def test_each_model_gets_its_newest_version_and_the_default_model_comes_first(tm
     assert card.index("### `fashion-mnist-vae` 1.10.0, beside 1.9.0") < card.index("### `a-gaussian` 1.0.0")
     assert "**227.50**" in card
     assert ("the shipped model is 1.20 nats ahead of plain VAE, Gaussian prior; 0.15 nats behind VAE, VampPrior; "
-            "0.78 nats behind two stochastic layers (HVAE), VampPrior;") in card
+            "0.75 nats behind VAE, Exemplar prior; 0.78 nats behind two stochastic layers (HVAE), VampPrior; "
+            "0.97 nats behind two stochastic layers (HVAE), Exemplar prior;") in card
     assert "per-pixel learned sigma" in card and "dequantised once" in card
 
 
@@ -80,8 +81,8 @@ def test_versions_stand_side_by_side_newest_first_with_their_prior_and_objective
     assert "| training objective | IWAE bound, k=5, DReG gradients |  | ELBO |  |" in card
     assert "| **NLL, IWAE k=5000** | **226.40** | **0.4000** | **227.67** | **0.4000** |" in card
     assert "best bound on a held-out validation split" in card and "starting from `artifacts/x/checkpoint.pt`" in card
-    assert ("0.32 nats ahead of two stochastic layers (HVAE), VampPrior; 1.02 nats behind ConvHVAE, Gaussian prior"
-            in card)
+    assert ("0.32 nats ahead of two stochastic layers (HVAE), VampPrior; 0.13 nats ahead of two stochastic layers "
+            "(HVAE), Exemplar prior; 1.02 nats behind ConvHVAE, Gaussian prior" in card)
 
 
 def test_an_averaged_model_says_which_epochs_and_how(tmp_path):
