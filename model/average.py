@@ -6,7 +6,6 @@ result is a checkpoint like any other for vae-eval and vae-export; it records wh
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from model import checkpoint
 from model.config import ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
-from model.data import DataChecksumError, DataMissingError, load_dataset
+from model.data import DataChecksumError, DataMissingError, load_dataset, sha256_file
 from model.train import evaluate_validation, validation_split
 from model.vae import VAE
 
@@ -73,7 +72,7 @@ def averaged_payload(paths: list[Path], payloads: list[dict[str, Any]], command:
     return {**newest, **dict.fromkeys(TRAINING_STATE), "model_state": average(payloads),
             "averaged": {"epochs": [payload["epoch"] for _, payload in inputs],
                          "checkpoints": [{"path": str(path), "epoch": payload["epoch"],
-                                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                                          "sha256": sha256_file(path)}
                                          for path, payload in inputs],
                          "command": command}}
 
