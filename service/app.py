@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
 
     state = AppState(settings=settings, metrics=metrics,
                      registry=Registry(scan=scan or repository_scanner(settings), load_version=load_version,
-                                       on_change=metrics.model_changed))
+                                       on_change=metrics.model_changed, on_release=ServedModel.close))
 
     async def start_all() -> None:
         await start(state)
@@ -130,6 +130,9 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
         lifespan=lifespan,
         docs_url=None,  # served from local assets by service/docs.py
         redoc_url=None,
+        # Starlette would answer /encode/ or /ui with a redirect to an absolute URL built from the Host
+        # header, which the client chose; the one redirect the app wants (/ui -> ui/) is its own, relative.
+        redirect_slashes=False,
     )
     app.state.vae = state
     errors.install(app)

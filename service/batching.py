@@ -28,6 +28,14 @@ class MicroBatcher:
         self._running: set[asyncio.Task] = set()  # batches being encoded (the loop keeps weak references)
         self.calls = 0  # onnxruntime calls made, for tests and metrics
 
+    def close(self) -> None:
+        """No more waiting: what is queued goes now, and every later submit goes on its own (the
+        version is being replaced; no timer of the batcher's may outlive its requests)."""
+        self.max_wait_s = 0.0
+        self.max_rows = 1
+        if self._pending:
+            self._flush()
+
     async def submit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()

@@ -19,6 +19,7 @@ from model.core.artifact import OnnxVAE
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract, image_stream
 from model.core.priors import Prior
+from service.errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,17 @@ class Engine:
         return dist.reparameterize(mean, logvar, eps)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        """(K, D) -> E[x | z] in [0, 1], (K, C, H, W)."""
-        return self.likelihood.pixel_mean(self.model.decode(z))
+        """(K, D) -> E[x | z] in [0, 1], (K, C, H, W). A latent the decoder overflows on (finite, but far
+        past anything the prior draws) is refused: its pixels would be NaN, null in JSON, black in a PNG."""
+        parameters = self.model.decode(z)
+        for values in parameters:
+            finite = np.isfinite(values).reshape(len(z), -1).all(axis=1)
+            if not finite.all():
+                row = int(np.argmin(finite))
+                raise ApiError(422, "non_finite_output", f"z row {row} decodes to non-finite values: the decoder "
+                               f"overflows this far from the prior (its largest |z| is {np.abs(z[row]).max():.3g}); "
+                               "send latents of the size the prior draws, a few units at most")
+        return self.likelihood.pixel_mean(parameters)
 
     def prior_latents(self, n: int, seed: int, temperature: float) -> np.ndarray:
         """z ~ p(z) at temperature t, drawn from default_rng(seed) (`model.core.priors`): N(0, t^2 I) for the

@@ -64,7 +64,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
-        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}",
+        path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+        allowed = (getattr(exc, "headers", None) or {}).get("Allow")
+        message = {404: f"no route {path}",
+                   405: f"{request.method} is not allowed on {path}" + (f"; use {allowed}" if allowed else ""),
                    408: str(exc.detail), 413: str(exc.detail)}
         text = message.get(exc.status_code, "request failed")
         if is_v2(request.url.path):  # the open inference protocol's shape, {"error": "<message>"}

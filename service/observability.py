@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -158,6 +159,8 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), header]
+                if 300 <= status < 400:
+                    message["headers"] = _relative_locations(message["headers"])
             await send(message)
 
         try:
@@ -272,6 +275,20 @@ class _Body:
             self.disconnected = True
             self.release()
         return message
+
+
+def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Every redirect stays on this server: an absolute Location loses its scheme and host (which a
+    framework builds from the client's Host header) and keeps its path and query."""
+    rewritten = []
+    for name, value in headers:
+        if name.lower() == b"location":
+            parts = urlsplit(value.decode("latin-1"))
+            if parts.scheme or parts.netloc:  # one leading slash: "//host/x" would name a host again
+                path = "/" + parts.path.lstrip("/")
+                value = urlunsplit(("", "", path, parts.query, parts.fragment)).encode("latin-1")
+        rewritten.append((name, value))
+    return rewritten
 
 
 def _request_id(scope: dict) -> str:

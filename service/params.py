@@ -20,8 +20,17 @@ class QueryModel(BaseModel):
 
 def parse_query(request: Request, model: type[Q]) -> Q:
     raw = request.scope["query_string"]
+    if not raw:
+        return model.model_validate({})
+    given = dict(request.query_params)
+    unknown = [name for name in given if name not in model.model_fields]
+    if unknown:  # a misspelt knob (?kk=10) would otherwise be answered with its default, silently
+        shown = ", ".join(repr(name[:40]) for name in unknown[:5])
+        accepted = ", ".join(model.model_fields) or "none"
+        raise ApiError(422, "unknown_parameter", f"unknown query parameter {shown} on {request.url.path[:200]}; "
+                       f"the parameters accepted are: {accepted}")
     try:
-        return model.model_validate(dict(request.query_params) if raw else {})
+        return model.model_validate(given)
     except ValidationError as exc:
         parts = [f"{'.'.join(str(p) for p in err['loc']) or 'query'}: {err['msg']}" for err in exc.errors()[:5]]
         raise ApiError(422, "invalid_request", "; ".join(parts)) from None

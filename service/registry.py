@@ -21,6 +21,8 @@ from typing import Any, Callable, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.memory import return_freed_memory
+
 log = logging.getLogger("vae.service")
 T = TypeVar("T")
 READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
@@ -124,21 +126,48 @@ def _fingerprint(directory: Path) -> tuple[Any, ...]:
 
 
 def scan_repository(repository: Path) -> dict[str, ModelSource]:
-    """Every model directory under `repository`, with its versions checked against their manifests."""
+    """Every model directory under `repository`, with its versions checked against their manifests.
+    A symbolic link is followed only where it stays inside the repository: one pointing out (at /etc,
+    say) is listed as a problem and never read."""
     sources: dict[str, ModelSource] = {}
     if not repository.is_dir():
         return sources
+    root = repository.resolve()
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        sources[model_dir.name] = scan_model(model_dir)
+        escape = _escapes(model_dir, root)
+        if escape:
+            sources[model_dir.name] = ModelSource(model_dir.name, {}, {"-": escape}, VersionPolicy(), (escape,))
+            continue
+        sources[model_dir.name] = scan_model(model_dir, root)
     return sources
 
 
-def scan_model(model_dir: Path) -> ModelSource:
+def _escapes(path: Path, root: Path) -> str:
+    """Why `path` may not be read (a link that leads out of `root`), or "" when it may."""
+    if path.resolve().is_relative_to(root):
+        return ""
+    return f"{path.name} is a symbolic link out of the model repository (to {path.resolve()}); not followed"
+
+
+def _escaping_entry(version_dir: Path, root: Path) -> str:
+    """The first entry of a version directory (itself included) that leads out of the repository, or ""."""
+    for path in (version_dir, *sorted(version_dir.iterdir())):
+        reason = _escapes(path, root)
+        if reason:
+            return reason
+    return ""
+
+
+def scan_model(model_dir: Path, root: Path | None = None) -> ModelSource:
+    """One model's directory; with `root`, every version directory and file must stay inside it."""
     name = model_dir.name
     versions: dict[str, Path] = {}
     problems: dict[str, str] = {}
     policy = VersionPolicy()
     config_path = model_dir / CONFIG_FILE
+    escape = _escapes(config_path, root) if root is not None and config_path.is_file() else ""
+    if escape:
+        return ModelSource(name, {}, {"-": escape}, policy, (escape,))
     if config_path.is_file():
         try:
             policy = ModelConfig.model_validate_json(config_path.read_bytes()).version_policy
@@ -150,6 +179,10 @@ def scan_model(model_dir: Path) -> ModelSource:
     prints = []
     for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         prints.append(_fingerprint(version_dir))
+        escape = _escaping_entry(version_dir, root) if root is not None else ""
+        if escape:
+            problems[version_dir.name] = escape
+            continue
         try:
             found = manifest_identity(version_dir)
         except ValueError as exc:
@@ -179,6 +212,7 @@ class Registry(Generic[T]):
     scan: Callable[[], dict[str, ModelSource]]
     load_version: Callable[[Path], T]
     on_change: Callable[[str, str, str], None] | None = None  # (name, version, state), e.g. for metrics
+    on_release: Callable[[T], None] | None = None  # an engine that is no longer served, e.g. to close it
     _served: dict[str, dict[str, T]] = field(default_factory=dict)
     _default_version: dict[str, str] = field(default_factory=dict)  # per model: its highest served version
     _status: dict[tuple[str, str], Status] = field(default_factory=dict)
@@ -192,7 +226,10 @@ class Registry(Generic[T]):
         """(version, engine) for a request: the named version, or the model's highest served one."""
         versions = self._served.get(name)
         if not versions:
-            raise ModelNotFound(f"model {name!r} is not loaded")
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            served = ", ".join(sorted(n for n, v in self._served.items() if v)) or "none"
+            state = "was unloaded" if name in self._unloaded else "is not loaded"
+            raise ModelNotFound(f"model {shown!r} {state}; the models served are: {served} (GET /v1/models)")
         if version is None:
             version = self._default_version[name]
         elif version not in versions:
@@ -207,10 +244,18 @@ class Registry(Generic[T]):
             return False
         return True
 
+    def unloaded(self, name: str) -> bool:
+        """Unloaded on request (POST .../unload), and not loaded again since."""
+        return name in self._unloaded and not self._served.get(name)
+
     def failed(self, name: str) -> bool:
         """The model was tried and nothing of it serves, and nobody asked for that (no unload)."""
         return (name not in self._unloaded and not self._served.get(name)
                 and any(key[0] == name for key in self._status))
+
+    def known(self) -> set[str]:
+        """Every model that was tried here: served, failed or unloaded (the index's names, less those only on disk)."""
+        return {name for name, _ in self._status}
 
     def served(self) -> dict[str, list[str]]:
         return {name: sorted(versions, key=version_key) for name, versions in self._served.items() if versions}
@@ -274,9 +319,13 @@ class Registry(Generic[T]):
             self._serve({**self._served, name: new})
             if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
                 self._unloaded.discard(name)
-            if failed:
+            # A broken directory the policy would have chosen fails the load, as one that failed to load does.
+            broken = {v: source.problems[v] for v in source.policy.select([*source.versions, *source.problems])
+                      if v in source.problems}
+            if failed or broken:
                 serving = ", ".join(sorted(new, key=version_key)) or "nothing"
-                raise LoadFailed(f"failed to load {name} " + "; ".join(f"{v}: {r}" for v, r in failed.items())
+                raise LoadFailed(f"failed to load {name} " + "; ".join(f"{v}: {r}" for v, r in
+                                                                        {**broken, **failed}.items())
                                  + f" (serving: {serving})")
             if not selected:
                 raise LoadFailed(f"failed to load {name}: no loadable version in the repository "
@@ -332,9 +381,14 @@ class Registry(Generic[T]):
 
     def _serve(self, served: dict[str, dict[str, T]]) -> None:
         """Replace what is served in one step (requests read it without locks); the default versions
-        are computed here, not per request."""
+        are computed here, not per request. Every engine no longer served is released."""
+        before = [engine for versions in self._served.values() for engine in versions.values()]
         self._default_version = {name: max(versions, key=version_key) for name, versions in served.items() if versions}
         self._served = served
+        kept = {id(engine) for versions in served.values() for engine in versions.values()}
+        for engine in before:
+            if id(engine) not in kept and self.on_release is not None:
+                self.on_release(engine)
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -354,6 +408,11 @@ class Registry(Generic[T]):
 def _log_release(engine: object, name: str, version: str) -> None:
     """One log line when the last reference to a version's engine goes and its sessions are freed."""
     try:
-        weakref.finalize(engine, log.info, "model %s %s: released", name, version)
+        weakref.finalize(engine, _released, name, version)
     except TypeError:  # an engine type without weak references: nothing to report
         pass
+
+
+def _released(name: str, version: str) -> None:
+    return_freed_memory()  # else the RSS keeps every replaced version's high-water mark
+    log.info("model %s %s: released", name, version)

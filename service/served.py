@@ -23,6 +23,31 @@ T = TypeVar("T")
 
 
 @dataclass
+class ModelCalls:
+    """How one version's model calls run: inline when small, else on one of `inference_threads` worker
+    threads, each timed into the metrics. Kept apart from ServedModel so that the batcher can call it
+    without referring back to the served version: no reference cycle, so a replaced version is freed
+    the moment its last request ends, not whenever Python's cyclic collector runs."""
+
+    name: str
+    version: str
+    settings: Settings
+    metrics: Metrics
+    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+
+    async def __call__(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
+        began = time.perf_counter()
+        if rows <= self.settings.inline_cost:
+            result = fn(*args)
+        else:
+            if self.limiter is None:
+                self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
+            result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
+        return result
+
+
+@dataclass
 class ServedModel:
     name: str
     version: str
@@ -31,17 +56,30 @@ class ServedModel:
     metrics: Metrics
     batcher: MicroBatcher | None = None
     in_flight: int = 0  # model calls running or queued: the max_in_flight limit, per version
-    limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+    calls: ModelCalls = field(default=None, repr=False)  # type: ignore[assignment]  # made from the fields
+    closed: bool = False  # no longer served: requests that resolved it before still finish on it
+
+    def __post_init__(self) -> None:
+        if self.calls is None:
+            self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics)
 
     @classmethod
     def create(cls, engine: Engine, settings: Settings, metrics: Metrics) -> ServedModel:
         manifest = engine.model.manifest
         served = cls(manifest.name, manifest.version, engine, settings, metrics)
         if settings.micro_batch:  # a batch is one model call: inline when small, else on a worker thread
-            served.batcher = MicroBatcher(lambda pixels: served._call("encode", len(pixels), engine.model.encode,
-                                                                      pixels),
+            calls, encode = served.calls, engine.model.encode
+            served.batcher = MicroBatcher(lambda pixels: calls("encode", len(pixels), encode, pixels),
                                           max_rows=settings.max_batch, max_wait_s=settings.micro_batch_wait_ms / 1000)
         return served
+
+    def close(self) -> None:
+        """The registry stopped serving this version. Requests that resolved it before finish on it;
+        the batcher sends what it holds now instead of waiting for its timer, and the version's
+        sessions are freed when the last of those requests lets go of it."""
+        self.closed = True
+        if self.batcher is not None:
+            self.batcher.close()
 
     @property
     def ref(self) -> dict[str, str]:
@@ -79,16 +117,7 @@ class ServedModel:
             self._release()
 
     async def _call(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
-        """One model call, timed: inline, or on a worker thread past `inline_cost` rows."""
-        began = time.perf_counter()
-        if rows <= self.settings.inline_cost:
-            result = fn(*args)
-        else:
-            if self.limiter is None:
-                self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-            result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
-        return result
+        return await self.calls(operation, rows, fn, *args)
 
     async def encode(self, pixels: np.ndarray, sample: bool, seed: int):
         """/encode's model call: through the micro-batcher when it is on. (Small model calls run inline

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
     max_json_bytes: int = Field(262_144, gt=0, description="largest JSON body (/decode's latents: max_batch x "
                                 "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB")
+    max_response_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest response to an inference "
+                                    "request of the open inference protocol, reckoned before it is built; over it "
+                                    "the request is refused with the sizes to ask for instead")
     max_image_pixels: int = Field(4_194_304, gt=0, description="largest image (width x height) decoded, "
                                   "checked on the header; 2048x2048 is ample for a model that sees 28x28")
     max_request_pixels: int = Field(16_777_216, gt=0, description="most declared pixels over all of a request's "

@@ -43,6 +43,8 @@ class AppState:
             return f"the model {name} is loading" if name else "the models are loading"
         if name is None:
             return "no default model: set VAE_DEFAULT_MODEL to one of the repository's models"
+        if self.registry.unloaded(name):
+            return (f"the model {name} was unloaded; POST /v2/repository/models/{name}/load serves it again")
         return f"the model {name} failed to load; see the server log"
 
     def resolve(self, name: str | None = None, version: str | None = None) -> ServedModel:

@@ -9,7 +9,14 @@ nothing until the headers are complete, so the limits live here, in the protocol
 - the request line and headers must arrive within `header_timeout_s` of the connection opening
   or of the previous response, else the connection is closed (so is one that keeps sending a
   body after its answer);
-- past `max_header_bytes` or `max_headers` the client gets 431 and the connection is closed.
+- past `max_header_bytes` or `max_headers` the client gets 431 and the connection is closed;
+- a Transfer-Encoding other than exactly `chunked` (`identity, chunked`, `gzip, chunked`, two of
+  the header) gets 400: the service decodes no other coding, and a proxy that reads such a header
+  otherwise than httptools does is how requests are smuggled;
+- a chunked body may spend on framing (chunk sizes, extensions, line ends) at most Go's budget since
+  CVE-2023-39326: 16 bytes a chunk plus twice the data, beyond 16 KiB; past it, 400 and the connection
+  is closed. httptools skips chunk extensions without counting them, so 100 MiB of `;x=aaa...` before
+  one chunk was read in full, and the body's byte limit never saw it.
 
 `vae-serve` passes this class to uvicorn; run by hand, name it: `uvicorn --http
 service.transport:GuardedHttpToolsProtocol --factory service.app:app_factory`.
@@ -29,6 +36,8 @@ from service.settings import Settings, load_settings
 
 log = logging.getLogger("vae.transport")
 LINGER_S = 1.0
+CHUNK_OVERHEAD_BYTES = 16  # framing each chunk may spend, beyond twice its data (Go's net/http)
+MAX_EXCESS_FRAMING = 16 * 1024
 
 
 @functools.cache
@@ -81,6 +90,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._awaiting_headers, self._rejected = True, False
         self._raw_header_bytes = self._header_bytes = self._header_count = 0
+        self._chunked = False  # this request's body is chunked: its framing is counted
+        self._transfer_encodings = 0
+        self._raw_body_bytes = self._body_bytes = self._chunks = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
@@ -100,12 +112,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:  # draining what the client still sends (see _LingeringTransport)
             return
+        in_body = not self._awaiting_headers and self._chunked
         if self._awaiting_headers:
             self._raw_header_bytes += len(data)
+        elif in_body:
+            self._raw_body_bytes += len(data)
         super().data_received(data)
         # httptools holds a header until it is complete, so one huge header is caught here, by raw bytes
         if self._awaiting_headers and self._raw_header_bytes > self.max_header_bytes:
             self._reject_headers()
+        # still in the same body (a message that completed reset the counts): its framing so far
+        elif in_body and not self._awaiting_headers and self._excess_framing() > MAX_EXCESS_FRAMING:
+            self._reject_body("the chunked body spends too many bytes on framing (chunk extensions or sizes): "
+                              f"more than {MAX_EXCESS_FRAMING} bytes beyond 16 per chunk and twice the data")
+
+    def _excess_framing(self) -> int:
+        framing = self._raw_body_bytes - self._body_bytes
+        return framing - CHUNK_OVERHEAD_BYTES * self._chunks - 2 * self._body_bytes
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -116,6 +142,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count += 1
         if self._header_count > self.max_headers or self._header_bytes > self.max_header_bytes:
             self._reject_headers()
+        elif name.lower() == b"transfer-encoding":
+            self._transfer_encodings += 1
+            self._chunked = True
+            if self._transfer_encodings > 1 or value.strip().lower() != b"chunked":
+                self._reject_body("Transfer-Encoding must be exactly 'chunked' (once), or absent with a "
+                                  "Content-Length: no other transfer coding is accepted")
         if not self._rejected:
             super().on_header(name, value)
 
@@ -127,6 +159,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         if not self._rejected:
             super().on_body(body)
 
@@ -136,6 +169,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._awaiting_headers = True  # the next request's, which may be pipelined
         self._raw_header_bytes = self._header_bytes = self._header_count = 0
+        self._chunked, self._transfer_encodings = False, 0
+        self._raw_body_bytes = self._body_bytes = self._chunks = 0
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -170,6 +205,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._arm_idle_timer()
             return
+        self.transport.close()
+
+    def _reject_body(self, message: str) -> None:
+        """400 and close, for framing refused while the request is being read (its headers may be
+        complete: the app, waiting for the body, is told the client is gone)."""
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._stop_header_timer()
+        log.info("request refused: %s", message)
+        cycle = self.cycle
+        if cycle is not None and not self._awaiting_headers and not cycle.response_started:
+            cycle.disconnected = True  # the app's receive() answers http.disconnect; it sends nothing
+            cycle.message_event.set()
+        elif cycle is not None and not self._awaiting_headers:  # the app has begun its answer: just close
+            self.transport.close()
+            return
+        self.transport.write(_rejection("400 Bad Request", "invalid_http", message))
         self.transport.close()
 
     def _reject_headers(self) -> None:

@@ -18,9 +18,12 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.errors import ApiError
 from service.registry import LoadFailed, ModelNotFound
 from service.schemas import V2ErrorBody
 from service.state import app_state
+from service.uploads import read_body
+from service.v2.codec import ProtocolError, check_structure, quoted
 from service.v2.models import split_name, v2_names
 from service.v2.schemas import ModelReadyResponse
 
@@ -40,8 +43,12 @@ CONTROL_ERRORS = {400: {**V2_ERROR, "description": "the load failed; what still 
 INDEX_EXAMPLE = [{"name": "fashion-mnist-vae", "version": "2.0.0", "state": "READY", "reason": ""}]
 
 
-def v2_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+CONTROL_BODY_BYTES = 65_536  # a control body is {"ready": true} or {"parameters": {...}}: bytes, not megabytes
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vae-service model repository"'}  # RFC 9110: a 401 names its scheme
+
+
+def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _denied(request: Request) -> JSONResponse | None:
@@ -54,7 +61,8 @@ def _denied(request: Request) -> JSONResponse | None:
         return v2_error(403, "repository control is off: set VAE_ADMIN_TOKEN (or VAE_REPOSITORY_CONTROL=open)")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>")
+        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>",
+                        CHALLENGE)
     return None
 
 
@@ -64,7 +72,13 @@ async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
     denied = _denied(request)
     if denied is not None:
         return denied
-    body = await request.body()
+    try:
+        body = await read_body(request, CONTROL_BODY_BYTES, setting="the control routes' own limit")
+        check_structure(body, "the body")
+    except ApiError as exc:
+        return v2_error(exc.status, exc.message, exc.headers)
+    except ProtocolError as exc:
+        return v2_error(exc.status, exc.message)
     if not body.strip():
         return {}
     try:
@@ -132,7 +146,8 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-READY = {200: {"model": ModelReadyResponse, "description": "ready"}, 400: {**V2_ERROR, "description": "not ready"}}
+READY = {200: {"model": ModelReadyResponse, "description": "ready"}, 400: {**V2_ERROR, "description": "not ready"},
+         404: {**V2_ERROR, "description": "no such model"}}
 
 
 @router.get("/v2/models/{name}/ready", responses=READY,
@@ -150,7 +165,16 @@ async def version_ready(request: Request) -> Response:
 
 
 def _readiness(request: Request, name: str, version: str | None) -> Response:
-    if app_state(request).registry.is_ready(repository_model(name), version):
+    registry = app_state(request).registry
+    model = repository_model(name)
+    if registry.is_ready(model, version):
         return JSONResponse({"name": name, "ready": True})
-    which = f"model '{name}'" + (f" version '{version}'" if version else "")
-    return v2_error(400, f"{which} is not ready")
+    which = f"model {quoted(name)}" + (f" version {quoted(version)}" if version else "")
+    if model not in registry.known():
+        return v2_error(404, f"{which} does not exist: no such model was found in the repository (POST "
+                        "/v2/repository/index lists them; POST /v2/repository/models/<name>/load loads one added "
+                        "since)")
+    if version is not None and registry.is_ready(model):
+        return v2_error(400, f"{which} is not ready: that version is not loaded (loaded: "
+                        f"{', '.join(registry.served().get(model, []))})")
+    return v2_error(400, f"{which} is not ready ({'unloaded' if registry.unloaded(model) else 'not loaded'})")

@@ -58,6 +58,12 @@ async def root() -> RedirectResponse:
     return RedirectResponse(f"{MOUNT.lstrip('/')}/", status_code=307)
 
 
+@router.get(MOUNT)
+async def page_without_slash() -> RedirectResponse:
+    # "ui/" resolved against /ui is /ui/; never a URL built from the request's Host header.
+    return RedirectResponse(f"{MOUNT.lstrip('/')}/", status_code=307)
+
+
 def install(app: FastAPI) -> None:
     app.mount(MOUNT, PageFiles(directory=STATIC_DIR, html=True), name="ui")
     app.include_router(router)

@@ -25,6 +25,14 @@ BYTES = "BYTES"
 DATATYPES = (*DTYPES, BYTES)
 HEADER_LENGTH = "inference-header-content-length"
 LENGTH_PREFIX = struct.Struct("<I")
+# numpy's own ceiling is 64 dimensions; no model here takes more than 4 (an image batch, N x C x H x W).
+MAX_RANK = 8
+# Containers (lists, objects) and object keys a JSON body may hold. orjson holds the GIL while it
+# builds them, on a worker thread too, so their number, not the body's bytes, bounds how long one body
+# can hold the event loop (`python -m bench.json_parse`: bench/results/json_parse.json). A nested
+# image batch of 64 x 3 x 128 x 128 needs about 25,000.
+MAX_JSON_STRUCTURES = 100_000
+SHOWN = 80  # characters of a client's text quoted back in an error message
 
 
 class ProtocolError(ValueError):
@@ -97,7 +105,32 @@ def header_length(value: str | None, body_length: int) -> int:
     return length
 
 
+def quoted(value: Any) -> str:
+    """A client's value as an error message shows it: repr'd, and cut to SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def listed(values: list[str], most: int = 8) -> str:
+    """Names for an error message: quoted, at most `most` of them."""
+    shown = ", ".join(quoted(v) for v in values[:most])
+    return shown + (f" and {len(values) - most} more" if len(values) > most else "")
+
+
+def check_structure(document: bytes | memoryview, what: str = "the inference request",
+                    most: int = MAX_JSON_STRUCTURES) -> None:
+    """Refuse JSON with more than `most` containers or keys before it is parsed. Counted on the bytes
+    (a bracket inside a string counts too, which only errs on the strict side)."""
+    raw = bytes(document) if isinstance(document, memoryview) else document
+    count = raw.count(b"[") + raw.count(b"{") + raw.count(b'":')
+    if count > most:
+        raise ProtocolError(f"{what} holds {count} JSON lists, objects and keys; at most {most} "
+                            "are accepted: send tensor data flat (a list of numbers in row-major order) or as "
+                            "binary data (parameters.binary_data_size)")
+
+
 def parse_header(header: bytes) -> dict[str, Any]:
+    check_structure(header)
     try:
         parsed = orjson.loads(header)
     except orjson.JSONDecodeError:
@@ -109,7 +142,9 @@ def parse_header(header: bytes) -> dict[str, Any]:
 
 
 def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None = None) -> InferRequest:
-    """The request: its JSON header (parsed here unless given) and the binary tensors after it."""
+    """The request: its JSON header (parsed here unless given) and the binary tensors after it. No
+    tensor may declare more elements than the body has bytes: every encoding spends at least one
+    byte on an element."""
     header = parse_header(body[:json_length]) if parsed is None else parsed
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -121,9 +156,9 @@ def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None =
     blobs = memoryview(body)[json_length:]
     offset, inputs, names = 0, [], set()
     for position, raw in enumerate(raw_inputs):
-        tensor, used = _input(raw, position, blobs[offset:])
+        tensor, used = _input(raw, position, blobs[offset:], max(len(body), 1))
         if tensor.name in names:
-            raise ProtocolError(f"input '{tensor.name}' is given twice")
+            raise ProtocolError(f"input {quoted(tensor.name)} is given twice")
         names.add(tensor.name)
         inputs.append(tensor)
         offset += used
@@ -149,111 +184,133 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
         return None
     if not isinstance(raw, list):
         raise ProtocolError("'outputs' must be a list of {\"name\": ...} objects")
-    outputs = []
+    outputs: list[RequestedOutput] = []
+    names: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ProtocolError("each requested output must be an object with a string 'name'")
-        binary = _parameters(item.get("parameters"), f"output '{item['name']}'").get("binary_data")
+        name = item["name"]
+        if name in names:  # Triton refuses it too: each mention would be another copy in the response
+            raise ProtocolError(f"output {quoted(name)} is requested more than once; name each output once")
+        names.add(name)
+        binary = _parameters(item.get("parameters"), f"output {quoted(name)}").get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise ProtocolError(f"output '{item['name']}': parameter 'binary_data' must be true or false")
-        outputs.append(RequestedOutput(item["name"], binary))
+            raise ProtocolError(f"output {quoted(name)}: parameter 'binary_data' must be true or false")
+        outputs.append(RequestedOutput(name, binary))
     return outputs
 
 
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
+def checked_shape(raw: Any, name: str, max_elements: int) -> tuple[int, ...]:
+    """A declared shape: non-negative integers, at most MAX_RANK of them, each dimension and their
+    product at most `max_elements`. Checked before numpy sees it: numpy refuses over 64 dimensions, and
+    a zero-element shape such as [0, 2**63] passes a count check but not numpy's."""
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise ProtocolError(f"input '{name}': 'shape' must be a list of non-negative integers, not {str(raw)[:80]}")
+        raise ProtocolError(f"input {quoted(name)}: 'shape' must be a list of non-negative integers, "
+                            f"not {quoted(raw)}")
+    if len(raw) > MAX_RANK:
+        raise ProtocolError(f"input {quoted(name)}: shape has {len(raw)} dimensions; at most {MAX_RANK} are accepted")
+    if any(d > max_elements for d in raw) or math.prod(raw) > max_elements:
+        raise ProtocolError(f"input {quoted(name)}: shape {quoted(raw)} declares more elements (in all, or in one "
+                            f"dimension) than the request's {max_elements} bytes can carry")
     return tuple(raw)
 
 
-def _input(raw: Any, position: int, blobs: memoryview) -> tuple[Tensor, int]:
+def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tuple[Tensor, int]:
     """One input tensor and how many bytes of the binary section it used."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ProtocolError(f"input {position} must be an object with a string 'name'")
     name = raw["name"]
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
-        raise ProtocolError(f"input '{name}': datatype must be one of {', '.join(DATATYPES)}, not {datatype!r}")
-    shape = _shape(raw.get("shape"), name)
+        raise ProtocolError(f"input {quoted(name)}: datatype must be one of {', '.join(DATATYPES)}, "
+                            f"not {quoted(datatype)}")
+    shape = checked_shape(raw.get("shape"), name, max_elements)
     count = math.prod(shape)
-    size = _parameters(raw.get("parameters"), f"input '{name}'").get("binary_data_size")
+    size = _parameters(raw.get("parameters"), f"input {quoted(name)}").get("binary_data_size")
     if size is not None:
         if "data" in raw:
-            raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size; send one")
+            raise ProtocolError(f"input {quoted(name)} has both 'data' and binary_data_size; send one")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
+            raise ProtocolError(f"input {quoted(name)}: binary_data_size must be a non-negative integer")
         if size > len(blobs):
-            raise ProtocolError(f"input '{name}': binary_data_size is {size} bytes but only {len(blobs)} bytes of "
+            raise ProtocolError(f"input {quoted(name)}: binary_data_size is {size} bytes but only {len(blobs)} bytes of "
                                 "binary data are left in the body")
         return Tensor(name, datatype, binary_tensor(bytes(blobs[:size]), datatype, shape, name)), size
     if "data" not in raw:
-        raise ProtocolError(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        raise ProtocolError(f"input {quoted(name)} has neither 'data' nor parameters.binary_data_size")
     return Tensor(name, datatype, json_tensor(raw["data"], datatype, shape, count, name)), 0
 
 
 def binary_tensor(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype == BYTES:
-        elements = split_bytes(blob, name)
+        elements = split_bytes(blob, name, most=count)
         if len(elements) != count:
-            raise ProtocolError(f"input '{name}': shape {list(shape)} holds {count} elements but the binary data "
-                                f"holds {len(elements)} BYTES elements")
+            given = f"{len(elements)}" if len(elements) <= count else "more"
+            raise ProtocolError(f"input {quoted(name)}: shape {list(shape)} holds {count} elements but the binary data "
+                                f"holds {given} BYTES elements")
         return _object_array(elements, shape)
     dtype = DTYPES[datatype]
     if len(blob) != count * dtype.itemsize:
-        raise ProtocolError(f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
+        raise ProtocolError(f"input {quoted(name)}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
                             f"but binary_data_size is {len(blob)}")
     return np.frombuffer(blob, dtype=dtype).reshape(shape)
 
 
 def json_tensor(data: Any, datatype: str, shape: tuple[int, ...], count: int, name: str) -> np.ndarray:
-    flat = _flatten(data, name)
+    flat = _flatten(data, name, count)
     if len(flat) != count:
-        raise ProtocolError(f"input '{name}': shape {list(shape)} holds {count} elements but 'data' has {len(flat)}")
+        given = f"{len(flat)}" if len(flat) <= count else "more"
+        raise ProtocolError(f"input {quoted(name)}: shape {list(shape)} holds {count} elements but 'data' has {given}")
     if datatype == BYTES:
         if not all(isinstance(x, str) for x in flat):
-            raise ProtocolError(f"input '{name}': BYTES data in JSON must be strings")
+            raise ProtocolError(f"input {quoted(name)}: BYTES data in JSON must be strings")
         return _object_array([x.encode() for x in flat], shape)
     kind = DTYPES[datatype].kind
     allowed = {"b": (bool, int), "f": (int, float)}.get(kind, (int,))  # no silent rounding into integers
     if not all(isinstance(x, allowed) and (kind == "b" or not isinstance(x, bool)) for x in flat):
         what = {"b": "booleans", "f": "numbers"}.get(kind, "integers")
-        raise ProtocolError(f"input '{name}': {datatype} data must be {what}")
+        raise ProtocolError(f"input {quoted(name)}: {datatype} data must be {what}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             array = np.array(flat, dtype=DTYPES[datatype])
     except (OverflowError, ValueError, FloatingPointError):
-        raise ProtocolError(f"input '{name}': a value does not fit {datatype}") from None
+        raise ProtocolError(f"input {quoted(name)}: a value does not fit {datatype}") from None
     return array.reshape(shape)
 
 
-def _flatten(data: Any, name: str) -> list[Any]:
-    """Row-major elements of flat or nested `data`, without recursion (nesting depth is the client's)."""
+def _flatten(data: Any, name: str, count: int) -> list[Any]:
+    """Row-major elements of flat or nested `data`, without recursion (nesting depth is the client's);
+    it stops at one element past `count`, the most the shape allows."""
     if not isinstance(data, list):
-        raise ProtocolError(f"input '{name}': 'data' must be a list")
+        raise ProtocolError(f"input {quoted(name)}: 'data' must be a list")
     flat: list[Any] = []
     stack = [iter(data)]
-    while stack:
+    while stack and len(flat) <= count:
         for item in stack[-1]:
             if isinstance(item, list):
                 stack.append(iter(item))
                 break
             flat.append(item)
+            if len(flat) > count:
+                break
         else:
             stack.pop()
     return flat
 
 
-def split_bytes(blob: bytes, name: str) -> list[bytes]:
-    """BYTES elements: each a 4-byte little-endian length, then that many bytes."""
-    elements, offset = [], 0
-    while offset < len(blob):
+def split_bytes(blob: bytes, name: str, most: int | None = None) -> list[bytes]:
+    """BYTES elements: each a 4-byte little-endian length, then that many bytes; it stops one element past
+    `most` (the count the shape declares) when that is given."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(blob) and (most is None or len(elements) <= most):
         if offset + 4 > len(blob):
-            raise ProtocolError(f"input '{name}': BYTES element {len(elements)} is cut short in its 4-byte length")
+            raise ProtocolError(f"input {quoted(name)}: BYTES element {len(elements)} is cut short in its 4-byte length")
         (length,) = LENGTH_PREFIX.unpack_from(blob, offset)
         offset += 4
         if offset + length > len(blob):
-            raise ProtocolError(f"input '{name}': BYTES element {len(elements)} declares {length} bytes but only "
+            raise ProtocolError(f"input {quoted(name)}: BYTES element {len(elements)} declares {length} bytes but only "
                                 f"{len(blob) - offset} remain")
         elements.append(blob[offset:offset + length])
         offset += length

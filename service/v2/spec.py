@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from service.v2.codec import ProtocolError, Tensor
+from service.v2.codec import ProtocolError, Tensor, listed
 
 # Request parameters the protocol or its clients define; an operation ignores them.
 PROTOCOL_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
@@ -75,12 +75,12 @@ def knobs(model: type[BaseModel], parameters: dict[str, Any], name: str) -> Any:
     own = {k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}
     unknown = sorted(set(own) - set(model.model_fields))
     if unknown:
-        raise ProtocolError(f"model '{name}' has no parameter {', '.join(map(repr, unknown))}; it takes "
-                            f"{', '.join(model.model_fields)}")
-    try:
-        return model.model_validate(own)
+        raise ProtocolError(f"model '{name}' has no parameter {listed(unknown)}; it takes "
+                            f"{', '.join(model.model_fields) or 'none'}")
+    try:  # strict: JSON has types, so true is not 1 and "5" is not 5 (the native query strings are lax)
+        return model.model_validate(own, strict=True)
     except ValidationError as exc:
-        parts = [f"parameter {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
+        parts = [f"parameter {'.'.join(str(p) for p in err['loc'])[:80]}: {err['msg']}" for err in exc.errors()[:5]]
         raise ProtocolError(f"model '{name}': " + "; ".join(parts)) from None
 
 
@@ -102,7 +102,7 @@ def checked_inputs(call: Call, specs: list[TensorSpec], name: str) -> dict[str, 
     wanted = {s.name: s for s in specs}
     unknown = sorted(set(call.inputs) - set(wanted))
     if unknown:
-        raise ProtocolError(f"model '{name}' has no input {', '.join(map(repr, unknown))}; its inputs are "
+        raise ProtocolError(f"model '{name}' has no input {listed(unknown)}; its inputs are "
                             f"{', '.join(wanted) or 'none'}")
     for spec in specs:
         if spec.name in call.inputs:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,3 +155,64 @@ def bundled_client(tmp_path_factory) -> Iterator[httpx.Client]:
     with serving(tmp_path_factory.mktemp("bundled"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
         with httpx.Client(base_url=url, timeout=120) as http:
             yield http
+
+
+def status_counts(url: str, status_prefix: str) -> dict[str, float]:
+    """The request counts of /metrics whose status starts with `status_prefix`, by label set."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    pattern = re.compile(r'^vae_requests_total\{(.*status="' + status_prefix + r'[^"]*".*)\} (\S+)$', re.M)
+    return {labels: float(value) for labels, value in pattern.findall(text)}
+
+
+def server_errors(url: str) -> dict[str, float]:
+    """The 5xx counts (/readyz's 503s while the model loads included)."""
+    return status_counts(url, "5")
+
+
+class HealthGuard:
+    """Around an attack: /healthz polled from a thread the whole time. On exit: no poll waited
+    `limit_s` or more, the server counted no new 5xx, and it is ready."""
+
+    def __init__(self, url: str, limit_s: float = 1.0, max_polls: int = 10_000, unready_allowed: bool = False) -> None:
+        """`unready_allowed`: the test makes the server unready on purpose (an unload): /readyz's 503s
+        are not counted as server errors."""
+        self.url, self.limit_s, self.max_polls = url, limit_s, max_polls
+        self.unready_allowed = unready_allowed
+        self.waits: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._errors_before: dict[str, float] = {}
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            for _ in range(self.max_polls):  # bounded: several minutes at the pace below
+                began = time.monotonic()
+                try:
+                    response = client.get("/healthz")
+                    if response.status_code != 200 or response.json() != {"status": "ok"}:
+                        self.failures.append(f"/healthz answered {response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"/healthz failed: {exc!r}")
+                self.waits.append(time.monotonic() - began)
+                if self._stop.wait(0.02):  # pacing between polls, not synchronisation
+                    return
+
+    def _errors(self) -> dict[str, float]:
+        errors = server_errors(self.url)
+        return {k: v for k, v in errors.items() if 'route="/readyz"' not in k} if self.unready_allowed else errors
+
+    def __enter__(self) -> HealthGuard:
+        self._errors_before = self._errors()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "the /healthz poller did not stop"
+        assert not self.failures, self.failures
+        assert self.waits and max(self.waits) < self.limit_s, f"/healthz waited {max(self.waits, default=0):.2f} s"
+        assert self._errors() == self._errors_before, self._errors()
+        ready = httpx.get(f"{self.url}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text

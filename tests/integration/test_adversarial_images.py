@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 import time
 import zlib
 
@@ -18,47 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.hostile_images import black_png, encode, many_frame_gif, many_page_tiff, progressive_jpeg_bomb
-from tests.integration.conftest import Server
-
-HEALTHZ_LIMIT_S = 1.0
-
-
-class HealthPoller:
-    """Polls /healthz from a thread until stopped (at most `max_polls` times), recording each latency."""
-
-    def __init__(self, url: str, max_polls: int = 5000) -> None:
-        self.url, self.max_polls = url, max_polls
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            for _ in range(self.max_polls):
-                began = time.perf_counter()
-                try:
-                    status = client.get(f"{self.url}/healthz").status_code
-                    if status != 200:
-                        self.failures.append(f"/healthz answered {status}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"/healthz failed: {exc!r}")
-                self.latencies.append(time.perf_counter() - began)
-                if self._stop.wait(0.01):  # pacing between polls, not synchronisation
-                    return
-
-    def __enter__(self) -> HealthPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        assert not self._thread.is_alive(), "the /healthz poller did not stop"
-        assert not self.failures, self.failures
-        assert self.latencies, "no /healthz poll completed"
-        assert max(self.latencies) < HEALTHZ_LIMIT_S, f"/healthz waited {max(self.latencies):.2f} s"
-
+from tests.integration.conftest import HealthGuard, Server
 
 def start(tmp_path_factory, **env: str) -> Server:
     server = Server(tmp_path_factory.mktemp("adversarial"), **env)
@@ -118,7 +77,7 @@ def assert_encoded(response: httpx.Response, images: int = 1) -> None:
 def test_a_progressive_jpeg_declaring_4096x4096_with_150_scans_is_refused_on_its_header(server):
     bomb = progressive_jpeg_bomb((4096, 4096), repeats=150, encoded_side=1024)
     assert 5_000 < len(bomb) < 20_000
-    with HealthPoller(server.url):
+    with HealthGuard(server.url):
         status, code, message = error(post(server.url, bomb, "image/jpeg"))
     assert (status, code) == (413, "image_too_large") and "4096x4096 = 16777216 pixels" in message
     assert_ready(server)
@@ -126,7 +85,7 @@ def test_a_progressive_jpeg_declaring_4096x4096_with_150_scans_is_refused_on_its
 
 def test_a_jpeg_over_the_scan_cap_is_refused_before_decoding(server):
     bomb = progressive_jpeg_bomb((2048, 2048), repeats=150, encoded_side=1024)
-    with HealthPoller(server.url):
+    with HealthGuard(server.url):
         status, code, message = error(post(server.url, bomb, "image/jpeg"))
     assert (status, code) == (422, "too_many_scans") and "more than 64 scans" in message
     assert_ready(server)
@@ -134,7 +93,7 @@ def test_a_jpeg_over_the_scan_cap_is_refused_before_decoding(server):
 
 def test_a_jpeg_bomb_past_the_scan_cap_is_stopped_by_the_deadline_and_frees_its_slot(lenient):
     bomb = progressive_jpeg_bomb((4096, 4096), repeats=2000)
-    with HealthPoller(lenient.url):
+    with HealthGuard(lenient.url):
         status, code, message = error(post(lenient.url, bomb, "image/jpeg"))
         assert (status, code) == (422, "decode_timeout") and "longer than 1 s" in message
         assert_encoded(post(lenient.url, black_png(300)))  # the only decoder process was replaced
@@ -145,10 +104,10 @@ def test_a_jpeg_bomb_past_the_scan_cap_is_stopped_by_the_deadline_and_frees_its_
 def test_64_black_4000x4000_pngs_are_refused_by_the_pixel_limits(server, lenient):
     blobs = [black_png(4000)] * 64
     assert sum(map(len, blobs)) < 1_100_000
-    with HealthPoller(server.url):
+    with HealthGuard(server.url):
         status, code, message = error(post_files(server.url, blobs))
     assert (status, code) == (413, "image_too_large") and message.startswith("image 0: image is 4000x4000")
-    with HealthPoller(lenient.url):  # each image now allowed: the request's budget refuses them together
+    with HealthGuard(lenient.url):  # each image now allowed: the request's budget refuses them together
         status, code, message = error(post_files(lenient.url, blobs))
     assert (status, code) == (413, "request_too_many_pixels") and "1024000000 pixels in all" in message
     assert_ready(server)
@@ -156,21 +115,21 @@ def test_64_black_4000x4000_pngs_are_refused_by_the_pixel_limits(server, lenient
 
 
 def test_a_large_image_within_the_limits_is_decoded_off_the_loop(server):
-    with HealthPoller(server.url):
+    with HealthGuard(server.url):
         assert_encoded(post_files(server.url, [black_png(2048), encode(Image.new("L", (28, 28), 9), "PNG")]), 2)
     assert_ready(server)
 
 
 def test_a_gif_with_700k_frames_is_decoded_from_its_first_frame_only(server):
     gif = many_frame_gif(700_000)
-    with HealthPoller(server.url):  # counting the frames stalled the loop for seconds
+    with HealthGuard(server.url):  # counting the frames stalled the loop for seconds
         assert_encoded(post(server.url, gif, "image/gif"))
     assert_ready(server)
 
 
 def test_a_tiff_with_12k_pages_is_decoded_from_its_first_page_only(server):
     tiff = many_page_tiff(12_000)
-    with HealthPoller(server.url):  # counting the pages is quadratic: it stalled the loop for seconds
+    with HealthGuard(server.url):  # counting the pages is quadratic: it stalled the loop for seconds
         assert_encoded(post(server.url, tiff, "image/tiff"))
     assert_ready(server)
 
@@ -187,7 +146,7 @@ def test_a_full_decode_queue_is_answered_429_at_once(lenient):
 
             return await asyncio.gather(*[one() for _ in range(8)])
 
-    with HealthPoller(lenient.url):
+    with HealthGuard(lenient.url):
         outcomes = asyncio.run(flood())
     by_code: dict[str, list[float]] = {}
     for elapsed, response in outcomes:
@@ -263,7 +222,7 @@ WIDER_SEARCH = _wider_search()
 @pytest.mark.parametrize("name, data, content_type, status, code, words", WIDER_SEARCH,
                          ids=[case[0] for case in WIDER_SEARCH])
 def test_wider_search(server, name, data, content_type, status, code, words):
-    with HealthPoller(server.url):
+    with HealthGuard(server.url):
         response = post(server.url, data, content_type)
     if status == 200:
         assert_encoded(response)
@@ -277,7 +236,7 @@ def test_a_jpeg_of_two_million_comment_segments_is_stopped_by_the_deadline(lenie
     """Pillow reads a JPEG's segments one by one in Python: 8 MB of empty comments take many seconds."""
     jpeg = encode(Image.new("L", (28, 28), 7), "JPEG")
     flood = jpeg[:2] + b"\xff\xfe\x00\x02" * 2_000_000 + jpeg[2:]
-    with HealthPoller(lenient.url):
+    with HealthGuard(lenient.url):
         status, code, message = error(post(lenient.url, flood, "image/jpeg"))
     assert (status, code) == (422, "decode_timeout") and "VAE_DECODE_TIMEOUT_S" in message
     assert_ready(lenient)

@@ -6,7 +6,6 @@ get a 5xx, and the server is ready afterwards."""
 from __future__ import annotations
 
 import json
-import re
 import select
 import socket
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 
 from model.core.preprocess import PreprocessContract, bytes_to_array
-from tests.integration.conftest import Server, png
+from tests.integration.conftest import HealthGuard, Server, png, status_counts
 
 BODY_TIMEOUT_S = 2.0
 HEADER_TIMEOUT_S = 1.0
@@ -41,47 +40,8 @@ def server(tmp_path_factory):
 @pytest.fixture
 def guarded(server):
     """Polls /healthz for the whole test; afterwards: never over 1 s, no 5xx counted, ready."""
-    stop, worst, failures = threading.Event(), [0.0], []
-    errors_before = server_errors(server)  # start-up's 503s from /readyz are expected
-
-    def poll():
-        with httpx.Client(base_url=server.url, timeout=5) as client:
-            for _ in range(5000):  # bounded: about 4 minutes at the pace below
-                if stop.is_set():
-                    return
-                began = time.monotonic()
-                try:
-                    response = client.get("/healthz")
-                except httpx.HTTPError as exc:
-                    failures.append(repr(exc))
-                    return
-                worst[0] = max(worst[0], time.monotonic() - began)
-                if response.status_code != 200 or response.json() != {"status": "ok"}:
-                    failures.append((response.status_code, response.text))
-                stop.wait(0.05)  # pacing between polls
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
+    with HealthGuard(server.url):
         yield server
-    finally:
-        stop.set()
-        poller.join(timeout=10)
-    assert not poller.is_alive() and not failures, failures
-    assert worst[0] < 1.0, f"/healthz took {worst[0]:.2f} s"
-    assert server_errors(server) == errors_before, server_errors(server)
-    ready = httpx.get(f"{server.url}/readyz", timeout=5)
-    assert ready.status_code == 200 and ready.json()["status"] == "ready"
-
-
-def counts(server, status_prefix: str) -> dict[str, float]:
-    text = httpx.get(f"{server.url}/metrics", timeout=5).text
-    pattern = re.compile(r'^vae_requests_total\{(.*status="' + status_prefix + r'[^"]*".*)\} (\S+)$', re.M)
-    return {labels: float(value) for labels, value in pattern.findall(text)}
-
-
-def server_errors(server) -> dict[str, float]:
-    return counts(server, "5")  # includes /readyz's 503 while the model loads
 
 
 def connect(server, timeout: float = 10.0) -> socket.socket:
@@ -257,14 +217,14 @@ def test_a_body_dribbled_after_an_early_answer_does_not_hold_the_connection(guar
 def test_64_aborted_uploads_are_one_log_line_each_and_counted_499(guarded):
     server = guarded
     before_log = server.log().count("\n")
-    before = sum(counts(server, "499").values())
+    before = sum(status_counts(server.url, "499").values())
     for _ in range(64):
         with connect(server) as sock:
             sock.sendall(upload_head("/encode", 50_000) + b"x" * 1000)
     deadline = time.monotonic() + 10
-    while sum(counts(server, "499").values()) < before + 64 and time.monotonic() < deadline:
+    while sum(status_counts(server.url, "499").values()) < before + 64 and time.monotonic() < deadline:
         time.sleep(0.05)  # polling /metrics for the condition, with a deadline
-    assert sum(counts(server, "499").values()) == before + 64
+    assert sum(status_counts(server.url, "499").values()) == before + 64
     new_lines = server.log().splitlines()[before_log:]
     aborts = [line for line in new_lines if "client disconnected" in line]
     assert len(aborts) == 64 and len(new_lines) <= 70, new_lines[:20]

@@ -74,11 +74,12 @@ def test_a_policy_names_exactly_one_kind():
         VersionPolicy.model_validate({"newest": {}})
 
 
-async def test_a_directory_that_differs_from_its_manifest_is_unavailable_naming_both(tmp_path):
+async def test_a_directory_that_differs_from_its_manifest_fails_the_load_naming_both(tmp_path):
     add_version(tmp_path, "m", "1.0.0")
     add_version(tmp_path, "m", "2.0.0", manifest_version="1.5.0")
     registry = registry_for(tmp_path)
-    await registry.load("m")
+    with pytest.raises(LoadFailed, match=r"failed to load m 2\.0\.0: directory m/2\.0\.0 .* \(serving: 1\.0\.0\)"):
+        await registry.load("m")
     state, reason = (await states(registry))[("m", "2.0.0")]
     assert state == "UNAVAILABLE" and "m/2.0.0" in reason and "m 1.5.0" in reason
     assert registry.served() == {"m": ["1.0.0"]}
@@ -132,7 +133,7 @@ async def test_unload_then_requests_are_not_found_and_load_brings_it_back(tmp_pa
     registry = registry_for(tmp_path)
     await registry.load("m")
     await registry.unload("m")
-    with pytest.raises(ModelNotFound, match="'m' is not loaded"):
+    with pytest.raises(ModelNotFound, match="'m' was unloaded; the models served are: none"):
         registry.resolve("m")
     assert (await states(registry))[("m", "1.0.0")] == ("UNAVAILABLE", "unloaded")
     await registry.load("m")

@@ -115,8 +115,8 @@ async def test_decode_png_and_grid(client):
     ('{"z": [[1e39, 0, 0, 0]]}', "", "invalid_latents"),
     (json.dumps({"z": [[0, 0, 0, 0]] * 9}), "", "invalid_latents"),
     (json.dumps({"z": [[0, 0, 0, 0]] * 2}), "?format=png", "invalid_format"),
-    ('{"z": "nope"}', "", "invalid_request"),
-    ('{"z": [[0,0,0,0]], "extra": 1}', "", "invalid_request"),
+    ('{"z": "nope"}', "", "invalid_latents"),
+    ('{"z": [[0,0,0,0]], "extra": 1}', "", "invalid_latents"),
     ("not json", "", "invalid_request"),
 ])
 async def test_bad_latents_are_422(client, body, query, code):

@@ -58,6 +58,22 @@ async def test_a_json_suffix_media_type_and_a_missing_one_are_accepted(client):
 
 
 async def test_validation_errors_say_where(client):
-    response = await client.post("/decode", content='{"z": [[0, "x"]]}', headers={"content-type": "application/json"})
+    row = [0.0] * (LATENT - 1) + ["x"]
+    response = await client.post("/decode", content=json.dumps({"z": [row]}), headers={"content-type": "application/json"})
     status, code, message = error_of(response)
-    assert (status, code) == (422, "invalid_request") and message.startswith("z.0.1:")
+    assert (status, code) == (422, "invalid_latents")
+    assert message == f"z row 0, element {LATENT - 1} is 'x'; every element must be a finite number"
+
+
+@pytest.mark.parametrize("body", ['{"z": [0.5, 0.5]}', '{"z": 0.5}', '[[0.5]]', '{"latents": [[0.5]]}'])
+async def test_a_body_that_is_not_rows_shows_the_shape_expected(client, body):
+    response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
+    status, code, message = error_of(response)
+    assert (status, code) == (422, "invalid_latents") and '{"z": [[z_1, ..., z_D], ...]}' in message
+
+
+async def test_a_body_of_nested_lists_is_refused_before_it_is_parsed(client):
+    body = '{"z": [' + ",".join(["[[[[]]]]"] * 20_000) + "]}"
+    status, code, message = error_of(await client.post("/decode", content=body,
+                                                       headers={"content-type": "application/json"}))
+    assert (status, code) == (422, "invalid_latents") and message.startswith("z must be a list of 1 to")

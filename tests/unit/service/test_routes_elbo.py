@@ -74,12 +74,23 @@ async def test_a_named_model_takes_the_estimator_too(client):
     assert one["estimator"] == "prior" and one["results"] == other["results"]
 
 
-async def test_the_anomaly_route_ignores_an_estimator():
+async def test_the_anomaly_route_refuses_an_estimator_naming_what_it_accepts():
     app, _ = build(FakeVAE(calibrated=True))
     async with client_for(app) as client:
-        plain, asked = [(await client.post(f"/anomaly{query}", content=png_bytes(0), headers=PNG)).json()
-                        for query in ("", "?estimator=prior")]
-    assert asked == plain and "estimator" not in plain and plain["results"][0]["score"] is not None
+        plain = (await client.post("/anomaly", content=png_bytes(0), headers=PNG)).json()
+        asked = await client.post("/anomaly?estimator=prior", content=png_bytes(0), headers=PNG)
+    assert "estimator" not in plain and plain["results"][0]["score"] is not None
+    error = asked.json()["error"]
+    assert asked.status_code == 422 and error["code"] == "unknown_parameter"
+    assert error["message"] == ("unknown query parameter 'estimator' on /anomaly; the parameters accepted are: fpr, "
+                                "seed, binarize_seed")
+
+
+async def test_a_misspelt_query_parameter_is_a_422_not_its_default(client):
+    response = await client.post("/elbo?kk=10", content=png_bytes(0), headers=PNG)
+    error = response.json()["error"]
+    assert response.status_code == 422 and error["code"] == "unknown_parameter" and "'kk'" in error["message"]
+    assert "k, seed" in error["message"]
 
 
 @pytest.mark.parametrize("estimator", ["prior", "importance"])

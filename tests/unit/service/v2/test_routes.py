@@ -65,9 +65,14 @@ async def test_out_of_range_pixels_are_refused(client):
 
 
 async def test_unknown_models_versions_and_paths_are_404_in_the_protocols_shape(client):
-    assert v2_error(await client.get("/v2/models/nope.encode"), 404) == "model 'nope' is not loaded"
+    assert v2_error(await client.get("/v2/models/nope.encode"), 404) == \
+        "model 'nope' is not loaded; the models served are: fake-vae (GET /v1/models)"
     assert "no v2 model 'x.nope'" in v2_error(await client.get("/v2/models/x.nope"), 404)
-    assert "its v2 models are fake-vae.encoder" in v2_error(await client.get(f"/v2/models/{MODEL}"), 404)
+    repository_model = (await client.get(f"/v2/models/{MODEL}")).json()  # the index lists it: it answers
+    assert repository_model["platform"] == "vae-service_repository_model" and repository_model["inputs"] == []
+    assert f"v2 models {MODEL}.encoder, {MODEL}.decoder" in repository_model["description"]
+    infer = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": []})
+    assert "infer on its v2 models fake-vae.encoder" in v2_error(infer, 404)
     assert "1.0" in v2_error(await client.get(f"/v2/models/{MODEL}.encode/versions/1.0"), 404)
     assert v2_error(await client.get("/v2/nothing"), 404) == "no route /v2/nothing"
 
@@ -102,7 +107,7 @@ async def test_the_in_flight_limit_is_429_in_the_protocols_shape():
 
 async def test_a_wrong_method_is_405_in_the_protocols_shape(client):
     assert v2_error(await client.get(f"/v2/models/{MODEL}.encode/infer"), 405) == \
-        f"GET is not allowed on /v2/models/{MODEL}.encode/infer"
+        f"GET is not allowed on /v2/models/{MODEL}.encode/infer; use POST"
 
 
 async def test_an_unexpected_error_is_a_generic_500_in_the_protocols_shape():
