@@ -81,7 +81,7 @@ export: $(BIN)/.train-installed
 
 # The documentation site, built offline (no fonts or scripts from a CDN) into build/site/; CI runs it too.
 docs: $(BIN)/.docs-installed
-	$(BIN)/python -m mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir build/site
 
 # About half an hour on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
 # bench/scaleout.py: two replicas behind a round-robin proxy against one), the soak, and training
