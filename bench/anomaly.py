@@ -326,7 +326,7 @@ def histogram(results: dict[str, Any], score, raw, inliers: dict[str, np.ndarray
 
 
 def anomaly_section(results: dict[str, Any]) -> str:
-    """The README's table: per set, the raw likelihood's figures beside the chosen score's; misses in bold."""
+    """The docs' table (docs/anomaly.md): per set, the raw likelihood's figures beside the chosen score's; misses in bold."""
     chosen, base = results["chosen"], results["baseline"]
     lines = [f"Measured by `python -m bench.anomaly` on {results['machine']['time']}; model "
              f"`{results['model']['name']}` {results['model']['version']}. Chosen score: `{chosen}` "

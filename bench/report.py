@@ -58,7 +58,7 @@ def served_default_note(model: dict | None, what: str) -> str:
     default: which one it was, and that the figures are not yet re-measured on the default."""
     if not model:
         return ""
-    default = model_card.served_default(model["name"])
+    default = model_card.served_default(model["name"], model_card.REPOSITORY)
     if default is None or default == model["version"]:
         return ""
     return (f"\n**Measured on `{model['name']}` {model['version']}, not on the served default {default}.** "
@@ -216,7 +216,7 @@ def blocks() -> dict[str, str]:
             recorded = json.loads((RESULTS / results).read_text())
             section = getattr(importlib.import_module(module), function)(recorded)
             if block == "gaussian-scales":
-                section = model_card.runs_models(recorded.get("runs", {})) + section
+                section = model_card.runs_models(recorded.get("runs", {}), model_card.REPOSITORY) + section
             elif isinstance(recorded.get("model"), dict):
                 section += served_default_note(recorded["model"], SERVING_NOTE if block == "scaleout" else "")
             found[block] = section

@@ -9,7 +9,7 @@ one replica directly, one replica behind the proxy, two replicas behind the prox
 c=32 and c=64. The ratios, taken per round: two replicas over one (both behind the proxy), and the
 proxy's own cost (one replica behind it over one directly). wrk, the proxy and the replicas share
 this machine's cores, so two replicas here compete with the load generator for the same CPU; on a
-cluster each pod has its own cores (README, "Deploy at scale", says what that means).
+cluster each pod has its own cores (docs/deploying.md says what that means).
 """
 
 from __future__ import annotations

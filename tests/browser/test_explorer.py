@@ -124,7 +124,7 @@ def test_interpolation_runs_from_one_image_to_the_other(page, explorer_url, imag
         np.testing.assert_array_equal(strip[0], ends[0])
         np.testing.assert_array_equal(strip[-1], ends[1])
     assert any(not np.array_equal(a, b) for a, b in zip(strips["linear"][1:-1], strips["spherical"][1:-1]))
-    # Every panel filled, for the README's picture (docs/explorer.png is a copy of this one).
+    # Every panel filled (the docs' picture, docs/explorer.png, comes from test_a_tour_of_the_served_default_for_the_docs_picture).
     for panel, button in (("sample-panel", "sample-button"), ("traverse-panel", "traverse-button")):
         assert page.run(panel, page.find(button).click) == "done"
     page.screenshot("explorer-tour", full_page=True)
