@@ -118,7 +118,7 @@ def write_page(path: Path, figures: Path, repository: Path = REPOSITORY) -> Path
         report = repository / manifest["name"] / manifest["version"] / "report"
         label = f"`{manifest['name']}` {manifest['version']}"
         shown = []
-        for figure, caption in (("samples.png", "samples from the prior (the decoder's mean)"),
+        for figure, caption in (("samples.png", "samples from the prior"),
                                 ("reconstructions.png", "test images and their reconstructions")):
             if (report / figure).exists():
                 target = f"{manifest['name']}-{manifest['version']}-{figure}"
