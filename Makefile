@@ -1,21 +1,31 @@
-# vae-service: the two commands a new user needs are `make serve` and `make test`.
+# vae-service: the two commands a new user needs are `make serve` and `make test`; `make help` lists the rest.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 REPOSITORY ?= artifacts
-VERSION ?= 2.0.0
-MODEL_DIR ?= $(REPOSITORY)/fashion-mnist-vae/$(VERSION)
 RUN ?= runs/fashion-mnist
+# `make export` writes a new version into a repository of your own, never into the bundled artifacts/:
+# serve it with `make serve REPOSITORY=$(EXPORT_REPOSITORY)`.
+EXPORT_REPOSITORY ?= runs/models
+MODEL_NAME ?= fashion-mnist-vae
+VERSION ?= 1.0.0
+MODEL_DIR ?= $(EXPORT_REPOSITORY)/$(MODEL_NAME)/$(VERSION)
+# Where `make serve` listens: this machine only, unless HOST=0.0.0.0 (every interface) is asked for.
+HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-unit test-integration test-container train eval export bench bench-quick bench-anomaly bench-argument clean help
+.PHONY: serve install-train test test-unit test-integration test-container train eval export docs bench bench-quick bench-anomaly bench-argument clean help
 
 help:
-	@echo "make serve   - install the serving dependencies and serve the bundled model repository ($(REPOSITORY)) on :$(PORT)"
-	@echo "make test    - install everything and run the whole test suite"
-	@echo "make train / eval / export - train the default model, evaluate it, export it to $(MODEL_DIR)"
-	@echo "make bench   - serving and training benchmarks into bench/results/"
+	@echo "make serve          - install the serving dependencies and serve the bundled model repository ($(REPOSITORY))"
+	@echo "                      on http://$(HOST):$(PORT)/ (HOST=0.0.0.0 for every interface, PORT=... for another port)"
+	@echo "make test           - install everything and run the whole test suite"
+	@echo "make install-train  - install the training tools (vae-train, vae-eval, vae-average, vae-export) and nothing else"
+	@echo "make train / eval   - train the default model into $(RUN) (170 epochs, hours on a CPU), evaluate it"
+	@echo "make export         - export $(RUN)/best.pt as a new version, $(MODEL_DIR) (refuses an existing one)"
+	@echo "make docs           - build the documentation site into build/site/ (mkdocs build --strict, offline)"
+	@echo "make bench          - serving and training benchmarks into bench/results/ (about half an hour)"
 
 # Serving needs no torch: the base install is onnxruntime, numpy, Pillow, FastAPI.
 $(BIN)/.serve-installed: pyproject.toml
@@ -24,13 +34,30 @@ $(BIN)/.serve-installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(BIN)/.dev-installed: pyproject.toml $(BIN)/.serve-installed
+$(BIN)/.train-installed: pyproject.toml $(BIN)/.serve-installed
+	$(BIN)/python -m pip install -q -e '.[train]'
+	touch $@
+
+$(BIN)/.dev-installed: pyproject.toml $(BIN)/.train-installed
 	$(BIN)/python -m pip install -q -e '.[train,test]'
 	touch $@
 
+$(BIN)/.docs-installed: pyproject.toml $(BIN)/.serve-installed
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+# The banner says where the server really listens: HOST is passed to vae-serve as --host.
 serve: $(BIN)/.serve-installed
-	@echo "vae-serve: the explorer will be at http://localhost:$(PORT)/ (API reference: http://localhost:$(PORT)/docs)"
-	$(BIN)/vae-serve --model-repository $(REPOSITORY) --port $(PORT)
+	@if [ "$(HOST)" = 0.0.0.0 ] || [ "$(HOST)" = "::" ]; then \
+		echo "vae-serve: listening on every interface, port $(PORT): from this machine the explorer is http://localhost:$(PORT)/ and the API reference http://localhost:$(PORT)/docs"; \
+	else \
+		echo "vae-serve: listening on $(HOST) only, port $(PORT): the explorer is http://$(HOST):$(PORT)/ and the API reference http://$(HOST):$(PORT)/docs"; \
+	fi
+	$(BIN)/vae-serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+# The training tools alone (torch, onnx, ...), without starting a run or the test suite.
+install-train: $(BIN)/.train-installed
+	@echo "installed: $(BIN)/vae-train, vae-eval, vae-average, vae-export"
 
 # The whole suite: unit and integration tests, then the integration suite against the container
 # image (skipped, with a message, where no container engine exists).
@@ -38,14 +65,23 @@ test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest tests
 	PYTHON=$(BIN)/python bash docker/test-image.sh
 
-train: $(BIN)/.dev-installed
+train: $(BIN)/.train-installed
 	$(BIN)/vae-train --out $(RUN)
 
-eval: $(BIN)/.dev-installed
+eval: $(BIN)/.train-installed
 	$(BIN)/vae-eval $(RUN)/best.pt --k 5000 --report $(RUN)/report
 
-export: $(BIN)/.dev-installed
-	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --version $(VERSION) --report $(RUN)/report
+# A new version directory only: vae-export replaces an earlier export as a whole, so an existing
+# directory (a bundled version among them) is refused here rather than overwritten.
+export: $(BIN)/.train-installed
+	@if [ -e "$(MODEL_DIR)" ]; then \
+		echo "make export: $(MODEL_DIR) already exists; name a new version: make export VERSION=..." >&2; exit 1; \
+	fi
+	$(BIN)/vae-export $(RUN)/best.pt $(MODEL_DIR) --name $(MODEL_NAME) --version $(VERSION) --report $(RUN)/report
+
+# The documentation site, built offline (no fonts or scripts from a CDN) into build/site/; CI runs it too.
+docs: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir build/site
 
 # About half an hour on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
 # bench/scaleout.py: two replicas behind a round-robin proxy against one), the soak, and training
@@ -63,13 +99,14 @@ bench: $(BIN)/.dev-installed
 bench-quick: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.run --quick
 
-# The anomaly benchmark (a few minutes on 2 cores): bench/results/anomaly.json, its figure and README table.
+# The anomaly benchmark (a few minutes on 2 cores), on the served default version: bench/results/anomaly.json,
+# its figure and the table in docs/anomaly.md.
 bench-anomaly: $(BIN)/.dev-installed
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.anomaly
 	$(BIN)/python -m bench.report
 
-# Prior against importance sampling (README: Why z is sampled from q(z|x)), a minute or two on 2 cores, on the
+# Prior against importance sampling (docs/design/sampling.md), a minute or two on 2 cores, on the
 # latest artifacts/fashion-mnist-gaussian/ (or ARGUMENT_MODEL_DIR=...): bench/results/seed_argument.{json,png}.
 ARGUMENT_MODEL_DIR ?=
 bench-argument: $(BIN)/.dev-installed

@@ -1,5 +1,5 @@
 """Shared against per-pixel learned sigma for the Gaussian decoder, epoch by epoch, from the training runs'
-own test-set records (OUT/metrics.jsonl): bench/results/gaussian_scales.json and the README's table.
+own test-set records (OUT/metrics.jsonl): bench/results/gaussian_scales.json and the table in docs/design/gaussian-sigma.md.
 
     python -m bench.gaussian_scales shared=runs/fashion-mnist-gaussian-shared \
         per_pixel=runs/fashion-mnist-gaussian-per_pixel

@@ -1,17 +1,20 @@
-"""Write the README's generated sections from recorded results: never typed by hand.
+"""Write the documentation's generated pages and blocks from recorded results: never typed by hand.
 
     python -m bench.report   (also run by `make bench`)
 
-- the benchmark table, from bench/results/serving.json and training.json (medians of the
-  interleaved rounds, with their range);
-- the model card, one block per bundled model from its newest manifest (bench/model_card.py);
-- the Gaussian decoder's shared against per-pixel sigma, from bench/results/gaussian_scales.json;
-- the anomaly benchmark's table, from bench/results/anomaly.json (`python -m bench.anomaly`);
-- the prior-versus-importance table, from bench/results/seed_argument.json (`python -m bench.seed_argument`);
-- the training throughput table, from bench/results/train_throughput.json (`python -m bench.train_throughput`);
-- the scale-out table, from bench/results/scaleout.json (`python -m bench.scaleout`);
-- the configuration list, from service/settings.py's Settings (names, defaults, limits, descriptions)
-  and the access log's recorded cost in bench/results/inprocess.json.
+Each generated table names the model and version it was measured on, and says so when that is not
+the version the bundled repository serves by default. It writes, under docs/:
+
+- model-card.md, whole: one card per bundled model from its newest manifest (bench/model_card.py),
+  with the report's figures copied into docs/figures/;
+- in benchmarks.md, the serving table from bench/results/serving.json and training.json (medians of
+  the interleaved rounds, with their range), and the training throughput table (train_throughput.json);
+- in deploying.md, the scale-out table (scaleout.json);
+- in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure;
+- in design/sampling.md, the prior-versus-importance table (seed_argument.json) and its figure;
+- in design/gaussian-sigma.md, the shared against per-pixel sigma (gaussian_scales.json);
+- in configuration.md, the settings table, from service/settings.py's Settings (names, defaults,
+  limits, descriptions) and the access log's recorded cost in bench/results/inprocess.json.
 """
 
 from __future__ import annotations
@@ -19,21 +22,47 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 from bench import model_card
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+DOCS = REPO / "docs"
 RESULTS = REPO / "bench" / "results"
 
+# Each generated block: the docs page (under DOCS) that holds its <!-- NAME:begin --> ... <!-- NAME:end -->.
+PAGES = {
+    "bench": "benchmarks.md",
+    "train-throughput": "benchmarks.md",
+    "scaleout": "deploying.md",
+    "anomaly": "anomaly.md",
+    "seed-argument": "design/sampling.md",
+    "gaussian-scales": "design/gaussian-sigma.md",
+    "settings": "configuration.md",
+}
+# Figures a results file comes with, copied beside the pages that show them (mkdocs serves docs/ only).
+FIGURES = {"anomaly_scores.png": "anomaly.json", "seed_argument.png": "seed_argument.json"}
 
-def _replace(text: str, name: str, body: str) -> str:
+
+def _replace(text: str, name: str, body: str, page: str = "the page") -> str:
     pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- {name}:begin --> ... <!-- {name}:end --> block")
+        raise SystemExit(f"{page} has no <!-- {name}:begin --> ... <!-- {name}:end --> block")
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def served_default_note(model: dict | None, what: str) -> str:
+    """A line under a table measured on a version other than the one the bundled repository serves by
+    default: which one it was, and that the figures are not yet re-measured on the default."""
+    if not model:
+        return ""
+    default = model_card.served_default(model["name"], model_card.REPOSITORY)
+    if default is None or default == model["version"]:
+        return ""
+    return (f"\n**Measured on `{model['name']}` {model['version']}, not on the served default {default}.** "
+            f"{what} Re-measuring on {default} is still to do.\n")
 
 
 def bench_section(serving: dict, training: dict | None = None) -> str:
@@ -120,7 +149,7 @@ def _spread(summary: dict, spec: str, unit: str = "") -> str:
 
 
 def settings_section() -> str:
-    """One row per `Settings` field, so a new setting appears in the README when this runs."""
+    """One row per `Settings` field, so a new setting appears in docs/configuration.md when this runs."""
     from service.settings import PREFIX, Settings
 
     lines = ["| variable | default | allowed | what it sets |", "|---|---|---|---|"]
@@ -157,7 +186,7 @@ def _yes(value: bool) -> str:
     return "yes" if value else "**no**"
 
 
-# README block, its recorded results file in bench/results/, and the function that turns them into the block.
+# Generated block, its recorded results file in bench/results/, and the function that turns them into the block.
 RECORDED_SECTIONS = (
     ("anomaly", "anomaly.json", "bench.anomaly", "anomaly_section"),
     ("gaussian-scales", "gaussian_scales.json", "bench.gaussian_scales", "section"),
@@ -165,29 +194,63 @@ RECORDED_SECTIONS = (
     ("scaleout", "scaleout.json", "bench.scaleout", "scaleout_section"),
     ("train-throughput", "train_throughput.json", "bench.train_throughput", "throughput_section"),
 )
+SERVING_NOTE = ("3.x keeps 2.0.0's encoder and decoder architecture, so `/encode` runs graphs of the same shape; "
+                "`/sample` and `/elbo` also run 3.x's mixture prior (`prior.onnx`), which these figures do not include.")
 
 
-def update_readme() -> None:
-    text = README.read_text()
-    if model_card.newest_manifests(model_card.REPOSITORY):
-        text = _replace(text, "model-card", model_card.model_card_section())
+def blocks() -> dict[str, str]:
+    """Every generated block whose recorded results exist, by name."""
+    found = {"settings": settings_section()}
     if (RESULTS / "serving.json").exists():
         serving = json.loads((RESULTS / "serving.json").read_text())
         training_path = RESULTS / "training.json"
         training = json.loads(training_path.read_text()) if training_path.exists() else None
         if "cells" in serving:
-            text = _replace(text, "bench", bench_section(serving, training))
+            found["bench"] = bench_section(serving, training) + served_default_note(serving.get("model"),
+                                                                                    SERVING_NOTE)
         else:  # one 6 s window per cell, before the interleaved rounds: its table stays as written
             print("bench/results/serving.json has no interleaved rounds; the bench table is left as is "
                   "until `make bench` records them")
     for block, results, module, function in RECORDED_SECTIONS:
         if (RESULTS / results).exists():  # imported only when used: some need the bench extra (matplotlib)
-            section = getattr(importlib.import_module(module), function)
-            text = _replace(text, block, section(json.loads((RESULTS / results).read_text())))
-    text = _replace(text, "settings", settings_section())
-    README.write_text(text)
+            recorded = json.loads((RESULTS / results).read_text())
+            section = getattr(importlib.import_module(module), function)(recorded)
+            if block == "gaussian-scales":
+                section = model_card.runs_models(recorded.get("runs", {}), model_card.REPOSITORY) + section
+            elif isinstance(recorded.get("model"), dict):
+                section += served_default_note(recorded["model"], SERVING_NOTE if block == "scaleout" else "")
+            found[block] = section
+    return found
+
+
+def update_docs() -> list[Path]:
+    """Write every generated block into its page, the model card page and the figures; the pages written."""
+    written, generated = [], blocks()
+    for page, names in _by_page().items():
+        path = DOCS / page
+        text = path.read_text()
+        for name in names:
+            if name in generated:
+                text = _replace(text, name, generated[name], page)
+        path.write_text(text)
+        written.append(path)
+    figures = DOCS / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for figure, results in FIGURES.items():
+        if (RESULTS / figure).exists() and (RESULTS / results).exists():
+            shutil.copyfile(RESULTS / figure, figures / figure)
+    if model_card.newest_manifests(model_card.REPOSITORY):
+        written.append(model_card.write_page(DOCS / "model-card.md", figures))
+    return written
+
+
+def _by_page() -> dict[str, list[str]]:
+    pages: dict[str, list[str]] = {}
+    for name, page in PAGES.items():
+        pages.setdefault(page, []).append(name)
+    return pages
 
 
 if __name__ == "__main__":
-    update_readme()
-    print(f"updated {README}")
+    for written_path in update_docs():
+        print(f"updated {written_path.relative_to(REPO) if written_path.is_relative_to(REPO) else written_path}")

@@ -262,7 +262,7 @@ def parse_plan(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--warmup", type=int, help="seconds of warm-up before each window (0: none)")
     parser.add_argument("--seed", type=int, help="seed of the per-round order")
     parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="directory for the JSON (the README is regenerated only for bench/results)")
+                        help="directory for the JSON (the docs are regenerated only for bench/results)")
     parser.add_argument("--no-training", action="store_true")
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]

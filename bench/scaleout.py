@@ -9,7 +9,7 @@ one replica directly, one replica behind the proxy, two replicas behind the prox
 c=32 and c=64. The ratios, taken per round: two replicas over one (both behind the proxy), and the
 proxy's own cost (one replica behind it over one directly). wrk, the proxy and the replicas share
 this machine's cores, so two replicas here compete with the load generator for the same CPU; on a
-cluster each pod has its own cores (README, "Deploy at scale", says what that means).
+cluster each pod has its own cores (docs/deploying.md says what that means).
 """
 
 from __future__ import annotations
@@ -125,14 +125,16 @@ def measure(plan: Plan, command: str) -> dict[str, Any]:
 
 
 def scaleout_section(results: dict[str, Any]) -> str:
-    """The README block (bench/report.py writes it): requests/s per cell and the ratios, as medians of
+    """The docs block (bench/report.py writes it into docs/deploying.md): requests/s per cell and the ratios, as medians of
     the rounds with their range, and how the balance window split between the replicas."""
     from bench.report import _spread
 
     cells, ratios, m, plan, git = (results[k] for k in ("cells", "ratios", "machine", "plan", "git"))
     tree = "" if git["dirty"] is False else " (with uncommitted changes)"
+    model = results.get("model")
+    served = f", model `{model['name']}` {model['version']}" if model else ""
     lines = [f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}), {m['time']}, at commit "
-             f"`{(git['commit'] or 'unknown')[:12]}`{tree}: `POST /encode` (1 PNG) requests/s, the median of "
+             f"`{(git['commit'] or 'unknown')[:12]}`{tree}{served}: `POST /encode` (1 PNG) requests/s, the median of "
              f"{plan['rounds']} interleaved rounds of {plan['window_s']} s windows, (min-max) in brackets. wrk, "
              f"the proxy and the replicas share the cores.", "",
              "| | c=32 | c=64 |", "|---|---|---|"]

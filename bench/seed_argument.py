@@ -11,7 +11,7 @@ image, seed and dequantisation seed (the model's test-set seed).
   pixels; for each, the Euclidean distance to the image, and both estimates at k = K.
 
 Writes bench/results/seed_argument.json and seed_argument.png (or --out-dir); `python -m bench.report`
-puts the table in the README. Default model: the latest version in artifacts/fashion-mnist-gaussian/.
+puts the table in docs/design/sampling.md. Default model: the latest version in artifacts/fashion-mnist-gaussian/.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def figure(result: dict[str, Any], pictures: dict[str, np.ndarray], path: Path) 
 
 
 def argument_section(result: dict[str, Any]) -> str:
-    """The README's table: erased versus shifted, then the ESS at a few k."""
+    """The docs' table: erased versus shifted, then the ESS at a few k."""
     model, k = result["model"], result["k_max"]
     lines = [f"Measured by `{result['command']}` on {result['machine']['time']}, model `{model['name']}` "
              f"{model['version']} ({result['likelihood']} likelihood), seed {result['seed']}, dequantisation seed "

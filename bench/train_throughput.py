@@ -123,7 +123,7 @@ if __name__ == "__main__":
 
 
 def throughput_section(results: dict[str, Any]) -> str:
-    """The README block (bench/report.py writes it): images/s per setup and the ratio, medians of the rounds."""
+    """The docs block (bench/report.py writes it into docs/benchmarks.md): images/s per setup and the ratio, medians of the rounds."""
     from bench.report import _spread
 
     m, git = results["machine"], results["git"]

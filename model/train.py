@@ -34,62 +34,88 @@ from model.distributed import SINGLE_PROCESS, Ranks, SharedStreamOrder, ShardedO
 from model.vae import VAE
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, once: a help line that already says its default
+    (the ones whose default is not a plain value, such as "the dataset's directory") is left as it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {shown})"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults_m, defaults_t = ModelConfig(), TrainConfig()
-    p = argparse.ArgumentParser(prog="vae-train", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=defaults_t.dataset, help="fashion-mnist, mnist, or folder")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $VAE_DATA_DIR or the dataset's)")
-    p.add_argument("--epochs", type=int, default=defaults_t.epochs)
+    channels, height, width = defaults_m.input_shape
+    p = argparse.ArgumentParser(prog="vae-train", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default=defaults_t.dataset, help="fashion-mnist, mnist, or folder (a folder of images)")
+    p.add_argument("--data-dir", default=None,
+                   help="data directory (default: $VAE_DATA_DIR, else the dataset's, /usr/share/datasets/<dataset>)")
+    p.add_argument("--epochs", type=int, default=defaults_t.epochs,
+                   help="epochs to train; also the length of the cosine schedule")
     p.add_argument("--batch-size", type=int, default=defaults_t.batch_size,
                    help="images per step, over all processes together under torchrun")
-    p.add_argument("--lr", type=float, default=defaults_t.lr)
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=defaults_t.lr_schedule)
+    p.add_argument("--lr", type=float, default=defaults_t.lr, help="Adam's learning rate at the start of the schedule")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=defaults_t.lr_schedule,
+                   help=f"cosine: from --lr down to {defaults_t.lr_min:g} at the last epoch, per step")
     p.add_argument("--beta", type=float, default=defaults_t.beta, help="weight of the KL term")
-    p.add_argument("--kl-warmup-epochs", type=int, default=defaults_t.kl_warmup_epochs)
-    p.add_argument("--seed", type=int, default=defaults_t.seed)
+    p.add_argument("--kl-warmup-epochs", type=int, default=defaults_t.kl_warmup_epochs,
+                   help="epochs over which the KL weight rises linearly from 0 to --beta")
+    p.add_argument("--seed", type=int, default=defaults_t.seed,
+                   help="seeds the initial weights, the data order and the noise")
     p.add_argument("--threads", type=int, default=defaults_t.threads, help="torch intra-op threads (per process)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: one GPU per process (under torchrun: LOCAL_RANK's), gradients all-reduced with NCCL")
     p.add_argument("--arch", choices=["conv", "mlp"], default=defaults_m.arch, help="encoder family")
     p.add_argument("--decoder", choices=["conv", "mlp"], default=defaults_m.decoder, help="decoder family")
-    p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(defaults_m.hidden))
-    p.add_argument("--conv-channels", type=int, nargs="+", default=list(defaults_m.conv_channels))
+    p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim, help="dimensions of the latent z")
+    p.add_argument("--hidden", type=int, nargs="+", default=list(defaults_m.hidden),
+                   help="widths of the dense layers (the encoder's head and the decoder)")
+    p.add_argument("--conv-channels", type=int, nargs="+", default=list(defaults_m.conv_channels),
+                   help="conv encoder: channels of each stride-2 convolution")
     p.add_argument("--decoder-channels", type=int, nargs="*", default=list(defaults_m.decoder_channels),
-                   help="conv decoder: channels into each transposed conv, lowest resolution first "
-                   "(default: mirror --conv-channels)")
-    p.add_argument("--likelihood", choices=sorted(likelihoods.LIKELIHOODS), default=defaults_m.likelihood)
-    p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale)
+                   help="conv decoder: channels into each transposed conv, lowest resolution first (default: "
+                   f"{' '.join(map(str, defaults_m.decoder_channels))}; none given: mirror --conv-channels)")
+    p.add_argument("--likelihood", choices=sorted(likelihoods.LIKELIHOODS), default=defaults_m.likelihood,
+                   help="p(x|z): bernoulli on binarised pixels, or gaussian on dequantised 8-bit pixels")
+    p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale,
+                   help="gaussian likelihood: one learned sigma, or one per pixel")
     p.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"), default=None,
-                   help="folder: resize images to H x W (one number: square; default "
-                   f"{defaults_m.input_shape[1]}x{defaults_m.input_shape[2]})")
+                   help=f"folder: resize images to H x W, one number for a square (default: {height} {width})")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help=f"folder: 1 = grey, 3 = RGB (default {defaults_m.input_shape[0]})")
+                   help=f"folder: 1 = grey, 3 = RGB (default: {channels})")
     p.add_argument("--prior", choices=list(PRIORS), default=defaults_m.prior,
                    help="p(z): N(0, I), a mixture of Gaussians, or a VampPrior")
     p.add_argument("--prior-components", type=int, default=None,
-                   help="K components of a mixture prior (default 500 for mog and vamp)")
+                   help="K components of a mixture prior (default: 500 for mog and vamp)")
     p.add_argument("--objective", choices=list(OBJECTIVES), default=defaults_t.objective,
                    help="elbo, or the IWAE bound with DReG encoder gradients over --samples samples")
     p.add_argument("--samples", type=int, default=defaults_t.samples, help="importance samples per image")
     p.add_argument("--validation", type=int, default=defaults_t.validation,
-                   help="hold out the last N training images; best.pt is the epoch with the best bound on them")
+                   help="hold out the last N training images; best.pt is the epoch with the best bound on them "
+                   "(0: none held out, best.pt is the epoch with the best test ELBO)")
     p.add_argument("--patience", type=int, default=defaults_t.patience,
                    help="stop after N epochs without a better validation bound (0: never)")
     p.add_argument("--init-from", default=None,
                    help="start from this checkpoint's model (same architecture): all of it when the prior is the same "
-                   "kind and size, else its encoder and decoder under a newly placed prior")
+                   "kind and size, else its encoder and decoder under a newly placed prior (default: none, a fresh "
+                   "model)")
     p.add_argument("--prior-fit-steps", type=int, default=0,
                    help="with --init-from a checkpoint of another prior: first fit the newly placed mixture alone to "
                    "the initial encoder's aggregate posterior for N steps")
-    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="use only the first N training images (default: all)")
+    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images (default: all)")
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--keep-epochs", action="store_true",
                    help="also keep the end of every epoch as OUT/epoch-NNN.pt, for vae-average")
-    p.add_argument("--stop-after", type=int, default=None, help="end this run after N epochs (resume later)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end this run after N epochs, to --resume later (default: run to --epochs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

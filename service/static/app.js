@@ -125,6 +125,7 @@ function showCard(card) {
     ['Input', Array.isArray((card.input || {}).shape) ? card.input.shape.join(' x ') : 'not recorded'],
     ['Anomaly score', card.anomaly ? card.anomaly.method : 'no calibration'],
   ]);
+  $('latent-prior').textContent = priorHint(card.prior);
 }
 
 // p(z): N(0, I), or a learned mixture with its number of components.
@@ -132,6 +133,15 @@ function priorText(prior) {
   if (!prior || !prior.name) return 'not recorded';
   if (prior.name === 'standard_normal') return 'N(0, I)';
   return Number.isInteger(prior.components) ? `${prior.name}, ${prior.components} components` : prior.name;
+}
+
+// The latent chart's caption: what a bar is measured against, the model's own p(z).
+function priorHint(prior) {
+  if (!prior || !prior.name) return 'the model card does not record its prior';
+  if (prior.name === 'standard_normal') return 'the prior is N(0, I), each dimension N(0, 1)';
+  const what = prior.name === 'vamp' ? 'a VampPrior' : 'a mixture of Gaussians';
+  const size = Number.isInteger(prior.components) ? ` with ${prior.components} components` : '';
+  return `the prior is ${what}${size} (${prior.name}), so a dimension's usual range depends on the component`;
 }
 
 function applyLimits(card) {

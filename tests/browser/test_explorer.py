@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.browser.conftest import BARE_MODEL, DEFAULT_MODEL
+from tests.conftest import REPO
 
 MODEL_PATH = f"/v1/models/{DEFAULT_MODEL}/versions/2.0.0"
 
@@ -123,7 +124,7 @@ def test_interpolation_runs_from_one_image_to_the_other(page, explorer_url, imag
         np.testing.assert_array_equal(strip[0], ends[0])
         np.testing.assert_array_equal(strip[-1], ends[1])
     assert any(not np.array_equal(a, b) for a, b in zip(strips["linear"][1:-1], strips["spherical"][1:-1]))
-    # Every panel filled, for the README's picture (docs/explorer.png is a copy of this one).
+    # Every panel filled (the docs' picture, docs/explorer.png, comes from test_a_tour_of_the_served_default_for_the_docs_picture).
     for panel, button in (("sample-panel", "sample-button"), ("traverse-panel", "traverse-button")):
         assert page.run(panel, page.find(button).click) == "done"
     page.screenshot("explorer-tour", full_page=True)
@@ -258,3 +259,59 @@ def test_a_drawing_is_analysed(page):
     seen = page.levels(page.find("input-canvas"))  # a vertical stroke, left of centre, on black
     assert seen.shape == (28, 28) and seen[:, :14].max() > 200 and seen[:, 16:].max() == 0
     assert page.find("score-elbo").text.endswith("nats")
+
+
+@pytest.fixture(scope="module")
+def bundled_page(driver, tmp_path_factory):
+    """The page against the bundled repository (artifacts/), as `make serve` serves it: the default model's
+    highest version, with its learned prior."""
+    from tests.browser.conftest import Explorer
+    from tests.integration.conftest import serving as serve
+
+    tmp = tmp_path_factory.mktemp("bundled-explorer")
+    with serve(tmp, VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
+        driver.get("about:blank")
+        driver.get_log("browser")
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp)})
+        explorer = Explorer(driver, url, tmp)
+        explorer.open()
+        yield explorer
+        errors = explorer.console_errors()
+        assert not errors, f"browser console errors: {errors}"
+
+
+def test_the_latent_caption_names_the_served_models_own_prior(bundled_page):
+    """The caption under the latent means says the card's prior: a mixture for 3.x, never N(0, 1) beside it."""
+    page = bundled_page
+    with api(page.url) as client:
+        card = client.get("/v1/model").json()
+    caption = page.find("latent-prior").text
+    if card["prior"]["name"] == "standard_normal":
+        assert caption == "the prior is N(0, I), each dimension N(0, 1)"
+    else:
+        assert "N(0, 1)" not in caption and str(card["prior"]["components"]) in caption
+        assert card["prior"]["name"] in caption
+
+
+def test_a_tour_of_the_served_default_for_the_docs_picture(bundled_page):
+    """Every panel filled on the served default model: build/explorer/explorer-default.png, which
+    docs/explorer.png is a copy of (the picture names the model and version it shows)."""
+    from selenium.webdriver.common.keys import Keys
+
+    page = bundled_page
+    samples = REPO / "samples"
+    assert page.upload(samples / "shirt.png") == "done"
+    page.find("set-a").click()
+    assert page.upload(samples / "sneaker.png") == "done"
+    page.find("set-b").click()
+    page.wait.until(lambda _: page.find("interpolate-button").is_enabled(), "A and B never set")
+    steps = page.find("interpolate-steps")
+    steps.clear()
+    steps.send_keys("8")
+    assert page.run("interpolate-panel", lambda: steps.send_keys(Keys.ENTER)) == "done"
+    for panel, button in (("sample-panel", "sample-button"), ("traverse-panel", "traverse-button")):
+        assert page.run(panel, page.find(button).click) == "done"
+    with api(page.url) as client:
+        card = client.get("/v1/model").json()
+    assert page.find("analysis-panel").get_attribute("data-model") == f"{card['model']['name']} {card['model']['version']}"
+    page.screenshot("explorer-default", full_page=True)

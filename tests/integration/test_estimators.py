@@ -1,7 +1,7 @@
 """/elbo's two estimators of log p(x) over real HTTP: on a linear-Gaussian VAE exported as ONNX,
 where log p(x) is known in closed form, both converge on it; on every model in the bundled
 repository (artifacts/<name>/<latest version>), sampling z from the prior wastes the samples that
-sampling from q(z|x) puts where p(x|z) is not negligible (README: Why z is sampled from q(z|x))."""
+sampling from q(z|x) puts where p(x|z) is not negligible (docs/design/sampling.md: Why z is sampled from q(z|x))."""
 
 from __future__ import annotations
 

@@ -288,14 +288,13 @@ def test_the_row_limit_the_pixel_budget_and_the_upload_limit_apply(client, http,
     assert response.status_code == 413 and isinstance(response.json()["error"], str)
 
 
-# -- the README ----------------------------------------------------------------------------------------
+# -- the docs' example -------------------------------------------------------------------------------
 
-def test_the_readme_example_runs(url, capsys):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## KServe / Triton protocol"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_the_docs_tritonclient_example_runs_and_prints_what_it_says(url, capsys):
+    page = (REPO / "docs" / "v2-protocol.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
     assert '"localhost:8000"' in code
-    exec(compile(code.replace('"localhost:8000"', repr(url.split("://", 1)[1])), "README.md", "exec"),
-         {"__name__": "readme"})
+    exec(compile(code.replace('"localhost:8000"', repr(url.split("://", 1)[1])), "docs/v2-protocol.md", "exec"),
+         {"__name__": "docs_example"})
     printed = capsys.readouterr().out
     assert "mean (2, 32)" in printed and "elbo" in printed

@@ -1,4 +1,4 @@
-"""The anomaly benchmark's outlier sets, its split and its README table (no model, no scikit packages)."""
+"""The anomaly benchmark's outlier sets, its split and its docs table (no model, no scikit packages)."""
 
 import numpy as np
 

@@ -95,3 +95,36 @@ def test_an_averaged_model_says_which_epochs_and_how(tmp_path):
             "runs/x/average.pt`) on fashion-mnist") in card
     assert "(epoch 20 of 20)" not in card  # the average is no single epoch
     assert model_card.epoch_list([3, 5, 6]) == "3, 5, 6" and model_card.epoch_list([4, 5]) == "4, 5"
+
+
+def test_the_served_default_is_each_models_highest_version(tmp_path):
+    write(tmp_path, manifest("fashion-mnist-vae", "2.0.0", "bernoulli", 230.0))
+    write(tmp_path, manifest("fashion-mnist-vae", "10.0.0", "bernoulli", 227.5))
+    assert model_card.served_default("fashion-mnist-vae", tmp_path) == "10.0.0"
+    assert model_card.served_default("no-such-model", tmp_path) is None
+
+
+def test_a_run_is_named_by_the_version_its_training_command_made(tmp_path):
+    write(tmp_path, manifest("a-gaussian", "1.0.0", "gaussian", -1500.0))  # trained with --out runs/x
+    line = model_card.runs_models({"per_pixel": "runs/x", "shared": "runs/y"}, tmp_path)
+    assert line == "Of these runs, the per-pixel run is `a-gaussian` 1.0.0 (its manifest's training command).\n\n"
+    assert model_card.runs_models({"shared": "runs/y"}, tmp_path) == ""
+
+
+def test_the_page_names_each_version_and_copies_its_figures(tmp_path):
+    repository = tmp_path / "repository"
+    write(repository, manifest("fashion-mnist-vae", "3.1.0", "bernoulli", 226.4))
+    report = repository / "fashion-mnist-vae" / "3.1.0" / "report"
+    report.mkdir()
+    (report / "samples.png").write_bytes(b"png")
+    page = model_card.write_page(tmp_path / "docs" / "model-card.md", tmp_path / "docs" / "figures", repository)
+    text = page.read_text()
+    assert text.startswith("# Model card") and "## `fashion-mnist-vae` 3.1.0" in text
+    assert "(figures/fashion-mnist-vae-3.1.0-samples.png)" in text and "reconstructions" not in text.split("## ")[-1]
+    assert (tmp_path / "docs" / "figures" / "fashion-mnist-vae-3.1.0-samples.png").read_bytes() == b"png"
+
+
+def test_the_docs_model_card_page_is_generated_from_the_bundled_repository(tmp_path):
+    page = model_card.write_page(tmp_path / "model-card.md", tmp_path / "figures", REPO / "artifacts")
+    assert page.read_text() == (REPO / "docs" / "model-card.md").read_text(), (
+        "docs/model-card.md is stale: run `python -m bench.report`")

@@ -1,4 +1,4 @@
-"""The benchmark's plans: every name they use exists, they cover the README table, and the load
+"""The benchmark's plans: every name they use exists, they cover the benchmarks page's table, and the load
 fits the time budgets that the docstrings state."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_every_plan_names_known_servers_routes_ratios_and_measurements(name):
     assert set(plan.measurements) <= set(MEASUREMENTS)
 
 
-def test_the_full_plan_covers_the_readme_table():
+def test_the_full_plan_covers_the_benchmarks_table():
     keys = {cell.key for cell in PLANS["full"].cells}
     for server in ("product", "minimal", "ceiling", "naive"):
         assert {f"{server}/encode_1_raw/c{c}" for c in CONCURRENCY} <= keys

@@ -1,4 +1,4 @@
-"""The README's benchmark block, generated from a full run's results."""
+"""The docs' generated blocks and pages: the benchmark table from a full run's results, and where each goes."""
 
 from __future__ import annotations
 
@@ -71,32 +71,38 @@ def test_a_dirty_tree_is_said():
 
 
 @pytest.fixture
-def readme(tmp_path, monkeypatch):
+def docs(tmp_path, monkeypatch):
+    """A docs folder with every generated block empty, results and an empty model repository of its own."""
     results = tmp_path / "results"
     results.mkdir()
-    path = tmp_path / "README.md"
-    path.write_text("# x\n<!-- settings:begin -->\n<!-- settings:end -->\n"
-                    "<!-- bench:begin -->\nold table\n<!-- bench:end -->\n")
-    monkeypatch.setattr(report, "README", path)
+    pages = tmp_path / "docs"
+    for name, page in report.PAGES.items():
+        path = pages / page
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text() if path.exists() else f"# {page}\n"
+        path.write_text(text + f"<!-- {name}:begin -->\nold {name}\n<!-- {name}:end -->\n")
+    monkeypatch.setattr(report, "DOCS", pages)
     monkeypatch.setattr(report, "RESULTS", results)
     (tmp_path / "empty-repository").mkdir()
     monkeypatch.setattr(report.model_card, "REPOSITORY", tmp_path / "empty-repository")
-    return path, results
+    return pages, results
 
 
-def test_update_readme_writes_the_block_from_serving_json(readme):
-    path, results = readme
+def test_update_docs_writes_the_bench_block_into_the_benchmarks_page(docs):
+    pages, results = docs
     (results / "serving.json").write_text(json.dumps(full_serving()))
-    report.update_readme()
-    text = path.read_text()
-    assert "old table" not in text and "0.93x (0.91-1.00x)" in text and text.endswith("<!-- bench:end -->\n")
+    report.update_docs()
+    text = (pages / "benchmarks.md").read_text()
+    assert "old bench\n" not in text and "0.93x (0.91-1.00x)" in text
+    assert "old train-throughput" in text  # no results for it: left as it was
+    assert "| `VAE_PORT` |" in (pages / "configuration.md").read_text()
 
 
-def test_update_readme_leaves_a_single_window_run_alone(readme, capsys):
-    path, results = readme
+def test_update_docs_leaves_a_single_window_run_alone(docs, capsys):
+    pages, results = docs
     (results / "serving.json").write_text(json.dumps({"runs": {}, "ratios": {}}))
-    report.update_readme()
-    assert "old table" in path.read_text()
+    report.update_docs()
+    assert "old bench" in (pages / "benchmarks.md").read_text()
     assert "no interleaved rounds" in capsys.readouterr().out
 
 
@@ -105,18 +111,40 @@ def test_the_repository_figures_are_reported():
     assert "took 0.11 s (median of 3)" in text and "added 28 MB of resident memory (median of 3; 134 MB" in text
 
 
-def test_update_readme_writes_the_seed_argument_block(readme):
+def test_update_docs_writes_the_seed_argument_block_into_its_design_note(docs):
     from bench import seed_argument
     from tests.unit.service.fakes import LinearGaussianVAE
 
-    path, results = readme
-    path.write_text(path.read_text() + "<!-- seed-argument:begin -->\nold\n<!-- seed-argument:end -->\n")
+    pages, results = docs
     fake = LinearGaussianVAE()
     result = seed_argument.run(fake, fake.likelihood, fake.draw(2, seed=0), [0], 1, patch=2, seed=0, binarize_seed=0,
                                k_max=20)
     result.update(command="python -m bench.seed_argument", model={"name": "fake-vae", "version": "9.9.9"},
                   machine={"time": "2026-01-01 00:00 UTC"})
     (results / "seed_argument.json").write_text(json.dumps(result))
-    report.update_readme()
-    text = path.read_text()
-    assert "\nold\n" not in text and "| shifted 2 pixels |" in text and "Ranked, most likely first" in text
+    report.update_docs()
+    text = (pages / report.PAGES["seed-argument"]).read_text()
+    assert "old seed-argument" not in text and "| shifted 2 pixels |" in text and "Ranked, most likely first" in text
+
+
+def test_a_table_measured_on_another_version_than_the_served_default_says_so(tmp_path, monkeypatch):
+    from tests.unit.bench.test_model_card import manifest, write
+
+    write(tmp_path, manifest("fashion-mnist-vae", "2.0.0", "bernoulli", 230.0))
+    write(tmp_path, manifest("fashion-mnist-vae", "3.1.0", "bernoulli", 226.4))
+    monkeypatch.setattr(report.model_card, "REPOSITORY", tmp_path)
+    note = report.served_default_note({"name": "fashion-mnist-vae", "version": "2.0.0"}, "Why it matters.")
+    assert "**Measured on `fashion-mnist-vae` 2.0.0, not on the served default 3.1.0.** Why it matters." in note
+    assert report.served_default_note({"name": "fashion-mnist-vae", "version": "3.1.0"}, "") == ""
+
+
+def test_every_generated_block_is_in_its_docs_page():
+    for name, page in report.PAGES.items():
+        text = (report.DOCS / page).read_text()
+        assert f"<!-- {name}:begin -->" in text and f"<!-- {name}:end -->" in text, f"docs/{page} lacks {name}"
+
+
+def test_the_docs_anomaly_table_is_of_the_served_default():
+    recorded = json.loads((report.RESULTS / "anomaly.json").read_text())["model"]
+    assert recorded["version"] == report.model_card.served_default(recorded["name"])
+    assert f"model `{recorded['name']}` {recorded['version']}" in (report.DOCS / "anomaly.md").read_text()

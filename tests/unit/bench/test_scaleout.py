@@ -25,7 +25,7 @@ def test_the_load_fits_two_minutes():
     assert load_seconds(PLAN) <= 2 * 60  # with bench.run's 10 min, `make bench` stays under 15
 
 
-def test_the_readme_block_shows_each_cells_median_and_range_and_the_ratios():
+def test_the_docs_block_shows_each_cells_median_and_range_and_the_ratios():
     from bench.rounds import round_ratios, summarise_cell, summarise_ratios
     from bench.scaleout import scaleout_section
 
@@ -36,9 +36,11 @@ def test_the_readme_block_shows_each_cells_median_and_range_and_the_ratios():
                "ratios": summarise_ratios(round_ratios(windows, PLAN.ratios)),
                "machine": {"cores": 2, "cpu": "test cpu", "time": "T"}, "git": {"commit": "a" * 40, "dirty": False},
                "plan": {"rounds": 3, "window_s": 2}, "command": "python -m bench.scaleout",
+               "model": {"name": "fashion-mnist-vae", "version": "9.9.9"},
                "balance": {"answered_per_replica": [510.0, 490.0]}}
     text = scaleout_section(results)
     assert "| two replicas behind the proxy | 1200 (1080-1320) | 1200 (1080-1320) |" in text
     assert "| two replicas / one (both behind the proxy) | 1.50x (1.50-1.50x) | 1.50x (1.50-1.50x) |" in text
     assert "| one replica: behind the proxy / direct | 0.89x (0.89-0.89x) |" in text
     assert "answered 510 and 490 requests" in text and "`aaaaaaaaaaaa`" in text
+    assert "model `fashion-mnist-vae` 9.9.9" in text

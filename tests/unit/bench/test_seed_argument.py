@@ -1,5 +1,5 @@
 """bench/seed_argument.py on a linear-Gaussian fake: its curves are /elbo's numbers at each k, its
-image variants are what they say, and its README table renders (no real model, no torch)."""
+image variants are what they say, and its docs table renders (no real model, no torch)."""
 
 import math
 
@@ -62,7 +62,7 @@ def test_run_measures_both_estimators_on_every_variant():
     assert rows[0]["prior"]["estimate"] == pytest.approx(direct.log_likelihood[0], rel=1e-12)
 
 
-def test_the_readme_section_names_the_command_and_every_variant():
+def test_the_docs_section_names_the_command_and_every_variant():
     fake = LinearGaussianVAE()
     result = bench.run(fake, fake.likelihood, fake.draw(2, seed=2), [0, 1], 1, patch=2, seed=0, binarize_seed=0,
                        k_max=100)

@@ -27,7 +27,7 @@ def test_the_ratio_is_taken_within_each_round():
     assert summary["images_per_second"][bench.DDP.name]["min"] == pytest.approx(100.0)
 
 
-def test_the_readme_block_shows_each_setups_median_and_the_ratio():
+def test_the_docs_block_shows_each_setups_median_and_the_ratio():
     rounds = [{bench.SINGLE.name: 100.0, bench.DDP.name: 150.0}, {bench.SINGLE.name: 120.0, bench.DDP.name: 150.0}]
     results = {"machine": {"cores": 2, "cpu": "x", "load_average_1_5_15_min": {"before": [0.4, 0.3, 0.2]}},
                "git": {"commit": "abcdef1234567890"}, "command": "python -m bench.train_throughput",

@@ -298,3 +298,44 @@ def test_an_init_from_that_does_not_fit_is_refused_without_a_traceback(tmp_path,
                        "--out", str(tmp_path / "wider")]) == 2
     err = capsys.readouterr().err
     assert "vae-train: --init-from" in err and "architecture differs" in err and "Traceback" not in err
+
+
+# -- vae-train --help ----------------------------------------------------------------------------------
+
+def _help_entries() -> dict[str, str]:
+    """Each option of `vae-train --help` with its help text, joined over its wrapped lines."""
+    import contextlib
+    import io
+    import re
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        train_module.parse_args(["--help"])
+    options = out.getvalue().split("options:\n", 1)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in options.splitlines():
+        match = re.match(r"  (-[-\w]+)(?:[ ,][^ ].*?)?(?:\s{2,}(.*))?$", line)
+        if match:
+            current = match.group(1)
+            entries[current] = match.group(2) or ""
+        elif current:
+            entries[current] += " " + line.strip()
+    return {option: " ".join(text.split()) for option, text in entries.items()}
+
+
+def test_every_vae_train_option_has_help_and_says_its_default_once():
+    entries = _help_entries()
+    assert "--epochs" in entries and "--no-progress" in entries and len(entries) > 30
+    for option, text in entries.items():
+        if option in ("-h", "--help"):
+            continue
+        assert text and not text.startswith("(default"), f"{option} has no help line"
+        assert text.count("(default") == 1, f"{option} must state its default once: {text!r}"
+
+
+def test_the_help_gives_the_configs_defaults():
+    entries = _help_entries()
+    assert "(default: 170)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
+    assert "(default: 32)" in entries["--latent-dim"] and "(default: 512 512)" in entries["--hidden"]
+    assert "(default: bernoulli)" in entries["--likelihood"] and "(default: off)" in entries["--resume"]

@@ -87,12 +87,12 @@ def test_every_setting_is_described():
     assert [name for name, field in Settings.model_fields.items() if not field.description] == []
 
 
-def test_the_readme_configuration_list_is_generated_from_settings():
-    from bench.report import README, settings_section
+def test_the_configuration_page_lists_the_settings_as_generated_from_settings():
+    from bench.report import DOCS, PAGES, settings_section
 
-    text = README.read_text()
+    text = (DOCS / PAGES["settings"]).read_text()
     block = text.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
-    assert block == settings_section(), "README.md's settings block is stale: run `python -m bench.report`"
+    assert block == settings_section(), f"docs/{PAGES['settings']}'s settings table is stale: run `python -m bench.report`"
 
 
 def test_an_empty_admin_token_is_no_token_so_control_stays_off():
