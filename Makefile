@@ -46,13 +46,8 @@ $(BIN)/.docs-installed: pyproject.toml $(BIN)/.serve-installed
 	$(BIN)/python -m pip install -q -e '.[docs]'
 	touch $@
 
-# The banner says where the server really listens: HOST is passed to vae-serve as --host.
+# vae-serve's first line says where it really listens: HOST is passed to it as --host.
 serve: $(BIN)/.serve-installed
-	@if [ "$(HOST)" = 0.0.0.0 ] || [ "$(HOST)" = "::" ]; then \
-		echo "vae-serve: listening on every interface, port $(PORT): from this machine the explorer is http://localhost:$(PORT)/ and the API reference http://localhost:$(PORT)/docs"; \
-	else \
-		echo "vae-serve: listening on $(HOST) only, port $(PORT): the explorer is http://$(HOST):$(PORT)/ and the API reference http://$(HOST):$(PORT)/docs"; \
-	fi
 	$(BIN)/vae-serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT)
 
 # The training tools alone (torch, onnx, ...), without starting a run or the test suite.

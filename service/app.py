@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
 
     app = FastAPI(
         title="vae-service",
-        version="0.1.0",
+        version=package_version(),
         summary="A variational autoencoder served from ONNX graphs: encode, decode, sample, score, reconstruct.",
         description="Every error is JSON `{\"error\": {\"code\", \"message\"}}`. Every response carries "
                     "X-Request-ID. Image routes take a raw image/* body or multipart parts named `file`.",
@@ -148,6 +149,14 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
                        max_uploads=settings.max_uploads, body_timeout_s=settings.body_timeout_s,
                        access_log=settings.access_log)
     return app
+
+
+def package_version() -> str:
+    """The installed package's version (pyproject.toml), which /v2 and /openapi.json report."""
+    try:
+        return importlib.metadata.version("vae-service")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def app_factory() -> FastAPI:

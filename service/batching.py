@@ -1,7 +1,7 @@
 """Micro-batching: concurrent /encode requests coalesced into one onnxruntime call.
 
 On by default (`VAE_MICRO_BATCH=false` turns it off): the interleaved benchmark (`make bench`,
-README "Benchmarks") measures it against the unbatched path in every round. With a wait of 0 ms it
+docs/benchmarks.md) measures it against the unbatched path in every round. With a wait of 0 ms it
 batches only what arrived in the same event-loop tick, so it adds no timer latency. Batching does
 not change a row's numbers: the exporter checks that the encoder gives identical rows at batch
 sizes 1, 7 and 256 (`parity.batch_max_abs_diff` in the manifest).

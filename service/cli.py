@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    print(f"vae-serve: {listening_banner(settings.host, settings.port)}", file=sys.stderr, flush=True)
     metrics_dir = worker_metrics_dir(settings.workers)
     try:
         # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
@@ -67,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def listening_banner(host: str, port: int) -> str:
+    """Where the server listens, said as a person reads it: every interface, or one address."""
+    if host in ("0.0.0.0", "::", ""):
+        return (f"listening on every interface, port {port}: from this machine the explorer is "
+                f"http://localhost:{port}/ and the API reference http://localhost:{port}/docs")
+    shown = f"[{host}]" if ":" in host else host
+    return (f"listening on {host} only, port {port}: the explorer is http://{shown}:{port}/ and the API "
+            f"reference http://{shown}:{port}/docs")
 
 
 def worker_metrics_dir(workers: int) -> str | None:

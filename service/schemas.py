@@ -119,7 +119,7 @@ class AnomalyResult(BaseModel):
 
 class AnomalyResponse(BaseModel):
     model: ModelRef
-    method: str = Field(description="likelihood, complexity or typicality (README: Anomaly detection)")
+    method: str = Field(description="likelihood, complexity or typicality (docs/anomaly.md)")
     fpr: float = Field(description="the false-positive rate is_anomaly is set for")
     threshold: float = Field(description="the score above which is_anomaly is true")
     reference_images: int = Field(description="in-distribution images the percentiles are read from")
@@ -205,7 +205,7 @@ class ElboQuery(QueryModel):
     binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
                                       "(default: the model's test-set seed, as vae-eval uses)")
     estimator: Estimator = Field("importance", description="importance: z ~ q(z|x), the IWAE bound; prior: "
-                                 "z ~ p(z), the model's prior, the naive Monte Carlo estimate (README: Why z is sampled from q(z|x))")
+                                 "z ~ p(z), the model's prior, the naive Monte Carlo estimate (docs/design/sampling.md)")
 
 
 class AnomalyQuery(QueryModel):

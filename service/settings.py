@@ -96,7 +96,7 @@ class Settings(BaseSettings):
                              "where the thread hop would cost more than the work")
     micro_batch: bool = Field(True, description="coalesce concurrent /encode requests into one onnxruntime "
                               "call; on because the interleaved benchmark measured more requests/s with it at "
-                              "c=32 and c=64 and no worse p99 at c=1 (README, Benchmarks)")
+                              "c=32 and c=64 and no worse p99 at c=1 (docs/benchmarks.md)")
     micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
                                        "requests; 0 = only what arrived in the same event-loop tick")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe level "
