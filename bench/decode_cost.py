@@ -1,6 +1,7 @@
 """Per-image cost of the decode step /encode takes for a 28x28 PNG: `bytes_to_array` then `np.stack`
 on the loop (the step before the decoder existed), the decoder's inline path (what /encode now takes
-for such an image), and a round trip to a decoder process (what larger images take). CPU time of this process (`time.process_time`, so other load on the
+for such an image), and a round trip to a decoder process (what larger images take). CPU time of this
+process (`time.process_time`, so other load on the
 machine inflates it less than wall time) and wall time, best of 5 rounds. Prints; writes nothing.
 
     python -m bench.decode_cost
@@ -32,8 +33,11 @@ async def main() -> None:
     async def before() -> None:  # what read_images did before the decoder: decode on the loop, then stack
         np.stack([bytes_to_array(png, contract)])
 
-    paths = (("stacked decode", before, 3000), ("decoder, inline", lambda: decoded(inline), 3000),
-             ("decoder, process", lambda: decoded(pooled), 300))
+    paths = (
+        ("stacked decode", before, 3000),
+        ("decoder, inline", lambda: decoded(inline), 3000),
+        ("decoder, process", lambda: decoded(pooled), 300),
+    )
     best: dict[str, tuple[float, float]] = {}
     try:
         for _ in range(ROUNDS):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from bench.provenance import git_state
@@ -20,8 +21,6 @@ from export.exporter import export_graph
 from model.config import ModelConfig
 from model.core.artifact import session_options
 from model.vae import Decoder
-
-import onnxruntime as ort  # noqa: E402
 
 SHAPES = {
     "dense 512-512": ModelConfig(decoder="mlp"),
@@ -44,15 +43,23 @@ def us_per_sample(path: Path, latent_dim: int, threads: int, batch: int = 1000, 
 
 def main() -> None:
     torch.manual_seed(0)
-    results = {"machine": machine(), "git": git_state(), "command": "python -m bench.decoder_cost", "batch": 1000,
-               "shapes": {}}
+    results = {
+        "machine": machine(),
+        "git": git_state(),
+        "command": "python -m bench.decoder_cost",
+        "batch": 1000,
+        "shapes": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, config in SHAPES.items():
             path = Path(tmp) / "decoder.onnx"
             export_graph(Decoder(config), torch.randn(2, config.latent_dim), "z", ("logits",), path, {})
             one, two = (us_per_sample(path, config.latent_dim, t) for t in (1, 2))
-            results["shapes"][name] = {"us_per_sample_1_thread": one, "us_per_sample_2_threads": two,
-                                       "iwae_5000_test_set_minutes_2_threads": two * 5000 * 10000 / 1e6 / 60}
+            results["shapes"][name] = {
+                "us_per_sample_1_thread": one,
+                "us_per_sample_2_threads": two,
+                "iwae_5000_test_set_minutes_2_threads": two * 5000 * 10000 / 1e6 / 60,
+            }
             print(f"{name:45s} {one:6.1f} us (1 thread)  {two:6.1f} us (2 threads)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "decoder_cost.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -21,11 +21,21 @@ from bench.run import MODEL_DIR, RESULTS, machine, test_pngs
 
 
 async def per_request_us(app, body: bytes, n: int) -> float:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/encode", "raw_path": b"/encode", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"bench"), (b"content-type", b"image/png"),
-                         (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/encode",
+        "raw_path": b"/encode",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench"), (b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -59,11 +69,16 @@ async def main(profile: bool, n: int) -> dict:
 
     body = test_pngs(1)[0]
     product, logged = await product_app(False), await product_app(True)
-    results = {"machine": machine(), "git": git_state(), "model": model_on_disk(MODEL_DIR),
-               "command": "python -m bench.inprocess", "requests": n,
-               "minimal_us": await per_request_us(minimal, body, n),
-               "product_us": await per_request_us(product, body, n),
-               "product_access_log_us": await per_request_us(logged, body, n)}
+    results = {
+        "machine": machine(),
+        "git": git_state(),
+        "model": model_on_disk(MODEL_DIR),
+        "command": "python -m bench.inprocess",
+        "requests": n,
+        "minimal_us": await per_request_us(minimal, body, n),
+        "product_us": await per_request_us(product, body, n),
+        "product_access_log_us": await per_request_us(logged, body, n),
+    }
     results["product_over_minimal_us"] = results["product_us"] - results["minimal_us"]
     results["access_log_cost_us"] = results["product_access_log_us"] - results["product_us"]
     if profile:

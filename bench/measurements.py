@@ -19,6 +19,7 @@ from bench.plan import MODEL_DIR, Bench, encode_cell
 from bench.rounds import summarise_ratios
 from bench.servers import Server
 
+
 def memory(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
     """Resident memory of each serving process after all rounds, per server."""
     return {name: server.rss_mb() for name, server in bench.servers.items()}
@@ -41,8 +42,12 @@ def in_process(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
             out[f"{name}_images_per_s_batch{batch}"] = _rate(lambda f=fn, x=data[:batch]: f(x), batch)
     out["png_decode_us"] = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1)
     mean, logvar = model.encode(images[:1])
-    payload = {"model": {"name": "x", "version": "y"}, "latent_dim": model.latent_dim, "seed": None,
-               "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}]}
+    payload = {
+        "model": {"name": "x", "version": "y"},
+        "latent_dim": model.latent_dim,
+        "seed": None,
+        "results": [{"index": 0, "mean": mean[0].tolist(), "logvar": logvar[0].tolist()}],
+    }
     payload["results"][0].update(mean=mean[0], logvar=logvar[0])
     out["response_serialise_us"] = 1e6 / _rate(lambda: json_response(payload), 1)  # the product's own path
     out["encode_one_image_us"] = 1e6 / out["encoder_images_per_s_batch1"]
@@ -75,8 +80,9 @@ def efficiency(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
     work_s = results["in_process"]["work_per_encode_request_us"] / 1e6
     product, ceiling = bench.windows[encode_cell("product", 32).key], bench.windows[encode_cell("ceiling", 32).key]
     ideal = [1.0 / (1.0 / c["rps"] + work_s) for c in ceiling]
-    return summarise_ratios({"ideal_rps_c32": ideal,
-                             "encode_efficiency_c32": [p["rps"] / i for p, i in zip(product, ideal, strict=True)]})
+    return summarise_ratios(
+        {"ideal_rps_c32": ideal, "encode_efficiency_c32": [p["rps"] / i for p, i in zip(product, ideal, strict=True)]}
+    )
 
 
 def repository(bench: Bench, results: dict[str, Any], swaps: int = 5, extra_models: int = 3) -> dict[str, Any]:
@@ -101,8 +107,9 @@ def repository(bench: Bench, results: dict[str, Any], swaps: int = 5, extra_mode
                 swap_s.append(time.perf_counter() - began)
                 served = httpx.get(f"{server.url}/v1/models/fashion-mnist-vae", timeout=10).json()["model"]
                 if response.status_code != 200 or served["version"] != f"2.0.{i}":
-                    raise RuntimeError(f"swap to 2.0.{i} failed: {response.status_code} {response.text}; "
-                                       f"serving {served}")
+                    raise RuntimeError(
+                        f"swap to 2.0.{i} failed: {response.status_code} {response.text}; serving {served}"
+                    )
             rss_after_swaps = max(server.rss_mb())
             for i in range(extra_models):
                 _copy_version(MODEL_DIR, root, f"extra-{i}", "1.0.0")
@@ -112,10 +119,16 @@ def repository(bench: Bench, results: dict[str, Any], swaps: int = 5, extra_mode
                 rss.append(max(server.rss_mb()))
         finally:
             server.stop()
-    per_model = [b - a for a, b in zip(rss, rss[1:])]
-    return {"swap_s": swap_s, "swap_median_s": float(np.median(swap_s)), "rss_one_model_mb": rss[0],
-            "rss_after_swaps_mb": rss_after_swaps, "rss_with_extra_models_mb": rss[1:],
-            "rss_per_extra_model_mb": per_model, "rss_per_extra_model_median_mb": float(np.median(per_model))}
+    per_model = [b - a for a, b in zip(rss, rss[1:], strict=False)]
+    return {
+        "swap_s": swap_s,
+        "swap_median_s": float(np.median(swap_s)),
+        "rss_one_model_mb": rss[0],
+        "rss_after_swaps_mb": rss_after_swaps,
+        "rss_with_extra_models_mb": rss[1:],
+        "rss_per_extra_model_mb": per_model,
+        "rss_per_extra_model_median_mb": float(np.median(per_model)),
+    }
 
 
 def _copy_version(source: Path, root: Path, name: str, version: str) -> None:
@@ -128,6 +141,10 @@ def _copy_version(source: Path, root: Path, name: str, version: str) -> None:
 
 
 MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]] = {
-    "memory": memory, "in_process": in_process, "cold_start": cold_start, "efficiency": efficiency,
-    "repository": repository}
+    "memory": memory,
+    "in_process": in_process,
+    "cold_start": cold_start,
+    "efficiency": efficiency,
+    "repository": repository,
+}
 WHILE_SERVING = {"memory"}  # measurements that read the running servers; the rest run after they stop

@@ -18,13 +18,14 @@ REPOSITORY = Path(__file__).resolve().parent.parent / "artifacts"
 
 # Published figures each likelihood is compared with: (what, nats per image or None, bits/dim or None).
 REFERENCES: dict[str, list[tuple[str, float | None, float | None]]] = {
-    "bernoulli": [("reference: plain VAE, Gaussian prior (Exemplar VAE paper)", 228.70, None),
-                  ("reference: VAE, VampPrior (Exemplar VAE paper)", 227.35, None),
-                  ("reference: VAE, Exemplar prior (Exemplar VAE paper)", 226.75, None),
-                  ("reference: two stochastic layers (HVAE), VampPrior (Exemplar VAE paper)", 226.72, None),
-                  ("reference: two stochastic layers (HVAE), Exemplar prior (Exemplar VAE paper)", 226.53, None),
-                  ("reference: ConvHVAE, Gaussian prior, a decoder about 100 times ours (Exemplar VAE paper)", 225.38,
-                   None)],
+    "bernoulli": [
+        ("reference: plain VAE, Gaussian prior (Exemplar VAE paper)", 228.70, None),
+        ("reference: VAE, VampPrior (Exemplar VAE paper)", 227.35, None),
+        ("reference: VAE, Exemplar prior (Exemplar VAE paper)", 226.75, None),
+        ("reference: two stochastic layers (HVAE), VampPrior (Exemplar VAE paper)", 226.72, None),
+        ("reference: two stochastic layers (HVAE), Exemplar prior (Exemplar VAE paper)", 226.53, None),
+        ("reference: ConvHVAE, Gaussian prior, a decoder about 100 times ours (Exemplar VAE paper)", 225.38, None),
+    ],
     "gaussian": [("reference: published flows and autoregressive models on 8-bit Fashion-MNIST (about)", None, 2.9)],
 }
 
@@ -46,17 +47,23 @@ def reference_margins(nll: float) -> str:
     rows = [(what.split(": ", 1)[1].rsplit(" (", 1)[0], nats) for what, nats, _ in REFERENCES["bernoulli"]]
     if nll >= rows[0][1]:
         return f"**The shipped model does not yet beat the reference: it is {nll - rows[0][1]:.2f} nats short.**"
-    return "Against the references, the shipped model is " + "; ".join(
-        f"{nats - nll:.2f} nats ahead of {name}" if nll < nats else f"{nll - nats:.2f} nats behind {name}"
-        for name, nats in rows) + "."
+    return (
+        "Against the references, the shipped model is "
+        + "; ".join(
+            f"{nats - nll:.2f} nats ahead of {name}" if nll < nats else f"{nll - nats:.2f} nats behind {name}"
+            for name, nats in rows
+        )
+        + "."
+    )
 
 
 def model_versions(repository: Path = REPOSITORY) -> list[list[dict]]:
     """Each model's versions' manifests, oldest first; models in name order, the default model first."""
     models = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        versions = sorted((v for v in model_dir.iterdir() if (v / "manifest.json").is_file()),
-                          key=lambda v: version_key(v.name))
+        versions = sorted(
+            (v for v in model_dir.iterdir() if (v / "manifest.json").is_file()), key=lambda v: version_key(v.name)
+        )
         if versions:
             models.append([json.loads((v / "manifest.json").read_text()) for v in versions])
     return sorted(models, key=lambda ms: ms[-1]["name"] != "fashion-mnist-vae")
@@ -86,7 +93,10 @@ def runs_models(runs: dict[str, str], repository: Path = REPOSITORY) -> str:
         for versions in model_versions(repository):
             for manifest in versions:
                 command = manifest["training"].get("command", [])
-                if any(a == "--out" and b.rstrip("/") == str(run).rstrip("/") for a, b in zip(command, command[1:])):
+                if any(
+                    a == "--out" and b.rstrip("/") == str(run).rstrip("/")
+                    for a, b in zip(command, command[1:], strict=False)
+                ):
                     made.append(f"the {name.replace('_', '-')} run is `{manifest['name']}` {manifest['version']}")
     if not made:
         return ""
@@ -118,17 +128,23 @@ def write_page(path: Path, figures: Path, repository: Path = REPOSITORY) -> Path
         report = repository / manifest["name"] / manifest["version"] / "report"
         label = f"`{manifest['name']}` {manifest['version']}"
         shown = []
-        for figure, caption in (("samples.png", "samples from the prior"),
-                                ("reconstructions.png", "test images and their reconstructions")):
+        for figure, caption in (
+            ("samples.png", "samples from the prior"),
+            ("reconstructions.png", "test images and their reconstructions"),
+        ):
             if (report / figure).exists():
                 target = f"{manifest['name']}-{manifest['version']}-{figure}"
                 figures.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(report / figure, figures / target)
-                shown.append(f"![{manifest['name']} {manifest['version']}: {caption}]"
-                             f"({figures.name}/{target})\n\n{label}: {caption}.\n")
+                shown.append(
+                    f"![{manifest['name']} {manifest['version']}: {caption}]"
+                    f"({figures.name}/{target})\n\n{label}: {caption}.\n"
+                )
         if shown:
-            parts.append("\n".join(shown) + f"\nThe full report (`report.json`, latent traversals, a 2-D latent map, "
-                         f"learning curves) is in `artifacts/{manifest['name']}/{manifest['version']}/report/`.\n")
+            parts.append(
+                "\n".join(shown) + f"\nThe full report (`report.json`, latent traversals, a 2-D latent map, "
+                f"learning curves) is in `artifacts/{manifest['name']}/{manifest['version']}/report/`.\n"
+            )
     path.write_text("\n".join(parts))
     return path
 
@@ -138,7 +154,8 @@ def prior_name(manifest: dict) -> str:
     if not prior:
         return "N(0, I)"
     return {"mog": "mixture of {} Gaussians", "vamp": "VampPrior, {} pseudo-inputs"}[prior["name"]].format(
-        prior["components"])
+        prior["components"]
+    )
 
 
 def objective_name(manifest: dict) -> str:
@@ -164,13 +181,21 @@ def _one_model(versions: list[dict]) -> str:
     drawn = "binarised" if likelihood == "bernoulli" else "dequantised"
     averaged = training.get("averaged")
     if averaged:
-        chosen = (f"the mean of the weights at the ends of epochs {epoch_list(averaged['epochs'])} of "
-                  f"{train_cfg['epochs']} (`{' '.join(averaged['command'])}`)")
+        chosen = (
+            f"the mean of the weights at the ends of epochs {epoch_list(averaged['epochs'])} of "
+            f"{train_cfg['epochs']} (`{' '.join(averaged['command'])}`)"
+        )
     else:
-        chosen = ("the epoch with the best bound on a held-out validation split" if train_cfg.get("validation")
-                  else "the checkpoint with the best test ELBO") + f" (epoch {training['epoch']} of {train_cfg['epochs']})"
-    start = (f", starting from `{train_cfg['init_from']}` (SHA-256 {train_cfg['init_sha256'][:12]}...)"
-             if train_cfg.get("init_from") else "")
+        chosen = (
+            "the epoch with the best bound on a held-out validation split"
+            if train_cfg.get("validation")
+            else "the checkpoint with the best test ELBO"
+        ) + f" (epoch {training['epoch']} of {train_cfg['epochs']})"
+    start = (
+        f", starting from `{train_cfg['init_from']}` (SHA-256 {train_cfg['init_sha256'][:12]}...)"
+        if train_cfg.get("init_from")
+        else ""
+    )
     columns = list(reversed(versions))  # newest first
 
     def row(label: str, cells) -> str:
@@ -178,25 +203,35 @@ def _one_model(versions: list[dict]) -> str:
         return f"| {label} | " + " | ".join(f"{nats} | {bits}" for nats, bits in (cells(v) for v in columns)) + " |"
 
     lines = [
-        f"### `{manifest['name']}` {manifest['version']}" + (
-            f", beside {', '.join(v['version'] for v in reversed(versions[:-1]))}" if len(versions) > 1 else ""), "",
+        f"### `{manifest['name']}` {manifest['version']}"
+        + (f", beside {', '.join(v['version'] for v in reversed(versions[:-1]))}" if len(versions) > 1 else ""),
+        "",
         f"{cfg['arch']} encoder, {cfg['decoder']} decoder, {manifest['latent_dim']} latent dimensions, "
         f"{likelihood} likelihood{scale}, prior {prior_name(manifest)}, trained on the {objective_name(manifest)}; "
         f"{chosen} on {training['dataset']}{start} "
-        f"(`{' '.join(training['command'])}`).", "",
+        f"(`{' '.join(training['command'])}`).",
+        "",
         f"| test set ({m['images']:,} images, {drawn} once, seed {train_cfg['test_binarize_seed']}) | "
-        + " | ".join(f"{v['version']}: nats | bits/dim" for v in columns) + " |",
+        + " | ".join(f"{v['version']}: nats | bits/dim" for v in columns)
+        + " |",
         "|---|" + "---|---|" * len(columns),
     ]
     if len(versions) > 1:
-        lines += [row("prior", lambda v: (prior_name(v), "")),
-                  row("training objective", lambda v: (objective_name(v), ""))]
+        lines += [
+            row("prior", lambda v: (prior_name(v), "")),
+            row("training objective", lambda v: (objective_name(v), "")),
+        ]
     lines += [
-        row("negative ELBO", lambda v: (f"{v['metrics']['nll_elbo_nats']:.2f}", f"{v['metrics']['bits_per_dim_elbo']:.4f}")),
+        row(
+            "negative ELBO",
+            lambda v: (f"{v['metrics']['nll_elbo_nats']:.2f}", f"{v['metrics']['bits_per_dim_elbo']:.4f}"),
+        ),
         row("reconstruction term E_q[log p(x\\|z)]", lambda v: (f"{v['metrics']['reconstruction']:.2f}", "")),
         row("KL(q(z\\|x) \\|\\| p(z))", lambda v: (f"{v['metrics']['kl']:.2f}", "")),
-        row(f"**NLL, IWAE k={m['iwae_k']}**",
-            lambda v: (f"**{v['metrics']['nll_nats']:.2f}**", f"**{v['metrics']['bits_per_dim']:.4f}**")),
+        row(
+            f"**NLL, IWAE k={m['iwae_k']}**",
+            lambda v: (f"**{v['metrics']['nll_nats']:.2f}**", f"**{v['metrics']['bits_per_dim']:.4f}**"),
+        ),
     ]
     for what, nats, bits in REFERENCES.get(likelihood, []):
         cells = ["" if nats is None else f"{nats:.2f}", "" if bits is None else f"{bits:.1f}"]
@@ -209,20 +244,27 @@ def _one_model(versions: list[dict]) -> str:
         sigma = manifest["likelihood"].get("parameters", {})
         spread = ""
         if "sigma_mean" in sigma:
-            spread = (f" (here from {sigma['sigma_min']:.4f} to {sigma['sigma_max']:.3f}): a pixel whose residual "
-                      f"fits sigma = {sigma['sigma_mean']:.3f}, the mean, costs {gaussian_pixel_bits(sigma['sigma_mean']):.1f}"
-                      " bits")
+            spread = (
+                f" (here from {sigma['sigma_min']:.4f} to {sigma['sigma_max']:.3f}): a pixel whose residual "
+                f"fits sigma = {sigma['sigma_mean']:.3f}, the mean, costs "
+                f"{gaussian_pixel_bits(sigma['sigma_mean']):.1f} bits"
+            )
         lines.append(
-            f"Densities are of the 8-bit image (dequantisation bin 1/256): {m['bits_per_dim'] - reference:.2f} bits/dim "
-            "behind the flows and autoregressive models. A Gaussian decoder stays behind them for three reasons. "
+            "Densities are of the 8-bit image (dequantisation bin 1/256): "
+            f"{m['bits_per_dim'] - reference:.2f} bits/dim behind the flows and autoregressive models. "
+            "A Gaussian decoder stays behind them for three reasons. "
             f"Every pixel costs at least {GAUSSIAN_FLOOR_BITS:.3f} bits, even when the decoder predicts its bin "
             "exactly: that is the best Gaussian's cross-entropy on the bin's uniform noise, with its scale at the "
             "(1/256)/sqrt(12) floor, where a discrete model pays nothing for a certain pixel. The pixels are "
             "independent given z, so the detail a 32-dimensional latent does not carry (texture, exact edges) is paid "
             f"for with wide Gaussians{spread}. And each pixel's "
-            "density is one unimodal bump that also spends mass outside [0, 1].")
-    lines += ["",
-              f"Reproduce: `{' '.join(m['command'])}`. Parity of the ONNX graphs with torch on {parity['images']} "
-              f"test images and {parity['latents']} latents: max |difference| "
-              f"{max(parity['max_abs_diff'].values()):.1e}.", ""]
+            "density is one unimodal bump that also spends mass outside [0, 1]."
+        )
+    lines += [
+        "",
+        f"Reproduce: `{' '.join(m['command'])}`. Parity of the ONNX graphs with torch on {parity['images']} "
+        f"test images and {parity['latents']} latents: max |difference| "
+        f"{max(parity['max_abs_diff'].values()):.1e}.",
+        "",
+    ]
     return "\n".join(lines)

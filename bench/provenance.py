@@ -36,6 +36,10 @@ def served_model(url: str) -> dict[str, Any]:
 def model_on_disk(model_dir: Path) -> dict[str, Any]:
     """The graph hashes recorded in a model directory's manifest, for results measured in-process."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    return {"name": manifest["name"], "version": manifest["version"],
-            "encoder_sha256": manifest["encoder"]["sha256"], "decoder_sha256": manifest["decoder"]["sha256"],
-            "source": str(model_dir / "manifest.json")}
+    return {
+        "name": manifest["name"],
+        "version": manifest["version"],
+        "encoder_sha256": manifest["encoder"]["sha256"],
+        "decoder_sha256": manifest["decoder"]["sha256"],
+        "source": str(model_dir / "manifest.json"),
+    }

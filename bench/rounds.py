@@ -57,13 +57,16 @@ def check_window(cell: Cell, round_index: int, phase: str, stats: Mapping[str, A
     for a window in which no request completed (its rate and latency would be zeros)."""
     status, socket = stats["status_errors"], stats["socket_errors"]
     if not stats["requests"]:
-        raise WindowFailed(f"{cell.key}, round {round_index + 1}, {phase}: no request completed in the window "
-                           f"(a longer window, or a server that answers)")
+        raise WindowFailed(
+            f"{cell.key}, round {round_index + 1}, {phase}: no request completed in the window "
+            f"(a longer window, or a server that answers)"
+        )
     if status or socket:
         raise WindowFailed(
             f"{cell.key}, round {round_index + 1}, {phase}: {status} responses with status >= 400 and {socket} "
             f"socket errors (connect {stats['connect_errors']}, read {stats['read_errors']}, write "
-            f"{stats['write_errors']}, timeout {stats['timeout_errors']}) in {stats['requests']} requests")
+            f"{stats['write_errors']}, timeout {stats['timeout_errors']}) in {stats['requests']} requests"
+        )
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -72,23 +75,31 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
         raise ValueError("spread of no values: the benchmark ran no round")
     ordered = sorted(values)
     q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) > 1 else ordered * 3
-    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1], "q1": q1, "q3": q3,
-            "n": len(ordered)}
+    return {
+        "median": statistics.median(ordered),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "q1": q1,
+        "q3": q3,
+        "n": len(ordered),
+    }
 
 
 def summarise_cell(windows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return {metric: spread([w[metric] for w in windows]) for metric in WINDOW_METRICS}
 
 
-def round_ratios(windows: Mapping[str, Sequence[Mapping[str, Any]]], ratios: Mapping[str, Ratio]
-                 ) -> dict[str, list[float]]:
+def round_ratios(
+    windows: Mapping[str, Sequence[Mapping[str, Any]]], ratios: Mapping[str, Ratio]
+) -> dict[str, list[float]]:
     """Each ratio's value in every round; windows[cell.key][r] is cell's window in round r."""
     out: dict[str, list[float]] = {}
     for name, ratio in ratios.items():
         top, bottom = windows[ratio.numerator.key], windows[ratio.denominator.key]
         if len(top) != len(bottom):
-            raise ValueError(f"ratio {name}: {len(top)} rounds of {ratio.numerator.key} but "
-                             f"{len(bottom)} of {ratio.denominator.key}")
+            raise ValueError(
+                f"ratio {name}: {len(top)} rounds of {ratio.numerator.key} but {len(bottom)} of {ratio.denominator.key}"
+            )
         out[name] = [a[ratio.metric] / b[ratio.metric] for a, b in zip(top, bottom, strict=True)]
     return out
 

@@ -48,11 +48,25 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import uvicorn
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__,
-            "numpy": np.__version__, "wrk": _wrk_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "numpy": np.__version__,
+        "wrk": _wrk_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _wrk_version() -> str:
@@ -75,8 +89,13 @@ def test_pngs(count: int) -> list[bytes]:
 
 def multipart(files: list[bytes]) -> tuple[bytes, str]:
     boundary = "vaebenchboundary7MA4YWxkTrZu0gW"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
-             f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(files)]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{i}.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(files)
+    ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -88,8 +107,13 @@ def v2_encoder_routes(pixels: np.ndarray, model: str) -> dict[str, dict[str, Any
     header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
     as_json = json.dumps({"inputs": [{**tensor, "data": pixels.ravel().tolist()}]}).encode()
     return {
-        "v2_encoder_binary": {"path": path, "method": "POST", "body": header + pixels.astype("<f4").tobytes(),
-                              "content_type": "", "headers": {"Inference-Header-Content-Length": str(len(header))}},
+        "v2_encoder_binary": {
+            "path": path,
+            "method": "POST",
+            "body": header + pixels.astype("<f4").tobytes(),
+            "content_type": "",
+            "headers": {"Inference-Header-Content-Length": str(len(header))},
+        },
         "v2_encoder_json": {"path": path, "method": "POST", "body": as_json, "content_type": "application/json"},
     }
 
@@ -121,11 +145,24 @@ def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any]) -> dict
         if route["body"] is not None:
             handle.write(route["body"])
             handle.flush()
-        env = {**os.environ, "WRK_BODY": handle.name if route["body"] is not None else "",
-               "WRK_METHOD": route["method"], "WRK_CONTENT_TYPE": route["content_type"],
-               "WRK_HEADERS": "".join(f"{k}: {v}\n" for k, v in route.get("headers", {}).items())}
-        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "-s",
-                   str(REPO / "bench" / "wrk_report.lua"), url + route["path"]]
+        env = {
+            **os.environ,
+            "WRK_BODY": handle.name if route["body"] is not None else "",
+            "WRK_METHOD": route["method"],
+            "WRK_CONTENT_TYPE": route["content_type"],
+            "WRK_HEADERS": "".join(f"{k}: {v}\n" for k, v in route.get("headers", {}).items()),
+        }
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(REPO / "bench" / "wrk_report.lua"),
+            url + route["path"],
+        ]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return parse_report(out.stdout)
 
@@ -135,7 +172,7 @@ def parse_report(stdout: str) -> dict[str, Any]:
     line = next((line for line in stdout.splitlines() if line.startswith("WRK_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no WRK_JSON summary line:\n{stdout[-2000:]}")
-    stats = json.loads(line[len("WRK_JSON "):])
+    stats = json.loads(line[len("WRK_JSON ") :])
     stats["socket_errors"] = sum(stats[f"{kind}_errors"] for kind in ("connect", "read", "write", "timeout"))
     stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
     return stats
@@ -150,8 +187,10 @@ def window(bench: Bench, cell: Cell, round_index: int) -> dict[str, Any]:
             try:
                 stats = wrk(url, cell.concurrency, seconds, route)
             except subprocess.CalledProcessError as failed:  # e.g. the server died: no connection at all
-                raise WindowFailed(f"{cell.key}, round {round_index + 1}, {phase}: wrk exited with "
-                                   f"{failed.returncode}: {(failed.stdout + failed.stderr).strip()[-500:]}") from None
+                raise WindowFailed(
+                    f"{cell.key}, round {round_index + 1}, {phase}: wrk exited with "
+                    f"{failed.returncode}: {(failed.stdout + failed.stderr).strip()[-500:]}"
+                ) from None
             check_window(cell, round_index, phase, stats)
     return stats
 
@@ -161,13 +200,21 @@ def preflight(bench: Bench) -> None:
     also covers the 1xx and 3xx answers that wrk does not count as errors."""
     for server, route_name in sorted({(cell.server, cell.route) for cell in bench.plan.cells}):
         route = bench.routes[route_name]
-        headers = {**({"Content-Type": route["content_type"]} if route["content_type"] else {}),
-                   **route.get("headers", {})}
-        response = httpx.request(route["method"], bench.servers[server].url + route["path"], content=route["body"],
-                                 headers=headers, timeout=30)
+        headers = {
+            **({"Content-Type": route["content_type"]} if route["content_type"] else {}),
+            **route.get("headers", {}),
+        }
+        response = httpx.request(
+            route["method"],
+            bench.servers[server].url + route["path"],
+            content=route["body"],
+            headers=headers,
+            timeout=30,
+        )
         if not 200 <= response.status_code < 300 or not response.content:
-            raise WindowFailed(f"{server}/{route_name}: the preflight request got {response.status_code} "
-                               f"{response.text[:200]!r}")
+            raise WindowFailed(
+                f"{server}/{route_name}: the preflight request got {response.status_code} {response.text[:200]!r}"
+            )
 
 
 def run_rounds(bench: Bench) -> list[list[str]]:
@@ -179,8 +226,11 @@ def run_rounds(bench: Bench) -> list[list[str]]:
         for position, cell in enumerate(order, 1):
             stats = window(bench, cell, round_index)
             bench.windows.setdefault(cell.key, []).append(stats)
-            print(f"round {round_index + 1}/{plan.rounds} [{position}/{len(order)}] {cell.key}: "
-                  f"{stats['rps']:.0f} requests/s, p99 {stats['p99_us'] / 1000:.1f} ms", flush=True)
+            print(
+                f"round {round_index + 1}/{plan.rounds} [{position}/{len(order)}] {cell.key}: "
+                f"{stats['rps']:.0f} requests/s, p99 {stats['p99_us'] / 1000:.1f} ms",
+                flush=True,
+            )
     return orders
 
 
@@ -200,9 +250,18 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
 
 def serving(plan: Plan, command: str) -> dict[str, Any]:
     pngs = test_pngs(256)
-    results: dict[str, Any] = {"machine": machine(), "git": git_state(), "command": command,
-                               "plan": {"rounds": plan.rounds, "window_s": plan.window_s, "warmup_s": plan.warmup_s,
-                                        "seed": plan.seed, "cells": len(plan.cells)}}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "git": git_state(),
+        "command": command,
+        "plan": {
+            "rounds": plan.rounds,
+            "window_s": plan.window_s,
+            "warmup_s": plan.warmup_s,
+            "seed": plan.seed,
+            "cells": len(plan.cells),
+        },
+    }
     names = sorted({cell.server for cell in plan.cells})
     servers: dict[str, Server] = {}
     bench = Bench(plan, servers, pngs, routes(pngs))
@@ -224,9 +283,16 @@ def serving(plan: Plan, command: str) -> dict[str, Any]:
     for name in (m for m in plan.measurements if m not in WHILE_SERVING):
         results[name] = MEASUREMENTS[name](bench, results)
     cells = {cell.key: cell for cell in plan.cells}
-    results["cells"] = {key: {"server": cells[key].server, "route": cells[key].route,
-                              "concurrency": cells[key].concurrency, **summarise_cell(windows), "windows": windows}
-                        for key, windows in bench.windows.items()}
+    results["cells"] = {
+        key: {
+            "server": cells[key].server,
+            "route": cells[key].route,
+            "concurrency": cells[key].concurrency,
+            **summarise_cell(windows),
+            "windows": windows,
+        }
+        for key, windows in bench.windows.items()
+    }
     results["ratios"] = summarise_ratios(round_ratios(bench.windows, plan.ratios))
     return results
 
@@ -235,11 +301,30 @@ def training_speed() -> dict[str, Any]:
     """One epoch of the default model on Fashion-MNIST with 2 threads."""
     out = Path(tempfile.mkdtemp())
     try:
-        subprocess.run([sys.executable, "-m", "model.train", "--epochs", "1", "--threads", "2", "--no-progress",
-                        "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model.train",
+                "--epochs",
+                "1",
+                "--threads",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-        return {"threads": 2, "seconds_per_epoch": record["seconds"], "images_per_second": record["images_per_second"],
-                "command": "vae-train --epochs 1 --threads 2"}
+        return {
+            "threads": 2,
+            "seconds_per_epoch": record["seconds"],
+            "images_per_second": record["images_per_second"],
+            "command": "vae-train --epochs 1 --threads 2",
+        }
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -253,22 +338,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def parse_plan(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"CI guard: /encode vs minimal only, fails below {QUICK_GUARD}x")
+    parser = argparse.ArgumentParser(
+        prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"CI guard: /encode vs minimal only, fails below {QUICK_GUARD}x"
+    )
     parser.add_argument("--rounds", type=int, help="rounds of windows (default: the plan's)")
     parser.add_argument("--window", type=int, help="seconds per measured window (whole seconds)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up before each window (0: none)")
     parser.add_argument("--seed", type=int, help="seed of the per-round order")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="directory for the JSON (the docs are regenerated only for bench/results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="directory for the JSON (the docs are regenerated only for bench/results)",
+    )
     parser.add_argument("--no-training", action="store_true")
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
-    overrides = {field: value for field, value in (("rounds", args.rounds), ("window_s", args.window),
-                                                   ("warmup_s", args.warmup), ("seed", args.seed))
-                 if value is not None}
+    overrides = {
+        field: value
+        for field, value in (
+            ("rounds", args.rounds),
+            ("window_s", args.window),
+            ("warmup_s", args.warmup),
+            ("seed", args.seed),
+        )
+        if value is not None
+    }
     if overrides.get("rounds", 1) < 1 or overrides.get("window_s", 1) < 1 or overrides.get("warmup_s", 0) < 0:
         parser.error("--rounds and --window must be >= 1 and --warmup >= 0")
     return dataclasses.replace(plan, **overrides), args
@@ -283,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = serving(plan, command)
     except WindowFailed as failure:
-        print(f"bench: a window failed, so its numbers would be wrong; no results written.\n"
-              f"bench: {failure}", file=sys.stderr)
+        print(
+            f"bench: a window failed, so its numbers would be wrong; no results written.\nbench: {failure}",
+            file=sys.stderr,
+        )
         return 1
     if not args.quick:
         results["targets_met"] = targets(results)
@@ -297,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         ratio = results["ratios"]["encode_vs_minimal_c32"]
         if ratio["median"] < QUICK_GUARD:
-            print(f"bench --quick: /encode fell below {QUICK_GUARD}x the minimal app (median {ratio['median']:.2f}x, "
-                  f"rounds {ratio['min']:.2f}-{ratio['max']:.2f}x): a hot-path regression", file=sys.stderr)
+            print(
+                f"bench --quick: /encode fell below {QUICK_GUARD}x the minimal app (median {ratio['median']:.2f}x, "
+                f"rounds {ratio['min']:.2f}-{ratio['max']:.2f}x): a hot-path regression",
+                file=sys.stderr,
+            )
             return 1
     elif args.results.resolve() == RESULTS.resolve():
         from bench.report import update_readme

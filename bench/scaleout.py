@@ -28,17 +28,26 @@ import httpx
 from bench.plan import ENCODE, MODEL_DIR, RESULTS, Bench, Plan
 from bench.provenance import git_state, served_model
 from bench.rounds import Cell, Ratio, WindowFailed, round_ratios, summarise_cell, summarise_ratios
-from bench.run import machine, preflight, routes, run_rounds, test_pngs, wrk, write_json
+from bench.run import machine, preflight, routes, run_rounds, test_pngs, write_json, wrk
 from bench.servers import REPO, Server, free_port
 
 CONCURRENCY = (32, 64)
-CELLS = tuple(Cell(server, ENCODE, c) for server in ("one_replica", "one_replica_proxied", "two_replicas_proxied")
-              for c in CONCURRENCY)
+CELLS = tuple(
+    Cell(server, ENCODE, c)
+    for server in ("one_replica", "one_replica_proxied", "two_replicas_proxied")
+    for c in CONCURRENCY
+)
 RATIOS = {
-    **{f"two_vs_one_replica_c{c}": Ratio(Cell("two_replicas_proxied", ENCODE, c), Cell("one_replica_proxied", ENCODE, c))
-       for c in CONCURRENCY},
-    **{f"proxy_vs_direct_c{c}": Ratio(Cell("one_replica_proxied", ENCODE, c), Cell("one_replica", ENCODE, c))
-       for c in CONCURRENCY},
+    **{
+        f"two_vs_one_replica_c{c}": Ratio(
+            Cell("two_replicas_proxied", ENCODE, c), Cell("one_replica_proxied", ENCODE, c)
+        )
+        for c in CONCURRENCY
+    },
+    **{
+        f"proxy_vs_direct_c{c}": Ratio(Cell("one_replica_proxied", ENCODE, c), Cell("one_replica", ENCODE, c))
+        for c in CONCURRENCY
+    },
 }
 PLAN = Plan("scaleout", CELLS, RATIOS, ())  # 6 cells x 5 rounds x (1 s + 2 s): about 90 s of load
 
@@ -52,10 +61,17 @@ class Proxy:
     def __post_init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "bench.proxy", "--port", str(self.port),
-                   *(arg for server in self.backends for arg in ("--backend", f"127.0.0.1:{server.port}"))]
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "bench.proxy",
+            "--port",
+            str(self.port),
+            *(arg for server in self.backends for arg in ("--backend", f"127.0.0.1:{server.port}")),
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -80,8 +96,12 @@ def encode_count(server: Server) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == "vae_requests_total" and s.labels.get("route") == "/encode")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "vae_requests_total" and s.labels.get("route") == "/encode"
+    )
 
 
 def balance(bench: Bench, replicas: list[Server], seconds: int = 2) -> dict[str, Any]:
@@ -89,8 +109,11 @@ def balance(bench: Bench, replicas: list[Server], seconds: int = 2) -> dict[str,
     before = [encode_count(r) for r in replicas]
     stats = wrk(bench.servers["two_replicas_proxied"].url, 32, seconds, bench.routes[ENCODE])
     answered = [encode_count(r) - b for r, b in zip(replicas, before, strict=True)]
-    return {"window_requests": stats["requests"], "answered_per_replica": answered,
-            "smaller_share": min(answered) / max(sum(answered), 1)}
+    return {
+        "window_requests": stats["requests"],
+        "answered_per_replica": answered,
+        "smaller_share": min(answered) / max(sum(answered), 1),
+    }
 
 
 def measure(plan: Plan, command: str) -> dict[str, Any]:
@@ -107,25 +130,42 @@ def measure(plan: Plan, command: str) -> dict[str, Any]:
         bench = Bench(plan, servers, pngs, routes(pngs))  # type: ignore[arg-type]  # a proxy has the url too
         preflight(bench)
         results: dict[str, Any] = {
-            "machine": machine(), "git": git_state(), "command": command, "model": served_model(replicas[0].url),
-            "plan": {"rounds": plan.rounds, "window_s": plan.window_s, "warmup_s": plan.warmup_s, "seed": plan.seed,
-                     "cells": len(plan.cells)},
+            "machine": machine(),
+            "git": git_state(),
+            "command": command,
+            "model": served_model(replicas[0].url),
+            "plan": {
+                "rounds": plan.rounds,
+                "window_s": plan.window_s,
+                "warmup_s": plan.warmup_s,
+                "seed": plan.seed,
+                "cells": len(plan.cells),
+            },
             "setup": "each replica: vae-serve, 1 worker; proxy: bench/proxy.py, round-robin per connection; "
-                     "wrk, proxy and replicas on the same cores"}
+            "wrk, proxy and replicas on the same cores",
+        }
         results["order"] = run_rounds(bench)
         results["balance"] = balance(bench, replicas)
     finally:
         for process in (*proxies, *replicas):
             process.stop()
-    results["cells"] = {key: {"server": cell.server, "route": cell.route, "concurrency": cell.concurrency,
-                              **summarise_cell(bench.windows[key]), "windows": bench.windows[key]}
-                        for key, cell in ((cell.key, cell) for cell in plan.cells)}
+    results["cells"] = {
+        key: {
+            "server": cell.server,
+            "route": cell.route,
+            "concurrency": cell.concurrency,
+            **summarise_cell(bench.windows[key]),
+            "windows": bench.windows[key],
+        }
+        for key, cell in ((cell.key, cell) for cell in plan.cells)
+    }
     results["ratios"] = summarise_ratios(round_ratios(bench.windows, plan.ratios))
     return results
 
 
 def scaleout_section(results: dict[str, Any]) -> str:
-    """The docs block (bench/report.py writes it into docs/deploying.md): requests/s per cell and the ratios, as medians of
+    """The docs block (bench/report.py writes it into docs/deploying.md): requests/s per cell and the ratios,
+    as medians of
     the rounds with their range, and how the balance window split between the replicas."""
     from bench.report import _spread
 
@@ -133,28 +173,45 @@ def scaleout_section(results: dict[str, Any]) -> str:
     tree = "" if git["dirty"] is False else " (with uncommitted changes)"
     model = results.get("model")
     served = f", model `{model['name']}` {model['version']}" if model else ""
-    lines = [f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}), {m['time']}, at commit "
-             f"`{(git['commit'] or 'unknown')[:12]}`{tree}{served}: `POST /encode` (1 PNG) requests/s, the median of "
-             f"{plan['rounds']} interleaved rounds of {plan['window_s']} s windows, (min-max) in brackets. wrk, "
-             f"the proxy and the replicas share the cores.", "",
-             "| | c=32 | c=64 |", "|---|---|---|"]
-    for server, label in (("one_replica", "one replica, direct"), ("one_replica_proxied", "one replica behind the proxy"),
-                          ("two_replicas_proxied", "two replicas behind the proxy")):
-        lines.append(f"| {label} | " + " | ".join(_spread(cells[f"{server}/{ENCODE}/c{c}"]["rps"], ".0f")
-                                                  for c in CONCURRENCY) + " |")
-    for name, label in (("two_vs_one_replica", "two replicas / one (both behind the proxy)"),
-                        ("proxy_vs_direct", "one replica: behind the proxy / direct")):
-        lines.append(f"| {label} | " + " | ".join(_spread(ratios[f"{name}_c{c}"], ".2f", "x") for c in CONCURRENCY)
-                     + " |")
+    lines = [
+        f"Measured by `{results['command']}` on {m['cores']} cores ({m['cpu']}), {m['time']}, at commit "
+        f"`{(git['commit'] or 'unknown')[:12]}`{tree}{served}: `POST /encode` (1 PNG) requests/s, the median of "
+        f"{plan['rounds']} interleaved rounds of {plan['window_s']} s windows, (min-max) in brackets. wrk, "
+        f"the proxy and the replicas share the cores.",
+        "",
+        "| | c=32 | c=64 |",
+        "|---|---|---|",
+    ]
+    for server, label in (
+        ("one_replica", "one replica, direct"),
+        ("one_replica_proxied", "one replica behind the proxy"),
+        ("two_replicas_proxied", "two replicas behind the proxy"),
+    ):
+        lines.append(
+            f"| {label} | "
+            + " | ".join(_spread(cells[f"{server}/{ENCODE}/c{c}"]["rps"], ".0f") for c in CONCURRENCY)
+            + " |"
+        )
+    for name, label in (
+        ("two_vs_one_replica", "two replicas / one (both behind the proxy)"),
+        ("proxy_vs_direct", "one replica: behind the proxy / direct"),
+    ):
+        lines.append(
+            f"| {label} | " + " | ".join(_spread(ratios[f"{name}_c{c}"], ".2f", "x") for c in CONCURRENCY) + " |"
+        )
     shares = results["balance"]["answered_per_replica"]
-    lines += ["", f"In one more window through the two-replica proxy the replicas answered {shares[0]:.0f} and "
-                  f"{shares[1]:.0f} requests."]
+    lines += [
+        "",
+        f"In one more window through the two-replica proxy the replicas answered {shares[0]:.0f} and "
+        f"{shares[1]:.0f} requests.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.scaleout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench.scaleout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=PLAN.rounds)
     parser.add_argument("--window", type=int, default=PLAN.window_s, help="seconds per measured window")
     parser.add_argument("--warmup", type=int, default=PLAN.warmup_s, help="seconds of warm-up before each window")
@@ -162,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.window < 1 or args.warmup < 0:
         parser.error("--rounds and --window must be >= 1 and --warmup >= 0")
-    plan = Plan(PLAN.name, PLAN.cells, PLAN.ratios, (), rounds=args.rounds, window_s=args.window,
-                warmup_s=args.warmup)
+    plan = Plan(PLAN.name, PLAN.cells, PLAN.ratios, (), rounds=args.rounds, window_s=args.window, warmup_s=args.warmup)
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
     try:
         results = measure(plan, command)
     except WindowFailed as failure:
-        print(f"bench.scaleout: a window failed, so its numbers would be wrong; no results written.\n"
-              f"bench.scaleout: {failure}", file=sys.stderr)
+        print(
+            f"bench.scaleout: a window failed, so its numbers would be wrong; no results written.\n"
+            f"bench.scaleout: {failure}",
+            file=sys.stderr,
+        )
         return 1
     write_json(args.results / f"{plan.name}.json", results)
     print(json.dumps({name: round(r["median"], 3) for name, r in results["ratios"].items()}, indent=2))

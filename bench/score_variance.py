@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.score_variance", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.score_variance",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--model-dir", default=str(REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
     p.add_argument("--images", type=int, default=4, help="the first N images of the test set")
     p.add_argument("--seeds", type=int, default=10, help="noise seeds 0..N-1")
@@ -40,7 +43,7 @@ def spread(values: np.ndarray) -> dict[str, Any]:
     """(seeds, images) -> per image: mean and sample standard deviation over the seeds, and the root
     mean square of those deviations over the images."""
     std = values.std(axis=0, ddof=1)  # (images,)
-    return {"mean": values.mean(axis=0).tolist(), "std": std.tolist(), "rms_std": float(np.sqrt(np.mean(std ** 2)))}
+    return {"mean": values.mean(axis=0).tolist(), "std": std.tolist(), "rms_std": float(np.sqrt(np.mean(std**2)))}
 
 
 def git_commit() -> str:
@@ -56,14 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     x = fixed_test_set(data.test, model.likelihood, seed)[: args.images]  # (N, C, H, W), the bits vae-eval scores
     began = time.perf_counter()
     elbo = np.array([scoring.score(model, model.likelihood, x, s).elbo for s in range(args.seeds)])  # (S, N)
-    iwae = {k: np.array([scoring.score(model, model.likelihood, x, s, k=k).log_likelihood for s in range(args.seeds)])
-            for k in args.k}
+    iwae = {
+        k: np.array([scoring.score(model, model.likelihood, x, s, k=k).log_likelihood for s in range(args.seeds)])
+        for k in args.k
+    }
     results = {
         "machine": machine(),
         "command": "python -m bench.score_variance",
         "git_commit": git_commit(),
-        "model": {"name": model.manifest.name, "version": model.manifest.version,
-                  "encoder_sha256": model.manifest.encoder.sha256, "decoder_sha256": model.manifest.decoder.sha256},
+        "model": {
+            "name": model.manifest.name,
+            "version": model.manifest.version,
+            "encoder_sha256": model.manifest.encoder.sha256,
+            "decoder_sha256": model.manifest.decoder.sha256,
+        },
         "test_images": list(range(args.images)),
         "test_set": f"{model.likelihood.name} data space, fixed once with seed {seed}",
         "seeds": list(range(args.seeds)),
@@ -72,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
     }
     for name, row in results["nats"].items():
-        print(f"{name:10s} " + "  ".join(f"{m:8.2f} +- {s:5.2f}" for m, s in zip(row["mean"], row["std"])))
+        print(
+            f"{name:10s} " + "  ".join(f"{m:8.2f} +- {s:5.2f}" for m, s in zip(row["mean"], row["std"], strict=False))
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "score_variance.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -37,18 +37,42 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         # The in-flight limit is raised so that c=64 measures throughput, not the limit's 429s.
         source = {"VAE_MODEL_DIR": str(model_dir)} if model_dir is not None else {}
-        environment = {**os.environ, **source, "VAE_PORT": str(self.port),
-                       "VAE_HOST": "127.0.0.1", "VAE_WORKERS": str(workers), "VAE_MAX_IN_FLIGHT": "1024",
-                       **(env or {})}
+        environment = {
+            **os.environ,
+            **source,
+            "VAE_PORT": str(self.port),
+            "VAE_HOST": "127.0.0.1",
+            "VAE_WORKERS": str(workers),
+            "VAE_MAX_IN_FLIGHT": "1024",
+            **(env or {}),
+        }
         if kind == "product":
             command = [sys.executable, "-m", "service.cli"]
         else:
-            command = [sys.executable, "-m", "uvicorn", f"bench.apps.{kind}:app", "--host", "127.0.0.1",
-                       "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
-                       "--no-access-log"]
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"bench.apps.{kind}:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ]
         self.started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     @classmethod
     def from_spec(cls, spec: ServerSpec, model_dir: Path) -> Server:

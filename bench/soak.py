@@ -139,22 +139,28 @@ async def _run(base_url: str, pid: int | None, requests: int, concurrency: int, 
         seconds = time.perf_counter() - began
     second_half = [p for p in rss if p[0] >= requests // 2]
     return {
-        "requests": requests, "concurrency": concurrency, "seconds": round(seconds, 2),
+        "requests": requests,
+        "concurrency": concurrency,
+        "seconds": round(seconds, 2),
         "requests_per_s": round(requests / seconds, 1),
         "statuses": dict(sorted(statuses.items())),
         "server_errors": sum(n for key, n in statuses.items() if key.split()[-1].startswith("5")),
-        "unexpected": unexpected[:20], "unexpected_count": len(unexpected),
-        "transport_errors": transport_errors[:20], "transport_error_count": len(transport_errors),
+        "unexpected": unexpected[:20],
+        "unexpected_count": len(unexpected),
+        "transport_errors": transport_errors[:20],
+        "transport_error_count": len(transport_errors),
         "rss_mb": [(n, round(mb, 2)) for n, mb in rss],
-        "rss_first_mb": rss[0][1] if rss else None, "rss_last_mb": rss[-1][1] if rss else None,
+        "rss_first_mb": rss[0][1] if rss else None,
+        "rss_last_mb": rss[-1][1] if rss else None,
         "rss_slope_mb_per_1000_second_half": round(slope_per_1000(second_half), 4) if rss else None,
         "healthz_max_wait_s": round(max(health_waits), 4) if health_waits else None,
         "healthz_polls": len(health_waits),
     }
 
 
-def soak(base_url: str, pid: int | None, requests: int = 20_000, concurrency: int = 16,
-         sample_every: int = 500) -> dict[str, Any]:
+def soak(
+    base_url: str, pid: int | None, requests: int = 20_000, concurrency: int = 16, sample_every: int = 500
+) -> dict[str, Any]:
     return asyncio.run(_run(base_url, pid, requests, concurrency, sample_every))
 
 
@@ -163,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run import machine
     from bench.servers import Server
 
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--model-dir", default=str(SHIPPED))
@@ -178,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {"machine": machine(), "git": git_state(), **result}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"soak: {result['requests']} requests in {result['seconds']} s, {result['server_errors']} 5xx, "
-          f"{result['transport_error_count']} transport errors, {result['unexpected_count']} unexpected statuses; "
-          f"RSS {result['rss_first_mb']:.1f} -> {result['rss_last_mb']:.1f} MB, slope "
-          f"{result['rss_slope_mb_per_1000_second_half']} MB per 1000 requests (second half); "
-          f"/healthz worst {result['healthz_max_wait_s']} s")
+    print(
+        f"soak: {result['requests']} requests in {result['seconds']} s, {result['server_errors']} 5xx, "
+        f"{result['transport_error_count']} transport errors, {result['unexpected_count']} unexpected statuses; "
+        f"RSS {result['rss_first_mb']:.1f} -> {result['rss_last_mb']:.1f} MB, slope "
+        f"{result['rss_slope_mb_per_1000_second_half']} MB per 1000 requests (second half); "
+        f"/healthz worst {result['healthz_max_wait_s']} s"
+    )
     failed = result["server_errors"] or result["transport_error_count"] or result["unexpected_count"]
     return 1 if failed else 0
 

@@ -44,7 +44,9 @@ class Setup:
     def name(self) -> str:
         if self.device == "cuda":
             return f"{self.processes} process x 1 GPU"
-        return f"{self.processes} process{'es' * (self.processes > 1)} x {self.threads} thread{'s' * (self.threads > 1)}"
+        return (
+            f"{self.processes} process{'es' * (self.processes > 1)} x {self.threads} thread{'s' * (self.threads > 1)}"
+        )
 
 
 SINGLE, DDP = Setup(processes=1, threads=2), Setup(processes=2, threads=1)
@@ -54,11 +56,35 @@ RATIO = f"{DDP.name} / {SINGLE.name}"
 
 def command(setup: Setup, out: Path, limit_train: int, epochs: int) -> list[str]:
     """The vae-train command line of one setup: plain for one process, under torchrun for more."""
-    launcher = [sys.executable, "-m", "model.train"] if setup.processes == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={setup.processes}",
-        "-m", "model.train"]
-    return [*launcher, "--epochs", str(epochs), "--limit-train", str(limit_train), "--limit-test", "1000",
-            "--threads", str(setup.threads), "--device", setup.device, "--no-progress", "--out", str(out)]
+    launcher = (
+        [sys.executable, "-m", "model.train"]
+        if setup.processes == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={setup.processes}",
+            "-m",
+            "model.train",
+        ]
+    )
+    return [
+        *launcher,
+        "--epochs",
+        str(epochs),
+        "--limit-train",
+        str(limit_train),
+        "--limit-test",
+        "1000",
+        "--threads",
+        str(setup.threads),
+        "--device",
+        setup.device,
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
 
 
 def images_per_second(setup: Setup, limit_train: int, epochs: int) -> float:
@@ -79,8 +105,9 @@ def summarise(rounds: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench.train_throughput", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench.train_throughput", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit-train", type=int, default=12800, help="training images per epoch")
     parser.add_argument("--epochs", type=int, default=2, help="the last one is measured")
@@ -96,19 +123,32 @@ def main(argv: list[str] | None = None) -> None:
         random.Random(f"train-throughput:{args.seed}:{index}").shuffle(order)
         measured = {setup.name: images_per_second(setup, args.limit_train, args.epochs) for setup in order}
         rounds.append({setup.name: measured[setup.name] for setup in setups})
-        print(f"round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.0f} images/s" for k, v in rounds[-1].items()),
-              flush=True)
+        print(
+            f"round {index + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.0f} images/s" for k, v in rounds[-1].items()),
+            flush=True,
+        )
     results = {
-        "machine": {**machine(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                    "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}},
+        "machine": {
+            **machine(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()},
+        },
         "git": git_state(),
         "command": "python -m bench.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": "the default (vae-train's defaults), global batch 128",
-        "limit_train": args.limit_train, "epochs": args.epochs, "rounds": args.rounds,
-        "setups": {s.name: {"processes": s.processes, "threads_per_process": s.threads, "device": s.device,
-                            "command": " ".join(command(s, Path("OUT"), args.limit_train, args.epochs)[1:])}
-                   for s in setups},
+        "limit_train": args.limit_train,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "setups": {
+            s.name: {
+                "processes": s.processes,
+                "threads_per_process": s.threads,
+                "device": s.device,
+                "command": " ".join(command(s, Path("OUT"), args.limit_train, args.epochs)[1:]),
+            }
+            for s in setups
+        },
         **summarise(rounds),
     }
     if not torch.cuda.is_available():
@@ -123,16 +163,23 @@ if __name__ == "__main__":
 
 
 def throughput_section(results: dict[str, Any]) -> str:
-    """The docs block (bench/report.py writes it into docs/benchmarks.md): images/s per setup and the ratio, medians of the rounds."""
+    """The docs block (bench/report.py writes it into docs/benchmarks.md): images/s per setup and the ratio,
+    medians of the rounds."""
     from bench.report import _spread
 
     m, git = results["machine"], results["git"]
     load = m.get("load_average_1_5_15_min", {}).get("before")
-    lines = [f"Measured by `{results['command'].strip()}` on {m['cores']} cores ({m['cpu']}) at commit "
-             f"`{(git.get('commit') or 'unknown')[:12]}`: training images/s in the last of {results['epochs']} epochs "
-             f"of {results['limit_train']:,} images, {results['model']}; the median of {results['rounds']} interleaved "
-             "rounds, (min-max) in brackets" + (f"; 1-minute load average before the run {load[0]:.1f}" if load else "")
-             + ".", "", "| setup | images/s |", "|---|---|"]
+    lines = [
+        f"Measured by `{results['command'].strip()}` on {m['cores']} cores ({m['cpu']}) at commit "
+        f"`{(git.get('commit') or 'unknown')[:12]}`: training images/s in the last of {results['epochs']} epochs "
+        f"of {results['limit_train']:,} images, {results['model']}; the median of {results['rounds']} interleaved "
+        "rounds, (min-max) in brackets"
+        + (f"; 1-minute load average before the run {load[0]:.1f}" if load else "")
+        + ".",
+        "",
+        "| setup | images/s |",
+        "|---|---|",
+    ]
     for name, summary in results["images_per_second"].items():
         lines.append(f"| {name} | {_spread(summary, '.0f')} |")
     for name, summary in results["ratios"].items():

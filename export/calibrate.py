@@ -36,9 +36,11 @@ from model.data import DataChecksumError, DataMissingError, load_dataset, sha256
 METHOD = "typicality"
 STATISTICS = ("elbo", "kl", "latent_norm", "complexity_bits")
 ESTIMATOR = "gaussian"
-COST = ("one encoder and one decoder call per image, as POST /elbo?k=1, plus PNG compressions of the image; "
-        "its time against the /elbo?k=1 scoring is measured by python -m bench.anomaly (cost.ratio in "
-        "bench/results/anomaly.json)")
+COST = (
+    "one encoder and one decoder call per image, as POST /elbo?k=1, plus PNG compressions of the image; "
+    "its time against the /elbo?k=1 scoring is measured by python -m bench.anomaly (cost.ratio in "
+    "bench/results/anomaly.json)"
+)
 DEFAULT_COUNT = 10_000  # images in each half of the split
 MIN_COUNT = 10  # below this a percentile means little; a smoke-test export still gets a working /anomaly
 
@@ -52,16 +54,23 @@ def validation_split(train: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     second gives the reference scores. (fit, reference, its description)"""
     count = min(count, len(train) // 4)
     if count < MIN_COUNT:
-        raise CalibrationError(f"{len(train)} training images are too few to calibrate (at least {4 * MIN_COUNT} "
-                               "needed); export with --no-calibrate")
+        raise CalibrationError(
+            f"{len(train)} training images are too few to calibrate (at least {4 * MIN_COUNT} "
+            "needed); export with --no-calibrate"
+        )
     start = len(train) - 2 * count
-    description = {"split": "training", "fit": [start, start + count], "reference": [start + count, len(train)],
-                   "images": 2 * count}
-    return train[start:start + count], train[start + count:], description
+    description = {
+        "split": "training",
+        "fit": [start, start + count],
+        "reference": [start + count, len(train)],
+        "images": 2 * count,
+    }
+    return train[start : start + count], train[start + count :], description
 
 
-def fit_score(name: str, stats: dict[str, np.ndarray], statistics: tuple[str, ...] = STATISTICS,
-              estimator: str = ESTIMATOR) -> anomaly.Score:
+def fit_score(
+    name: str, stats: dict[str, np.ndarray], statistics: tuple[str, ...] = STATISTICS, estimator: str = ESTIMATOR
+) -> anomaly.Score:
     if name == "likelihood":
         return anomaly.LikelihoodScore()
     if name == "complexity":
@@ -69,15 +78,19 @@ def fit_score(name: str, stats: dict[str, np.ndarray], statistics: tuple[str, ..
     return TypicalityScore.fit(stats, statistics, estimator)
 
 
-def batched_statistics(model: OnnxVAE, pixels: np.ndarray, seed: int, binarize_seed: int,
-                       batch: int = 512) -> dict[str, np.ndarray]:
-    parts = [anomaly.statistics(model, model.likelihood, pixels[i:i + batch], seed, binarize_seed)
-             for i in range(0, len(pixels), batch)]
+def batched_statistics(
+    model: OnnxVAE, pixels: np.ndarray, seed: int, binarize_seed: int, batch: int = 512
+) -> dict[str, np.ndarray]:
+    parts = [
+        anomaly.statistics(model, model.likelihood, pixels[i : i + batch], seed, binarize_seed)
+        for i in range(0, len(pixels), batch)
+    ]
     return {name: np.concatenate([part[name] for part in parts]) for name in anomaly.STATISTICS}
 
 
-def calibrate(model: OnnxVAE, train: np.ndarray, count: int = DEFAULT_COUNT, seed: int = 0,
-              binarize_seed: int = 0) -> Calibration:
+def calibrate(
+    model: OnnxVAE, train: np.ndarray, count: int = DEFAULT_COUNT, seed: int = 0, binarize_seed: int = 0
+) -> Calibration:
     fit_images, reference_images, description = validation_split(train, count)
     score = fit_score(METHOD, batched_statistics(model, fit_images, seed, binarize_seed))
     reference = batched_statistics(model, reference_images, seed, binarize_seed)
@@ -88,10 +101,20 @@ def add_calibration(directory: Path, manifest: Manifest, calibration: Calibratio
     """Write anomaly.json into `directory`; the manifest that lists it (not yet written)."""
     path = directory / anomaly.CALIBRATION_FILE
     path.write_text(calibration.to_json())
-    spec = AnomalySpec(file=path.name, sha256=sha256_file(path), method=calibration.score.name,
-                       statistics=list(calibration.score.statistics), cost=COST, fpr_default=0.01,
-                       calibration={**calibration.data, "dataset": manifest.training.get("dataset"),
-                                    "seed": calibration.seed, "binarize_seed": calibration.binarize_seed})
+    spec = AnomalySpec(
+        file=path.name,
+        sha256=sha256_file(path),
+        method=calibration.score.name,
+        statistics=list(calibration.score.statistics),
+        cost=COST,
+        fpr_default=0.01,
+        calibration={
+            **calibration.data,
+            "dataset": manifest.training.get("dataset"),
+            "seed": calibration.seed,
+            "binarize_seed": calibration.binarize_seed,
+        },
+    )
     return manifest.model_copy(update={"anomaly": spec})
 
 
@@ -105,8 +128,9 @@ def calibrate_in_place(directory: Path, count: int, data_dir: str | None, thread
     if not dataset:
         raise CalibrationError(f"{directory}/manifest.json names no training dataset to calibrate on")
     train_config = manifest.training.get("train_config", {})
-    data = load_dataset(dataset, data_dir or train_config.get("data_dir"),
-                        PreprocessContract.from_dict(manifest.preprocessing))
+    data = load_dataset(
+        dataset, data_dir or train_config.get("data_dir"), PreprocessContract.from_dict(manifest.preprocessing)
+    )
     calibration = calibrate(model, data.train, count, binarize_seed=int(train_config.get("test_binarize_seed", 0)))
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
@@ -122,8 +146,9 @@ def calibrate_in_place(directory: Path, count: int, data_dir: str | None, thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.calibrate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model_dir", help="a directory written by vae-export")
     p.add_argument("--count", type=int, default=DEFAULT_COUNT, help="training images in each half of the split")
     p.add_argument("--data-dir", default=None)
@@ -136,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CalibrationError, ModelLoadError, DataMissingError, DataChecksumError, OSError) as exc:
         print(f"export.calibrate: {exc}", file=sys.stderr)
         return 1
-    print(f"calibrated {manifest.name} {manifest.version} in {directory}: {manifest.anomaly.method} "
-          f"({', '.join(manifest.anomaly.statistics)})")
+    print(
+        f"calibrated {manifest.name} {manifest.version} in {directory}: {manifest.anomaly.method} "
+        f"({', '.join(manifest.anomaly.statistics)})"
+    )
     return 0
 
 

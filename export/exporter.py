@@ -15,17 +15,31 @@ from model.vae import VAE
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: tuple[str, ...],
-                 path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
+def export_graph(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    input_name: str,
+    output_names: tuple[str, ...],
+    path: Path,
+    metadata: dict[str, str],
+) -> onnx.ModelProto:
     """Export one half with torch.export (the current exporter) and store `metadata` in metadata_props."""
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it logs that torchvision is absent
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # and that constant outputs are not deduplicated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation noise from torch internals, not from our code
-        program = torch.onnx.export(module.eval(), (example,), input_names=[input_name],
-                                    output_names=list(output_names), dynamic_shapes=({0: batch},),
-                                    opset_version=OPSET, dynamo=True, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
@@ -44,11 +58,24 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
     example_image = torch.rand(2, *config.input_shape)  # (B, C, H, W)
     example_z = torch.randn(2, config.latent_dim)  # (B, D)
     prior = {} if config.prior == "standard_normal" else {"prior": export_prior(model, out_dir, metadata)}
-    return {**prior,
-        "encoder": export_graph(model.encoder, example_image, "image", ("mean", "logvar"),
-                                out_dir / "encoder.onnx", {**metadata, "graph": "encoder"}),
-        "decoder": export_graph(model.decoder, example_z, "z", model.decoder.likelihood.outputs,
-                                out_dir / "decoder.onnx", {**metadata, "graph": "decoder"}),
+    return {
+        **prior,
+        "encoder": export_graph(
+            model.encoder,
+            example_image,
+            "image",
+            ("mean", "logvar"),
+            out_dir / "encoder.onnx",
+            {**metadata, "graph": "encoder"},
+        ),
+        "decoder": export_graph(
+            model.decoder,
+            example_z,
+            "z",
+            model.decoder.likelihood.outputs,
+            out_dir / "decoder.onnx",
+            {**metadata, "graph": "decoder"},
+        ),
     }
 
 
@@ -72,15 +99,20 @@ class FixedMixture(torch.nn.Module):
         precision = torch.exp(-logvars.double())  # (K, D)
         self.register_buffer("precision_t", precision.T.contiguous())  # (D, K)
         self.register_buffer("scaled_means_t", (means.double() * precision).T.contiguous())  # (D, K)
-        constant = (log_weights.double() - 0.5 * ((means.double() ** 2 * precision).sum(1) + logvars.double().sum(1)
-                                                  + means.shape[1] * LOG_2PI))
+        constant = log_weights.double() - 0.5 * (
+            (means.double() ** 2 * precision).sum(1) + logvars.double().sum(1) + means.shape[1] * LOG_2PI
+        )
         self.register_buffer("constant", constant)  # (K,)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         z = z.double()
         per_component = self.constant - 0.5 * (z * z) @ self.precision_t + z @ self.scaled_means_t  # (B, K)
-        return (torch.logsumexp(per_component, dim=1).float(), self.component_means.clone(),
-                self.component_logvars.clone(), self.component_log_weights.clone())
+        return (
+            torch.logsumexp(per_component, dim=1).float(),
+            self.component_means.clone(),
+            self.component_logvars.clone(),
+            self.component_log_weights.clone(),
+        )
 
 
 PRIOR_OUTPUTS = ("log_prob", "means", "logvars", "log_weights")
@@ -88,8 +120,9 @@ PRIOR_OUTPUTS = ("log_prob", "means", "logvars", "log_weights")
 
 def export_prior(model: VAE, out_dir: Path, metadata: dict[str, str]) -> onnx.ModelProto:
     example_z = torch.randn(2, model.config.latent_dim)  # (B, D)
-    return export_graph(FixedMixture(model), example_z, "z", PRIOR_OUTPUTS, out_dir / "prior.onnx",
-                        {**metadata, "graph": "prior"})
+    return export_graph(
+        FixedMixture(model), example_z, "z", PRIOR_OUTPUTS, out_dir / "prior.onnx", {**metadata, "graph": "prior"}
+    )
 
 
 def io_shapes(proto: onnx.ModelProto) -> tuple[dict[str, list[int | str]], dict[str, list[int | str]]]:

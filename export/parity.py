@@ -17,29 +17,36 @@ class ParityError(RuntimeError):
     """The ONNX graphs disagree with torch beyond the tolerance."""
 
 
-def max_abs_diff(onnx_backend, model: VAE, images: np.ndarray, latents: np.ndarray,
-                 output_names: list[str]) -> dict[str, float]:
+def max_abs_diff(
+    onnx_backend, model: VAE, images: np.ndarray, latents: np.ndarray, output_names: list[str]
+) -> dict[str, float]:
     """Max |onnx - torch| per output over the given images (encoder) and latents (decoder)."""
     with torch.no_grad():
         torch_enc = [t.numpy() for t in model.encode(torch.from_numpy(images))]
         torch_dec = [t.numpy() for t in model.decode(torch.from_numpy(latents))]
     onnx_enc = onnx_backend.encode(images)
     onnx_dec = onnx_backend.decode(latents)
-    diffs = [float(np.max(np.abs(a - b))) for a, b in zip([*onnx_enc, *onnx_dec], [*torch_enc, *torch_dec])]
-    return dict(zip(output_names, diffs))
+    diffs = [
+        float(np.max(np.abs(a - b))) for a, b in zip([*onnx_enc, *onnx_dec], [*torch_enc, *torch_dec], strict=False)
+    ]
+    return dict(zip(output_names, diffs, strict=False))
 
 
-def batch_consistency(onnx_backend, images: np.ndarray, latents: np.ndarray,
-                      sizes: tuple[int, ...] = (1, 7, 256)) -> dict[str, float]:
+def batch_consistency(
+    onnx_backend, images: np.ndarray, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)
+) -> dict[str, float]:
     """Run the same rows in batches of each size; report the max difference from the first size's rows."""
+
     def run(fn, data: np.ndarray, size: int) -> list[np.ndarray]:
-        parts = [fn(data[i:i + size]) for i in range(0, len(data), size)]
-        return [np.concatenate(p) for p in zip(*parts)]
+        parts = [fn(data[i : i + size]) for i in range(0, len(data), size)]
+        return [np.concatenate(p) for p in zip(*parts, strict=False)]
 
     out: dict[str, float] = {}
     for name, fn, data in (("encoder", onnx_backend.encode, images), ("decoder", onnx_backend.decode, latents)):
         reference = run(fn, data, sizes[0])
-        out[name] = max(float(np.max(np.abs(a - b))) for s in sizes[1:] for a, b in zip(reference, run(fn, data, s)))
+        out[name] = max(
+            float(np.max(np.abs(a - b))) for s in sizes[1:] for a, b in zip(reference, run(fn, data, s), strict=False)
+        )
     return out
 
 
@@ -50,14 +57,20 @@ def prior_max_abs_diff(onnx_prior, model: VAE, latents: np.ndarray) -> dict[str,
         torch_log_prob = model.prior.log_prob(torch.from_numpy(latents)).numpy()
         torch_mixture = [t.numpy() for t in model.prior.mixture()]
     onnx_mixture = (onnx_prior.means, onnx_prior.logvars, onnx_prior.log_weights)
-    return {"prior.log_prob": float(np.max(np.abs(onnx_prior.log_prob(latents) - torch_log_prob))),
-            "prior.parameters": max(float(np.max(np.abs(a - b))) for a, b in zip(onnx_mixture, torch_mixture))}
+    return {
+        "prior.log_prob": float(np.max(np.abs(onnx_prior.log_prob(latents) - torch_log_prob))),
+        "prior.parameters": max(
+            float(np.max(np.abs(a - b))) for a, b in zip(onnx_mixture, torch_mixture, strict=False)
+        ),
+    }
 
 
 def prior_batch_consistency(onnx_prior, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)) -> float:
     """The prior graph's log p(z) of the same rows in batches of each size: max difference from the first."""
-    runs = [np.concatenate([onnx_prior.log_prob(latents[i:i + size]) for i in range(0, len(latents), size)])
-            for size in sizes]
+    runs = [
+        np.concatenate([onnx_prior.log_prob(latents[i : i + size]) for i in range(0, len(latents), size)])
+        for size in sizes
+    ]
     return max(float(np.max(np.abs(runs[0] - other))) for other in runs[1:])
 
 
@@ -65,8 +78,10 @@ def check(diffs: dict[str, float], consistency: dict[str, float], tolerance: flo
     bad = beyond_tolerance({**diffs, **{f"batch.{k}": v for k, v in consistency.items()}}, tolerance)
     if bad:
         details = ", ".join(f"{k} {v:.2e}" for k, v in bad.items())
-        raise ParityError(f"ONNX graphs disagree with torch beyond {tolerance:g}: {details}. Nothing was "
-                          "written; check the opset and unsupported ops.")
+        raise ParityError(
+            f"ONNX graphs disagree with torch beyond {tolerance:g}: {details}. Nothing was "
+            "written; check the opset and unsupported ops."
+        )
 
 
 def images_per_second(fn, data: np.ndarray, batch: int, repeats: int = 5) -> float:

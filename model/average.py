@@ -26,12 +26,16 @@ TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng_state", "rank_rng_s
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vae-average", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vae-average", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one run (vae-train --keep-epochs writes them)")
     p.add_argument("--out", required=True, help="the averaged checkpoint")
-    p.add_argument("--no-validate", action="store_true",
-                   help="skip scoring the average and the newest input on the run's validation split")
+    p.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="skip scoring the average and the newest input on the run's validation split",
+    )
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -46,21 +50,29 @@ def check_one_run(payloads: list[dict[str, Any]]) -> None:
     epochs = [payload["epoch"] for payload in ordered]
     if len(set(epochs)) != len(epochs):
         raise ValueError(f"the same epoch is given twice: {epochs}")
-    for earlier, later in zip(ordered, ordered[1:]):
-        if later["model_config"] != earlier["model_config"] or later["model_state"].keys() != earlier["model_state"].keys():
+    for earlier, later in zip(ordered, ordered[1:], strict=False):
+        if (
+            later["model_config"] != earlier["model_config"]
+            or later["model_state"].keys() != earlier["model_state"].keys()
+        ):
             raise ValueError("the checkpoints have different architectures")
         if later["metrics"][: earlier["epoch"]] != earlier["metrics"]:
-            raise ValueError(f"epochs {earlier['epoch']} and {later['epoch']} are not of one training run: the "
-                             "later one's history does not continue the earlier one's")
+            raise ValueError(
+                f"epochs {earlier['epoch']} and {later['epoch']} are not of one training run: the "
+                "later one's history does not continue the earlier one's"
+            )
 
 
 def average(payloads: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """The mean of the payloads' weights, accumulated in float64 (`check_one_run` first). Tensors that are
     not floating point (none today) are counters or indices, not weights: the newest input's are kept."""
     states = [payload["model_state"] for payload in sorted(payloads, key=lambda payload: payload["epoch"])]
-    return {name: (sum(state[name].double() for state in states) / len(states)).to(tensor.dtype)
-            if tensor.is_floating_point() else states[-1][name]
-            for name, tensor in states[0].items()}
+    return {
+        name: (sum(state[name].double() for state in states) / len(states)).to(tensor.dtype)
+        if tensor.is_floating_point()
+        else states[-1][name]
+        for name, tensor in states[0].items()
+    }
 
 
 def averaged_payload(paths: list[Path], payloads: list[dict[str, Any]], command: list[str]) -> dict[str, Any]:
@@ -68,13 +80,19 @@ def averaged_payload(paths: list[Path], payloads: list[dict[str, Any]], command:
     and an `averaged` record of the inputs."""
     check_one_run(payloads)
     newest = max(payloads, key=lambda payload: payload["epoch"])
-    inputs = sorted(zip(paths, payloads), key=lambda pair: pair[1]["epoch"])
-    return {**newest, **dict.fromkeys(TRAINING_STATE), "model_state": average(payloads),
-            "averaged": {"epochs": [payload["epoch"] for _, payload in inputs],
-                         "checkpoints": [{"path": str(path), "epoch": payload["epoch"],
-                                          "sha256": sha256_file(path)}
-                                         for path, payload in inputs],
-                         "command": command}}
+    inputs = sorted(zip(paths, payloads, strict=False), key=lambda pair: pair[1]["epoch"])
+    return {
+        **newest,
+        **dict.fromkeys(TRAINING_STATE),
+        "model_state": average(payloads),
+        "averaged": {
+            "epochs": [payload["epoch"] for _, payload in inputs],
+            "checkpoints": [
+                {"path": str(path), "epoch": payload["epoch"], "sha256": sha256_file(path)} for path, payload in inputs
+            ],
+            "command": command,
+        },
+    }
 
 
 def validation_bounds(payloads: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -85,8 +103,10 @@ def validation_bounds(payloads: dict[str, dict[str, Any]]) -> dict[str, float]:
     likelihood = likelihoods.get(model_config.likelihood)
     data = load_dataset(config.dataset, config.data_dir, PreprocessContract(input_shape=model_config.input_shape))
     if data.checksums != some["data_checksums"]:
-        raise ValueError(f"the {config.dataset} files found are not those the run trained on (checksums differ), "
-                         "so its validation split cannot be drawn again")
+        raise ValueError(
+            f"the {config.dataset} files found are not those the run trained on (checksums differ), "
+            "so its validation split cannot be drawn again"
+        )
     _, x_val = validation_split(data, config, likelihood)
     bounds = {}
     for name, payload in payloads.items():
@@ -103,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     paths, out = [Path(p) for p in args.checkpoints], Path(args.out)
     if out.name in ("last.pt", "best.pt") or any(out.resolve() == path.resolve() for path in paths):
         # last.pt without its optimizer state cannot be resumed; an input is what the record's hashes name
-        print(f"vae-average: --out {out} would replace a run's own checkpoint or an input; choose another name",
-              file=sys.stderr)
+        print(
+            f"vae-average: --out {out} would replace a run's own checkpoint or an input; choose another name",
+            file=sys.stderr,
+        )
         return 2
     try:
         payloads = [checkpoint.load(path) for path in paths]
@@ -121,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bounds = validation_bounds({"average": payload, "newest": newest})
         except (DataMissingError, DataChecksumError, ValueError) as exc:
-            print(f"vae-average: cannot score on the validation split: {exc} (--no-validate skips it)",
-                  file=sys.stderr)
+            print(f"vae-average: cannot score on the validation split: {exc} (--no-validate skips it)", file=sys.stderr)
             return 2
         payload["averaged"]["validation_bound"] = bounds["average"]
-        print(f"validation bound: average of epochs {epochs[0]}..{epochs[-1]} {bounds['average']:.4f}, "
-              f"epoch {newest['epoch']} alone {bounds['newest']:.4f}")
+        print(
+            f"validation bound: average of epochs {epochs[0]}..{epochs[-1]} {bounds['average']:.4f}, "
+            f"epoch {newest['epoch']} alone {bounds['newest']:.4f}"
+        )
     checkpoint.write(out, payload)
     print(f"averaged {len(epochs)} checkpoints (epochs {', '.join(map(str, epochs))}) -> {out}")
     return 0

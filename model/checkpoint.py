@@ -31,20 +31,37 @@ def git_commit() -> str | None:
     """The commit of the code that is running, with '-dirty' when the tree has changes."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
 
 
-def save(path: str | Path, model: VAE, train_config: TrainConfig, *, epoch: int, metrics: list[dict[str, Any]],
-         data_checksums: dict[str, str], optimizer: torch.optim.Optimizer | None = None,
-         scheduler: Any | None = None, rng_state: torch.Tensor | None = None, best_test_elbo: float | None = None,
-         command: list[str] | None = None, world_size: int = 1,
-         rank_rng_states: list[torch.Tensor] | None = None) -> None:
+def save(
+    path: str | Path,
+    model: VAE,
+    train_config: TrainConfig,
+    *,
+    epoch: int,
+    metrics: list[dict[str, Any]],
+    data_checksums: dict[str, str],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    rng_state: torch.Tensor | None = None,
+    best_test_elbo: float | None = None,
+    command: list[str] | None = None,
+    world_size: int = 1,
+    rank_rng_states: list[torch.Tensor] | None = None,
+) -> None:
     """Atomic write (temp file + rename), so an interrupted save never leaves a broken file.
 
     `world_size` is the number of training processes (torchrun's); with more than one, `rank_rng_states`
@@ -92,8 +109,10 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vae-service checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {payload['format_version']}; this code reads up to "
-                              f"{FORMAT_VERSION}. Upgrade vae-service.")
+        raise CheckpointError(
+            f"{path} has format version {payload['format_version']}; this code reads up to "
+            f"{FORMAT_VERSION}. Upgrade vae-service."
+        )
     return payload
 
 

@@ -49,24 +49,31 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
-        _check((self.prior_components > 0) == (self.prior != "standard_normal"),
-               "prior_components must be positive for a mixture prior (mog, vamp) and 0 for standard_normal")
+        _check(
+            (self.prior_components > 0) == (self.prior != "standard_normal"),
+            "prior_components must be positive for a mixture prior (mog, vamp) and 0 for standard_normal",
+        )
         _check(self.arch in ("conv", "mlp"), f"arch must be 'conv' or 'mlp', not {self.arch!r}")
         _check(self.decoder in ("conv", "mlp"), f"decoder must be 'conv' or 'mlp', not {self.decoder!r}")
-        _check(self.likelihood in LIKELIHOODS,
-               f"likelihood must be one of {', '.join(sorted(LIKELIHOODS))}, not {self.likelihood!r}")
+        _check(
+            self.likelihood in LIKELIHOODS,
+            f"likelihood must be one of {', '.join(sorted(LIKELIHOODS))}, not {self.likelihood!r}",
+        )
         _check(
             self.gaussian_scale in ("shared", "per_pixel"),
             f"gaussian_scale must be 'shared' or 'per_pixel', not {self.gaussian_scale!r}",
         )
-        _check(len(self.input_shape) == 3 and all(int(s) > 0 for s in self.input_shape),
-               f"input_shape must be (C, H, W) of positive ints, not {self.input_shape!r}")
+        _check(
+            len(self.input_shape) == 3 and all(int(s) > 0 for s in self.input_shape),
+            f"input_shape must be (C, H, W) of positive ints, not {self.input_shape!r}",
+        )
         _check(self.latent_dim > 0, "latent_dim must be positive")
         _check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "hidden needs at least one positive width")
         _check(self.logvar_min < self.logvar_max, "logvar_min must be below logvar_max")
-        for name, channels, used, dense in (("conv_channels", self.conv_channels, self.arch == "conv", "--arch mlp"),
-                                            ("decoder_channels", self.decoder_up_channels, self.decoder == "conv",
-                                             "--decoder mlp")):
+        for name, channels, used, dense in (
+            ("conv_channels", self.conv_channels, self.arch == "conv", "--arch mlp"),
+            ("decoder_channels", self.decoder_up_channels, self.decoder == "conv", "--decoder mlp"),
+        ):
             if not used:
                 continue
             _check(len(channels) > 0 and all(c > 0 for c in channels), f"{name} needs at least one positive width")
@@ -129,11 +136,15 @@ class TrainConfig:
         _check(self.beta >= 0, "beta must be >= 0")
         _check(self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0")
         _check(self.threads > 0, "threads must be positive")
-        _check(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        _check(
+            self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}"
+        )
         _check(self.samples >= 1, "samples must be >= 1")
         _check(self.objective == "iwae-dreg" or self.samples == 1, "samples > 1 needs --objective iwae-dreg")
-        _check(self.objective == "elbo" or (self.beta == 1.0 and self.kl_warmup_epochs == 0),
-               "--objective iwae-dreg bounds log p(x) itself: it takes --beta 1 and --kl-warmup-epochs 0")
+        _check(
+            self.objective == "elbo" or (self.beta == 1.0 and self.kl_warmup_epochs == 0),
+            "--objective iwae-dreg bounds log p(x) itself: it takes --beta 1 and --kl-warmup-epochs 0",
+        )
         _check(self.validation >= 0 and self.patience >= 0, "validation and patience must be >= 0")
         _check(self.patience == 0 or self.validation > 0, "--patience needs a --validation split")
 

@@ -48,14 +48,22 @@ DATASETS: dict[str, IdxDatasetSpec] = {
         name="fashion-mnist",
         default_dir="/usr/share/datasets/fashion-mnist",
         files={
-            "train_images": ("train-images-idx3-ubyte.gz",
-                             "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
-            "train_labels": ("train-labels-idx1-ubyte.gz",
-                             "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
-            "test_images": ("t10k-images-idx3-ubyte.gz",
-                            "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
-            "test_labels": ("t10k-labels-idx1-ubyte.gz",
-                            "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+            "train_images": (
+                "train-images-idx3-ubyte.gz",
+                "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            ),
+            "train_labels": (
+                "train-labels-idx1-ubyte.gz",
+                "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            ),
+            "test_images": (
+                "t10k-images-idx3-ubyte.gz",
+                "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            ),
+            "test_labels": (
+                "t10k-labels-idx1-ubyte.gz",
+                "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+            ),
         },
         how_to_get="On Debian or Ubuntu install it with `sudo apt-get install dataset-fashion-mnist`, "
         "which puts the original IDX files in /usr/share/datasets/fashion-mnist/.",
@@ -64,14 +72,22 @@ DATASETS: dict[str, IdxDatasetSpec] = {
         name="mnist",
         default_dir="/usr/share/datasets/mnist",
         files={
-            "train_images": ("train-images-idx3-ubyte.gz",
-                             "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-            "train_labels": ("train-labels-idx1-ubyte.gz",
-                             "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-            "test_images": ("t10k-images-idx3-ubyte.gz",
-                            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-            "test_labels": ("t10k-labels-idx1-ubyte.gz",
-                            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+            "train_images": (
+                "train-images-idx3-ubyte.gz",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            "train_labels": (
+                "train-labels-idx1-ubyte.gz",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            ),
+            "test_images": (
+                "t10k-images-idx3-ubyte.gz",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            ),
+            "test_labels": (
+                "t10k-labels-idx1-ubyte.gz",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
         },
         how_to_get="Copy the four original gzipped IDX files of MNIST into one directory.",
     ),
@@ -168,8 +184,7 @@ def load_image_folder(directory: Path, contract: PreprocessContract, test_fracti
         order = sorted(range(len(images)), key=digests.__getitem__)  # stable: ties keep path order
         n_test = min(len(images) - 1, max(1, round(test_fraction * len(images))))
         test, train = images[order[:n_test]], images[sorted(order[n_test:])]
-    return Dataset(name="folder", train=train, test=test, test_labels=None, checksums=checksums,
-                   source=str(directory))
+    return Dataset(name="folder", train=train, test=test, test_labels=None, checksums=checksums, source=str(directory))
 
 
 def read_image_folder(directory: Path, contract: PreprocessContract) -> tuple[np.ndarray, dict[str, str]]:
@@ -195,19 +210,24 @@ def read_image_folder(directory: Path, contract: PreprocessContract) -> tuple[np
     return np.stack(arrays), checksums
 
 
-def conversion_note(directory: Path, converted: dict[tuple[int, int, int], int], target: tuple[int, int, int],
-                    total: int) -> str:
+def conversion_note(
+    directory: Path, converted: dict[tuple[int, int, int], int], target: tuple[int, int, int], total: int
+) -> str:
     """What was converted to `target` and the flags that would keep the most common shape as it is."""
     ranked = sorted(converted.items(), key=lambda kv: -kv[1])
     channels, height, width = common = ranked[0][0]
     size = f"{height}" if height == width else f"{height} {width}"
     keep = f"pass --channels {channels} --image-size {size} to keep"
     if len(ranked) == 1:
-        return (f"converting {ranked[0][1]} of {total} images in {directory} from {_describe(common)} to "
-                f"{_describe(target)}; {keep} them as they are")
+        return (
+            f"converting {ranked[0][1]} of {total} images in {directory} from {_describe(common)} to "
+            f"{_describe(target)}; {keep} them as they are"
+        )
     kinds = ", ".join(f"{n} {_describe(shape)}" for shape, n in ranked)
-    return (f"converting {sum(converted.values())} of {total} images in {directory} ({kinds}) to "
-            f"{_describe(target)}; {keep} the most common ({_describe(common)}) as it is")
+    return (
+        f"converting {sum(converted.values())} of {total} images in {directory} ({kinds}) to "
+        f"{_describe(target)}; {keep} the most common ({_describe(common)}) as it is"
+    )
 
 
 def _channels(mode: str) -> int:

@@ -41,6 +41,7 @@ class Ranks:
         """Rank 0: the one that prints, and writes metrics and checkpoints."""
         return self.rank == 0
 
+
 SINGLE_PROCESS = Ranks()  # plain `vae-train`: no process group, no collective steps
 
 
@@ -60,8 +61,13 @@ def from_environment(device: str = "cpu", environ: Mapping[str, str] = os.enviro
         torch.cuda.set_device(local_rank)
     # env:// rendezvous: the MASTER_ADDR and MASTER_PORT that torchrun set
     dist.init_process_group(backend, rank=rank, world_size=world_size)
-    return Ranks(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend,
-                 device=torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu"))
+    return Ranks(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        backend=backend,
+        device=torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu"),
+    )
 
 
 def shutdown(ranks: Ranks) -> None:
@@ -71,9 +77,11 @@ def shutdown(ranks: Ranks) -> None:
 
 def per_rank_batch_size(batch_size: int, world_size: int) -> int:
     if batch_size % world_size:
-        raise ValueError(f"--batch-size {batch_size} is the global batch and must split evenly over the "
-                         f"{world_size} processes: pass a multiple of {world_size}, e.g. "
-                         f"{max(world_size, batch_size - batch_size % world_size)}")
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly over the "
+            f"{world_size} processes: pass a multiple of {world_size}, e.g. "
+            f"{max(world_size, batch_size - batch_size % world_size)}"
+        )
     return batch_size // world_size
 
 
@@ -117,8 +125,9 @@ class ShardedOrder(EpochOrder):
 
     def __init__(self, count: int, global_batch_size: int, ranks: Ranks, seed: int) -> None:
         self.batch_size = per_rank_batch_size(global_batch_size, ranks.world_size)
-        self.sampler = DistributedSampler(range(count), num_replicas=ranks.world_size, rank=ranks.rank,
-                                          shuffle=True, seed=seed, drop_last=False)
+        self.sampler = DistributedSampler(
+            range(count), num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.steps_per_epoch = -(-len(self.sampler) // self.batch_size)
 
     def epoch(self, epoch: int) -> torch.Tensor:

@@ -17,34 +17,40 @@ from model import checkpoint, figures
 from model.core import likelihoods, scoring
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract
-from model.data import (DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder,
-                        sha256_file)
+from model.data import DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder, sha256_file
 from model.torch_backend import TorchBackend
-
 
 PARTIAL = "partial.npz"  # in the report folder: the scores so far, until the run completes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vae-eval", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vae-eval", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("checkpoint", help="a checkpoint written by vae-train")
-    p.add_argument("--onnx-dir", default=None,
-                   help="score with the exported graphs in this directory (onnxruntime) instead of torch; "
-                   "they must have been exported from CHECKPOINT")
+    p.add_argument(
+        "--onnx-dir",
+        default=None,
+        help="score with the exported graphs in this directory (onnxruntime) instead of torch; "
+        "they must have been exported from CHECKPOINT",
+    )
     p.add_argument("--k", type=int, default=1000, help="importance samples for the IWAE estimate (1: ELBO only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-image noise streams")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's training dataset")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--images-dir", default=None,
-                   help="evaluate a folder of images (sorted by name) instead of the test set")
+    p.add_argument(
+        "--images-dir", default=None, help="evaluate a folder of images (sorted by name) instead of the test set"
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", default=None, help="report folder (default: next to the checkpoint)")
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from REPORT/partial.npz, the scores an interrupted run with the same settings left")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from REPORT/partial.npz, the scores an interrupted run with the same settings left",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -52,23 +58,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 SCORE_FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood", "standard_error", "effective_sample_size")
 
 
-def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int, batch_size: int,
-             progress: bool = True, partial: Path | None = None, fingerprint: dict[str, Any] | None = None,
-             resume: bool = False) -> tuple[scoring.Scores, float]:
+def evaluate(
+    backend: scoring.Backend,
+    likelihood: Likelihood,
+    x: np.ndarray,
+    seed: int,
+    k: int,
+    batch_size: int,
+    progress: bool = True,
+    partial: Path | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    resume: bool = False,
+) -> tuple[scoring.Scores, float]:
     """Score every image; each image's noise stream is keyed by the seed and its content, so the
     batching does not change the numbers. With `partial`, the scores so far are written there after
     every batch, and `resume` continues from them when they were made with the same `fingerprint`
     (checkpoint, graphs, data, k, seed, batch size): the result is that of an uninterrupted run.
     Returns the scores and the seconds spent scoring, over every resumed run."""
     fields = SCORE_FIELDS if k > 1 else SCORE_FIELDS[:3]
-    done, seconds = (_read_partial(partial, fingerprint) if resume and partial else ({}, 0.0))
+    done, seconds = _read_partial(partial, fingerprint) if resume and partial else ({}, 0.0)
     parts = [done] if done else []
     first = len(done["elbo"]) if done else 0
     if first:
         print(f"vae-eval: --resume: {first} of {len(x)} images already scored in {partial}", flush=True)
     began = time.perf_counter()
     for start in tqdm(range(first, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
-        scores = scoring.score(backend, likelihood, x[start:start + batch_size], seed, k=k)
+        scores = scoring.score(backend, likelihood, x[start : start + batch_size], seed, k=k)
         parts.append({name: getattr(scores, name) for name in fields})
         if partial:
             _write_partial(partial, fingerprint, parts, seconds + time.perf_counter() - began)
@@ -77,8 +92,9 @@ def evaluate(backend: scoring.Backend, likelihood: Likelihood, x: np.ndarray, se
     return scores, seconds + time.perf_counter() - began
 
 
-def _write_partial(path: Path, fingerprint: dict[str, Any] | None, parts: list[dict[str, np.ndarray]],
-                   seconds: float) -> None:
+def _write_partial(
+    path: Path, fingerprint: dict[str, Any] | None, parts: list[dict[str, np.ndarray]], seconds: float
+) -> None:
     """Atomically (temp file + rename): a run killed mid-write leaves the previous batch's file."""
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -91,32 +107,51 @@ def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[
         return {}, 0.0
     with np.load(path) as saved:
         if str(saved["fingerprint"]) != json.dumps(fingerprint, sort_keys=True):
-            raise ValueError(f"--resume: {path} was scored with another checkpoint, graphs, data, k, seed or "
-                             "batch size; remove it or run without --resume")
-        return {name: saved[name] for name in saved.files if name not in ("fingerprint", "seconds")}, float(saved["seconds"])
+            raise ValueError(
+                f"--resume: {path} was scored with another checkpoint, graphs, data, k, seed or "
+                "batch size; remove it or run without --resume"
+            )
+        return {name: saved[name] for name in saved.files if name not in ("fingerprint", "seconds")}, float(
+            saved["seconds"]
+        )
 
 
-def make_figures(backend: scoring.Backend, payload: dict[str, Any], likelihood: Likelihood, pixels: np.ndarray,
-                 data_x: np.ndarray, labels: np.ndarray | None, report: Path, seed: int) -> dict[str, Any]:
+def make_figures(
+    backend: scoring.Backend,
+    payload: dict[str, Any],
+    likelihood: Likelihood,
+    pixels: np.ndarray,
+    data_x: np.ndarray,
+    labels: np.ndarray | None,
+    report: Path,
+    seed: int,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     z = scoring.prior_of(backend, payload["model_config"]["latent_dim"]).sample(64, np.random.default_rng(seed))
-    out["samples"] = figures.samples(likelihood.pixel_mean(backend.decode(z)), report / "samples.png",
-                                     seed=seed, temperature=1.0)
+    out["samples"] = figures.samples(
+        likelihood.pixel_mean(backend.decode(z)), report / "samples.png", seed=seed, temperature=1.0
+    )
     all_mean, all_logvar = backend.encode(data_x)  # (N, D) each: once, for every figure below
     indices = list(range(min(16, len(pixels))))
     mean = all_mean[indices]
     params = backend.decode(mean)
     recon_ll = likelihood.log_prob_8bit(data_x[indices].reshape(len(indices), -1), params)
-    out["reconstructions"] = figures.reconstructions(pixels[indices], likelihood.pixel_mean(params),
-                                                     recon_ll, indices, report / "reconstructions.png")
-    kl_per_dim = 0.5 * (all_mean ** 2 + np.exp(all_logvar) - 1 - all_logvar).mean(axis=0)  # (D,)
+    out["reconstructions"] = figures.reconstructions(
+        pixels[indices], likelihood.pixel_mean(params), recon_ll, indices, report / "reconstructions.png"
+    )
+    kl_per_dim = 0.5 * (all_mean**2 + np.exp(all_logvar) - 1 - all_logvar).mean(axis=0)  # (D,)
     dims = [int(d) for d in np.argsort(-kl_per_dim)[:8]]
     values = [float(v) for v in np.linspace(-3, 3, 11)]
     rows = np.repeat(mean[:1], len(dims) * len(values), axis=0)
     for r, d in enumerate(dims):
-        rows[r * len(values):(r + 1) * len(values), d] = values
-    out["traversals"] = figures.traversals(likelihood.pixel_mean(backend.decode(rows)), dims, values,
-                                           [float(kl_per_dim[d]) for d in dims], report / "traversals.png")
+        rows[r * len(values) : (r + 1) * len(values), d] = values
+    out["traversals"] = figures.traversals(
+        likelihood.pixel_mean(backend.decode(rows)),
+        dims,
+        values,
+        [float(kl_per_dim[d]) for d in dims],
+        report / "traversals.png",
+    )
     out["latent_map"] = figures.latent_map(all_mean, labels, report / "latent_map.png")
     out["learning_curves"] = figures.learning_curves(payload["metrics"], report / "learning_curves.png")
     return out
@@ -135,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
             source = {"images_dir": str(args.images_dir)}
         else:
-            data = load_dataset(args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"],
-                                contract)
+            data = load_dataset(
+                args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"], contract
+            )
             pixels, labels = data.test, data.test_labels
             source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
     except (DataMissingError, DataChecksumError, checkpoint.CheckpointError, ValueError) as exc:
@@ -163,19 +199,38 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vae-eval: {args.onnx_dir} was not exported from {args.checkpoint}", file=sys.stderr)
             return 2
         backend = onnx_model
-        scored_with = {"backend": "onnxruntime", "encoder_sha256": onnx_model.manifest.encoder.sha256,
-                       "decoder_sha256": onnx_model.manifest.decoder.sha256,
-                       **({"prior_sha256": onnx_model.manifest.prior.graph.sha256} if onnx_model.manifest.prior else {})}
+        scored_with = {
+            "backend": "onnxruntime",
+            "encoder_sha256": onnx_model.manifest.encoder.sha256,
+            "decoder_sha256": onnx_model.manifest.decoder.sha256,
+            **({"prior_sha256": onnx_model.manifest.prior.graph.sha256} if onnx_model.manifest.prior else {}),
+        }
     scored_with["prior"] = backend.prior.name  # both backends carry one: N(0, I) is "standard_normal"
     report = Path(args.report) if args.report else Path(args.checkpoint).parent / "report"
     report.mkdir(parents=True, exist_ok=True)
-    fingerprint = {"checkpoint_sha256": sha256_file(args.checkpoint), "scored_with": scored_with, "data": source,
-                   "test_set": test_set, "images": int(len(data_x)), "k": args.k, "seed": args.seed,
-                   "batch_size": args.batch_size}
+    fingerprint = {
+        "checkpoint_sha256": sha256_file(args.checkpoint),
+        "scored_with": scored_with,
+        "data": source,
+        "test_set": test_set,
+        "images": len(data_x),
+        "k": args.k,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    }
     try:
-        scores, seconds = evaluate(backend, likelihood, data_x, args.seed, args.k, args.batch_size,
-                                   progress=not args.no_progress, partial=report / PARTIAL, fingerprint=fingerprint,
-                                   resume=args.resume)
+        scores, seconds = evaluate(
+            backend,
+            likelihood,
+            data_x,
+            args.seed,
+            args.k,
+            args.batch_size,
+            progress=not args.no_progress,
+            partial=report / PARTIAL,
+            fingerprint=fingerprint,
+            resume=args.resume,
+        )
     except ValueError as exc:
         print(f"vae-eval: {exc}", file=sys.stderr)
         return 2
@@ -199,11 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_figures:
         result["figures"] = make_figures(backend, payload, likelihood, pixels, data_x, labels, report, args.seed)
     (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    np.savez_compressed(report / "scores.npz", elbo=scores.elbo, reconstruction=scores.reconstruction,
-                        kl=scores.kl, **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}))
+    np.savez_compressed(
+        report / "scores.npz",
+        elbo=scores.elbo,
+        reconstruction=scores.reconstruction,
+        kl=scores.kl,
+        **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}),
+    )
     (report / PARTIAL).unlink(missing_ok=True)
-    line = (f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
-            f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim")
+    line = (
+        f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
+        f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim"
+    )
     if summary["nll_nats"] is not None:
         line += f"; IWAE k={args.k}: NLL {summary['nll_nats']:.2f} nats, {summary['bits_per_dim']:.4f} bits/dim"
     print(line + f"  [{seconds:.1f}s] -> {report}")

@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from model.core.preprocess import make_grid  # noqa: E402
+from model.core.preprocess import make_grid
 
 
 def _show_grid(images: np.ndarray, path: Path, title: str, columns: int) -> None:
@@ -28,26 +28,41 @@ def samples(means: np.ndarray, path: Path, seed: int, temperature: float) -> dic
     """Grid of E[x|z], z ~ the prior at temperature t (`model.core.priors`)."""
     columns = int(np.ceil(np.sqrt(len(means))))
     _show_grid(means, path, f"prior samples (mean of p(x|z)), seed {seed}, temperature {temperature}", columns)
-    return {"file": path.name, "n": int(len(means)), "seed": seed, "temperature": temperature,
-            "mean_pixel": float(means.mean())}
+    return {
+        "file": path.name,
+        "n": len(means),
+        "seed": seed,
+        "temperature": temperature,
+        "mean_pixel": float(means.mean()),
+    }
 
 
-def reconstructions(originals: np.ndarray, recon: np.ndarray, log_likelihoods: np.ndarray, indices: list[int],
-                    path: Path) -> dict[str, Any]:
+def reconstructions(
+    originals: np.ndarray, recon: np.ndarray, log_likelihoods: np.ndarray, indices: list[int], path: Path
+) -> dict[str, Any]:
     """Originals (top row of each pair) beside the mean of p(x | z = mean of q(z|x))."""
     pairs = np.concatenate([originals, recon])  # rows: originals, then reconstructions
-    _show_grid(pairs, path, "test images (top) and reconstructions from the posterior mean (bottom)",
-               columns=len(originals))
-    return {"file": path.name, "test_indices": indices,
-            "reconstruction_log_likelihood_nats": [float(v) for v in log_likelihoods],
-            "mean_abs_pixel_error": float(np.abs(originals - recon).mean())}
+    _show_grid(
+        pairs, path, "test images (top) and reconstructions from the posterior mean (bottom)", columns=len(originals)
+    )
+    return {
+        "file": path.name,
+        "test_indices": indices,
+        "reconstruction_log_likelihood_nats": [float(v) for v in log_likelihoods],
+        "mean_abs_pixel_error": float(np.abs(originals - recon).mean()),
+    }
 
 
-def traversals(rows: np.ndarray, dims: list[int], values: list[float], active_kl: list[float],
-               path: Path) -> dict[str, Any]:
+def traversals(
+    rows: np.ndarray, dims: list[int], values: list[float], active_kl: list[float], path: Path
+) -> dict[str, Any]:
     """rows: (len(dims) * len(values), C, H, W); one row per latent dimension."""
-    _show_grid(rows, path, "latent traversals of the most used dimensions (rows), from the posterior mean "
-               "of one test image", columns=len(values))
+    _show_grid(
+        rows,
+        path,
+        "latent traversals of the most used dimensions (rows), from the posterior mean of one test image",
+        columns=len(values),
+    )
     return {"file": path.name, "dims": dims, "values": values, "mean_kl_per_dim": active_kl}
 
 
@@ -56,7 +71,7 @@ def latent_map(means: np.ndarray, labels: np.ndarray | None, path: Path) -> dict
     centred = means - means.mean(axis=0)
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     coords = centred @ vt[:2].T  # (N, 2)
-    explained = (singular ** 2 / np.sum(singular ** 2))[:2]
+    explained = (singular**2 / np.sum(singular**2))[:2]
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     if labels is not None:
         fig.colorbar(ax.scatter(coords[:, 0], coords[:, 1], c=labels, s=2, cmap="tab10"), ax=ax, label="class")
@@ -67,7 +82,7 @@ def latent_map(means: np.ndarray, labels: np.ndarray | None, path: Path) -> dict
     ax.set_ylabel(f"PC2 ({explained[1]:.1%} of variance)")
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
-    return {"file": path.name, "points": int(len(coords)), "explained_variance": [float(e) for e in explained]}
+    return {"file": path.name, "points": len(coords), "explained_variance": [float(e) for e in explained]}
 
 
 def learning_curves(history: list[dict[str, Any]], path: Path) -> dict[str, Any]:
@@ -78,12 +93,18 @@ def learning_curves(history: list[dict[str, Any]], path: Path) -> dict[str, Any]
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per image")
     if history:
-        tail = [h["test_elbo"] for h in history[len(history) // 5:]] + [h["train_elbo"] for h in history[len(history) // 5:]]
+        tail = [h["test_elbo"] for h in history[len(history) // 5 :]] + [
+            h["train_elbo"] for h in history[len(history) // 5 :]
+        ]
         ax.set_ylim(min(tail) - 5, max(tail) + 5)
     ax.legend()
     ax.grid(alpha=0.3)
     ax.set_title("learning curves", fontsize=9)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
-    return {"file": path.name, "epochs": epochs, "train_elbo": [h["train_elbo"] for h in history],
-            "test_elbo": [h["test_elbo"] for h in history]}
+    return {
+        "file": path.name,
+        "epochs": epochs,
+        "train_elbo": [h["train_elbo"] for h in history],
+        "test_elbo": [h["test_elbo"] for h in history],
+    }

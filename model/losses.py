@@ -33,8 +33,9 @@ def log_normal_diag(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * ((z - mean).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(dim=-1)
 
 
-def iwae_dreg_terms(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor,
-                    z: torch.Tensor) -> dict[str, torch.Tensor]:
+def iwae_dreg_terms(
+    log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor, z: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """The IWAE bound log (1/S) sum_s w_s over S samples, with the DReG encoder gradient (Tucker et al. 2019).
 
     log_px_z, log_pz, log_qz: (S, B); log_qz must use q's parameters detached, so the encoder is reached
@@ -47,8 +48,13 @@ def iwae_dreg_terms(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.
     if z.requires_grad:
         z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
     bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])  # (B,)
-    return {"reconstruction": log_px_z.detach().mean(0), "kl": (log_qz - log_pz).detach().mean(0),
-            "elbo": log_w.detach().mean(0), "iwae": bound.detach(), "objective": bound}
+    return {
+        "reconstruction": log_px_z.detach().mean(0),
+        "kl": (log_qz - log_pz).detach().mean(0),
+        "elbo": log_w.detach().mean(0),
+        "iwae": bound.detach(),
+        "objective": bound,
+    }
 
 
 def elbo_terms(log_px_z: torch.Tensor, kl: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ prior.onnx and the service samples from (`model/core/priors.py` is the torch-fre
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -51,7 +51,9 @@ class MixtureOfGaussians(nn.Module):
         self.logits = nn.Parameter(torch.zeros(k))
 
     @torch.no_grad()
-    def initialize(self, images: torch.Tensor, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def initialize(
+        self, images: torch.Tensor, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         """One component per image, at the encoder's posterior q(z|x) of K training images, widened by a
         variance of 0.1 so that the mixture also covers the space between them (posteriors are narrow:
         at their own widths a mixture of 500 scores held-out latents about 5 nats below N(0, I))."""
@@ -70,14 +72,18 @@ class MixtureOfGaussians(nn.Module):
 class VampPrior(nn.Module):
     name = "vamp"
 
-    def __init__(self, config: ModelConfig, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(
+        self, config: ModelConfig, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         super().__init__()
         self.pseudo_inputs = nn.Parameter(torch.full((config.prior_components, *config.input_shape), 0.5))
         # Not a submodule: the encoder belongs to the VAE; the prior only calls it.
         self._encode = encode
 
     @torch.no_grad()
-    def initialize(self, images: torch.Tensor, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def initialize(
+        self, images: torch.Tensor, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         """Pseudo-inputs start as K training images (the "VampPrior data" initialisation)."""
         self.pseudo_inputs.copy_(images)
 

@@ -30,7 +30,7 @@ from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
-from model.distributed import SINGLE_PROCESS, Ranks, SharedStreamOrder, ShardedOrder
+from model.distributed import SINGLE_PROCESS, Ranks, ShardedOrder, SharedStreamOrder
 from model.vae import VAE
 
 
@@ -53,69 +53,153 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     channels, height, width = defaults_m.input_shape
     p = argparse.ArgumentParser(prog="vae-train", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default=defaults_t.dataset, help="fashion-mnist, mnist, or folder (a folder of images)")
-    p.add_argument("--data-dir", default=None,
-                   help="data directory (default: $VAE_DATA_DIR, else the dataset's, /usr/share/datasets/<dataset>)")
-    p.add_argument("--epochs", type=int, default=defaults_t.epochs,
-                   help="epochs to train; also the length of the cosine schedule")
-    p.add_argument("--batch-size", type=int, default=defaults_t.batch_size,
-                   help="images per step, over all processes together under torchrun")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory (default: $VAE_DATA_DIR, else the dataset's, /usr/share/datasets/<dataset>)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults_t.epochs, help="epochs to train; also the length of the cosine schedule"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults_t.batch_size,
+        help="images per step, over all processes together under torchrun",
+    )
     p.add_argument("--lr", type=float, default=defaults_t.lr, help="Adam's learning rate at the start of the schedule")
-    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=defaults_t.lr_schedule,
-                   help=f"cosine: from --lr down to {defaults_t.lr_min:g} at the last epoch, per step")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["cosine", "constant"],
+        default=defaults_t.lr_schedule,
+        help=f"cosine: from --lr down to {defaults_t.lr_min:g} at the last epoch, per step",
+    )
     p.add_argument("--beta", type=float, default=defaults_t.beta, help="weight of the KL term")
-    p.add_argument("--kl-warmup-epochs", type=int, default=defaults_t.kl_warmup_epochs,
-                   help="epochs over which the KL weight rises linearly from 0 to --beta")
-    p.add_argument("--seed", type=int, default=defaults_t.seed,
-                   help="seeds the initial weights, the data order and the noise")
+    p.add_argument(
+        "--kl-warmup-epochs",
+        type=int,
+        default=defaults_t.kl_warmup_epochs,
+        help="epochs over which the KL weight rises linearly from 0 to --beta",
+    )
+    p.add_argument(
+        "--seed", type=int, default=defaults_t.seed, help="seeds the initial weights, the data order and the noise"
+    )
     p.add_argument("--threads", type=int, default=defaults_t.threads, help="torch intra-op threads (per process)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: one GPU per process (under torchrun: LOCAL_RANK's), gradients all-reduced with NCCL")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: one GPU per process (under torchrun: LOCAL_RANK's), gradients all-reduced with NCCL",
+    )
     p.add_argument("--arch", choices=["conv", "mlp"], default=defaults_m.arch, help="encoder family")
     p.add_argument("--decoder", choices=["conv", "mlp"], default=defaults_m.decoder, help="decoder family")
     p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim, help="dimensions of the latent z")
-    p.add_argument("--hidden", type=int, nargs="+", default=list(defaults_m.hidden),
-                   help="widths of the dense layers (the encoder's head and the decoder)")
-    p.add_argument("--conv-channels", type=int, nargs="+", default=list(defaults_m.conv_channels),
-                   help="conv encoder: channels of each stride-2 convolution")
-    p.add_argument("--decoder-channels", type=int, nargs="*", default=list(defaults_m.decoder_channels),
-                   help="conv decoder: channels into each transposed conv, lowest resolution first (default: "
-                   f"{' '.join(map(str, defaults_m.decoder_channels))}; none given: mirror --conv-channels)")
-    p.add_argument("--likelihood", choices=sorted(likelihoods.LIKELIHOODS), default=defaults_m.likelihood,
-                   help="p(x|z): bernoulli on binarised pixels, or gaussian on dequantised 8-bit pixels")
-    p.add_argument("--gaussian-scale", choices=["shared", "per_pixel"], default=defaults_m.gaussian_scale,
-                   help="gaussian likelihood: one learned sigma, or one per pixel")
-    p.add_argument("--image-size", type=int, nargs="+", metavar=("H", "W"), default=None,
-                   help=f"folder: resize images to H x W, one number for a square (default: {height} {width})")
-    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help=f"folder: 1 = grey, 3 = RGB (default: {channels})")
-    p.add_argument("--prior", choices=list(PRIORS), default=defaults_m.prior,
-                   help="p(z): N(0, I), a mixture of Gaussians, or a VampPrior")
-    p.add_argument("--prior-components", type=int, default=None,
-                   help="K components of a mixture prior (default: 500 for mog and vamp)")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default=defaults_t.objective,
-                   help="elbo, or the IWAE bound with DReG encoder gradients over --samples samples")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=list(defaults_m.hidden),
+        help="widths of the dense layers (the encoder's head and the decoder)",
+    )
+    p.add_argument(
+        "--conv-channels",
+        type=int,
+        nargs="+",
+        default=list(defaults_m.conv_channels),
+        help="conv encoder: channels of each stride-2 convolution",
+    )
+    p.add_argument(
+        "--decoder-channels",
+        type=int,
+        nargs="*",
+        default=list(defaults_m.decoder_channels),
+        help="conv decoder: channels into each transposed conv, lowest resolution first (default: "
+        f"{' '.join(map(str, defaults_m.decoder_channels))}; none given: mirror --conv-channels)",
+    )
+    p.add_argument(
+        "--likelihood",
+        choices=sorted(likelihoods.LIKELIHOODS),
+        default=defaults_m.likelihood,
+        help="p(x|z): bernoulli on binarised pixels, or gaussian on dequantised 8-bit pixels",
+    )
+    p.add_argument(
+        "--gaussian-scale",
+        choices=["shared", "per_pixel"],
+        default=defaults_m.gaussian_scale,
+        help="gaussian likelihood: one learned sigma, or one per pixel",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        metavar=("H", "W"),
+        default=None,
+        help=f"folder: resize images to H x W, one number for a square (default: {height} {width})",
+    )
+    p.add_argument(
+        "--channels", type=int, choices=[1, 3], default=None, help=f"folder: 1 = grey, 3 = RGB (default: {channels})"
+    )
+    p.add_argument(
+        "--prior",
+        choices=list(PRIORS),
+        default=defaults_m.prior,
+        help="p(z): N(0, I), a mixture of Gaussians, or a VampPrior",
+    )
+    p.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        help="K components of a mixture prior (default: 500 for mog and vamp)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default=defaults_t.objective,
+        help="elbo, or the IWAE bound with DReG encoder gradients over --samples samples",
+    )
     p.add_argument("--samples", type=int, default=defaults_t.samples, help="importance samples per image")
-    p.add_argument("--validation", type=int, default=defaults_t.validation,
-                   help="hold out the last N training images; best.pt is the epoch with the best bound on them "
-                   "(0: none held out, best.pt is the epoch with the best test ELBO)")
-    p.add_argument("--patience", type=int, default=defaults_t.patience,
-                   help="stop after N epochs without a better validation bound (0: never)")
-    p.add_argument("--init-from", default=None,
-                   help="start from this checkpoint's model (same architecture): all of it when the prior is the same "
-                   "kind and size, else its encoder and decoder under a newly placed prior (default: none, a fresh "
-                   "model)")
-    p.add_argument("--prior-fit-steps", type=int, default=0,
-                   help="with --init-from a checkpoint of another prior: first fit the newly placed mixture alone to "
-                   "the initial encoder's aggregate posterior for N steps")
-    p.add_argument("--limit-train", type=int, default=None,
-                   help="use only the first N training images (default: all)")
+    p.add_argument(
+        "--validation",
+        type=int,
+        default=defaults_t.validation,
+        help="hold out the last N training images; best.pt is the epoch with the best bound on them "
+        "(0: none held out, best.pt is the epoch with the best test ELBO)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=defaults_t.patience,
+        help="stop after N epochs without a better validation bound (0: never)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this checkpoint's model (same architecture): all of it when the prior is the same "
+        "kind and size, else its encoder and decoder under a newly placed prior (default: none, a fresh "
+        "model)",
+    )
+    p.add_argument(
+        "--prior-fit-steps",
+        type=int,
+        default=0,
+        help="with --init-from a checkpoint of another prior: first fit the newly placed mixture alone to "
+        "the initial encoder's aggregate posterior for N steps",
+    )
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (default: all)")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images (default: all)")
     p.add_argument("--out", default="runs/default", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--keep-epochs", action="store_true",
-                   help="also keep the end of every epoch as OUT/epoch-NNN.pt, for vae-average")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="end this run after N epochs, to --resume later (default: run to --epochs)")
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also keep the end of every epoch as OUT/epoch-NNN.pt, for vae-average",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end this run after N epochs, to --resume later (default: run to --epochs)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -139,28 +223,51 @@ def load_training_data(args: argparse.Namespace) -> Dataset:
     data = load_dataset(args.dataset, args.data_dir)
     own = tuple(int(s) for s in data.train.shape[1:])
     if requested_shape(args, own) != own:
-        raise ValueError(f"{data.name} images are {own[0]}x{own[1]}x{own[2]} and are not converted; "
-                         "--image-size and --channels apply to --dataset folder")
+        raise ValueError(
+            f"{data.name} images are {own[0]}x{own[1]}x{own[2]} and are not converted; "
+            "--image-size and --channels apply to --dataset folder"
+        )
     return data
 
 
 def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int]) -> tuple[ModelConfig, TrainConfig]:
-    model_config = ModelConfig(arch=args.arch, decoder=args.decoder, input_shape=input_shape,
-                               latent_dim=args.latent_dim, hidden=tuple(args.hidden),
-                               conv_channels=tuple(args.conv_channels),
-                               decoder_channels=tuple(args.decoder_channels), likelihood=args.likelihood,
-                               gaussian_scale=args.gaussian_scale, prior=args.prior,
-                               prior_components=_prior_components(args))
+    model_config = ModelConfig(
+        arch=args.arch,
+        decoder=args.decoder,
+        input_shape=input_shape,
+        latent_dim=args.latent_dim,
+        hidden=tuple(args.hidden),
+        conv_channels=tuple(args.conv_channels),
+        decoder_channels=tuple(args.decoder_channels),
+        likelihood=args.likelihood,
+        gaussian_scale=args.gaussian_scale,
+        prior=args.prior,
+        prior_components=_prior_components(args),
+    )
     if args.init_from and not Path(args.init_from).is_file():
         raise ValueError(f"--init-from {args.init_from}: no such checkpoint")
     init_sha256 = hashlib.sha256(Path(args.init_from).read_bytes()).hexdigest() if args.init_from else None
-    train_config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
-                               beta=args.beta, kl_warmup_epochs=args.kl_warmup_epochs, seed=args.seed,
-                               threads=args.threads, limit_train=args.limit_train, limit_test=args.limit_test,
-                               objective=args.objective, samples=args.samples, validation=args.validation,
-                               patience=args.patience, init_from=args.init_from, init_sha256=init_sha256,
-                               prior_fit_steps=args.prior_fit_steps)
+    train_config = TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        seed=args.seed,
+        threads=args.threads,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        objective=args.objective,
+        samples=args.samples,
+        validation=args.validation,
+        patience=args.patience,
+        init_from=args.init_from,
+        init_sha256=init_sha256,
+        prior_fit_steps=args.prior_fit_steps,
+    )
     return model_config, train_config
 
 
@@ -186,8 +293,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
 
 
 @torch.no_grad()
-def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000,
-                  ranks: Ranks = SINGLE_PROCESS, samples: int = 1) -> dict[str, float]:
+def evaluate_elbo(
+    model: VAE, x_test: torch.Tensor, seed: int, batch_size: int = 1000, ranks: Ranks = SINGLE_PROCESS, samples: int = 1
+) -> dict[str, float]:
     """Test-set ELBO with one reparameterised sample per image from a fixed generator, and with
     `samples` > 1 the IWAE bound over that many (the ELBO uses the first). With N ranks,
     each draws every batch's noise and scores every N-th image of it; the sums are all-reduced, so
@@ -197,7 +305,7 @@ def evaluate_elbo(model: VAE, x_test: torch.Tensor, seed: int, batch_size: int =
     totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0, **({"iwae": 0.0} if samples > 1 else {})}
     mine = slice(ranks.rank, None, ranks.world_size)
     for start in range(0, len(x_test), batch_size):
-        x = x_test[start:start + batch_size]
+        x = x_test[start : start + batch_size]
         eps = _noise(samples, len(x), model.config.latent_dim, generator)  # (B, D) or (S, B, D)
         if not len(x[mine]):
             continue
@@ -218,8 +326,9 @@ def epoch_file(epoch: int) -> str:
     return f"epoch-{epoch:03d}.pt"
 
 
-def validation_split(data: Dataset, config: TrainConfig,
-                     likelihood: likelihoods.Likelihood) -> tuple[torch.Tensor, torch.Tensor | None]:
+def validation_split(
+    data: Dataset, config: TrainConfig, likelihood: likelihoods.Likelihood
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the training images, the validation split in the data space or None): the last `config.validation`
     of the (limited) training images, drawn into the data space once, like the test set, so the selection
     metric is not noisier than it must be."""
@@ -228,13 +337,15 @@ def validation_split(data: Dataset, config: TrainConfig,
         return x_train, None
     if config.validation >= len(x_train):
         raise ValueError(f"--validation {config.validation} leaves no training images of {len(x_train)}")
-    x_val = torch.from_numpy(fixed_test_set(x_train[-config.validation:].numpy(), likelihood,
-                                            config.test_binarize_seed + 1))
-    return x_train[:-config.validation], x_val
+    x_val = torch.from_numpy(
+        fixed_test_set(x_train[-config.validation :].numpy(), likelihood, config.test_binarize_seed + 1)
+    )
+    return x_train[: -config.validation], x_val
 
 
-def evaluate_validation(model: VAE, x_val: torch.Tensor, config: TrainConfig,
-                        ranks: Ranks = SINGLE_PROCESS) -> dict[str, float]:
+def evaluate_validation(
+    model: VAE, x_val: torch.Tensor, config: TrainConfig, ranks: Ranks = SINGLE_PROCESS
+) -> dict[str, float]:
     """The run's bound on its validation split, by which best.pt is chosen (and `vae-average` reports)."""
     return evaluate_elbo(model, x_val, seed=config.seed + 1, ranks=ranks, samples=config.samples, batch_size=500)
 
@@ -315,8 +426,9 @@ def _test_pause_point() -> tuple[int, int] | None:
     return int(epoch), int(step)
 
 
-def _pause_until_interrupted(out: Path, interrupt: _Interrupt, at: tuple[int, int], ranks: Ranks,
-                             timeout: float = 120.0) -> None:
+def _pause_until_interrupted(
+    out: Path, interrupt: _Interrupt, at: tuple[int, int], ranks: Ranks, timeout: float = 120.0
+) -> None:
     if ranks.is_main:
         (out / "paused").write_text(f"{at[0]}:{at[1]}\n")
     interrupt.event.wait(timeout)  # Python runs the SIGINT handler, which sets it, in this thread
@@ -357,15 +469,27 @@ def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> to
         return state["rng_state"] if saved == 1 else state["rank_rng_states"][ranks.rank]
     entropy = np.random.SeedSequence([seed, ranks.rank, state["epoch"]]).generate_state(2, np.uint64)[0]
     if ranks.is_main:
-        print(f"vae-train: --resume: last.pt was written by {saved} process(es), this run has {ranks.world_size}; "
-              "the weights, optimizer, schedule and data order carry over, the per-process noise streams are "
-              "re-seeded, so the run will not match one that kept the old process count", file=sys.stderr)
+        print(
+            f"vae-train: --resume: last.pt was written by {saved} process(es), this run has {ranks.world_size}; "
+            "the weights, optimizer, schedule and data order carry over, the per-process noise streams are "
+            "re-seeded, so the run will not match one that kept the old process count",
+            file=sys.stderr,
+        )
     return torch.Generator().manual_seed(int(entropy) >> 1).get_state()
 
 
-def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, resume: bool = False,
-          progress: bool = True, command: list[str] | None = None, stop_after: int | None = None,
-          ranks: Ranks = SINGLE_PROCESS, keep_epochs: bool = False) -> dict[str, Any]:
+def train(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    data: Dataset,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    command: list[str] | None = None,
+    stop_after: int | None = None,
+    ranks: Ranks = SINGLE_PROCESS,
+    keep_epochs: bool = False,
+) -> dict[str, Any]:
     """Train and write OUT/{last,best}.pt and OUT/metrics.jsonl. Returns the last epoch's metrics.
 
     `stop_after` ends this run after that many epochs (the schedule still spans `config.epochs`);
@@ -385,8 +509,11 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
         initialize_from(model, config, x_train, likelihood)
     # The data-space and reparameterisation draws: one stream per rank, seed + rank.
     generator = torch.Generator().manual_seed(config.seed + ranks.rank)
-    order = (ShardedOrder(len(x_train), config.batch_size, ranks, config.seed) if ranks.distributed
-             else SharedStreamOrder(len(x_train), config.batch_size, generator))
+    order = (
+        ShardedOrder(len(x_train), config.batch_size, ranks, config.seed)
+        if ranks.distributed
+        else SharedStreamOrder(len(x_train), config.batch_size, generator)
+    )
     steps_per_epoch = order.steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
@@ -414,14 +541,33 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
         states = distributed.gather(generator.get_state(), ranks)
         if ranks.is_main:
             for name in ("best.pt", "last.pt") if improved else ("last.pt",):
-                checkpoint.save(out / name, model, config, epoch=epoch, metrics=history,
-                                data_checksums=data.checksums, optimizer=optimizer, scheduler=scheduler,
-                                rng_state=states[0], best_test_elbo=best, command=command,
-                                world_size=ranks.world_size, rank_rng_states=states if ranks.distributed else None)
+                checkpoint.save(
+                    out / name,
+                    model,
+                    config,
+                    epoch=epoch,
+                    metrics=history,
+                    data_checksums=data.checksums,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rng_state=states[0],
+                    best_test_elbo=best,
+                    command=command,
+                    world_size=ranks.world_size,
+                    rank_rng_states=states if ranks.distributed else None,
+                )
             if keep_epochs and epoch:  # weights and history only: a third of the size, and last.pt resumes
-                checkpoint.save(out / epoch_file(epoch), model, config, epoch=epoch, metrics=history,
-                                data_checksums=data.checksums, best_test_elbo=best, command=command,
-                                world_size=ranks.world_size)
+                checkpoint.save(
+                    out / epoch_file(epoch),
+                    model,
+                    config,
+                    epoch=epoch,
+                    metrics=history,
+                    data_checksums=data.checksums,
+                    best_test_elbo=best,
+                    command=command,
+                    world_size=ranks.world_size,
+                )
         distributed.barrier(ranks)
 
     # Ctrl-C drops the unfinished epoch: OUT/last.pt always holds the end of the last completed one
@@ -440,22 +586,31 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
             indices = order.epoch(epoch)  # this rank's images of the epoch, in order
             sums = {"objective": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
             seen = 0
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not (progress and ranks.is_main), leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not (progress and ranks.is_main),
+                leave=False,
+                dynamic_ncols=True,
+            )
             for step in bar:
                 if pause_at == (epoch + 1, step):
                     _pause_until_interrupted(out, interrupt, pause_at, ranks)
                 if distributed.any_rank(interrupt.requested, ranks):
                     kept = f"the end of epoch {epoch}" if epoch else "the start of training"
                     if ranks.is_main:
-                        print(f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: "
-                              f"{out / 'last.pt'} holds {kept}. Continue with --resume", file=sys.stderr)
+                        print(
+                            f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: "
+                            f"{out / 'last.pt'} holds {kept}. Continue with --resume",
+                            file=sys.stderr,
+                        )
                     raise SystemExit(130)
-                batch = x_train[indices[step * order.batch_size:(step + 1) * order.batch_size]]
+                batch = x_train[indices[step * order.batch_size : (step + 1) * order.batch_size]]
                 x = likelihood.torch_to_data_space(batch, generator)  # a fresh draw each time an image is seen
                 eps = _noise(config.samples, len(x), model_config.latent_dim, generator)  # (B, D) or (S, B, D)
-                terms = objective(x.to(ranks.device), eps.to(ranks.device),
-                                  kl_weight(config, epoch, step, steps_per_epoch))
+                terms = objective(
+                    x.to(ranks.device), eps.to(ranks.device), kl_weight(config, epoch, step, steps_per_epoch)
+                )
                 loss = -terms["objective"].mean()  # equal shards: DDP's mean of the ranks' means is the batch's
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -489,15 +644,21 @@ def train(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Pa
             if ranks.is_main:
                 with metrics_path.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
-                      f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
-                      f"{seconds:.1f}s", flush=True)
+                print(
+                    f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
+                    f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
+                    f"{seconds:.1f}s",
+                    flush=True,
+                )
             save(epoch + 1, improved)
             stale = epochs_without_improvement(history)
             if config.patience and stale >= config.patience:
                 if ranks.is_main:
-                    print(f"early stop: the validation bound has not improved for {stale} epochs; best.pt holds "
-                          f"epoch {epoch + 1 - stale}", flush=True)
+                    print(
+                        f"early stop: the validation bound has not improved for {stale} epochs; best.pt holds "
+                        f"epoch {epoch + 1 - stale}",
+                        flush=True,
+                    )
                 break
     return history[-1] if history else {}
 
@@ -518,12 +679,16 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
         raise ValueError(f"--init-from {path}: its SHA-256 differs from the one recorded for this run")
     state = checkpoint.load(path)
     source = ModelConfig.from_dict(state["model_config"])
-    if dataclasses.replace(source, prior=model.config.prior, prior_components=model.config.prior_components) != model.config:
+    if (
+        dataclasses.replace(source, prior=model.config.prior, prior_components=model.config.prior_components)
+        != model.config
+    ):
         raise ValueError(f"--init-from {path}: its architecture differs from the flags given (only the prior may)")
     same_prior = source == model.config
     if same_prior and config.prior_fit_steps:
-        raise ValueError(f"--init-from {path}: it has this prior already; --prior-fit-steps fits only a newly "
-                         "placed one")
+        raise ValueError(
+            f"--init-from {path}: it has this prior already; --prior-fit-steps fits only a newly placed one"
+        )
     own = {k: v for k, v in state["model_state"].items() if same_prior or not k.startswith("prior.")}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if unexpected or any(same_prior or not name.startswith("prior.") for name in missing):
@@ -538,8 +703,15 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
         model.train()
 
 
-def fit_prior(model: VAE, x_train: torch.Tensor, likelihood: likelihoods.Likelihood, steps: int,
-              generator: torch.Generator, batch: int = 1000, lr: float = 3e-3) -> None:
+def fit_prior(
+    model: VAE,
+    x_train: torch.Tensor,
+    likelihood: likelihoods.Likelihood,
+    steps: int,
+    generator: torch.Generator,
+    batch: int = 1000,
+    lr: float = 3e-3,
+) -> None:
     """Fit the prior alone, encoder and decoder fixed: maximise E[log p(z)] over z ~ q(z|x) of training images,
     i.e. move p(z) towards the aggregate posterior, the prior that maximises the ELBO for this encoder. The
     joint training that follows then starts from a prior already better than N(0, I)."""
@@ -547,12 +719,16 @@ def fit_prior(model: VAE, x_train: torch.Tensor, likelihood: likelihoods.Likelih
         return
     with torch.no_grad():
         data = likelihood.torch_to_data_space(x_train, generator)
-        mean, logvar = (torch.cat(part) for part in zip(*(model.encode(data[i:i + 2000])
-                                                          for i in range(0, len(data), 2000))))
+        mean, logvar = (
+            torch.cat(part)
+            for part in zip(*(model.encode(data[i : i + 2000]) for i in range(0, len(data), 2000)), strict=False)
+        )
     optimizer = torch.optim.Adam(model.prior.parameters(), lr=lr)
-    for step in range(steps):
+    for _ in range(steps):
         chosen = torch.randint(len(mean), (batch,), generator=generator)
-        z = losses.reparameterize(mean[chosen], logvar[chosen], torch.randn((batch, mean.shape[1]), generator=generator))
+        z = losses.reparameterize(
+            mean[chosen], logvar[chosen], torch.randn((batch, mean.shape[1]), generator=generator)
+        )
         loss = -model.prior.log_prob(z).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -579,25 +755,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     if ranks.is_main:
-        processes = (f" on {ranks.world_size} processes ({ranks.backend}), global batch {args.batch_size} = "
-                     f"{ranks.world_size} x {args.batch_size // ranks.world_size}" if ranks.distributed else "")
-        print(f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
-              f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
-              f"{'x'.join(map(str, input_shape))}{processes}"
-              + (f", the last {args.validation} held out for validation" if args.validation else "") + f" -> {out}",
-              flush=True)
+        processes = (
+            f" on {ranks.world_size} processes ({ranks.backend}), global batch {args.batch_size} = "
+            f"{ranks.world_size} x {args.batch_size // ranks.world_size}"
+            if ranks.distributed
+            else ""
+        )
+        print(
+            f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
+            f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
+            f"{'x'.join(map(str, input_shape))}{processes}"
+            + (f", the last {args.validation} held out for validation" if args.validation else "")
+            + f" -> {out}",
+            flush=True,
+        )
     try:
-        train(model_config, train_config, data, out, resume=args.resume, progress=not args.no_progress,
-              command=["vae-train", *(argv if argv is not None else sys.argv[1:])], stop_after=args.stop_after,
-              ranks=ranks, keep_epochs=args.keep_epochs)
+        train(
+            model_config,
+            train_config,
+            data,
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            command=["vae-train", *(argv if argv is not None else sys.argv[1:])],
+            stop_after=args.stop_after,
+            ranks=ranks,
+            keep_epochs=args.keep_epochs,
+        )
     except (ValueError, checkpoint.CheckpointError) as exc:  # e.g. an --init-from that does not fit
         if ranks.is_main:
             print(f"vae-train: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; last.pt is only ever replaced whole
         if ranks.is_main:
-            print(f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",
-                  file=sys.stderr)
+            print(
+                f"\ninterrupted: {out / 'last.pt'} holds the last completed epoch. Continue with --resume",
+                file=sys.stderr,
+            )
         return 130
     finally:
         distributed.shutdown(ranks)

@@ -13,14 +13,14 @@ import math
 import torch
 from torch import nn
 
-from model.config import ModelConfig
 from model import prior as priors
+from model.config import ModelConfig
 from model.core import likelihoods
 
 
 def _dense(widths: list[int]) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=False):
         layers += [nn.Linear(fan_in, fan_out), nn.ELU()]
     return layers
 
@@ -57,13 +57,19 @@ class Decoder(nn.Module):
             depth = len(chans)
             self.start_shape = (chans[0], height >> depth, width >> depth)
             ups: list[nn.Module] = []
-            for in_c, out_c in zip(chans, [*chans[1:], channels]):
+            for in_c, out_c in zip(chans, [*chans[1:], channels], strict=False):
                 ups += [nn.ConvTranspose2d(in_c, out_c, kernel_size=4, stride=2, padding=1), nn.ELU()]
-            self.body = nn.Sequential(*_dense(widths), nn.Linear(widths[-1], math.prod(self.start_shape)), nn.ELU(),
-                                      nn.Unflatten(1, self.start_shape), *ups[:-1])  # no activation on the output
+            self.body = nn.Sequential(
+                *_dense(widths),
+                nn.Linear(widths[-1], math.prod(self.start_shape)),
+                nn.ELU(),
+                nn.Unflatten(1, self.start_shape),
+                *ups[:-1],
+            )  # no activation on the output
         else:
-            self.body = nn.Sequential(*_dense(widths), nn.Linear(widths[-1], config.input_dim),
-                                      nn.Unflatten(1, tuple(config.input_shape)))
+            self.body = nn.Sequential(
+                *_dense(widths), nn.Linear(widths[-1], config.input_dim), nn.Unflatten(1, tuple(config.input_shape))
+            )
         self.likelihood = likelihoods.get(config.likelihood)
         if self.likelihood.learned_scale:
             scale_shape = (1, 1, 1, 1) if config.gaussian_scale == "shared" else (1, *config.input_shape)

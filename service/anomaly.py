@@ -34,25 +34,39 @@ def prepare(served: ServedModel, fpr: float | None, seed: int | None, binarize_s
     one reference image. Checked before any image is read: no image can change the answer."""
     calibration = served.engine.calibration
     if calibration is None:
-        raise ApiError(409, "no_anomaly_calibration", f"the model {served.name} {served.version} has no anomaly "
-                       "calibration; calibrate it with `python -m export.calibrate MODEL_DIR` or export it again "
-                       "with vae-export")
+        raise ApiError(
+            409,
+            "no_anomaly_calibration",
+            f"the model {served.name} {served.version} has no anomaly "
+            "calibration; calibrate it with `python -m export.calibrate MODEL_DIR` or export it again "
+            "with vae-export",
+        )
     spec = served.engine.model.manifest.anomaly
     fpr = fpr if fpr is not None else (spec.fpr_default if spec is not None else 0.01)
     references = len(calibration.reference)
     if fpr * references < 1:
-        raise unprocessable("fpr_out_of_range", f"fpr must be at least 1/{references} (one of the model's "
-                            f"{references} reference images), not {fpr:g}")
-    return AnomalyRequest(calibration, fpr, calibration.seed if seed is None else seed,
-                          calibration.binarize_seed if binarize_seed is None else binarize_seed)
+        raise unprocessable(
+            "fpr_out_of_range",
+            f"fpr must be at least 1/{references} (one of the model's {references} reference images), not {fpr:g}",
+        )
+    return AnomalyRequest(
+        calibration,
+        fpr,
+        calibration.seed if seed is None else seed,
+        calibration.binarize_seed if binarize_seed is None else binarize_seed,
+    )
 
 
 async def score(served: ServedModel, pixels: np.ndarray, request: AnomalyRequest) -> dict[str, Any]:
     """Per image: score, percentile, is_anomaly, and the statistics the score is built from."""
-    scores, stats = await served.run("anomaly", 2 * len(pixels), served.engine.anomaly, pixels, request.seed,
-                                     request.binarize_seed)
-    return {"score": np.asarray(scores, dtype=np.float64),
-            "percentile": np.asarray(request.calibration.percentile(scores), dtype=np.float64),
-            "is_anomaly": np.asarray(scores > request.threshold),
-            "statistics": {name: np.asarray(stats[name], dtype=np.float64)
-                           for name in request.calibration.score.statistics}}
+    scores, stats = await served.run(
+        "anomaly", 2 * len(pixels), served.engine.anomaly, pixels, request.seed, request.binarize_seed
+    )
+    return {
+        "score": np.asarray(scores, dtype=np.float64),
+        "percentile": np.asarray(request.calibration.percentile(scores), dtype=np.float64),
+        "is_anomaly": np.asarray(scores > request.threshold),
+        "statistics": {
+            name: np.asarray(stats[name], dtype=np.float64) for name in request.calibration.score.statistics
+        },
+    }

@@ -6,9 +6,9 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import numpy as np
 from fastapi import FastAPI
@@ -73,14 +73,15 @@ async def start(state: AppState) -> None:
             return
         state.default_model = default_model_name(state.settings, sources)
         if state.default_model is None:
-            log.error("no default model: the repository holds %s; set VAE_DEFAULT_MODEL to one of them",
-                      ", ".join(sorted(sources)) or "no model")
+            log.error(
+                "no default model: the repository holds %s; set VAE_DEFAULT_MODEL to one of them",
+                ", ".join(sorted(sources)) or "no model",
+            )
         await state.registry.load_all()
         for name, versions in state.registry.served().items():
             log.info("serving %s %s", name, ", ".join(versions))
         if state.default_model is not None and not state.ready:
-            log.error("default model %s not served, staying unready (the reason is logged above)",
-                      state.default_model)
+            log.error("default model %s not served, staying unready (the reason is logged above)", state.default_model)
     finally:
         state.started = True
 
@@ -94,8 +95,11 @@ async def _poll(state: AppState, seconds: float) -> None:
             log.exception("repository poll failed; trying again in %g s", seconds)
 
 
-def create_app(settings: Settings | None = None, load: EngineLoader = load_engine,
-               scan: Callable[[], dict[str, ModelSource]] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    load: EngineLoader = load_engine,
+    scan: Callable[[], dict[str, ModelSource]] | None = None,
+) -> FastAPI:
     """`load` and `scan` default to the real loader and the configured repository; tests pass fakes."""
     settings = settings or load_settings()
     metrics = Metrics()
@@ -103,9 +107,16 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
     def load_version(directory: Path) -> ServedModel:
         return ServedModel.create(load(directory, settings), settings, metrics)
 
-    state = AppState(settings=settings, metrics=metrics,
-                     registry=Registry(scan=scan or repository_scanner(settings), load_version=load_version,
-                                       on_change=metrics.model_changed, on_release=ServedModel.close))
+    state = AppState(
+        settings=settings,
+        metrics=metrics,
+        registry=Registry(
+            scan=scan or repository_scanner(settings),
+            load_version=load_version,
+            on_change=metrics.model_changed,
+            on_release=ServedModel.close,
+        ),
+    )
 
     async def start_all() -> None:
         await start(state)
@@ -126,8 +137,8 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
         title="vae-service",
         version=package_version(),
         summary="A variational autoencoder served from ONNX graphs: encode, decode, sample, score, reconstruct.",
-        description="Every error is JSON `{\"error\": {\"code\", \"message\"}}`. Every response carries "
-                    "X-Request-ID. Image routes take a raw image/* body or multipart parts named `file`.",
+        description='Every error is JSON `{"error": {"code", "message"}}`. Every response carries '
+        "X-Request-ID. Image routes take a raw image/* body or multipart parts named `file`.",
         lifespan=lifespan,
         docs_url=None,  # served from local assets by service/docs.py
         redoc_url=None,
@@ -138,16 +149,33 @@ def create_app(settings: Settings | None = None, load: EngineLoader = load_engin
     app.state.vae = state
     errors.install(app)
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
-    for router in (images.router, preprocess.router, anomaly.router, latents.router, ops.router, repository.router,
-                   v2_routes.router):
+    for router in (
+        images.router,
+        preprocess.router,
+        anomaly.router,
+        latents.router,
+        ops.router,
+        repository.router,
+        v2_routes.router,
+    ):
         app.include_router(router)
     ui.install(app)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"])
-    app.add_middleware(ObservabilityMiddleware, state=state, max_body=settings.max_upload_bytes,
-                       max_uploads=settings.max_uploads, body_timeout_s=settings.body_timeout_s,
-                       access_log=settings.access_log)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"],
+        )
+    app.add_middleware(
+        ObservabilityMiddleware,
+        state=state,
+        max_body=settings.max_upload_bytes,
+        max_uploads=settings.max_uploads,
+        body_timeout_s=settings.body_timeout_s,
+        access_log=settings.access_log,
+    )
     return app
 
 

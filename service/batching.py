@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Awaitable, Callable, Union
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 Encoded = tuple[np.ndarray, np.ndarray]
-EncodeFn = Callable[[np.ndarray], Union[Encoded, Awaitable[Encoded]]]
+EncodeFn = Callable[[np.ndarray], Encoded | Awaitable[Encoded]]
 
 
 class MicroBatcher:
@@ -44,8 +44,9 @@ class MicroBatcher:
         if self._rows >= self.max_rows:
             self._flush()
         elif self._timer is None:
-            self._timer = (loop.call_soon(self._flush) if self.max_wait_s <= 0
-                           else loop.call_later(self.max_wait_s, self._flush))
+            self._timer = (
+                loop.call_soon(self._flush) if self.max_wait_s <= 0 else loop.call_later(self.max_wait_s, self._flush)
+            )
         return await future
 
     def _flush(self) -> None:

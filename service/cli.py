@@ -10,7 +10,6 @@ import tempfile
 
 from service.settings import BUNDLED_REPOSITORY, Settings, SettingsError, load_settings
 
-
 # prometheus_client's switch to multiprocess mode (and its deprecated spelling); read when it is first imported,
 # so it is set here, before the workers start, and this process never imports prometheus_client first.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -21,21 +20,31 @@ def source_problem(settings: Settings) -> str | None:
     """Why the configured models cannot be served at all, checked before the server starts."""
     if settings.model_dir is not None:
         if not (settings.model_dir / "manifest.json").is_file():
-            return (f"no model in {settings.model_dir} (manifest.json missing); set VAE_MODEL_DIR or --model-dir "
-                    "to a directory written by vae-export")
+            return (
+                f"no model in {settings.model_dir} (manifest.json missing); set VAE_MODEL_DIR or --model-dir "
+                "to a directory written by vae-export"
+            )
         return None
     repository = settings.model_repository or BUNDLED_REPOSITORY
     if not repository.is_dir():
-        return (f"no model repository at {repository}; set VAE_MODEL_REPOSITORY or --model-repository to a "
-                "directory holding <name>/<version>/ directories written by vae-export")
+        return (
+            f"no model repository at {repository}; set VAE_MODEL_REPOSITORY or --model-repository to a "
+            "directory holding <name>/<version>/ directories written by vae-export"
+        )
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vae-serve", description="Serve a VAE exported by vae-export. Every option "
-                                "can also be set as a VAE_* environment variable (flags win).")
-    p.add_argument("--model-repository", help="serve every model in DIR/<name>/<version>/ (VAE_MODEL_REPOSITORY; "
-                   "default: the bundled repository artifacts/)")
+    p = argparse.ArgumentParser(
+        prog="vae-serve",
+        description="Serve a VAE exported by vae-export. Every option "
+        "can also be set as a VAE_* environment variable (flags win).",
+    )
+    p.add_argument(
+        "--model-repository",
+        help="serve every model in DIR/<name>/<version>/ (VAE_MODEL_REPOSITORY; "
+        "default: the bundled repository artifacts/)",
+    )
     p.add_argument("--model-dir", help="serve one directory written by vae-export (VAE_MODEL_DIR)")
     p.add_argument("--host", help="bind address (VAE_HOST; default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (VAE_PORT; default 8000)")
@@ -60,10 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     metrics_dir = worker_metrics_dir(settings.workers)
     try:
         # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
-        uvicorn.run("service.app:app_factory", factory=True, http="service.transport:GuardedHttpToolsProtocol",
-                    host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level=settings.log_level, access_log=False,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, proxy_headers=False, server_header=False)
+        uvicorn.run(
+            "service.app:app_factory",
+            factory=True,
+            http="service.transport:GuardedHttpToolsProtocol",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            proxy_headers=False,
+            server_header=False,
+        )
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -73,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 def listening_banner(host: str, port: int) -> str:
     """Where the server listens, said as a person reads it: every interface, or one address."""
     if host in ("0.0.0.0", "::", ""):
-        return (f"listening on every interface, port {port}: from this machine the explorer is "
-                f"http://localhost:{port}/ and the API reference http://localhost:{port}/docs")
+        return (
+            f"listening on every interface, port {port}: from this machine the explorer is "
+            f"http://localhost:{port}/ and the API reference http://localhost:{port}/docs"
+        )
     shown = f"[{host}]" if ":" in host else host
-    return (f"listening on {host} only, port {port}: the explorer is http://{shown}:{port}/ and the API "
-            f"reference http://{shown}:{port}/docs")
+    return (
+        f"listening on {host} only, port {port}: the explorer is http://{shown}:{port}/ and the API "
+        f"reference http://{shown}:{port}/docs"
+    )
 
 
 def worker_metrics_dir(workers: int) -> str | None:

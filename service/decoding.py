@@ -31,8 +31,14 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                                   image_to_array, open_image)
+from model.core.preprocess import (
+    ImageDecodeError,
+    ImageTooComplexError,
+    ImageTooLargeError,
+    PreprocessContract,
+    image_to_array,
+    open_image,
+)
 from service.errors import ApiError
 
 try:
@@ -57,9 +63,14 @@ class DecodeLimits:
 
     @classmethod
     def from_settings(cls, settings: Any) -> DecodeLimits:
-        return cls(max_image_pixels=settings.max_image_pixels, max_request_pixels=settings.max_request_pixels,
-                   max_jpeg_scans=settings.max_jpeg_scans, timeout_s=settings.decode_timeout_s,
-                   inline_bytes=settings.decode_inline_bytes, inline_pixels=settings.decode_inline_pixels)
+        return cls(
+            max_image_pixels=settings.max_image_pixels,
+            max_request_pixels=settings.max_request_pixels,
+            max_jpeg_scans=settings.max_jpeg_scans,
+            timeout_s=settings.decode_timeout_s,
+            inline_bytes=settings.decode_inline_bytes,
+            inline_pixels=settings.decode_inline_pixels,
+        )
 
 
 def which(index: int, count: int) -> str:
@@ -82,9 +93,12 @@ def inspect(blob: bytes, index: int, count: int, limits: DecodeLimits) -> Image.
 
 def check_budget(declared: int, limits: DecodeLimits) -> None:
     if declared > limits.max_request_pixels:
-        raise ApiError(413, "request_too_many_pixels",
-                       f"the request's images declare {declared} pixels in all; the limit is "
-                       f"{limits.max_request_pixels} (VAE_MAX_REQUEST_PIXELS); send fewer or smaller images")
+        raise ApiError(
+            413,
+            "request_too_many_pixels",
+            f"the request's images declare {declared} pixels in all; the limit is "
+            f"{limits.max_request_pixels} (VAE_MAX_REQUEST_PIXELS); send fewer or smaller images",
+        )
 
 
 def convert(image: Image.Image, contract: PreprocessContract, index: int, count: int) -> np.ndarray:
@@ -94,8 +108,13 @@ def convert(image: Image.Image, contract: PreprocessContract, index: int, count:
         raise ApiError(400, "invalid_image", f"{which(index, count)}: {exc}") from None
 
 
-def decode_job(blobs: list[tuple[int, bytes]], count: int, contract: PreprocessContract, limits: DecodeLimits,
-               declared_elsewhere: int) -> list[np.ndarray]:
+def decode_job(
+    blobs: list[tuple[int, bytes]],
+    count: int,
+    contract: PreprocessContract,
+    limits: DecodeLimits,
+    declared_elsewhere: int,
+) -> list[np.ndarray]:
     """Every header first, then the budget over the whole request, then the pixels: (C, H, W) each."""
     images = [(index, inspect(blob, index, count, limits)) for index, blob in blobs]
     check_budget(declared_elsewhere + sum(image.width * image.height for _, image in images), limits)
@@ -116,21 +135,21 @@ def few_segments(blob: bytes) -> bool:
     if blob.startswith(PNG_SIGNATURE):
         position = len(PNG_SIGNATURE)
         for _ in range(MAX_INLINE_SEGMENTS):
-            kind = blob[position + 4:position + 8]
+            kind = blob[position + 4 : position + 8]
             if kind in PNG_INFLATED_CHUNKS:
                 return False
             if kind == b"IEND":
                 return True
-            position += 12 + int.from_bytes(blob[position:position + 4], "big")  # length, type, data, CRC
+            position += 12 + int.from_bytes(blob[position : position + 4], "big")  # length, type, data, CRC
         return False
     if blob.startswith(JPEG_SOI):
         position = len(JPEG_SOI)
         for _ in range(MAX_INLINE_SEGMENTS):
-            if blob[position:position + 1] != b"\xff":
+            if blob[position : position + 1] != b"\xff":
                 return False
-            if blob[position + 1:position + 2] == b"\xda":  # start of scan: libjpeg (C) reads the rest
+            if blob[position + 1 : position + 2] == b"\xda":  # start of scan: libjpeg (C) reads the rest
                 return True
-            position += 2 + int.from_bytes(blob[position + 2:position + 4], "big")
+            position += 2 + int.from_bytes(blob[position + 2 : position + 4], "big")
         return False
     return False
 
@@ -172,7 +191,7 @@ class ImageDecoder:
         arrays: list[np.ndarray] = [np.empty(0)] * count
         if heavy:  # the job checks the request's budget, the inline images' pixels included
             decoded = await self.pool.run((heavy, count, contract, limits, declared), limits.timeout_s)
-            for (index, _), array in zip(heavy, decoded):
+            for (index, _), array in zip(heavy, decoded, strict=False):
                 arrays[index] = array
         else:
             check_budget(declared, limits)
@@ -194,8 +213,12 @@ class DecodePool:
 
     async def run(self, job: tuple, timeout_s: float) -> list[np.ndarray]:
         if self._jobs >= self.workers + self.queue_limit:
-            raise ApiError(429, "decode_queue_full", f"{self._jobs} requests are decoding or waiting to; retry "
-                           "shortly", headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                "decode_queue_full",
+                f"{self._jobs} requests are decoding or waiting to; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.workers)
         self._jobs += 1
@@ -208,8 +231,12 @@ class DecodePool:
         if outcome[0] == "error":
             raise ApiError(*outcome[1:])
         if outcome[0] == "timeout":
-            raise ApiError(422, "decode_timeout", f"decoding took longer than {timeout_s:g} s "
-                           "(VAE_DECODE_TIMEOUT_S) and was stopped; send a smaller or simpler image")
+            raise ApiError(
+                422,
+                "decode_timeout",
+                f"decoding took longer than {timeout_s:g} s "
+                "(VAE_DECODE_TIMEOUT_S) and was stopped; send a smaller or simpler image",
+            )
         raise ApiError(400, "invalid_image", "the image could not be decoded")
 
     def prestart(self) -> None:
@@ -236,14 +263,14 @@ class DecodePool:
         try:
             worker.connection.send(job)
             if not worker.connection.poll(timeout_s):
-                log.warning("decode job over its %.3g s deadline; decoder process %d killed", timeout_s,
-                            worker.process.pid)
+                log.warning(
+                    "decode job over its %.3g s deadline; decoder process %d killed", timeout_s, worker.process.pid
+                )
                 worker.kill()
                 return ("timeout",)
             outcome = worker.connection.recv()
         except (EOFError, OSError):
-            log.warning("decoder process %d died (exit code %s); replaced", worker.process.pid,
-                        worker.process.exitcode)
+            log.warning("decoder process %d died (exit code %s); replaced", worker.process.pid, worker.process.exitcode)
             worker.kill()
             return ("crashed",)
         if self._closed.is_set():
@@ -296,4 +323,3 @@ def _serve(connection: Any) -> None:
         except Exception:  # a decoder bug must not take the process down with a half-sent reply
             outcome = ("error", 400, "invalid_image", "the image could not be decoded")
         connection.send(outcome)
-

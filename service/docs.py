@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,8 +21,12 @@ from service.v2.routes import REQUEST_MODELS as V2_REQUEST_MODELS
 
 ASSETS_URL = "/docs-assets"
 # The wheel's static folder holds exactly these: Swagger UI's bundle and CSS, ReDoc, a favicon.
-SWAGGER_JS, SWAGGER_CSS, REDOC_JS, FAVICON = "swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", \
-    "favicon.png"
+SWAGGER_JS, SWAGGER_CSS, REDOC_JS, FAVICON = (
+    "swagger-ui-bundle.js",
+    "swagger-ui.css",
+    "redoc.standalone.js",
+    "favicon.png",
+)
 
 
 def assets_dir() -> Path:
@@ -40,17 +45,24 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
         # validatorUrl null: Swagger UI would otherwise send the document to an online validator.
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title} - Swagger UI",
-                                   swagger_js_url=f"{ASSETS_URL}/{SWAGGER_JS}",
-                                   swagger_css_url=f"{ASSETS_URL}/{SWAGGER_CSS}",
-                                   swagger_favicon_url=f"{ASSETS_URL}/{FAVICON}",
-                                   swagger_ui_parameters={"validatorUrl": None})
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{ASSETS_URL}/{SWAGGER_JS}",
+            swagger_css_url=f"{ASSETS_URL}/{SWAGGER_CSS}",
+            swagger_favicon_url=f"{ASSETS_URL}/{FAVICON}",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{title} - ReDoc",
-                              redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}", redoc_favicon_url=f"{ASSETS_URL}/{FAVICON}",
-                              with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}",
+            redoc_favicon_url=f"{ASSETS_URL}/{FAVICON}",
+            with_google_fonts=False,
+        )
 
     fastapi_generator = app.openapi  # FastAPI's own; it caches the document on the app
 
@@ -63,6 +75,7 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
                 schemas.setdefault(name, nested)
             schemas.setdefault(model.__name__, schema)
         return document
+
     fitted: dict[int, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
@@ -84,7 +97,11 @@ def fit_to_model(document: dict[str, Any], latent_dim: int) -> dict[str, Any]:
     row["minItems"] = row["maxItems"] = latent_dim
     example = {"z": [[0.0] * latent_dim, [1.0] * latent_dim]}
     content = document["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]
-    content["examples"] = {"two_latents": {"summary": f"two latents of the model's {latent_dim} dimensions: the "
-                                                      "prior's mean, and +1 in every dimension",
-                                           "value": example}}
+    content["examples"] = {
+        "two_latents": {
+            "summary": f"two latents of the model's {latent_dim} dimensions: the "
+            "prior's mean, and +1 in every dimension",
+            "value": example,
+        }
+    }
     return document

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.core import anomaly
+from model.core import anomaly, scoring
 from model.core import distributions as dist
-from model.core import scoring
 from model.core.artifact import OnnxVAE
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract, image_stream
@@ -54,8 +53,9 @@ class Engine:
     def reparameterize(self, pixels: np.ndarray, mean: np.ndarray, logvar: np.ndarray, seed: int) -> np.ndarray:
         """The noise is keyed by the pixels, not by mean and logvar: those can differ in the last bits
         with the batch onnxruntime ran, and a key must not."""
-        eps = np.stack([image_stream(seed, image).standard_normal(self.latent_dim, dtype=np.float32)
-                        for image in pixels])  # (N, D)
+        eps = np.stack(
+            [image_stream(seed, image).standard_normal(self.latent_dim, dtype=np.float32) for image in pixels]
+        )  # (N, D)
         return dist.reparameterize(mean, logvar, eps)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
@@ -66,9 +66,13 @@ class Engine:
             finite = np.isfinite(values).reshape(len(z), -1).all(axis=1)
             if not finite.all():
                 row = int(np.argmin(finite))
-                raise ApiError(422, "non_finite_output", f"z row {row} decodes to non-finite values: the decoder "
-                               f"overflows this far from the prior (its largest |z| is {np.abs(z[row]).max():.3g}); "
-                               "send latents of the size the prior draws, a few units at most")
+                raise ApiError(
+                    422,
+                    "non_finite_output",
+                    f"z row {row} decodes to non-finite values: the decoder "
+                    f"overflows this far from the prior (its largest |z| is {np.abs(z[row]).max():.3g}); "
+                    "send latents of the size the prior draws, a few units at most",
+                )
         return self.likelihood.pixel_mean(parameters)
 
     def prior_latents(self, n: int, seed: int, temperature: float) -> np.ndarray:
@@ -81,8 +85,14 @@ class Engine:
         mean, _ = self.model.encode(pixels)
         return self.decode(mean)
 
-    def score(self, pixels: np.ndarray, k: int, seed: int, binarize_seed: int,
-              estimator: str = scoring.ImportanceSampling.name) -> scoring.Scores:
+    def score(
+        self,
+        pixels: np.ndarray,
+        k: int,
+        seed: int,
+        binarize_seed: int,
+        estimator: str = scoring.ImportanceSampling.name,
+    ) -> scoring.Scores:
         """Each image in the likelihood's data space with its own stream (binarize_seed, content), then
         the ELBO and the estimator's log p(x) with streams (seed, content), as `vae-eval --images-dir` does."""
         data = self.likelihood.images_to_data_space(pixels, binarize_seed)

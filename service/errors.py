@@ -9,7 +9,8 @@ gets its X-Request-ID (Starlette's own 500 handler sits outside every middleware
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -66,11 +67,15 @@ def install(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}
         path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
         allowed = (getattr(exc, "headers", None) or {}).get("Allow")
-        message = {404: f"no route {path}",
-                   405: f"{request.method} is not allowed on {path}" + (f"; use {allowed}" if allowed else ""),
-                   408: str(exc.detail), 413: str(exc.detail)}
+        message = {
+            404: f"no route {path}",
+            405: f"{request.method} is not allowed on {path}" + (f"; use {allowed}" if allowed else ""),
+            408: str(exc.detail),
+            413: str(exc.detail),
+        }
         text = message.get(exc.status_code, "request failed")
         if is_v2(request.url.path):  # the open inference protocol's shape, {"error": "<message>"}
             return JSONResponse({"error": text}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), text,
-                              getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, codes.get(exc.status_code, "http_error"), text, getattr(exc, "headers", None)
+        )

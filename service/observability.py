@@ -44,22 +44,44 @@ class Metrics:
             _WorkerGroupCollector(self.registry, multiprocess_dir)
             atexit.register(mark_process_dead, os.getpid(), multiprocess_dir)
         own = None if multiprocess_dir else self.registry
-        self.requests = Counter("vae_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=own)
-        self.latency = Histogram("vae_request_duration_seconds", "HTTP request latency by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=own)
-        self.inference = Histogram("vae_inference_duration_seconds", "time in onnxruntime and the scoring math",
-                                   ["model", "version", "operation"], buckets=LATENCY_BUCKETS, registry=own)
-        self.images = Counter("vae_images_processed", "images or latents processed",
-                              ["model", "version", "operation"], registry=own)
+        self.requests = Counter(
+            "vae_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=own
+        )
+        self.latency = Histogram(
+            "vae_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.inference = Histogram(
+            "vae_inference_duration_seconds",
+            "time in onnxruntime and the scoring math",
+            ["model", "version", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.images = Counter(
+            "vae_images_processed", "images or latents processed", ["model", "version", "operation"], registry=own
+        )
         # Gauges summed over the live workers, or (a model being served) the most any live worker says.
-        self.in_flight = Gauge("vae_requests_in_flight", "model calls running or queued", registry=own,
-                               multiprocess_mode="livesum")
+        self.in_flight = Gauge(
+            "vae_requests_in_flight", "model calls running or queued", registry=own, multiprocess_mode="livesum"
+        )
         self.rejected = Counter("vae_requests_rejected_overload", "requests answered 429", registry=own)
-        self.model_info = Gauge("vae_model_info", "1 for each model version being served, 0 once it is not",
-                                ["model", "version"], registry=own, multiprocess_mode="livemax")
-        self.workers = Gauge("vae_workers", "worker processes whose metrics this endpoint reports",
-                             registry=own, multiprocess_mode="livesum")
+        self.model_info = Gauge(
+            "vae_model_info",
+            "1 for each model version being served, 0 once it is not",
+            ["model", "version"],
+            registry=own,
+            multiprocess_mode="livemax",
+        )
+        self.workers = Gauge(
+            "vae_workers",
+            "worker processes whose metrics this endpoint reports",
+            registry=own,
+            multiprocess_mode="livesum",
+        )
         self.workers.set(1)
         self._children: dict[tuple, Any] = {}
 
@@ -120,8 +142,7 @@ class BodyTimeout(HTTPException):
     through to the error layer as it is; Connection: close, as the client may still be sending."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(408, f"the request body did not arrive within {seconds:g} s",
-                         headers={"Connection": "close"})
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s", headers={"Connection": "close"})
 
 
 class ObservabilityMiddleware:
@@ -129,8 +150,9 @@ class ObservabilityMiddleware:
     count, deadline), and turns a client abort into one log line and status 499, an unexpected
     exception into one logged traceback and a generic 500 that carries the request id."""
 
-    def __init__(self, app: Any, state: Any, max_body: int, max_uploads: int,
-                 body_timeout_s: float, access_log: bool = False) -> None:
+    def __init__(
+        self, app: Any, state: Any, max_body: int, max_uploads: int, body_timeout_s: float, access_log: bool = False
+    ) -> None:
         self.app, self.state, self.metrics = app, state, state.metrics
         self.max_body, self.max_uploads, self.body_timeout_s = max_body, max_uploads, body_timeout_s
         self.uploads: set[_Body] = set()  # bodies being received now
@@ -169,13 +191,23 @@ class ObservabilityMiddleware:
                 await self.app(scope, receive, send_with_id)
                 return
             if length > self.max_body:  # before a byte of the body is read
-                await _reject(send_with_id, 413, "payload_too_large",
-                              f"request body exceeds the limit of {self.max_body} bytes", v2=errors.is_v2(path))
+                await _reject(
+                    send_with_id,
+                    413,
+                    "payload_too_large",
+                    f"request body exceeds the limit of {self.max_body} bytes",
+                    v2=errors.is_v2(path),
+                )
                 return
             if len(self.uploads) >= self.max_uploads:
                 self.metrics.rejected.inc()
-                await _reject(send_with_id, 429, "overloaded",
-                              f"more than {self.max_uploads} uploads in progress; retry shortly", v2=errors.is_v2(path))
+                await _reject(
+                    send_with_id,
+                    429,
+                    "overloaded",
+                    f"more than {self.max_uploads} uploads in progress; retry shortly",
+                    v2=errors.is_v2(path),
+                )
                 return
             body = _Body(self, receive)
             if self._sweeper is None:
@@ -225,7 +257,7 @@ class _Body:
     """A request body being received: it holds an upload slot until its last byte (or the end of the
     request); a receive still waiting at the deadline is cancelled by the sweeper and raises 408."""
 
-    __slots__ = ("owner", "inner", "deadline", "received", "holding", "disconnected", "waiting", "expired")
+    __slots__ = ("deadline", "disconnected", "expired", "holding", "inner", "owner", "received", "waiting")
 
     def __init__(self, owner: ObservabilityMiddleware, receive: Any) -> None:
         self.owner, self.inner = owner, receive
@@ -267,8 +299,11 @@ class _Body:
             self.received += len(message.get("body", b""))
             if self.received > self.owner.max_body:  # a chunked body has no Content-Length to check first
                 self.release()
-                raise HTTPException(413, f"request body exceeds the limit of {self.owner.max_body} bytes",
-                                    headers={"Connection": "close"})
+                raise HTTPException(
+                    413,
+                    f"request body exceeds the limit of {self.owner.max_body} bytes",
+                    headers={"Connection": "close"},
+                )
             if not message.get("more_body", False):
                 self.release()
         else:
@@ -332,8 +367,13 @@ class _RequestIdFilter(logging.Filter):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "request_id": getattr(record, "request_id", "-"), "message": record.getMessage()}
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -342,8 +382,11 @@ class _JsonFormatter(logging.Formatter):
 def configure_logging(level: str, json_format: bool) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(_JsonFormatter() if json_format else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.setFormatter(
+        _JsonFormatter()
+        if json_format
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
     for name in ("vae", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -27,8 +27,11 @@ def parse_query(request: Request, model: type[Q]) -> Q:
     if unknown:  # a misspelt knob (?kk=10) would otherwise be answered with its default, silently
         shown = ", ".join(repr(name[:40]) for name in unknown[:5])
         accepted = ", ".join(model.model_fields) or "none"
-        raise ApiError(422, "unknown_parameter", f"unknown query parameter {shown} on {request.url.path[:200]}; "
-                       f"the parameters accepted are: {accepted}")
+        raise ApiError(
+            422,
+            "unknown_parameter",
+            f"unknown query parameter {shown} on {request.url.path[:200]}; the parameters accepted are: {accepted}",
+        )
     try:
         return model.model_validate(given)
     except ValidationError as exc:
@@ -43,6 +46,13 @@ def openapi_parameters(model: type[BaseModel]) -> dict[str, Any]:
     parameters = []
     for name, prop in schema["properties"].items():
         field_schema = {k: v for k, v in prop.items() if k not in ("description", "title")}
-        parameters.append({"name": name, "in": "query", "required": name in required,
-                           "description": prop.get("description", ""), "schema": field_schema})
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "description": prop.get("description", ""),
+                "schema": field_schema,
+            }
+        )
     return {"parameters": parameters}

@@ -15,9 +15,10 @@ import json
 import logging
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,7 +63,7 @@ class VersionPolicy(BaseModel):
             return ordered
         if self.specific is not None:
             return [v for v in ordered if v in self.specific.versions]
-        return ordered[-(self.latest or _Latest()).num_versions:]
+        return ordered[-(self.latest or _Latest()).num_versions :]
 
     def describe(self) -> str:
         if self.all is not None:
@@ -172,8 +173,10 @@ def scan_model(model_dir: Path, root: Path | None = None) -> ModelSource:
         try:
             policy = ModelConfig.model_validate_json(config_path.read_bytes()).version_policy
         except (ValidationError, OSError) as exc:
-            reason = f"{config_path} is invalid: {str(exc).splitlines()[0]}; expected {{\"version_policy\": " \
-                     "{\"latest\": {\"num_versions\": 1}} | {\"all\": {}} | {\"specific\": {\"versions\": [...]}}}"
+            reason = (
+                f'{config_path} is invalid: {str(exc).splitlines()[0]}; expected {{"version_policy": '
+                '{"latest": {"num_versions": 1}} | {"all": {}} | {"specific": {"versions": [...]}}}'
+            )
             problems = {p.name: reason for p in model_dir.iterdir() if p.is_dir()}
             return ModelSource(name, {}, problems or {"-": reason}, policy, (config_path.stat().st_mtime_ns,))
     prints = []
@@ -189,9 +192,11 @@ def scan_model(model_dir: Path, root: Path | None = None) -> ModelSource:
             problems[version_dir.name] = str(exc)
             continue
         if found != (name, version_dir.name):
-            problems[version_dir.name] = (f"directory {name}/{version_dir.name} holds the manifest of {found[0]} "
-                                          f"{found[1]}: the directory names must equal the manifest's name and "
-                                          "version")
+            problems[version_dir.name] = (
+                f"directory {name}/{version_dir.name} holds the manifest of {found[0]} "
+                f"{found[1]}: the directory names must equal the manifest's name and "
+                "version"
+            )
             continue
         versions[version_dir.name] = version_dir
     config_print = config_path.stat().st_mtime_ns if config_path.is_file() else None
@@ -233,8 +238,10 @@ class Registry(Generic[T]):
         if version is None:
             version = self._default_version[name]
         elif version not in versions:
-            raise ModelNotFound(f"model {name!r} has no loaded version {version!r}; loaded: "
-                                f"{', '.join(sorted(versions, key=version_key))}")
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version!r}; loaded: "
+                f"{', '.join(sorted(versions, key=version_key))}"
+            )
         return version, versions[version]
 
     def is_ready(self, name: str, version: str | None = None) -> bool:
@@ -250,8 +257,7 @@ class Registry(Generic[T]):
 
     def failed(self, name: str) -> bool:
         """The model was tried and nothing of it serves, and nobody asked for that (no unload)."""
-        return (name not in self._unloaded and not self._served.get(name)
-                and any(key[0] == name for key in self._status))
+        return name not in self._unloaded and not self._served.get(name) and any(key[0] == name for key in self._status)
 
     def known(self) -> set[str]:
         """Every model that was tried here: served, failed or unloaded (the index's names, less those only on disk)."""
@@ -310,26 +316,45 @@ class Registry(Generic[T]):
                 new = dict(current)  # nothing loaded: nothing changes
             for version in current:
                 if version not in new:
-                    self._set(Status(name, version, UNAVAILABLE,
-                                     f"unloaded: not selected by the version policy ({source.policy.describe()})"))
+                    self._set(
+                        Status(
+                            name,
+                            version,
+                            UNAVAILABLE,
+                            f"unloaded: not selected by the version policy ({source.policy.describe()})",
+                        )
+                    )
             for version in failed:
                 if version in new:
-                    self._set(Status(name, version, READY, f"reload failed, still serving the copy loaded earlier: "
-                                     f"{failed[version]}"))
+                    self._set(
+                        Status(
+                            name,
+                            version,
+                            READY,
+                            f"reload failed, still serving the copy loaded earlier: {failed[version]}",
+                        )
+                    )
             self._serve({**self._served, name: new})
             if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
                 self._unloaded.discard(name)
             # A broken directory the policy would have chosen fails the load, as one that failed to load does.
-            broken = {v: source.problems[v] for v in source.policy.select([*source.versions, *source.problems])
-                      if v in source.problems}
+            broken = {
+                v: source.problems[v]
+                for v in source.policy.select([*source.versions, *source.problems])
+                if v in source.problems
+            }
             if failed or broken:
                 serving = ", ".join(sorted(new, key=version_key)) or "nothing"
-                raise LoadFailed(f"failed to load {name} " + "; ".join(f"{v}: {r}" for v, r in
-                                                                        {**broken, **failed}.items())
-                                 + f" (serving: {serving})")
+                raise LoadFailed(
+                    f"failed to load {name} "
+                    + "; ".join(f"{v}: {r}" for v, r in {**broken, **failed}.items())
+                    + f" (serving: {serving})"
+                )
             if not selected:
-                raise LoadFailed(f"failed to load {name}: no loadable version in the repository "
-                                 f"(policy {source.policy.describe()}; found {sorted(source.versions) or 'none'})")
+                raise LoadFailed(
+                    f"failed to load {name}: no loadable version in the repository "
+                    f"(policy {source.policy.describe()}; found {sorted(source.versions) or 'none'})"
+                )
             return [self._status[(name, v)] for v in sorted(new, key=version_key)]
 
     async def unload(self, name: str) -> None:
@@ -355,8 +380,9 @@ class Registry(Generic[T]):
             await self.unload(name)
             self._fingerprints.pop(name, None)
 
-    async def _load_versions(self, name: str, source: ModelSource,
-                             selected: list[str]) -> tuple[dict[str, T], dict[str, str]]:
+    async def _load_versions(
+        self, name: str, source: ModelSource, selected: list[str]
+    ) -> tuple[dict[str, T], dict[str, str]]:
         loaded: dict[str, T] = {}
         failed: dict[str, str] = {}
         for version in selected:

@@ -36,8 +36,9 @@ class V2ErrorBody(BaseModel):
 class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # The served document fits the rows and the example to the model's latent_dim (service/docs.py).
-    z: list[list[FiniteFloat]] = Field(description="1..max_batch rows of exactly latent_dim finite numbers "
-                                       "(GET /v1/model)")
+    z: list[list[FiniteFloat]] = Field(
+        description="1..max_batch rows of exactly latent_dim finite numbers (GET /v1/model)"
+    )
 
 
 # Request bodies that routes parse themselves (one pass of pydantic's JSON parser, under their own
@@ -87,15 +88,19 @@ class ImageScore(BaseModel):
     index: int
     elbo: float = Field(description="evidence lower bound, nats")
     reconstruction: float = Field(description="E_q[log p(x|z)], one reparameterised sample, nats")
-    kl: float = Field(description="KL(q(z|x) || p(z)), nats: analytic for the N(0, I) prior, the one-sample "
-                      "estimate log q(z|x) - log p(z) at the ELBO's z for a mixture prior (GET /v1/model: prior)")
+    kl: float = Field(
+        description="KL(q(z|x) || p(z)), nats: analytic for the N(0, I) prior, the one-sample "
+        "estimate log q(z|x) - log p(z) at the ELBO's z for a mixture prior (GET /v1/model: prior)"
+    )
     bits_per_dim: float = Field(description="-elbo in bits per dimension")
     log_likelihood: float | None = Field(None, description="the estimator's log p(x) with k samples, when k > 1")
     log_likelihood_bits_per_dim: float | None = None
-    log_likelihood_standard_error: float | None = Field(None, description="Monte Carlo standard error of "
-                                                        "log_likelihood (delta method), nats, when k > 1")
-    effective_sample_size: float | None = Field(None, description="(sum w)^2 / sum w^2 of the k weights, 1..k, "
-                                                "when k > 1")
+    log_likelihood_standard_error: float | None = Field(
+        None, description="Monte Carlo standard error of log_likelihood (delta method), nats, when k > 1"
+    )
+    effective_sample_size: float | None = Field(
+        None, description="(sum w)^2 / sum w^2 of the k weights, 1..k, when k > 1"
+    )
 
 
 class ElboResponse(BaseModel):
@@ -113,8 +118,9 @@ class AnomalyResult(BaseModel):
     score: float = Field(description="higher = more anomalous; the method is named in the response")
     percentile: float = Field(description="share of the in-distribution reference images scoring lower, 0..1")
     is_anomaly: bool = Field(description="score above the threshold for the response's false-positive rate")
-    statistics: dict[str, float] = Field(description="the per-image statistics the score is built from "
-                                         "(ELBO and KL in nats, compressed lengths in bits)")
+    statistics: dict[str, float] = Field(
+        description="the per-image statistics the score is built from (ELBO and KL in nats, compressed lengths in bits)"
+    )
 
 
 class AnomalyResponse(BaseModel):
@@ -167,8 +173,9 @@ class ModelCard(BaseModel):
     likelihood: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
-    prior: dict[str, Any] = Field(description="p(z): name (standard_normal, mog or vamp), components (K; 1 for "
-                                  "N(0, I)) and description")
+    prior: dict[str, Any] = Field(
+        description="p(z): name (standard_normal, mog or vamp), components (K; 1 for N(0, I)) and description"
+    )
     limits: dict[str, int]
 
 
@@ -180,7 +187,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "the model has no anomaly calibration (export it again, or run python -m export.calibrate on it)",
         408: "the request body did not arrive within VAE_BODY_TIMEOUT_S",
         413: "body over VAE_MAX_UPLOAD_BYTES (VAE_MAX_JSON_BYTES for JSON), an image over VAE_MAX_IMAGE_PIXELS, "
-             "or a request over VAE_MAX_REQUEST_PIXELS",
+        "or a request over VAE_MAX_REQUEST_PIXELS",
         415: "unsupported media type",
         422: "bad parameters or latents, or an image too costly to decode",
         429: "too many model calls or uploads in flight, or the decoders' queue is full; retry later",
@@ -202,37 +209,61 @@ class EncodeQuery(QueryModel):
 class ElboQuery(QueryModel):
     k: int = Field(1, ge=1, description="importance samples (1..VAE_MAX_K); k > 1 adds the IWAE estimate of log p(x)")
     seed: int = SeedField
-    binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation "
-                                      "(default: the model's test-set seed, as vae-eval uses)")
-    estimator: Estimator = Field("importance", description="importance: z ~ q(z|x), the IWAE bound; prior: "
-                                 "z ~ p(z), the model's prior, the naive Monte Carlo estimate (docs/design/sampling.md)")
+    binarize_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="seed of the binarisation (default: the model's test-set seed, as vae-eval uses)",
+    )
+    estimator: Estimator = Field(
+        "importance",
+        description="importance: z ~ q(z|x), the IWAE bound; prior: "
+        "z ~ p(z), the model's prior, the naive Monte Carlo estimate (docs/design/sampling.md)",
+    )
 
 
 class AnomalyQuery(QueryModel):
-    fpr: float | None = Field(None, gt=0, lt=1, description="false-positive rate of is_anomaly, at least one "
-                              "over the reference images (default: the manifest's, 0.01)")
+    fpr: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="false-positive rate of is_anomaly, at least one "
+        "over the reference images (default: the manifest's, 0.01)",
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise (default: the calibration's)")
-    binarize_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the binarisation (default: "
-                                      "the calibration's)")
+    binarize_seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the binarisation (default: the calibration's)"
+    )
 
 
 class ReconstructQuery(QueryModel):
-    format: Literal["png", "json"] = Field("png", description="png: one PNG (a grid when several images were "
-                                           "sent); json: one base64 PNG per image")
+    format: Literal["png", "json"] = Field(
+        "png", description="png: one PNG (a grid when several images were sent); json: one base64 PNG per image"
+    )
 
 
 class DecodeQuery(QueryModel):
-    format: Literal["json", "png", "grid"] = Field("json", description="json: base64 PNG per row; png: one PNG "
-                                                   "(exactly one row); grid: one PNG grid")
+    format: Literal["json", "png", "grid"] = Field(
+        "json", description="json: base64 PNG per row; png: one PNG (exactly one row); grid: one PNG grid"
+    )
     pixels: bool = Field(False, description="json only: include E[x|z] as numbers")
 
 
 class SampleQuery(QueryModel):
     n: int = Field(16, ge=1, description="number of samples, 1..VAE_MAX_BATCH")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="the same seed gives byte-identical output; "
-                             "omitted: a random seed, returned in X-Seed")
-    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False,
-                               description="scale of the prior's standard deviation (of each component's, for "
-                               "a mixture prior), 0 < t <= 10")
-    format: Literal["png", "json"] = Field("png", description="png: one grid to look at; json: base64 PNG and "
-                                           "latents per sample")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="the same seed gives byte-identical output; omitted: a random seed, returned in X-Seed",
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        allow_inf_nan=False,
+        description="scale of the prior's standard deviation (of each component's, for a mixture prior), 0 < t <= 10",
+    )
+    format: Literal["png", "json"] = Field(
+        "png", description="png: one grid to look at; json: base64 PNG and latents per sample"
+    )

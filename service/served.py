@@ -7,8 +7,9 @@ keeps it until it finishes, so a live swap never moves a running request to anot
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -69,8 +70,11 @@ class ServedModel:
         served = cls(manifest.name, manifest.version, engine, settings, metrics)
         if settings.micro_batch:  # a batch is one model call: inline when small, else on a worker thread
             calls, encode = served.calls, engine.model.encode
-            served.batcher = MicroBatcher(lambda pixels: calls("encode", len(pixels), encode, pixels),
-                                          max_rows=settings.max_batch, max_wait_s=settings.micro_batch_wait_ms / 1000)
+            served.batcher = MicroBatcher(
+                lambda pixels: calls("encode", len(pixels), encode, pixels),
+                max_rows=settings.max_batch,
+                max_wait_s=settings.micro_batch_wait_ms / 1000,
+            )
         return served
 
     def close(self) -> None:
@@ -96,8 +100,13 @@ class ServedModel:
         limit and deadline live in the observability middleware) never holds one."""
         if self.in_flight >= self.settings.max_in_flight:
             self.metrics.rejected.inc()
-            raise ApiError(429, "overloaded", f"more than {self.settings.max_in_flight} model calls in flight on "
-                           f"{self.name} {self.version}; retry shortly", headers={"Retry-After": "1"})
+            raise ApiError(
+                429,
+                "overloaded",
+                f"more than {self.settings.max_in_flight} model calls in flight on "
+                f"{self.name} {self.version}; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         self.in_flight += 1
         self.metrics.in_flight.inc()
 

@@ -32,82 +32,180 @@ OTHER_VARIABLES = {
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
 
-    model_repository: Path | None = Field(None, description="serve every model in DIR/<name>/<version>/ (each "
-                                          "version directory as vae-export writes it); default: the bundled "
-                                          "repository artifacts/")
-    model_dir: Path | None = Field(None, description="serve one directory written by vae-export instead: a "
-                                   "repository of one model, named by its manifest; wins over "
-                                   "VAE_MODEL_REPOSITORY, so an image's repository can be replaced by a mount")
-    default_model: str | None = Field(None, description="the model the plain routes (/encode, /sample, ...) "
-                                      "serve; default: the repository's only model, else fashion-mnist-vae (the "
-                                      "bundled default) when the repository holds it")
-    admin_token: SecretStr | None = Field(None, description="bearer token of the repository control routes "
-                                          "(/v2/repository/...); without it they answer 403")
-    repository_control: Literal["token", "open"] = Field("token", description="open: the repository control "
-                                                         "routes work without a token (only for a trusted network)")
-    repository_poll_s: float | None = Field(None, gt=0, description="re-scan the repository every this many "
-                                            "seconds and apply what changed; default: only on load requests")
+    model_repository: Path | None = Field(
+        None,
+        description="serve every model in DIR/<name>/<version>/ (each "
+        "version directory as vae-export writes it); default: the bundled "
+        "repository artifacts/",
+    )
+    model_dir: Path | None = Field(
+        None,
+        description="serve one directory written by vae-export instead: a "
+        "repository of one model, named by its manifest; wins over "
+        "VAE_MODEL_REPOSITORY, so an image's repository can be replaced by a mount",
+    )
+    default_model: str | None = Field(
+        None,
+        description="the model the plain routes (/encode, /sample, ...) "
+        "serve; default: the repository's only model, else fashion-mnist-vae (the "
+        "bundled default) when the repository holds it",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="bearer token of the repository control routes (/v2/repository/...); without it they answer 403",
+    )
+    repository_control: Literal["token", "open"] = Field(
+        "token", description="open: the repository control routes work without a token (only for a trusted network)"
+    )
+    repository_poll_s: float | None = Field(
+        None,
+        gt=0,
+        description="re-scan the repository every this many "
+        "seconds and apply what changed; default: only on load requests",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="largest request body accepted")
-    max_json_bytes: int = Field(262_144, gt=0, description="largest JSON body (/decode's latents: max_batch x "
-                                "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB")
-    max_response_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest response to an inference "
-                                    "request of the open inference protocol, reckoned before it is built; over it "
-                                    "the request is refused with the sizes to ask for instead")
-    max_image_pixels: int = Field(4_194_304, gt=0, description="largest image (width x height) decoded, "
-                                  "checked on the header; 2048x2048 is ample for a model that sees 28x28")
-    max_request_pixels: int = Field(16_777_216, gt=0, description="most declared pixels over all of a request's "
-                                    "images, checked on the headers before any is decoded: four full-size images; "
-                                    "64 images at the per-image limit would be a quarter of a billion pixels")
-    max_jpeg_scans: int = Field(64, gt=0, le=4096, description="most scans in one JPEG; each progressive scan "
-                                "costs a pass over the image and libjpeg's standard scripts use 6 to 10")
-    decode_workers: int = Field(2, gt=0, le=64, description="decoder processes for images over the inline size; "
-                                "processes, not threads, so a decode past its deadline can be killed")
-    decode_queue: int = Field(32, ge=0, le=4096, description="requests that may wait for a decoder process "
-                              "before more are answered 429 at once")
-    decode_timeout_s: float = Field(3.0, gt=0, le=600, description="deadline for decoding one request's "
-                                    "images; past it the decoder process is killed and the request gets 422. "
-                                    "A 2048x2048 image decodes in about 0.1 s")
-    decode_inline_bytes: int = Field(8192, ge=0, description="images up to this size in bytes (and "
-                                     "VAE_DECODE_INLINE_PIXELS) decode on the event loop, where a 28x28 PNG costs "
-                                     "no more than before; a decoder process round trip costs about 2.5x the CPU "
-                                     "and up to 1 ms (python -m bench.decode_cost)")
-    decode_inline_pixels: int = Field(16_384, ge=0, description="images declaring up to this many pixels (and "
-                                      "VAE_DECODE_INLINE_BYTES) decode on the event loop; 128x128 bounds the stall")
+    max_json_bytes: int = Field(
+        262_144,
+        gt=0,
+        description="largest JSON body (/decode's latents: max_batch x "
+        "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB",
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="largest response to an inference "
+        "request of the open inference protocol, reckoned before it is built; over it "
+        "the request is refused with the sizes to ask for instead",
+    )
+    max_image_pixels: int = Field(
+        4_194_304,
+        gt=0,
+        description="largest image (width x height) decoded, "
+        "checked on the header; 2048x2048 is ample for a model that sees 28x28",
+    )
+    max_request_pixels: int = Field(
+        16_777_216,
+        gt=0,
+        description="most declared pixels over all of a request's "
+        "images, checked on the headers before any is decoded: four full-size images; "
+        "64 images at the per-image limit would be a quarter of a billion pixels",
+    )
+    max_jpeg_scans: int = Field(
+        64,
+        gt=0,
+        le=4096,
+        description="most scans in one JPEG; each progressive scan "
+        "costs a pass over the image and libjpeg's standard scripts use 6 to 10",
+    )
+    decode_workers: int = Field(
+        2,
+        gt=0,
+        le=64,
+        description="decoder processes for images over the inline size; "
+        "processes, not threads, so a decode past its deadline can be killed",
+    )
+    decode_queue: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="requests that may wait for a decoder process before more are answered 429 at once",
+    )
+    decode_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        le=600,
+        description="deadline for decoding one request's "
+        "images; past it the decoder process is killed and the request gets 422. "
+        "A 2048x2048 image decodes in about 0.1 s",
+    )
+    decode_inline_bytes: int = Field(
+        8192,
+        ge=0,
+        description="images up to this size in bytes (and "
+        "VAE_DECODE_INLINE_PIXELS) decode on the event loop, where a 28x28 PNG costs "
+        "no more than before; a decoder process round trip costs about 2.5x the CPU "
+        "and up to 1 ms (python -m bench.decode_cost)",
+    )
+    decode_inline_pixels: int = Field(
+        16_384,
+        ge=0,
+        description="images declaring up to this many pixels (and "
+        "VAE_DECODE_INLINE_BYTES) decode on the event loop; 128x128 bounds the stall",
+    )
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
     max_k: int = Field(5000, gt=0, le=100_000, description="most importance samples for /elbo")
     intra_op_threads: int = Field(1, gt=0, le=256, description="onnxruntime threads per worker")
-    inference_threads: int = Field(2, gt=0, le=256, description="model calls run at once per worker, off the "
-                                   "event loop; more only adds memory (each call holds its activations) on few cores")
+    inference_threads: int = Field(
+        2,
+        gt=0,
+        le=256,
+        description="model calls run at once per worker, off the "
+        "event loop; more only adds memory (each call holds its activations) on few cores",
+    )
     workers: int = Field(1, gt=0, le=64, description="uvicorn worker processes")
-    max_in_flight: int = Field(64, gt=0, description="model calls running or queued per worker before "
-                               "429 (counted around the model work, not the upload)")
-    max_uploads: int = Field(128, gt=0, description="request bodies being received at once per worker before "
-                             "429; separate from max_in_flight so slow uploads cannot starve the model. "
-                             "Bounds the bodies in transit to max_uploads x max_upload_bytes")
-    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this many "
-                                  "seconds of its headers, else 408: a 10 MiB body then needs 350 kB/s, and a "
-                                  "slow sender holds an upload slot at most this long")
-    header_timeout_s: float = Field(10.0, gt=0, description="a connection's request line and headers must "
-                                    "arrive within this many seconds, else it is closed")
+    max_in_flight: int = Field(
+        64,
+        gt=0,
+        description="model calls running or queued per worker before "
+        "429 (counted around the model work, not the upload)",
+    )
+    max_uploads: int = Field(
+        128,
+        gt=0,
+        description="request bodies being received at once per worker before "
+        "429; separate from max_in_flight so slow uploads cannot starve the model. "
+        "Bounds the bodies in transit to max_uploads x max_upload_bytes",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a request body must arrive within this many "
+        "seconds of its headers, else 408: a 10 MiB body then needs 350 kB/s, and a "
+        "slow sender holds an upload slot at most this long",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection's request line and headers must arrive within this many seconds, else it is closed",
+    )
     max_header_bytes: int = Field(16384, gt=0, description="request line and headers, in bytes, before 431")
     max_headers: int = Field(100, gt=0, description="request headers before 431")
-    inline_cost: int = Field(64, ge=0, description="model work of at most this many rows (images or latents; "
-                             "/elbo counts images x (k + 1)) runs on the event loop instead of a worker thread, "
-                             "where the thread hop would cost more than the work")
-    micro_batch: bool = Field(True, description="coalesce concurrent /encode requests into one onnxruntime "
-                              "call; on because the interleaved benchmark measured more requests/s with it at "
-                              "c=32 and c=64 and no worse p99 at c=1 (docs/benchmarks.md)")
-    micro_batch_wait_ms: float = Field(0.0, ge=0, le=100, description="how long a batch waits for more "
-                                       "requests; 0 = only what arrived in the same event-loop tick")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe level "
-                                                                    "logged; any case")
-    log_json: bool = Field(False, description="one JSON object per log line (time, level, logger, request_id, "
-                           "message) instead of text")
-    access_log: bool = Field(False, description="one log line per request; off because of its cost per request "
-                             "(`access_log_cost_us` in bench/results/inprocess.json, from `python -m bench.inprocess`); "
-                             "metrics count every request anyway")
-    cors_origins: list[str] = Field(default_factory=list, description='JSON list of origins allowed to call the '
-                                    'API from a browser, e.g. ["https://a.example"]; empty: no CORS headers')
+    inline_cost: int = Field(
+        64,
+        ge=0,
+        description="model work of at most this many rows (images or latents; "
+        "/elbo counts images x (k + 1)) runs on the event loop instead of a worker thread, "
+        "where the thread hop would cost more than the work",
+    )
+    micro_batch: bool = Field(
+        True,
+        description="coalesce concurrent /encode requests into one onnxruntime "
+        "call; on because the interleaved benchmark measured more requests/s with it at "
+        "c=32 and c=64 and no worse p99 at c=1 (docs/benchmarks.md)",
+    )
+    micro_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="how long a batch waits for more requests; 0 = only what arrived in the same event-loop tick",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe level logged; any case"
+    )
+    log_json: bool = Field(
+        False, description="one JSON object per log line (time, level, logger, request_id, message) instead of text"
+    )
+    access_log: bool = Field(
+        False,
+        description="one log line per request; off because of its cost per request "
+        "(`access_log_cost_us` in bench/results/inprocess.json, from `python -m bench.inprocess`); "
+        "metrics count every request anyway",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="JSON list of origins allowed to call the "
+        'API from a browser, e.g. ["https://a.example"]; empty: no CORS headers',
+    )
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
 
@@ -132,8 +230,12 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  VAE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
-                 else f"  {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+        lines = [
+            f"  VAE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"  {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
         raise SettingsError("invalid vae-service settings:\n" + "\n".join(lines)) from None
 
 

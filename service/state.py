@@ -44,7 +44,7 @@ class AppState:
         if name is None:
             return "no default model: set VAE_DEFAULT_MODEL to one of the repository's models"
         if self.registry.unloaded(name):
-            return (f"the model {name} was unloaded; POST /v2/repository/models/{name}/load serves it again")
+            return f"the model {name} was unloaded; POST /v2/repository/models/{name}/load serves it again"
         return f"the model {name} failed to load; see the server log"
 
     def resolve(self, name: str | None = None, version: str | None = None) -> ServedModel:

@@ -47,8 +47,10 @@ def _settings() -> Settings:
 
 def _rejection(status: str, code: str, message: str) -> bytes:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _LingeringTransport:
@@ -123,8 +125,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._reject_headers()
         # still in the same body (a message that completed reset the counts): its framing so far
         elif in_body and not self._awaiting_headers and self._excess_framing() > MAX_EXCESS_FRAMING:
-            self._reject_body("the chunked body spends too many bytes on framing (chunk extensions or sizes): "
-                              f"more than {MAX_EXCESS_FRAMING} bytes beyond 16 per chunk and twice the data")
+            self._reject_body(
+                "the chunked body spends too many bytes on framing (chunk extensions or sizes): "
+                f"more than {MAX_EXCESS_FRAMING} bytes beyond 16 per chunk and twice the data"
+            )
 
     def _excess_framing(self) -> int:
         framing = self._raw_body_bytes - self._body_bytes
@@ -146,8 +150,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._transfer_encodings += 1
             self._chunked = True
             if self._transfer_encodings > 1 or value.strip().lower() != b"chunked":
-                self._reject_body("Transfer-Encoding must be exactly 'chunked' (once), or absent with a "
-                                  "Content-Length: no other transfer coding is accepted")
+                self._reject_body(
+                    "Transfer-Encoding must be exactly 'chunked' (once), or absent with a "
+                    "Content-Length: no other transfer coding is accepted"
+                )
         if not self._rejected:
             super().on_header(name, value)
 
@@ -230,9 +236,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._rejected = True
         self._stop_header_timer()
-        log.info("request headers over the limit (%d headers, %d bytes allowed); connection closed",
-                 self.max_headers, self.max_header_bytes)
-        self.transport.write(_rejection("431 Request Header Fields Too Large", "headers_too_large",
-                                        f"request headers exceed {self.max_headers} headers or "
-                                        f"{self.max_header_bytes} bytes"))
+        log.info(
+            "request headers over the limit (%d headers, %d bytes allowed); connection closed",
+            self.max_headers,
+            self.max_header_bytes,
+        )
+        self.transport.write(
+            _rejection(
+                "431 Request Header Fields Too Large",
+                "headers_too_large",
+                f"request headers exceed {self.max_headers} headers or {self.max_header_bytes} bytes",
+            )
+        )
         self.transport.close()

@@ -15,10 +15,20 @@ from model.core.preprocess import PreprocessContract
 from service.decoding import ImageDecoder
 from service.errors import ApiError, bad_request, unprocessable
 
-IMAGE_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif",
-               "image/tiff"}
-ACCEPTED = "a raw body with Content-Type image/png, image/jpeg, image/webp, image/bmp, image/gif or image/tiff, " \
-           "or multipart/form-data with parts named 'file'"
+IMAGE_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/webp",
+    "image/bmp",
+    "image/x-ms-bmp",
+    "image/gif",
+    "image/tiff",
+}
+ACCEPTED = (
+    "a raw body with Content-Type image/png, image/jpeg, image/webp, image/bmp, image/gif or image/tiff, "
+    "or multipart/form-data with parts named 'file'"
+)
 
 
 def too_large(limit: int, setting: str = "VAE_MAX_UPLOAD_BYTES") -> ApiError:
@@ -38,8 +48,9 @@ async def read_body(request: Request, limit: int, setting: str = "VAE_MAX_UPLOAD
     return b"".join(chunks)
 
 
-async def read_images(request: Request, contract: PreprocessContract, decoder: ImageDecoder, max_bytes: int,
-                      max_batch: int) -> np.ndarray:
+async def read_images(
+    request: Request, contract: PreprocessContract, decoder: ImageDecoder, max_bytes: int, max_batch: int
+) -> np.ndarray:
     """The request's images as (N, C, H, W) float32 in [0, 1], after the preprocessing contract."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type in IMAGE_TYPES:
@@ -75,4 +86,3 @@ async def _multipart_files(request: Request, max_bytes: int, max_batch: int) -> 
         return [await part.read() for part in files]
     finally:
         await form.close()
-

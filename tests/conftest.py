@@ -21,7 +21,7 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
     for image in images:
         top, left = rng.integers(0, size // 2, 2)
         height, width = rng.integers(size // 4, size // 2 + 1, 2)
-        image[top:top + height, left:left + width] = rng.integers(180, 256)
+        image[top : top + height, left : left + width] = rng.integers(180, 256)
     return images
 
 

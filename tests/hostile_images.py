@@ -23,7 +23,7 @@ def _segments(jpeg: bytes) -> list[tuple[int, int]]:
         code = jpeg[position + 1]
         if code == 0xD9:
             break
-        end = position + 2 + int.from_bytes(jpeg[position + 2:position + 4], "big")
+        end = position + 2 + int.from_bytes(jpeg[position + 2 : position + 4], "big")
         if code == 0xDA:  # entropy-coded data: to the next 0xFF that is not stuffing or a restart
             while not (jpeg[end] == 0xFF and jpeg[end + 1] not in (0x00, *range(0xD0, 0xD8))):
                 end += 1
@@ -66,12 +66,23 @@ def many_page_tiff(pages: int, side: int = 28) -> bytes:
     out = bytearray(b"II*\x00" + struct.pack("<I", first_ifd) + strip)
     for page in range(pages):
         following = first_ifd + (page + 1) * ifd_size if page + 1 < pages else 0
-        entries = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-                   (273, 4, 1, pixels_at), (278, 3, 1, side), (279, 4, 1, len(strip))]
+        entries = [
+            (256, 3, 1, side),
+            (257, 3, 1, side),
+            (258, 3, 1, 8),
+            (259, 3, 1, 1),
+            (262, 3, 1, 1),
+            (273, 4, 1, pixels_at),
+            (278, 3, 1, side),
+            (279, 4, 1, len(strip)),
+        ]
         out += struct.pack("<H", entry_count)
         for tag, kind, count, value in entries:
-            out += struct.pack("<HHII", tag, kind, count, value) if kind == 4 else \
-                struct.pack("<HHIHH", tag, kind, count, value, 0)
+            out += (
+                struct.pack("<HHII", tag, kind, count, value)
+                if kind == 4
+                else struct.pack("<HHIHH", tag, kind, count, value, 0)
+            )
         out += struct.pack("<I", following)
     return bytes(out)
 

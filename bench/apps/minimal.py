@@ -13,8 +13,9 @@ from PIL import Image
 
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
-session = ort.InferenceSession(os.path.join(os.environ["VAE_MODEL_DIR"], "encoder.onnx"), options,
-                               providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(
+    os.path.join(os.environ["VAE_MODEL_DIR"], "encoder.onnx"), options, providers=["CPUExecutionProvider"]
+)
 app = FastAPI()
 
 
@@ -23,5 +24,4 @@ async def encode(request: Request) -> Response:
     image = Image.open(io.BytesIO(await request.body())).convert("L")
     x = (np.asarray(image, dtype=np.float32) / 255.0)[None, None]
     mean, logvar = session.run(None, {"image": x})
-    return Response(json.dumps({"mean": mean[0].tolist(), "logvar": logvar[0].tolist()}),
-                    media_type="application/json")
+    return Response(json.dumps({"mean": mean[0].tolist(), "logvar": logvar[0].tolist()}), media_type="application/json")

@@ -22,8 +22,9 @@ import yaml
 PLAYED = ("ConfigMap", "Deployment")
 
 
-def for_podman(documents: list[dict[str, Any]], name: str, image: str, host_port: int,
-               settings: dict[str, str]) -> list[dict[str, Any]]:
+def for_podman(
+    documents: list[dict[str, Any]], name: str, image: str, host_port: int, settings: dict[str, str]
+) -> list[dict[str, Any]]:
     kept = [d for d in documents if d.get("kind") in PLAYED]
     for document in kept:
         if document["kind"] == "ConfigMap":
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = dict(item.split("=", 1) for item in args.set)
     documents = [d for d in yaml.safe_load_all(sys.stdin) if d]
-    yaml.safe_dump_all(for_podman(documents, args.name, args.image, args.host_port, settings), sys.stdout, sort_keys=False)
+    yaml.safe_dump_all(
+        for_podman(documents, args.name, args.image, args.host_port, settings), sys.stdout, sort_keys=False
+    )
     return 0
 
 

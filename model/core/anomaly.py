@@ -35,8 +35,15 @@ CALIBRATION_FILE = "anomaly.json"
 FORMAT_VERSION = 1
 LN2 = math.log(2.0)
 # What one statistics pass computes per image; a score uses some of them.
-STATISTICS = ("elbo", "reconstruction", "kl", "latent_norm", "posterior_logvar", "complexity_bits",
-              "data_complexity_bits")
+STATISTICS = (
+    "elbo",
+    "reconstruction",
+    "kl",
+    "latent_norm",
+    "posterior_logvar",
+    "complexity_bits",
+    "data_complexity_bits",
+)
 PNG_LEVEL = 9  # the compressor is part of the score: fixed, and recorded with the calibration
 
 
@@ -47,13 +54,15 @@ def compressed_bits(images: np.ndarray) -> np.ndarray:
     for i, image in enumerate(levels):
         buffer = io.BytesIO()
         Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(
-            buffer, format="PNG", compress_level=PNG_LEVEL)
+            buffer, format="PNG", compress_level=PNG_LEVEL
+        )
         bits[i] = 8.0 * buffer.tell()
     return bits
 
 
-def statistics(backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray, seed: int,
-               binarize_seed: int) -> dict[str, np.ndarray]:
+def statistics(
+    backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray, seed: int, binarize_seed: int
+) -> dict[str, np.ndarray]:
     """The per-image statistics (N,) of `STATISTICS` for images (N, C, H, W) in [0, 1]: the k=1 ELBO pass
     of `/elbo` (same content-keyed streams), the posterior it encoded, and two compressed lengths: of
     the 8-bit image and of the data the likelihood scores (binarised or dequantised)."""
@@ -133,8 +142,14 @@ class TypicalityScore:
     precision: np.ndarray | None = field(default=None, repr=False)  # gaussian: (S, S)
 
     @classmethod
-    def fit(cls, stats: dict[str, np.ndarray], statistics: tuple[str, ...], estimator: str = "kde",
-            points: int = 2000, seed: int = 0) -> TypicalityScore:
+    def fit(
+        cls,
+        stats: dict[str, np.ndarray],
+        statistics: tuple[str, ...],
+        estimator: str = "kde",
+        points: int = 2000,
+        seed: int = 0,
+    ) -> TypicalityScore:
         if estimator not in ("kde", "gaussian"):
             raise ValueError(f"estimator must be 'kde' or 'gaussian', not {estimator!r}")
         values = _matrix(stats, statistics)  # (N, S)
@@ -147,8 +162,9 @@ class TypicalityScore:
         if estimator == "gaussian":
             covariance = np.cov(standard, rowvar=False).reshape(len(statistics), len(statistics))
             covariance += 1e-6 * np.eye(len(statistics))
-            return cls(statistics, estimator, center, scale, mean=standard.mean(axis=0),
-                       precision=np.linalg.inv(covariance))
+            return cls(
+                statistics, estimator, center, scale, mean=standard.mean(axis=0), precision=np.linalg.inv(covariance)
+            )
         chosen = standard[np.random.default_rng(seed).permutation(len(standard))[:points]]  # (M, S)
         chosen = np.asarray(_rounded(chosen), dtype=np.float64)  # as stored, so a reloaded score is this one
         bandwidth = 1.06 * chosen.std(axis=0) * len(chosen) ** -0.2  # Scott's rule
@@ -164,24 +180,42 @@ class TypicalityScore:
             u = (standard[:, s, None] - self.points[None, :, s]) / self.bandwidth[s]  # (N, M)
             log_kernel = -0.5 * u * u
             top = np.max(log_kernel, axis=1)
-            log_density = (top + np.log(np.sum(np.exp(log_kernel - top[:, None]), axis=1))
-                           - math.log(len(self.points)) - math.log(self.bandwidth[s]) - 0.5 * math.log(2 * math.pi))
+            log_density = (
+                top
+                + np.log(np.sum(np.exp(log_kernel - top[:, None]), axis=1))
+                - math.log(len(self.points))
+                - math.log(self.bandwidth[s])
+                - 0.5 * math.log(2 * math.pi)
+            )
             total -= log_density
         return total
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "statistics": list(self.statistics), "estimator": self.estimator,
-                                "center": self.center.tolist(), "scale": self.scale.tolist()}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "statistics": list(self.statistics),
+            "estimator": self.estimator,
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+        }
         if self.estimator == "gaussian":
             return {**data, "mean": self.mean.tolist(), "precision": self.precision.tolist()}
         return {**data, "bandwidth": self.bandwidth.tolist(), "points": _rounded(self.points)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TypicalityScore:
-        optional = {key: np.asarray(data[key], dtype=np.float64) for key in ("points", "bandwidth", "mean", "precision")
-                    if key in data}
-        return cls(tuple(data["statistics"]), data["estimator"], np.asarray(data["center"], dtype=np.float64),
-                   np.asarray(data["scale"], dtype=np.float64), **optional)
+        optional = {
+            key: np.asarray(data[key], dtype=np.float64)
+            for key in ("points", "bandwidth", "mean", "precision")
+            if key in data
+        }
+        return cls(
+            tuple(data["statistics"]),
+            data["estimator"],
+            np.asarray(data["center"], dtype=np.float64),
+            np.asarray(data["scale"], dtype=np.float64),
+            **optional,
+        )
 
 
 def _matrix(stats: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
@@ -216,8 +250,9 @@ class Calibration:
     data: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, score: Score, reference_stats: dict[str, np.ndarray], seed: int, binarize_seed: int,
-              data: dict[str, Any]) -> Calibration:
+    def build(
+        cls, score: Score, reference_stats: dict[str, np.ndarray], seed: int, binarize_seed: int, data: dict[str, Any]
+    ) -> Calibration:
         return cls(score, np.sort(score(reference_stats)), seed, binarize_seed, data)
 
     def percentile(self, scores: np.ndarray) -> np.ndarray:
@@ -233,9 +268,22 @@ class Calibration:
         return float(self.reference[index])
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT_VERSION, "statistics": list(STATISTICS), "png_level": PNG_LEVEL,
-                           "score": self.score.to_dict(), "seed": self.seed, "binarize_seed": self.binarize_seed,
-                           "data": self.data, "reference": _rounded(self.reference)}, separators=(",", ":")) + "\n"
+        return (
+            json.dumps(
+                {
+                    "format": FORMAT_VERSION,
+                    "statistics": list(STATISTICS),
+                    "png_level": PNG_LEVEL,
+                    "score": self.score.to_dict(),
+                    "seed": self.seed,
+                    "binarize_seed": self.binarize_seed,
+                    "data": self.data,
+                    "reference": _rounded(self.reference),
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Calibration:
@@ -245,5 +293,10 @@ class Calibration:
         reference = np.sort(np.asarray(raw["reference"], dtype=np.float64))
         if reference.ndim != 1 or len(reference) == 0 or not np.all(np.isfinite(reference)):
             raise ValueError("anomaly calibration holds no finite reference scores")
-        return cls(score_from_dict(raw["score"]), reference, int(raw["seed"]), int(raw["binarize_seed"]),
-                   dict(raw.get("data", {})))
+        return cls(
+            score_from_dict(raw["score"]),
+            reference,
+            int(raw["seed"]),
+            int(raw["binarize_seed"]),
+            dict(raw.get("data", {})),
+        )

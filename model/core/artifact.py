@@ -79,16 +79,19 @@ def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
-        raise ModelLoadError(f"{manifest_path} not found: point VAE_MODEL_DIR (or --model-dir) at a directory "
-                             "written by vae-export")
+        raise ModelLoadError(
+            f"{manifest_path} not found: point VAE_MODEL_DIR (or --model-dir) at a directory written by vae-export"
+        )
     try:
         manifest = Manifest.read(manifest_path)
     except (ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{manifest_path} is not a valid vae-service manifest: {exc}") from exc
     problem = parity_problem(manifest.parity)
     if problem:
-        raise ModelLoadError(f"{manifest_path}: {problem}; the graphs may not compute what the model does. "
-                             "Refusing to serve them: re-export the model with vae-export.")
+        raise ModelLoadError(
+            f"{manifest_path}: {problem}; the graphs may not compute what the model does. "
+            "Refusing to serve them: re-export the model with vae-export."
+        )
     return open_graphs(directory, manifest, threads, variant)
 
 
@@ -105,8 +108,14 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
     options = session_options(threads)
     encoder, decoder = (_session(directory, info, options) for info in graphs)
     prior = None if manifest.prior is None else load_prior(directory, manifest.prior, manifest.latent_dim, options)
-    return OnnxVAE(manifest=manifest, encoder=encoder, decoder=decoder, directory=directory,
-                   anomaly=load_calibration(directory, manifest), prior=prior)
+    return OnnxVAE(
+        manifest=manifest,
+        encoder=encoder,
+        decoder=decoder,
+        directory=directory,
+        anomaly=load_calibration(directory, manifest),
+        prior=prior,
+    )
 
 
 def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.SessionOptions) -> Mixture:
@@ -115,8 +124,10 @@ def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.S
     session = _session(directory, spec.graph, options)
     path = directory / spec.graph.file
     if list(spec.graph.outputs) != list(PRIOR_OUTPUTS) or list(spec.graph.inputs) != ["z"]:
-        raise ModelLoadError(f"{path}: a prior graph maps z to {', '.join(PRIOR_OUTPUTS)}; the manifest declares "
-                             f"{list(spec.graph.inputs)} to {list(spec.graph.outputs)}")
+        raise ModelLoadError(
+            f"{path}: a prior graph maps z to {', '.join(PRIOR_OUTPUTS)}; the manifest declares "
+            f"{list(spec.graph.inputs)} to {list(spec.graph.outputs)}"
+        )
 
     def log_prob(z: np.ndarray) -> np.ndarray:
         return session.run(["log_prob"], {"z": z})[0]  # (N,)
@@ -127,15 +138,18 @@ def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.S
     except Exception as exc:  # onnxruntime's own errors, or parameters that are not a mixture
         raise ModelLoadError(f"{path} does not compute a prior over {latent_dim} latent dimensions: {exc}") from exc
     if prior.means.shape != (spec.components, latent_dim):
-        raise ModelLoadError(f"{path} holds {prior.components} components over {prior.latent_dim} dimensions; the "
-                             f"manifest says {spec.components} over {latent_dim}")
+        raise ModelLoadError(
+            f"{path} holds {prior.components} components over {prior.latent_dim} dimensions; the "
+            f"manifest says {spec.components} over {latent_dim}"
+        )
     # The parameters drive sampling and the graph drives scoring: they must be the same mixture.
     probe = np.concatenate([np.zeros((1, latent_dim), dtype=np.float32), prior.means])  # (1 + K, D)
     graph, expected = prior.log_prob(probe), prior.numpy_log_prob(probe)
     if not np.allclose(graph, expected, rtol=1e-5, atol=1e-3):
         worst = float(np.max(np.abs(graph - expected)))
-        raise ModelLoadError(f"{path}: its log_prob differs from the mixture it outputs by up to {worst:.3g} nats; "
-                             "re-export the model")
+        raise ModelLoadError(
+            f"{path}: its log_prob differs from the mixture it outputs by up to {worst:.3g} nats; re-export the model"
+        )
     return prior
 
 
@@ -149,8 +163,10 @@ def load_calibration(directory: Path, manifest: Manifest) -> Calibration | None:
     try:
         return Calibration.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{path} is not a valid anomaly calibration ({exc}); re-run "
-                             "python -m export.calibrate on the model directory") from exc
+        raise ModelLoadError(
+            f"{path} is not a valid anomaly calibration ({exc}); re-run "
+            "python -m export.calibrate on the model directory"
+        ) from exc
 
 
 def _checked_bytes(path: Path, sha256: str, what: str) -> bytes:
@@ -161,8 +177,10 @@ def _checked_bytes(path: Path, sha256: str, what: str) -> bytes:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
-        raise ModelIntegrityError(f"{path}: SHA-256 is {actual} but the manifest says {sha256}; the {what} "
-                                  "was modified or corrupted. Refusing to serve it: re-export the model.")
+        raise ModelIntegrityError(
+            f"{path}: SHA-256 is {actual} but the manifest says {sha256}; the {what} "
+            "was modified or corrupted. Refusing to serve it: re-export the model."
+        )
     return data
 
 
@@ -176,6 +194,8 @@ def _session(directory: Path, info: GraphInfo, options: ort.SessionOptions) -> o
     names_in = [i.name for i in session.get_inputs()]
     names_out = [o.name for o in session.get_outputs()]
     if names_in != list(info.inputs) or names_out != list(info.outputs):
-        raise ModelLoadError(f"{path} has inputs {names_in} and outputs {names_out}; the manifest declares "
-                             f"{list(info.inputs)} and {list(info.outputs)}")
+        raise ModelLoadError(
+            f"{path} has inputs {names_in} and outputs {names_out}; the manifest declares "
+            f"{list(info.inputs)} and {list(info.outputs)}"
+        )
     return session

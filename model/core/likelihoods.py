@@ -105,8 +105,10 @@ class Bernoulli(Likelihood):
         return torch.bernoulli(batch, generator=generator)
 
     def describe_draw(self, seed: int) -> str:
-        return (f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {seed} and its own content "
-                "(binary images are unchanged)")
+        return (
+            f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {seed} and its own content "
+            "(binary images are unchanged)"
+        )
 
 
 # The smallest useful scale, in data units: the standard deviation of the uniform dequantisation noise
@@ -123,8 +125,10 @@ class Gaussian(Likelihood):
     name = "gaussian"
     outputs = ("mean", "log_scale")
     learned_scale = True
-    data_space = ("dequantised 8-bit pixels: (round(255 * pixel) + u) / 256, u ~ U(0, 1); densities reported "
-                  "as 8-bit probabilities (bin 1/256)")
+    data_space = (
+        "dequantised 8-bit pixels: (round(255 * pixel) + u) / 256, u ~ U(0, 1); densities reported "
+        "as 8-bit probabilities (bin 1/256)"
+    )
 
     def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
         return dist.log_gaussian(x, params[0], params[1])
@@ -158,8 +162,10 @@ class Gaussian(Likelihood):
         return (torch.round(batch * 255.0) + torch.rand(batch.shape, generator=generator)) / 256.0
 
     def describe_draw(self, seed: int) -> str:
-        return (f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), each image drawn from seed {seed} "
-                "and its own content; densities are reported as probabilities of the 8-bit image")
+        return (
+            f"dequantised: x = (round(255 * pixel) + u) / 256, u ~ U(0, 1), each image drawn from seed {seed} "
+            "and its own content; densities are reported as probabilities of the 8-bit image"
+        )
 
     def discrete_offset(self, dims: int) -> float:
         return -dims * math.log(256.0)

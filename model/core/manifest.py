@@ -65,8 +65,7 @@ class AnomalySpec(_Strict):
     statistics: list[str] = Field(description="the per-image statistics the score is built from")
     cost: str = Field(description="what the score costs per image, relative to POST /elbo?k=1")
     fpr_default: float = Field(0.01, gt=0, lt=1, description="false-positive rate of is_anomaly by default")
-    calibration: dict[str, Any] = Field(description="the in-distribution images the score was fitted and "
-                                        "referenced on")
+    calibration: dict[str, Any] = Field(description="the in-distribution images the score was fitted and referenced on")
 
 
 class PriorSpec(_Strict):
@@ -124,8 +123,10 @@ def parity_problem(parity: dict[str, Any]) -> str | None:
     beyond its own tolerance means the directory was not written by a successful export."""
     try:
         tolerance = float(parity["tolerance"])
-        figures = {**parity["max_abs_diff"],
-                   **{f"batch.{k}": v for k, v in parity.get("batch_max_abs_diff", {}).items()}}
+        figures = {
+            **parity["max_abs_diff"],
+            **{f"batch.{k}": v for k, v in parity.get("batch_max_abs_diff", {}).items()},
+        }
         figures = {name: float(value) for name, value in figures.items()}
     except (KeyError, TypeError, ValueError, AttributeError):
         return "it records no parity check (tolerance and max_abs_diff)"

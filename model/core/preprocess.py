@@ -86,8 +86,8 @@ class PreprocessContract:
             "frames": "first frame of animated or multi-page images (frames are never counted)",
             "bit_depth": "16-bit grey scaled to 8 bits as round(value / 257); 32-bit integer and float images refused",
             "large_images": f"JPEGs at least twice {height}x{width} are decoded at 1/2, 1/4 or 1/8 scale (libjpeg "
-                            f"DCT scaling) and images at least {REDUCING_GAP:g}x larger are box-reduced by an integer "
-                            "factor before the resize; their pixels differ slightly from a full-size resize",
+            f"DCT scaling) and images at least {REDUCING_GAP:g}x larger are box-reduced by an integer "
+            "factor before the resize; their pixels differ slightly from a full-size resize",
             "alpha": f"composited onto grey level {self.alpha_background} before mode conversion",
             "size": [height, width],
             "resize": f"{self.resize_filter} to exactly {height}x{width} (aspect ratio not kept) when sizes differ",
@@ -117,8 +117,10 @@ def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int = DEFAULT_MAX_J
         raise ImageDecodeError("the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image") from exc
     _check_pixels(*image.size, max_pixels)
     if image.format == "JPEG" and jpeg_scan_count(data, stop_after=max_jpeg_scans) > max_jpeg_scans:
-        raise ImageTooComplexError(f"the JPEG has more than {max_jpeg_scans} scans (a progressive JPEG has "
-                                   "about 10); each scan costs a pass over the whole image")
+        raise ImageTooComplexError(
+            f"the JPEG has more than {max_jpeg_scans} scans (a progressive JPEG has "
+            "about 10); each scan costs a pass over the whole image"
+        )
     return image
 
 
@@ -164,7 +166,7 @@ def jpeg_scan_count(data: bytes, stop_after: int) -> int:
             continue
         if position + 2 > len(data):
             break
-        position += int.from_bytes(data[position:position + 2], "big")  # the segment's own length
+        position += int.from_bytes(data[position : position + 2], "big")  # the segment's own length
         scans += code == 0xDA  # entropy-coded data follows a scan header; the search skips it
     return scans
 
@@ -199,8 +201,12 @@ def image_to_array(image: Image.Image, contract: PreprocessContract) -> np.ndarr
     return pixels * np.float32(1.0 / 255.0)
 
 
-def bytes_to_array(data: bytes, contract: PreprocessContract, max_pixels: int = 40_000_000,
-                   max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS) -> np.ndarray:
+def bytes_to_array(
+    data: bytes,
+    contract: PreprocessContract,
+    max_pixels: int = 40_000_000,
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
+) -> np.ndarray:
     """Decode image bytes and apply the contract."""
     return image_to_array(open_image(data, max_pixels, max_jpeg_scans), contract)
 
@@ -212,8 +218,10 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
         levels = np.asarray(image).astype(np.uint32)  # (H, W)
         return Image.fromarray(((levels + 128) // 257).astype(np.uint8))
     if image.mode in ("I", "F"):
-        raise ImageDecodeError(f"{'32-bit integer' if image.mode == 'I' else 'floating-point'} images have no "
-                               "defined pixel range; send an 8- or 16-bit image")
+        raise ImageDecodeError(
+            f"{'32-bit integer' if image.mode == 'I' else 'floating-point'} images have no "
+            "defined pixel range; send an 8- or 16-bit image"
+        )
     return image
 
 
@@ -249,10 +257,11 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
     count, channels, height, width = images.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / columns))
-    grid = np.zeros((channels, rows * (height + padding) + padding, columns * (width + padding) + padding),
-                    dtype=np.float32)
+    grid = np.zeros(
+        (channels, rows * (height + padding) + padding, columns * (width + padding) + padding), dtype=np.float32
+    )
     for index in range(count):
         row, col = divmod(index, columns)
         top, left = padding + row * (height + padding), padding + col * (width + padding)
-        grid[:, top:top + height, left:left + width] = images[index]
+        grid[:, top : top + height, left : left + width] = images[index]
     return grid

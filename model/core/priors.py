@@ -15,7 +15,7 @@ samples nearer the component means, t -> 0 the means themselves; it is not the t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class Prior(ABC):
         sample of q.  -> (N,) float64"""
 
     def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
-        """n draws at temperature t (module docstring): eps from rng, then the components from rng.  -> (n, D) float32"""
+        """n draws at temperature t (module docstring): eps from rng, then the components from rng.
+        -> (n, D) float32"""
         eps = rng.standard_normal((n, self.latent_dim), dtype=np.float32)  # (n, D)
         return self.from_noise(temperature * eps, rng)
 
@@ -78,13 +79,26 @@ class Mixture(Prior):
     """sum_k w_k N(mu_k, diag(exp(logvar_k))). `log_prob_fn`, when given, computes log p(z) (z float32
     (N, D) -> (N,)), e.g. the artifact's prior.onnx; otherwise numpy does, in float64."""
 
-    def __init__(self, means: np.ndarray, logvars: np.ndarray, log_weights: np.ndarray,
-                 log_prob_fn: Callable[[np.ndarray], np.ndarray] | None = None, name: str = "mixture") -> None:
+    def __init__(
+        self,
+        means: np.ndarray,
+        logvars: np.ndarray,
+        log_weights: np.ndarray,
+        log_prob_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        name: str = "mixture",
+    ) -> None:
         means, logvars = np.asarray(means, dtype=np.float32), np.asarray(logvars, dtype=np.float32)
         log_weights = np.asarray(log_weights, dtype=np.float64)
-        if means.ndim != 2 or means.shape[0] == 0 or logvars.shape != means.shape or log_weights.shape != means.shape[:1]:
-            raise ValueError(f"a mixture needs means and logvars (K, D) and log_weights (K,) with K > 0, not "
-                             f"{means.shape}, {logvars.shape} and {log_weights.shape}")
+        if (
+            means.ndim != 2
+            or means.shape[0] == 0
+            or logvars.shape != means.shape
+            or log_weights.shape != means.shape[:1]
+        ):
+            raise ValueError(
+                f"a mixture needs means and logvars (K, D) and log_weights (K,) with K > 0, not "
+                f"{means.shape}, {logvars.shape} and {log_weights.shape}"
+            )
         if not (np.isfinite(means).all() and np.isfinite(logvars).all() and np.isfinite(log_weights).all()):
             raise ValueError("a mixture's means, logvars and log_weights must be finite")
         total = float(np.logaddexp.reduce(log_weights))
@@ -101,8 +115,10 @@ class Mixture(Prior):
         precision = np.exp(-logvars.astype(np.float64))  # (K, D)
         means64 = means.astype(np.float64)
         self._precision, self._scaled_means = precision, means64 * precision
-        self._constants = ((means64 * self._scaled_means + logvars + dist.LOG_2PI).sum(axis=1)  # (K,)
-                           - 2.0 * log_weights)
+        self._constants = (
+            (means64 * self._scaled_means + logvars + dist.LOG_2PI).sum(axis=1)  # (K,)
+            - 2.0 * log_weights
+        )
 
     @property
     def components(self) -> int:

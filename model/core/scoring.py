@@ -22,9 +22,10 @@ of the weights (`model.core.distributions`), from running sums of w and w^2 in l
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from abc import ABC, abstractmethod
-from typing import ClassVar, Iterator, Protocol
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -59,14 +60,21 @@ class Estimator(ABC):
     description: ClassVar[str]
 
     @abstractmethod
-    def latents(self, prior: Prior, mean: np.ndarray, logvar: np.ndarray, eps: np.ndarray,
-                components: np.random.Generator | None) -> np.ndarray:
+    def latents(
+        self,
+        prior: Prior,
+        mean: np.ndarray,
+        logvar: np.ndarray,
+        eps: np.ndarray,
+        components: np.random.Generator | None,
+    ) -> np.ndarray:
         """q(z|x)'s mean (D,) and logvar (D,), noise eps (K, D), and the stream of the prior's components
         (`Prior.component_stream`) -> z (K, D), float32"""
 
     @abstractmethod
-    def log_weights(self, prior: Prior, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray,
-                    logvar: np.ndarray) -> np.ndarray:
+    def log_weights(
+        self, prior: Prior, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray
+    ) -> np.ndarray:
         """log p(x|z) (K,) and z (K, D) -> log w (K,), with E[w] = p(x)"""
 
 
@@ -111,8 +119,11 @@ class WeightSums:
     k: int = 0
 
     def add(self, log_w: np.ndarray) -> WeightSums:
-        return WeightSums(float(np.logaddexp(self.log_sum, _logsumexp(log_w))),
-                          float(np.logaddexp(self.log_sum_squares, _logsumexp(2.0 * log_w))), self.k + len(log_w))
+        return WeightSums(
+            float(np.logaddexp(self.log_sum, _logsumexp(log_w))),
+            float(np.logaddexp(self.log_sum_squares, _logsumexp(2.0 * log_w))),
+            self.k + len(log_w),
+        )
 
     @property
     def estimate(self) -> float:
@@ -154,8 +165,15 @@ class Scores:
         return None if self.log_likelihood is None else dist.bits_per_dim(-self.log_likelihood, self.dims)
 
 
-def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int = 1, chunk: int = 1000,
-          estimator: str = ImportanceSampling.name) -> Scores:
+def score(
+    backend: Backend,
+    likelihood: Likelihood,
+    x: np.ndarray,
+    seed: int,
+    k: int = 1,
+    chunk: int = 1000,
+    estimator: str = ImportanceSampling.name,
+) -> Scores:
     """ELBO (one reparameterised sample, and the prior's KL: `Prior.kl`) and, for k > 1, the estimator's
     log (1/k) sum_i w_i with its standard error and ESS, for a batch of images x in the likelihood's
     data space, shape (N, C, H, W)."""
@@ -175,20 +193,43 @@ def score(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k:
     kl = prior.kl(z, mean, logvar)  # (N,)
     estimates = {}
     if k > 1:
-        sums = [_weight_sums(_log_weight_chunks(backend, prior, likelihood, chosen, flat_x[i], mean[i], logvar[i],
-                                                streams[i], k, chunk))
-                for i in range(count)]
-        estimates = {"log_likelihood": np.array([s.estimate for s in sums]),
-                     "standard_error": np.array([s.standard_error for s in sums]),
-                     "effective_sample_size": np.array([s.effective_sample_size for s in sums])}
-    return Scores(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl,
-                  log_likelihood=estimates.get("log_likelihood"), k=k, dims=dims, posterior_mean=mean,
-                  posterior_logvar=logvar, estimator=chosen.name, standard_error=estimates.get("standard_error"),
-                  effective_sample_size=estimates.get("effective_sample_size"))
+        sums = [
+            _weight_sums(
+                _log_weight_chunks(
+                    backend, prior, likelihood, chosen, flat_x[i], mean[i], logvar[i], streams[i], k, chunk
+                )
+            )
+            for i in range(count)
+        ]
+        estimates = {
+            "log_likelihood": np.array([s.estimate for s in sums]),
+            "standard_error": np.array([s.standard_error for s in sums]),
+            "effective_sample_size": np.array([s.effective_sample_size for s in sums]),
+        }
+    return Scores(
+        elbo=reconstruction - kl,
+        reconstruction=reconstruction,
+        kl=kl,
+        log_likelihood=estimates.get("log_likelihood"),
+        k=k,
+        dims=dims,
+        posterior_mean=mean,
+        posterior_logvar=logvar,
+        estimator=chosen.name,
+        standard_error=estimates.get("standard_error"),
+        effective_sample_size=estimates.get("effective_sample_size"),
+    )
 
 
-def log_weights(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: int, k: int,
-                estimator: str = ImportanceSampling.name, chunk: int = 1000) -> np.ndarray:
+def log_weights(
+    backend: Backend,
+    likelihood: Likelihood,
+    x: np.ndarray,
+    seed: int,
+    k: int,
+    estimator: str = ImportanceSampling.name,
+    chunk: int = 1000,
+) -> np.ndarray:
     """The k log-weights per image that `score` sums, in the order drawn: (N, C, H, W) -> (N, k).
     Their first j are the weights of `score` with k = j, so one draw gives the estimate at every k."""
     chosen = get_estimator(estimator)
@@ -199,14 +240,30 @@ def log_weights(backend: Backend, likelihood: Likelihood, x: np.ndarray, seed: i
     for i, image in enumerate(x):
         stream = image_stream(seed, image)
         stream.standard_normal(mean.shape[1], dtype=np.float32)  # the ELBO's draw comes first, as in `score`
-        rows.append(np.concatenate(list(_log_weight_chunks(backend, prior, likelihood, chosen, image.reshape(-1),
-                                                           mean[i], logvar[i], stream, k, chunk))))
+        rows.append(
+            np.concatenate(
+                list(
+                    _log_weight_chunks(
+                        backend, prior, likelihood, chosen, image.reshape(-1), mean[i], logvar[i], stream, k, chunk
+                    )
+                )
+            )
+        )
     return np.stack(rows)
 
 
-def _log_weight_chunks(backend: Backend, prior: Prior, likelihood: Likelihood, estimator: Estimator, x: np.ndarray,
-                       mean: np.ndarray, logvar: np.ndarray, stream: np.random.Generator, k: int,
-                       chunk: int) -> Iterator[np.ndarray]:
+def _log_weight_chunks(
+    backend: Backend,
+    prior: Prior,
+    likelihood: Likelihood,
+    estimator: Estimator,
+    x: np.ndarray,
+    mean: np.ndarray,
+    logvar: np.ndarray,
+    stream: np.random.Generator,
+    k: int,
+    chunk: int,
+) -> Iterator[np.ndarray]:
     """log w of one image's k samples, `chunk` decodes at a time, so k=5000 needs one chunk of memory."""
     components = prior.component_stream(stream)  # before any eps: the same child at any chunk size
     for start in range(0, k, chunk):

@@ -11,16 +11,27 @@ A route module defines each operation once and registers it here; `state.model_r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter
 
 from service.schemas import error_responses
 
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-        "description": "model name, as in GET /v1/models"}
-VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"},
-           "description": "model version, as in GET /v1/models"}
+NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "model name, as in GET /v1/models",
+}
+VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "model version, as in GET /v1/models",
+}
 PREFIXES = (("", ()), ("/v1/models/{name}", (NAME,)), ("/v1/models/{name}/versions/{version}", (NAME, VERSION)))
 
 
@@ -29,9 +40,16 @@ def model_paths(suffix: str) -> list[tuple[str, tuple[dict[str, Any], ...]]]:
     return [(prefix + suffix, params) for prefix, params in PREFIXES]
 
 
-def add_model_route(router: APIRouter, method: str, suffix: str, endpoint: Callable[..., Any], *,
-                    openapi_extra: dict[str, Any] | None = None, responses: dict[int | str, Any] | None = None,
-                    **kwargs: Any) -> None:
+def add_model_route(
+    router: APIRouter,
+    method: str,
+    suffix: str,
+    endpoint: Callable[..., Any],
+    *,
+    openapi_extra: dict[str, Any] | None = None,
+    responses: dict[int | str, Any] | None = None,
+    **kwargs: Any,
+) -> None:
     """Register `endpoint` at the three addresses; the named ones also answer 404 model_not_found."""
     for path, params in model_paths(suffix):
         extra = dict(openapi_extra or {})

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service import responses
 from service import anomaly as scoring
+from service import responses
 from service.params import openapi_parameters
 from service.routes.addressing import add_model_route
 from service.routes.images import IMAGE_BODY, IMAGE_ERRORS, read_model_images
@@ -22,19 +22,38 @@ async def anomaly(request: Request) -> Response:
     prepared = scoring.prepare(served, query.fpr, query.seed, query.binarize_seed)
     pixels = await read_model_images(request, state, served)
     out = await scoring.score(served, pixels, prepared)
-    results = [{"index": i, "score": float(out["score"][i]), "percentile": float(out["percentile"][i]),
-                "is_anomaly": bool(out["is_anomaly"][i]),
-                "statistics": {name: float(values[i]) for name, values in out["statistics"].items()}}
-               for i in range(len(pixels))]
-    return responses.json_response({"model": served.ref, "method": prepared.calibration.score.name,
-                                    "fpr": prepared.fpr, "threshold": prepared.threshold,
-                                    "reference_images": len(prepared.calibration.reference), "seed": prepared.seed,
-                                    "binarize_seed": prepared.binarize_seed,
-                                    "data_space": served.engine.data_space(prepared.binarize_seed),
-                                    "results": results})
+    results = [
+        {
+            "index": i,
+            "score": float(out["score"][i]),
+            "percentile": float(out["percentile"][i]),
+            "is_anomaly": bool(out["is_anomaly"][i]),
+            "statistics": {name: float(values[i]) for name, values in out["statistics"].items()},
+        }
+        for i in range(len(pixels))
+    ]
+    return responses.json_response(
+        {
+            "model": served.ref,
+            "method": prepared.calibration.score.name,
+            "fpr": prepared.fpr,
+            "threshold": prepared.threshold,
+            "reference_images": len(prepared.calibration.reference),
+            "seed": prepared.seed,
+            "binarize_seed": prepared.binarize_seed,
+            "data_space": served.engine.data_space(prepared.binarize_seed),
+            "results": results,
+        }
+    )
 
 
-add_model_route(router, "POST", "/anomaly", anomaly, response_model=AnomalyResponse,
-                responses={**IMAGE_ERRORS, **error_responses(409)},
-                openapi_extra={**IMAGE_BODY, **openapi_parameters(AnomalyQuery)},
-                summary="Anomaly score per image: how unlike the training data, with its calibrated percentile")
+add_model_route(
+    router,
+    "POST",
+    "/anomaly",
+    anomaly,
+    response_model=AnomalyResponse,
+    responses={**IMAGE_ERRORS, **error_responses(409)},
+    openapi_extra={**IMAGE_BODY, **openapi_parameters(AnomalyQuery)},
+    summary="Anomaly score per image: how unlike the training data, with its calibrated percentile",
+)

@@ -22,8 +22,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Ready, responses=error_responses(503),
-            summary="Readiness: 200 once the default model is loaded, hash-checked and warmed up")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    responses=error_responses(503),
+    summary="Readiness: 200 once the default model is loaded, hash-checked and warmed up",
+)
 async def readyz(request: Request):
     state = app_state(request)
     if not state.ready:
@@ -34,9 +38,17 @@ async def readyz(request: Request):
 @router.get("/v1/models", response_model=ModelList, summary="The models and versions being served")
 async def model_list(request: Request) -> dict:
     state = app_state(request)
-    return {"models": [{"name": name, "versions": versions, "default_version": versions[-1],
-                        "default": name == state.default_model}
-                       for name, versions in sorted(state.registry.served().items())]}
+    return {
+        "models": [
+            {
+                "name": name,
+                "versions": versions,
+                "default_version": versions[-1],
+                "default": name == state.default_model,
+            }
+            for name, versions in sorted(state.registry.served().items())
+        ]
+    }
 
 
 async def model_card(request: Request) -> dict:
@@ -54,11 +66,19 @@ async def model_card(request: Request) -> dict:
         "parity": manifest.parity,
         "created": manifest.created,
         "prior": prior_card(manifest.prior),
-        "graphs": {"encoder_sha256": manifest.encoder.sha256, "decoder_sha256": manifest.decoder.sha256,
-                   **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {})},
+        "graphs": {
+            "encoder_sha256": manifest.encoder.sha256,
+            "decoder_sha256": manifest.decoder.sha256,
+            **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {}),
+        },
         "anomaly": manifest.anomaly.model_dump() if manifest.anomaly else None,  # POST /anomaly's method and cost
-        "limits": {"max_upload_bytes": s.max_upload_bytes, "max_image_pixels": s.max_image_pixels,
-                   "max_request_pixels": s.max_request_pixels, "max_batch": s.max_batch, "max_k": s.max_k},
+        "limits": {
+            "max_upload_bytes": s.max_upload_bytes,
+            "max_image_pixels": s.max_image_pixels,
+            "max_request_pixels": s.max_request_pixels,
+            "max_batch": s.max_batch,
+            "max_k": s.max_k,
+        },
     }
 
 
@@ -69,17 +89,32 @@ def prior_card(spec: PriorSpec | None) -> dict[str, Any]:
     return {"name": spec.name, "components": spec.components, "description": spec.description}
 
 
-router.add_api_route("/v1/model", model_card, methods=["GET"], response_model=ModelCard,
-                     responses=error_responses(503), summary="The default model's card: shapes, latent size, "
-                     "likelihood, prior, preprocessing, metrics")
+router.add_api_route(
+    "/v1/model",
+    model_card,
+    methods=["GET"],
+    response_model=ModelCard,
+    responses=error_responses(503),
+    summary="The default model's card: shapes, latent size, likelihood, prior, preprocessing, metrics",
+)
 for _path, _params in model_paths(""):
     if _params:
-        router.add_api_route(_path, model_card, methods=["GET"], response_model=ModelCard,
-                             responses=error_responses(404, 503), openapi_extra={"parameters": list(_params)},
-                             summary="A model's card (its default version), or one version's")
+        router.add_api_route(
+            _path,
+            model_card,
+            methods=["GET"],
+            response_model=ModelCard,
+            responses=error_responses(404, 503),
+            openapi_extra={"parameters": list(_params)},
+            summary="A model's card (its default version), or one version's",
+        )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(app_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -30,16 +30,36 @@ from service.v2.schemas import ModelReadyResponse
 router = APIRouter(tags=["model repository"])
 # Path parameters read from request.path_params and documented here: declared in the signature, FastAPI
 # would document a 422 body these routes never send.
-NAME = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
-                        "description": "model name: a directory of the repository"}]}
-VERSION = {"parameters": [*NAME["parameters"], {"name": "version", "in": "path", "required": True,
-                                                "schema": {"type": "string"},
-                                                "description": "model version: a directory of the model's"}]}
+NAME = {
+    "parameters": [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "model name: a directory of the repository",
+        }
+    ]
+}
+VERSION = {
+    "parameters": [
+        *NAME["parameters"],
+        {
+            "name": "version",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "model version: a directory of the model's",
+        },
+    ]
+}
 V2_ERROR = {"model": V2ErrorBody}
-CONTROL_ERRORS = {400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
-                  401: {**V2_ERROR, "description": "missing or wrong bearer token"},
-                  403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
-                  404: {**V2_ERROR, "description": "no such model"}}
+CONTROL_ERRORS = {
+    400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
+    401: {**V2_ERROR, "description": "missing or wrong bearer token"},
+    403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
+    404: {**V2_ERROR, "description": "no such model"},
+}
 INDEX_EXAMPLE = [{"name": "fashion-mnist-vae", "version": "2.0.0", "state": "READY", "reason": ""}]
 
 
@@ -61,8 +81,7 @@ def _denied(request: Request) -> JSONResponse | None:
         return v2_error(403, "repository control is off: set VAE_ADMIN_TOKEN (or VAE_REPOSITORY_CONTROL=open)")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>",
-                        CHALLENGE)
+        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>", CHALLENGE)
     return None
 
 
@@ -90,9 +109,14 @@ async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
     return parsed
 
 
-@router.post("/v2/repository/index", responses={**CONTROL_ERRORS, 200: {"description": "every model and version",
-             "content": {"application/json": {"example": INDEX_EXAMPLE}}}},
-             summary="Every model and version in the repository, with its state and reason")
+@router.post(
+    "/v2/repository/index",
+    responses={
+        **CONTROL_ERRORS,
+        200: {"description": "every model and version", "content": {"application/json": {"example": INDEX_EXAMPLE}}},
+    },
+    summary="Every model and version in the repository, with its state and reason",
+)
 async def repository_index(request: Request) -> Response:
     body = await _control_request(request)
     if isinstance(body, JSONResponse):
@@ -105,8 +129,7 @@ async def repository_index(request: Request) -> Response:
 
 def with_v2_models(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     """Each repository model's rows, then the same rows for each of its v2 models."""
-    return [entry for row in rows for entry in
-            (row, *({**row, "name": name} for name in v2_names(row["name"])))]
+    return [entry for row in rows for entry in (row, *({**row, "name": name} for name in v2_names(row["name"])))]
 
 
 def repository_model(name: str) -> str:
@@ -115,9 +138,12 @@ def repository_model(name: str) -> str:
     return found[0] if found is not None else name
 
 
-@router.post("/v2/repository/models/{name}/load", responses=CONTROL_ERRORS,
-             openapi_extra=NAME,
-             summary="Load or reload a model's versions from disk; a failed load never replaces a working one")
+@router.post(
+    "/v2/repository/models/{name}/load",
+    responses=CONTROL_ERRORS,
+    openapi_extra=NAME,
+    summary="Load or reload a model's versions from disk; a failed load never replaces a working one",
+)
 async def repository_load(request: Request) -> Response:
     name = repository_model(request.path_params["name"])
     body = await _control_request(request)
@@ -132,8 +158,12 @@ async def repository_load(request: Request) -> Response:
     return JSONResponse({})
 
 
-@router.post("/v2/repository/models/{name}/unload", responses=CONTROL_ERRORS,
-             openapi_extra=NAME, summary="Stop serving a model; requests already running finish on it")
+@router.post(
+    "/v2/repository/models/{name}/unload",
+    responses=CONTROL_ERRORS,
+    openapi_extra=NAME,
+    summary="Stop serving a model; requests already running finish on it",
+)
 async def repository_unload(request: Request) -> Response:
     name = repository_model(request.path_params["name"])
     body = await _control_request(request)
@@ -146,20 +176,29 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-READY = {200: {"model": ModelReadyResponse, "description": "ready"}, 400: {**V2_ERROR, "description": "not ready"},
-         404: {**V2_ERROR, "description": "no such model"}}
+READY = {
+    200: {"model": ModelReadyResponse, "description": "ready"},
+    400: {**V2_ERROR, "description": "not ready"},
+    404: {**V2_ERROR, "description": "no such model"},
+}
 
 
-@router.get("/v2/models/{name}/ready", responses=READY,
-            openapi_extra=NAME,
-            summary="Per-model readiness: 200 when a version of the model (or of a v2 model's) is loaded and "
-                    "warmed up")
+@router.get(
+    "/v2/models/{name}/ready",
+    responses=READY,
+    openapi_extra=NAME,
+    summary="Per-model readiness: 200 when a version of the model (or of a v2 model's) is loaded and warmed up",
+)
 async def model_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", responses=READY,
-            openapi_extra=VERSION, summary="Per-version readiness")
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    responses=READY,
+    openapi_extra=VERSION,
+    summary="Per-version readiness",
+)
 async def version_ready(request: Request) -> Response:
     return _readiness(request, request.path_params["name"], request.path_params["version"])
 
@@ -171,10 +210,15 @@ def _readiness(request: Request, name: str, version: str | None) -> Response:
         return JSONResponse({"name": name, "ready": True})
     which = f"model {quoted(name)}" + (f" version {quoted(version)}" if version else "")
     if model not in registry.known():
-        return v2_error(404, f"{which} does not exist: no such model was found in the repository (POST "
-                        "/v2/repository/index lists them; POST /v2/repository/models/<name>/load loads one added "
-                        "since)")
+        return v2_error(
+            404,
+            f"{which} does not exist: no such model was found in the repository (POST "
+            "/v2/repository/index lists them; POST /v2/repository/models/<name>/load loads one added "
+            "since)",
+        )
     if version is not None and registry.is_ready(model):
-        return v2_error(400, f"{which} is not ready: that version is not loaded (loaded: "
-                        f"{', '.join(registry.served().get(model, []))})")
+        return v2_error(
+            400,
+            f"{which} is not ready: that version is not loaded (loaded: {', '.join(registry.served().get(model, []))})",
+        )
     return v2_error(400, f"{which} is not ready ({'unloaded' if registry.unloaded(model) else 'not loaded'})")

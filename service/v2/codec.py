@@ -18,9 +18,23 @@ import numpy as np
 import orjson
 
 # Little-endian, as the binary extension fixes; BYTES is handled apart (variable-length elements).
-DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in (
-    ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"), ("UINT64", "<u8"), ("INT8", "i1"),
-    ("INT16", "<i2"), ("INT32", "<i4"), ("INT64", "<i8"), ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"))}
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(code)
+    for name, code in (
+        ("BOOL", "?"),
+        ("UINT8", "u1"),
+        ("UINT16", "<u2"),
+        ("UINT32", "<u4"),
+        ("UINT64", "<u8"),
+        ("INT8", "i1"),
+        ("INT16", "<i2"),
+        ("INT32", "<i4"),
+        ("INT64", "<i8"),
+        ("FP16", "<f2"),
+        ("FP32", "<f4"),
+        ("FP64", "<f8"),
+    )
+}
 BYTES = "BYTES"
 DATATYPES = (*DTYPES, BYTES)
 HEADER_LENGTH = "inference-header-content-length"
@@ -98,8 +112,10 @@ def header_length(value: str | None, body_length: int) -> int:
         raise ProtocolError(f"Inference-Header-Content-Length must be a non-negative integer, not {value[:40]!r}")
     length = int(text)
     if length == 0:
-        raise ProtocolError("Inference-Header-Content-Length is 0: a raw binary request (no JSON header) is not "
-                            "supported; send the JSON inference request first")
+        raise ProtocolError(
+            "Inference-Header-Content-Length is 0: a raw binary request (no JSON header) is not "
+            "supported; send the JSON inference request first"
+        )
     if length > body_length:
         raise ProtocolError(f"Inference-Header-Content-Length is {length} but the body has only {body_length} bytes")
     return length
@@ -117,16 +133,19 @@ def listed(values: list[str], most: int = 8) -> str:
     return shown + (f" and {len(values) - most} more" if len(values) > most else "")
 
 
-def check_structure(document: bytes | memoryview, what: str = "the inference request",
-                    most: int = MAX_JSON_STRUCTURES) -> None:
+def check_structure(
+    document: bytes | memoryview, what: str = "the inference request", most: int = MAX_JSON_STRUCTURES
+) -> None:
     """Refuse JSON with more than `most` containers or keys before it is parsed. Counted on the bytes
     (a bracket inside a string counts too, which only errs on the strict side)."""
     raw = bytes(document) if isinstance(document, memoryview) else document
     count = raw.count(b"[") + raw.count(b"{") + raw.count(b'":')
     if count > most:
-        raise ProtocolError(f"{what} holds {count} JSON lists, objects and keys; at most {most} "
-                            "are accepted: send tensor data flat (a list of numbers in row-major order) or as "
-                            "binary data (parameters.binary_data_size)")
+        raise ProtocolError(
+            f"{what} holds {count} JSON lists, objects and keys; at most {most} "
+            "are accepted: send tensor data flat (a list of numbers in row-major order) or as "
+            "binary data (parameters.binary_data_size)"
+        )
 
 
 def parse_header(header: bytes) -> dict[str, Any]:
@@ -134,8 +153,10 @@ def parse_header(header: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(header)
     except orjson.JSONDecodeError:
-        raise ProtocolError("the inference request header is not JSON (with binary tensors, "
-                            "Inference-Header-Content-Length must give the JSON's length)") from None
+        raise ProtocolError(
+            "the inference request header is not JSON (with binary tensors, "
+            "Inference-Header-Content-Length must give the JSON's length)"
+        ) from None
     if not isinstance(parsed, dict):
         raise ProtocolError("the inference request must be a JSON object")
     return parsed
@@ -163,8 +184,9 @@ def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None =
         inputs.append(tensor)
         offset += used
     if offset != len(blobs):
-        raise ProtocolError(f"the body has {len(blobs) - offset} bytes of binary data that no input's "
-                            "binary_data_size accounts for")
+        raise ProtocolError(
+            f"the body has {len(blobs) - offset} bytes of binary data that no input's binary_data_size accounts for"
+        )
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise ProtocolError("parameter 'binary_data_output' must be true or false")
@@ -205,13 +227,14 @@ def checked_shape(raw: Any, name: str, max_elements: int) -> tuple[int, ...]:
     product at most `max_elements`. Checked before numpy sees it: numpy refuses over 64 dimensions, and
     a zero-element shape such as [0, 2**63] passes a count check but not numpy's."""
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise ProtocolError(f"input {quoted(name)}: 'shape' must be a list of non-negative integers, "
-                            f"not {quoted(raw)}")
+        raise ProtocolError(f"input {quoted(name)}: 'shape' must be a list of non-negative integers, not {quoted(raw)}")
     if len(raw) > MAX_RANK:
         raise ProtocolError(f"input {quoted(name)}: shape has {len(raw)} dimensions; at most {MAX_RANK} are accepted")
     if any(d > max_elements for d in raw) or math.prod(raw) > max_elements:
-        raise ProtocolError(f"input {quoted(name)}: shape {quoted(raw)} declares more elements (in all, or in one "
-                            f"dimension) than the request's {max_elements} bytes can carry")
+        raise ProtocolError(
+            f"input {quoted(name)}: shape {quoted(raw)} declares more elements (in all, or in one "
+            f"dimension) than the request's {max_elements} bytes can carry"
+        )
     return tuple(raw)
 
 
@@ -222,8 +245,9 @@ def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tup
     name = raw["name"]
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
-        raise ProtocolError(f"input {quoted(name)}: datatype must be one of {', '.join(DATATYPES)}, "
-                            f"not {quoted(datatype)}")
+        raise ProtocolError(
+            f"input {quoted(name)}: datatype must be one of {', '.join(DATATYPES)}, not {quoted(datatype)}"
+        )
     shape = checked_shape(raw.get("shape"), name, max_elements)
     count = math.prod(shape)
     size = _parameters(raw.get("parameters"), f"input {quoted(name)}").get("binary_data_size")
@@ -233,8 +257,10 @@ def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tup
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ProtocolError(f"input {quoted(name)}: binary_data_size must be a non-negative integer")
         if size > len(blobs):
-            raise ProtocolError(f"input {quoted(name)}: binary_data_size is {size} bytes but only {len(blobs)} bytes of "
-                                "binary data are left in the body")
+            raise ProtocolError(
+                f"input {quoted(name)}: binary_data_size is {size} bytes but only {len(blobs)} bytes of "
+                "binary data are left in the body"
+            )
         return Tensor(name, datatype, binary_tensor(bytes(blobs[:size]), datatype, shape, name)), size
     if "data" not in raw:
         raise ProtocolError(f"input {quoted(name)} has neither 'data' nor parameters.binary_data_size")
@@ -247,13 +273,17 @@ def binary_tensor(blob: bytes, datatype: str, shape: tuple[int, ...], name: str)
         elements = split_bytes(blob, name, most=count)
         if len(elements) != count:
             given = f"{len(elements)}" if len(elements) <= count else "more"
-            raise ProtocolError(f"input {quoted(name)}: shape {list(shape)} holds {count} elements but the binary data "
-                                f"holds {given} BYTES elements")
+            raise ProtocolError(
+                f"input {quoted(name)}: shape {list(shape)} holds {count} elements but the binary data "
+                f"holds {given} BYTES elements"
+            )
         return _object_array(elements, shape)
     dtype = DTYPES[datatype]
     if len(blob) != count * dtype.itemsize:
-        raise ProtocolError(f"input {quoted(name)}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
-                            f"but binary_data_size is {len(blob)}")
+        raise ProtocolError(
+            f"input {quoted(name)}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
+            f"but binary_data_size is {len(blob)}"
+        )
     return np.frombuffer(blob, dtype=dtype).reshape(shape)
 
 
@@ -306,13 +336,17 @@ def split_bytes(blob: bytes, name: str, most: int | None = None) -> list[bytes]:
     offset = 0
     while offset < len(blob) and (most is None or len(elements) <= most):
         if offset + 4 > len(blob):
-            raise ProtocolError(f"input {quoted(name)}: BYTES element {len(elements)} is cut short in its 4-byte length")
+            raise ProtocolError(
+                f"input {quoted(name)}: BYTES element {len(elements)} is cut short in its 4-byte length"
+            )
         (length,) = LENGTH_PREFIX.unpack_from(blob, offset)
         offset += 4
         if offset + length > len(blob):
-            raise ProtocolError(f"input {quoted(name)}: BYTES element {len(elements)} declares {length} bytes but only "
-                                f"{len(blob) - offset} remain")
-        elements.append(blob[offset:offset + length])
+            raise ProtocolError(
+                f"input {quoted(name)}: BYTES element {len(elements)} declares {length} bytes but only "
+                f"{len(blob) - offset} remain"
+            )
+        elements.append(blob[offset : offset + length])
         offset += length
     return elements
 
@@ -349,5 +383,7 @@ def encode_response(response: InferResponse) -> tuple[bytes, dict[str, str]]:
     json_bytes = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return json_bytes, {"content-type": "application/json"}
-    return b"".join((json_bytes, *blobs)), {"content-type": "application/octet-stream",
-                                            HEADER_LENGTH: str(len(json_bytes))}
+    return b"".join((json_bytes, *blobs)), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(json_bytes)),
+    }

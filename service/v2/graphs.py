@@ -12,10 +12,21 @@ from service.v2.codec import ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs
 
 # ONNX tensor element types (as onnxruntime names them) -> protocol datatypes.
-ONNX_DATATYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-                  "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int16)": "INT16", "tensor(int8)": "INT8",
-                  "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
-                  "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL", "tensor(string)": "BYTES"}
+ONNX_DATATYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int16)": "INT16",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
 _SPECS: weakref.WeakKeyDictionary[Any, tuple[list[TensorSpec], list[TensorSpec]]] = weakref.WeakKeyDictionary()
 
 
@@ -24,9 +35,17 @@ def graph_specs(session: Any, outputs: bool) -> list[TensorSpec]:
     about 18 us for the encoder's three tensors."""
     specs = _SPECS.get(session)
     if specs is None:
-        specs = tuple([TensorSpec(a.name, ONNX_DATATYPES.get(a.type, a.type),
-                                  tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape)) for a in args]
-                      for args in (session.get_inputs(), session.get_outputs()))
+        specs = tuple(
+            [
+                TensorSpec(
+                    a.name,
+                    ONNX_DATATYPES.get(a.type, a.type),
+                    tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape),
+                )
+                for a in args
+            ]
+            for args in (session.get_inputs(), session.get_outputs())
+        )
         _SPECS[session] = specs
     return specs[outputs]
 
@@ -52,9 +71,13 @@ def graph_model(suffix: str) -> V2Model:
             results = [mean, logvar]
         else:
             results = await call.served.run(suffix, rows, session(call.served).run, None, feeds)
-        return dict(zip(names, results)), {}
+        return dict(zip(names, results, strict=False)), {}
 
-    return V2Model(suffix, "onnx_onnxv1", lambda served: graph_specs(session(served), outputs=False),
-                   lambda served: graph_specs(session(served), outputs=True), run,
-                   f"the {suffix} ONNX graph as exported, run by onnxruntime")
-
+    return V2Model(
+        suffix,
+        "onnx_onnxv1",
+        lambda served: graph_specs(session(served), outputs=False),
+        lambda served: graph_specs(session(served), outputs=True),
+        run,
+        f"the {suffix} ONNX graph as exported, run by onnxruntime",
+    )

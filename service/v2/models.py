@@ -13,8 +13,9 @@ from service.v2.graphs import graph_model
 from service.v2.operations import OPERATIONS
 from service.v2.spec import V2Model
 
-MODELS: dict[str, V2Model] = {model.suffix: model for model in (graph_model("encoder"), graph_model("decoder"),
-                                                                 *OPERATIONS)}
+MODELS: dict[str, V2Model] = {
+    model.suffix: model for model in (graph_model("encoder"), graph_model("decoder"), *OPERATIONS)
+}
 
 
 def split_name(v2_name: str) -> tuple[str, V2Model] | None:

@@ -8,7 +8,8 @@ decoding limits of the image routes. Exactly one of the two is sent.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -38,8 +39,9 @@ async def read_pixels(call: Call, name: str) -> np.ndarray:
     """(N, C, H, W) float32 in [0, 1], from `image` as it is or `image_bytes` decoded as the image routes do."""
     inputs = checked_inputs(call, image_inputs(call.served), name)
     if ("image" in inputs) == ("image_bytes" in inputs):
-        raise ProtocolError(f"model '{name}' takes exactly one of 'image' (FP32) and 'image_bytes' (BYTES, "
-                            "encoded images)")
+        raise ProtocolError(
+            f"model '{name}' takes exactly one of 'image' (FP32) and 'image_bytes' (BYTES, encoded images)"
+        )
     if "image_bytes" in inputs:
         blobs = list(inputs["image_bytes"].data.reshape(-1))
         return await call.state.decoder.decode(blobs, call.served.engine.contract)
@@ -67,7 +69,6 @@ def png_tensor(images: np.ndarray) -> np.ndarray:
     return array
 
 
-
 def _specs(*entries: tuple[str, str, Callable[[Any], tuple[int, ...]]]) -> Callable[[Any], list[TensorSpec]]:
     return lambda served: [TensorSpec(name, datatype, shape(served)) for name, datatype, shape in entries]
 
@@ -91,18 +92,30 @@ async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
         raise ProtocolError(f"k must be between 1 and {state.settings.max_k}, not {query.k}")
     pixels = await read_pixels(call, name)
     binarize = engine.default_binarize_seed if query.binarize_seed is None else query.binarize_seed
-    scores = await call.served.run("elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed,
-                                   binarize, query.estimator)
-    outputs = {"elbo": scores.elbo, "reconstruction": scores.reconstruction, "kl": scores.kl,
-               "bits_per_dim": scores.bits_per_dim}
+    scores = await call.served.run(
+        "elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed, binarize, query.estimator
+    )
+    outputs = {
+        "elbo": scores.elbo,
+        "reconstruction": scores.reconstruction,
+        "kl": scores.kl,
+        "bits_per_dim": scores.bits_per_dim,
+    }
     if scores.log_likelihood is not None:
         outputs["log_likelihood"] = scores.log_likelihood
         outputs["log_likelihood_bits_per_dim"] = scores.log_likelihood_bits_per_dim
         outputs["log_likelihood_standard_error"] = scores.standard_error
         outputs["effective_sample_size"] = scores.effective_sample_size
-    return ({k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()},
-            {"k": query.k, "seed": query.seed, "binarize_seed": binarize, "data_space": engine.data_space(binarize),
-             "estimator": scores.estimator})
+    return (
+        {k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()},
+        {
+            "k": query.k,
+            "seed": query.seed,
+            "binarize_seed": binarize,
+            "data_space": engine.data_space(binarize),
+            "estimator": scores.estimator,
+        },
+    )
 
 
 async def _reconstruct(call: Call) -> tuple[Outputs, dict[str, Any]]:
@@ -140,18 +153,28 @@ async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     pixels = await read_pixels(call, name)
     out = await anomaly.score(call.served, pixels, prepared)
     statistics = {f"statistic_{key}": values for key, values in out["statistics"].items()}
-    return ({"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
-            {"method": prepared.calibration.score.name, "fpr": prepared.fpr, "threshold": prepared.threshold,
-             "seed": prepared.seed, "binarize_seed": prepared.binarize_seed})
+    return (
+        {"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
+        {
+            "method": prepared.calibration.score.name,
+            "fpr": prepared.fpr,
+            "threshold": prepared.threshold,
+            "seed": prepared.seed,
+            "binarize_seed": prepared.binarize_seed,
+        },
+    )
 
 
 def anomaly_outputs(served: Any) -> list[TensorSpec]:
     """score, percentile, is_anomaly, and one statistic_<name> per statistic of the model's calibration."""
     calibration = served.engine.calibration
     names = calibration.score.statistics if calibration is not None else ()
-    return [TensorSpec("score", "FP64", (-1,)), TensorSpec("percentile", "FP64", (-1,)),
-            TensorSpec("is_anomaly", "BOOL", (-1,)),
-            *(TensorSpec(f"statistic_{name}", "FP64", (-1,)) for name in names)]
+    return [
+        TensorSpec("score", "FP64", (-1,)),
+        TensorSpec("percentile", "FP64", (-1,)),
+        TensorSpec("is_anomaly", "BOOL", (-1,)),
+        *(TensorSpec(f"statistic_{name}", "FP64", (-1,)) for name in names),
+    ]
 
 
 class _NoKnobs(BaseModel):
@@ -168,28 +191,75 @@ class _SampleKnobs(BaseModel):
 
 IMAGES = ("images", "FP32", image_shape)
 PNG = ("png", BYTES, rows)
-SCORES = tuple((score, "FP64", rows) for score in ("elbo", "reconstruction", "kl", "bits_per_dim",
-                                                    "log_likelihood", "log_likelihood_bits_per_dim",
-                                                    "log_likelihood_standard_error", "effective_sample_size"))
+SCORES = tuple(
+    (score, "FP64", rows)
+    for score in (
+        "elbo",
+        "reconstruction",
+        "kl",
+        "bits_per_dim",
+        "log_likelihood",
+        "log_likelihood_bits_per_dim",
+        "log_likelihood_standard_error",
+        "effective_sample_size",
+    )
+)
 
 OPERATIONS = (
-    V2Model("encode", OPERATION_PLATFORM, image_inputs, _specs(("mean", "FP32", latent_shape),
-            ("logvar", "FP32", latent_shape), ("z", "FP32", latent_shape)), _encode,
-            "POST /encode: the posterior q(z|x); z only with sample=true", EncodeQuery),
-    V2Model("elbo", OPERATION_PLATFORM, image_inputs, _specs(*SCORES), _elbo,
-            "POST /elbo: ELBO and its terms in nats; log_likelihood (the estimator's: importance, IWAE, by default), "
-            "its standard error and the effective sample size only with k > 1. The response parameters give "
-            "binarize_seed, data_space and estimator", ElboQuery),
-    V2Model("reconstruct", OPERATION_PLATFORM, image_inputs, _specs(IMAGES, PNG), _reconstruct,
-            "POST /reconstruct: E[x | z = mean of q(z|x)], as pixels and as the PNGs the native route sends"),
-    V2Model("decode", OPERATION_PLATFORM, _specs(("z", "FP32", latent_shape)), _specs(IMAGES, PNG), _decode,
-            "POST /decode: E[x|z] as pixels and PNGs"),
-    V2Model("anomaly", OPERATION_PLATFORM, image_inputs, anomaly_outputs, _anomaly,
-            "POST /anomaly: higher score = less like the training data; percentile among the calibration's "
-            "reference images; is_anomaly at the false-positive rate fpr. 409 for a model without calibration",
-            AnomalyQuery),
-    V2Model("sample", OPERATION_PLATFORM, lambda served: [], _specs(IMAGES, PNG, ("z", "FP32", latent_shape)),
-            _sample, "GET /sample: z ~ the model's prior at temperature t, decoded; no inputs. The response "
-            "parameters give the seed",
-            _SampleKnobs),
+    V2Model(
+        "encode",
+        OPERATION_PLATFORM,
+        image_inputs,
+        _specs(("mean", "FP32", latent_shape), ("logvar", "FP32", latent_shape), ("z", "FP32", latent_shape)),
+        _encode,
+        "POST /encode: the posterior q(z|x); z only with sample=true",
+        EncodeQuery,
+    ),
+    V2Model(
+        "elbo",
+        OPERATION_PLATFORM,
+        image_inputs,
+        _specs(*SCORES),
+        _elbo,
+        "POST /elbo: ELBO and its terms in nats; log_likelihood (the estimator's: importance, IWAE, by default), "
+        "its standard error and the effective sample size only with k > 1. The response parameters give "
+        "binarize_seed, data_space and estimator",
+        ElboQuery,
+    ),
+    V2Model(
+        "reconstruct",
+        OPERATION_PLATFORM,
+        image_inputs,
+        _specs(IMAGES, PNG),
+        _reconstruct,
+        "POST /reconstruct: E[x | z = mean of q(z|x)], as pixels and as the PNGs the native route sends",
+    ),
+    V2Model(
+        "decode",
+        OPERATION_PLATFORM,
+        _specs(("z", "FP32", latent_shape)),
+        _specs(IMAGES, PNG),
+        _decode,
+        "POST /decode: E[x|z] as pixels and PNGs",
+    ),
+    V2Model(
+        "anomaly",
+        OPERATION_PLATFORM,
+        image_inputs,
+        anomaly_outputs,
+        _anomaly,
+        "POST /anomaly: higher score = less like the training data; percentile among the calibration's "
+        "reference images; is_anomaly at the false-positive rate fpr. 409 for a model without calibration",
+        AnomalyQuery,
+    ),
+    V2Model(
+        "sample",
+        OPERATION_PLATFORM,
+        lambda served: [],
+        _specs(IMAGES, PNG, ("z", "FP32", latent_shape)),
+        _sample,
+        "GET /sample: z ~ the model's prior at temperature t, decoded; no inputs. The response "
+        "parameters give the seed",
+        _SampleKnobs,
+    ),
 )

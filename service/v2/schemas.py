@@ -3,14 +3,14 @@ parse and write the bodies themselves (service/v2/codec.py); these models docume
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.v2.codec import DATATYPES
 
 Datatype = Literal[DATATYPES]  # type: ignore[valid-type]
-Parameters = dict[str, Union[bool, int, float, str]]
+Parameters = dict[str, bool | int | float | str]
 TensorData = list[Any]
 
 
@@ -61,8 +61,11 @@ class RequestInput(BaseModel):
     name: str
     shape: list[int] = Field(description="row-major; the data holds their product of elements")
     datatype: Datatype
-    parameters: Parameters | None = Field(None, description="binary_data_size: the tensor is that many bytes "
-                                          "after the JSON header (binary tensor data extension)")
+    parameters: Parameters | None = Field(
+        None,
+        description="binary_data_size: the tensor is that many bytes "
+        "after the JSON header (binary tensor data extension)",
+    )
     data: TensorData | None = Field(None, description="flat or nested; absent with binary_data_size")
 
 
@@ -73,8 +76,9 @@ class RequestOutput(BaseModel):
 
 class InferenceRequest(BaseModel):
     id: str | None = None
-    parameters: Parameters | None = Field(None, description="the operation's knobs (see its metadata); "
-                                          "binary_data_output: every output as binary")
+    parameters: Parameters | None = Field(
+        None, description="the operation's knobs (see its metadata); binary_data_output: every output as binary"
+    )
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = Field(None, description="default: every output")
 

@@ -3,8 +3,9 @@ checks on its inputs and parameters."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -49,9 +50,13 @@ class V2Model:
     parameters: type[BaseModel] | None = None  # the knobs, validated as the native route's query
 
     def metadata(self, name: str, versions: list[str], served: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name, "versions": versions, "platform": self.platform,
-                                "inputs": [t.as_dict() for t in self.inputs(served)],
-                                "outputs": [t.as_dict() for t in self.outputs(served)]}
+        body: dict[str, Any] = {
+            "name": name,
+            "versions": versions,
+            "platform": self.platform,
+            "inputs": [t.as_dict() for t in self.inputs(served)],
+            "outputs": [t.as_dict() for t in self.outputs(served)],
+        }
         if self.description:
             body["description"] = self.description
         if self.parameters is not None:
@@ -61,8 +66,15 @@ class V2Model:
 
 def describe_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()["properties"]
-    return [{"name": name, "type": _type_name(schema[name]), "default": field.default,
-             "description": field.description or ""} for name, field in model.model_fields.items()]
+    return [
+        {
+            "name": name,
+            "type": _type_name(schema[name]),
+            "default": field.default,
+            "description": field.description or "",
+        }
+        for name, field in model.model_fields.items()
+    ]
 
 
 def _type_name(prop: dict[str, Any]) -> str:
@@ -75,8 +87,9 @@ def knobs(model: type[BaseModel], parameters: dict[str, Any], name: str) -> Any:
     own = {k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS}
     unknown = sorted(set(own) - set(model.model_fields))
     if unknown:
-        raise ProtocolError(f"model '{name}' has no parameter {listed(unknown)}; it takes "
-                            f"{', '.join(model.model_fields) or 'none'}")
+        raise ProtocolError(
+            f"model '{name}' has no parameter {listed(unknown)}; it takes {', '.join(model.model_fields) or 'none'}"
+        )
     try:  # strict: JSON has types, so true is not 1 and "5" is not 5 (the native query strings are lax)
         return model.model_validate(own, strict=True)
     except ValidationError as exc:
@@ -89,9 +102,12 @@ def check_tensor(tensor: Tensor, spec: TensorSpec, max_rows: int) -> None:
     if tensor.datatype != spec.datatype:
         raise ProtocolError(f"input '{spec.name}' must be {spec.datatype}, not {tensor.datatype}")
     shape = tensor.data.shape
-    if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape)):
-        raise ProtocolError(f"input '{spec.name}' has shape {list(shape)}; the model takes {list(spec.shape)} "
-                            "(-1: any size)")
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=False)
+    ):
+        raise ProtocolError(
+            f"input '{spec.name}' has shape {list(shape)}; the model takes {list(spec.shape)} (-1: any size)"
+        )
     rows = shape[0] if shape else 1
     if not 1 <= rows <= max_rows:
         raise ProtocolError(f"input '{spec.name}' has {rows} rows; 1 to {max_rows} are accepted (VAE_MAX_BATCH)")
@@ -102,10 +118,10 @@ def checked_inputs(call: Call, specs: list[TensorSpec], name: str) -> dict[str, 
     wanted = {s.name: s for s in specs}
     unknown = sorted(set(call.inputs) - set(wanted))
     if unknown:
-        raise ProtocolError(f"model '{name}' has no input {listed(unknown)}; its inputs are "
-                            f"{', '.join(wanted) or 'none'}")
+        raise ProtocolError(
+            f"model '{name}' has no input {listed(unknown)}; its inputs are {', '.join(wanted) or 'none'}"
+        )
     for spec in specs:
         if spec.name in call.inputs:
             check_tensor(call.inputs[spec.name], spec, call.state.settings.max_batch)
     return call.inputs
-

@@ -26,8 +26,10 @@ def browser_paths() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
         missing = " and ".join(name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path)
-        pytest.skip(f"the browser tests need Chromium and its driver; {missing} not found "
-                    "(apt-get install chromium chromium-driver)")
+        pytest.skip(
+            f"the browser tests need Chromium and its driver; {missing} not found "
+            "(apt-get install chromium chromium-driver)"
+        )
     return chromium, driver
 
 
@@ -70,8 +72,15 @@ def driver():
     chromium, chromedriver = browser_paths()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800",
-                     "--force-device-scale-factor=1", "--disable-gpu", "--no-first-run"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        "--force-device-scale-factor=1",
+        "--disable-gpu",
+        "--no-first-run",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(options=options, service=Service(chromedriver))
@@ -103,8 +112,9 @@ class Explorer:
         return int(self.find(panel).get_attribute("data-runs") or 0)
 
     def until_state(self, panel: str, *states: str) -> str:
-        self.wait.until(lambda _: self.find(panel).get_attribute("data-state") in states,
-                        f"{panel} never reached {states}")
+        self.wait.until(
+            lambda _: self.find(panel).get_attribute("data-state") in states, f"{panel} never reached {states}"
+        )
         return self.find(panel).get_attribute("data-state")
 
     def run(self, panel: str, action) -> str:
@@ -121,7 +131,9 @@ class Explorer:
         """A canvas's grey levels (its red channel), as (H, W) uint8."""
         width, height, red = self.driver.execute_script(
             "const c = arguments[0]; const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-            "return [c.width, c.height, Array.from(data.filter((_, i) => i % 4 === 0))];", canvas)
+            "return [c.width, c.height, Array.from(data.filter((_, i) => i % 4 === 0))];",
+            canvas,
+        )
         return np.asarray(red, dtype=np.uint8).reshape(height, width)
 
     def tiles(self, container: str) -> list[np.ndarray]:
@@ -161,8 +173,11 @@ class Explorer:
 
     def console_errors(self) -> list[str]:
         entries = self.driver.get_log("browser")  # reading the log empties it
-        return [e["message"] for e in entries
-                if e["level"] == "SEVERE" and not any(allowed in e["message"] for allowed in self.allowed_errors)]
+        return [
+            e["message"]
+            for e in entries
+            if e["level"] == "SEVERE" and not any(allowed in e["message"] for allowed in self.allowed_errors)
+        ]
 
 
 @pytest.fixture
@@ -171,8 +186,9 @@ def page(driver, explorer_url, tmp_path):
     error it did not declare."""
     driver.get("about:blank")
     driver.get_log("browser")  # what earlier tests left
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow",
-                                                           "downloadPath": str(tmp_path / "downloads")})
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path / "downloads")}
+    )
     explorer = Explorer(driver, explorer_url, tmp_path / "downloads")
     explorer.open()
     yield explorer

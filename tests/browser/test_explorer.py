@@ -36,8 +36,9 @@ def png_levels(base64_png: str) -> np.ndarray:
 def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url, image_files, test_images):
     assert page.upload(image_files[0]) == "done"
     # The input as the model sees it: the test image's own grey levels, pixel for pixel.
-    np.testing.assert_array_equal(page.levels(page.find("input-canvas")),
-                                  np.rint(test_images[0][0] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        page.levels(page.find("input-canvas")), np.rint(test_images[0][0] * 255).astype(np.uint8)
+    )
     k = int(page.find("iwae-k").get_attribute("value"))
     with api(explorer_url) as client:
         recon = post_image(client, f"{MODEL_PATH}/reconstruct", image_files[0], format="json")
@@ -50,8 +51,12 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
     np.testing.assert_array_equal(page.levels(page.find("recon-canvas")), reconstruction)
     tile = page.find("recon-view").find_element("css selector", "button.tile")
     np.testing.assert_array_equal(page.download(tile, f"{DEFAULT_MODEL}-2.0.0-reconstruction.png"), reconstruction)
-    for element, key in (("score-elbo", "elbo"), ("score-kl", "kl"), ("score-reconstruction", "reconstruction"),
-                         ("score-iwae", "log_likelihood")):
+    for element, key in (
+        ("score-elbo", "elbo"),
+        ("score-kl", "kl"),
+        ("score-reconstruction", "reconstruction"),
+        ("score-iwae", "log_likelihood"),
+    ):
         assert float(page.value(element)) == elbo[key], element
         assert page.find(element).text == f"{elbo[key]:.2f} nats", element
     result = anomaly["results"][0]
@@ -86,12 +91,15 @@ def test_the_same_seed_gives_the_same_grid_and_the_apis_pixels(page, explorer_ur
     assert page.find("sample-temperature-value").text == "0.80"
     first, other, again = sample(7), sample(8), sample(7)
     assert len(first) == 16 and all(tile.shape == (28, 28) for tile in first)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=False))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=False))
     with api(explorer_url) as client:
-        answer = client.get(f"{MODEL_PATH}/sample", params={"n": 16, "seed": 7, "temperature": 0.8,
-                                                             "format": "json"}).json()
-    assert all(np.array_equal(tile, png_levels(s["png_base64"])) for tile, s in zip(first, answer["samples"]))
+        answer = client.get(
+            f"{MODEL_PATH}/sample", params={"n": 16, "seed": 7, "temperature": 0.8, "format": "json"}
+        ).json()
+    assert all(
+        np.array_equal(tile, png_levels(s["png_base64"])) for tile, s in zip(first, answer["samples"], strict=False)
+    )
     grid = page.download(page.find("sample-download"), f"{DEFAULT_MODEL}-2.0.0-sample.png")
     assert grid.shape == (4 * 28 + 5 * 2,) * 2  # 4 x 4 tiles, 2 px apart and around
     np.testing.assert_array_equal(grid[2:30, 2:30], first[0])
@@ -116,15 +124,20 @@ def test_interpolation_runs_from_one_image_to_the_other(page, explorer_url, imag
         assert page.run("interpolate-panel", lambda: steps.send_keys(Keys.ENTER)) == "done"
         strips[path] = page.tiles("interpolate-strip")
     with api(explorer_url) as client:
-        ends = [png_levels(post_image(client, f"{MODEL_PATH}/reconstruct", image, format="json")["images"][0]
-                           ["png_base64"]) for image in image_files[:2]]
+        ends = [
+            png_levels(post_image(client, f"{MODEL_PATH}/reconstruct", image, format="json")["images"][0]["png_base64"])
+            for image in image_files[:2]
+        ]
     for path, strip in strips.items():
         assert len(strip) == 6, path
         # The ends decode the two means exactly: each is its image's reconstruction.
         np.testing.assert_array_equal(strip[0], ends[0])
         np.testing.assert_array_equal(strip[-1], ends[1])
-    assert any(not np.array_equal(a, b) for a, b in zip(strips["linear"][1:-1], strips["spherical"][1:-1]))
-    # Every panel filled (the docs' picture, docs/explorer.png, comes from test_a_tour_of_the_served_default_for_the_docs_picture).
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(strips["linear"][1:-1], strips["spherical"][1:-1], strict=False)
+    )
+    # Every panel filled (the docs' picture, docs/explorer.png, comes from
+    # test_a_tour_of_the_served_default_for_the_docs_picture).
     for panel, button in (("sample-panel", "sample-button"), ("traverse-panel", "traverse-button")):
         assert page.run(panel, page.find(button).click) == "done"
     page.screenshot("explorer-tour", full_page=True)
@@ -152,7 +165,7 @@ def test_traversal_moves_the_dimension_chosen_on_the_chart(page, explorer_url, i
             rows.append(z)
         decoded = client.post(f"{MODEL_PATH}/decode", params={"format": "json"}, json={"z": rows}).json()
     expected = [png_levels(image["png_base64"]) for image in decoded["images"]]
-    assert len(strip) == 5 and all(np.array_equal(a, b) for a, b in zip(strip, expected))
+    assert len(strip) == 5 and all(np.array_equal(a, b) for a, b in zip(strip, expected, strict=False))
     assert not np.array_equal(strip[0], strip[-1])
 
 
@@ -162,8 +175,9 @@ def test_a_file_that_is_not_an_image_shows_the_apis_message(page, explorer_url, 
     notes.write_bytes(b"these are notes, not a PNG\n" * 4)
     assert page.upload(notes) == "error"
     with api(explorer_url) as client:
-        answer = client.post(f"{MODEL_PATH}/preprocess", files=[("file", (notes.name, notes.read_bytes(),
-                                                                          "image/png"))])
+        answer = client.post(
+            f"{MODEL_PATH}/preprocess", files=[("file", (notes.name, notes.read_bytes(), "image/png"))]
+        )
     assert answer.status_code == 400
     shown = page.find("analysis-error")
     assert shown.is_displayed() and shown.text == answer.json()["error"]["message"]
@@ -234,16 +248,23 @@ def test_the_latent_paths_in_the_pages_own_module(page):
 
 def test_a_dropped_image_is_analysed_like_an_upload(page, image_files, test_images):
     """A drop event carrying the file, as the browser makes one when a file is dragged onto the zone."""
-    page.run("analysis-panel", lambda: page.driver.execute_script("""
+    page.run(
+        "analysis-panel",
+        lambda: page.driver.execute_script(
+            """
         const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
         const transfer = new DataTransfer();
         transfer.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
         document.getElementById('drop-zone').dispatchEvent(
           new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
-    """, base64.b64encode(image_files[3].read_bytes()).decode()))
+    """,
+            base64.b64encode(image_files[3].read_bytes()).decode(),
+        ),
+    )
     assert page.find("analysis-panel").get_attribute("data-state") == "done"
-    np.testing.assert_array_equal(page.levels(page.find("input-canvas")),
-                                  np.rint(test_images[3][0] * 255).astype(np.uint8))
+    np.testing.assert_array_equal(
+        page.levels(page.find("input-canvas")), np.rint(test_images[3][0] * 255).astype(np.uint8)
+    )
 
 
 def test_a_drawing_is_analysed(page):
@@ -313,5 +334,7 @@ def test_a_tour_of_the_served_default_for_the_docs_picture(bundled_page):
         assert page.run(panel, page.find(button).click) == "done"
     with api(page.url) as client:
         card = client.get("/v1/model").json()
-    assert page.find("analysis-panel").get_attribute("data-model") == f"{card['model']['name']} {card['model']['version']}"
+    assert (
+        page.find("analysis-panel").get_attribute("data-model") == f"{card['model']['name']} {card['model']['version']}"
+    )
     page.screenshot("explorer-default", full_page=True)

@@ -58,8 +58,13 @@ class Server:
         source = {} if "VAE_MODEL_REPOSITORY" in env else {"VAE_MODEL_DIR": str(MODEL_DIR)}
         environment = {**os.environ, **source, "VAE_HOST": "127.0.0.1", "VAE_PORT": str(self.port), **env}
         self._log_file = self.log_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "service.cli"], cwd=REPO, env=environment,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli"],
+            cwd=REPO,
+            env=environment,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait(self, ready: bool = True, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -152,9 +157,11 @@ def png(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def bundled_client(tmp_path_factory) -> Iterator[httpx.Client]:
     """A client of the bundled repository (artifacts/), served as `make serve` serves it, or of VAE_BASE_URL."""
-    with serving(tmp_path_factory.mktemp("bundled"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            yield http
+    with (
+        serving(tmp_path_factory.mktemp("bundled"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts")) as url,
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
+        yield http
 
 
 def status_counts(url: str, status_prefix: str) -> dict[str, float]:

@@ -43,9 +43,33 @@ def train_tiny_checkpoint(root: Path) -> Path:
     from model.train import main as train_main
 
     data = write_image_folder(root / "data", train=256, test=64)
-    argv = ["--dataset", "folder", "--data-dir", str(data), "--arch", "mlp", "--decoder", "mlp",
-            "--hidden", "64", "--latent-dim", str(TINY_LATENT_DIM), "--epochs", "1", "--batch-size", "64",
-            "--kl-warmup-epochs", "0", "--threads", "1", "--seed", "3", "--no-progress", "--out", str(root / "run")]
+    argv = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--arch",
+        "mlp",
+        "--decoder",
+        "mlp",
+        "--hidden",
+        "64",
+        "--latent-dim",
+        str(TINY_LATENT_DIM),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--kl-warmup-epochs",
+        "0",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--no-progress",
+        "--out",
+        str(root / "run"),
+    ]
     assert train_main(argv) == 0
     return root / "run" / "best.pt"
 
@@ -54,8 +78,7 @@ def export_version(checkpoint: Path, out: Path, name: str, version: str) -> Path
     """`vae-export CHECKPOINT OUT --name NAME --version VERSION`, with a short parity check."""
     from export.cli import main as export_main
 
-    argv = [str(checkpoint), str(out), "--name", name, "--version", version, "--parity-count", "64",
-            "--threads", "1"]
+    argv = [str(checkpoint), str(out), "--name", name, "--version", version, "--parity-count", "64", "--threads", "1"]
     assert export_main(argv) == 0
     return out
 

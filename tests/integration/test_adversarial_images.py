@@ -19,6 +19,7 @@ from PIL import Image
 from tests.hostile_images import black_png, encode, many_frame_gif, many_page_tiff, progressive_jpeg_bomb
 from tests.integration.conftest import HealthGuard, Server
 
+
 def start(tmp_path_factory, **env: str) -> Server:
     server = Server(tmp_path_factory.mktemp("adversarial"), **env)
     try:
@@ -42,8 +43,15 @@ def server(tmp_path_factory):
 def lenient(tmp_path_factory):
     """Per-image and scan limits opened wide, so the request budget, the deadline and the queue
     are what stop the attacks: one decoder process, two waiting jobs, a 1 s deadline."""
-    server = start(tmp_path_factory, VAE_MAX_IN_FLIGHT="512", VAE_MAX_IMAGE_PIXELS="16777216",
-                   VAE_MAX_JPEG_SCANS="4096", VAE_DECODE_TIMEOUT_S="1", VAE_DECODE_WORKERS="1", VAE_DECODE_QUEUE="2")
+    server = start(
+        tmp_path_factory,
+        VAE_MAX_IN_FLIGHT="512",
+        VAE_MAX_IMAGE_PIXELS="16777216",
+        VAE_MAX_JPEG_SCANS="4096",
+        VAE_DECODE_TIMEOUT_S="1",
+        VAE_DECODE_WORKERS="1",
+        VAE_DECODE_QUEUE="2",
+    )
     yield server
     server.stop()
     assert "Traceback" not in server.log(), server.log()
@@ -139,6 +147,7 @@ def test_a_full_decode_queue_is_answered_429_at_once(lenient):
 
     async def flood() -> list[tuple[float, httpx.Response]]:
         async with httpx.AsyncClient(base_url=lenient.url, timeout=60) as client:
+
             async def one() -> tuple[float, httpx.Response]:
                 began = time.perf_counter()
                 response = await client.post("/encode", content=bomb, headers={"content-type": "image/jpeg"})
@@ -167,7 +176,7 @@ def _with_chunks(png: bytes, chunks: bytes) -> bytes:
 
 
 def _patched(data: bytes, offset: int, value: bytes) -> bytes:
-    return data[:offset] + value + data[offset + len(value):]
+    return data[:offset] + value + data[offset + len(value) :]
 
 
 def _wider_search() -> list[tuple[str, bytes, str, int, str, str]]:
@@ -177,41 +186,122 @@ def _wider_search() -> list[tuple[str, bytes, str, int, str, str]]:
     jpeg = encode(grey, "JPEG")
     frames = [Image.new("L", (28, 28), v) for v in range(256)] * 4
     text_bomb = _png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"\x00" * ((1 << 20) - 1), 9))
-    exif_loop = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + struct.pack("<H", 4000) + \
-        struct.pack("<HHII", 0x8769, 4, 1, 8) * 4000  # every entry points back at the same IFD
+    exif_loop = (
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + struct.pack("<H", 4000) + struct.pack("<HHII", 0x8769, 4, 1, 8) * 4000
+    )  # every entry points back at the same IFD
     webp = encode(Image.new("L", (1, 1)), "WEBP", lossless=True)
     vp8l = webp.index(b"VP8L") + 9  # 14 bits of width - 1, 14 of height - 1
-    fields = int.from_bytes(webp[vp8l:vp8l + 4], "little") & ~((1 << 28) - 1) | 16382 | (16382 << 14)
+    fields = int.from_bytes(webp[vp8l : vp8l + 4], "little") & ~((1 << 28) - 1) | 16382 | (16382 << 14)
     return [
-        ("bmp declaring 100000x100000", _patched(encode(grey, "BMP"), 18, struct.pack("<ii", 100000, 100000)),
-         "image/bmp", 413, "image_too_large", "100000x100000"),
-        ("webp declaring 16383x16383", _patched(webp, vp8l, fields.to_bytes(4, "little")),
-         "image/webp", 413, "image_too_large", "16383x16383"),
-        ("tiff declaring 60000x60000", _patched(_patched(many_page_tiff(1), 8 + 784 + 2 + 8, struct.pack("<H", 60000)),
-                                                8 + 784 + 2 + 12 + 8, struct.pack("<H", 60000)),
-         "image/tiff", 413, "image_too_large", "60000x60000"),
-        ("animated webp, 1024 frames", encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
-         "image/webp", 200, "", ""),
-        ("apng, 1024 frames", encode(frames[0], "PNG", save_all=True, append_images=frames[1:]), "image/png",
-         200, "", ""),
-        ("png with 80 zTXt chunks of 1 MB each", _with_chunks(png, text_bomb * 80), "image/png", 400,
-         "invalid_image", "not a decodable"),
-        ("png with a 50 MB iCCP profile",
-         _with_chunks(png, _png_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"\x00" * (50 << 20), 9))),
-         "image/png", 400, "invalid_image", "not a decodable"),
-        ("jpeg with a looping EXIF", jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif_loop) + 2) + exif_loop + jpeg[2:],
-         "image/jpeg", 200, "", ""),
-        ("jpeg at the scan cap, declaring 2048x2048", progressive_jpeg_bomb((2048, 2048), repeats=58),
-         "image/jpeg", 200, "", ""),
-        ("16-bit grey png", encode(Image.fromarray(np.full((28, 28), 40000, np.uint16)), "PNG"), "image/png",
-         200, "", ""),
-        ("float tiff", encode(Image.fromarray(np.zeros((28, 28), np.float32)), "TIFF"), "image/tiff", 400,
-         "invalid_image", "floating-point"),
+        (
+            "bmp declaring 100000x100000",
+            _patched(encode(grey, "BMP"), 18, struct.pack("<ii", 100000, 100000)),
+            "image/bmp",
+            413,
+            "image_too_large",
+            "100000x100000",
+        ),
+        (
+            "webp declaring 16383x16383",
+            _patched(webp, vp8l, fields.to_bytes(4, "little")),
+            "image/webp",
+            413,
+            "image_too_large",
+            "16383x16383",
+        ),
+        (
+            "tiff declaring 60000x60000",
+            _patched(
+                _patched(many_page_tiff(1), 8 + 784 + 2 + 8, struct.pack("<H", 60000)),
+                8 + 784 + 2 + 12 + 8,
+                struct.pack("<H", 60000),
+            ),
+            "image/tiff",
+            413,
+            "image_too_large",
+            "60000x60000",
+        ),
+        (
+            "animated webp, 1024 frames",
+            encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
+            "image/webp",
+            200,
+            "",
+            "",
+        ),
+        (
+            "apng, 1024 frames",
+            encode(frames[0], "PNG", save_all=True, append_images=frames[1:]),
+            "image/png",
+            200,
+            "",
+            "",
+        ),
+        (
+            "png with 80 zTXt chunks of 1 MB each",
+            _with_chunks(png, text_bomb * 80),
+            "image/png",
+            400,
+            "invalid_image",
+            "not a decodable",
+        ),
+        (
+            "png with a 50 MB iCCP profile",
+            _with_chunks(png, _png_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"\x00" * (50 << 20), 9))),
+            "image/png",
+            400,
+            "invalid_image",
+            "not a decodable",
+        ),
+        (
+            "jpeg with a looping EXIF",
+            jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif_loop) + 2) + exif_loop + jpeg[2:],
+            "image/jpeg",
+            200,
+            "",
+            "",
+        ),
+        (
+            "jpeg at the scan cap, declaring 2048x2048",
+            progressive_jpeg_bomb((2048, 2048), repeats=58),
+            "image/jpeg",
+            200,
+            "",
+            "",
+        ),
+        (
+            "16-bit grey png",
+            encode(Image.fromarray(np.full((28, 28), 40000, np.uint16)), "PNG"),
+            "image/png",
+            200,
+            "",
+            "",
+        ),
+        (
+            "float tiff",
+            encode(Image.fromarray(np.zeros((28, 28), np.float32)), "TIFF"),
+            "image/tiff",
+            400,
+            "invalid_image",
+            "floating-point",
+        ),
         ("cmyk jpeg", encode(Image.new("CMYK", (28, 28)), "JPEG"), "image/jpeg", 200, "", ""),
-        ("eps sent as png (Ghostscript is never run)", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n"
-         b"showpage\n", "image/png", 400, "invalid_image", "PNG, JPEG, WebP, BMP, GIF or TIFF"),
-        ("pdf sent as png", encode(Image.new("RGB", (28, 28)), "PDF"), "image/png", 400, "invalid_image",
-         "PNG, JPEG, WebP, BMP, GIF or TIFF"),
+        (
+            "eps sent as png (Ghostscript is never run)",
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n",
+            "image/png",
+            400,
+            "invalid_image",
+            "PNG, JPEG, WebP, BMP, GIF or TIFF",
+        ),
+        (
+            "pdf sent as png",
+            encode(Image.new("RGB", (28, 28)), "PDF"),
+            "image/png",
+            400,
+            "invalid_image",
+            "PNG, JPEG, WebP, BMP, GIF or TIFF",
+        ),
         ("truncated 2048x2048 png", black_png(2048)[:-40], "image/png", 400, "invalid_image", "truncated"),
     ]
 
@@ -219,8 +309,9 @@ def _wider_search() -> list[tuple[str, bytes, str, int, str, str]]:
 WIDER_SEARCH = _wider_search()
 
 
-@pytest.mark.parametrize("name, data, content_type, status, code, words", WIDER_SEARCH,
-                         ids=[case[0] for case in WIDER_SEARCH])
+@pytest.mark.parametrize(
+    "name, data, content_type, status, code, words", WIDER_SEARCH, ids=[case[0] for case in WIDER_SEARCH]
+)
 def test_wider_search(server, name, data, content_type, status, code, words):
     with HealthGuard(server.url):
         response = post(server.url, data, content_type)

@@ -45,9 +45,14 @@ def repository(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, repository):
-    server = repository_server(tmp_path_factory.mktemp("protocol"), repository, VAE_ADMIN_TOKEN=ADMIN_TOKEN,
-                               VAE_DEFAULT_MODEL=MODEL, VAE_MAX_RESPONSE_BYTES=str(MAX_RESPONSE_BYTES),
-                               VAE_MAX_IN_FLIGHT="512")
+    server = repository_server(
+        tmp_path_factory.mktemp("protocol"),
+        repository,
+        VAE_ADMIN_TOKEN=ADMIN_TOKEN,
+        VAE_DEFAULT_MODEL=MODEL,
+        VAE_MAX_RESPONSE_BYTES=str(MAX_RESPONSE_BYTES),
+        VAE_MAX_IN_FLIGHT="512",
+    )
     try:
         server.wait(timeout=90)
         yield server
@@ -68,17 +73,23 @@ def version(server) -> str:
 
 def v2_error(response: httpx.Response, status: int) -> str:
     body = response.json()
-    assert response.status_code == status and set(body) == {"error"} and isinstance(body["error"], str), \
-        (response.status_code, response.text[:500])
+    assert response.status_code == status and set(body) == {"error"} and isinstance(body["error"], str), (
+        response.status_code,
+        response.text[:500],
+    )
     return body["error"]
 
 
-def binary_request(inputs: list[tuple[str, str, list[int], bytes]], outputs: list[dict] | None = None,
-                   **parameters) -> tuple[bytes, dict[str, str]]:
+def binary_request(
+    inputs: list[tuple[str, str, list[int], bytes]], outputs: list[dict] | None = None, **parameters
+) -> tuple[bytes, dict[str, str]]:
     """A request in Triton's binary tensor extension: the JSON header, then each input's bytes."""
-    header: dict = {"inputs": [{"name": name, "datatype": datatype, "shape": shape,
-                                "parameters": {"binary_data_size": len(blob)}}
-                               for name, datatype, shape, blob in inputs]}
+    header: dict = {
+        "inputs": [
+            {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(blob)}}
+            for name, datatype, shape, blob in inputs
+        ]
+    }
     if outputs is not None:
         header["outputs"] = outputs
     if parameters:
@@ -121,15 +132,18 @@ def raw_exchange(server, request: bytes, body_chunks: list[bytes] = ()) -> tuple
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body[:int(headers.get("content-length", len(body)))]
+    return int(lines[0].split()[1]), headers, body[: int(headers.get("content-length", len(body)))]
 
 
 # -- responses bounded by their requests ---------------------------------------------------------------
 
+
 def test_an_output_named_many_times_is_refused_not_copied(guarded):
     """200 mentions of `logits` made a 19.7 kB request answer 40 MB."""
-    body, headers = binary_request([("z", "FP32", [64, LATENT_DIM], latents(64).tobytes())],
-                                   outputs=[{"name": "logits", "parameters": {"binary_data": True}}] * 200)
+    body, headers = binary_request(
+        [("z", "FP32", [64, LATENT_DIM], latents(64).tobytes())],
+        outputs=[{"name": "logits", "parameters": {"binary_data": True}}] * 200,
+    )
     response = httpx.post(f"{guarded.url}/v2/models/{MODEL}.decoder/infer", content=body, headers=headers, timeout=30)
     message = v2_error(response, 400)
     assert message == "output 'logits' is requested more than once; name each output once"
@@ -151,17 +165,23 @@ def test_a_response_over_the_cap_is_refused_before_it_is_built_and_binary_fits(g
 
 # -- tensors checked before numpy sees them ------------------------------------------------------------
 
-@pytest.mark.parametrize("shape", [[1] * 65, [0, 2**63], [0, 2**62, 2**62], [2**40], [1] * 9],
-                         ids=["rank-65", "zero-by-2^63", "zero-by-2^62-squared", "2^40", "rank-9"])
+
+@pytest.mark.parametrize(
+    "shape",
+    [[1] * 65, [0, 2**63], [0, 2**62, 2**62], [2**40], [1] * 9],
+    ids=["rank-65", "zero-by-2^63", "zero-by-2^62-squared", "2^40", "rank-9"],
+)
 @pytest.mark.parametrize("encoding", ["json", "binary", "bytes-json", "bytes-binary"])
 def test_a_malformed_tensor_shape_is_a_400_that_says_what_is_accepted(guarded, shape, encoding):
     url = f"{guarded.url}/v2/models/{MODEL}.encode/infer"
     if encoding == "json":
-        response = httpx.post(url, json={"inputs": [{"name": "image", "datatype": "FP32", "shape": shape,
-                                                     "data": []}]}, timeout=30)
+        response = httpx.post(
+            url, json={"inputs": [{"name": "image", "datatype": "FP32", "shape": shape, "data": []}]}, timeout=30
+        )
     elif encoding == "bytes-json":
-        response = httpx.post(url, json={"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": shape,
-                                                     "data": []}]}, timeout=30)
+        response = httpx.post(
+            url, json={"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": shape, "data": []}]}, timeout=30
+        )
     else:
         datatype, name = ("FP32", "image") if encoding == "binary" else ("BYTES", "image_bytes")
         body, headers = binary_request([(name, datatype, shape, b"")])
@@ -172,20 +192,25 @@ def test_a_malformed_tensor_shape_is_a_400_that_says_what_is_accepted(guarded, s
 
 # -- JSON whose structure, not its size, is the cost ----------------------------------------------------
 
+
 def test_ten_megabytes_of_nested_empty_lists_are_refused_without_holding_the_loop(guarded):
     """1,165,062 repetitions of [[[[]]]] held the event loop for 2 s."""
     nested = b",".join([b"[[[[]]]]"] * 1_165_062)
     body = b'{"inputs":[{"name":"z","datatype":"FP32","shape":[0,32],"data":[' + nested + b"]}]}"
     began = time.monotonic()
-    response = httpx.post(f"{guarded.url}/v2/models/{MODEL}.decoder/infer", content=body,
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{guarded.url}/v2/models/{MODEL}.decoder/infer",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     message = v2_error(response, 400)
     assert "JSON lists, objects and keys; at most 100000" in message and "binary data" in message
     assert time.monotonic() - began < 2.0
 
 
 def test_a_parameter_object_of_800000_keys_is_refused(guarded):
-    keys = b",".join(b"\"k%d\":0" % i for i in range(800_000))  # 9.3 MB
+    keys = b",".join(b'"k%d":0' % i for i in range(800_000))  # 9.3 MB
     body = b'{"parameters":{' + keys + b'},"inputs":[]}'
     response = httpx.post(f"{guarded.url}/v2/models/{MODEL}.sample/infer", content=body, timeout=30)
     assert "at most 100000" in v2_error(response, 400)
@@ -201,6 +226,7 @@ def test_a_flat_json_tensor_of_ten_megabytes_is_parsed_off_the_loop(guarded):
 
 # -- latents that the decoder overflows on ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", [MODEL, GAUSSIAN])
 def test_finite_latents_that_decode_to_nan_are_a_422_on_every_surface(guarded, model):
     z = [[1e38] * LATENT_DIM]
@@ -209,16 +235,19 @@ def test_finite_latents_that_decode_to_nan_are_a_422_on_every_surface(guarded, m
     assert as_json.status_code == 422 and error["code"] == "non_finite_output", as_json.text
     assert error["message"].startswith("z row 0 decodes to non-finite values")
     large = 3e37 if model == MODEL else 1e38  # 3e37 made the Bernoulli model's PNG all black
-    as_png = httpx.post(f"{guarded.url}/v1/models/{model}/decode?format=png", json={"z": [[large] * LATENT_DIM]},
-                        timeout=30)
+    as_png = httpx.post(
+        f"{guarded.url}/v1/models/{model}/decode?format=png", json={"z": [[large] * LATENT_DIM]}, timeout=30
+    )
     assert as_png.status_code == 422 and as_png.json()["error"]["code"] == "non_finite_output"
     body, headers = binary_request([("z", "FP32", [1, LATENT_DIM], latents(1, 1e38).tobytes())])
     for kind in ("decode", "decoder"):
-        response = httpx.post(f"{guarded.url}/v2/models/{model}.{kind}/infer", content=body, headers=headers,
-                              timeout=30)
+        response = httpx.post(
+            f"{guarded.url}/v2/models/{model}.{kind}/infer", content=body, headers=headers, timeout=30
+        )
         assert "non-finite" in v2_error(response, 400)
-    fine = httpx.post(f"{guarded.url}/v1/models/{model}/decode?format=json&pixels=true", json={"z": [[2.0] * 32]},
-                      timeout=30)
+    fine = httpx.post(
+        f"{guarded.url}/v1/models/{model}/decode?format=json&pixels=true", json={"z": [[2.0] * 32]}, timeout=30
+    )
     assert fine.status_code == 200 and None not in fine.json()["images"][0]["pixels"][0][0]
 
 
@@ -231,10 +260,10 @@ def test_an_encoder_graph_given_huge_pixels_answers_a_400_not_nulls(guarded):
 
 # -- framing ---------------------------------------------------------------------------------------------
 
+
 def test_chunk_extensions_count_against_the_body_and_are_refused(guarded):
     """A chunked /decode carrying 100 MiB of `;x=aaa...` before one valid chunk was read and answered 200."""
-    head = (b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     extension = [b"5;x="] + [b"a" * 65536] * 64  # 4 MiB, sent as far as the server reads it
     status, headers, body = raw_exchange(guarded, head, extension)
     assert status == 400 and headers["connection"] == "close"
@@ -243,17 +272,24 @@ def test_chunk_extensions_count_against_the_body_and_are_refused(guarded):
 
 def test_a_chunked_body_with_ordinary_framing_is_still_served(guarded):
     payload = json.dumps({"z": [[0.0] * LATENT_DIM]}).encode()
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + 7]), payload[i:i + 7]) for i in range(0, len(payload), 7))
-    request = (b"POST /decode?format=json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + b"0\r\n\r\n")
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(payload[i : i + 7]), payload[i : i + 7]) for i in range(0, len(payload), 7)
+    )
+    request = (
+        b"POST /decode?format=json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
     status, _, body = raw_exchange(guarded, request)
     assert status == 200 and len(json.loads(body)["images"]) == 1
 
 
 @pytest.mark.parametrize("coding", [b"identity, chunked", b"gzip, chunked", b"chunked\r\nTransfer-Encoding: chunked"])
 def test_transfer_codings_other_than_chunked_are_refused(guarded, coding):
-    request = (b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: " + coding
-               + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    request = (
+        b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: "
+        + coding
+        + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
     status, headers, body = raw_exchange(guarded, request)
     error = json.loads(body)["error"]
     assert status == 400 and headers["connection"] == "close" and error["code"] == "invalid_http"
@@ -262,6 +298,7 @@ def test_transfer_codings_other_than_chunked_are_refused(guarded, coding):
 
 
 # -- redirects, challenges, readiness ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/ui", "/docs-assets", "/encode/", "/v2/"])
 def test_no_answer_takes_its_location_from_the_host_header(guarded, path):
@@ -282,12 +319,17 @@ def test_a_401_names_its_authentication_scheme(guarded):
 
 
 def test_readiness_after_an_unload_says_unloaded_and_a_load_brings_it_back(server):
-    with HealthGuard(server.url, unready_allowed=True), \
-            httpx.Client(base_url=server.url, headers=bearer(), timeout=60) as admin:
+    with (
+        HealthGuard(server.url, unready_allowed=True),
+        httpx.Client(base_url=server.url, headers=bearer(), timeout=60) as admin,
+    ):
         assert admin.post(f"/v2/repository/models/{MODEL}/unload").json() == {}
         ready = admin.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["error"]["message"] == \
-            f"the model {MODEL} was unloaded; POST /v2/repository/models/{MODEL}/load serves it again"
+        assert (
+            ready.status_code == 503
+            and ready.json()["error"]["message"]
+            == f"the model {MODEL} was unloaded; POST /v2/repository/models/{MODEL}/load serves it again"
+        )
         assert v2_error(admin.get(f"/v2/models/{MODEL}/ready"), 400) == f"model '{MODEL}' is not ready (unloaded)"
         assert admin.post(f"/v2/repository/models/{MODEL}/load").json() == {}
         assert admin.get("/readyz").status_code == 200
@@ -301,6 +343,7 @@ def test_readiness_of_a_model_that_does_not_exist_says_so(guarded):
 
 
 # -- the repository on disk ----------------------------------------------------------------------------------
+
 
 def test_a_symlink_out_of_the_repository_is_never_followed(guarded, repository):
     """One pointing at /etc made the index list about 830 of its subdirectories as versions."""
@@ -329,8 +372,9 @@ def test_a_failed_load_answers_400_with_its_reason(guarded, repository, version)
     try:
         response = httpx.post(f"{guarded.url}/v2/repository/models/{MODEL}/load", headers=bearer(), timeout=60)
         message = v2_error(response, 400)
-        assert message.startswith(f"failed to load {MODEL} 99.0.0: directory {MODEL}/99.0.0 holds the manifest of "
-                                  f"{MODEL} {version}") and message.endswith(f"(serving: {version})")
+        assert message.startswith(
+            f"failed to load {MODEL} 99.0.0: directory {MODEL}/99.0.0 holds the manifest of {MODEL} {version}"
+        ) and message.endswith(f"(serving: {version})")
         relabel(copy, MODEL, "99.0.0")  # made consistent, it loads and serves
         loaded = httpx.post(f"{guarded.url}/v2/repository/models/{MODEL}/load", headers=bearer(), timeout=60)
         assert loaded.json() == {}
@@ -357,16 +401,20 @@ def test_tritonclient_walks_the_index_and_every_ready_entry_answers_its_metadata
 
 # -- v2 parameters are typed ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("parameters", [{"k": True}, {"k": "5"}, {"k": 5.0}, {"seed": False}])
 def test_v2_parameters_are_not_coerced(guarded, parameters):
     pixels = np.zeros((1, 1, 28, 28), np.float32)
     body, headers = binary_request([("image", "FP32", [1, 1, 28, 28], pixels.tobytes())], **parameters)
     response = httpx.post(f"{guarded.url}/v2/models/{MODEL}.elbo/infer", content=body, headers=headers, timeout=30)
     [name] = parameters
-    assert v2_error(response, 400).startswith(f"model '{MODEL}.elbo': parameter {name}: Input should be a valid integer")
+    assert v2_error(response, 400).startswith(
+        f"model '{MODEL}.elbo': parameter {name}: Input should be a valid integer"
+    )
 
 
 # -- beyond the list: what a client's text can make the server say or do ---------------------------------------
+
 
 def test_error_messages_never_echo_a_clients_text_at_length(guarded):
     huge = "x" * 1_000_000

@@ -27,9 +27,14 @@ MAX_HEADER_BYTES = 16384
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("adversarial"), VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-                    VAE_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S), VAE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
-                    VAE_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES), VAE_MAX_HEADERS="100")
+    server = Server(
+        tmp_path_factory.mktemp("adversarial"),
+        VAE_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
+        VAE_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        VAE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+        VAE_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        VAE_MAX_HEADERS="100",
+    )
     try:
         server.wait()
         yield server
@@ -88,8 +93,10 @@ def error_code(body: bytes) -> str:
 
 
 def upload_head(path: str, length: int, content_type: str = "image/png") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 @contextmanager
@@ -156,19 +163,26 @@ def test_a_stalled_json_body_on_decode_gets_408(guarded):
     assert status == 408 and error_code(body) == "request_timeout"
 
 
-@pytest.mark.parametrize("extra", [
-    b"X-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n",  # one header too big
-    b"".join(b"X-%d: 1\r\n" % i for i in range(150)),  # too many headers
-    b"X-Huge: " + b"a" * 1_000_000 + b"\r\n",  # 1 MB, one header
-    b"".join(b"X-%d: 1\r\n" % i for i in range(100_000)),  # 100,000 headers
-], ids=["big", "many", "1MB", "100k"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n",  # one header too big
+        b"".join(b"X-%d: 1\r\n" % i for i in range(150)),  # too many headers
+        b"X-Huge: " + b"a" * 1_000_000 + b"\r\n",  # 1 MB, one header
+        b"".join(b"X-%d: 1\r\n" % i for i in range(100_000)),  # 100,000 headers
+    ],
+    ids=["big", "many", "1MB", "100k"],
+)
 def test_oversized_headers_get_431_and_a_closed_connection(guarded, extra):
     status, headers, body = exchange(guarded, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
     assert status == 431 and error_code(body) == "headers_too_large" and headers["connection"] == "close"
 
 
-@pytest.mark.parametrize("first_bytes", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"POST /enc"],
-                         ids=["silent", "half-headers", "half-request-line"])
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"POST /enc"],
+    ids=["silent", "half-headers", "half-request-line"],
+)
 def test_idle_connections_with_incomplete_headers_are_closed_within_the_header_timeout(guarded, first_bytes):
     with connect(guarded) as sock:
         began = time.monotonic()
@@ -236,8 +250,10 @@ def chunked(*chunks: bytes) -> bytes:
 
 
 def chunked_head(path: str = "/encode") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 def test_a_chunked_body_over_the_limit_gets_413(guarded):
@@ -253,15 +269,20 @@ def test_a_chunked_image_is_served(guarded, test_images, local_model):
     np.testing.assert_allclose(json.loads(body)["results"][0]["mean"], mean, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("raw", [
-    chunked_head() + b"zz\r\nabc\r\n0\r\n\r\n",  # not hex
-    chunked_head() + b"fffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",  # overflows
-    chunked_head() + b"3\r\nabcdef\r\n0\r\n\r\n",  # more data than the size says
-    b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-    b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-], ids=["not-hex", "overflow", "overlong-chunk", "cl-and-te", "negative-cl", "garbage-cl", "two-cl"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        chunked_head() + b"zz\r\nabc\r\n0\r\n\r\n",  # not hex
+        chunked_head() + b"fffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",  # overflows
+        chunked_head() + b"3\r\nabcdef\r\n0\r\n\r\n",  # more data than the size says
+        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
+        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    ],
+    ids=["not-hex", "overflow", "overlong-chunk", "cl-and-te", "negative-cl", "garbage-cl", "two-cl"],
+)
 def test_malformed_framing_gets_a_json_400_from_the_server(guarded, raw):
     status, headers, body = exchange(guarded, raw)
     assert status == 400 and error_code(body) == "invalid_http" and headers["connection"] == "close"
@@ -269,9 +290,12 @@ def test_malformed_framing_gets_a_json_400_from_the_server(guarded, raw):
 
 def test_pipelined_requests_are_answered_in_order(guarded, test_images, local_model):
     with expected_encoding(test_images, local_model) as (image, mean):
-        raw = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-               + upload_head("/encode", len(image)).replace(b"Connection: close\r\n", b"") + image
-               + b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            + upload_head("/encode", len(image)).replace(b"Connection: close\r\n", b"")
+            + image
+            + b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         with connect(guarded) as sock:
             sock.sendall(raw)
             responses = parse(read_all(sock))

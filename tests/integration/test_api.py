@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.core.preprocess import bytes_to_array, PreprocessContract
+from model.core.preprocess import PreprocessContract, bytes_to_array
 from tests.integration.conftest import MODEL_VERSION, png
 
 PNG = {"content-type": "image/png"}
@@ -97,16 +97,35 @@ def test_elbo_agrees_with_vae_eval_on_the_same_images_in_any_order(http, test_im
     folder.mkdir()
     for i, x in enumerate(test_images[:6]):
         (folder / f"{i:02d}.png").write_bytes(png(x))
-    assert vae_eval([str(MODEL_DIR / "checkpoint.pt"), "--images-dir", str(folder), "--k", "200", "--seed", "5",
-                     "--threads", "1", "--no-figures", "--no-progress", "--report", str(tmp_path / "report")]) == 0
+    assert (
+        vae_eval(
+            [
+                str(MODEL_DIR / "checkpoint.pt"),
+                "--images-dir",
+                str(folder),
+                "--k",
+                "200",
+                "--seed",
+                "5",
+                "--threads",
+                "1",
+                "--no-figures",
+                "--no-progress",
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     with np.load(tmp_path / "report" / "scores.npz") as stored:  # closed: an open archive warns when collected
         expected = {key: stored[key] for key in stored.files}
     order = [3, 0, 5, 1, 3, 4, 2]  # vae-eval reads them sorted by name; /elbo gets another order and a duplicate
     paths = sorted(folder.iterdir())
     files = [("file", (paths[i].name, paths[i].read_bytes(), "image/png")) for i in order]
     body = http.post("/elbo?k=200&seed=5", files=files).json()
-    got = {key: np.array([r[key] for r in body["results"]]) for key in ("elbo", "kl", "reconstruction",
-                                                                           "log_likelihood")}
+    got = {
+        key: np.array([r[key] for r in body["results"]]) for key in ("elbo", "kl", "reconstruction", "log_likelihood")
+    }
     for key in ("elbo", "kl", "reconstruction", "log_likelihood"):
         np.testing.assert_allclose(got[key], expected[key][order], rtol=1e-4, atol=2e-3, err_msg=key)
     assert body["k"] == 200 and "Bernoulli" in body["data_space"]
@@ -117,8 +136,10 @@ def test_elbo_k_improves_on_the_bound(http, test_images):
     prior even its KL is a one-sample estimate), so the bound is the mean of 16 seeds' draws."""
     image = png(test_images[0])
     body = http.post("/elbo?k=500&seed=1", content=image, headers=PNG).json()["results"][0]
-    draws = [http.post(f"/elbo?k=1&seed={seed}", content=image, headers=PNG).json()["results"][0]["elbo"]
-             for seed in range(16)]
+    draws = [
+        http.post(f"/elbo?k=1&seed={seed}", content=image, headers=PNG).json()["results"][0]["elbo"]
+        for seed in range(16)
+    ]
     assert len(set(draws)) == 16  # each seed is its own draw
     assert body["log_likelihood"] > float(np.mean(draws)) and body["bits_per_dim"] > 0
 
@@ -129,24 +150,42 @@ def _huge_png() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [
-    ("post", "/encode", {"content": b"garbage", "headers": PNG}, 400, "invalid_image"),
-    ("post", "/encode", {"content": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "headers": PNG}, 400,
-     "invalid_image"),
-    ("post", "/encode", {"content": b"x" * (10 * 1024 * 1024 + 1), "headers": PNG}, 413, "payload_too_large"),
-    ("post", "/encode", {"content": _huge_png(), "headers": PNG}, 413, "image_too_large"),
-    ("post", "/encode", {"content": b"{}", "headers": {"content-type": "application/json"}}, 415,
-     "unsupported_media_type"),
-    ("post", "/elbo?k=0", {"content": b"", "headers": PNG}, 422, "invalid_request"),
-    ("post", "/elbo?k=5001", {"content": b"", "headers": PNG}, 422, "k_out_of_range"),
-    ("get", "/sample?n=0", {}, 422, "invalid_request"),
-    ("get", "/sample?n=65", {}, 422, "n_out_of_range"),
-    ("get", "/sample?temperature=0", {}, 422, "invalid_request"),
-    ("post", "/decode", {"json": {"z": [[0.0, 1.0]]}}, 422, "invalid_latents"),
-    ("post", "/decode", {"content": '{"z": [[NaN]]}', "headers": {"content-type": "application/json"}}, 422,
-     "invalid_request"),
-    ("post", "/decode", {"json": {"z": [[0.0] * 32] * 65}}, 422, "invalid_latents"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("post", "/encode", {"content": b"garbage", "headers": PNG}, 400, "invalid_image"),
+        (
+            "post",
+            "/encode",
+            {"content": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "headers": PNG},
+            400,
+            "invalid_image",
+        ),
+        ("post", "/encode", {"content": b"x" * (10 * 1024 * 1024 + 1), "headers": PNG}, 413, "payload_too_large"),
+        ("post", "/encode", {"content": _huge_png(), "headers": PNG}, 413, "image_too_large"),
+        (
+            "post",
+            "/encode",
+            {"content": b"{}", "headers": {"content-type": "application/json"}},
+            415,
+            "unsupported_media_type",
+        ),
+        ("post", "/elbo?k=0", {"content": b"", "headers": PNG}, 422, "invalid_request"),
+        ("post", "/elbo?k=5001", {"content": b"", "headers": PNG}, 422, "k_out_of_range"),
+        ("get", "/sample?n=0", {}, 422, "invalid_request"),
+        ("get", "/sample?n=65", {}, 422, "n_out_of_range"),
+        ("get", "/sample?temperature=0", {}, 422, "invalid_request"),
+        ("post", "/decode", {"json": {"z": [[0.0, 1.0]]}}, 422, "invalid_latents"),
+        (
+            "post",
+            "/decode",
+            {"content": '{"z": [[NaN]]}', "headers": {"content-type": "application/json"}},
+            422,
+            "invalid_request",
+        ),
+        ("post", "/decode", {"json": {"z": [[0.0] * 32] * 65}}, 422, "invalid_latents"),
+    ],
+)
 def test_errors_have_their_status_and_code(http, method, path, kwargs, status, code):
     assert error_of(getattr(http, method)(path, **kwargs)) == (status, code)
 
@@ -160,7 +199,9 @@ def test_metrics_are_prometheus_text(http):
     text = http.get("/metrics").text
     assert 'vae_requests_total{method="GET",route="/sample",status="200"}' in text
     assert "vae_model_info{" in text and "vae_request_duration_seconds_bucket" in text
-    assert f'vae_images_processed_total{{model="fashion-mnist-vae",operation="sample",version="{MODEL_VERSION}"}}' in text
+    assert (
+        f'vae_images_processed_total{{model="fashion-mnist-vae",operation="sample",version="{MODEL_VERSION}"}}' in text
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +210,9 @@ def spec(http):
 
 
 def operations(spec):
-    return [(path, method, operation) for path, methods in spec["paths"].items()
-            for method, operation in methods.items()]
+    return [
+        (path, method, operation) for path, methods in spec["paths"].items() for method, operation in methods.items()
+    ]
 
 
 def validate(document: dict, schema: dict, spec: dict) -> None:
@@ -179,8 +221,17 @@ def validate(document: dict, schema: dict, spec: dict) -> None:
 
 
 def test_every_route_is_documented_with_its_errors(spec):
-    assert {"/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/healthz", "/readyz", "/v1/model",
-            "/metrics"} <= set(spec["paths"])
+    assert {
+        "/encode",
+        "/decode",
+        "/sample",
+        "/elbo",
+        "/reconstruct",
+        "/healthz",
+        "/readyz",
+        "/v1/model",
+        "/metrics",
+    } <= set(spec["paths"])
     operations_ = ("/encode", "/decode", "/sample", "/elbo", "/reconstruct", "/anomaly")
     prefixes = ("", "/v1/models/{name}", "/v1/models/{name}/versions/{version}")
     model_routes = {prefix + op for prefix in prefixes for op in operations_}
@@ -214,8 +265,11 @@ def test_every_image_route_lists_every_accepted_image_type(spec):
 def test_an_error_answer_validates_against_the_documented_error_body(http, spec):
     response = http.post("/decode", json={"z": [[0.0]]})
     assert response.status_code == 422
-    validate(response.json(), spec["paths"]["/decode"]["post"]["responses"]["422"]["content"]["application/json"]
-             ["schema"], spec)
+    validate(
+        response.json(),
+        spec["paths"]["/decode"]["post"]["responses"]["422"]["content"]["application/json"]["schema"],
+        spec,
+    )
 
 
 def try_it_out(http, operation: dict) -> dict:
@@ -242,9 +296,21 @@ def try_it_out(http, operation: dict) -> dict:
     return request
 
 
-@pytest.mark.parametrize("route", ["GET /healthz", "GET /readyz", "GET /v1/model", "GET /metrics",
-                                   "POST /encode", "POST /elbo", "POST /reconstruct", "POST /anomaly", "POST /decode",
-                                   "GET /sample"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /v1/model",
+        "GET /metrics",
+        "POST /encode",
+        "POST /elbo",
+        "POST /reconstruct",
+        "POST /anomaly",
+        "POST /decode",
+        "GET /sample",
+    ],
+)
 def test_every_routes_documented_example_works(http, spec, route):
     method, path = route.split()
     operation = spec["paths"][path][method.lower()]

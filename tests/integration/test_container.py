@@ -28,8 +28,11 @@ class Container:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"vae-check-{self.port}"
-        subprocess.run([ENGINE, "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:{container_port}",
-                        *args, IMAGE], check=True, capture_output=True)
+        subprocess.run(
+            [ENGINE, "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:{container_port}", *args, IMAGE],
+            check=True,
+            capture_output=True,
+        )
 
     def wait_up(self, ready: bool = True, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -83,6 +86,7 @@ def test_sigterm_during_a_burst_loses_no_accepted_request(test_images):
 
         async def burst():
             async with httpx.AsyncClient(base_url=container.url, timeout=120) as client:
+
                 async def one():
                     try:
                         return (await client.post("/elbo?k=3000&seed=1", content=body, headers=PNG)).status_code
@@ -139,13 +143,19 @@ def test_the_healthcheck_follows_vae_port():
     try:
         container.wait_up()
         if Path(ENGINE).name == "podman":  # runs the image's HEALTHCHECK command now
-            result = subprocess.run([ENGINE, "healthcheck", "run", container.name], capture_output=True, text=True,
-                                    timeout=60)
+            result = subprocess.run(
+                [ENGINE, "healthcheck", "run", container.name], capture_output=True, text=True, timeout=60
+            )
             assert result.returncode == 0, result.stdout + result.stderr + container.logs()
         else:  # docker runs it on its own schedule (every 10 s after a 15 s start period)
+
             def health() -> str:
-                return subprocess.run([ENGINE, "inspect", "--format", "{{.State.Health.Status}}", container.name],
-                                      capture_output=True, text=True).stdout.strip()
+                return subprocess.run(
+                    [ENGINE, "inspect", "--format", "{{.State.Health.Status}}", container.name],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+
             poll(lambda: health() == "healthy", "the container reports healthy", timeout=90)
     finally:
         container.remove()

@@ -47,9 +47,8 @@ def subset(version) -> np.ndarray:
 def test_a_fixed_subset_scored_by_the_service_agrees_with_the_report(client, version, subset):
     scores = []
     for start in range(0, SUBSET, 50):
-        files = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(subset[start:start + 50])]
-        response = client.post(f"/v1/models/{NAME}/versions/{version}/elbo", params={"k": K, "seed": SEED},
-                               files=files)
+        files = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(subset[start : start + 50])]
+        response = client.post(f"/v1/models/{NAME}/versions/{version}/elbo", params={"k": K, "seed": SEED}, files=files)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"]["version"] == version and len(body["results"]) == len(files)

@@ -23,8 +23,11 @@ from tests.conftest import REPO
 from tests.integration.conftest import serving
 
 ADMIN_TOKEN = "docs-example-token"
-DOCUMENTS = [REPO / "README.md", REPO / "CHANGELOG.md",
-             *sorted(p for p in (REPO / "docs").rglob("*.md") if "assets" not in p.relative_to(REPO / "docs").parts)]
+DOCUMENTS = [
+    REPO / "README.md",
+    REPO / "CHANGELOG.md",
+    *sorted(p for p in (REPO / "docs").rglob("*.md") if "assets" not in p.relative_to(REPO / "docs").parts),
+]
 FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.*?)\s*-->$")
 SHELL, PYTHON = ("bash", "sh", "shell"), ("python", "py")
@@ -67,11 +70,24 @@ def blocks_of(path: Path) -> list[Block]:
             continue
         before = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         marker = NOT_RUN.match(before)
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(opening.group(1))
-                    and not lines[j].strip(opening.group(1)[0]).strip()), None)
+        end = next(
+            (
+                j
+                for j in range(i + 1, len(lines))
+                if lines[j].startswith(opening.group(1)) and not lines[j].strip(opening.group(1)[0]).strip()
+            ),
+            None,
+        )
         assert end is not None, f"{path.relative_to(REPO)}:{i + 1}: an unclosed code fence"
-        blocks.append(Block(path, i + 1, opening.group(2).lower(), "\n".join(lines[i + 1:end]) + "\n",
-                            marker.group(1) if marker else None))
+        blocks.append(
+            Block(
+                path,
+                i + 1,
+                opening.group(2).lower(),
+                "\n".join(lines[i + 1 : end]) + "\n",
+                marker.group(1) if marker else None,
+            )
+        )
         i = end + 1
     return blocks
 
@@ -104,8 +120,9 @@ def test_the_documents_are_found_and_hold_examples():
 
 def test_every_block_runs_here_or_says_why_not():
     unknown = [f"{b.where} ({b.language or 'no language'})" for b in RUNNABLE if b.language not in SHELL + PYTHON]
-    assert not unknown, ("code blocks this test cannot run; mark each with <!-- not-run: why --> on the line "
-                         f"before it: {unknown}")
+    assert not unknown, (
+        f"code blocks this test cannot run; mark each with <!-- not-run: why --> on the line before it: {unknown}"
+    )
     unexplained = [block.where for block in BLOCKS if block.not_run is not None and len(block.not_run) < 5]
     assert not unexplained, f"not-run markers without a reason: {unexplained}"
 
@@ -124,8 +141,11 @@ def test_the_quickstart_uses_images_that_ship():
 @pytest.fixture(scope="module")
 def docs_server(tmp_path_factory):
     """The bundled repository, served as `make serve` serves it, with an admin token for the control examples."""
-    with serving(tmp_path_factory.mktemp("docs-server"), VAE_MODEL_REPOSITORY=str(REPO / "artifacts"),
-                 VAE_ADMIN_TOKEN=ADMIN_TOKEN) as url:
+    with serving(
+        tmp_path_factory.mktemp("docs-server"),
+        VAE_MODEL_REPOSITORY=str(REPO / "artifacts"),
+        VAE_ADMIN_TOKEN=ADMIN_TOKEN,
+    ) as url:
         yield url
 
 
@@ -149,12 +169,19 @@ def test_the_example_runs(block, docs_server, workdir):
     if block.language in PYTHON:
         exec(compile(code, block.where, "exec"), {"__name__": "docs_example"})
         return
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "PYTHONPATH": str(REPO), "VAE_ADMIN_TOKEN": ADMIN_TOKEN}
-    result = subprocess.run(["bash", "-c", PRELUDE + code], cwd=workdir, env=environment, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, (f"{block.where} failed ({result.returncode}):\n{code}\n"
-                                    f"stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}")
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+        "VAE_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    result = subprocess.run(
+        ["bash", "-c", PRELUDE + code], cwd=workdir, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, (
+        f"{block.where} failed ({result.returncode}):\n{code}\n"
+        f"stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}"
+    )
 
 
 def slug(heading: str) -> str:

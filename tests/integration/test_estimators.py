@@ -24,15 +24,20 @@ IMAGES = 4
 
 
 # (name, latest version) of each model with a manifest in the repository
-MODELS = [(model.name, newest_version(model).name) for model in sorted(REPOSITORY.iterdir())
-          if any(model.glob("*/manifest.json"))]
+MODELS = [
+    (model.name, newest_version(model).name)
+    for model in sorted(REPOSITORY.iterdir())
+    if any(model.glob("*/manifest.json"))
+]
 
 
 @pytest.fixture(scope="module")
 def repository_http(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("estimators"), VAE_MODEL_REPOSITORY=str(REPOSITORY)) as url:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
+    with (
+        serving(tmp_path_factory.mktemp("estimators"), VAE_MODEL_REPOSITORY=str(REPOSITORY)) as url,
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        yield client
 
 
 def test_the_bundled_repository_has_a_model_to_test():
@@ -46,8 +51,10 @@ def _scores(http: httpx.Client, name: str, version: str, images: np.ndarray, est
         pytest.skip(f"{name} {version} is not served at this base URL")
     body = response.json()
     assert response.status_code == 200 and body["estimator"] == estimator and body["k"] == K, body
-    return {key: np.array([r[key] for r in body["results"]]) for key in
-            ("log_likelihood", "log_likelihood_standard_error", "effective_sample_size", "elbo")}
+    return {
+        key: np.array([r[key] for r in body["results"]])
+        for key in ("log_likelihood", "log_likelihood_standard_error", "effective_sample_size", "elbo")
+    }
 
 
 @pytest.mark.parametrize(("name", "version"), MODELS)
@@ -79,14 +86,16 @@ def test_the_default_estimator_is_importance_sampling(repository_http, test_imag
 
 # ---- a linear-Gaussian VAE as ONNX graphs, served by vae-serve ----
 
+
 def _graph(name: str, inputs: list, outputs: list, nodes: list, constants: dict[str, np.ndarray]) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     def values(specs: list) -> list:
         return [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in specs]
 
-    graph = helper.make_graph(nodes, name, values(inputs), values(outputs),
-                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    graph = helper.make_graph(
+        nodes, name, values(inputs), values(outputs), [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
@@ -97,41 +106,69 @@ def export_linear_gaussian(fake: LinearGaussianVAE, directory: Path) -> Path:
 
     pixels, latent = fake.b.size, fake.latent_dim
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
-    encode_matrix = 0.9 * fake.W @ fake.post_cov / fake.SIGMA ** 2  # (P, D), as fake.encode
+    encode_matrix = 0.9 * fake.W @ fake.post_cov / fake.SIGMA**2  # (P, D), as fake.encode
     logvar = np.log(np.diag(fake.post_cov)) + 0.2
-    encoder = _graph("encoder", [("image", ["batch", *SHAPE])],
-                     [("mean", ["batch", latent]), ("logvar", ["batch", latent])], [
-        helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
-        helper.make_node("Sub", ["flat", "b"], ["centred"]),
-        helper.make_node("MatMul", ["centred", "A"], ["mean"]),
-        helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "logvar_value"], ["logvar"])],
-        {"flat_shape": np.array([-1, pixels], np.int64), "b": f32(fake.b), "A": f32(encode_matrix),
-         "zero": f32(0.0), "logvar_value": f32(logvar)})
-    decoder = _graph("decoder", [("z", ["batch", latent])],
-                     [("mean", ["batch", *SHAPE]), ("log_scale", ["batch", *SHAPE])], [
-        helper.make_node("MatMul", ["z", "Wt"], ["projected"]),
-        helper.make_node("Add", ["projected", "b"], ["flat_mean"]),
-        helper.make_node("Reshape", ["flat_mean", "image_shape"], ["mean"]),
-        helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "log_sigma"], ["log_scale"])],
-        {"Wt": f32(fake.W.T), "b": f32(fake.b), "image_shape": np.array([-1, *SHAPE], np.int64), "zero": f32(0.0),
-         "log_sigma": f32(np.log(fake.SIGMA))})
+    encoder = _graph(
+        "encoder",
+        [("image", ["batch", *SHAPE])],
+        [("mean", ["batch", latent]), ("logvar", ["batch", latent])],
+        [
+            helper.make_node("Reshape", ["image", "flat_shape"], ["flat"]),
+            helper.make_node("Sub", ["flat", "b"], ["centred"]),
+            helper.make_node("MatMul", ["centred", "A"], ["mean"]),
+            helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "logvar_value"], ["logvar"]),
+        ],
+        {
+            "flat_shape": np.array([-1, pixels], np.int64),
+            "b": f32(fake.b),
+            "A": f32(encode_matrix),
+            "zero": f32(0.0),
+            "logvar_value": f32(logvar),
+        },
+    )
+    decoder = _graph(
+        "decoder",
+        [("z", ["batch", latent])],
+        [("mean", ["batch", *SHAPE]), ("log_scale", ["batch", *SHAPE])],
+        [
+            helper.make_node("MatMul", ["z", "Wt"], ["projected"]),
+            helper.make_node("Add", ["projected", "b"], ["flat_mean"]),
+            helper.make_node("Reshape", ["flat_mean", "image_shape"], ["mean"]),
+            helper.make_node("Mul", ["mean", "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "log_sigma"], ["log_scale"]),
+        ],
+        {
+            "Wt": f32(fake.W.T),
+            "b": f32(fake.b),
+            "image_shape": np.array([-1, *SHAPE], np.int64),
+            "zero": f32(0.0),
+            "log_sigma": f32(np.log(fake.SIGMA)),
+        },
+    )
     directory.mkdir(parents=True)
     infos = {}
-    for part, data, ins, outs in (("encoder", encoder, {"image": ["batch", *SHAPE]},
-                                   {"mean": ["batch", latent], "logvar": ["batch", latent]}),
-                                  ("decoder", decoder, {"z": ["batch", latent]},
-                                   {"mean": ["batch", *SHAPE], "log_scale": ["batch", *SHAPE]})):
+    for part, data, ins, outs in (
+        ("encoder", encoder, {"image": ["batch", *SHAPE]}, {"mean": ["batch", latent], "logvar": ["batch", latent]}),
+        ("decoder", decoder, {"z": ["batch", latent]}, {"mean": ["batch", *SHAPE], "log_scale": ["batch", *SHAPE]}),
+    ):
         (directory / f"{part}.onnx").write_bytes(data)
-        infos[part] = GraphInfo(file=f"{part}.onnx", sha256=hashlib.sha256(data).hexdigest(), inputs=ins,
-                                outputs=outs, opset=17)
-    manifest = make_manifest().model_copy(update={
-        "name": "linear-gaussian", "version": "1.0.0", "encoder": infos["encoder"], "decoder": infos["decoder"],
-        "source_checkpoint": FileHash(file="none", sha256="0" * 64),
-        "likelihood": LikelihoodSpec(name="gaussian", outputs=["mean", "log_scale"],
-                                     data_space=fake.likelihood.data_space),
-        "parity": {"tolerance": 1e-4, "max_abs_diff": {"closed form": 0.0}}})
+        infos[part] = GraphInfo(
+            file=f"{part}.onnx", sha256=hashlib.sha256(data).hexdigest(), inputs=ins, outputs=outs, opset=17
+        )
+    manifest = make_manifest().model_copy(
+        update={
+            "name": "linear-gaussian",
+            "version": "1.0.0",
+            "encoder": infos["encoder"],
+            "decoder": infos["decoder"],
+            "source_checkpoint": FileHash(file="none", sha256="0" * 64),
+            "likelihood": LikelihoodSpec(
+                name="gaussian", outputs=["mean", "log_scale"], data_space=fake.likelihood.data_space
+            ),
+            "parity": {"tolerance": 1e-4, "max_abs_diff": {"closed form": 0.0}},
+        }
+    )
     manifest.write(directory / "manifest.json")
     return directory
 
@@ -143,15 +180,18 @@ def test_an_onnx_linear_gaussian_vae_converges_on_its_closed_form(tmp_path, esti
     pngs = [array_to_png(x) for x in fake.draw(2, seed=5)]
     try:
         server.wait()
-        body = httpx.post(f"{server.url}/elbo?k=5000&seed=1&estimator={estimator}", timeout=60,
-                          files=[("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(pngs)]).json()
+        body = httpx.post(
+            f"{server.url}/elbo?k=5000&seed=1&estimator={estimator}",
+            timeout=60,
+            files=[("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(pngs)],
+        ).json()
     finally:
         server.stop()
     assert body["model"] == {"name": "linear-gaussian", "version": "1.0.0"} and body["estimator"] == estimator
     contract = PreprocessContract(input_shape=SHAPE)
     pixels = np.stack([bytes_to_array(data, contract) for data in pngs])  # what the server decoded
     data = fake.likelihood.images_to_data_space(pixels, body["binarize_seed"])
-    for result, x in zip(body["results"], data):
+    for result, x in zip(body["results"], data, strict=False):
         exact = fake.log_px(x) + fake.likelihood.discrete_offset(x.size)  # the 8-bit image's log-probability
         assert result["log_likelihood"] == pytest.approx(exact, abs=0.6)
         assert abs(result["log_likelihood"] - exact) < 4 * result["log_likelihood_standard_error"] + 0.01

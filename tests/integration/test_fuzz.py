@@ -9,14 +9,34 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
-                                               response_schema_conformance, status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
-CORE = {"POST /encode", "POST /elbo", "POST /reconstruct", "POST /anomaly", "POST /decode", "GET /sample",
-        "GET /healthz", "GET /readyz", "GET /v1/model", "GET /metrics",
-        "POST /v1/models/{name}/versions/{version}/encode", "POST /v2/repository/index"}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+CORE = {
+    "POST /encode",
+    "POST /elbo",
+    "POST /reconstruct",
+    "POST /anomaly",
+    "POST /decode",
+    "GET /sample",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /v1/model",
+    "GET /metrics",
+    "POST /v1/models/{name}/versions/{version}/encode",
+    "POST /v2/repository/index",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +50,7 @@ def operations(base_url):
 
 
 def test_the_document_has_the_core_operations(operations):
-    assert CORE <= set(operations)
+    assert set(operations) >= CORE
 
 
 def test_every_operation_conforms_to_its_schema(operations, base_url):
@@ -50,8 +70,7 @@ def fuzz_operation(operation, base_url) -> list[int]:
     calls = []
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
     def fuzz(case):
         calls.append(case.call_and_validate(base_url=base_url, checks=CHECKS, timeout=60).status_code)
 

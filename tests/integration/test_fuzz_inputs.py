@@ -25,8 +25,9 @@ FORMATS = {  # Pillow save arguments -> the media type the image is sent as
     "gif": ({"format": "GIF"}, "image/gif"),
     "tiff": ({"format": "TIFF", "compression": "tiff_deflate"}, "image/tiff"),
 }
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                database=None)
+FUZZ = settings(
+    max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+)
 
 
 def image_bytes(kind: str) -> bytes:
@@ -40,9 +41,11 @@ def mutations(data: bytes) -> st.SearchStrategy[bytes]:
     size = len(data)
     truncate = st.integers(0, size - 1).map(lambda n: data[:n])
     flip = st.lists(st.tuples(st.integers(0, size - 1), st.integers(0, 255)), min_size=1, max_size=8).map(
-        lambda edits: _apply(data, edits))
+        lambda edits: _apply(data, edits)
+    )
     insert = st.tuples(st.integers(0, size), st.binary(min_size=1, max_size=64)).map(
-        lambda edit: data[:edit[0]] + edit[1] + data[edit[0]:])
+        lambda edit: data[: edit[0]] + edit[1] + data[edit[0] :]
+    )
     return st.one_of(truncate, flip, insert)
 
 
@@ -91,7 +94,8 @@ def test_images_sent_under_another_image_type_are_still_decoded_or_refused_clean
 def header_values(max_codepoint: int, max_size: int) -> st.SearchStrategy[str]:
     """Values an HTTP client can send: no leading or trailing whitespace (h11 refuses those)."""
     return st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=max_codepoint), max_size=max_size).filter(
-        lambda value: value == value.strip())
+        lambda value: value == value.strip()
+    )
 
 
 @given(media_type=header_values(126, 80))

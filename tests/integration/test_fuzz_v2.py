@@ -9,10 +9,18 @@ from hypothesis import HealthCheck, given, settings
 from service.v2.models import MODELS
 from tests.integration.test_fuzz import CHECKS
 
-OPERATIONS = ["GET /v2", "GET /v2/health/live", "GET /v2/health/ready", "GET /v2/models/{name}",
-              "GET /v2/models/{name}/versions/{version}", "GET /v2/models/{name}/ready",
-              "GET /v2/models/{name}/versions/{version}/ready", "POST /v2/models/{name}/infer",
-              "POST /v2/models/{name}/versions/{version}/infer", "POST /v2/repository/index"]
+OPERATIONS = [
+    "GET /v2",
+    "GET /v2/health/live",
+    "GET /v2/health/ready",
+    "GET /v2/models/{name}",
+    "GET /v2/models/{name}/versions/{version}",
+    "GET /v2/models/{name}/ready",
+    "GET /v2/models/{name}/versions/{version}/ready",
+    "POST /v2/models/{name}/infer",
+    "POST /v2/models/{name}/versions/{version}/infer",
+    "POST /v2/repository/index",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +39,9 @@ def fuzz(operation, base_url, path_parameters=None, examples=30) -> list[int]:
     calls = []
 
     @given(case=operation.as_strategy())
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)
+    @settings(
+        max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
     def run(case):
         if path_parameters:
             case.path_parameters = {**(case.path_parameters or {}), **path_parameters}

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import MODEL_VERSION, Server, poll
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("VAE_BASE_URL")),
-                                reason="starts a two-worker server of its own, to read its metrics files")
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("VAE_BASE_URL")), reason="starts a two-worker server of its own, to read its metrics files"
+)
 ROUTE = "/healthz"  # needs no model, so a worker still loading answers it too
 
 
@@ -30,8 +31,15 @@ def scrape(url: str) -> str:
 
 def value(text: str, name: str, **labels: str) -> float:
     """The sample `name` with exactly `labels` (in any order), 0 where there is none."""
-    return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                 if sample.name == name and sample.labels == labels), 0.0)
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        ),
+        0.0,
+    )
 
 
 def route_count(text: str) -> float:
@@ -47,14 +55,19 @@ def per_worker_counts(metrics_dir: Path) -> dict[int, float]:
     """Each worker's own count of ROUTE, from its file: which workers answered, and how many."""
     counts = {}
     for path in metrics_dir.glob("counter_*.db"):
-        samples = [s for metric in MultiProcessCollector.merge([str(path)]) for s in metric.samples
-                   if s.name == "vae_requests_total" and s.labels.get("route") == ROUTE]
+        samples = [
+            s
+            for metric in MultiProcessCollector.merge([str(path)])
+            for s in metric.samples
+            if s.name == "vae_requests_total" and s.labels.get("route") == ROUTE
+        ]
         counts[pid(path)] = sum(s.value for s in samples)
     return counts
 
 
 def send(url: str, count: int) -> None:
     """`count` requests, 8 at a time, each on a new connection so that both workers accept some."""
+
     def one(_: int) -> None:
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
             response = client.get(url + ROUTE)
@@ -85,7 +98,9 @@ def test_metrics_sum_every_worker_and_survive_a_killed_worker(tmp_path):
         scrapes = [scrape(server.url) for _ in range(10)]
         assert [route_count(text) for text in scrapes] == [sent] * 10  # every scrape, whoever answers it
         assert {value(text, "vae_workers") for text in scrapes} == {2}
-        assert {value(text, "vae_model_info", model="fashion-mnist-vae", version=MODEL_VERSION) for text in scrapes} == {1}
+        assert {
+            value(text, "vae_model_info", model="fashion-mnist-vae", version=MODEL_VERSION) for text in scrapes
+        } == {1}
 
         # A killed worker cannot clean up: its live gauges go at the next scrape, its counts stay.
         victim = next(iter(workers))

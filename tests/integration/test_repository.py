@@ -28,10 +28,22 @@ from PIL import Image
 from model.core.artifact import ModelIntegrityError, load_model_dir
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
 from tests.conftest import REPO, synthetic_images
-from tests.integration.repository_fixtures import (ADMIN_TOKEN, DEFAULT_MODEL, TINY_LATENT_DIM, add_version,
-                                                   bearer, export_version, flip_a_byte, index_states, manifest_of,
-                                                   repository_server, shipped_model_dir, sigmoid,
-                                                   train_tiny_checkpoint, write_version_policy)
+from tests.integration.repository_fixtures import (
+    ADMIN_TOKEN,
+    DEFAULT_MODEL,
+    TINY_LATENT_DIM,
+    add_version,
+    bearer,
+    export_version,
+    flip_a_byte,
+    index_states,
+    manifest_of,
+    repository_server,
+    shipped_model_dir,
+    sigmoid,
+    train_tiny_checkpoint,
+    write_version_policy,
+)
 
 TINY_MODEL = "tiny-vae"
 PER_MODEL = f"/v1/models/{DEFAULT_MODEL}"
@@ -50,6 +62,7 @@ def unload_route(name: str) -> str:
 
 
 # -- fixtures -------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def tiny_version(tmp_path_factory) -> Path:
@@ -72,6 +85,7 @@ def tiny_model_source(tiny_version, tmp_path_factory) -> Path:
 @dataclass(frozen=True)
 class Bodies:
     """The request bodies every test sends, as bytes, and as the arrays the server should see."""
+
     single: bytes  # one PNG
     pair: tuple[bytes, bytes]  # a two-part multipart upload
     latents: np.ndarray  # (2, latent_dim) float32, exactly representable in JSON
@@ -93,6 +107,7 @@ BODIES = Bodies.make()
 @dataclass(frozen=True)
 class Expected:
     """What one version's graphs give directly (onnxruntime, no server) for BODIES."""
+
     single_mean: np.ndarray  # (1, D)
     pair_means: np.ndarray  # (2, D)
     decoded: np.ndarray  # (2, C, H, W): E[x | z] for BODIES.latents
@@ -106,9 +121,12 @@ class Expected:
         single = bytes_to_array(BODIES.single, contract)[None]
         pair = np.stack([bytes_to_array(data, contract) for data in BODIES.pair])
         single_mean = model.encode(single)[0]
-        return cls(single_mean=single_mean, pair_means=model.encode(pair)[0],
-                   decoded=sigmoid(model.decode(BODIES.latents)[0]),
-                   reconstruction=sigmoid(model.decode(single_mean)[0]))
+        return cls(
+            single_mean=single_mean,
+            pair_means=model.encode(pair)[0],
+            decoded=sigmoid(model.decode(BODIES.latents)[0]),
+            reconstruction=sigmoid(model.decode(single_mean)[0]),
+        )
 
 
 def png_pixels(data: bytes) -> np.ndarray:
@@ -154,6 +172,7 @@ def encode_means(client: httpx.Client, path: str) -> tuple[dict, np.ndarray]:
 
 # -- the fixtures themselves ----------------------------------------------------------------------
 
+
 def test_fixtures_build_a_repository_of_distinct_verified_versions(tmp_path, tiny_version, tiny_model_source):
     repository = tmp_path / "repo"
     shipped = add_version(repository, shipped_model_dir())
@@ -161,8 +180,12 @@ def test_fixtures_build_a_repository_of_distinct_verified_versions(tmp_path, tin
     named = add_version(repository, tiny_model_source)
     tampered = add_version(repository, tiny_version, version="2.2.0")
     flip_a_byte(tampered / "decoder.onnx")
-    for directory, name, version in ((shipped, DEFAULT_MODEL, "2.0.0"), (new, DEFAULT_MODEL, "2.1.0"),
-                                     (named, TINY_MODEL, "1.0.0"), (tampered, DEFAULT_MODEL, "2.2.0")):
+    for directory, name, version in (
+        (shipped, DEFAULT_MODEL, "2.0.0"),
+        (new, DEFAULT_MODEL, "2.1.0"),
+        (named, TINY_MODEL, "1.0.0"),
+        (tampered, DEFAULT_MODEL, "2.2.0"),
+    ):
         manifest = manifest_of(directory)
         assert directory.relative_to(repository).parts == (name, version)
         assert (manifest["name"], manifest["version"]) == (name, version)
@@ -178,6 +201,7 @@ def test_fixtures_build_a_repository_of_distinct_verified_versions(tmp_path, tin
 
 
 # -- live swaps under load ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Call:
@@ -296,8 +320,10 @@ async def swap_under_load(url: str, repository: Path, new_version: Path) -> tupl
             await asyncio.wait_for(progress.wait_for(lambda: done >= count), PHASE_TIMEOUT_S)
 
     limits = httpx.Limits(max_connections=CONCURRENCY + 2, max_keepalive_connections=CONCURRENCY + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client, \
-            httpx.AsyncClient(base_url=url, timeout=60, headers=bearer()) as admin:
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client,
+        httpx.AsyncClient(base_url=url, timeout=60, headers=bearer()) as admin,
+    ):
 
         async def worker() -> None:
             nonlocal done, next_index
@@ -309,12 +335,24 @@ async def swap_under_load(url: str, repository: Path, new_version: Path) -> tupl
                 try:
                     response = await client.request(call.method, path, **REQUEST_BODIES[call.body])
                 except httpx.TransportError as exc:
-                    records.append(Record(index, call.name, path, started, time.monotonic(), None,
-                                          problem=f"{type(exc).__name__}: {exc}"))
+                    records.append(
+                        Record(
+                            index,
+                            call.name,
+                            path,
+                            started,
+                            time.monotonic(),
+                            None,
+                            problem=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
                 else:
                     version, problem = judge(call, response, expected)
-                    records.append(Record(index, call.name, path, started, time.monotonic(), response.status_code,
-                                          version, problem))
+                    records.append(
+                        Record(
+                            index, call.name, path, started, time.monotonic(), response.status_code, version, problem
+                        )
+                    )
                 async with progress:
                     done += 1
                     progress.notify_all()
@@ -421,6 +459,7 @@ def test_live_swaps_under_load(tmp_path, tiny_version):
 
 # -- two models at once, and the control routes' token --------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, tiny_model_source):
     """A server on a repository of the shipped model and tiny-vae, with an admin token."""
@@ -452,10 +491,12 @@ def test_two_models_at_once_each_answer_as_its_graphs_do(two_models):
     client, repository = two_models
     shipped = Expected.of(repository / DEFAULT_MODEL / "2.0.0")
     tiny = Expected.of(repository / TINY_MODEL / "1.0.0")
-    for path, want, ref in ((f"{PER_MODEL}/encode", shipped, (DEFAULT_MODEL, "2.0.0")),
-                            ("/encode", shipped, (DEFAULT_MODEL, "2.0.0")),  # the plain route: the default model
-                            (f"/v1/models/{TINY_MODEL}/encode", tiny, (TINY_MODEL, "1.0.0")),
-                            (f"/v1/models/{TINY_MODEL}/versions/1.0.0/encode", tiny, (TINY_MODEL, "1.0.0"))):
+    for path, want, ref in (
+        (f"{PER_MODEL}/encode", shipped, (DEFAULT_MODEL, "2.0.0")),
+        ("/encode", shipped, (DEFAULT_MODEL, "2.0.0")),  # the plain route: the default model
+        (f"/v1/models/{TINY_MODEL}/encode", tiny, (TINY_MODEL, "1.0.0")),
+        (f"/v1/models/{TINY_MODEL}/versions/1.0.0/encode", tiny, (TINY_MODEL, "1.0.0")),
+    ):
         model, means = encode_means(client, path)
         assert (model["name"], model["version"]) == ref, (path, model)
         np.testing.assert_allclose(means, want.pair_means, **CLOSE, err_msg=path)
@@ -486,8 +527,12 @@ def test_two_models_at_once_each_answer_as_its_graphs_do(two_models):
 
 def test_control_routes_need_the_admin_token(two_models):
     client, _ = two_models
-    for headers in ({}, bearer("wrong-token"), {"authorization": f"Basic {ADMIN_TOKEN}"},
-                    {"authorization": ADMIN_TOKEN}):
+    for headers in (
+        {},
+        bearer("wrong-token"),
+        {"authorization": f"Basic {ADMIN_TOKEN}"},
+        {"authorization": ADMIN_TOKEN},
+    ):
         for path in (INDEX, load_route(TINY_MODEL), unload_route(TINY_MODEL)):
             response = client.post(path, headers=headers)
             assert response.status_code == 401 and control_error(response), (path, headers, response.text)
@@ -519,6 +564,7 @@ def test_control_routes_are_off_without_a_token(tmp_path):
 
 # -- version policies, mislabelled directories, open control --------------------------------------
 
+
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory, tiny_version, tiny_model_source):
     """fashion-mnist-vae serves "all" of 2.0.0 and 2.1.0, beside a directory 9.9.9 holding 2.1.0's
@@ -547,8 +593,10 @@ def policies(tmp_path_factory, tiny_version, tiny_model_source):
 
 def test_policy_all_serves_every_version_and_defaults_to_the_highest(policies):
     client, repository = policies
-    for version, source in (("2.0.0", repository / DEFAULT_MODEL / "2.0.0"), ("2.1.0", repository / DEFAULT_MODEL
-                                                                                / "2.1.0")):
+    for version, source in (
+        ("2.0.0", repository / DEFAULT_MODEL / "2.0.0"),
+        ("2.1.0", repository / DEFAULT_MODEL / "2.1.0"),
+    ):
         model, means = encode_means(client, f"{PER_MODEL}/versions/{version}/encode")
         assert model == {"name": DEFAULT_MODEL, "version": version}
         np.testing.assert_allclose(means, Expected.of(source).pair_means, **CLOSE)
@@ -623,8 +671,9 @@ def test_serving_a_request_never_imports_torch(tmp_path):
     add_version(repository, shipped_model_dir(), DEFAULT_MODEL, "2.0.1")
     env = {k: v for k, v in os.environ.items() if k != "VAE_MODEL_DIR"}
     env.update(VAE_MODEL_REPOSITORY=str(repository), PYTHONPATH=str(REPO))
-    child = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["body"]["model"] == {"name": DEFAULT_MODEL, "version": "2.0.1"}, result

@@ -25,8 +25,10 @@ def test_200_concurrent_requests_mixing_good_and_bad(base_url, test_images, loca
     ]
 
     async def run():
-        async with httpx.AsyncClient(base_url=base_url, timeout=120,
-                                     limits=httpx.Limits(max_connections=200)) as client:
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=120, limits=httpx.Limits(max_connections=200)
+        ) as client:
+
             async def good(i):
                 r = await client.post("/encode", content=good_images[i % 10], headers=PNG)
                 return "good", i, r
@@ -58,8 +60,7 @@ def test_overload_is_answered_429_and_the_server_stays_ready(tmp_path, test_imag
         async def run():
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
                 body = png(test_images[0])
-                return await asyncio.gather(*[client.post("/elbo?k=5000", content=body, headers=PNG)
-                                              for _ in range(6)])
+                return await asyncio.gather(*[client.post("/elbo?k=5000", content=body, headers=PNG) for _ in range(6)])
 
         responses = asyncio.run(run())
         statuses = sorted(r.status_code for r in responses)
@@ -101,15 +102,19 @@ def test_concurrent_encodes_are_batched_and_each_equals_its_image_alone(base_url
     alone = [local_model.encode(bytes_to_array(b, contract)[None]) for b in bodies]
 
     async def run():
-        async with httpx.AsyncClient(base_url=base_url, timeout=60,
-                                     limits=httpx.Limits(max_connections=48)) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=48)) as client:
             return await asyncio.gather(*[client.post("/encode", content=b, headers=PNG) for b in bodies])
 
     def encode_calls_and_images() -> tuple[float, float]:
         text = httpx.get(f"{base_url}/metrics").text
+
         def total(prefix):
-            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith(prefix) and 'operation="encode"' in line)
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith(prefix) and 'operation="encode"' in line
+            )
+
         return total("vae_inference_duration_seconds_count"), total("vae_images_processed_total")
 
     calls_before, images_before = encode_calls_and_images()
@@ -117,7 +122,7 @@ def test_concurrent_encodes_are_batched_and_each_equals_its_image_alone(base_url
     calls_after, images_after = encode_calls_and_images()
     assert images_after - images_before == len(bodies)
     assert calls_after - calls_before < len(bodies)  # some requests shared an onnxruntime call
-    for response, (mean, logvar) in zip(responses, alone):
+    for response, (mean, logvar) in zip(responses, alone, strict=False):
         result = response.json()["results"][0]
         np.testing.assert_array_equal(np.asarray(result["mean"], dtype=np.float32), mean[0])
         np.testing.assert_array_equal(np.asarray(result["logvar"], dtype=np.float32), logvar[0])

@@ -94,6 +94,7 @@ def native(http: httpx.Client, model: str, path: str, **kwargs) -> dict:
 
 # -- server -------------------------------------------------------------------------------------
 
+
 def test_server_is_live_and_ready_and_names_its_extensions(client, http):
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.get_server_metadata()
@@ -106,12 +107,16 @@ def test_what_kserves_client_reads(http, model, images):
     it sends model_name and id in the body and Content-Type application/octet-stream with binary data."""
     assert http.get("/v2/health/live").json() == {"live": True}
     assert http.get("/v2/health/ready").json() == {"ready": True}
-    header = (f'{{"id": "kserve-1", "model_name": "{model}.encoder", "inputs": [{{"name": "image", '
-              f'"shape": {list(images.shape)}, "datatype": "FP32", '
-              f'"parameters": {{"binary_data_size": {images.nbytes}}}}}]}}').encode()
-    response = http.post(f"/v2/models/{model}.encoder/infer", content=header + images.tobytes(),
-                         headers={"content-type": "application/octet-stream",
-                                  "inference-header-content-length": str(len(header))})
+    header = (
+        f'{{"id": "kserve-1", "model_name": "{model}.encoder", "inputs": [{{"name": "image", '
+        f'"shape": {list(images.shape)}, "datatype": "FP32", '
+        f'"parameters": {{"binary_data_size": {images.nbytes}}}}}]}}'
+    ).encode()
+    response = http.post(
+        f"/v2/models/{model}.encoder/infer",
+        content=header + images.tobytes(),
+        headers={"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))},
+    )
     assert response.status_code == 200, response.text
     body = response.json()  # no binary output asked for: all JSON
     assert (body["model_name"], body["model_version"], body["id"]) == (f"{model}.encoder", MODEL_VERSION, "kserve-1")
@@ -120,6 +125,7 @@ def test_what_kserves_client_reads(http, model, images):
 
 
 # -- the repository and the metadata --------------------------------------------------------------
+
 
 def test_the_repository_index_lists_every_v2_model(client, model):
     if REMOTE:
@@ -136,12 +142,13 @@ def test_graph_metadata_mirrors_the_onnx_graph(client, http, model, local_model,
     session = getattr(local_model, graph)
     metadata = client.get_model_metadata(f"{model}.{graph}")
     served = next(m["versions"] for m in http.get("/v1/models").json()["models"] if m["name"] == model)
-    assert (metadata["name"], metadata["versions"], metadata["platform"]) == (f"{model}.{graph}", served,
-                                                                              "onnx_onnxv1")
+    assert (metadata["name"], metadata["versions"], metadata["platform"]) == (f"{model}.{graph}", served, "onnx_onnxv1")
     assert served[-1] == MODEL_VERSION  # the unversioned name is the default version, whose graphs these are
     for described, actual in ((metadata["inputs"], session.get_inputs()), (metadata["outputs"], session.get_outputs())):
-        assert described == [{"name": a.name, "datatype": "FP32",
-                              "shape": [d if isinstance(d, int) else -1 for d in a.shape]} for a in actual]
+        assert described == [
+            {"name": a.name, "datatype": "FP32", "shape": [d if isinstance(d, int) else -1 for d in a.shape]}
+            for a in actual
+        ]
     assert client.get_model_metadata(f"{model}.{graph}", model_version=MODEL_VERSION) == metadata
     assert client.is_model_ready(f"{model}.{graph}") and client.is_model_ready(f"{model}.{graph}", MODEL_VERSION)
 
@@ -161,6 +168,7 @@ def test_operation_metadata_describes_tensors_and_parameters(client, model, loca
 
 # -- the graphs, against onnxruntime here ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_encoder_and_decoder_match_onnxruntime(client, model, local_model, images, binary):
     outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("mean", "logvar")]
@@ -170,16 +178,22 @@ def test_encoder_and_decoder_match_onnxruntime(client, model, local_model, image
     np.testing.assert_allclose(result.as_numpy("logvar"), logvar, **GRAPH_TOLERANCE)
 
     z = np.random.default_rng(3).standard_normal(mean.shape).astype(np.float32)
-    result = client.infer(f"{model}.decoder", [tensor("z", z, binary)], outputs=[
-        httpclient.InferRequestedOutput(local_model.decoder.get_outputs()[0].name, binary_data=binary)])
+    result = client.infer(
+        f"{model}.decoder",
+        [tensor("z", z, binary)],
+        outputs=[httpclient.InferRequestedOutput(local_model.decoder.get_outputs()[0].name, binary_data=binary)],
+    )
     (expected,) = local_model.decoder.run(None, {"z": z})
-    np.testing.assert_allclose(result.as_numpy(local_model.decoder.get_outputs()[0].name), expected,
-                               **GRAPH_TOLERANCE)
+    np.testing.assert_allclose(result.as_numpy(local_model.decoder.get_outputs()[0].name), expected, **GRAPH_TOLERANCE)
 
 
 def test_requested_outputs_only_and_the_id_echoed(client, model, images):
-    result = client.infer(f"{model}.encoder", [tensor("image", images)], request_id="req-7",
-                          outputs=[httpclient.InferRequestedOutput("logvar", binary_data=False)])
+    result = client.infer(
+        f"{model}.encoder",
+        [tensor("image", images)],
+        request_id="req-7",
+        outputs=[httpclient.InferRequestedOutput("logvar", binary_data=False)],
+    )
     response = result.get_response()
     assert response["id"] == "req-7" and response["model_name"] == f"{model}.encoder"
     assert [o["name"] for o in response["outputs"]] == ["logvar"] and "data" in response["outputs"][0]
@@ -187,6 +201,7 @@ def test_requested_outputs_only_and_the_id_echoed(client, model, images):
 
 
 # -- the operations, against the service's own routes ----------------------------------------------
+
 
 def test_encode_equals_the_encode_route_for_floats_and_for_encoded_images(client, http, model, images):
     expected = native(http, model, "/encode?sample=true&seed=7", files=multipart(pngs_of(images)))["results"]
@@ -204,8 +219,11 @@ def test_encoded_images_equal_the_float_path_after_preprocessing(client, model, 
 
 def test_elbo_equals_the_elbo_route(client, http, model, images):
     expected = native(http, model, "/elbo?k=5&seed=3&binarize_seed=2", files=multipart(pngs_of(images)))
-    result = client.infer(f"{model}.elbo", [bytes_tensor(pngs_of(images), binary=True)],
-                          parameters={"k": 5, "seed": 3, "binarize_seed": 2})
+    result = client.infer(
+        f"{model}.elbo",
+        [bytes_tensor(pngs_of(images), binary=True)],
+        parameters={"k": 5, "seed": 3, "binarize_seed": 2},
+    )
     for key in ("elbo", "reconstruction", "kl", "bits_per_dim", "log_likelihood", "log_likelihood_bits_per_dim"):
         np.testing.assert_allclose(result.as_numpy(key), [r[key] for r in expected["results"]], **EXACT)
     assert result.get_response()["parameters"]["data_space"] == expected["data_space"]
@@ -213,14 +231,16 @@ def test_elbo_equals_the_elbo_route(client, http, model, images):
 
 def test_anomaly_equals_the_anomaly_route(client, http, model, images):
     expected = native(http, model, "/anomaly?fpr=0.05&seed=4", files=multipart(pngs_of(images)))
-    result = client.infer(f"{model}.anomaly", [bytes_tensor(pngs_of(images), binary=True)],
-                          parameters={"fpr": 0.05, "seed": 4})
+    result = client.infer(
+        f"{model}.anomaly", [bytes_tensor(pngs_of(images), binary=True)], parameters={"fpr": 0.05, "seed": 4}
+    )
     for key in ("score", "percentile"):
         np.testing.assert_allclose(result.as_numpy(key), [r[key] for r in expected["results"]], **EXACT)
     assert list(result.as_numpy("is_anomaly")) == [r["is_anomaly"] for r in expected["results"]]
     for name in expected["results"][0]["statistics"]:
-        np.testing.assert_allclose(result.as_numpy(f"statistic_{name}"),
-                                   [r["statistics"][name] for r in expected["results"]], **EXACT)
+        np.testing.assert_allclose(
+            result.as_numpy(f"statistic_{name}"), [r["statistics"][name] for r in expected["results"]], **EXACT
+        )
     parameters = result.get_response()["parameters"]
     assert (parameters["threshold"], parameters["method"]) == (expected["threshold"], expected["method"])
 
@@ -250,6 +270,7 @@ def test_sample_equals_the_sample_route(client, http, model):
 
 # -- errors and limits -------------------------------------------------------------------------------
 
+
 def raised(call) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as caught:
         call()
@@ -268,13 +289,20 @@ def test_errors_reach_tritonclient_with_the_servers_message(client, model, image
 
 
 def test_a_shape_that_disagrees_with_the_data_is_a_400_naming_both(http, model, images):
-    header = (f'{{"inputs": [{{"name": "image", "shape": [5, 1, 28, 28], "datatype": "FP32", '
-              f'"parameters": {{"binary_data_size": {images.nbytes}}}}}]}}').encode()
-    response = http.post(f"/v2/models/{model}.encoder/infer", content=header + images.tobytes(),
-                         headers={"inference-header-content-length": str(len(header))})
+    header = (
+        f'{{"inputs": [{{"name": "image", "shape": [5, 1, 28, 28], "datatype": "FP32", '
+        f'"parameters": {{"binary_data_size": {images.nbytes}}}}}]}}'
+    ).encode()
+    response = http.post(
+        f"/v2/models/{model}.encoder/infer",
+        content=header + images.tobytes(),
+        headers={"inference-header-content-length": str(len(header))},
+    )
     assert response.status_code == 400
-    assert response.json() == {"error": f"input 'image': shape [5, 1, 28, 28] of FP32 needs {5 * 784 * 4} bytes "
-                                        f"but binary_data_size is {images.nbytes}"}
+    assert response.json() == {
+        "error": f"input 'image': shape [5, 1, 28, 28] of FP32 needs {5 * 784 * 4} bytes "
+        f"but binary_data_size is {images.nbytes}"
+    }
 
 
 def test_the_row_limit_the_pixel_budget_and_the_upload_limit_apply(client, http, model):
@@ -290,11 +318,14 @@ def test_the_row_limit_the_pixel_budget_and_the_upload_limit_apply(client, http,
 
 # -- the docs' example -------------------------------------------------------------------------------
 
+
 def test_the_docs_tritonclient_example_runs_and_prints_what_it_says(url, capsys):
     page = (REPO / "docs" / "v2-protocol.md").read_text()
     code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
     assert '"localhost:8000"' in code
-    exec(compile(code.replace('"localhost:8000"', repr(url.split("://", 1)[1])), "docs/v2-protocol.md", "exec"),
-         {"__name__": "docs_example"})
+    exec(
+        compile(code.replace('"localhost:8000"', repr(url.split("://", 1)[1])), "docs/v2-protocol.md", "exec"),
+        {"__name__": "docs_example"},
+    )
     printed = capsys.readouterr().out
     assert "mean (2, 32)" in printed and "elbo" in printed

@@ -22,10 +22,11 @@ def healthcheck_command() -> list[str]:
 @pytest.fixture
 def stub():
     """A server on a free port whose /readyz answers the status the test sets."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         status = 200
 
-        def do_GET(self):  # noqa: N802 - the stdlib's name
+        def do_GET(self):
             self.send_response(Handler.status if self.path == "/readyz" else 404)
             self.end_headers()
 
@@ -85,7 +86,7 @@ def test_the_image_bundles_every_model_versions_serving_files():
             serving.add(manifest["anomaly"]["file"])
         if (manifest.get("prior") or {}).get("graph"):  # a learned prior: without it the version does not load
             serving.add(manifest["prior"]["graph"]["file"])
-        assert {f"{relative}/{name}" for name in serving} <= copied_to(f"/app/models/{relative[len('artifacts/'):]}/")
+        assert {f"{relative}/{name}" for name in serving} <= copied_to(f"/app/models/{relative[len('artifacts/') :]}/")
 
 
 def test_the_image_bundles_each_models_version_policy():

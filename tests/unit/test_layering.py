@@ -69,9 +69,12 @@ def layer_imports() -> list[tuple[str, str, str, bool]]:
 def test_every_layer_imports_only_downward():
     edges = layer_imports()
     assert {layer for _, layer, _, _ in edges} == set(LAYERS)  # the walk saw every layer
-    wrong = [f"{source} imports {target}" for source, layer, target, top in edges
-             if layer_of(target) in FORBIDDEN[layer]
-             or (top and layer_of(target) in FORBIDDEN_AT_MODULE_LEVEL.get(layer, set()))]
+    wrong = [
+        f"{source} imports {target}"
+        for source, layer, target, top in edges
+        if layer_of(target) in FORBIDDEN[layer]
+        or (top and layer_of(target) in FORBIDDEN_AT_MODULE_LEVEL.get(layer, set()))
+    ]
     assert wrong == []
 
 
@@ -136,8 +139,9 @@ asyncio.run(main())
 def served():
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-c", SERVE_ONE_REQUEST], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_ONE_REQUEST], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

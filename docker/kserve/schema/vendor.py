@@ -30,8 +30,13 @@ def schemas(crd_files: list[Path]) -> dict[str, dict]:
 def main(argv: list[str]) -> int:
     tag, commit, *files = argv
     target = Path(__file__).resolve().parent / f"kserve-{tag}.json"
-    document = {"kserve": tag, "commit": commit, "source": "kserve/kserve config/crd/full/", "licence": "Apache-2.0",
-                "schemas": schemas([Path(f) for f in files])}
+    document = {
+        "kserve": tag,
+        "commit": commit,
+        "source": "kserve/kserve config/crd/full/",
+        "licence": "Apache-2.0",
+        "schemas": schemas([Path(f) for f in files]),
+    }
     target.write_text(json.dumps(document, sort_keys=True, separators=(",", ":")) + "\n")
     print(f"wrote {target} ({', '.join(document['schemas'])})")
     return 0

@@ -41,18 +41,34 @@ def test_an_occlusion_paints_one_square_black_or_white():
 
 def results(chosen_auroc: float, exempt_auroc: float, test_fpr: float) -> dict:
     def row(part, exempt, raw, chosen):
-        scores = {"likelihood": {"auroc": raw, "auprc": 0.5, "fpr_at_95_tpr": 0.9},
-                  "typicality": {"auroc": chosen, "auprc": 0.9, "fpr_at_95_tpr": 0.1}}
-        return {"part": part, "images": 10, "description": part + (" exempt" if exempt else ""), "exempt": exempt,
-                "scores": scores}
+        scores = {
+            "likelihood": {"auroc": raw, "auprc": 0.5, "fpr_at_95_tpr": 0.9},
+            "typicality": {"auroc": chosen, "auprc": 0.9, "fpr_at_95_tpr": 0.1},
+        }
+        return {
+            "part": part,
+            "images": 10,
+            "description": part + (" exempt" if exempt else ""),
+            "exempt": exempt,
+            "scores": scores,
+        }
 
-    calibration = {key: {"test_all": test_fpr, "test_held_out": test_fpr} for key in ("fpr_10permil", "fpr_50permil", "fpr_1permil")}
-    return {"chosen": "typicality", "baseline": "likelihood", "target_auroc": 0.95,
-            "model": {"name": "m", "version": "1"}, "machine": {"time": "now"}, "selection": "by test",
-            "inliers": {"held_out": "test[5000:]", "tuning": "test[:5000]"},
-            "sets": {"a": row("held_out", False, 0.2, chosen_auroc), "b": row("held_out", True, 0.6, exempt_auroc)},
-            "calibration": {**calibration, "baseline_fpr_10permil_test_all": 0.03},
-            "cost": {"anomaly_s_per_image": 1e-4, "elbo_k1_s_per_image": 8e-5, "ratio": 1.25, "batch": 16}}
+    calibration = {
+        key: {"test_all": test_fpr, "test_held_out": test_fpr}
+        for key in ("fpr_10permil", "fpr_50permil", "fpr_1permil")
+    }
+    return {
+        "chosen": "typicality",
+        "baseline": "likelihood",
+        "target_auroc": 0.95,
+        "model": {"name": "m", "version": "1"},
+        "machine": {"time": "now"},
+        "selection": "by test",
+        "inliers": {"held_out": "test[5000:]", "tuning": "test[:5000]"},
+        "sets": {"a": row("held_out", False, 0.2, chosen_auroc), "b": row("held_out", True, 0.6, exempt_auroc)},
+        "calibration": {**calibration, "baseline_fpr_10permil_test_all": 0.03},
+        "cost": {"anomaly_s_per_image": 1e-4, "elbo_k1_s_per_image": 8e-5, "ratio": 1.25, "batch": 16},
+    }
 
 
 def test_the_table_says_which_targets_are_met():
@@ -75,4 +91,7 @@ def test_vae_export_calibrates_with_the_score_the_benchmark_chose():
     chosen = recorded["candidates"][recorded["chosen"]]
     assert chosen == bench.CANDIDATES[recorded["chosen"]] | {"statistics": list(chosen["statistics"])}
     assert (calibrate.METHOD, calibrate.ESTIMATOR, list(calibrate.STATISTICS)) == (
-        chosen["method"], chosen["estimator"], chosen["statistics"])
+        chosen["method"],
+        chosen["estimator"],
+        chosen["statistics"],
+    )

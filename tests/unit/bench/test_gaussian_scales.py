@@ -9,8 +9,9 @@ from bench import gaussian_scales
 def run(tmp_path, name, test_elbos):
     folder = tmp_path / name
     folder.mkdir()
-    folder.joinpath("metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": i + 1, "test_elbo": e, "lr": 1e-3}) + "\n" for i, e in enumerate(test_elbos)))
+    folder.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i + 1, "test_elbo": e, "lr": 1e-3}) + "\n" for i, e in enumerate(test_elbos))
+    )
     return folder
 
 
@@ -31,6 +32,10 @@ def test_runs_are_compared_at_the_last_epoch_both_reached(tmp_path):
 
 def test_the_main_writes_the_json(tmp_path):
     out = tmp_path / "out.json"
-    assert gaussian_scales.main([f"a={run(tmp_path, 'a', [500.0])}", f"b={run(tmp_path, 'b', [400.0])}",
-                                 "--out", str(out)]) == 0
+    assert (
+        gaussian_scales.main(
+            [f"a={run(tmp_path, 'a', [500.0])}", f"b={run(tmp_path, 'b', [400.0])}", "--out", str(out)]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["better"] == "a"

@@ -11,13 +11,28 @@ from tests.conftest import REPO
 def manifest(name: str, version: str, likelihood: str, nll: float) -> dict:
     """The fields the card reads, shaped as the exporter writes them."""
     return {
-        "name": name, "version": version, "latent_dim": 32, "likelihood": {"name": likelihood},
-        "training": {"epoch": 20, "dataset": "fashion-mnist", "command": ["vae-train", "--out", "runs/x"],
-                     "model_config": {"arch": "conv", "decoder": "conv", "gaussian_scale": "per_pixel"},
-                     "train_config": {"epochs": 20, "test_binarize_seed": 0}},
-        "metrics": {"images": 10000, "nll_elbo_nats": nll + 3, "bits_per_dim_elbo": 0.5, "reconstruction": -nll,
-                    "kl": 20.0, "iwae_k": 5000, "nll_nats": nll, "bits_per_dim": 0.4,
-                    "command": ["vae-eval", "runs/x/best.pt"]},
+        "name": name,
+        "version": version,
+        "latent_dim": 32,
+        "likelihood": {"name": likelihood},
+        "training": {
+            "epoch": 20,
+            "dataset": "fashion-mnist",
+            "command": ["vae-train", "--out", "runs/x"],
+            "model_config": {"arch": "conv", "decoder": "conv", "gaussian_scale": "per_pixel"},
+            "train_config": {"epochs": 20, "test_binarize_seed": 0},
+        },
+        "metrics": {
+            "images": 10000,
+            "nll_elbo_nats": nll + 3,
+            "bits_per_dim_elbo": 0.5,
+            "reconstruction": -nll,
+            "kl": 20.0,
+            "iwae_k": 5000,
+            "nll_nats": nll,
+            "bits_per_dim": 0.4,
+            "command": ["vae-eval", "runs/x/best.pt"],
+        },
         "parity": {"images": 1000, "latents": 1000, "max_abs_diff": {"mean": 2e-5}},
     }
 
@@ -36,9 +51,11 @@ def test_each_model_gets_its_newest_version_and_the_default_model_comes_first(tm
     card = model_card.model_card_section(tmp_path)
     assert card.index("### `fashion-mnist-vae` 1.10.0, beside 1.9.0") < card.index("### `a-gaussian` 1.0.0")
     assert "**227.50**" in card
-    assert ("the shipped model is 1.20 nats ahead of plain VAE, Gaussian prior; 0.15 nats behind VAE, VampPrior; "
-            "0.75 nats behind VAE, Exemplar prior; 0.78 nats behind two stochastic layers (HVAE), VampPrior; "
-            "0.97 nats behind two stochastic layers (HVAE), Exemplar prior;") in card
+    assert (
+        "the shipped model is 1.20 nats ahead of plain VAE, Gaussian prior; 0.15 nats behind VAE, VampPrior; "
+        "0.75 nats behind VAE, Exemplar prior; 0.78 nats behind two stochastic layers (HVAE), VampPrior; "
+        "0.97 nats behind two stochastic layers (HVAE), Exemplar prior;"
+    ) in card
     assert "per-pixel learned sigma" in card and "dequantised once" in card
 
 
@@ -53,7 +70,7 @@ def test_the_gaussian_floor_is_the_cross_entropy_of_bin_noise_under_its_best_gau
     u = (0.5 + np.arange(n)) / n * w
     sigma2 = w * w / 12
     bits = float(((u - w / 2) ** 2 / (2 * sigma2) + 0.5 * math.log(2 * math.pi * sigma2)).mean()) / math.log(2)
-    assert model_card.GAUSSIAN_FLOOR_BITS == pytest.approx(bits, abs=1e-6)
+    assert pytest.approx(bits, abs=1e-6) == model_card.GAUSSIAN_FLOOR_BITS
     assert round(model_card.GAUSSIAN_FLOOR_BITS, 2) == 0.25
 
 
@@ -71,8 +88,9 @@ def test_versions_stand_side_by_side_newest_first_with_their_prior_and_objective
     old = manifest("fashion-mnist-vae", "2.0.0", "bernoulli", 227.67)
     new = manifest("fashion-mnist-vae", "3.0.0", "bernoulli", 226.40)
     new["prior"] = {"name": "mog", "components": 200}
-    new["training"]["train_config"].update(objective="iwae-dreg", samples=5, validation=10000,
-                                           init_from="artifacts/x/checkpoint.pt", init_sha256="ab" * 32)
+    new["training"]["train_config"].update(
+        objective="iwae-dreg", samples=5, validation=10000, init_from="artifacts/x/checkpoint.pt", init_sha256="ab" * 32
+    )
     write(tmp_path, old)
     write(tmp_path, new)
     card = model_card.model_card_section(tmp_path)
@@ -81,18 +99,24 @@ def test_versions_stand_side_by_side_newest_first_with_their_prior_and_objective
     assert "| training objective | IWAE bound, k=5, DReG gradients |  | ELBO |  |" in card
     assert "| **NLL, IWAE k=5000** | **226.40** | **0.4000** | **227.67** | **0.4000** |" in card
     assert "best bound on a held-out validation split" in card and "starting from `artifacts/x/checkpoint.pt`" in card
-    assert ("0.32 nats ahead of two stochastic layers (HVAE), VampPrior; 0.13 nats ahead of two stochastic layers "
-            "(HVAE), Exemplar prior; 1.02 nats behind ConvHVAE, Gaussian prior" in card)
+    assert (
+        "0.32 nats ahead of two stochastic layers (HVAE), VampPrior; 0.13 nats ahead of two stochastic layers "
+        "(HVAE), Exemplar prior; 1.02 nats behind ConvHVAE, Gaussian prior" in card
+    )
 
 
 def test_an_averaged_model_says_which_epochs_and_how(tmp_path):
     m = manifest("fashion-mnist-vae", "1.0.0", "bernoulli", 226.0)
-    m["training"]["averaged"] = {"epochs": [8, 9, 10], "command": ["vae-average", "runs/x/epoch-008.pt", "--out",
-                                                                   "runs/x/average.pt"]}
+    m["training"]["averaged"] = {
+        "epochs": [8, 9, 10],
+        "command": ["vae-average", "runs/x/epoch-008.pt", "--out", "runs/x/average.pt"],
+    }
     write(tmp_path, m)
     card = model_card.model_card_section(tmp_path)
-    assert ("the mean of the weights at the ends of epochs 8 to 10 of 20 (`vae-average runs/x/epoch-008.pt --out "
-            "runs/x/average.pt`) on fashion-mnist") in card
+    assert (
+        "the mean of the weights at the ends of epochs 8 to 10 of 20 (`vae-average runs/x/epoch-008.pt --out "
+        "runs/x/average.pt`) on fashion-mnist"
+    ) in card
     assert "(epoch 20 of 20)" not in card  # the average is no single epoch
     assert model_card.epoch_list([3, 5, 6]) == "3, 5, 6" and model_card.epoch_list([4, 5]) == "4, 5"
 
@@ -127,4 +151,5 @@ def test_the_page_names_each_version_and_copies_its_figures(tmp_path):
 def test_the_docs_model_card_page_is_generated_from_the_bundled_repository(tmp_path):
     page = model_card.write_page(tmp_path / "model-card.md", tmp_path / "figures", REPO / "artifacts")
     assert page.read_text() == (REPO / "docs" / "model-card.md").read_text(), (
-        "docs/model-card.md is stale: run `python -m bench.report`")
+        "docs/model-card.md is stale: run `python -m bench.report`"
+    )

@@ -9,8 +9,9 @@ from bench.provenance import git_state, model_on_disk
 
 
 def git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+    )
 
 
 def test_git_state_names_the_commit_and_the_changed_files(tmp_path):
@@ -33,7 +34,13 @@ def test_git_state_outside_a_repository_says_it_does_not_know(tmp_path, monkeypa
 
 
 def test_model_on_disk_reads_the_graph_hashes_from_the_manifest(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({
-        "name": "m", "version": "1.0.0", "encoder": {"sha256": "e" * 64}, "decoder": {"sha256": "d" * 64}}))
-    assert model_on_disk(tmp_path) == {"name": "m", "version": "1.0.0", "encoder_sha256": "e" * 64,
-                                       "decoder_sha256": "d" * 64, "source": str(tmp_path / "manifest.json")}
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"name": "m", "version": "1.0.0", "encoder": {"sha256": "e" * 64}, "decoder": {"sha256": "d" * 64}})
+    )
+    assert model_on_disk(tmp_path) == {
+        "name": "m",
+        "version": "1.0.0",
+        "encoder_sha256": "e" * 64,
+        "decoder_sha256": "d" * 64,
+        "source": str(tmp_path / "manifest.json"),
+    }

@@ -23,6 +23,7 @@ def anyio_backend():
 
 async def backend(name: bytes) -> asyncio.Server:
     """Reads PAYLOAD's length in bytes, answers its name, the digest, and the bytes back."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.readexactly(len(PAYLOAD))
         writer.write(name + b" " + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)

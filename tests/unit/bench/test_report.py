@@ -25,17 +25,32 @@ def full_serving() -> dict:
     serving = {
         "machine": {"cores": 2, "cpu": "AMD EPYC", "time": "2026-11-24T05:00:00Z", "wrk": "wrk 4.1.0"},
         "git": {"commit": "0123456789abcdef0123", "dirty": False},
-        "model": {"name": "fashion-mnist-vae", "version": "2.0.0", "encoder_sha256": "be4c6cfaf5bd" + "0" * 52,
-                  "decoder_sha256": "7676dc5a6077" + "0" * 52},
+        "model": {
+            "name": "fashion-mnist-vae",
+            "version": "2.0.0",
+            "encoder_sha256": "be4c6cfaf5bd" + "0" * 52,
+            "decoder_sha256": "7676dc5a6077" + "0" * 52,
+        },
         "plan": {"rounds": 3, "window_s": 2, "warmup_s": 1, "seed": 0},
-        "cells": {key: summarise_cell(w) for key, w in windows.items()}, "ratios": ratios,
-        "efficiency": summarise_ratios({"ideal_rps_c32": [2900.0, 3000.0, 2950.0],
-                                        "encode_efficiency_c32": [0.48, 0.5, 0.49]}),
-        "in_process": {**{f"{n}_images_per_s_batch{b}": 5000.0 for n in ("encoder", "decoder") for b in (1, 16, 256)},
-                       "png_decode_us": 35.0, "response_serialise_us": 3.0},
-        "repository": {"swap_s": [0.1, 0.12, 0.11], "swap_median_s": 0.11, "rss_one_model_mb": 134.0,
-                       "rss_per_extra_model_mb": [30.0, 25.0, 28.0], "rss_per_extra_model_median_mb": 28.0},
-        "cold_start": {"start_to_ready_s": 0.7}, "memory": {"product": [147.0], "product_2_workers": [133.0, 131.0]},
+        "cells": {key: summarise_cell(w) for key, w in windows.items()},
+        "ratios": ratios,
+        "efficiency": summarise_ratios(
+            {"ideal_rps_c32": [2900.0, 3000.0, 2950.0], "encode_efficiency_c32": [0.48, 0.5, 0.49]}
+        ),
+        "in_process": {
+            **{f"{n}_images_per_s_batch{b}": 5000.0 for n in ("encoder", "decoder") for b in (1, 16, 256)},
+            "png_decode_us": 35.0,
+            "response_serialise_us": 3.0,
+        },
+        "repository": {
+            "swap_s": [0.1, 0.12, 0.11],
+            "swap_median_s": 0.11,
+            "rss_one_model_mb": 134.0,
+            "rss_per_extra_model_mb": [30.0, 25.0, 28.0],
+            "rss_per_extra_model_median_mb": 28.0,
+        },
+        "cold_start": {"start_to_ready_s": 0.7},
+        "memory": {"product": [147.0], "product_2_workers": [133.0, 131.0]},
     }
     serving["targets_met"] = run.targets(serving)
     return serving
@@ -43,8 +58,10 @@ def full_serving() -> dict:
 
 def test_cells_show_the_median_and_range_of_the_rounds():
     text = report.bench_section(full_serving())
-    assert ("| product `POST /encode`, 1 PNG | 1000 (1000-1000) | 1000 (1000-1000) | 1450 (1400-1500) | "
-            "1000 (1000-1000) | 20.0 / 25.0 / 100.0 (100.0-100.0) |") in text
+    assert (
+        "| product `POST /encode`, 1 PNG | 1000 (1000-1000) | 1000 (1000-1000) | 1450 (1400-1500) | "
+        "1000 (1000-1000) | 20.0 / 25.0 / 100.0 (100.0-100.0) |"
+    ) in text
     assert "| product `POST /elbo?k=100` | 1000 (1000-1000) |" in text
 
 
@@ -55,10 +72,18 @@ def test_the_target_is_judged_on_the_median_of_per_round_ratios():
 
 
 def test_the_header_names_commit_model_hashes_and_rounds():
-    text = report.bench_section(full_serving(), {"threads": 2, "seconds_per_epoch": 22.9, "images_per_second": 2626,
-                                                 "command": "vae-train --epochs 1 --threads 2"})
-    assert ("at commit `0123456789ab`, model `fashion-mnist-vae` 2.0.0 (encoder `be4c6cfaf5bd`, "
-            "decoder `7676dc5a6077`)") in text
+    text = report.bench_section(
+        full_serving(),
+        {
+            "threads": 2,
+            "seconds_per_epoch": 22.9,
+            "images_per_second": 2626,
+            "command": "vae-train --epochs 1 --threads 2",
+        },
+    )
+    assert (
+        "at commit `0123456789ab`, model `fashion-mnist-vae` 2.0.0 (encoder `be4c6cfaf5bd`, decoder `7676dc5a6077`)"
+    ) in text
     assert "in each of 3 rounds every cell got one 2 s window after a 1 s warm-up" in text
     assert "22.9 s per epoch" in text
     assert "| efficiency: rps / (1 / (ceiling time + in-process work)) | 0.49 (0.48-0.50) (ideal 2950 rps) |" in text
@@ -117,10 +142,14 @@ def test_update_docs_writes_the_seed_argument_block_into_its_design_note(docs):
 
     pages, results = docs
     fake = LinearGaussianVAE()
-    result = seed_argument.run(fake, fake.likelihood, fake.draw(2, seed=0), [0], 1, patch=2, seed=0, binarize_seed=0,
-                               k_max=20)
-    result.update(command="python -m bench.seed_argument", model={"name": "fake-vae", "version": "9.9.9"},
-                  machine={"time": "2026-01-01 00:00 UTC"})
+    result = seed_argument.run(
+        fake, fake.likelihood, fake.draw(2, seed=0), [0], 1, patch=2, seed=0, binarize_seed=0, k_max=20
+    )
+    result.update(
+        command="python -m bench.seed_argument",
+        model={"name": "fake-vae", "version": "9.9.9"},
+        machine={"time": "2026-01-01 00:00 UTC"},
+    )
     (results / "seed_argument.json").write_text(json.dumps(result))
     report.update_docs()
     text = (pages / report.PAGES["seed-argument"]).read_text()

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import pytest
 
-from bench.rounds import (Cell, Ratio, WindowFailed, check_window, round_order, round_ratios, spread,
-                          summarise_cell, summarise_ratios)
+from bench.rounds import (
+    Cell,
+    Ratio,
+    WindowFailed,
+    check_window,
+    round_order,
+    round_ratios,
+    spread,
+    summarise_cell,
+    summarise_ratios,
+)
 
 CELLS = [Cell(server, "encode_1_raw", c) for server in ("product", "minimal", "naive") for c in (1, 8, 32, 64)]
 PRODUCT, MINIMAL = Cell("product", "encode_1_raw", 32), Cell("minimal", "encode_1_raw", 32)
 
 
 def clean_window(**changes: float) -> dict:
-    window = {"requests": 1000, "status_errors": 0, "socket_errors": 0, "connect_errors": 0, "read_errors": 0,
-              "write_errors": 0, "timeout_errors": 0, "rps": 500.0, "p50_us": 1000, "p90_us": 2000,
-              "p99_us": 3000, "mean_us": 1200.0}
+    window = {
+        "requests": 1000,
+        "status_errors": 0,
+        "socket_errors": 0,
+        "connect_errors": 0,
+        "read_errors": 0,
+        "write_errors": 0,
+        "timeout_errors": 0,
+        "rps": 500.0,
+        "p50_us": 1000,
+        "p90_us": 2000,
+        "p99_us": 3000,
+        "mean_us": 1200.0,
+    }
     return {**window, **changes}
 
 
@@ -52,8 +72,11 @@ def test_a_window_with_error_statuses_fails_naming_the_cell_round_and_phase():
 
 
 def test_a_window_with_socket_errors_fails_and_says_which():
-    with pytest.raises(WindowFailed, match=r"0 responses with status >= 400 and 2 socket errors \(connect 0, read 0, "
-                                           r"write 0, timeout 2\)"):
+    with pytest.raises(
+        WindowFailed,
+        match=r"0 responses with status >= 400 and 2 socket errors \(connect 0, read 0, "
+        r"write 0, timeout 2\)",
+    ):
         check_window(MINIMAL, 0, "window", clean_window(socket_errors=2, timeout_errors=2))
 
 
@@ -92,8 +115,10 @@ def test_a_cell_summary_covers_rate_and_latency():
 def test_ratios_pair_windows_of_the_same_round_not_medians():
     # Round by round the product serves 0.5x, 2x, 0.5x the minimal app: the median ratio is 0.5x,
     # although the ratio of the two medians (200 / 200) would say 1x.
-    windows = {PRODUCT.key: [clean_window(rps=r) for r in (100.0, 300.0, 200.0)],
-               MINIMAL.key: [clean_window(rps=r) for r in (200.0, 150.0, 400.0)]}
+    windows = {
+        PRODUCT.key: [clean_window(rps=r) for r in (100.0, 300.0, 200.0)],
+        MINIMAL.key: [clean_window(rps=r) for r in (200.0, 150.0, 400.0)],
+    }
     per_round = round_ratios(windows, {"vs_minimal": Ratio(PRODUCT, MINIMAL)})
     assert per_round == {"vs_minimal": [0.5, 2.0, 0.5]}
     summary = summarise_ratios(per_round)["vs_minimal"]

@@ -46,10 +46,16 @@ def test_impossible_plans_are_refused(option, capsys):
 
 def full_results(encode_vs_minimal: list[float]) -> dict:
     ratios = {name: [1.0] * len(encode_vs_minimal) for name in FULL_RATIOS}
-    ratios.update(encode_vs_minimal_c32=encode_vs_minimal, encode_vs_naive_c32=[2.5] * len(encode_vs_minimal),
-                  p99_c1_product_vs_naive=[0.8] * len(encode_vs_minimal))
-    return {"ratios": summarise_ratios(ratios), "cold_start": {"start_to_ready_s": 0.7},
-            "memory": {"product": [150.0], "product_2_workers": [140.0, 210.0]}}
+    ratios.update(
+        encode_vs_minimal_c32=encode_vs_minimal,
+        encode_vs_naive_c32=[2.5] * len(encode_vs_minimal),
+        p99_c1_product_vs_naive=[0.8] * len(encode_vs_minimal),
+    )
+    return {
+        "ratios": summarise_ratios(ratios),
+        "cold_start": {"start_to_ready_s": 0.7},
+        "memory": {"product": [150.0], "product_2_workers": [140.0, 210.0]},
+    }
 
 
 def test_targets_are_judged_on_the_median_of_the_rounds():

@@ -64,10 +64,14 @@ def test_run_measures_both_estimators_on_every_variant():
 
 def test_the_docs_section_names_the_command_and_every_variant():
     fake = LinearGaussianVAE()
-    result = bench.run(fake, fake.likelihood, fake.draw(2, seed=2), [0, 1], 1, patch=2, seed=0, binarize_seed=0,
-                       k_max=100)
-    result.update(command="python -m bench.seed_argument", model={"name": "fake-vae", "version": "9.9.9"},
-                  machine={"time": "2026-01-01 00:00 UTC"})
+    result = bench.run(
+        fake, fake.likelihood, fake.draw(2, seed=2), [0, 1], 1, patch=2, seed=0, binarize_seed=0, k_max=100
+    )
+    result.update(
+        command="python -m bench.seed_argument",
+        model={"name": "fake-vae", "version": "9.9.9"},
+        machine={"time": "2026-01-01 00:00 UTC"},
+    )
     text = bench.argument_section(result)
     assert "`python -m bench.seed_argument`" in text and "`fake-vae` 9.9.9" in text
     for variant in ("original", "2x2 patch erased", "shifted 1 pixel", "shifted 2 pixels"):

@@ -25,8 +25,9 @@ KSERVE_SCHEMAS = REPO / "docker" / "kserve" / "schema" / "kserve-v0.20.0.json"
 KUBERNETES = REPO / "docker" / "kubernetes"
 KSERVE = REPO / "docker" / "kserve"
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                   reason="kubectl is needed to render the kustomizations (`kubectl kustomize`)")
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl is needed to render the kustomizations (`kubectl kustomize`)"
+)
 
 
 class Invalid(AssertionError):
@@ -83,8 +84,11 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
 
     def visit(node: Any) -> None:
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 visit(value)

@@ -23,13 +23,16 @@ def test_validates_against_kserves_schema(file):
     validate(document)
 
 
-@pytest.mark.parametrize("file, old, new", [
-    ("inferenceservice.yaml", "minReplicas:", "minReplica:"),
-    ("inferenceservice.yaml", "readOnlyRootFilesystem:", "readOnlyRootFileSystem:"),  # deep in the pod spec
-    ("servingruntime.yaml", "supportedModelFormats:", "supportedModelFormat:"),
-    ("inferenceservice-storage.yaml", "storageUri:", "storageURI:"),
-    ("inferenceservice.yaml", "  name: vae-service\n", "  name: vae-service\n  nmae: x\n"),  # in the metadata
-])
+@pytest.mark.parametrize(
+    "file, old, new",
+    [
+        ("inferenceservice.yaml", "minReplicas:", "minReplica:"),
+        ("inferenceservice.yaml", "readOnlyRootFilesystem:", "readOnlyRootFileSystem:"),  # deep in the pod spec
+        ("servingruntime.yaml", "supportedModelFormats:", "supportedModelFormat:"),
+        ("inferenceservice-storage.yaml", "storageUri:", "storageURI:"),
+        ("inferenceservice.yaml", "  name: vae-service\n", "  name: vae-service\n  nmae: x\n"),  # in the metadata
+    ],
+)
 def test_a_copy_with_a_wrong_field_fails(tmp_path, file, old, new):
     copy = broken_copy(KSERVE, tmp_path / "kserve", file, old, new)
     (document,) = load(copy / file)
@@ -49,8 +52,9 @@ def test_the_custom_predictor_follows_kserves_contract():
     (service,) = load(KSERVE / "inferenceservice.yaml")
     (container,) = service["spec"]["predictor"]["containers"]
     variables = env(container)
-    assert container["name"] == "kserve-container" and container["ports"] == [{"containerPort": 8080,
-                                                                                "protocol": "TCP"}]
+    assert container["name"] == "kserve-container" and container["ports"] == [
+        {"containerPort": 8080, "protocol": "TCP"}
+    ]
     assert variables["PROTOCOL"] == "v2" and variables["VAE_PORT"] == "8080" and variables["VAE_WORKERS"] == "1"
     paths = set(create_app().openapi()["paths"])
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -64,10 +68,13 @@ def test_the_runtime_serves_the_downloaded_model_directory():
     (container,) = runtime["spec"]["containers"]
     assert env(container)["VAE_MODEL_DIR"] == "/mnt/models"  # where KServe's storage initializer puts storageUri
     model = service["spec"]["predictor"]["model"]
-    assert model["runtime"] == runtime["metadata"]["name"] and model["protocolVersion"] in runtime["spec"][
-        "protocolVersions"]
-    assert model["modelFormat"] in [{k: f[k] for k in ("name", "version")} for f in runtime["spec"][
-        "supportedModelFormats"]]
+    assert (
+        model["runtime"] == runtime["metadata"]["name"]
+        and model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    )
+    assert model["modelFormat"] in [
+        {k: f[k] for k in ("name", "version")} for f in runtime["spec"]["supportedModelFormats"]
+    ]
 
 
 @pytest.mark.parametrize("file", FILES[:2])

@@ -12,8 +12,17 @@ from service.app import create_app
 from service.cli import GRACEFUL_SHUTDOWN_S
 from service.settings import variable_names
 from tests.conftest import REPO
-from tests.unit.docker.manifests import (KUBERNETES, Invalid, broken_copy, by_kind, load, needs_kubectl, render,
-                                         validate, validate_kubernetes)
+from tests.unit.docker.manifests import (
+    KUBERNETES,
+    Invalid,
+    broken_copy,
+    by_kind,
+    load,
+    needs_kubectl,
+    render,
+    validate,
+    validate_kubernetes,
+)
 
 BASE, OVERLAY = KUBERNETES / "base", KUBERNETES / "overlays" / "model-volume"
 
@@ -27,8 +36,7 @@ def test_every_resource_file_of_the_base_validates_on_its_own():
     """Without kubectl (a machine that cannot render), the plain resources are still checked."""
     files = sorted(BASE.glob("*.yaml"))
     documents = [d for path in files if path.name != "kustomization.yaml" for d in load(path)]
-    assert {d["kind"] for d in documents} == {"Deployment", "Service", "HorizontalPodAutoscaler",
-                                               "PodDisruptionBudget"}
+    assert {d["kind"] for d in documents} == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     for document in documents:
         validate_kubernetes(document)
 
@@ -44,17 +52,20 @@ def test_the_rendered_kustomization_validates_strictly(directory):
 
 
 @needs_kubectl
-@pytest.mark.parametrize("file, old, new", [
-    ("base/deployment.yaml", "readinessProbe:", "readynessProbe:"),  # a misspelt field
-    ("base/hpa.yaml", "averageUtilization:", "averageUtilisation:"),
-    ("overlays/model-volume/pvc.yaml", "accessModes:", "accessMode:"),
-    ("base/deployment.yaml", "containerPort: 8000", "containerPort: http"),  # a wrong type
-])
+@pytest.mark.parametrize(
+    "file, old, new",
+    [
+        ("base/deployment.yaml", "readinessProbe:", "readynessProbe:"),  # a misspelt field
+        ("base/hpa.yaml", "averageUtilization:", "averageUtilisation:"),
+        ("overlays/model-volume/pvc.yaml", "accessModes:", "accessMode:"),
+        ("base/deployment.yaml", "containerPort: 8000", "containerPort: http"),  # a wrong type
+    ],
+)
 def test_a_copy_with_a_wrong_field_fails(tmp_path, file, old, new):
     copy = broken_copy(KUBERNETES, tmp_path / "kubernetes", file, old, new)
     documents = render(copy / "overlays" / "model-volume")
-    with pytest.raises(Invalid, match=re.escape(new.split(":")[0]) if new.endswith(":") else "http"):
-        for document in documents:
+    with pytest.raises(Invalid, match=re.escape(new.split(":")[0]) if new.endswith(":") else "http"):  # noqa: PT012
+        for document in documents:  # the invalid one is among them: all are checked in turn
             validate(document)
 
 
@@ -67,12 +78,17 @@ def test_the_deployment_runs_one_hardened_worker_per_pod():
     assert settings["VAE_WORKERS"] == "1" and "replicas" not in resources["Deployment"]["spec"]  # the HPA's
     assert set(settings) <= set(variable_names()), "every ConfigMap key must be a vae-service setting"
     assert main["envFrom"] == [{"configMapRef": {"name": resources["ConfigMap"]["metadata"]["name"]}}]
-    assert pod["enableServiceLinks"] is False  # else the Service's address lands in VAE_-prefixed variables in the environment
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert (
+        pod["enableServiceLinks"] is False
+    )  # else the Service's address lands in VAE_-prefixed variables in the environment
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
     dockerfile_user = re.search(r"^USER (\d+):(\d+)$", (REPO / "Dockerfile").read_text(), re.M)
     assert dockerfile_user, "runAsNonRoot needs the image's user to be numeric"
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == tuple(
-        map(int, dockerfile_user.groups()))
+        map(int, dockerfile_user.groups())
+    )
     security = main["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert security["capabilities"] == {"drop": ["ALL"]}
@@ -117,8 +133,10 @@ def test_service_hpa_and_pdb_select_the_deployments_pods():
     assert resources["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     hpa = resources["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vae-service"}
-    assert hpa["metrics"][0]["resource"]["name"] == "cpu" and hpa["minReplicas"] > resources[
-        "PodDisruptionBudget"]["spec"]["minAvailable"]
+    assert (
+        hpa["metrics"][0]["resource"]["name"] == "cpu"
+        and hpa["minReplicas"] > resources["PodDisruptionBudget"]["spec"]["minAvailable"]
+    )
     assert "cpu" in container(resources["Deployment"])["resources"]["requests"]  # utilisation is of the request
 
 

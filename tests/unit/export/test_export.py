@@ -34,12 +34,45 @@ def exported(tmp_path_factory):
     data_module.DATASETS["tiny"] = spec
     try:
         dataset = data_module.load_idx_dataset(spec, root / "data")
-        train(MODEL, TrainConfig(dataset="tiny", data_dir=str(root / "data"), epochs=1, batch_size=32, threads=1),
-              dataset, root / "run", progress=False)
-        assert eval_main([str(root / "run" / "best.pt"), "--k", "10", "--threads", "1", "--no-progress",
-                          "--no-figures", "--report", str(root / "run" / "report")]) == 0
-        assert export_main([str(root / "run" / "best.pt"), str(root / "model"), "--report",
-                            str(root / "run" / "report"), "--int8", "--parity-count", "64", "--threads", "1"]) == 0
+        train(
+            MODEL,
+            TrainConfig(dataset="tiny", data_dir=str(root / "data"), epochs=1, batch_size=32, threads=1),
+            dataset,
+            root / "run",
+            progress=False,
+        )
+        assert (
+            eval_main(
+                [
+                    str(root / "run" / "best.pt"),
+                    "--k",
+                    "10",
+                    "--threads",
+                    "1",
+                    "--no-progress",
+                    "--no-figures",
+                    "--report",
+                    str(root / "run" / "report"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            export_main(
+                [
+                    str(root / "run" / "best.pt"),
+                    str(root / "model"),
+                    "--report",
+                    str(root / "run" / "report"),
+                    "--int8",
+                    "--parity-count",
+                    "64",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
     finally:
         if saved is None:
             data_module.DATASETS.pop("tiny")
@@ -100,8 +133,19 @@ def export_again(exported, tmp_path, monkeypatch, out, *flags):
     """vae-export of the fixture's checkpoint into `out`, with the tiny data set registered again."""
     spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=256, test=64)
     monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
-    return export_main([str(exported.parent / "run" / "best.pt"), str(out), "--data-dir", str(tmp_path / "data"),
-                        "--parity-count", "64", "--threads", "1", *flags])
+    return export_main(
+        [
+            str(exported.parent / "run" / "best.pt"),
+            str(out),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--parity-count",
+            "64",
+            "--threads",
+            "1",
+            *flags,
+        ]
+    )
 
 
 def test_a_failed_parity_check_writes_nothing_and_keeps_the_old_export(exported, tmp_path, monkeypatch, capsys):
@@ -177,12 +221,32 @@ def test_an_averaged_checkpoint_exports_with_the_record_of_what_it_averaged(tmp_
     spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=64, test=32)
     monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
     dataset = data_module.load_idx_dataset(spec, tmp_path / "data")
-    train(MODEL, TrainConfig(dataset="tiny", data_dir=str(tmp_path / "data"), epochs=2, batch_size=32, threads=1),
-          dataset, tmp_path / "run", progress=False, keep_epochs=True)
-    assert average_main([str(tmp_path / "run" / "epoch-001.pt"), str(tmp_path / "run" / "epoch-002.pt"), "--out",
-                         str(tmp_path / "run" / "average.pt"), "--no-validate"]) == 0
-    assert export_main([str(tmp_path / "run" / "average.pt"), str(tmp_path / "model"), "--parity-count", "32",
-                        "--threads", "1"]) == 0
+    train(
+        MODEL,
+        TrainConfig(dataset="tiny", data_dir=str(tmp_path / "data"), epochs=2, batch_size=32, threads=1),
+        dataset,
+        tmp_path / "run",
+        progress=False,
+        keep_epochs=True,
+    )
+    assert (
+        average_main(
+            [
+                str(tmp_path / "run" / "epoch-001.pt"),
+                str(tmp_path / "run" / "epoch-002.pt"),
+                "--out",
+                str(tmp_path / "run" / "average.pt"),
+                "--no-validate",
+            ]
+        )
+        == 0
+    )
+    assert (
+        export_main(
+            [str(tmp_path / "run" / "average.pt"), str(tmp_path / "model"), "--parity-count", "32", "--threads", "1"]
+        )
+        == 0
+    )
     training = Manifest.read(tmp_path / "model" / "manifest.json").training
     assert training["averaged"]["epochs"] == [1, 2] and training["epoch"] == 2
     assert training["averaged"]["command"][:2] == ["vae-average", str(tmp_path / "run" / "epoch-001.pt")]
@@ -191,18 +255,28 @@ def test_an_averaged_checkpoint_exports_with_the_record_of_what_it_averaged(tmp_
 def test_a_gaussian_model_exports_mean_and_log_scale(tmp_path, monkeypatch):
     spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=64, test=32)
     monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
-    config = ModelConfig(arch="mlp", decoder="mlp", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,),
-                         likelihood="gaussian")
+    config = ModelConfig(
+        arch="mlp", decoder="mlp", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,), likelihood="gaussian"
+    )
     dataset = data_module.load_idx_dataset(spec, tmp_path / "data")
-    train(config, TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1), dataset, tmp_path / "run",
-          progress=False)
-    assert export_main([str(tmp_path / "run" / "best.pt"), str(tmp_path / "model"), "--parity-count", "32",
-                        "--threads", "1"]) == 0
+    train(
+        config,
+        TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1),
+        dataset,
+        tmp_path / "run",
+        progress=False,
+    )
+    assert (
+        export_main(
+            [str(tmp_path / "run" / "best.pt"), str(tmp_path / "model"), "--parity-count", "32", "--threads", "1"]
+        )
+        == 0
+    )
     manifest = Manifest.read(tmp_path / "model" / "manifest.json")
     assert manifest.likelihood.outputs == ["mean", "log_scale"] and manifest.metrics == {"evaluated": False}
     assert list(manifest.decoder.outputs) == ["mean", "log_scale"]
     mean, log_scale = load_model_dir(tmp_path / "model").decode(np.zeros((2, 3), dtype=np.float32))
-    assert mean.shape == log_scale.shape == (2, 1, 8, 8) and 0 <= mean.min() and mean.max() <= 1
+    assert mean.shape == log_scale.shape == (2, 1, 8, 8) and mean.min() >= 0 and mean.max() <= 1
     # the manifest records the scale the graph outputs, floored at the quantisation limit
     parameters = manifest.likelihood.parameters
     assert parameters["sigma_mean"] == pytest.approx(float(np.exp(log_scale).mean()), rel=1e-5)
@@ -231,8 +305,9 @@ def without_calibration(exported, destination):
     return target
 
 
-def test_calibrating_an_export_in_place_adds_the_calibration_and_keeps_every_other_file(exported, tmp_path,
-                                                                                       monkeypatch):
+def test_calibrating_an_export_in_place_adds_the_calibration_and_keeps_every_other_file(
+    exported, tmp_path, monkeypatch
+):
     from export.calibrate import main as calibrate_main
 
     target = without_calibration(exported, tmp_path / "model")
@@ -243,11 +318,13 @@ def test_calibrating_an_export_in_place_adds_the_calibration_and_keeps_every_oth
     assert calibrate_main([str(target), "--count", "20", "--data-dir", str(tmp_path / "data"), "--threads", "1"]) == 0
     after = file_hashes(target)
     assert {name: after[name] for name in before if name != "manifest.json"} == {
-        name: digest for name, digest in before.items() if name != "manifest.json"}
+        name: digest for name, digest in before.items() if name != "manifest.json"
+    }
     manifest = Manifest.read(target / "manifest.json")
     assert manifest.anomaly.sha256 == after["anomaly.json"] and manifest.anomaly.calibration["fit"] == [216, 236]
     assert manifest.model_copy(update={"anomaly": None}) == Manifest.read(exported / "manifest.json").model_copy(
-        update={"anomaly": None})
+        update={"anomaly": None}
+    )
     assert load_model_dir(target).anomaly is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]  # no staging directory left
 

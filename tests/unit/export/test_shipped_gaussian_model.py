@@ -23,7 +23,11 @@ def test_manifest_is_valid_and_its_hashes_match_the_files():
     raw = json.loads((SHIPPED / "manifest.json").read_text())
     jsonschema.validate(raw, json.loads(SCHEMA_PATH.read_text()))
     manifest = Manifest.model_validate(raw)
-    assert (manifest.name, manifest.version, manifest.likelihood.name) == ("fashion-mnist-gaussian", "1.0.0", "gaussian")
+    assert (manifest.name, manifest.version, manifest.likelihood.name) == (
+        "fashion-mnist-gaussian",
+        "1.0.0",
+        "gaussian",
+    )
     for info in (manifest.encoder, manifest.decoder, manifest.checkpoint):
         assert sha256_file(SHIPPED / info.file) == info.sha256
 
@@ -32,8 +36,11 @@ def test_metrics_are_iwae_5000_on_these_graphs_in_bits_of_the_8_bit_image():
     manifest = Manifest.read(SHIPPED / "manifest.json")
     m = manifest.metrics
     assert m["iwae_k"] == 5000 and m["images"] >= 1000
-    assert m["scored_with"] == {"backend": "onnxruntime", "encoder_sha256": manifest.encoder.sha256,
-                                "decoder_sha256": manifest.decoder.sha256}
+    assert m["scored_with"] == {
+        "backend": "onnxruntime",
+        "encoder_sha256": manifest.encoder.sha256,
+        "decoder_sha256": manifest.decoder.sha256,
+    }
     assert m["bits_per_dim"] == pytest.approx(m["nll_nats"] / (784 * math.log(2)))
     # a probability of an 8-bit image: at least the Gaussian's floor of about 0.25 bits per pixel
     assert 0.25 < m["bits_per_dim"] < m["bits_per_dim_elbo"] < 8.0
@@ -62,9 +69,11 @@ def test_rescored_images_match_the_report():
     except DataMissingError as exc:
         pytest.skip(str(exc))
     x = fixed_test_set(data.test, model.likelihood, model.manifest.training["train_config"]["test_binarize_seed"])
-    scores = scoring.score(model, model.likelihood, x[RESCORED], seed=report["noise_seed"],
-                           k=report["metrics"]["iwae_k"])
+    scores = scoring.score(
+        model, model.likelihood, x[RESCORED], seed=report["noise_seed"], k=report["metrics"]["iwae_k"]
+    )
     with np.load(SHIPPED / "report" / "scores.npz") as stored:
         for name in ("kl", "elbo", "log_likelihood"):
-            np.testing.assert_allclose(getattr(scores, name), stored[name][RESCORED], rtol=1e-5, atol=1e-2,
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                getattr(scores, name), stored[name][RESCORED], rtol=1e-5, atol=1e-2, err_msg=name
+            )

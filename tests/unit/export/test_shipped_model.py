@@ -17,8 +17,10 @@ from tests.conftest import REPO
 
 # The shipped N(0, I) version: the graphs other tests copy and build learned-prior models around.
 SHIPPED = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"
-VERSIONS = sorted((p.parent for p in (REPO / "artifacts" / "fashion-mnist-vae").glob("*/manifest.json")),
-                  key=lambda p: version_key(p.name))
+VERSIONS = sorted(
+    (p.parent for p in (REPO / "artifacts" / "fashion-mnist-vae").glob("*/manifest.json")),
+    key=lambda p: version_key(p.name),
+)
 # Reports whose noise streams are keyed by each image's content, as vae-eval keys them now: re-scoring an
 # image reproduces its stored numbers. 2.0.0's report predates that (its streams were keyed by position).
 CONTENT_KEYED = {"3.0.0", "3.1.0"}
@@ -46,8 +48,11 @@ def test_shipped_metrics_are_the_full_test_set_at_k_5000_on_these_graphs(shipped
     manifest = Manifest.read(shipped / "manifest.json")
     metrics = manifest.metrics
     assert metrics["iwae_k"] == 5000 and metrics["images"] == 10000
-    scored_with = {"backend": "onnxruntime", "encoder_sha256": manifest.encoder.sha256,
-                   "decoder_sha256": manifest.decoder.sha256}
+    scored_with = {
+        "backend": "onnxruntime",
+        "encoder_sha256": manifest.encoder.sha256,
+        "decoder_sha256": manifest.decoder.sha256,
+    }
     if manifest.prior:  # a learned prior is part of what was scored
         scored_with.update(prior_sha256=manifest.prior.graph.sha256, prior=manifest.prior.name)
     assert {key: metrics["scored_with"].get(key) for key in scored_with} == scored_with
@@ -83,8 +88,9 @@ def rescored(shipped):
     except DataMissingError as exc:
         pytest.skip(str(exc))
     x = fixed_test_set(data.test, model.likelihood, train_config["test_binarize_seed"])  # bits of the whole set
-    scores = scoring.score(model, model.likelihood, x[RESCORED], seed=report["noise_seed"],
-                           k=report["metrics"]["iwae_k"])
+    scores = scoring.score(
+        model, model.likelihood, x[RESCORED], seed=report["noise_seed"], k=report["metrics"]["iwae_k"]
+    )
     with np.load(shipped / "report" / "scores.npz") as stored:
         return scores, {name: stored[name][RESCORED] for name in stored.files}
 
@@ -123,4 +129,6 @@ def test_rescored_numbers_are_the_reports_where_its_streams_are_keyed_by_content
 def test_each_version_scores_better_than_the_one_before():
     """A new version of the default model ships only as an improvement on the test NLL at k=5000."""
     scores = [Manifest.read(p / "manifest.json").metrics["nll_nats"] for p in VERSIONS]
-    assert all(new < old for old, new in zip(scores, scores[1:])), dict(zip((p.name for p in VERSIONS), scores))
+    assert all(new < old for old, new in zip(scores, scores[1:], strict=False)), dict(
+        zip((p.name for p in VERSIONS), scores, strict=False)
+    )

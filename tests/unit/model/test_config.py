@@ -9,13 +9,16 @@ def test_round_trip_through_a_dict():
     assert config.input_dim == 64
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"arch": "transformer"}, "arch must be"),
-    ({"likelihood": "poisson"}, "likelihood must be"),
-    ({"input_shape": (1, 30, 30), "conv_channels": (8, 8)}, "divisible by"),
-    ({"latent_dim": 0}, "latent_dim"),
-    ({"logvar_min": 3.0, "logvar_max": 1.0}, "logvar_min"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "transformer"}, "arch must be"),
+        ({"likelihood": "poisson"}, "likelihood must be"),
+        ({"input_shape": (1, 30, 30), "conv_channels": (8, 8)}, "divisible by"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"logvar_min": 3.0, "logvar_max": 1.0}, "logvar_min"),
+    ],
+)
 def test_invalid_model_configs_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**kwargs)

@@ -7,8 +7,16 @@ import pytest
 from PIL import Image
 
 from model.core.preprocess import PreprocessContract, bytes_to_array
-from model.data import (DATASETS, DataChecksumError, DataFormatError, DataMissingError, load_dataset,
-                        load_idx_dataset, load_image_folder, resolve_data_dir)
+from model.data import (
+    DATASETS,
+    DataChecksumError,
+    DataFormatError,
+    DataMissingError,
+    load_dataset,
+    load_idx_dataset,
+    load_image_folder,
+    resolve_data_dir,
+)
 from tests.conftest import write_png_folder, write_tiny_idx_dataset
 
 
@@ -16,7 +24,7 @@ def test_loads_idx_files_and_reports_their_checksums(tmp_path):
     spec = write_tiny_idx_dataset(tmp_path, size=8, train=20, test=5)
     data = load_idx_dataset(spec, tmp_path)
     assert data.train.shape == (20, 1, 8, 8) and data.test.shape == (5, 1, 8, 8)
-    assert data.train.dtype == np.float32 and 0.0 <= data.train.min() and data.train.max() <= 1.0
+    assert data.train.dtype == np.float32 and data.train.min() >= 0.0 and data.train.max() <= 1.0
     assert data.checksums == {name: sha for name, sha in spec.files.values()}
 
 
@@ -51,7 +59,8 @@ def test_image_folder_is_converted_by_the_contract_and_split(tmp_path, caplog):
     assert len(data.checksums) == 10
     assert [r.getMessage() for r in caplog.records] == [
         f"converting 10 of 10 images in {tmp_path} from RGB 30x40 to grey 28x28; "
-        "pass --channels 3 --image-size 30 40 to keep them as they are"]
+        "pass --channels 3 --image-size 30 40 to keep them as they are"
+    ]
 
 
 def test_the_conversion_note_counts_each_kind_and_names_the_most_common(tmp_path, caplog):
@@ -64,7 +73,8 @@ def test_the_conversion_note_counts_each_kind_and_names_the_most_common(tmp_path
     assert len(data.train) + len(data.test) == 8
     assert [r.getMessage() for r in caplog.records] == [
         f"converting 6 of 8 images in {tmp_path} (5 RGB 32x32, 1 grey 16x16) to grey 28x28; "
-        "pass --channels 3 --image-size 32 to keep the most common (RGB 32x32) as it is"]
+        "pass --channels 3 --image-size 32 to keep the most common (RGB 32x32) as it is"
+    ]
 
 
 def test_an_rgb_folder_keeps_its_colour_and_size_when_asked(tmp_path, caplog):
@@ -94,7 +104,10 @@ def test_the_folder_split_depends_on_the_contents_only(tmp_path):
 def test_an_undecodable_file_in_a_folder_is_named(tmp_path):
     write_png_folder(tmp_path, count=3, size=8)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataFormatError, match="broken.png cannot be used: the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image"):
+    with pytest.raises(
+        DataFormatError,
+        match="broken.png cannot be used: the bytes are not a decodable PNG, JPEG, WebP, BMP, GIF or TIFF image",
+    ):
         load_image_folder(tmp_path, PreprocessContract(input_shape=(1, 8, 8)))
 
 
@@ -104,8 +117,12 @@ def test_empty_image_folder_is_a_clear_error(tmp_path):
 
 
 def test_vae_train_without_data_prints_a_paragraph_not_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "model.train", "--data-dir", str(tmp_path / "nowhere")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "model.train", "--data-dir", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "apt-get install dataset-fashion-mnist" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,10 +13,10 @@ import torch
 
 from model import checkpoint
 from model import distributed as distributed_module
+from model.config import ModelConfig
 from model.core.likelihoods import LIKELIHOODS
 from model.core.preprocess import PreprocessContract
 from model.data import fixed_test_set, load_dataset
-from model.config import ModelConfig
 from model.distributed import Ranks, ShardedOrder, from_environment, per_rank_batch_size
 from model.train import TRACE_ENV, evaluate_elbo
 from model.train import main as train_main
@@ -24,17 +24,56 @@ from model.vae import VAE
 from tests.conftest import REPO, write_png_folder
 
 EPOCHS, STEPS = 2, 8  # 230 training images (26 of the 256 are the test split), 2 x 16 per step
-FLAGS = ["--dataset", "folder", "--image-size", "8", "--epochs", str(EPOCHS), "--batch-size", "32", "--lr", "3e-3",
-         "--kl-warmup-epochs", "1", "--threads", "1", "--conv-channels", "8", "--decoder-channels", "8",
-         "--hidden", "32", "--latent-dim", "4", "--no-progress"]
+FLAGS = [
+    "--dataset",
+    "folder",
+    "--image-size",
+    "8",
+    "--epochs",
+    str(EPOCHS),
+    "--batch-size",
+    "32",
+    "--lr",
+    "3e-3",
+    "--kl-warmup-epochs",
+    "1",
+    "--threads",
+    "1",
+    "--conv-channels",
+    "8",
+    "--decoder-channels",
+    "8",
+    "--hidden",
+    "32",
+    "--latent-dim",
+    "4",
+    "--no-progress",
+]
 
 
 def torchrun(images, out, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "model.train",
-         *FLAGS, "--data-dir", str(images), "--out", str(out), *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "model.train",
+            *FLAGS,
+            "--data-dir",
+            str(images),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     assert result.returncode == 0, result.stderr
     return result
 
@@ -135,16 +174,17 @@ def test_the_ranks_steps_together_take_each_global_batch_of_one_permutation(coun
         permutation = torch.stack(shards, dim=1).flatten()  # rank r holds positions r, r + 2, ...
         assert sorted(set(permutation.tolist())) == list(range(count))
         for step in range(orders[0].steps_per_epoch):
-            together = torch.cat([s[step * 16:(step + 1) * 16] for s in shards])
-            assert sorted(together.tolist()) == sorted(permutation[step * 32:(step + 1) * 32].tolist())
+            together = torch.cat([s[step * 16 : (step + 1) * 16] for s in shards])
+            assert sorted(together.tolist()) == sorted(permutation[step * 32 : (step + 1) * 32].tolist())
     assert torch.equal(orders[0].epoch(0), orders[0].epoch(0))
     assert not torch.equal(orders[0].epoch(0), orders[0].epoch(1))  # set_epoch reshuffles
 
 
 def test_the_global_batch_must_split_evenly_over_the_processes():
     assert per_rank_batch_size(128, 4) == 32
-    with pytest.raises(ValueError, match="global batch and must split evenly over the 3 processes: pass a "
-                                         "multiple of 3, e.g. 126"):
+    with pytest.raises(
+        ValueError, match="global batch and must split evenly over the 3 processes: pass a multiple of 3, e.g. 126"
+    ):
         per_rank_batch_size(128, 3)
 
 

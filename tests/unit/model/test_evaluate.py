@@ -16,18 +16,38 @@ from model.torch_backend import TorchBackend
 from model.train import train
 
 # The decoder is pinned so the test does not follow the shipped default architecture.
-MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,), decoder_channels=(8,))
+MODEL = ModelConfig(
+    arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,), decoder_channels=(8,)
+)
 
 
 def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tmp_path):
-    train(MODEL, TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1), tiny_dataset, tmp_path,
-          progress=False)
+    train(
+        MODEL, TrainConfig(dataset="tiny", epochs=1, batch_size=32, threads=1), tiny_dataset, tmp_path, progress=False
+    )
     images = tmp_path / "images"
     images.mkdir()
     for i, x in enumerate(tiny_dataset.test[:6]):  # grey, so the binarisation draws real noise
         (images / f"{i:02d}.png").write_bytes(array_to_png(x))
-    assert main([str(tmp_path / "best.pt"), "--images-dir", str(images), "--k", "50", "--seed", "3",
-                 "--threads", "1", "--no-progress", "--report", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "best.pt"),
+                "--images-dir",
+                str(images),
+                "--k",
+                "50",
+                "--seed",
+                "3",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--report",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     metrics = report["metrics"]
     assert metrics["images"] == 6 and metrics["iwae_k"] == 50
@@ -44,8 +64,9 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
     pixels, _ = read_image_folder(images, PreprocessContract(input_shape=MODEL.input_shape))
     order = np.array([4, 1, 5, 0, 3, 2])
     bernoulli = LIKELIHOODS["bernoulli"]
-    direct = scoring.score(TorchBackend(model), bernoulli, bernoulli.images_to_data_space(pixels[order], 0),
-                           seed=3, k=50)
+    direct = scoring.score(
+        TorchBackend(model), bernoulli, bernoulli.images_to_data_space(pixels[order], 0), seed=3, k=50
+    )
     with np.load(tmp_path / "report" / "scores.npz") as archive:
         stored = {key: archive[key] for key in archive.files}
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
@@ -54,11 +75,12 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
 
 def test_evaluate_keeps_each_images_standard_error_and_ess_across_batches():
     from model.evaluate import evaluate
-    from tests.unit.model.core.test_scoring import GAUSSIAN, X, LinearGaussian
+    from tests.unit.model.core.test_scoring import GAUSSIAN, LinearGaussian, X
 
     x = np.concatenate([X, X[::-1] + 0.05])  # four images, scored two to a batch
-    batched, _ = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
-                          progress=False)
+    batched, _ = evaluate(
+        LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False
+    )
     whole = scoring.score(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50)
     for name in ("log_likelihood", "standard_error", "effective_sample_size"):
         np.testing.assert_allclose(getattr(batched, name), getattr(whole, name), rtol=1e-6, err_msg=name)
@@ -66,12 +88,11 @@ def test_evaluate_keeps_each_images_standard_error_and_ess_across_batches():
 
 def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     from model.evaluate import evaluate
-    from tests.unit.model.core.test_scoring import GAUSSIAN, X, LinearGaussian
+    from tests.unit.model.core.test_scoring import GAUSSIAN, LinearGaussian, X
 
     x = np.concatenate([X, X[::-1] + 0.05, X + 0.1])  # six images, two to a batch
     fingerprint = {"k": 50, "seed": 3}
-    whole, _ = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
-                        progress=False)
+    whole, _ = evaluate(LinearGaussian(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False)
 
     class DiesOnTheThirdBatch(LinearGaussian):
         calls = 0
@@ -84,18 +105,47 @@ def test_an_interrupted_evaluation_resumes_to_the_numbers_of_an_uninterrupted_on
 
     partial = tmp_path / "partial.npz"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(DiesOnTheThirdBatch(shrink=0.6, widen=0.7), GAUSSIAN, x, seed=3, k=50, batch_size=2,
-                 progress=False, partial=partial, fingerprint=fingerprint)
+        evaluate(
+            DiesOnTheThirdBatch(shrink=0.6, widen=0.7),
+            GAUSSIAN,
+            x,
+            seed=3,
+            k=50,
+            batch_size=2,
+            progress=False,
+            partial=partial,
+            fingerprint=fingerprint,
+        )
     with np.load(partial) as kept:
         assert len(kept["elbo"]) == 4  # two batches kept
     counting = DiesOnTheThirdBatch(shrink=0.6, widen=0.7)
     DiesOnTheThirdBatch.calls = -10  # it would die only far later
-    resumed, seconds = evaluate(counting, GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False,
-                                partial=partial, fingerprint=fingerprint, resume=True)
+    resumed, seconds = evaluate(
+        counting,
+        GAUSSIAN,
+        x,
+        seed=3,
+        k=50,
+        batch_size=2,
+        progress=False,
+        partial=partial,
+        fingerprint=fingerprint,
+        resume=True,
+    )
     assert DiesOnTheThirdBatch.calls == -9  # one batch scored: the third
     for name in ("elbo", "kl", "log_likelihood", "standard_error", "effective_sample_size"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
     assert seconds > 0
     with pytest.raises(ValueError, match="another checkpoint"):
-        evaluate(counting, GAUSSIAN, x, seed=3, k=50, batch_size=2, progress=False, partial=partial,
-                 fingerprint={**fingerprint, "k": 51}, resume=True)
+        evaluate(
+            counting,
+            GAUSSIAN,
+            x,
+            seed=3,
+            k=50,
+            batch_size=2,
+            progress=False,
+            partial=partial,
+            fingerprint={**fingerprint, "k": 51},
+            resume=True,
+        )

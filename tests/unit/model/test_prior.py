@@ -16,8 +16,9 @@ MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=3, hidden=(16
 
 def reference(mixture):
     means, logvars, log_weights = mixture
-    return D.MixtureSameFamily(D.Categorical(logits=log_weights),
-                               D.Independent(D.Normal(means, torch.exp(0.5 * logvars)), 1))
+    return D.MixtureSameFamily(
+        D.Categorical(logits=log_weights), D.Independent(D.Normal(means, torch.exp(0.5 * logvars)), 1)
+    )
 
 
 @pytest.mark.parametrize("name", ["mog", "vamp"])

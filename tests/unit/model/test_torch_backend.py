@@ -49,8 +49,9 @@ def test_scoring_through_the_backend_uses_the_models_prior():
     x = (np.random.default_rng(0).random((2, 1, 4, 4)) > 0.5).astype(np.float32)
     scores = scoring.score(backend, bernoulli, x, seed=1)
     mean, logvar = backend.encode(x)
-    z = dist.reparameterize(mean, logvar, np.stack([image_stream(1, image).standard_normal(3, dtype=np.float32)
-                                                    for image in x]))
+    z = dist.reparameterize(
+        mean, logvar, np.stack([image_stream(1, image).standard_normal(3, dtype=np.float32) for image in x])
+    )
     with torch.no_grad():
         log_p = model.prior.log_prob(torch.from_numpy(z)).double().numpy()
     np.testing.assert_allclose(scores.kl, dist.log_normal_diag(z, mean, logvar) - log_p, rtol=0, atol=1e-4)

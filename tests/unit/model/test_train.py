@@ -79,14 +79,41 @@ def wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 120.
 
 def test_ctrl_c_mid_epoch_and_resume_give_the_weights_of_an_uninterrupted_run(tmp_path):
     folder = write_png_folder(tmp_path / "images", count=64, size=8)
-    flags = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8", "--epochs", "3",
-             "--batch-size", "8", "--kl-warmup-epochs", "1", "--threads", "1", "--arch", "mlp", "--decoder", "mlp",
-             "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+    flags = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--image-size",
+        "8",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--kl-warmup-epochs",
+        "1",
+        "--threads",
+        "1",
+        "--arch",
+        "mlp",
+        "--decoder",
+        "mlp",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "2",
+        "--no-progress",
+    ]
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
     # A real vae-train that stops before step 3 of epoch 2 (of 8 steps) and waits there for the signal.
-    proc = subprocess.Popen([sys.executable, "-m", "model.train", *flags, "--out", str(interrupted)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: "2:3"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "model.train", *flags, "--out", str(interrupted)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: "2:3"},
+    )
     try:
         wait_for((interrupted / "paused").exists, "the pause before epoch 2, step 3", proc)
         assert checkpoint.load(interrupted / "last.pt")["epoch"] == 1  # the steps of epoch 2 so far are not saved
@@ -120,22 +147,46 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "train", interrupted_twice)
     folder = write_png_folder(tmp_path / "images", count=4, size=8)
-    assert train_main(["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8",
-                       "--out", str(tmp_path / "run")]) == 130
+    assert (
+        train_main(
+            ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8", "--out", str(tmp_path / "run")]
+        )
+        == 130
+    )
     assert "holds the last completed epoch. Continue with --resume" in capsys.readouterr().err
 
 
 def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, caplog):
     folder = write_png_folder(tmp_path / "images", count=12, size=32, rgb=True)
-    flags = ["--dataset", "folder", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "8", "--threads", "1",
-             "--conv-channels", "4", "--decoder-channels", "4", "--hidden", "8", "--latent-dim", "2", "--no-progress"]
+    flags = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--conv-channels",
+        "4",
+        "--decoder-channels",
+        "4",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--no-progress",
+    ]
     with caplog.at_level(logging.WARNING, logger="model.data"):
         assert train_main([*flags, "--channels", "3", "--image-size", "32", "--out", str(tmp_path / "rgb")]) == 0
         assert not caplog.records
         assert train_main([*flags, "--out", str(tmp_path / "grey")]) == 0
     assert [r.getMessage() for r in caplog.records] == [
         f"converting 12 of 12 images in {folder} from RGB 32x32 to grey 28x28; "
-        "pass --channels 3 --image-size 32 to keep them as they are"]
+        "pass --channels 3 --image-size 32 to keep them as they are"
+    ]
     rgb, _ = checkpoint.load_model(tmp_path / "rgb" / "best.pt")
     grey, _ = checkpoint.load_model(tmp_path / "grey" / "best.pt")
     assert rgb.config.input_shape == (3, 32, 32) and grey.config.input_shape == (1, 28, 28)
@@ -143,10 +194,13 @@ def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, ca
     assert logits.shape == (2, 3, 32, 32)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--image-size", "30"], "= 4, as each conv layer halves them: pick an --image-size divisible by 4"),
-    (["--image-size", "8", "8", "8"], "--image-size takes H or H W"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--image-size", "30"], "= 4, as each conv layer halves them: pick an --image-size divisible by 4"),
+        (["--image-size", "8", "8", "8"], "--image-size takes H or H W"),
+    ],
+)
 def test_a_shape_the_model_cannot_take_is_refused_with_the_fix(tmp_path, capsys, flags, message):
     folder = write_png_folder(tmp_path / "images", count=4, size=8)
     assert train_main(["--dataset", "folder", "--data-dir", str(folder), *flags, "--out", str(tmp_path / "run")]) == 2
@@ -167,14 +221,22 @@ def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset
     from model.torch_backend import TorchBackend
 
     gaussian = LIKELIHOODS["gaussian"]
-    config = ModelConfig(arch="mlp", decoder="mlp", input_shape=(1, 8, 8), latent_dim=3, hidden=(32,),
-                         likelihood="gaussian", gaussian_scale="per_pixel")
-    history = train(config, TrainConfig(dataset="tiny", epochs=2, batch_size=32, threads=1), tiny_dataset,
-                    tmp_path, progress=False)
+    config = ModelConfig(
+        arch="mlp",
+        decoder="mlp",
+        input_shape=(1, 8, 8),
+        latent_dim=3,
+        hidden=(32,),
+        likelihood="gaussian",
+        gaussian_scale="per_pixel",
+    )
+    history = train(
+        config, TrainConfig(dataset="tiny", epochs=2, batch_size=32, threads=1), tiny_dataset, tmp_path, progress=False
+    )
     assert history["epoch"] == 2
     model, _ = checkpoint.load_model(tmp_path / "best.pt")
     x = fixed_test_set(tiny_dataset.test[:4], gaussian, 0)  # dequantised: strictly inside (0, 1)
-    assert 0.0 < x.min() and x.max() < 1.0
+    assert x.min() > 0.0 and x.max() < 1.0
     scores = scoring.score(TorchBackend(model), gaussian, x, seed=0, k=10)
     # log-probability of an 8-bit image: never above 0 nats, so bits/dim are positive
     assert (scores.log_likelihood < 0).all() and (scores.bits_per_dim > 0).all()
@@ -182,12 +244,14 @@ def test_gaussian_likelihood_trains_and_reports_8_bit_probabilities(tiny_dataset
 
 
 MOG = ModelConfig(**{**MODEL.to_dict(), "prior": "mog", "prior_components": 8})
-IWAE = TrainConfig(**{**CONFIG.to_dict(), "objective": "iwae-dreg", "samples": 4, "kl_warmup_epochs": 0,
-                      "validation": 40})
+IWAE = TrainConfig(
+    **{**CONFIG.to_dict(), "objective": "iwae-dreg", "samples": 4, "kl_warmup_epochs": 0, "validation": 40}
+)
 
 
-def test_iwae_dreg_with_a_learned_prior_trains_and_keeps_the_epoch_with_the_best_validation_bound(tiny_dataset,
-                                                                                                 tmp_path):
+def test_iwae_dreg_with_a_learned_prior_trains_and_keeps_the_epoch_with_the_best_validation_bound(
+    tiny_dataset, tmp_path
+):
     train(MOG, IWAE, tiny_dataset, tmp_path, progress=False)
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["val_iwae"] > history[0]["val_iwae"]
@@ -207,8 +271,9 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_boun
 
 def test_patience_stops_the_run(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "epochs_without_improvement", lambda history: len(history))
-    last = train(MOG, TrainConfig(**{**IWAE.to_dict(), "epochs": 5, "patience": 2}), tiny_dataset, tmp_path,
-                 progress=False)
+    last = train(
+        MOG, TrainConfig(**{**IWAE.to_dict(), "epochs": 5, "patience": 2}), tiny_dataset, tmp_path, progress=False
+    )
     assert last["epoch"] == 2  # stopped, not run to 5
 
 
@@ -216,10 +281,19 @@ def test_init_from_takes_the_encoder_and_decoder_and_fits_the_prior_to_the_poste
     train(MODEL, TrainConfig(**{**CONFIG.to_dict(), "epochs": 1}), tiny_dataset, tmp_path / "base", progress=False)
     base, _ = checkpoint.load_model(tmp_path / "base" / "last.pt")
     import hashlib
+
     digest = hashlib.sha256((tmp_path / "base" / "last.pt").read_bytes()).hexdigest()
-    config = TrainConfig(**{**IWAE.to_dict(), "epochs": 1, "init_from": str(tmp_path / "base" / "last.pt"),
-                            "init_sha256": digest, "prior_fit_steps": 50, "lr": 1e-12,
-                            "lr_schedule": "constant"})
+    config = TrainConfig(
+        **{
+            **IWAE.to_dict(),
+            "epochs": 1,
+            "init_from": str(tmp_path / "base" / "last.pt"),
+            "init_sha256": digest,
+            "prior_fit_steps": 50,
+            "lr": 1e-12,
+            "lr_schedule": "constant",
+        }
+    )
     train(MOG, config, tiny_dataset, tmp_path / "tuned", progress=False)
     tuned, payload = checkpoint.load_model(tmp_path / "tuned" / "last.pt")
     for name, tensor in base.state_dict().items():  # a vanishing learning rate: the weights are the base's
@@ -232,16 +306,22 @@ def test_init_from_the_same_prior_continues_that_model_prior_included(tiny_datas
     train(MOG, TrainConfig(**{**IWAE.to_dict(), "epochs": 1}), tiny_dataset, tmp_path / "base", progress=False)
     source = str(tmp_path / "base" / "last.pt")
     base, _ = checkpoint.load_model(source)
-    config = TrainConfig(**{**IWAE.to_dict(), "epochs": 1, "init_from": source, "lr": 1e-12,
-                            "lr_schedule": "constant", "samples": 3})
+    config = TrainConfig(
+        **{**IWAE.to_dict(), "epochs": 1, "init_from": source, "lr": 1e-12, "lr_schedule": "constant", "samples": 3}
+    )
     train(MOG, config, tiny_dataset, tmp_path / "stage2", progress=False)
     tuned, _ = checkpoint.load_model(tmp_path / "stage2" / "last.pt")
     for name, tensor in base.state_dict().items():  # the learned mixture too, not placed anew
         assert torch.allclose(tuned.state_dict()[name], tensor, atol=1e-6), name
     assert any(name.startswith("prior.") for name in base.state_dict())
     with pytest.raises(ValueError, match="prior-fit-steps"):  # nothing newly placed to fit
-        train(MOG, TrainConfig(**{**config.to_dict(), "prior_fit_steps": 10}), tiny_dataset, tmp_path / "c",
-              progress=False)
+        train(
+            MOG,
+            TrainConfig(**{**config.to_dict(), "prior_fit_steps": 10}),
+            tiny_dataset,
+            tmp_path / "c",
+            progress=False,
+        )
 
 
 def test_fit_prior_moves_the_mixture_onto_the_aggregate_posterior(tiny_dataset):
@@ -259,8 +339,7 @@ def test_fit_prior_moves_the_mixture_onto_the_aggregate_posterior(tiny_dataset):
         mean, logvar = model.encode(x.bernoulli(generator=generator))
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
         before = model.prior.log_prob(z).mean()
-    train_module.fit_prior(model, x, LIKELIHOODS["bernoulli"], steps=200, generator=generator, batch=100,
-                           lr=3e-2)
+    train_module.fit_prior(model, x, LIKELIHOODS["bernoulli"], steps=200, generator=generator, batch=100, lr=3e-2)
     with torch.no_grad():
         after = model.prior.log_prob(z).mean()
         assert after > before + 10.0 and after > model.prior.log_prob(torch.randn(200, 4)).mean()
@@ -271,18 +350,27 @@ def test_init_from_refuses_another_architecture_and_a_changed_file(tiny_dataset,
     source = str(tmp_path / "base" / "last.pt")
     wider = ModelConfig(**{**MOG.to_dict(), "hidden": (16,)})
     with pytest.raises(ValueError, match="architecture differs"):
-        train(wider, TrainConfig(**{**IWAE.to_dict(), "init_from": source}), tiny_dataset, tmp_path / "a",
-              progress=False)
+        train(
+            wider, TrainConfig(**{**IWAE.to_dict(), "init_from": source}), tiny_dataset, tmp_path / "a", progress=False
+        )
     with pytest.raises(ValueError, match="SHA-256"):
-        train(MOG, TrainConfig(**{**IWAE.to_dict(), "init_from": source, "init_sha256": "0" * 64}), tiny_dataset,
-              tmp_path / "b", progress=False)
+        train(
+            MOG,
+            TrainConfig(**{**IWAE.to_dict(), "init_from": source, "init_sha256": "0" * 64}),
+            tiny_dataset,
+            tmp_path / "b",
+            progress=False,
+        )
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"samples": 4}, "needs --objective iwae-dreg"),
-    ({"objective": "iwae-dreg", "kl_warmup_epochs": 10}, "kl-warmup-epochs 0"),
-    ({"patience": 3}, "needs a --validation split"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"samples": 4}, "needs --objective iwae-dreg"),
+        ({"objective": "iwae-dreg", "kl_warmup_epochs": 10}, "kl-warmup-epochs 0"),
+        ({"patience": 3}, "needs a --validation split"),
+    ],
+)
 def test_inconsistent_objective_settings_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**fields)
@@ -290,17 +378,50 @@ def test_inconsistent_objective_settings_are_refused(fields, message):
 
 def test_an_init_from_that_does_not_fit_is_refused_without_a_traceback(tmp_path, capsys):
     folder = write_png_folder(tmp_path / "images", count=4, size=8)
-    flags = ["--dataset", "folder", "--data-dir", str(folder), "--image-size", "8", "--epochs", "1",
-             "--batch-size", "4", "--threads", "1", "--conv-channels", "4", "--decoder-channels", "4", "--hidden", "8",
-             "--latent-dim", "2", "--no-progress"]
+    flags = [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--conv-channels",
+        "4",
+        "--decoder-channels",
+        "4",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--no-progress",
+    ]
     assert train_main([*flags, "--out", str(tmp_path / "base")]) == 0
-    assert train_main([*flags, "--latent-dim", "3", "--init-from", str(tmp_path / "base" / "last.pt"),
-                       "--out", str(tmp_path / "wider")]) == 2
+    assert (
+        train_main(
+            [
+                *flags,
+                "--latent-dim",
+                "3",
+                "--init-from",
+                str(tmp_path / "base" / "last.pt"),
+                "--out",
+                str(tmp_path / "wider"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "vae-train: --init-from" in err and "architecture differs" in err and "Traceback" not in err
 
 
 # -- vae-train --help ----------------------------------------------------------------------------------
+
 
 def _help_entries() -> dict[str, str]:
     """Each option of `vae-train --help` with its help text, joined over its wrapped lines."""

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from service.app import create_app, start
-from service.registry import ModelSource, VersionPolicy
 from service.engine import Engine
+from service.registry import ModelSource, VersionPolicy
 from service.settings import Settings
 from tests.unit.service.fakes import SHAPE, FakeVAE
 
@@ -41,9 +41,11 @@ def build(fake=None, ready=True, others=(), **settings):
     """An app serving a fake model (and `others`), loaded without running the lifespan when `ready`."""
     fake = fake or FakeVAE()
     by_path = {Path(f"/fake/{f.manifest.name}/{f.manifest.version}"): f for f in (fake, *others)}
-    app = create_app(Settings(**{"max_batch": 8, "max_k": 100, **settings}),
-                     load=lambda directory, _: Engine.from_model(by_path[directory]),
-                     scan=lambda: fake_repository(fake, *others))
+    app = create_app(
+        Settings(**{"max_batch": 8, "max_k": 100, **settings}),
+        load=lambda directory, _: Engine.from_model(by_path[directory]),
+        scan=lambda: fake_repository(fake, *others),
+    )
     if ready:
         run_to_completion(start(app.state.vae))
     return app, fake
@@ -60,8 +62,7 @@ def run_to_completion(coroutine):
 
 
 def client_for(app) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-                             base_url="http://test")
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
 
 
 @pytest.fixture

@@ -22,13 +22,22 @@ FAKE_FPR_DEFAULT = 0.05  # not the usual 0.01, so a test can tell that the manif
 def make_manifest(shape=SHAPE, latent_dim=LATENT, anomaly_spec: AnomalySpec | None = None) -> Manifest:
     graph = GraphInfo(file="x.onnx", sha256=HASH, inputs={}, outputs={}, opset=20)
     return Manifest(
-        name="fake-vae", version="9.9.9", created="2026-01-01T00:00:00+00:00",
-        source_checkpoint=FileHash(file="c.pt", sha256=HASH), encoder=graph, decoder=graph,
-        input=InputSpec(shape=list(shape), channels=shape[0]), latent_dim=latent_dim,
+        name="fake-vae",
+        version="9.9.9",
+        created="2026-01-01T00:00:00+00:00",
+        source_checkpoint=FileHash(file="c.pt", sha256=HASH),
+        encoder=graph,
+        decoder=graph,
+        input=InputSpec(shape=list(shape), channels=shape[0]),
+        latent_dim=latent_dim,
         likelihood=LikelihoodSpec(name="bernoulli", outputs=["logits"], data_space="binary"),
         preprocessing=PreprocessContract(input_shape=shape).describe(),
-        training={"train_config": {"test_binarize_seed": 0}}, metrics={"nll_nats": 1.0}, parity={}, exporter={},
-        anomaly=anomaly_spec)
+        training={"train_config": {"test_binarize_seed": 0}},
+        metrics={"nll_nats": 1.0},
+        parity={},
+        exporter={},
+        anomaly=anomaly_spec,
+    )
 
 
 class FakeVAE:
@@ -43,9 +52,15 @@ class FakeVAE:
         self.anomaly: anomaly.Calibration | None = None
         if calibrated:
             self.anomaly = calibrate(self)
-            spec = AnomalySpec(file=anomaly.CALIBRATION_FILE, sha256=HASH, method=self.anomaly.score.name,
-                               statistics=list(self.anomaly.score.statistics), cost="one ELBO pass",
-                               fpr_default=FAKE_FPR_DEFAULT, calibration=self.anomaly.data)
+            spec = AnomalySpec(
+                file=anomaly.CALIBRATION_FILE,
+                sha256=HASH,
+                method=self.anomaly.score.name,
+                statistics=list(self.anomaly.score.statistics),
+                cost="one ELBO pass",
+                fpr_default=FAKE_FPR_DEFAULT,
+                calibration=self.anomaly.data,
+            )
             self.manifest = make_manifest(anomaly_spec=spec)
 
     latent_dim = LATENT
@@ -94,12 +109,12 @@ class LinearGaussianVAE:
         self.manifest = make_manifest()
         self.W = rng.normal(0.0, 0.15, (pixels, LATENT))  # (P, D)
         self.b = rng.uniform(0.3, 0.7, pixels)  # (P,)
-        precision = np.eye(LATENT) + self.W.T @ self.W / self.SIGMA ** 2
+        precision = np.eye(LATENT) + self.W.T @ self.W / self.SIGMA**2
         self.post_cov = np.linalg.inv(precision)  # (D, D)
 
     def encode(self, x):
         flat = x.reshape(len(x), -1).astype(np.float64)
-        mean = 0.9 * (flat - self.b) @ self.W @ self.post_cov / self.SIGMA ** 2  # (N, D)
+        mean = 0.9 * (flat - self.b) @ self.W @ self.post_cov / self.SIGMA**2  # (N, D)
         logvar = np.log(np.diag(self.post_cov)) + 0.2
         return mean.astype(np.float32), np.broadcast_to(logvar, mean.shape).astype(np.float32)
 
@@ -109,7 +124,7 @@ class LinearGaussianVAE:
 
     def log_px(self, x: np.ndarray) -> float:
         """The exact log-density of one image in the data space, (C, H, W)."""
-        cov = self.W @ self.W.T + self.SIGMA ** 2 * np.eye(len(self.b))
+        cov = self.W @ self.W.T + self.SIGMA**2 * np.eye(len(self.b))
         d = x.reshape(-1).astype(np.float64) - self.b
         return float(-0.5 * (d @ np.linalg.solve(cov, d) + np.linalg.slogdet(cov)[1] + len(d) * np.log(2 * np.pi)))
 

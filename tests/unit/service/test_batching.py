@@ -21,7 +21,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
 
     calls, inputs, results = asyncio.run(run())
     assert calls == 1
-    for x, (mean, logvar) in zip(inputs, results):
+    for x, (mean, logvar) in zip(inputs, results, strict=False):
         np.testing.assert_array_equal(mean, encode(x)[0])
         np.testing.assert_array_equal(logvar, encode(x)[1])
 
@@ -48,8 +48,9 @@ def test_a_failure_reaches_every_waiting_request():
 
     async def run():
         batcher = MicroBatcher(broken, max_rows=8, max_wait_s=0.0)
-        return await asyncio.gather(batcher.submit(np.ones((1, 1))), batcher.submit(np.ones((1, 1))),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            batcher.submit(np.ones((1, 1))), batcher.submit(np.ones((1, 1))), return_exceptions=True
+        )
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(run()))
 
@@ -71,14 +72,14 @@ def test_an_async_encode_runs_the_batch_off_the_loop_and_requests_queue_behind_i
 
     _, inputs, results = asyncio.run(run())
     assert threads and threading.get_ident() not in threads
-    for x, (mean, _) in zip(inputs, results):
+    for x, (mean, _) in zip(inputs, results, strict=False):
         np.testing.assert_array_equal(mean, encode(x)[0])
 
 
 @pytest.mark.anyio
 async def test_encode_route_gives_the_same_answer_with_micro_batching():
-    from tests.unit.service.conftest import build, client_for, png_bytes
     from service.batching import MicroBatcher as Batcher
+    from tests.unit.service.conftest import build, client_for, png_bytes
 
     plain, fake = build(micro_batch=False)
     batched, _ = build(fake, micro_batch=True)
@@ -98,10 +99,16 @@ async def test_encode_route_gives_the_same_answer_with_micro_batching():
 
     async with client_for(plain) as a, client_for(batched) as b:
         expected = [(await a.post("/encode?sample=true&seed=2", content=x, headers=headers)).json() for x in bodies]
-        got = await asyncio.wait_for(asyncio.gather(*[
-            b.post("/encode?sample=true&seed=2", content=held_until_all_started(x), headers=headers)
-            for x in bodies]), timeout=30)
-    for response, want in zip(got, expected):
+        got = await asyncio.wait_for(
+            asyncio.gather(
+                *[
+                    b.post("/encode?sample=true&seed=2", content=held_until_all_started(x), headers=headers)
+                    for x in bodies
+                ]
+            ),
+            timeout=30,
+        )
+    for response, want in zip(got, expected, strict=False):
         result, wanted = response.json()["results"][0], want["results"][0]
         for key in ("mean", "logvar", "z"):  # the fake's numpy matmul rounds differently in a batch
             np.testing.assert_allclose(result[key], wanted[key], rtol=1e-5, atol=1e-6)

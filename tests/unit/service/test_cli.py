@@ -49,12 +49,18 @@ def test_one_worker_keeps_its_metrics_in_memory(started, monkeypatch, tmp_path):
     assert cli.MULTIPROCESS_DIR.lower() not in os.environ
 
 
-@pytest.mark.parametrize(("host", "said"), [
-    ("0.0.0.0", "listening on every interface, port 8000: from this machine the explorer is http://localhost:8000/"),
-    ("::", "listening on every interface, port 8000"),
-    ("127.0.0.1", "listening on 127.0.0.1 only, port 8000: the explorer is http://127.0.0.1:8000/"),
-    ("::1", "listening on ::1 only, port 8000: the explorer is http://[::1]:8000/"),
-])
+@pytest.mark.parametrize(
+    ("host", "said"),
+    [
+        (
+            "0.0.0.0",
+            "listening on every interface, port 8000: from this machine the explorer is http://localhost:8000/",
+        ),
+        ("::", "listening on every interface, port 8000"),
+        ("127.0.0.1", "listening on 127.0.0.1 only, port 8000: the explorer is http://127.0.0.1:8000/"),
+        ("::1", "listening on ::1 only, port 8000: the explorer is http://[::1]:8000/"),
+    ],
+)
 def test_the_banner_says_where_the_server_listens(host, said):
     from service.cli import listening_banner
 

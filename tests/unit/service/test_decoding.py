@@ -71,14 +71,17 @@ async def test_the_budget_includes_the_inline_images_when_others_go_to_a_process
         decoder.close()
 
 
-@pytest.mark.parametrize("blobs, status, code, words", [
-    ([b""], 400, "invalid_image", "the image is empty"),
-    ([noise_png(28), b"x" * 20_000], 400, "invalid_image", "image 1: the bytes are not a decodable"),
-    ([encode(Image.new("L", (28, 28)), "ICO")], 400, "invalid_image", "PNG, JPEG, WebP, BMP, GIF or TIFF"),
-    ([noise_png(2049)], 413, "image_too_large", "2049x2049 = 4198401 pixels; the limit is 4194304"),
-    ([progressive_jpeg_bomb((64, 64), 70)], 422, "too_many_scans", "more than 64 scans"),
-    ([progressive_jpeg_bomb((1024, 1024), 70)], 422, "too_many_scans", "more than 64 scans"),
-])
+@pytest.mark.parametrize(
+    "blobs, status, code, words",
+    [
+        ([b""], 400, "invalid_image", "the image is empty"),
+        ([noise_png(28), b"x" * 20_000], 400, "invalid_image", "image 1: the bytes are not a decodable"),
+        ([encode(Image.new("L", (28, 28)), "ICO")], 400, "invalid_image", "PNG, JPEG, WebP, BMP, GIF or TIFF"),
+        ([noise_png(2049)], 413, "image_too_large", "2049x2049 = 4198401 pixels; the limit is 4194304"),
+        ([progressive_jpeg_bomb((64, 64), 70)], 422, "too_many_scans", "more than 64 scans"),
+        ([progressive_jpeg_bomb((1024, 1024), 70)], 422, "too_many_scans", "more than 64 scans"),
+    ],
+)
 async def test_refusals_name_the_image_and_the_limit(decoder, blobs, status, code, words):
     got_status, got_code, message = await refusal(decoder.decode(blobs, CONTRACT))
     assert (got_status, got_code) == (status, code) and words in message

@@ -47,8 +47,9 @@ def test_permuting_the_request_permutes_the_scores(engine):
 def test_an_image_alone_scores_as_in_a_request_of_many(engine):
     images = grey_images(4)
     together = per_image(engine.score(images, k=10, seed=2, binarize_seed=0))
-    alone = np.concatenate([per_image(engine.score(images[i:i + 1], k=10, seed=2, binarize_seed=0))
-                            for i in range(4)])
+    alone = np.concatenate(
+        [per_image(engine.score(images[i : i + 1], k=10, seed=2, binarize_seed=0)) for i in range(4)]
+    )
     assert_same(alone, together)
 
 

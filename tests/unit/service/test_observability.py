@@ -43,8 +43,9 @@ def answer(sent):
 
 def counted(metrics, status):
     # These bare apps match no route (FastAPI puts the matched route in the scope), so the label is "other".
-    return metrics.registry.get_sample_value("vae_requests_total", {"route": "other", "method": "POST",
-                                                                    "status": str(status)})
+    return metrics.registry.get_sample_value(
+        "vae_requests_total", {"route": "other", "method": "POST", "status": str(status)}
+    )
 
 
 async def test_an_unexpected_exception_is_a_generic_500_with_the_request_id_and_one_traceback(caplog):
@@ -116,10 +117,13 @@ async def test_a_stalled_raw_upload_gets_408_and_frees_its_upload_slot():
     assert after.status_code == 200 and len(after.json()["results"]) == 1
 
 
-@pytest.mark.parametrize("path, content_type, first", [
-    ("/encode", "multipart/form-data; boundary=xyz", b"--xyz\r\nContent-Disposition: form-data; name=\"file\""),
-    ("/decode", "application/json", b'{"z": [[0.1, '),
-])
+@pytest.mark.parametrize(
+    "path, content_type, first",
+    [
+        ("/encode", "multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; name="file"'),
+        ("/decode", "application/json", b'{"z": [[0.1, '),
+    ],
+)
 async def test_stalled_multipart_and_json_bodies_get_408_too(path, content_type, first):
     app, _ = build(body_timeout_s=0.2)
     stalled = anyio.Event()
@@ -147,6 +151,7 @@ async def while_a_slow_upload_waits(app, then) -> tuple[object, dict]:
         yield data[10:]
 
     async with client_for(app) as client:
+
         async def slow_upload():
             results["slow"] = await client.post("/encode", content=slow(), headers=PNG)
 

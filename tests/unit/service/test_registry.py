@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import (LoadFailed, ModelNotFound, Registry, VersionPolicy, scan_repository, single_model,
-                              version_key)
+from service.registry import (
+    LoadFailed,
+    ModelNotFound,
+    Registry,
+    VersionPolicy,
+    scan_repository,
+    single_model,
+    version_key,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -28,12 +35,19 @@ def load(directory: Path) -> Loaded:
     return Loaded(directory)
 
 
-def add_version(repo: Path, name: str, version: str, manifest_name: str | None = None,
-                manifest_version: str | None = None, broken: bool = False) -> Path:
+def add_version(
+    repo: Path,
+    name: str,
+    version: str,
+    manifest_name: str | None = None,
+    manifest_version: str | None = None,
+    broken: bool = False,
+) -> Path:
     directory = repo / name / version
     directory.mkdir(parents=True)
-    (directory / "manifest.json").write_text(json.dumps({"name": manifest_name or name,
-                                                         "version": manifest_version or version}))
+    (directory / "manifest.json").write_text(
+        json.dumps({"name": manifest_name or name, "version": manifest_version or version})
+    )
     if broken:
         (directory / "BROKEN").touch()
     return directory
@@ -49,15 +63,23 @@ async def states(registry: Registry) -> dict[tuple[str, str], tuple[str, str]]:
 
 def test_versions_order_by_their_numbers():
     assert sorted(["2.10.0", "2.9.1", "10.0", "2.9.1-rc1", "1"], key=version_key) == [
-        "1", "2.9.1", "2.9.1-rc1", "2.10.0", "10.0"]
+        "1",
+        "2.9.1",
+        "2.9.1-rc1",
+        "2.10.0",
+        "10.0",
+    ]
 
 
-@pytest.mark.parametrize(("policy", "served"), [
-    ({}, ["3.0.0"]),
-    ({"latest": {"num_versions": 2}}, ["2.0.0", "3.0.0"]),
-    ({"all": {}}, ["1.0.0", "2.0.0", "3.0.0"]),
-    ({"specific": {"versions": ["1.0.0", "9.9.9"]}}, ["1.0.0"]),
-])
+@pytest.mark.parametrize(
+    ("policy", "served"),
+    [
+        ({}, ["3.0.0"]),
+        ({"latest": {"num_versions": 2}}, ["2.0.0", "3.0.0"]),
+        ({"all": {}}, ["1.0.0", "2.0.0", "3.0.0"]),
+        ({"specific": {"versions": ["1.0.0", "9.9.9"]}}, ["1.0.0"]),
+    ],
+)
 async def test_the_version_policy_selects_what_is_served(tmp_path, policy, served):
     for version in ("1.0.0", "3.0.0", "2.0.0"):
         add_version(tmp_path, "m", version)
@@ -93,10 +115,14 @@ async def test_a_failed_new_version_never_replaces_the_working_one(tmp_path, cap
     with caplog.at_level(logging.ERROR, logger="vae.service"), pytest.raises(LoadFailed, match="serving: 1.0.0"):
         await registry.load("m")
     assert registry.resolve("m")[0] == "1.0.0"
-    assert (await states(registry))[("m", "2.0.0")] == ("UNAVAILABLE", f"{tmp_path}/m/2.0.0/decoder.onnx: SHA-256 mismatch")
+    assert (await states(registry))[("m", "2.0.0")] == (
+        "UNAVAILABLE",
+        f"{tmp_path}/m/2.0.0/decoder.onnx: SHA-256 mismatch",
+    )
     assert (await states(registry))[("m", "1.0.0")][0] == "READY"
-    assert [r.message for r in caplog.records] == [f"model m 2.0.0: UNAVAILABLE ({tmp_path}/m/2.0.0/decoder.onnx: "
-                                                   "SHA-256 mismatch)"]
+    assert [r.message for r in caplog.records] == [
+        f"model m 2.0.0: UNAVAILABLE ({tmp_path}/m/2.0.0/decoder.onnx: SHA-256 mismatch)"
+    ]
 
 
 async def test_a_failed_reload_of_the_same_version_keeps_serving_the_earlier_copy(tmp_path):

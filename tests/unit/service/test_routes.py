@@ -61,15 +61,18 @@ async def test_encode_multipart_takes_several_files(client):
     assert body["results"][0]["mean"] != body["results"][1]["mean"]
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
-    ({"content": b"hello"}, 415, "unsupported_media_type"),
-    ({"content": b"not a png", "headers": PNG}, 400, "invalid_image"),
-    ({"content": png_bytes(0)[:40], "headers": PNG}, 400, "invalid_image"),
-    ({"content": b"", "headers": PNG}, 400, "invalid_image"),
-    ({"files": [("other", ("a.png", png_bytes(0), "image/png"))]}, 422, "missing_file"),
-    ({"files": [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(9)]}, 422, "too_many_images"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"content": b"hello"}, 415, "unsupported_media_type"),
+        ({"content": b"not a png", "headers": PNG}, 400, "invalid_image"),
+        ({"content": png_bytes(0)[:40], "headers": PNG}, 400, "invalid_image"),
+        ({"content": b"", "headers": PNG}, 400, "invalid_image"),
+        ({"files": [("other", ("a.png", png_bytes(0), "image/png"))]}, 422, "missing_file"),
+        ({"files": [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(9)]}, 422, "too_many_images"),
+    ],
+)
 async def test_bad_image_requests_get_their_status_and_code(client, kwargs, status, code):
     assert error_of(await client.post("/encode", **kwargs)) == (status, code)
 
@@ -107,18 +110,21 @@ async def test_decode_png_and_grid(client):
     assert Image.open(io.BytesIO(grid.content)).size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 tiles, 2px padding
 
 
-@pytest.mark.parametrize(("body", "query", "code"), [
-    ('{"z": [[1, 2]]}', "", "invalid_latents"),
-    ('{"z": []}', "", "invalid_latents"),
-    ('{"z": [[NaN, 0, 0, 0]]}', "", "invalid_request"),
-    ('{"z": [[Infinity, 0, 0, 0]]}', "", "invalid_request"),
-    ('{"z": [[1e39, 0, 0, 0]]}', "", "invalid_latents"),
-    (json.dumps({"z": [[0, 0, 0, 0]] * 9}), "", "invalid_latents"),
-    (json.dumps({"z": [[0, 0, 0, 0]] * 2}), "?format=png", "invalid_format"),
-    ('{"z": "nope"}', "", "invalid_latents"),
-    ('{"z": [[0,0,0,0]], "extra": 1}', "", "invalid_latents"),
-    ("not json", "", "invalid_request"),
-])
+@pytest.mark.parametrize(
+    ("body", "query", "code"),
+    [
+        ('{"z": [[1, 2]]}', "", "invalid_latents"),
+        ('{"z": []}', "", "invalid_latents"),
+        ('{"z": [[NaN, 0, 0, 0]]}', "", "invalid_request"),
+        ('{"z": [[Infinity, 0, 0, 0]]}', "", "invalid_request"),
+        ('{"z": [[1e39, 0, 0, 0]]}', "", "invalid_latents"),
+        (json.dumps({"z": [[0, 0, 0, 0]] * 9}), "", "invalid_latents"),
+        (json.dumps({"z": [[0, 0, 0, 0]] * 2}), "?format=png", "invalid_format"),
+        ('{"z": "nope"}', "", "invalid_latents"),
+        ('{"z": [[0,0,0,0]], "extra": 1}', "", "invalid_latents"),
+        ("not json", "", "invalid_request"),
+    ],
+)
 async def test_bad_latents_are_422(client, body, query, code):
     response = await client.post(f"/decode{query}", content=body, headers={"content-type": "application/json"})
     assert error_of(response) == (422, code)
@@ -149,8 +155,9 @@ async def test_sample_without_seed_reports_a_seed_that_reproduces_it(client):
     assert other["samples"] != drawn["samples"]
 
 
-@pytest.mark.parametrize("query", ["n=0", "n=9", "temperature=0", "temperature=10.5", "temperature=nan",
-                                   "seed=-1", "n=abc", "format=gif"])
+@pytest.mark.parametrize(
+    "query", ["n=0", "n=9", "temperature=0", "temperature=10.5", "temperature=nan", "seed=-1", "n=abc", "format=gif"]
+)
 async def test_bad_sample_parameters_are_422(client, query):
     status, _ = error_of(await client.get(f"/sample?{query}"))
     assert status == 422
@@ -198,8 +205,10 @@ async def test_not_ready_answers_503_on_model_routes_and_readyz():
 
 
 async def test_readyz_names_the_model_when_ready(client):
-    assert (await client.get("/readyz")).json() == {"status": "ready", "model": {"name": "fake-vae",
-                                                                                  "version": "9.9.9"}}
+    assert (await client.get("/readyz")).json() == {
+        "status": "ready",
+        "model": {"name": "fake-vae", "version": "9.9.9"},
+    }
 
 
 async def test_model_card(client):
@@ -243,11 +252,13 @@ async def test_overload_is_429_and_the_rest_are_served():
     fake = GatedVAE()
     app, _ = build(fake, max_in_flight=2, inline_cost=0, micro_batch=False)  # one model call per request
     async with client_for(app) as client:
+
         async def post():
             return await client.post("/encode", content=png_bytes(0), headers=PNG)
 
         held = []
         async with anyio.create_task_group() as group:
+
             async def hold():
                 held.append(await post())
 
@@ -303,7 +314,8 @@ async def test_a_chunked_body_over_the_limit_is_413_on_json_routes_too():
 
     async with client_for(app) as client:
         response = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
-        declared = await client.post("/decode", content=b"{" + b" " * 200 + b"}",
-                                     headers={"content-type": "application/json"})
+        declared = await client.post(
+            "/decode", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"}
+        )
     assert error_of(response) == (413, "payload_too_large")
     assert error_of(declared) == (413, "payload_too_large")

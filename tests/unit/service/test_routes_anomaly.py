@@ -57,7 +57,7 @@ async def test_scores_are_the_calibrations_on_the_models_statistics(calibrated):
     for i, result in enumerate(body["results"]):
         assert result["index"] == i
         assert result["score"] == pytest.approx(expected[i], rel=1e-9)
-        assert result["percentile"] == pytest.approx(float(fake.anomaly.percentile(expected[i:i + 1])[0]))
+        assert result["percentile"] == pytest.approx(float(fake.anomaly.percentile(expected[i : i + 1])[0]))
         assert result["statistics"] == pytest.approx({name: stats[name][i] for name in fake.anomaly.score.statistics})
         assert result["is_anomaly"] == (result["score"] > body["threshold"])
 
@@ -92,9 +92,16 @@ async def test_the_default_fpr_is_the_manifests_and_a_query_overrides_it(calibra
     assert strict["fpr"] == 0.25 and strict["threshold"] == fake.anomaly.threshold(0.25) < default["threshold"]
 
 
-@pytest.mark.parametrize("query, code", [("fpr=0", "invalid_request"), ("fpr=1", "invalid_request"),
-                                         ("fpr=abc", "invalid_request"), ("fpr=0.001", "fpr_out_of_range"),
-                                         ("seed=-1", "invalid_request")])
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("fpr=0", "invalid_request"),
+        ("fpr=1", "invalid_request"),
+        ("fpr=abc", "invalid_request"),
+        ("fpr=0.001", "fpr_out_of_range"),
+        ("seed=-1", "invalid_request"),
+    ],
+)
 async def test_bad_parameters_are_422_with_a_reason(calibrated, query, code):
     client, _ = calibrated
     status, got, message = error_of(await client.post(f"/anomaly?{query}", content=png_bytes(0), headers=PNG))

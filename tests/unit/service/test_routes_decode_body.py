@@ -26,7 +26,7 @@ async def test_a_json_body_over_max_json_bytes_is_413_naming_the_setting():
 
         async def chunks():  # no Content-Length: the limit is counted as the body arrives
             for start in range(0, len(body), 100):
-                yield body[start:start + 100].encode()
+                yield body[start : start + 100].encode()
 
         streamed = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
     for response in (declared, streamed):
@@ -44,8 +44,9 @@ async def test_a_body_just_under_the_limit_is_decoded():
 
 @pytest.mark.parametrize("media_type", ["text/plain", "application/x-www-form-urlencoded", "image/png"])
 async def test_a_non_json_media_type_is_415(client, media_type):
-    response = await client.post("/decode", content=json.dumps({"z": [[0.0] * LATENT]}),
-                                 headers={"content-type": media_type})
+    response = await client.post(
+        "/decode", content=json.dumps({"z": [[0.0] * LATENT]}), headers={"content-type": media_type}
+    )
     status, code, message = error_of(response)
     assert (status, code) == (415, "unsupported_media_type") and "application/json" in message
 
@@ -59,13 +60,15 @@ async def test_a_json_suffix_media_type_and_a_missing_one_are_accepted(client):
 
 async def test_validation_errors_say_where(client):
     row = [0.0] * (LATENT - 1) + ["x"]
-    response = await client.post("/decode", content=json.dumps({"z": [row]}), headers={"content-type": "application/json"})
+    response = await client.post(
+        "/decode", content=json.dumps({"z": [row]}), headers={"content-type": "application/json"}
+    )
     status, code, message = error_of(response)
     assert (status, code) == (422, "invalid_latents")
     assert message == f"z row 0, element {LATENT - 1} is 'x'; every element must be a finite number"
 
 
-@pytest.mark.parametrize("body", ['{"z": [0.5, 0.5]}', '{"z": 0.5}', '[[0.5]]', '{"latents": [[0.5]]}'])
+@pytest.mark.parametrize("body", ['{"z": [0.5, 0.5]}', '{"z": 0.5}', "[[0.5]]", '{"latents": [[0.5]]}'])
 async def test_a_body_that_is_not_rows_shows_the_shape_expected(client, body):
     response = await client.post("/decode", content=body, headers={"content-type": "application/json"})
     status, code, message = error_of(response)
@@ -74,6 +77,7 @@ async def test_a_body_that_is_not_rows_shows_the_shape_expected(client, body):
 
 async def test_a_body_of_nested_lists_is_refused_before_it_is_parsed(client):
     body = '{"z": [' + ",".join(["[[[[]]]]"] * 20_000) + "]}"
-    status, code, message = error_of(await client.post("/decode", content=body,
-                                                       headers={"content-type": "application/json"}))
+    status, code, message = error_of(
+        await client.post("/decode", content=body, headers={"content-type": "application/json"})
+    )
     assert (status, code) == (422, "invalid_latents") and message.startswith("z must be a list of 1 to")

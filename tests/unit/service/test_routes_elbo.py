@@ -30,8 +30,11 @@ async def test_the_default_is_importance_sampling_with_the_numbers_of_the_scorin
     result = body["results"][0]
     assert body["estimator"] == "importance"
     assert [result[key] for key in ("elbo", "reconstruction", "kl", "log_likelihood")] == [
-        float(expected.elbo[0]), float(expected.reconstruction[0]), float(expected.kl[0]),
-        float(expected.log_likelihood[0])]
+        float(expected.elbo[0]),
+        float(expected.reconstruction[0]),
+        float(expected.kl[0]),
+        float(expected.log_likelihood[0]),
+    ]
     assert result["log_likelihood_standard_error"] == float(expected.standard_error[0]) > 0
     assert 1 <= result["effective_sample_size"] == float(expected.effective_sample_size[0]) <= 30
 
@@ -41,8 +44,9 @@ async def test_the_prior_estimator_samples_z_from_the_prior(client, app_and_fake
     files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(2)]
     body = (await client.post("/elbo?k=40&seed=3&estimator=prior", files=files)).json()
     pixels = np.concatenate([_pixels(fake, png_bytes(i)) for i in range(2)])
-    expected = scoring.score(fake, fake.likelihood, fake.likelihood.images_to_data_space(pixels, 0), 3, k=40,
-                             estimator="prior")
+    expected = scoring.score(
+        fake, fake.likelihood, fake.likelihood.images_to_data_space(pixels, 0), 3, k=40, estimator="prior"
+    )
     assert body["estimator"] == "prior" and body["k"] == 40
     for i, result in enumerate(body["results"]):
         assert result["log_likelihood"] == pytest.approx(expected.log_likelihood[i], rel=1e-12)
@@ -68,8 +72,7 @@ async def test_an_unknown_estimator_is_422_naming_the_choices(client, value):
 
 
 async def test_a_named_model_takes_the_estimator_too(client):
-    one = (await client.post("/v1/models/fake-vae/elbo?k=5&estimator=prior", content=png_bytes(1),
-                             headers=PNG)).json()
+    one = (await client.post("/v1/models/fake-vae/elbo?k=5&estimator=prior", content=png_bytes(1), headers=PNG)).json()
     other = (await client.post("/elbo?k=5&estimator=prior", content=png_bytes(1), headers=PNG)).json()
     assert one["estimator"] == "prior" and one["results"] == other["results"]
 
@@ -82,8 +85,9 @@ async def test_the_anomaly_route_refuses_an_estimator_naming_what_it_accepts():
     assert "estimator" not in plain and plain["results"][0]["score"] is not None
     error = asked.json()["error"]
     assert asked.status_code == 422 and error["code"] == "unknown_parameter"
-    assert error["message"] == ("unknown query parameter 'estimator' on /anomaly; the parameters accepted are: fpr, "
-                                "seed, binarize_seed")
+    assert error["message"] == (
+        "unknown query parameter 'estimator' on /anomaly; the parameters accepted are: fpr, seed, binarize_seed"
+    )
 
 
 async def test_a_misspelt_query_parameter_is_a_422_not_its_default(client):
@@ -107,7 +111,7 @@ async def test_a_gaussian_model_converges_on_its_closed_form_log_likelihood(esti
     data = fake.likelihood.images_to_data_space(pixels, body["binarize_seed"])
     truth = [fake.log_px(x) + fake.likelihood.discrete_offset(x.size) for x in data]
     assert "dequantised" in body["data_space"]
-    for result, exact in zip(body["results"], truth):
+    for result, exact in zip(body["results"], truth, strict=False):
         assert result["log_likelihood"] == pytest.approx(exact, abs=0.25)
         assert abs(result["log_likelihood"] - exact) < 4 * result["log_likelihood_standard_error"]
 
@@ -117,33 +121,42 @@ async def test_on_the_gaussian_model_the_prior_has_far_fewer_effective_samples()
     app, _ = build(fake, max_k=20_000)
     files = [("file", (f"{i}.png", array_to_png(x), "image/png")) for i, x in enumerate(fake.draw(2, seed=1))]
     async with client_for(app) as client:
-        prior, importance = [(await client.post(f"/elbo?k=2000&estimator={e}", files=files)).json()["results"]
-                             for e in ("prior", "importance")]
-    for p, q in zip(prior, importance):
+        prior, importance = [
+            (await client.post(f"/elbo?k=2000&estimator={e}", files=files)).json()["results"]
+            for e in ("prior", "importance")
+        ]
+    for p, q in zip(prior, importance, strict=False):
         assert p["effective_sample_size"] < q["effective_sample_size"] / 10
         assert p["log_likelihood_standard_error"] > 3 * q["log_likelihood_standard_error"]
 
 
 # ---- the open inference protocol's M.elbo ----
 
+
 async def test_v2_elbo_takes_the_estimator_and_returns_its_error_and_ess(client, app_and_fake):
     pixels = _pixels(app_and_fake[1], png_bytes(6))  # the noise follows the exact floats: send the decoded ones
-    request = {"parameters": {"k": 25, "seed": 1, "estimator": "prior"},
-               "inputs": [{"name": "image", "datatype": "FP32", "shape": list(pixels.shape),
-                           "data": pixels.reshape(-1).tolist()}]}
+    request = {
+        "parameters": {"k": 25, "seed": 1, "estimator": "prior"},
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}
+        ],
+    }
     response = await client.post("/v2/models/fake-vae.elbo/infer", json=request)
     answer = response.json()
     assert response.status_code == 200 and answer["parameters"]["estimator"] == "prior"
     outputs = {o["name"]: o["data"][0] for o in answer["outputs"]}
-    native = (await client.post("/elbo?k=25&seed=1&estimator=prior", content=png_bytes(6),
-                                headers=PNG)).json()["results"][0]
+    native = (await client.post("/elbo?k=25&seed=1&estimator=prior", content=png_bytes(6), headers=PNG)).json()[
+        "results"
+    ][0]
     for name in ("log_likelihood", *NEW_FIELDS):
         assert outputs[name] == pytest.approx(native[name], rel=1e-9)
 
 
 async def test_v2_elbo_refuses_an_unknown_estimator_as_the_protocols_400(client):
-    request = {"parameters": {"k": 2, "estimator": "uniform"}, "inputs": [
-        {"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}]}
+    request = {
+        "parameters": {"k": 2, "estimator": "uniform"},
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}],
+    }
     response = await client.post("/v2/models/fake-vae.elbo/infer", json=request)
     body = response.json()
     assert response.status_code == 400 and set(body) == {"error"}

@@ -64,9 +64,12 @@ async def test_sample_draws_the_mixture_with_the_requests_seed(prior_client):
 
 async def test_the_protocols_sample_is_the_native_one(prior_client):
     native = (await prior_client.get("/sample?n=3&seed=8&format=json")).json()
-    v2 = (await prior_client.post("/v2/models/fashion-mnist-vae.sample/infer",
-                                  json={"inputs": [], "outputs": [{"name": "z"}],
-                                        "parameters": {"n": 3, "seed": 8}})).json()
+    v2 = (
+        await prior_client.post(
+            "/v2/models/fashion-mnist-vae.sample/infer",
+            json={"inputs": [], "outputs": [{"name": "z"}], "parameters": {"n": 3, "seed": 8}},
+        )
+    ).json()
     outputs = {o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in v2["outputs"]}
     np.testing.assert_array_equal(outputs["z"], np.array([s["z"] for s in native["samples"]], dtype=np.float32))
 
@@ -80,15 +83,16 @@ async def test_elbo_and_iwae_score_with_the_prior(prior_client, with_prior, stan
         assert result[name] == pytest.approx(float(getattr(expected, name)[0]), abs=1e-4), name
     under_standard = scoring.score(standard, standard.likelihood, data, 2, k=20)
     assert result["reconstruction"] == float(under_standard.reconstruction[0])  # the same z, the same decode
-    assert abs(result["kl"] - under_standard.kl[0]) > 1.0 and abs(result["log_likelihood"]
-                                                                  - under_standard.log_likelihood[0]) > 1.0
+    assert (
+        abs(result["kl"] - under_standard.kl[0]) > 1.0
+        and abs(result["log_likelihood"] - under_standard.log_likelihood[0]) > 1.0
+    )
 
 
 async def test_the_prior_estimator_samples_the_mixture(prior_client, with_prior):
     body = (await prior_client.post("/elbo?k=30&seed=5&estimator=prior", content=upload(2), headers=PNG)).json()
     data = with_prior.likelihood.images_to_data_space(pixels_of(with_prior, upload(2)), body["binarize_seed"])
-    expected = scoring.score(NumpyPrior(with_prior, MIXTURE), with_prior.likelihood, data, 5, k=30,
-                             estimator="prior")
+    expected = scoring.score(NumpyPrior(with_prior, MIXTURE), with_prior.likelihood, data, 5, k=30, estimator="prior")
     assert body["results"][0]["log_likelihood"] == pytest.approx(float(expected.log_likelihood[0]), abs=1e-6)
 
 

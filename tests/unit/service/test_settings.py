@@ -34,10 +34,20 @@ def test_vae_serve_refuses_invalid_settings_readably(monkeypatch, capsys):
 def test_a_misspelt_variable_is_named_with_the_closest_setting():
     from service.settings import unknown_variables
 
-    warnings = unknown_variables({"VAE_MAX_BATCHES": "8", "vae_acess_log": "1", "VAE_MAX_BATCH": "8",
-                                  "vae_port": "9000", "VAE_DATA_DIR": "/data", "HOME": "/root"})
-    assert warnings == ["VAE_MAX_BATCHES is not a vae-service setting and is ignored; did you mean VAE_MAX_BATCH?",
-                        "vae_acess_log is not a vae-service setting and is ignored; did you mean VAE_ACCESS_LOG?"]
+    warnings = unknown_variables(
+        {
+            "VAE_MAX_BATCHES": "8",
+            "vae_acess_log": "1",
+            "VAE_MAX_BATCH": "8",
+            "vae_port": "9000",
+            "VAE_DATA_DIR": "/data",
+            "HOME": "/root",
+        }
+    )
+    assert warnings == [
+        "VAE_MAX_BATCHES is not a vae-service setting and is ignored; did you mean VAE_MAX_BATCH?",
+        "vae_acess_log is not a vae-service setting and is ignored; did you mean VAE_ACCESS_LOG?",
+    ]
 
 
 def test_a_variable_like_no_setting_lists_the_settings():
@@ -45,7 +55,8 @@ def test_a_variable_like_no_setting_lists_the_settings():
 
     (warning,) = unknown_variables({"VAE_ZZZZZZZZ": "1"})
     assert warning.startswith("VAE_ZZZZZZZZ is not a vae-service setting") and all(
-        name in warning for name in variable_names())
+        name in warning for name in variable_names()
+    )
 
 
 def test_the_server_logs_one_warning_per_unknown_variable_at_start_up(monkeypatch):
@@ -59,8 +70,10 @@ def test_the_server_logs_one_warning_per_unknown_variable_at_start_up(monkeypatc
     monkeypatch.setenv("VAE_MAX_INFLIGHT", "3")
     monkeypatch.setenv("VAE_WORKER", "2")
     app_module.app_factory()
-    assert logged == ["VAE_MAX_INFLIGHT is not a vae-service setting and is ignored; did you mean VAE_MAX_IN_FLIGHT?",
-                      "VAE_WORKER is not a vae-service setting and is ignored; did you mean VAE_WORKERS?"]
+    assert logged == [
+        "VAE_MAX_INFLIGHT is not a vae-service setting and is ignored; did you mean VAE_MAX_IN_FLIGHT?",
+        "VAE_WORKER is not a vae-service setting and is ignored; did you mean VAE_WORKERS?",
+    ]
 
 
 def test_every_vae_variable_in_the_repository_is_a_setting_or_known_elsewhere():
@@ -74,8 +87,12 @@ def test_every_vae_variable_in_the_repository_is_a_setting_or_known_elsewhere():
     found = set()
     for path in REPO.rglob("*"):
         misspelt_here = path == Path(__file__)  # this file's misspellings are on purpose
-        if path.is_file() and path.suffix in suffixes and not misspelt_here and not skip & set(
-                path.relative_to(REPO).parts):
+        if (
+            path.is_file()
+            and path.suffix in suffixes
+            and not misspelt_here
+            and not skip & set(path.relative_to(REPO).parts)
+        ):
             found |= set(re.findall(r"\bVAE_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="ignore")))
     assert found, "no VAE_* names found: the scan is broken"
     assert found - set(variable_names()) - set(OTHER_VARIABLES) == set()
@@ -92,7 +109,9 @@ def test_the_configuration_page_lists_the_settings_as_generated_from_settings():
 
     text = (DOCS / PAGES["settings"]).read_text()
     block = text.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
-    assert block == settings_section(), f"docs/{PAGES['settings']}'s settings table is stale: run `python -m bench.report`"
+    assert block == settings_section(), (
+        f"docs/{PAGES['settings']}'s settings table is stale: run `python -m bench.report`"
+    )
 
 
 def test_an_empty_admin_token_is_no_token_so_control_stays_off():

@@ -55,8 +55,9 @@ def connection(monkeypatch, **limits):
     monkeypatch.setattr(guarded, "LINGER_S", 0.05)
     config = Config(app=ok_app, lifespan="off", log_level="warning")
     config.load()
-    protocol = guarded.GuardedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={},
-                                                _loop=asyncio.get_running_loop())
+    protocol = guarded.GuardedHttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
     fake = FakeTransport()
     protocol.connection_made(fake)
     return protocol, fake
@@ -68,8 +69,11 @@ def status_and_error(written: bytes) -> tuple[int, str]:
     return int(head.split()[1]), json.loads(body)["error"]["code"]
 
 
-@pytest.mark.parametrize("headers", [b"".join(b"X-%d: 1\r\n" % i for i in range(11)),
-                                     b"X-Big: " + b"a" * 1000 + b"\r\n"], ids=["count", "size"])
+@pytest.mark.parametrize(
+    "headers",
+    [b"".join(b"X-%d: 1\r\n" % i for i in range(11)), b"X-Big: " + b"a" * 1000 + b"\r\n"],
+    ids=["count", "size"],
+)
 async def test_headers_over_the_limit_get_431_then_a_lingering_close(monkeypatch, headers):
     protocol, fake = connection(monkeypatch)
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")

@@ -34,11 +34,17 @@ def prior_graph(mixture: Mixture, reported: Mixture | None = None) -> bytes:
     log_weights = mixture.log_weights.astype(np.float32)
     # per component: log w_k - (sum_d logvar_kd + D log 2 pi) / 2, the part of log w_k N(z | k) without z
     offsets = (log_weights - 0.5 * (mixture.logvars.sum(axis=1) + d * math.log(2 * math.pi))).astype(np.float32)
-    constants = {"means_c": reported.means, "logvars_c": reported.logvars,
-                 "log_weights_c": reported.log_weights.astype(np.float32), "means_used": mixture.means,
-                 "precision_c": np.exp(-mixture.logvars).astype(np.float32), "offsets_c": offsets,
-                 "minus_half": np.array(-0.5, dtype=np.float32), "axis_1": np.array([1], dtype=np.int64),
-                 "axis_2": np.array([2], dtype=np.int64)}
+    constants = {
+        "means_c": reported.means,
+        "logvars_c": reported.logvars,
+        "log_weights_c": reported.log_weights.astype(np.float32),
+        "means_used": mixture.means,
+        "precision_c": np.exp(-mixture.logvars).astype(np.float32),
+        "offsets_c": offsets,
+        "minus_half": np.array(-0.5, dtype=np.float32),
+        "axis_1": np.array([1], dtype=np.int64),
+        "axis_2": np.array([2], dtype=np.int64),
+    }
     nodes = [
         helper.make_node("Unsqueeze", ["z", "axis_1"], ["z_rows"]),  # (N, 1, D)
         helper.make_node("Sub", ["z_rows", "means_used"], ["difference"]),  # (N, K, D)
@@ -57,13 +63,17 @@ def prior_graph(mixture: Mixture, reported: Mixture | None = None) -> bytes:
         *(helper.make_node("Identity", [f"{name}_c"], [name]) for name in ("means", "logvars", "log_weights")),
     ]
     graph = helper.make_graph(
-        nodes, "prior",
+        nodes,
+        "prior",
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", d])],
-        [helper.make_tensor_value_info("log_prob", TensorProto.FLOAT, ["batch"]),
-         helper.make_tensor_value_info("means", TensorProto.FLOAT, [k, d]),
-         helper.make_tensor_value_info("logvars", TensorProto.FLOAT, [k, d]),
-         helper.make_tensor_value_info("log_weights", TensorProto.FLOAT, [k])],
-        initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()])
+        [
+            helper.make_tensor_value_info("log_prob", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("means", TensorProto.FLOAT, [k, d]),
+            helper.make_tensor_value_info("logvars", TensorProto.FLOAT, [k, d]),
+            helper.make_tensor_value_info("log_weights", TensorProto.FLOAT, [k]),
+        ],
+        initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in constants.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 9  # what onnxruntime of the pinned version reads
     return model.SerializeToString()
@@ -72,11 +82,18 @@ def prior_graph(mixture: Mixture, reported: Mixture | None = None) -> bytes:
 def prior_spec(mixture: Mixture, data: bytes, name: str = "mog") -> dict:
     """The manifest's `prior` entry for a prior.onnx holding `data`."""
     k, d = mixture.means.shape
-    return {"name": name, "components": k, "description": f"a test mixture of {k} Gaussians",
-            "graph": {"file": "prior.onnx", "sha256": hashlib.sha256(data).hexdigest(),
-                      "inputs": {"z": ["batch", d]},
-                      "outputs": {"log_prob": ["batch"], "means": [k, d], "logvars": [k, d], "log_weights": [k]},
-                      "opset": OPSET}}
+    return {
+        "name": name,
+        "components": k,
+        "description": f"a test mixture of {k} Gaussians",
+        "graph": {
+            "file": "prior.onnx",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "inputs": {"z": ["batch", d]},
+            "outputs": {"log_prob": ["batch"], "means": [k, d], "logvars": [k, d], "log_weights": [k]},
+            "opset": OPSET,
+        },
+    }
 
 
 def add_prior(directory: Path, mixture: Mixture, data: bytes | None = None) -> bytes:

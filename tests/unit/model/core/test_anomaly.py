@@ -62,7 +62,7 @@ def test_typicality_kde_is_minus_the_log_density_of_the_standardised_statistic()
     score = TypicalityScore.fit(fit, ("kl",), "kde", points=5)
     centre, scale = 3.0, (4.0 - 2.0) / 1.349
     points = (np.array([1.0, 2.0, 3.0, 4.0, 5.0]) - centre) / scale
-    h = 1.06 * points.std() * 5 ** -0.2
+    h = 1.06 * points.std() * 5**-0.2
     u = (10.0 - centre) / scale
     density = np.mean(np.exp(-0.5 * ((u - points) / h) ** 2)) / (h * math.sqrt(2 * math.pi))
     assert score(stats_of(kl=[10.0]))[0] == pytest.approx(-math.log(density), rel=1e-5)
@@ -110,11 +110,14 @@ def test_a_calibration_read_back_from_json_scores_alike(estimator):
     assert (again.binarize_seed, again.data, again.score.statistics) == (5, {"split": "test"}, score.statistics)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"format": 99}', "format"),
-    ('{"format": 1, "score": {"name": "likelihood"}, "seed": 0, "binarize_seed": 0, "reference": []}', "reference"),
-    ('{"format": 1, "score": {"name": "magic"}, "seed": 0, "binarize_seed": 0, "reference": [1.0]}', "magic"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"format": 99}', "format"),
+        ('{"format": 1, "score": {"name": "likelihood"}, "seed": 0, "binarize_seed": 0, "reference": []}', "reference"),
+        ('{"format": 1, "score": {"name": "magic"}, "seed": 0, "binarize_seed": 0, "reference": [1.0]}', "magic"),
+    ],
+)
 def test_a_malformed_calibration_is_refused_with_its_reason(text, message):
     with pytest.raises(ValueError, match=message):
         Calibration.from_json(text)

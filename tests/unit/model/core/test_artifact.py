@@ -13,8 +13,9 @@ from model.core.anomaly import Calibration, LikelihoodScore
 from model.core.artifact import ModelIntegrityError, ModelLoadError, load_model_dir
 from model.core.likelihoods import LIKELIHOODS
 from model.core.priors import Mixture, StandardNormal
-from tests.unit.model.core.prior_graphs import add_prior, prior_graph, toy_mixture
 from tests.unit.export.test_shipped_model import SHIPPED  # one place says where the bundled model is
+from tests.unit.model.core.prior_graphs import add_prior, prior_graph, toy_mixture
+
 SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "anomaly.json")
 
 
@@ -43,11 +44,14 @@ def test_the_loaded_graphs_run_with_the_manifests_shapes_and_likelihood(model_co
     assert all(p.shape == (3, *channels_height_width) for p in params)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda p: p["max_abs_diff"].update({"decoder.logits": 2e-4}), "exceeds the tolerance 0.0001: decoder.logits"),
-    (lambda p: p["batch_max_abs_diff"].update({"encoder": 1.0}), "exceeds the tolerance 0.0001: batch.encoder"),
-    (lambda p: p.clear(), "records no parity check"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["max_abs_diff"].update({"decoder.logits": 2e-4}), "exceeds the tolerance 0.0001: decoder.logits"),
+        (lambda p: p["batch_max_abs_diff"].update({"encoder": 1.0}), "exceeds the tolerance 0.0001: batch.encoder"),
+        (lambda p: p.clear(), "records no parity check"),
+    ],
+)
 def test_a_manifest_whose_parity_fails_is_refused(model_copy, change, message):
     edit_manifest(model_copy, lambda raw: change(raw["parity"]))
     with pytest.raises(ModelLoadError, match=message) as info:
@@ -64,8 +68,9 @@ def test_a_tampered_graph_is_refused_with_a_clear_error(model_copy):
 
 
 def test_a_graph_whose_outputs_differ_from_the_manifest_is_refused(model_copy):
-    edit_manifest(model_copy, lambda raw: raw["decoder"].update(outputs={"probabilities": raw["decoder"]["outputs"]
-                                                                        ["logits"]}))
+    edit_manifest(
+        model_copy, lambda raw: raw["decoder"].update(outputs={"probabilities": raw["decoder"]["outputs"]["logits"]})
+    )
     with pytest.raises(ModelLoadError, match=r"outputs \['logits'\]; the manifest declares .*\['probabilities'\]"):
         load_model_dir(model_copy)
 
@@ -96,8 +101,15 @@ def test_a_directory_without_a_manifest_says_what_to_do(tmp_path):
 def with_calibration(directory, text: str) -> None:
     """Write `text` as the directory's anomaly.json and list it, with its hash, in the manifest."""
     (directory / "anomaly.json").write_text(text)
-    spec = {"file": "anomaly.json", "sha256": hashlib.sha256(text.encode()).hexdigest(), "method": "likelihood",
-            "statistics": ["elbo"], "cost": "one ELBO pass", "fpr_default": 0.01, "calibration": {}}
+    spec = {
+        "file": "anomaly.json",
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "method": "likelihood",
+        "statistics": ["elbo"],
+        "cost": "one ELBO pass",
+        "fpr_default": 0.01,
+        "calibration": {},
+    }
     edit_manifest(directory, lambda raw: raw.update(anomaly=spec))
 
 
@@ -201,9 +213,15 @@ def test_a_prior_of_another_size_than_the_manifest_says_is_refused(model_copy):
 
 def test_a_prior_graph_with_other_outputs_is_refused(model_copy):
     add_prior(model_copy, toy_mixture(LATENT))
-    edit_manifest(model_copy, lambda raw: raw["prior"]["graph"].update(
-        outputs={"log_density": ["batch"], **{k: v for k, v in raw["prior"]["graph"]["outputs"].items()
-                                              if k != "log_prob"}}))
+    edit_manifest(
+        model_copy,
+        lambda raw: raw["prior"]["graph"].update(
+            outputs={
+                "log_density": ["batch"],
+                **{k: v for k, v in raw["prior"]["graph"]["outputs"].items() if k != "log_prob"},
+            }
+        ),
+    )
     with pytest.raises(ModelLoadError, match=r"prior.onnx has inputs \['z'\] and outputs \['log_prob'"):
         load_model_dir(model_copy)
 

@@ -28,8 +28,12 @@ def test_kl_matches_monte_carlo_estimate():
 def test_log_bernoulli_hand_values():
     # logit 0 -> p = 1/2 for either outcome; logit log 3 -> p(1) = 3/4
     logits = np.array([[0.0, math.log(3.0)]], dtype=np.float32)
-    assert dist.log_bernoulli(np.array([1.0, 1.0]), logits)[0] == pytest.approx(math.log(0.5) + math.log(0.75), abs=1e-6)
-    assert dist.log_bernoulli(np.array([0.0, 0.0]), logits)[0] == pytest.approx(math.log(0.5) + math.log(0.25), abs=1e-6)
+    assert dist.log_bernoulli(np.array([1.0, 1.0]), logits)[0] == pytest.approx(
+        math.log(0.5) + math.log(0.75), abs=1e-6
+    )
+    assert dist.log_bernoulli(np.array([0.0, 0.0]), logits)[0] == pytest.approx(
+        math.log(0.5) + math.log(0.25), abs=1e-6
+    )
 
 
 def test_log_bernoulli_is_stable_for_extreme_logits():
@@ -41,7 +45,9 @@ def test_log_bernoulli_is_stable_for_extreme_logits():
 def test_log_gaussian_hand_value():
     # N(1 | 0, 2^2) = -1/2 (1/2)^2 - log 2 - 1/2 log 2 pi
     expected = -0.125 - math.log(2.0) - 0.5 * math.log(2 * math.pi)
-    assert dist.log_gaussian(np.array([1.0]), np.array([[0.0]]), np.array([[math.log(2.0)]]))[0] == pytest.approx(expected)
+    assert dist.log_gaussian(np.array([1.0]), np.array([[0.0]]), np.array([[math.log(2.0)]]))[0] == pytest.approx(
+        expected
+    )
 
 
 def test_log_normal_diag_at_prior_equals_standard_normal():
@@ -63,8 +69,9 @@ def test_the_torch_kl_agrees_with_its_numpy_twin(seed):  # the likelihoods' twin
     rng = np.random.default_rng(seed)
     mu, logvar = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
     t = torch.from_numpy
-    np.testing.assert_allclose(losses.kl_standard_normal(t(mu), t(logvar)).numpy(),
-                               dist.kl_standard_normal(mu, logvar), rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.kl_standard_normal(t(mu), t(logvar)).numpy(), dist.kl_standard_normal(mu, logvar), rtol=1e-5
+    )
 
 
 def test_elbo_terms_weight_only_the_kl():
@@ -75,7 +82,7 @@ def test_elbo_terms_weight_only_the_kl():
 
 def _direct_standard_error_and_ess(w):
     """The two statistics from the weights themselves, for weights small enough to exponentiate."""
-    return np.std(w, ddof=1) / (math.sqrt(len(w)) * np.mean(w)), w.sum() ** 2 / (w ** 2).sum()
+    return np.std(w, ddof=1) / (math.sqrt(len(w)) * np.mean(w)), w.sum() ** 2 / (w**2).sum()
 
 
 def _log_sums(log_w):
@@ -94,9 +101,11 @@ def test_weights_far_beyond_floating_point_range_give_the_same_statistics():
     log_w = np.random.default_rng(1).normal(0.0, 2.0, 50)
     for shift in (-5000.0, 3000.0):
         assert dist.log_mean_exp_standard_error(*_log_sums(log_w + shift), 50) == pytest.approx(
-            dist.log_mean_exp_standard_error(*_log_sums(log_w), 50), rel=1e-9)
+            dist.log_mean_exp_standard_error(*_log_sums(log_w), 50), rel=1e-9
+        )
         assert dist.effective_sample_size(*_log_sums(log_w + shift)) == pytest.approx(
-            dist.effective_sample_size(*_log_sums(log_w)), rel=1e-9)
+            dist.effective_sample_size(*_log_sums(log_w)), rel=1e-9
+        )
 
 
 def test_equal_weights_have_full_ess_and_no_error():

@@ -41,7 +41,7 @@ def test_gaussian_against_a_hand_computed_value_and_its_8bit_offset():
     gaussian = LIKELIHOODS["gaussian"]
     x = np.array([0.5], dtype=np.float32)
     mean, log_scale = np.array([[0.25]], dtype=np.float32), np.array([[math.log(0.5)]], dtype=np.float32)
-    expected = -0.5 * 0.5 ** 2 - math.log(0.5) - 0.5 * math.log(2 * math.pi)
+    expected = -0.5 * 0.5**2 - math.log(0.5) - 0.5 * math.log(2 * math.pi)
     assert gaussian.log_prob(x, (mean, log_scale))[0] == pytest.approx(expected, rel=1e-6)
     assert gaussian.discrete_offset(784) == pytest.approx(-784 * math.log(256))
     assert LIKELIHOODS["bernoulli"].discrete_offset(784) == 0.0
@@ -119,7 +119,7 @@ def test_importing_the_likelihoods_does_not_import_torch():
 def test_gaussian_scale_is_floored_softly_at_the_quantisation_limit():
     from model.core.likelihoods import LOG_SCALE_FLOOR
 
-    assert LOG_SCALE_FLOOR == pytest.approx(-6.787, abs=1e-3)  # ln((1/256) / sqrt(12))
+    assert pytest.approx(-6.787, abs=1e-3) == LOG_SCALE_FLOOR  # ln((1/256) / sqrt(12))
     raw = torch.tensor([-100.0, -10.0, -6.79, -2.0, 3.0]).reshape(1, 1, 1, 5).requires_grad_()
     _, log_scale = LIKELIHOODS["gaussian"].torch_params(torch.zeros(1, 1, 1, 5), raw)
     assert (log_scale >= torch.tensor(LOG_SCALE_FLOOR, dtype=torch.float32)).all()

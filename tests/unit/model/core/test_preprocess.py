@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.core.preprocess import (ImageDecodeError, ImageTooComplexError, ImageTooLargeError, PreprocessContract,
-                                   array_to_png, bytes_to_array, jpeg_scan_count, make_grid,
-                                   webp_size)
+from model.core.preprocess import (
+    ImageDecodeError,
+    ImageTooComplexError,
+    ImageTooLargeError,
+    PreprocessContract,
+    array_to_png,
+    bytes_to_array,
+    jpeg_scan_count,
+    make_grid,
+    webp_size,
+)
 from tests.hostile_images import many_frame_gif, many_page_tiff, progressive_jpeg_bomb
 
 CONTRACT = PreprocessContract(input_shape=(1, 28, 28))
@@ -75,7 +83,9 @@ def test_png_round_trip_and_grid_shape():
 
 def test_contract_round_trips_through_its_description():
     described = PreprocessContract(input_shape=(3, 32, 32), resize_filter="lanczos").describe()
-    assert PreprocessContract.from_dict(described) == PreprocessContract(input_shape=(3, 32, 32), resize_filter="lanczos")
+    assert PreprocessContract.from_dict(described) == PreprocessContract(
+        input_shape=(3, 32, 32), resize_filter="lanczos"
+    )
     assert described["mode"] == "RGB" and described["size"] == [32, 32]
 
 
@@ -119,15 +129,24 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
         np.testing.assert_allclose(out[0, 0, ::7], np.array([0, 1, 128, 255]) / 255, atol=1e-7)
 
 
-@pytest.mark.parametrize("array, words", [(np.zeros((28, 28), np.float32), "floating-point"),
-                                          (np.zeros((28, 28), np.int32), "32-bit integer")])
+@pytest.mark.parametrize(
+    "array, words",
+    [(np.zeros((28, 28), np.float32), "floating-point"), (np.zeros((28, 28), np.int32), "32-bit integer")],
+)
 def test_images_without_a_pixel_range_are_refused(array, words):
     with pytest.raises(ImageDecodeError, match=words):
         bytes_to_array(png(Image.fromarray(array), "TIFF"), CONTRACT)
 
 
-@pytest.mark.parametrize("image", [Image.new("CMYK", (28, 28), (0, 0, 0, 0)), Image.new("1", (28, 28), 1),
-                                   Image.new("LAB", (28, 28), (255, 128, 128))], ids=lambda i: i.mode)
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("CMYK", (28, 28), (0, 0, 0, 0)),
+        Image.new("1", (28, 28), 1),
+        Image.new("LAB", (28, 28), (255, 128, 128)),
+    ],
+    ids=lambda i: i.mode,
+)
 def test_unusual_modes_convert_to_the_contract(image):
     fmt = "JPEG" if image.mode == "CMYK" else "TIFF"
     out = bytes_to_array(png(image, fmt), CONTRACT)
@@ -157,9 +176,11 @@ def test_small_jpegs_are_decoded_exactly_as_a_full_decode():
     np.testing.assert_array_equal(bytes_to_array(data, CONTRACT)[0], np.asarray(full, np.float32) * np.float32(1 / 255))
 
 
-@pytest.mark.parametrize("options", [{"lossless": True}, {"lossless": False},
-                                     {"save_all": True, "append_images": [Image.new("L", (30, 20), 9)]}],
-                         ids=["VP8L", "VP8", "VP8X"])
+@pytest.mark.parametrize(
+    "options",
+    [{"lossless": True}, {"lossless": False}, {"save_all": True, "append_images": [Image.new("L", (30, 20), 9)]}],
+    ids=["VP8L", "VP8", "VP8X"],
+)
 def test_webp_size_is_read_from_the_header_before_pillow_opens_it(options):
     data = png(Image.new("L", (30, 20), 200), "WEBP", **options)
     assert webp_size(data) == (30, 20)

@@ -31,8 +31,13 @@ def torch_mixture(prior: Mixture) -> td.MixtureSameFamily:
 
 def test_the_mixture_log_density_is_torchs():
     prior = uneven_mixture()
-    z = np.concatenate([np.random.default_rng(1).normal(0.0, 3.0, (200, 3)),  # around and far from the mass
-                        prior.means.astype(np.float64), [[40.0, -40.0, 40.0]]])
+    z = np.concatenate(
+        [
+            np.random.default_rng(1).normal(0.0, 3.0, (200, 3)),  # around and far from the mass
+            prior.means.astype(np.float64),
+            [[40.0, -40.0, 40.0]],
+        ]
+    )
     expected = torch_mixture(prior).log_prob(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(prior.log_prob(z), expected, rtol=0, atol=1e-5)
     assert prior.log_prob(z).dtype == np.float64
@@ -134,12 +139,15 @@ def test_a_given_log_prob_function_is_what_log_prob_runs():
     np.testing.assert_allclose(graph_like.numpy_log_prob(z), prior.log_prob(z), rtol=1e-12)
 
 
-@pytest.mark.parametrize("means, logvars, log_weights, message", [
-    (np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), "weights must sum to 1"),
-    (np.zeros((2, 3)), np.zeros((2, 4)), np.log([0.5, 0.5]), r"\(K, D\)"),
-    (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), "K > 0"),
-    (np.full((1, 3), np.nan), np.zeros((1, 3)), np.zeros(1), "finite"),
-])
+@pytest.mark.parametrize(
+    "means, logvars, log_weights, message",
+    [
+        (np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2), "weights must sum to 1"),
+        (np.zeros((2, 3)), np.zeros((2, 4)), np.log([0.5, 0.5]), r"\(K, D\)"),
+        (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), "K > 0"),
+        (np.full((1, 3), np.nan), np.zeros((1, 3)), np.zeros(1), "finite"),
+    ],
+)
 def test_what_is_not_a_mixture_is_refused(means, logvars, log_weights, message):
     with pytest.raises(ValueError, match=message):
         Mixture(means, logvars, log_weights)

@@ -23,11 +23,11 @@ class LinearGaussian:
 
     def __init__(self, shrink: float = 1.0, widen: float = 0.0) -> None:
         self.shrink, self.widen = shrink, widen
-        self.post_var = 1.0 / (1.0 + (W ** 2).sum(axis=0) / SIGMA ** 2)  # (D,)
+        self.post_var = 1.0 / (1.0 + (W**2).sum(axis=0) / SIGMA**2)  # (D,)
 
     def encode(self, x):
         flat = x.reshape(len(x), -1).astype(np.float64)
-        mean = self.shrink * ((flat - B) @ W) * self.post_var / SIGMA ** 2
+        mean = self.shrink * ((flat - B) @ W) * self.post_var / SIGMA**2
         logvar = np.log(self.post_var) + self.widen
         return mean.astype(np.float32), np.broadcast_to(logvar, mean.shape).astype(np.float32)
 
@@ -37,7 +37,7 @@ class LinearGaussian:
 
 
 def exact_log_px(x):
-    cov = W @ W.T + SIGMA ** 2 * np.eye(3)
+    cov = W @ W.T + SIGMA**2 * np.eye(3)
     d = x.reshape(-1) - B
     return -0.5 * (d @ np.linalg.solve(cov, d) + np.linalg.slogdet(cov)[1] + 3 * math.log(2 * math.pi))
 
@@ -88,7 +88,10 @@ FIELDS = ("elbo", "reconstruction", "kl", "log_likelihood", "standard_error", "e
 MORE = np.concatenate([X, np.array([[[[0.3, 0.8, 0.5]]], [[[0.7, 0.2, 0.9]]]], dtype=np.float32)])
 
 
-def _fields(scores, order=slice(None)):
+ALL = slice(None)
+
+
+def _fields(scores, order=ALL):
     return {name: getattr(scores, name)[order] for name in FIELDS}
 
 
@@ -118,15 +121,17 @@ def test_permuting_a_batch_permutes_the_scores():
 def test_batches_of_one_give_the_numbers_of_one_batch():
     model = LinearGaussian(shrink=0.6, widen=0.7)
     whole = scoring.score(model, GAUSSIAN, MORE, seed=5, k=20)
-    ones = [scoring.score(model, GAUSSIAN, MORE[i:i + 1], seed=5, k=20) for i in range(len(MORE))]
+    ones = [scoring.score(model, GAUSSIAN, MORE[i : i + 1], seed=5, k=20) for i in range(len(MORE))]
     _assert_same(_fields(whole), {name: np.concatenate([getattr(o, name) for o in ones]) for name in FIELDS})
 
 
 def test_duplicates_in_a_batch_score_identically():
     model = LinearGaussian(shrink=0.6, widen=0.7)
     scores = _fields(scoring.score(model, GAUSSIAN, MORE[[1, 0, 1, 1]], seed=5, k=20))
-    _assert_same({name: values[[2, 3]] for name, values in scores.items()},
-                 {name: values[[0, 0]] for name, values in scores.items()})
+    _assert_same(
+        {name: values[[2, 3]] for name, values in scores.items()},
+        {name: values[[0, 0]] for name, values in scores.items()},
+    )
 
 
 def test_the_noise_follows_the_content_of_the_image():
@@ -158,7 +163,6 @@ def test_summary_reports_nats_and_bits_per_dim():
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be"):
         scoring.score(LinearGaussian(), GAUSSIAN, X, seed=0, k=0)
-
 
 
 def _truth(x):
@@ -207,20 +211,21 @@ def test_the_first_j_log_weights_are_the_estimate_at_k_j(estimator):
     assert log_w.shape == (2, 30)
     for j in (2, 7, 8, 30):
         scores = scoring.score(model, GAUSSIAN, X, seed=4, k=j, estimator=estimator)
-        np.testing.assert_allclose(np.logaddexp.reduce(log_w[:, :j], axis=1) - math.log(j), scores.log_likelihood,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(
+            np.logaddexp.reduce(log_w[:, :j], axis=1) - math.log(j), scores.log_likelihood, rtol=1e-12
+        )
 
 
 def test_prior_and_importance_share_the_noise_but_not_the_latents():
     """The prior's z is the eps from which importance sampling builds z = mean + sigma * eps."""
     model = LinearGaussian(shrink=0.6, widen=0.7)
-    mean, logvar = model.encode(X[:1])
     stream = image_stream(2, X[0])
     stream.standard_normal(2, dtype=np.float32)  # the ELBO's
     eps = stream.standard_normal((5, 2), dtype=np.float32)
     expected = GAUSSIAN.log_prob_8bit(X[0].reshape(-1), model.decode(eps))
-    np.testing.assert_allclose(scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("position", [0, 2])
@@ -245,8 +250,9 @@ def test_an_unknown_estimator_is_refused_with_the_known_ones():
 
 # ---- the backend's prior: N(0, I) as before, bit for bit, or a mixture ----
 
-TWO_COMPONENTS = Mixture(np.array([[1.0, 0.0], [-1.0, 0.5]]), np.array([[-0.5, -1.0], [0.0, -0.5]]),
-                         np.log([0.3, 0.7]), name="mog")
+TWO_COMPONENTS = Mixture(
+    np.array([[1.0, 0.0], [-1.0, 0.5]]), np.array([[-0.5, -1.0], [0.0, -0.5]]), np.log([0.3, 0.7]), name="mog"
+)
 
 
 class WithPrior(LinearGaussian):
@@ -260,11 +266,12 @@ class WithPrior(LinearGaussian):
 def exact_log_px_under(prior: Mixture, x) -> float:
     d = x.reshape(-1) - B
     terms = []
-    for mean, logvar, log_weight in zip(prior.means.astype(np.float64), prior.logvars, prior.log_weights):
-        cov = W @ np.diag(np.exp(logvar.astype(np.float64))) @ W.T + SIGMA ** 2 * np.eye(3)
+    for mean, logvar, log_weight in zip(prior.means.astype(np.float64), prior.logvars, prior.log_weights, strict=False):
+        cov = W @ np.diag(np.exp(logvar.astype(np.float64))) @ W.T + SIGMA**2 * np.eye(3)
         r = d - W @ mean
-        terms.append(log_weight - 0.5 * (r @ np.linalg.solve(cov, r) + np.linalg.slogdet(cov)[1]
-                                         + 3 * math.log(2 * math.pi)))
+        terms.append(
+            log_weight - 0.5 * (r @ np.linalg.solve(cov, r) + np.linalg.slogdet(cov)[1] + 3 * math.log(2 * math.pi))
+        )
     return float(np.logaddexp.reduce(terms)) + OFFSET
 
 
@@ -284,10 +291,12 @@ def test_the_mixture_kl_is_log_q_minus_log_p_at_the_elbos_z():
     eps = np.stack([image_stream(4, x).standard_normal(2, dtype=np.float32) for x in X])
     z = dist.reparameterize(mean, logvar, eps)
     scores = scoring.score(model, GAUSSIAN, X, seed=4)
-    np.testing.assert_allclose(scores.kl, dist.log_normal_diag(z, mean, logvar) - TWO_COMPONENTS.log_prob(z),
-                               rtol=1e-12)
-    np.testing.assert_allclose(scores.elbo, GAUSSIAN.log_prob_8bit(X.reshape(2, -1), model.decode(z)) - scores.kl,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        scores.kl, dist.log_normal_diag(z, mean, logvar) - TWO_COMPONENTS.log_prob(z), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        scores.elbo, GAUSSIAN.log_prob_8bit(X.reshape(2, -1), model.decode(z)) - scores.kl, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("estimator", ["prior", "importance"])
@@ -310,8 +319,9 @@ def test_the_prior_estimator_draws_its_latents_from_the_mixture():
     stream.standard_normal(2, dtype=np.float32)  # the ELBO's
     z = TWO_COMPONENTS.from_noise(stream.standard_normal((5, 2), dtype=np.float32), components)
     expected = GAUSSIAN.log_prob_8bit(X[0].reshape(-1), model.decode(z))
-    np.testing.assert_allclose(scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        scoring.log_weights(model, GAUSSIAN, X[:1], 2, k=5, estimator="prior")[0], expected, rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("estimator", ["prior", "importance"])
@@ -330,10 +340,17 @@ def test_the_standard_normal_prior_is_the_analytic_path_bit_for_bit(estimator):
     eps = stream.standard_normal((30, 2), dtype=np.float32)
     z = eps if estimator == "prior" else dist.reparameterize(mean[0], logvar[0], eps)
     log_px_z = GAUSSIAN.log_prob_8bit(MORE[0].reshape(-1), plain.decode(z))
-    log_w = log_px_z if estimator == "prior" else (log_px_z + dist.log_standard_normal(z)
-                                                   - dist.log_normal_diag(z, mean[0], logvar[0]))
-    np.testing.assert_array_equal(scoring.log_weights(plain, GAUSSIAN, MORE[:1], 5, k=30, estimator=estimator)[0],
-                                  log_w)
+    log_w = (
+        log_px_z
+        if estimator == "prior"
+        else (log_px_z + dist.log_standard_normal(z) - dist.log_normal_diag(z, mean[0], logvar[0]))
+    )
+    np.testing.assert_array_equal(
+        scoring.log_weights(plain, GAUSSIAN, MORE[:1], 5, k=30, estimator=estimator)[0], log_w
+    )
     z0 = dist.reparameterize(mean[:1], logvar[:1], eps0[None])
-    np.testing.assert_array_equal(a.elbo[:1], GAUSSIAN.log_prob_8bit(MORE[:1].reshape(1, -1), plain.decode(z0))
-                                  - dist.kl_standard_normal(mean[:1], logvar[:1]))
+    np.testing.assert_array_equal(
+        a.elbo[:1],
+        GAUSSIAN.log_prob_8bit(MORE[:1].reshape(1, -1), plain.decode(z0))
+        - dist.kl_standard_normal(mean[:1], logvar[:1]),
+    )

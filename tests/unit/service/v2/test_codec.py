@@ -10,8 +10,15 @@ import numpy as np
 import orjson
 import pytest
 
-from service.v2.codec import (InferResponse, ProtocolError, encode_response, header_length, join_bytes,
-                              parse_request, split_bytes)
+from service.v2.codec import (
+    InferResponse,
+    ProtocolError,
+    encode_response,
+    header_length,
+    join_bytes,
+    parse_request,
+    split_bytes,
+)
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, int]:
@@ -33,10 +40,17 @@ def parse(body: bytes, length: int | None = None):
 def test_binary_tensors_are_read_in_input_order():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([1, -2], dtype=np.int64)
-    body, length = binary_body({"id": "x", "inputs": [
-        {"name": "a", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": a.nbytes}},
-        {"name": "b", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": b.nbytes}}]},
-        a.tobytes(), b.tobytes())
+    body, length = binary_body(
+        {
+            "id": "x",
+            "inputs": [
+                {"name": "a", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": a.nbytes}},
+                {"name": "b", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": b.nbytes}},
+            ],
+        },
+        a.tobytes(),
+        b.tobytes(),
+    )
     request = parse(body, length)
     assert request.id == "x"
     np.testing.assert_array_equal(request.inputs[0].data, a)
@@ -59,15 +73,29 @@ def test_bytes_elements_carry_a_little_endian_length():
     array = np.empty(3, dtype=object)
     array[:] = elements
     assert join_bytes(array) == blob
-    body, length = binary_body({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [3],
-                                            "parameters": {"binary_data_size": len(blob)}}]}, blob)
+    body, length = binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "datatype": "BYTES",
+                    "shape": [3],
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        },
+        blob,
+    )
     assert list(parse(body, length).inputs[0].data) == elements
 
 
-@pytest.mark.parametrize("blob, message", [
-    (b"\x05\x00", "element 0 is cut short in its 4-byte length"),
-    (struct.pack("<I", 9) + b"abc", "element 0 declares 9 bytes but only 3 remain"),
-])
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (b"\x05\x00", "element 0 is cut short in its 4-byte length"),
+        (struct.pack("<I", 9) + b"abc", "element 0 declares 9 bytes but only 3 remain"),
+    ],
+)
 def test_truncated_bytes_elements_are_refused(blob, message):
     with pytest.raises(ProtocolError, match=message):
         split_bytes(blob, "x")
@@ -88,20 +116,25 @@ def test_a_shape_that_disagrees_with_the_json_data_names_both():
 
 def test_a_bytes_shape_that_disagrees_with_its_elements_names_both():
     blob = struct.pack("<I", 1) + b"a"
-    body, length = binary_body({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2],
-                                            "parameters": {"binary_data_size": len(blob)}}]}, blob)
+    body, length = binary_body(
+        {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}}]},
+        blob,
+    )
     with pytest.raises(ProtocolError, match=r"shape \[2\] holds 2 elements but the binary data holds 1"):
         parse(body, length)
 
 
-@pytest.mark.parametrize("value, message", [
-    ("-5", "must be a non-negative integer"),
-    ("abc", "must be a non-negative integer"),
-    ("\u00b2", "must be a non-negative integer"),  # "²": str.isdigit() says yes, int() refuses it
-    ("\u0663", "must be a non-negative integer"),  # Arabic-Indic three: no silent acceptance either
-    ("0", "raw binary request"),
-    ("1000", "is 1000 but the body has only 10 bytes"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("-5", "must be a non-negative integer"),
+        ("abc", "must be a non-negative integer"),
+        ("\u00b2", "must be a non-negative integer"),  # "²": str.isdigit() says yes, int() refuses it
+        ("\u0663", "must be a non-negative integer"),  # Arabic-Indic three: no silent acceptance either
+        ("0", "raw binary request"),
+        ("1000", "is 1000 but the body has only 10 bytes"),
+    ],
+)
 def test_bad_header_lengths_are_refused(value, message):
     with pytest.raises(ProtocolError, match=message):
         header_length(value, 10)
@@ -111,23 +144,32 @@ def test_without_the_header_the_whole_body_is_json():
     assert header_length(None, 42) == 42
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"\xff\x00 not json", "not JSON"),
-    (b"[1, 2]", "must be a JSON object"),
-    (b'{"inputs": {}}', "needs 'inputs'"),
-    (b'{"id": 5, "inputs": []}', "'id' must be a string"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP99", "shape": [1], "data": [1]}]}', "datatype must be one of"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1], "data": [1]}]}', "non-negative integers"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1]}]}', "neither 'data' nor"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": ["x"]}]}', "must be numbers"),
-    (b'{"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1000]}]}', "does not fit INT8"),
-    (b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], "data": [1.5]}]}', "INT64 data must be integers"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [true]}]}', "FP32 data must be numbers"),
-    (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]},'
-     b' {"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}]}', "given twice"),
-    (b'{"inputs": [], "outputs": [{"name": "a", "parameters": {"binary_data": 1}}]}', "'binary_data' must be"),
-    (b'{"inputs": [], "parameters": {"binary_data_output": "yes"}}', "'binary_data_output' must be"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"\xff\x00 not json", "not JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"inputs": {}}', "needs 'inputs'"),
+        (b'{"id": 5, "inputs": []}', "'id' must be a string"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP99", "shape": [1], "data": [1]}]}', "datatype must be one of"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1], "data": [1]}]}', "non-negative integers"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1]}]}', "neither 'data' nor"),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": ["x"]}]}', "must be numbers"),
+        (b'{"inputs": [{"name": "a", "datatype": "INT8", "shape": [1], "data": [1000]}]}', "does not fit INT8"),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], "data": [1.5]}]}',
+            "INT64 data must be integers",
+        ),
+        (b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [true]}]}', "FP32 data must be numbers"),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1]},'
+            b' {"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+            "given twice",
+        ),
+        (b'{"inputs": [], "outputs": [{"name": "a", "parameters": {"binary_data": 1}}]}', "'binary_data' must be"),
+        (b'{"inputs": [], "parameters": {"binary_data_output": "yes"}}', "'binary_data_output' must be"),
+    ],
+)
 def test_malformed_requests_say_what_is_wrong(body, message):
     with pytest.raises(ProtocolError, match=message):
         parse(body)
@@ -143,9 +185,15 @@ def test_binary_data_beyond_the_body_or_left_over_is_refused():
 
 
 def test_requested_outputs_choose_binary_over_the_request_default():
-    request = parse(json.dumps({"inputs": [], "parameters": {"binary_data_output": True},
-                                "outputs": [{"name": "a", "parameters": {"binary_data": False}}, {"name": "b"}]})
-                    .encode())
+    request = parse(
+        json.dumps(
+            {
+                "inputs": [],
+                "parameters": {"binary_data_output": True},
+                "outputs": [{"name": "a", "parameters": {"binary_data": False}}, {"name": "b"}],
+            }
+        ).encode()
+    )
     assert (request.binary("a"), request.binary("b"), request.binary("c")) == (False, True, True)
 
 
@@ -153,8 +201,12 @@ def test_a_json_response_carries_model_name_version_id_and_flat_data():
     data = np.arange(4, dtype=np.float32).reshape(2, 2)
     body, headers = encode_response(InferResponse("m.encoder", "2.0.0", "r1", [("mean", data, False)]))
     assert headers == {"content-type": "application/json"}
-    assert orjson.loads(body) == {"model_name": "m.encoder", "model_version": "2.0.0", "id": "r1", "outputs": [
-        {"name": "mean", "datatype": "FP32", "shape": [2, 2], "data": [0.0, 1.0, 2.0, 3.0]}]}
+    assert orjson.loads(body) == {
+        "model_name": "m.encoder",
+        "model_version": "2.0.0",
+        "id": "r1",
+        "outputs": [{"name": "mean", "datatype": "FP32", "shape": [2, 2], "data": [0.0, 1.0, 2.0, 3.0]}],
+    }
 
 
 def test_a_binary_response_is_json_then_the_tensors_and_bytes_are_always_binary():
@@ -167,5 +219,5 @@ def test_a_binary_response_is_json_then_the_tensors_and_bytes_are_always_binary(
     header = orjson.loads(body[:length])
     assert "id" not in header
     assert [o["parameters"]["binary_data_size"] for o in header["outputs"]] == [24, 4 + 5 + 4 + 6]
-    assert body[length:length + 24] == data.tobytes()
-    assert split_bytes(body[length + 24:], "png") == [b"\x89PNG1", b"\x89PNG22"]
+    assert body[length : length + 24] == data.tobytes()
+    assert split_bytes(body[length + 24 :], "png") == [b"\x89PNG1", b"\x89PNG22"]

@@ -11,4 +11,3 @@ def test_a_v2_name_is_the_repository_model_and_a_kind():
     assert split_name("fashion-mnist-vae") is None and split_name(".encoder") is None
     assert split_name("m.nothing") is None
     assert v2_names("m")[:2] == ["m.encoder", "m.decoder"] and len(v2_names("m")) == len(MODELS)
-

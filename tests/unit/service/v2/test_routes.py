@@ -23,16 +23,30 @@ def v2_error(response, status: int) -> str:
 
 def bytes_request(blobs: list[bytes], **parameters) -> tuple[bytes, dict[str, str]]:
     data = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-    header = json.dumps({"id": "r", "parameters": parameters, "inputs": [
-        {"name": "image_bytes", "datatype": "BYTES", "shape": [len(blobs)],
-         "parameters": {"binary_data_size": len(data)}}]}).encode()
+    header = json.dumps(
+        {
+            "id": "r",
+            "parameters": parameters,
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "datatype": "BYTES",
+                    "shape": [len(blobs)],
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+        }
+    ).encode()
     return header + data, {"inference-header-content-length": str(len(header))}
 
 
 async def test_encode_over_the_protocol_equals_the_encode_route(client):
     pngs = [png_bytes(1), png_bytes(2)]
-    native = (await client.post("/encode?sample=true&seed=4",
-                                files=[("file", (f"{i}.png", b, "image/png")) for i, b in enumerate(pngs)])).json()
+    native = (
+        await client.post(
+            "/encode?sample=true&seed=4", files=[("file", (f"{i}.png", b, "image/png")) for i, b in enumerate(pngs)]
+        )
+    ).json()
     body, headers = bytes_request(pngs, sample=True, seed=4)
     response = await client.post(f"/v2/models/{MODEL}.encode/infer", content=body, headers=headers)
     answer = response.json()
@@ -65,8 +79,10 @@ async def test_out_of_range_pixels_are_refused(client):
 
 
 async def test_unknown_models_versions_and_paths_are_404_in_the_protocols_shape(client):
-    assert v2_error(await client.get("/v2/models/nope.encode"), 404) == \
-        "model 'nope' is not loaded; the models served are: fake-vae (GET /v1/models)"
+    assert (
+        v2_error(await client.get("/v2/models/nope.encode"), 404)
+        == "model 'nope' is not loaded; the models served are: fake-vae (GET /v1/models)"
+    )
     assert "no v2 model 'x.nope'" in v2_error(await client.get("/v2/models/x.nope"), 404)
     repository_model = (await client.get(f"/v2/models/{MODEL}")).json()  # the index lists it: it answers
     assert repository_model["platform"] == "vae-service_repository_model" and repository_model["inputs"] == []
@@ -106,8 +122,10 @@ async def test_the_in_flight_limit_is_429_in_the_protocols_shape():
 
 
 async def test_a_wrong_method_is_405_in_the_protocols_shape(client):
-    assert v2_error(await client.get(f"/v2/models/{MODEL}.encode/infer"), 405) == \
-        f"GET is not allowed on /v2/models/{MODEL}.encode/infer; use POST"
+    assert (
+        v2_error(await client.get(f"/v2/models/{MODEL}.encode/infer"), 405)
+        == f"GET is not allowed on /v2/models/{MODEL}.encode/infer; use POST"
+    )
 
 
 async def test_an_unexpected_error_is_a_generic_500_in_the_protocols_shape():

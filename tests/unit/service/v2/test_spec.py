@@ -17,13 +17,16 @@ def test_a_tensor_fits_its_spec():
     check_tensor(Tensor("image", "FP32", np.zeros((3, 1, 28, 28), np.float32)), SPEC, max_rows=64)
 
 
-@pytest.mark.parametrize("datatype, shape, message", [
-    ("FP64", (1, 1, 28, 28), "must be FP32, not FP64"),
-    ("FP32", (1, 28, 28), r"has shape \[1, 28, 28\]; the model takes \[-1, 1, 28, 28\]"),
-    ("FP32", (1, 3, 28, 28), "has shape"),
-    ("FP32", (65, 1, 28, 28), "65 rows; 1 to 64 are accepted"),
-    ("FP32", (0, 1, 28, 28), "0 rows"),
-])
+@pytest.mark.parametrize(
+    "datatype, shape, message",
+    [
+        ("FP64", (1, 1, 28, 28), "must be FP32, not FP64"),
+        ("FP32", (1, 28, 28), r"has shape \[1, 28, 28\]; the model takes \[-1, 1, 28, 28\]"),
+        ("FP32", (1, 3, 28, 28), "has shape"),
+        ("FP32", (65, 1, 28, 28), "65 rows; 1 to 64 are accepted"),
+        ("FP32", (0, 1, 28, 28), "0 rows"),
+    ],
+)
 def test_a_tensor_that_does_not_fit_says_how(datatype, shape, message):
     with pytest.raises(ProtocolError, match=message):
         check_tensor(Tensor("image", datatype, np.zeros(shape)), SPEC, max_rows=64)
