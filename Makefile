@@ -15,12 +15,13 @@ MODEL_DIR ?= $(EXPORT_REPOSITORY)/$(MODEL_NAME)/$(VERSION)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve install-train test test-unit test-integration test-container train eval export docs bench bench-quick bench-anomaly bench-argument clean help
+.PHONY: serve install-train lint test test-unit test-integration test-container train eval export docs bench bench-quick bench-anomaly bench-argument clean help
 
 help:
 	@echo "make serve          - install the serving dependencies and serve the bundled model repository ($(REPOSITORY))"
 	@echo "                      on http://$(HOST):$(PORT)/ (HOST=0.0.0.0 for every interface, PORT=... for another port)"
 	@echo "make test           - install everything and run the whole test suite"
+	@echo "make lint           - the checks CI runs before the tests: ruff check, ruff format --check, mypy"
 	@echo "make install-train  - install the training tools (vae-train, vae-eval, vae-average, vae-export) and nothing else"
 	@echo "make train / eval   - train the default model into $(RUN) (170 epochs, hours on a CPU), evaluate it"
 	@echo "make export         - export $(RUN)/best.pt as a new version, $(MODEL_DIR) (refuses an existing one)"
@@ -56,6 +57,13 @@ install-train: $(BIN)/.train-installed
 
 # The whole suite: unit and integration tests, then the integration suite against the container
 # image (skipped, with a message, where no container engine exists).
+# The checks CI runs before the tests: ruff's linter and formatter, and mypy (strict on model/core,
+# service and export; the configuration is in pyproject.toml).
+lint: $(BIN)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 test: $(BIN)/.dev-installed
 	$(BIN)/python -m pytest tests
 	PYTHON=$(BIN)/python bash docker/test-image.sh
