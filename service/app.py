@@ -18,12 +18,14 @@ from model.core.artifact import load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors
 from service.engine import Engine
+from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import ModelSource, Registry, scan_repository, single_model
 from service.routes import anomaly, images, latents, ops, preprocess, repository, ui
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
+from service.v2 import errors as v2_errors
 from service.v2 import routes as v2_routes
 
 log = logging.getLogger("vae.service")
@@ -48,8 +50,9 @@ def warm_up(engine: Engine) -> None:
 
 
 def repository_scanner(settings: Settings) -> Callable[[], dict[str, ModelSource]]:
-    if settings.model_dir is not None:  # a repository of one model; it wins over VAE_MODEL_REPOSITORY
-        return lambda: single_model(settings.model_dir)
+    model_dir = settings.model_dir
+    if model_dir is not None:  # a repository of one model; it wins over VAE_MODEL_REPOSITORY
+        return lambda: single_model(model_dir)
     root = settings.model_repository or BUNDLED_REPOSITORY
     return lambda: scan_repository(root)
 
@@ -147,7 +150,7 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.vae = state
-    errors.install(app)
+    errors.install(app, shape_of=v2_errors.error_shape)  # /v2 answers in the protocol's shape
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
     for router in (
         images.router,
@@ -168,13 +171,17 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"],
         )
+    # The last added is the outermost: request ids and metrics see every answer the limits give.
     app.add_middleware(
-        ObservabilityMiddleware,
-        state=state,
+        RequestLimitsMiddleware,
+        metrics=metrics,
         max_body=settings.max_upload_bytes,
         max_uploads=settings.max_uploads,
         body_timeout_s=settings.body_timeout_s,
-        access_log=settings.access_log,
+        shape_of=v2_errors.error_shape,
+    )
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, access_log=settings.access_log
     )
     return app
 

@@ -24,6 +24,7 @@ from service.schemas import V2ErrorBody
 from service.state import app_state
 from service.uploads import read_body
 from service.v2.codec import ProtocolError, check_structure, quoted
+from service.v2.errors import as_v2_error, v2_error
 from service.v2.models import split_name, v2_names
 from service.v2.schemas import ModelReadyResponse
 
@@ -67,10 +68,6 @@ CONTROL_BODY_BYTES = 65_536  # a control body is {"ready": true} or {"parameters
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vae-service model repository"'}  # RFC 9110: a 401 names its scheme
 
 
-def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 def _denied(request: Request) -> JSONResponse | None:
     """None when the caller may change the repository, else the answer to send."""
     settings = app_state(request).settings
@@ -94,10 +91,8 @@ async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
     try:
         body = await read_body(request, CONTROL_BODY_BYTES, setting="the control routes' own limit")
         check_structure(body, "the body")
-    except ApiError as exc:
-        return v2_error(exc.status, exc.message, exc.headers)
-    except ProtocolError as exc:
-        return v2_error(exc.status, exc.message)
+    except (ApiError, ProtocolError) as exc:  # the body's size (413) or its structure (400)
+        return as_v2_error(exc)
     if not body.strip():
         return {}
     try:

@@ -2,21 +2,17 @@
 model readiness, inference. The repository extension is in service/routes/repository.py.
 
 Errors here are `{"error": "<message>"}` as the protocol has them, whatever raised them: each route
-converts its own errors (`protocol_errors`), so the service's own routes keep `{"error": {"code",
-"message"}}`. A 422 of the shared code (bad parameters, an image too costly) is the protocol's 400.
+converts its own errors (`service/v2/errors.py`).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ApiError
 from service.registry import version_key
@@ -33,6 +29,7 @@ from service.v2.codec import (
     parse_request,
     quoted,
 )
+from service.v2.errors import protocol_errors, v2_error
 from service.v2.models import MODELS, split_name, v2_names
 from service.v2.schemas import (
     InferenceRequest,
@@ -53,26 +50,6 @@ REPOSITORY_MODEL_PLATFORM = "vae-service_repository_model"
 # The most bytes one element of each kind takes in a JSON response, separator included (orjson writes at
 # most 24 characters for a float, 20 for an integer): the response's size is known before it is built.
 JSON_ELEMENT_BYTES = {"f": 25, "i": 21, "u": 21, "b": 6}
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def protocol_errors(endpoint: Endpoint) -> Endpoint:
-    @functools.wraps(endpoint)
-    async def answer(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ProtocolError as exc:
-            return v2_error(exc.status, exc.message)
-        except ApiError as exc:
-            return v2_error(400 if exc.status == 422 else exc.status, exc.message, exc.headers)
-        except StarletteHTTPException as exc:  # the body's deadline or size, from the middleware's guard
-            return v2_error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    return answer
 
 
 def resolve(state: AppState, v2_name: str, version: str | None) -> tuple[Any, V2Model]:
