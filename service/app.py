@@ -20,7 +20,8 @@ from service import docs, errors
 from service.engine import Engine
 from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
-from service.registry import ModelSource, Registry, scan_repository, single_model
+from service.registry import Registry
+from service.repository_scan import ModelSource, scan_repository, single_model
 from service.routes import anomaly, images, latents, ops, preprocess, repository, ui
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables

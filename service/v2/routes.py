@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.errors import ApiError
-from service.registry import version_key
+from service.repository_scan import version_key
 from service.schemas import V2ErrorBody
 from service.state import AppState, app_state
 from service.uploads import read_body
