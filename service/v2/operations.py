@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from model.core.preprocess import array_to_png
-from service import anomaly
+from service import anomaly_scoring
 from service.schemas import AnomalyQuery, ElboQuery, EncodeQuery, SampleQuery
 from service.v2.codec import BYTES, ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs, knobs
@@ -149,9 +149,9 @@ async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
 async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     name = f"{call.served.name}.anomaly"
     query = knobs(AnomalyQuery, call.parameters, name)
-    prepared = anomaly.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
+    prepared = anomaly_scoring.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
     pixels = await read_pixels(call, name)
-    out = await anomaly.score(call.served, pixels, prepared)
+    out = await anomaly_scoring.score(call.served, pixels, prepared)
     statistics = {f"statistic_{key}": values for key, values in out["statistics"].items()}
     return (
         {"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
