@@ -31,8 +31,8 @@ _SPECS: weakref.WeakKeyDictionary[Any, tuple[list[TensorSpec], list[TensorSpec]]
 
 
 def graph_specs(session: Any, outputs: bool) -> list[TensorSpec]:
-    """A session's (inputs, outputs), read once per session: onnxruntime builds them anew on each call,
-    about 18 us for the encoder's three tensors."""
+    """A session's (inputs, outputs), read once per session: onnxruntime builds them anew on each
+    call, a cost per request that nothing about them justifies (they never change)."""
     specs = _SPECS.get(session)
     if specs is None:
         specs = tuple(

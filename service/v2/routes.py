@@ -43,8 +43,8 @@ from service.v2.spec import Call, V2Model
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-# A body up to this size is parsed on the event loop (well under a millisecond); a larger one in a
-# worker thread: a large JSON header, or BYTES elements that are split one by one in Python.
+# A body up to this size is parsed on the event loop, where its parse costs less than the hop to a
+# thread; a larger one in a worker thread: a large JSON header, or BYTES elements split one by one in Python.
 INLINE_PARSE_BYTES = 65_536
 REPOSITORY_MODEL_PLATFORM = "vae-service_repository_model"
 # The most bytes one element of each kind takes in a JSON response, separator included (orjson writes at
