@@ -212,7 +212,7 @@ class DecodePool:
         self._closed = threading.Event()
         self._context = _context()
 
-    async def run(self, job: tuple, timeout_s: float) -> list[np.ndarray]:
+    async def run(self, job: tuple[Any, ...], timeout_s: float) -> list[np.ndarray]:
         if self._jobs >= self.workers + self.queue_limit:
             raise ApiError(
                 429,
@@ -228,7 +228,8 @@ class DecodePool:
         finally:
             self._jobs -= 1
         if outcome[0] == "ok":
-            return outcome[1]
+            images: list[np.ndarray] = outcome[1]
+            return images
         if outcome[0] == "error":
             raise ApiError(*outcome[1:])
         if outcome[0] == "timeout":
@@ -252,7 +253,7 @@ class DecodePool:
             except queue.Empty:
                 return
 
-    def _exchange(self, job: tuple, timeout_s: float) -> tuple:
+    def _exchange(self, job: tuple[Any, ...], timeout_s: float) -> tuple[Any, ...]:
         """In a thread holding one of `workers` slots: hand the job to an idle process, wait up to the deadline."""
         try:
             worker = self._idle.get_nowait()
@@ -278,7 +279,7 @@ class DecodePool:
             worker.kill()
         else:
             self._idle.put(worker)
-        return outcome
+        return tuple(outcome)
 
 
 class _Worker:
@@ -316,7 +317,7 @@ def _serve(connection: Any) -> None:
         except (EOFError, OSError):
             return
         try:
-            outcome: tuple = ("ok", decode_job(*job))
+            outcome: tuple[Any, ...] = ("ok", decode_job(*job))
         except MemoryError:
             outcome = ("error", 413, "image_too_large", "the image needs more memory to decode than a decoder has")
         except ApiError as exc:

@@ -16,14 +16,17 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from service.memory import return_freed_memory
 from service.repository_scan import ModelSource, version_key
 
 log = logging.getLogger("vae.service")
 T = TypeVar("T")
-READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
+State = Literal["READY", "UNAVAILABLE", "LOADING"]
+READY: Final = "READY"
+UNAVAILABLE: Final = "UNAVAILABLE"
+LOADING: Final = "LOADING"
 
 
 class ModelNotFound(LookupError):
@@ -38,7 +41,7 @@ class LoadFailed(RuntimeError):
 class Status:
     name: str
     version: str
-    state: Literal["READY", "UNAVAILABLE", "LOADING"]
+    state: State
     reason: str = ""
 
     def as_dict(self) -> dict[str, str]:

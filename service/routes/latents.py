@@ -20,7 +20,9 @@ from service.uploads import read_body
 from service.v2.codec import ProtocolError, check_structure
 
 router = APIRouter(tags=["latents"])
-PNG = {200: {"content": {"image/png": {}}, "description": "PNG, or JSON with format=json"}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "PNG, or JSON with format=json"}
+}
 JSON_BODY = {
     "requestBody": {
         "required": True,

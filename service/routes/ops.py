@@ -28,7 +28,7 @@ async def healthz() -> dict[str, str]:
     responses=error_responses(503),
     summary="Readiness: 200 once the default model is loaded, hash-checked and warmed up",
 )
-async def readyz(request: Request):
+async def readyz(request: Request) -> Response | dict[str, Any]:
     state = app_state(request)
     if not state.ready:
         return error_response(503, "not_ready", state.not_ready_message(), {"Retry-After": "1"})
@@ -36,7 +36,7 @@ async def readyz(request: Request):
 
 
 @router.get("/v1/models", response_model=ModelList, summary="The models and versions being served")
-async def model_list(request: Request) -> dict:
+async def model_list(request: Request) -> dict[str, Any]:
     state = app_state(request)
     return {
         "models": [
@@ -51,7 +51,7 @@ async def model_list(request: Request) -> dict:
     }
 
 
-async def model_card(request: Request) -> dict:
+async def model_card(request: Request) -> dict[str, Any]:
     state = app_state(request)
     served = state.resolve(request.path_params.get("name"), request.path_params.get("version"))
     manifest = served.engine.model.manifest

@@ -55,7 +55,7 @@ VERSION = {
     ]
 }
 V2_ERROR = {"model": V2ErrorBody}
-CONTROL_ERRORS = {
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
     401: {**V2_ERROR, "description": "missing or wrong bearer token"},
     403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
@@ -171,7 +171,7 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-READY = {
+READY: dict[int | str, dict[str, Any]] = {
     200: {"model": ModelReadyResponse, "description": "ready"},
     400: {**V2_ERROR, "description": "not ready"},
     404: {**V2_ERROR, "description": "no such model"},

@@ -35,19 +35,21 @@ def graph_specs(session: Any, outputs: bool) -> list[TensorSpec]:
     call, a cost per request that nothing about them justifies (they never change)."""
     specs = _SPECS.get(session)
     if specs is None:
-        specs = tuple(
-            [
-                TensorSpec(
-                    a.name,
-                    ONNX_DATATYPES.get(a.type, a.type),
-                    tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape),
-                )
-                for a in args
-            ]
-            for args in (session.get_inputs(), session.get_outputs())
-        )
+        specs = (_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
         _SPECS[session] = specs
-    return specs[outputs]
+    return specs[1] if outputs else specs[0]
+
+
+def _tensor_specs(args: Any) -> list[TensorSpec]:
+    """onnxruntime's NodeArgs as specs; a symbolic or unknown dimension is -1."""
+    return [
+        TensorSpec(
+            a.name,
+            ONNX_DATATYPES.get(a.type, a.type),
+            tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape),
+        )
+        for a in args
+    ]
 
 
 def graph_model(suffix: str) -> V2Model:

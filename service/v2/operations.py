@@ -44,7 +44,8 @@ async def read_pixels(call: Call, name: str) -> np.ndarray:
         )
     if "image_bytes" in inputs:
         blobs = list(inputs["image_bytes"].data.reshape(-1))
-        return await call.state.decoder.decode(blobs, call.served.engine.contract)
+        decoded: np.ndarray = await call.state.decoder.decode(blobs, call.served.engine.contract)
+        return decoded
     pixels = inputs["image"].data
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
         raise ProtocolError(f"input 'image' of '{name}' must hold finite values in [0, 1], the model's input scale")
@@ -182,11 +183,13 @@ class _NoKnobs(BaseModel):
 
 
 class _SampleKnobs(BaseModel):
-    """/sample's query without its response format: the tensors are the format here."""
+    """/sample's query without its response format: the tensors are the format here. Each field is the
+    native query's own FieldInfo (default, range, description), which pydantic takes as the default;
+    the type checker sees a FieldInfo where an int is declared, hence the ignores."""
 
-    n: int = SampleQuery.model_fields["n"]
-    seed: int | None = SampleQuery.model_fields["seed"]
-    temperature: float = SampleQuery.model_fields["temperature"]
+    n: int = SampleQuery.model_fields["n"]  # type: ignore[assignment]
+    seed: int | None = SampleQuery.model_fields["seed"]  # type: ignore[assignment]
+    temperature: float = SampleQuery.model_fields["temperature"]  # type: ignore[assignment]
 
 
 IMAGES = ("images", "FP32", image_shape)

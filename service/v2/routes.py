@@ -13,6 +13,7 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from service.errors import ApiError
 from service.repository_scan import version_key
@@ -211,7 +212,7 @@ INFER_BODY = {
         },
     }
 }
-INFER_OK = {
+INFER_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the outputs; with binary outputs the body is the JSON response (its length "
         "in Inference-Header-Content-Length) followed by their bytes",
@@ -221,7 +222,8 @@ INFER_OK = {
         },
     }
 }
-REQUEST_MODELS = (InferenceRequest, InferenceResponse)  # referenced from openapi_extra; added by service/docs.py
+# Referenced from openapi_extra; service/docs.py adds them to the document.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (InferenceRequest, InferenceResponse)
 
 # Inference first: Starlette tries the routes in order, and each miss costs a regular-expression match.
 for _path, _params in _paths("/infer"):
