@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from service.served import ServedModel
 from service.v2.codec import ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs
 
@@ -53,7 +54,7 @@ def _tensor_specs(args: Any) -> list[TensorSpec]:
 
 
 def graph_model(suffix: str) -> V2Model:
-    def session(served: Any) -> Any:
+    def session(served: ServedModel) -> Any:  # an onnxruntime InferenceSession
         return getattr(served.engine.model, suffix)
 
     async def run(call: Call) -> tuple[Outputs, dict[str, Any]]:

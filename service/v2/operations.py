@@ -17,21 +17,22 @@ from pydantic import BaseModel
 from model.core.preprocess import array_to_png
 from service import anomaly_scoring
 from service.schemas import AnomalyQuery, ElboQuery, EncodeQuery, SampleQuery
+from service.served import ServedModel
 from service.v2.codec import BYTES, ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs, knobs
 
 OPERATION_PLATFORM = "vae-service_operation"
 
 
-def image_shape(served: Any) -> tuple[int, ...]:
+def image_shape(served: ServedModel) -> tuple[int, ...]:
     return (-1, *served.engine.model.manifest.input.shape)
 
 
-def latent_shape(served: Any) -> tuple[int, ...]:
+def latent_shape(served: ServedModel) -> tuple[int, ...]:
     return (-1, served.engine.latent_dim)
 
 
-def image_inputs(served: Any) -> list[TensorSpec]:
+def image_inputs(served: ServedModel) -> list[TensorSpec]:
     return [TensorSpec("image", "FP32", image_shape(served)), TensorSpec("image_bytes", BYTES, (-1,))]
 
 
@@ -70,11 +71,13 @@ def png_tensor(images: np.ndarray) -> np.ndarray:
     return array
 
 
-def _specs(*entries: tuple[str, str, Callable[[Any], tuple[int, ...]]]) -> Callable[[Any], list[TensorSpec]]:
+def _specs(
+    *entries: tuple[str, str, Callable[[ServedModel], tuple[int, ...]]],
+) -> Callable[[ServedModel], list[TensorSpec]]:
     return lambda served: [TensorSpec(name, datatype, shape(served)) for name, datatype, shape in entries]
 
 
-def rows(_: Any) -> tuple[int, ...]:
+def rows(_: ServedModel) -> tuple[int, ...]:
     return (-1,)
 
 
@@ -96,7 +99,7 @@ async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
     scores = await call.served.run(
         "elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed, binarize, query.estimator
     )
-    outputs = {
+    outputs: dict[str, Any] = {  # arrays; the optional ones only when the estimator computed them
         "elbo": scores.elbo,
         "reconstruction": scores.reconstruction,
         "kl": scores.kl,
@@ -166,7 +169,7 @@ async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     )
 
 
-def anomaly_outputs(served: Any) -> list[TensorSpec]:
+def anomaly_outputs(served: ServedModel) -> list[TensorSpec]:
     """score, percentile, is_anomaly, and one statistic_<name> per statistic of the model's calibration."""
     calibration = served.engine.calibration
     names = calibration.score.statistics if calibration is not None else ()
