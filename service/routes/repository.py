@@ -202,7 +202,7 @@ def _readiness(request: Request, name: str, version: str | None) -> Response:
     registry = app_state(request).registry
     model = repository_model(name)
     if registry.is_ready(model, version):
-        return JSONResponse({"name": name, "ready": True})
+        return JSONResponse(ModelReadyResponse(name=name, ready=True).model_dump())
     which = f"model {quoted(name)}" + (f" version {quoted(version)}" if version else "")
     if model not in registry.known():
         return v2_error(

@@ -101,19 +101,19 @@ def _errors(*statuses: int) -> dict[int | str, Any]:
     return {status: {"model": V2ErrorBody, "description": meaning[status]} for status in statuses}
 
 
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
 
 
 async def ready(request: Request) -> Response:
     state = app_state(request)
     if not state.ready:
         return v2_error(503, state.not_ready_message(), {"Retry-After": "1"})
-    return JSONResponse({"ready": True})
+    return JSONResponse(ReadyResponse(ready=True).model_dump())
 
 
-async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name=request.app.title, version=request.app.version, extensions=EXTENSIONS)
 
 
 @protocol_errors

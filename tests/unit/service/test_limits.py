@@ -1,6 +1,6 @@
-"""The limits middleware: client aborts as 499, body deadlines (408), the upload limit (429).
-Driven over raw ASGI messages (inside the observability middleware, as the app stacks them), and
-through the real app."""
+"""The limits middleware: client aborts as 499, body deadlines (408), the upload limit (429), the body
+size (413). Driven over raw ASGI messages (inside the observability middleware, as the app stacks
+them), and through the real app."""
 
 import logging
 
@@ -12,6 +12,39 @@ from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.test_observability import PNG, counted, middleware, run
 
 pytestmark = pytest.mark.anyio
+
+
+async def while_a_slow_upload_waits(app, then) -> tuple[object, dict]:
+    """Start an /encode whose body stops after 10 bytes, run `then(client, results)` while it waits,
+    then let the body finish. Returns the slow upload's response and what `then` recorded."""
+    arrived, finish = anyio.Event(), anyio.Event()
+    data = png_bytes(0)
+    results: dict = {}
+
+    async def slow():
+        yield data[:10]
+        arrived.set()
+        await finish.wait()
+        yield data[10:]
+
+    async with client_for(app) as client:
+
+        async def slow_upload():
+            results["slow"] = await client.post("/encode", content=slow(), headers=PNG)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow_upload)
+            with anyio.fail_after(5):
+                await arrived.wait()
+            await then(client, results)
+            finish.set()
+    return results.pop("slow"), results
+
+
+def error_of(response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"]
 
 
 async def test_a_client_abort_mid_body_is_one_log_line_and_499_and_nothing_is_sent(caplog):
@@ -84,33 +117,6 @@ async def test_stalled_multipart_and_json_bodies_get_408_too(path, content_type,
     assert response.status_code == 408 and response.json()["error"]["code"] == "request_timeout"
 
 
-async def while_a_slow_upload_waits(app, then) -> tuple[object, dict]:
-    """Start an /encode whose body stops after 10 bytes, run `then(client, results)` while it waits,
-    then let the body finish. Returns the slow upload's response and what `then` recorded."""
-    arrived, finish = anyio.Event(), anyio.Event()
-    data = png_bytes(0)
-    results: dict = {}
-
-    async def slow():
-        yield data[:10]
-        arrived.set()
-        await finish.wait()
-        yield data[10:]
-
-    async with client_for(app) as client:
-
-        async def slow_upload():
-            results["slow"] = await client.post("/encode", content=slow(), headers=PNG)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(slow_upload)
-            with anyio.fail_after(5):
-                await arrived.wait()
-            await then(client, results)
-            finish.set()
-    return results.pop("slow"), results
-
-
 async def test_past_max_uploads_a_body_gets_a_fast_429_while_bodiless_requests_pass():
     async def meanwhile(client, results):
         results["second"] = await client.post("/encode", content=png_bytes(0), headers=PNG)
@@ -131,3 +137,26 @@ async def test_a_slow_upload_holds_no_model_slot():
     slow, results = await while_a_slow_upload_waits(build(max_in_flight=1, body_timeout_s=30)[0], meanwhile)
     assert results["other"].status_code == 200 and len(results["other"].json()["results"]) == 1
     assert slow.json()["results"][0]["mean"] == results["other"].json()["results"][0]["mean"]
+
+
+async def test_body_over_the_limit_is_413():
+    app, _ = build(max_upload_bytes=1000)
+    async with client_for(app) as client:
+        response = await client.post("/encode", content=b"x" * 1001, headers=PNG)
+    assert error_of(response) == (413, "payload_too_large")
+
+
+async def test_a_chunked_body_over_the_limit_is_413_on_json_routes_too():
+    app, _ = build(max_upload_bytes=100)
+
+    async def chunks():
+        for _ in range(10):
+            yield b'{"z": [' + b" " * 50
+
+    async with client_for(app) as client:
+        response = await client.post("/decode", content=chunks(), headers={"content-type": "application/json"})
+        declared = await client.post(
+            "/decode", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"}
+        )
+    assert error_of(response) == (413, "payload_too_large")
+    assert error_of(declared) == (413, "payload_too_large")

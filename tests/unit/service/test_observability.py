@@ -1,5 +1,6 @@
 """The observability middleware: request ids on every answer (a 500 too), one traceback and a
-generic 500 for an unexpected error. Driven over raw ASGI messages, and through the real app."""
+generic 500 for an unexpected error, requests counted by route and status. Driven over raw ASGI
+messages, and through the real app."""
 
 import json
 import logging
@@ -9,8 +10,11 @@ import pytest
 from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware
 from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.fakes import FakeVAE
 
 pytestmark = pytest.mark.anyio
+
+
 PNG = {"content-type": "image/png"}
 
 
@@ -67,8 +71,6 @@ async def test_an_unexpected_exception_is_a_generic_500_with_the_request_id_and_
 
 
 async def test_a_route_that_raises_answers_500_with_the_request_id_through_the_whole_app(caplog):
-    from tests.unit.service.fakes import FakeVAE
-
     app, _ = build(FakeVAE(broken=True))
     with caplog.at_level(logging.INFO, logger="vae"):
         async with client_for(app) as client:
@@ -76,3 +78,21 @@ async def test_a_route_that_raises_answers_500_with_the_request_id_through_the_w
     assert response.status_code == 500 and response.headers["x-request-id"] == "r-500"
     assert response.json()["error"]["code"] == "internal_error" and "/opt/model" not in response.text
     assert len([r for r in caplog.records if r.exc_info]) == 1
+
+
+async def test_request_id_is_echoed_or_made(client):
+    echoed = await client.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    made = await client.get("/healthz", headers={"x-request-id": "bad id with spaces"})
+    assert len(made.headers["x-request-id"]) == 32
+
+
+async def test_metrics_count_requests_by_route_and_status(client):
+    await client.get("/sample?n=2&seed=1")
+    await client.get("/sample?n=0")
+    text = (await client.get("/metrics")).text
+    assert 'vae_requests_total{method="GET",route="/sample",status="200"} 1.0' in text
+    assert 'vae_requests_total{method="GET",route="/sample",status="422"} 1.0' in text
+    assert "vae_request_duration_seconds_bucket" in text
+    assert 'vae_images_processed_total{model="fake-vae",operation="sample",version="9.9.9"} 2.0' in text
+    assert "vae_inference_duration_seconds" in text
