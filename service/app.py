@@ -31,6 +31,15 @@ from service.v2 import routes as v2_routes
 
 log = logging.getLogger("vae.service")
 EngineLoader = Callable[[Path, Settings], Engine]
+ROUTERS = (
+    images.router,
+    preprocess.router,
+    anomaly.router,
+    latents.router,
+    ops.router,
+    repository.router,
+    v2_routes.router,
+)
 
 
 def load_engine(directory: Path, settings: Settings) -> Engine:
@@ -106,21 +115,7 @@ def create_app(
 ) -> FastAPI:
     """`load` and `scan` default to the real loader and the configured repository; tests pass fakes."""
     settings = settings or load_settings()
-    metrics = Metrics()
-
-    def load_version(directory: Path) -> ServedModel:
-        return ServedModel.create(load(directory, settings), settings, metrics)
-
-    state = AppState(
-        settings=settings,
-        metrics=metrics,
-        registry=Registry(
-            scan=scan or repository_scanner(settings),
-            load_version=load_version,
-            on_change=metrics.model_changed,
-            on_release=ServedModel.close,
-        ),
-    )
+    state = make_state(settings, load, scan)
 
     async def start_all() -> None:
         await start(state)
@@ -153,17 +148,31 @@ def create_app(
     app.state.vae = state
     errors.install(app, shape_of=v2_errors.error_shape)  # /v2 answers in the protocol's shape
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
-    for router in (
-        images.router,
-        preprocess.router,
-        anomaly.router,
-        latents.router,
-        ops.router,
-        repository.router,
-        v2_routes.router,
-    ):
+    for router in ROUTERS:
         app.include_router(router)
     ui.install(app)
+    add_middleware(app, settings, state.metrics)
+    return app
+
+
+def make_state(settings: Settings, load: EngineLoader, scan: Callable[[], dict[str, ModelSource]] | None) -> AppState:
+    """The metrics and a registry whose versions are loaded by `load` and served with those settings."""
+    metrics = Metrics()
+
+    def load_version(directory: Path) -> ServedModel:
+        return ServedModel.create(load(directory, settings), settings, metrics)
+
+    registry = Registry(
+        scan=scan or repository_scanner(settings),
+        load_version=load_version,
+        on_change=metrics.model_changed,
+        on_release=ServedModel.close,
+    )
+    return AppState(settings=settings, metrics=metrics, registry=registry)
+
+
+def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """CORS when configured, then the body limits, then (outermost) request ids and metrics."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -184,7 +193,6 @@ def create_app(
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, access_log=settings.access_log
     )
-    return app
 
 
 def package_version() -> str:
