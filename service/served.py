@@ -96,7 +96,7 @@ class ServedModel:
 
     def _admit(self) -> None:
         """Take a model slot, or 429. Counted around the model work only, so a slow upload (its own
-        limit and deadline live in the observability middleware) never holds one."""
+        limit and deadline live in the limits middleware, service/limits.py) never holds one."""
         if self.in_flight >= self.settings.max_in_flight:
             self.metrics.rejected.inc()
             raise ApiError(
