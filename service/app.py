@@ -18,16 +18,28 @@ from model.core.artifact import load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors
 from service.engine import Engine
+from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
-from service.registry import ModelSource, Registry, scan_repository, single_model
+from service.registry import Registry
+from service.repository_scan import ModelSource, scan_repository, single_model
 from service.routes import anomaly, images, latents, ops, preprocess, repository, ui
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
+from service.v2 import errors as v2_errors
 from service.v2 import routes as v2_routes
 
 log = logging.getLogger("vae.service")
 EngineLoader = Callable[[Path, Settings], Engine]
+ROUTERS = (
+    images.router,
+    preprocess.router,
+    anomaly.router,
+    latents.router,
+    ops.router,
+    repository.router,
+    v2_routes.router,
+)
 
 
 def load_engine(directory: Path, settings: Settings) -> Engine:
@@ -48,8 +60,9 @@ def warm_up(engine: Engine) -> None:
 
 
 def repository_scanner(settings: Settings) -> Callable[[], dict[str, ModelSource]]:
-    if settings.model_dir is not None:  # a repository of one model; it wins over VAE_MODEL_REPOSITORY
-        return lambda: single_model(settings.model_dir)
+    model_dir = settings.model_dir
+    if model_dir is not None:  # a repository of one model; it wins over VAE_MODEL_REPOSITORY
+        return lambda: single_model(model_dir)
     root = settings.model_repository or BUNDLED_REPOSITORY
     return lambda: scan_repository(root)
 
@@ -102,21 +115,7 @@ def create_app(
 ) -> FastAPI:
     """`load` and `scan` default to the real loader and the configured repository; tests pass fakes."""
     settings = settings or load_settings()
-    metrics = Metrics()
-
-    def load_version(directory: Path) -> ServedModel:
-        return ServedModel.create(load(directory, settings), settings, metrics)
-
-    state = AppState(
-        settings=settings,
-        metrics=metrics,
-        registry=Registry(
-            scan=scan or repository_scanner(settings),
-            load_version=load_version,
-            on_change=metrics.model_changed,
-            on_release=ServedModel.close,
-        ),
-    )
+    state = make_state(settings, load, scan)
 
     async def start_all() -> None:
         await start(state)
@@ -147,19 +146,33 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.vae = state
-    errors.install(app)
+    errors.install(app, shape_of=v2_errors.error_shape)  # /v2 answers in the protocol's shape
     docs.install(app, lambda: state.resolve().engine.latent_dim if state.ready else None)
-    for router in (
-        images.router,
-        preprocess.router,
-        anomaly.router,
-        latents.router,
-        ops.router,
-        repository.router,
-        v2_routes.router,
-    ):
+    for router in ROUTERS:
         app.include_router(router)
     ui.install(app)
+    add_middleware(app, settings, state.metrics)
+    return app
+
+
+def make_state(settings: Settings, load: EngineLoader, scan: Callable[[], dict[str, ModelSource]] | None) -> AppState:
+    """The metrics and a registry whose versions are loaded by `load` and served with those settings."""
+    metrics = Metrics()
+
+    def load_version(directory: Path) -> ServedModel:
+        return ServedModel.create(load(directory, settings), settings, metrics)
+
+    registry = Registry(
+        scan=scan or repository_scanner(settings),
+        load_version=load_version,
+        on_change=metrics.model_changed,
+        on_release=ServedModel.close,
+    )
+    return AppState(settings=settings, metrics=metrics, registry=registry)
+
+
+def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """CORS when configured, then the body limits, then (outermost) request ids and metrics."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -168,15 +181,18 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"],
         )
+    # The last added is the outermost: request ids and metrics see every answer the limits give.
     app.add_middleware(
-        ObservabilityMiddleware,
-        state=state,
+        RequestLimitsMiddleware,
+        metrics=metrics,
         max_body=settings.max_upload_bytes,
         max_uploads=settings.max_uploads,
         body_timeout_s=settings.body_timeout_s,
-        access_log=settings.access_log,
+        shape_of=v2_errors.error_shape,
     )
-    return app
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, access_log=settings.access_log
+    )
 
 
 def package_version() -> str:

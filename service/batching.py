@@ -22,10 +22,10 @@ EncodeFn = Callable[[np.ndarray], Encoded | Awaitable[Encoded]]
 class MicroBatcher:
     def __init__(self, encode: EncodeFn, max_rows: int, max_wait_s: float) -> None:
         self.encode, self.max_rows, self.max_wait_s = encode, max_rows, max_wait_s
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending: list[tuple[np.ndarray, asyncio.Future[Encoded]]] = []
         self._rows = 0
         self._timer: asyncio.Handle | None = None
-        self._running: set[asyncio.Task] = set()  # batches being encoded (the loop keeps weak references)
+        self._running: set[asyncio.Task[None]] = set()  # batches being encoded (the loop keeps weak references)
         self.calls = 0  # onnxruntime calls made, for tests and metrics
 
     def close(self) -> None:
@@ -38,7 +38,7 @@ class MicroBatcher:
 
     async def submit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future[Encoded] = loop.create_future()
         self._pending.append((pixels, future))
         self._rows += len(pixels)
         if self._rows >= self.max_rows:
@@ -62,7 +62,7 @@ class MicroBatcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future[Encoded]]]) -> None:
         try:
             result = self.encode(np.concatenate([pixels for pixels, _ in items]))
             mean, logvar = (await result) if inspect.isawaitable(result) else result

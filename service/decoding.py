@@ -6,10 +6,10 @@ Then each image is decoded where its worst case is affordable:
 
 - inline, on the event loop, when it is a PNG or JPEG whose bytes (`decode_inline_bytes`) and
   declared pixels (`decode_inline_pixels`) are both small and whose header is a few segments with
-  no compressed text (`few_segments`). The work for such an image is bounded by 8 kB and 128x128,
-  a fraction of a millisecond. This is the common case (a 28x28 PNG), and it costs what the decode
-  on the loop cost before; a round trip to a process costs about 2.5x the CPU and up to 1 ms more
-  latency (`python -m bench.decode_cost`).
+  no compressed text (`few_segments`). The work for such an image is bounded by those limits, so
+  the stall it puts on the loop is bounded too. This is the common case (a 28x28 PNG), for which a
+  round trip to a process would cost more CPU and latency than the decode itself (the figures are
+  in docs/design/serving-measurements.md).
 - otherwise in a pool of `decode_workers` processes, one request's images in one job, with one
   deadline per job. Threads cannot be stopped, so a decode past its deadline would keep its
   slot; a process is killed and replaced, and the slot is free at once. At most
@@ -129,9 +129,10 @@ PNG_INFLATED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
 
 def few_segments(blob: bytes) -> bool:
     """Whether opening the image walks at most MAX_INLINE_SEGMENTS chunks or markers and inflates no
-    text: Pillow reads PNG chunks and JPEG markers one by one in Python (8 kB of empty JPEG comments
-    cost it 6 ms) and inflates PNG text and ICC chunks on open. PNG and JPEG only; other formats go
-    to a process. At most MAX_INLINE_SEGMENTS steps, so the check is cheap whatever the bytes."""
+    text: Pillow reads PNG chunks and JPEG markers one by one in Python (so a small file of many empty
+    JPEG comments costs far more than its size suggests) and inflates PNG text and ICC chunks on
+    open. PNG and JPEG only; other formats go to a process. At most MAX_INLINE_SEGMENTS steps, so the
+    check is cheap whatever the bytes."""
     if blob.startswith(PNG_SIGNATURE):
         position = len(PNG_SIGNATURE)
         for _ in range(MAX_INLINE_SEGMENTS):
@@ -211,7 +212,7 @@ class DecodePool:
         self._closed = threading.Event()
         self._context = _context()
 
-    async def run(self, job: tuple, timeout_s: float) -> list[np.ndarray]:
+    async def run(self, job: tuple[Any, ...], timeout_s: float) -> list[np.ndarray]:
         if self._jobs >= self.workers + self.queue_limit:
             raise ApiError(
                 429,
@@ -227,7 +228,8 @@ class DecodePool:
         finally:
             self._jobs -= 1
         if outcome[0] == "ok":
-            return outcome[1]
+            images: list[np.ndarray] = outcome[1]
+            return images
         if outcome[0] == "error":
             raise ApiError(*outcome[1:])
         if outcome[0] == "timeout":
@@ -251,7 +253,7 @@ class DecodePool:
             except queue.Empty:
                 return
 
-    def _exchange(self, job: tuple, timeout_s: float) -> tuple:
+    def _exchange(self, job: tuple[Any, ...], timeout_s: float) -> tuple[Any, ...]:
         """In a thread holding one of `workers` slots: hand the job to an idle process, wait up to the deadline."""
         try:
             worker = self._idle.get_nowait()
@@ -277,7 +279,7 @@ class DecodePool:
             worker.kill()
         else:
             self._idle.put(worker)
-        return outcome
+        return tuple(outcome)
 
 
 class _Worker:
@@ -315,7 +317,7 @@ def _serve(connection: Any) -> None:
         except (EOFError, OSError):
             return
         try:
-            outcome: tuple = ("ok", decode_job(*job))
+            outcome: tuple[Any, ...] = ("ok", decode_job(*job))
         except MemoryError:
             outcome = ("error", 413, "image_too_large", "the image needs more memory to decode than a decoder has")
         except ApiError as exc:

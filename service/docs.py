@@ -46,7 +46,7 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
     async def swagger_ui() -> HTMLResponse:
         # validatorUrl null: Swagger UI would otherwise send the document to an online validator.
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url,
+            openapi_url=app.openapi_url or "/openapi.json",
             title=f"{title} - Swagger UI",
             swagger_js_url=f"{ASSETS_URL}/{SWAGGER_JS}",
             swagger_css_url=f"{ASSETS_URL}/{SWAGGER_CSS}",
@@ -57,7 +57,7 @@ def install(app: FastAPI, latent_dim: Callable[[], int | None]) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         return get_redoc_html(
-            openapi_url=app.openapi_url,
+            openapi_url=app.openapi_url or "/openapi.json",
             title=f"{title} - ReDoc",
             redoc_js_url=f"{ASSETS_URL}/{REDOC_JS}",
             redoc_favicon_url=f"{ASSETS_URL}/{FAVICON}",

@@ -106,8 +106,11 @@ class Engine:
     def anomaly(self, pixels: np.ndarray, seed: int, binarize_seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Scores (N,) of the calibration's method and the statistics (N,) they are built from; every draw
         keyed by (seed, content), so an image scores the same alone or in any batch."""
+        calibration = self.calibration
+        if calibration is None:  # service/anomaly_scoring.py answers 409 before it gets here
+            raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has no anomaly calibration")
         stats = anomaly.statistics(self.model, self.likelihood, pixels, seed, binarize_seed)
-        return self.calibration.score(stats), stats
+        return calibration.score(stats), stats
 
     def data_space(self, binarize_seed: int) -> str:
         return self.likelihood.describe_draw(binarize_seed)

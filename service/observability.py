@@ -1,11 +1,11 @@
-"""Request ids, Prometheus metrics, body guards, error containment and access logs: one pure-ASGI middleware.
+"""Request ids, Prometheus metrics, access logs and the generic 500: the outer pure-ASGI middleware.
 
-Pure ASGI (not BaseHTTPMiddleware) keeps the per-request cost to a few dictionary operations.
+The limits on request bodies are the next one in (service/limits.py). Pure ASGI (not
+BaseHTTPMiddleware) keeps the per-request cost to a few dictionary operations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextvars
 import json
@@ -17,12 +17,13 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import HTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
+from service.errors import ShapeResolver, native_shape
+from service.limits import CLIENT_CLOSED, ClientGone
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -41,7 +42,7 @@ class Metrics:
         multiprocess_dir = os.environ.get(MULTIPROCESS_DIR)
         self.registry = CollectorRegistry(auto_describe=not multiprocess_dir)
         if multiprocess_dir:  # the values live in the files: the metrics need no registry of their own
-            _WorkerGroupCollector(self.registry, multiprocess_dir)
+            _WorkerGroupCollector(self.registry, multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped base
             atexit.register(mark_process_dead, os.getpid(), multiprocess_dir)
         own = None if multiprocess_dir else self.registry
         self.requests = Counter(
@@ -83,14 +84,15 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.workers.set(1)
-        self._children: dict[tuple, Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def model_changed(self, name: str, version: str, state: str) -> None:
         """The registry's hook: a version became READY, or stopped being served."""
         self.model_info.labels(name, version).set(1 if state == "READY" else 0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count and time one request; the labelled children are cached (labels() costs ~4 us each)."""
+        """Count and time one request; the labelled children are cached: labels() checks and hashes its
+        values on every call, a cost each request would pay twice."""
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:
@@ -121,10 +123,10 @@ class _WorkerGroupCollector(MultiProcessCollector):
                 pid = int(name[:-3].rsplit("_", 1)[1])
                 if not _alive(pid):
                     try:
-                        mark_process_dead(pid, self._path)
+                        mark_process_dead(pid, self._path)  # type: ignore[no-untyped-call]
                     except FileNotFoundError:  # another worker's scrape removed it first
                         pass
-        return super().collect()
+        return super().collect()  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
 
 
 def _alive(pid: int) -> bool:
@@ -137,179 +139,55 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class BodyTimeout(HTTPException):
-    """The body did not arrive in time. An HTTPException, so FastAPI's JSON body parsing lets it
-    through to the error layer as it is; Connection: close, as the client may still be sending."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(408, f"the request body did not arrive within {seconds:g} s", headers={"Connection": "close"})
-
-
 class ObservabilityMiddleware:
-    """Sets X-Request-ID, counts and times requests per route, guards request bodies (size, upload
-    count, deadline), and turns a client abort into one log line and status 499, an unexpected
-    exception into one logged traceback and a generic 500 that carries the request id."""
+    """Sets X-Request-ID, counts and times requests per route, writes the access log, and turns an
+    unexpected exception into one logged traceback and a generic 500 that carries the request id.
+    A client that left (`ClientGone`, from the limits middleware inside this one) counts as 499."""
 
     def __init__(
-        self, app: Any, state: Any, max_body: int, max_uploads: int, body_timeout_s: float, access_log: bool = False
+        self, app: ASGIApp, metrics: Metrics, shape_of: ShapeResolver = native_shape, access_log: bool = False
     ) -> None:
-        self.app, self.state, self.metrics = app, state, state.metrics
-        self.max_body, self.max_uploads, self.body_timeout_s = max_body, max_uploads, body_timeout_s
-        self.uploads: set[_Body] = set()  # bodies being received now
-        self._sweeper: asyncio.Task[None] | None = None
+        self.app, self.metrics, self.shape_of = app, metrics, shape_of
         self.log = logging.getLogger("vae.access") if access_log else None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
         request_id = _request_id(scope)
         token = request_id_var.set(request_id)
-        path = scope["path"]
-        method = scope["method"]
-        status = 500
-        started = False
         header = (b"x-request-id", request_id.encode())
-        body: _Body | None = None
-        aborted = False
+        status, started = 500, False
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status, started
-            if body is not None and body.disconnected:  # nobody to answer
-                return
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                message["headers"] = [*message.get("headers", []), header]
-                if 300 <= status < 400:
-                    message["headers"] = _relative_locations(message["headers"])
+                headers = [*message.get("headers", []), header]
+                message["headers"] = _relative_locations(headers) if 300 <= status < 400 else headers
             await send(message)
 
         try:
-            length = _body_length(scope)
-            if length is None:
-                await self.app(scope, receive, send_with_id)
-                return
-            if length > self.max_body:  # before a byte of the body is read
-                await _reject(
-                    send_with_id,
-                    413,
-                    "payload_too_large",
-                    f"request body exceeds the limit of {self.max_body} bytes",
-                    v2=errors.is_v2(path),
-                )
-                return
-            if len(self.uploads) >= self.max_uploads:
-                self.metrics.rejected.inc()
-                await _reject(
-                    send_with_id,
-                    429,
-                    "overloaded",
-                    f"more than {self.max_uploads} uploads in progress; retry shortly",
-                    v2=errors.is_v2(path),
-                )
-                return
-            body = _Body(self, receive)
-            if self._sweeper is None:
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-            try:
-                await self.app(scope, body.receive, send_with_id)
-            finally:
-                body.release()
-        except Exception as exc:
-            aborted = isinstance(exc, ClientDisconnect) or (body is not None and body.disconnected)
-            if not aborted:
-                errors.log.exception("unhandled error on %s %s", method, path)
-                if not started:  # else the connection is cut mid-response, which the client notices
-                    await _reject(send_with_id, 500, *errors.INTERNAL_ERROR, v2=errors.is_v2(path))
+            await self.app(scope, receive, send_with_id)
+        except ClientGone:
+            status = CLIENT_CLOSED
+        except Exception:
+            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:  # else the connection is cut mid-response, which the client notices
+                body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
+                await errors.send_error(send_with_id, 500, body)
         finally:
-            if aborted or (body is not None and body.disconnected):
-                status = CLIENT_CLOSED
-                errors.log.info("client disconnected before its request was answered: %s %s", method, path)
-            elapsed = time.perf_counter() - began
-            # The matched route's template (FastAPI puts the route in the scope): one label per route,
-            # whatever the path parameters, with no list of paths to keep in sync.
-            route = getattr(scope.get("route"), "path", "other")
-            self.metrics.observe_request(route, method, status, elapsed)
-            if self.log is not None and self.log.isEnabledFor(logging.INFO):
-                self.log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000)
+            self._record(scope, status, time.perf_counter() - began)
             request_id_var.reset(token)
 
-    async def _sweep(self) -> None:
-        """Times out bodies past their deadline, checking every `tick`; runs while any is being received.
-        One sweeper instead of a timer per receive: asyncio.timeout_at costs about 27 us a call,
-        a timer per request more than the rest of this middleware (python3.11, this machine)."""
-        tick = min(1.0, self.body_timeout_s / 10)
-        try:
-            while self.uploads:
-                await asyncio.sleep(tick)
-                now = time.monotonic()
-                for body in [body for body in self.uploads if body.deadline <= now]:
-                    body.expire()
-        finally:
-            self._sweeper = None
-
-
-CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first
-
-
-class _Body:
-    """A request body being received: it holds an upload slot until its last byte (or the end of the
-    request); a receive still waiting at the deadline is cancelled by the sweeper and raises 408."""
-
-    __slots__ = ("deadline", "disconnected", "expired", "holding", "inner", "owner", "received", "waiting")
-
-    def __init__(self, owner: ObservabilityMiddleware, receive: Any) -> None:
-        self.owner, self.inner = owner, receive
-        self.deadline = time.monotonic() + owner.body_timeout_s
-        self.received, self.holding, self.disconnected, self.expired = 0, True, False, False
-        self.waiting: asyncio.Task[Any] | None = None
-        owner.uploads.add(self)
-
-    def release(self) -> None:
-        if self.holding:
-            self.holding = False
-            self.owner.uploads.discard(self)
-
-    def expire(self) -> None:
-        if self.waiting is not None and not self.expired:
-            self.expired = True
-            self.waiting.cancel()
-
-    async def receive(self) -> dict:
-        if not self.holding:  # the body is in: what is left is waiting for a disconnect
-            message = await self.inner()
-            self.disconnected = self.disconnected or message["type"] == "http.disconnect"
-            return message
-        if time.monotonic() >= self.deadline:  # past it while busy between receives
-            self.release()
-            raise BodyTimeout(self.owner.body_timeout_s)
-        self.waiting = asyncio.current_task()
-        try:
-            message = await self.inner()
-        except asyncio.CancelledError:
-            if not self.expired:
-                raise
-            self.waiting.uncancel()
-            self.release()
-            raise BodyTimeout(self.owner.body_timeout_s) from None
-        finally:
-            self.waiting = None
-        if message["type"] == "http.request":
-            self.received += len(message.get("body", b""))
-            if self.received > self.owner.max_body:  # a chunked body has no Content-Length to check first
-                self.release()
-                raise HTTPException(
-                    413,
-                    f"request body exceeds the limit of {self.owner.max_body} bytes",
-                    headers={"Connection": "close"},
-                )
-            if not message.get("more_body", False):
-                self.release()
-        else:
-            self.disconnected = True
-            self.release()
-        return message
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        # The matched route's template (FastAPI puts the route in the scope): one label per route,
+        # whatever the path parameters, with no list of paths to keep in sync.
+        route = getattr(scope.get("route"), "path", "other")
+        self.metrics.observe_request(route, scope["method"], status, elapsed)
+        if self.log is not None and self.log.isEnabledFor(logging.INFO):
+            self.log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
 
 
 def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -326,37 +204,14 @@ def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     return rewritten
 
 
-def _request_id(scope: dict) -> str:
+def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _VALID_ID.match(candidate):
                 return candidate
             break
     return uuid.uuid4().hex
-
-
-def _body_length(scope: dict) -> int | None:
-    """The declared body length; 0 for a chunked body (counted as it arrives); None without a body.
-    (The server has already refused a malformed or contradictory Content-Length with 400.)"""
-    length = None
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            length = int(value) if value.isdigit() else 0
-        elif name == b"transfer-encoding":
-            return 0
-    return length or None
-
-
-async def _reject(send: Any, status: int, code: str, message: str, v2: bool = False) -> None:
-    body = json.dumps({"error": message} if v2 else {"error": {"code": code, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 429:
-        headers.append((b"retry-after", b"1"))
-    elif status == 413:  # the client may still be sending the body
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class _RequestIdFilter(logging.Filter):

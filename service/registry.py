@@ -1,8 +1,8 @@
-"""The model repository: every model and version under one directory, loaded, swapped and unloaded
-while the server runs, with the semantics of Triton's model-repository extension.
+"""The live registry: every model and version of the repository, loaded, swapped and unloaded while
+the server runs, with the semantics of Triton's model-repository extension. What the disk holds is
+read by service/repository_scan.py.
 
-`DIR/<name>/<version>/` holds what `vae-export` writes; `DIR/<name>/config.json` may set the
-version policy. The registry keeps, per model, the versions it serves, as an immutable mapping
+The registry keeps, per model, the versions it serves, as an immutable mapping
 that a load replaces in one assignment: a request resolves its version once and holds that
 version's engine until it finishes, so a swap never pulls a model from under a running request,
 and the old version's onnxruntime sessions are freed when the last request holding them ends.
@@ -11,23 +11,22 @@ and the old version's onnxruntime sessions are freed when the last request holdi
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from service.memory import return_freed_memory
+from service.repository_scan import ModelSource, version_key
 
 log = logging.getLogger("vae.service")
 T = TypeVar("T")
-READY, UNAVAILABLE, LOADING = "READY", "UNAVAILABLE", "LOADING"
-CONFIG_FILE = "config.json"
+State = Literal["READY", "UNAVAILABLE", "LOADING"]
+READY: Final = "READY"
+UNAVAILABLE: Final = "UNAVAILABLE"
+LOADING: Final = "LOADING"
 
 
 class ModelNotFound(LookupError):
@@ -38,175 +37,15 @@ class LoadFailed(RuntimeError):
     """A load changed nothing or not everything; the message says what failed and what still serves."""
 
 
-class _Latest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    num_versions: int = Field(1, ge=1)
-
-
-class _Specific(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    versions: list[str] = Field(min_length=1)
-
-
-class VersionPolicy(BaseModel):
-    """Which versions of a model are served: Triton's `version_policy`, as JSON. Exactly one of
-    latest (the highest `num_versions`), all, or specific (a pinned list)."""
-
-    model_config = ConfigDict(extra="forbid")
-    latest: _Latest | None = None
-    all: dict[str, Any] | None = None
-    specific: _Specific | None = None
-
-    def select(self, versions: list[str]) -> list[str]:
-        ordered = sorted(versions, key=version_key)
-        if self.all is not None:
-            return ordered
-        if self.specific is not None:
-            return [v for v in ordered if v in self.specific.versions]
-        return ordered[-(self.latest or _Latest()).num_versions :]
-
-    def describe(self) -> str:
-        if self.all is not None:
-            return "all"
-        if self.specific is not None:
-            return f"specific {self.specific.versions}"
-        return f"latest {(self.latest or _Latest()).num_versions}"
-
-
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Numeric dotted parts compare as numbers ("2.10.0" > "2.9.1"); other parts as text, after numbers."""
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.\-+_]", version))
-
-
 @dataclass(frozen=True)
 class Status:
     name: str
     version: str
-    state: Literal["READY", "UNAVAILABLE", "LOADING"]
+    state: State
     reason: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "state": self.state, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """What the disk holds for one model: its loadable version directories, the versions that
-    cannot be loaded (with why), and the version policy."""
-
-    name: str
-    versions: dict[str, Path]
-    problems: dict[str, str]
-    policy: VersionPolicy
-    fingerprint: tuple[Any, ...] = ()
-
-
-def manifest_identity(directory: Path) -> tuple[str, str]:
-    """(name, version) from a version directory's manifest, without loading its graphs."""
-    path = directory / "manifest.json"
-    try:
-        raw = json.loads(path.read_text())
-        return str(raw["name"]), str(raw["version"])
-    except FileNotFoundError:
-        raise ValueError(f"{path} not found: a version directory holds what vae-export writes") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a readable manifest ({type(exc).__name__})") from None
-
-
-def _fingerprint(directory: Path) -> tuple[Any, ...]:
-    try:
-        stat = (directory / "manifest.json").stat()
-        return (directory.name, stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        return (directory.name, None)
-
-
-def scan_repository(repository: Path) -> dict[str, ModelSource]:
-    """Every model directory under `repository`, with its versions checked against their manifests.
-    A symbolic link is followed only where it stays inside the repository: one pointing out (at /etc,
-    say) is listed as a problem and never read."""
-    sources: dict[str, ModelSource] = {}
-    if not repository.is_dir():
-        return sources
-    root = repository.resolve()
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        escape = _escapes(model_dir, root)
-        if escape:
-            sources[model_dir.name] = ModelSource(model_dir.name, {}, {"-": escape}, VersionPolicy(), (escape,))
-            continue
-        sources[model_dir.name] = scan_model(model_dir, root)
-    return sources
-
-
-def _escapes(path: Path, root: Path) -> str:
-    """Why `path` may not be read (a link that leads out of `root`), or "" when it may."""
-    if path.resolve().is_relative_to(root):
-        return ""
-    return f"{path.name} is a symbolic link out of the model repository (to {path.resolve()}); not followed"
-
-
-def _escaping_entry(version_dir: Path, root: Path) -> str:
-    """The first entry of a version directory (itself included) that leads out of the repository, or ""."""
-    for path in (version_dir, *sorted(version_dir.iterdir())):
-        reason = _escapes(path, root)
-        if reason:
-            return reason
-    return ""
-
-
-def scan_model(model_dir: Path, root: Path | None = None) -> ModelSource:
-    """One model's directory; with `root`, every version directory and file must stay inside it."""
-    name = model_dir.name
-    versions: dict[str, Path] = {}
-    problems: dict[str, str] = {}
-    policy = VersionPolicy()
-    config_path = model_dir / CONFIG_FILE
-    escape = _escapes(config_path, root) if root is not None and config_path.is_file() else ""
-    if escape:
-        return ModelSource(name, {}, {"-": escape}, policy, (escape,))
-    if config_path.is_file():
-        try:
-            policy = ModelConfig.model_validate_json(config_path.read_bytes()).version_policy
-        except (ValidationError, OSError) as exc:
-            reason = (
-                f'{config_path} is invalid: {str(exc).splitlines()[0]}; expected {{"version_policy": '
-                '{"latest": {"num_versions": 1}} | {"all": {}} | {"specific": {"versions": [...]}}}'
-            )
-            problems = {p.name: reason for p in model_dir.iterdir() if p.is_dir()}
-            return ModelSource(name, {}, problems or {"-": reason}, policy, (config_path.stat().st_mtime_ns,))
-    prints = []
-    for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        prints.append(_fingerprint(version_dir))
-        escape = _escaping_entry(version_dir, root) if root is not None else ""
-        if escape:
-            problems[version_dir.name] = escape
-            continue
-        try:
-            found = manifest_identity(version_dir)
-        except ValueError as exc:
-            problems[version_dir.name] = str(exc)
-            continue
-        if found != (name, version_dir.name):
-            problems[version_dir.name] = (
-                f"directory {name}/{version_dir.name} holds the manifest of {found[0]} "
-                f"{found[1]}: the directory names must equal the manifest's name and "
-                "version"
-            )
-            continue
-        versions[version_dir.name] = version_dir
-    config_print = config_path.stat().st_mtime_ns if config_path.is_file() else None
-    return ModelSource(name, versions, problems, policy, (config_print, *prints))
-
-
-def single_model(directory: Path) -> dict[str, ModelSource]:
-    """`--model-dir D`: a repository of one model, named by D's manifest (D's own name is free)."""
-    name, version = manifest_identity(directory)
-    return {name: ModelSource(name, {version: directory}, {}, VersionPolicy(all={}), (_fingerprint(directory),))}
 
 
 @dataclass
@@ -306,56 +145,31 @@ class Registry(Generic[T]):
             for version, reason in source.problems.items():
                 self._set(Status(name, version, UNAVAILABLE, reason), log_reason=True)
             selected = source.policy.select(list(source.versions))
-            current = self._served.get(name, {})
             for version in selected:
                 self._status[(name, version)] = Status(name, version, LOADING)
             loaded, failed = await self._load_versions(name, source, selected)
-            kept = {v: current[v] for v in failed if v in current}  # a failed reload keeps the working copy
-            new = {**kept, **loaded}
-            if not new and current:
-                new = dict(current)  # nothing loaded: nothing changes
-            for version in current:
-                if version not in new:
-                    self._set(
-                        Status(
-                            name,
-                            version,
-                            UNAVAILABLE,
-                            f"unloaded: not selected by the version policy ({source.policy.describe()})",
-                        )
-                    )
-            for version in failed:
-                if version in new:
-                    self._set(
-                        Status(
-                            name,
-                            version,
-                            READY,
-                            f"reload failed, still serving the copy loaded earlier: {failed[version]}",
-                        )
-                    )
-            self._serve({**self._served, name: new})
-            if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
-                self._unloaded.discard(name)
-            # A broken directory the policy would have chosen fails the load, as one that failed to load does.
-            broken = {
-                v: source.problems[v]
-                for v in source.policy.select([*source.versions, *source.problems])
-                if v in source.problems
-            }
-            if failed or broken:
-                serving = ", ".join(sorted(new, key=version_key)) or "nothing"
-                raise LoadFailed(
-                    f"failed to load {name} "
-                    + "; ".join(f"{v}: {r}" for v, r in {**broken, **failed}.items())
-                    + f" (serving: {serving})"
-                )
-            if not selected:
-                raise LoadFailed(
-                    f"failed to load {name}: no loadable version in the repository "
-                    f"(policy {source.policy.describe()}; found {sorted(source.versions) or 'none'})"
-                )
-            return [self._status[(name, v)] for v in sorted(new, key=version_key)]
+            serving = self._swap_in(name, source, loaded, failed)
+            _check_load(name, source, selected, serving, failed)
+            return [self._status[(name, v)] for v in sorted(serving, key=version_key)]
+
+    def _swap_in(self, name: str, source: ModelSource, loaded: dict[str, T], failed: dict[str, str]) -> dict[str, T]:
+        """Serve what loaded; a version whose reload failed keeps its working copy, and when nothing
+        loaded nothing changes. Returns the versions now served."""
+        current = self._served.get(name, {})
+        kept = {v: current[v] for v in failed if v in current}
+        new = {**kept, **loaded} or dict(current)
+        for version in current:
+            if version not in new:
+                reason = f"unloaded: not selected by the version policy ({source.policy.describe()})"
+                self._set(Status(name, version, UNAVAILABLE, reason))
+        for version in failed:
+            if version in new:
+                reason = f"reload failed, still serving the copy loaded earlier: {failed[version]}"
+                self._set(Status(name, version, READY, reason))
+        self._serve({**self._served, name: new})
+        if new:  # until a version serves again, an unloaded model stays "unloaded" (404), not "failed" (503)
+            self._unloaded.discard(name)
+        return new
 
     async def unload(self, name: str) -> None:
         async with self._lock(name):
@@ -429,6 +243,27 @@ class Registry(Generic[T]):
             if status.reason:
                 line += f" ({status.reason})"
             (log.error if log_reason and status.state == UNAVAILABLE else log.info)("%s", line)
+
+
+def _check_load(
+    name: str, source: ModelSource, selected: list[str], serving: dict[str, Any], failed: dict[str, str]
+) -> None:
+    """LoadFailed unless every version the policy chose now serves. A broken directory the policy
+    would have chosen fails the load, as one that failed to load does."""
+    broken = {
+        v: source.problems[v]
+        for v in source.policy.select([*source.versions, *source.problems])
+        if v in source.problems
+    }
+    if failed or broken:
+        served = ", ".join(sorted(serving, key=version_key)) or "nothing"
+        reasons = "; ".join(f"{v}: {r}" for v, r in {**broken, **failed}.items())
+        raise LoadFailed(f"failed to load {name} {reasons} (serving: {served})")
+    if not selected:
+        raise LoadFailed(
+            f"failed to load {name}: no loadable version in the repository "
+            f"(policy {source.policy.describe()}; found {sorted(source.versions) or 'none'})"
+        )
 
 
 def _log_release(engine: object, name: str, version: str) -> None:

@@ -26,6 +26,10 @@ def grid_response(images: np.ndarray, headers: dict[str, str] | None = None) -> 
 
 def json_response(payload: dict[str, Any]) -> Response:
     """Payloads are built from typed values (numpy arrays included); the response_model on each route
-    documents them. orjson writes float32 in its shortest round-trip form, and skips the float64
-    lists whose repr was json.dumps' main cost in `python -m bench.inprocess --profile`."""
+    documents them, and tests/unit/service/test_responses.py checks the bodies against it. The hot
+    routes (/encode, the micro-batched encoder) do not build a pydantic model per request: it would
+    validate and copy every latent number again, on the route whose cost the benchmark holds to the
+    minimal app's (docs/design/serving-measurements.md). orjson writes float32 in its shortest
+    round-trip form, and skips the float64 lists whose repr was json.dumps' main cost in
+    `python -m bench.inprocess --profile`."""
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,7 +10,10 @@ from model.core.scoring import ESTIMATORS
 from service.params import QueryModel
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Estimator = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the names of model.core.scoring's estimators
+if TYPE_CHECKING:  # a Literal built at run time is opaque to the type checker
+    Estimator = str
+else:
+    Estimator = Literal[tuple(ESTIMATORS)]  # the names of model.core.scoring's estimators
 
 
 class ModelRef(BaseModel):

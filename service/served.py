@@ -57,12 +57,11 @@ class ServedModel:
     metrics: Metrics
     batcher: MicroBatcher | None = None
     in_flight: int = 0  # model calls running or queued: the max_in_flight limit, per version
-    calls: ModelCalls = field(default=None, repr=False)  # type: ignore[assignment]  # made from the fields
+    calls: ModelCalls = field(init=False, repr=False)  # made from the fields
     closed: bool = False  # no longer served: requests that resolved it before still finish on it
 
     def __post_init__(self) -> None:
-        if self.calls is None:
-            self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics)
+        self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics)
 
     @classmethod
     def create(cls, engine: Engine, settings: Settings, metrics: Metrics) -> ServedModel:
@@ -97,7 +96,7 @@ class ServedModel:
 
     def _admit(self) -> None:
         """Take a model slot, or 429. Counted around the model work only, so a slow upload (its own
-        limit and deadline live in the observability middleware) never holds one."""
+        limit and deadline live in the limits middleware, service/limits.py) never holds one."""
         if self.in_flight >= self.settings.max_in_flight:
             self.metrics.rejected.inc()
             raise ApiError(
@@ -128,7 +127,9 @@ class ServedModel:
     async def _call(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
         return await self.calls(operation, rows, fn, *args)
 
-    async def encode(self, pixels: np.ndarray, sample: bool, seed: int):
+    async def encode(
+        self, pixels: np.ndarray, sample: bool, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """/encode's model call: through the micro-batcher when it is on. (Small model calls run inline
         and never overlap, so "other calls in flight" cannot tell when to batch; with a wait of 0 the
         batcher costs a lone request one event-loop iteration.)"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         262_144,
         gt=0,
         description="largest JSON body (/decode's latents: max_batch x "
-        "latent_dim numbers need tens of kB); parsing holds the event loop, ~2 ms per 256 kB",
+        "latent_dim numbers need tens of kB); parsing holds the event loop, so this bounds the stall",
     )
     max_response_bytes: int = Field(
         64 * 1024 * 1024,
@@ -116,15 +116,14 @@ class Settings(BaseSettings):
         le=600,
         description="deadline for decoding one request's "
         "images; past it the decoder process is killed and the request gets 422. "
-        "A 2048x2048 image decodes in about 0.1 s",
+        "The default leaves a wide margin over an image at VAE_MAX_IMAGE_PIXELS",
     )
     decode_inline_bytes: int = Field(
         8192,
         ge=0,
         description="images up to this size in bytes (and "
-        "VAE_DECODE_INLINE_PIXELS) decode on the event loop, where a 28x28 PNG costs "
-        "no more than before; a decoder process round trip costs about 2.5x the CPU "
-        "and up to 1 ms (python -m bench.decode_cost)",
+        "VAE_DECODE_INLINE_PIXELS) decode on the event loop: for a small image, a "
+        "round trip to a decoder process costs more CPU and latency than the decode",
     )
     decode_inline_pixels: int = Field(
         16_384,
@@ -226,7 +225,7 @@ class SettingsError(ValueError):
     """Invalid settings: the message names each bad variable and what it must be."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:

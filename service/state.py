@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
 
 from service.decoding import ImageDecoder
 from service.errors import ApiError
 from service.observability import Metrics
-from service.params import parse_query
+from service.params import Q, parse_query
 from service.registry import ModelNotFound, Registry
 from service.served import ServedModel
 from service.settings import Settings
-
-Q = TypeVar("Q")
 
 
 @dataclass
@@ -25,13 +23,12 @@ class AppState:
     metrics: Metrics
     registry: Registry[ServedModel]
     default_model: str | None = None  # the model of the plain routes (/encode, ...): VAE_DEFAULT_MODEL
-    decoder: ImageDecoder = field(default=None, repr=False)  # type: ignore[assignment]  # from settings
+    decoder: ImageDecoder = field(init=False, repr=False)  # from settings
     started: bool = False  # the first load of the repository has finished, successfully or not
     tasks: list[asyncio.Task[Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        if self.decoder is None:
-            self.decoder = ImageDecoder.from_settings(self.settings)
+        self.decoder = ImageDecoder.from_settings(self.settings)
 
     @property
     def ready(self) -> bool:
@@ -66,7 +63,8 @@ def app_state(request: Request) -> AppState:
     """Routes call this instead of declaring FastAPI dependencies: resolving a dependency costs
     FastAPI four parameter-parsing passes per request, the largest share of /encode's overhead
     over a bare handler in `python -m bench.inprocess --profile`."""
-    return request.app.state.vae
+    state: AppState = request.app.state.vae
+    return state
 
 
 def model_route(request: Request, query_model: type[Q]) -> tuple[AppState, ServedModel, Q]:

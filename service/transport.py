@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import error_bytes
 from service.settings import Settings, load_settings
 
 log = logging.getLogger("vae.transport")
@@ -46,7 +46,9 @@ def _settings() -> Settings:
 
 
 def _rejection(status: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    """A whole HTTP response, written straight to the transport: the request never reached the app,
+    so the service's own shape (no path is known for sure while the headers are refused)."""
+    body = error_bytes(code, message)
     return (
         f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"

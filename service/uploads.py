@@ -6,6 +6,8 @@ says); the images are decoded by `service.decoding`, under its limits and off th
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -66,7 +68,7 @@ async def read_images(
 async def _multipart_files(request: Request, max_bytes: int, max_batch: int) -> list[bytes]:
     body = await read_body(request, max_bytes)
 
-    async def stream():
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     parser = MultiPartParser(request.headers, stream(), max_files=max_batch + 1, max_fields=16)

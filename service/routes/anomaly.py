@@ -1,12 +1,12 @@
 """POST /anomaly: is each image like the model's training data? A calibrated score per image
-(the computation is service/anomaly.py, shared with the v2 protocol's `M.anomaly`)."""
+(the computation is service/anomaly_scoring.py, shared with the v2 protocol's `M.anomaly`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service import anomaly as scoring
+from service import anomaly_scoring as scoring
 from service import responses
 from service.params import openapi_parameters
 from service.routes.addressing import add_model_route

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -19,6 +22,10 @@ from service.schemas import (
     error_responses,
 )
 from service.state import model_route
+
+if TYPE_CHECKING:
+    from service.served import ServedModel
+    from service.state import AppState
 from service.uploads import ACCEPTED, IMAGE_TYPES, read_images
 
 router = APIRouter(tags=["images"])
@@ -57,7 +64,7 @@ IMAGE_BODY = {
 IMAGE_ERRORS = error_responses(400, 413, 415, 422, 429, 503)
 
 
-async def read_model_images(request: Request, state, served):
+async def read_model_images(request: Request, state: AppState, served: ServedModel) -> np.ndarray:
     s = state.settings
     return await read_images(request, served.engine.contract, state.decoder, s.max_upload_bytes, s.max_batch)
 

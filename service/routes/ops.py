@@ -11,15 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model.core.manifest import PriorSpec
 from service.errors import error_response
 from service.routes.addressing import model_paths
-from service.schemas import Health, ModelCard, ModelList, Ready, error_responses
+from service.schemas import Health, ModelCard, ModelList, ModelRef, ModelVersions, Ready, error_responses
 from service.state import app_state
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
 @router.get(
@@ -28,30 +28,27 @@ async def healthz() -> dict[str, str]:
     responses=error_responses(503),
     summary="Readiness: 200 once the default model is loaded, hash-checked and warmed up",
 )
-async def readyz(request: Request):
+async def readyz(request: Request) -> Response | Ready:
     state = app_state(request)
     if not state.ready:
         return error_response(503, "not_ready", state.not_ready_message(), {"Retry-After": "1"})
-    return {"status": "ready", "model": state.resolve().ref}
+    return Ready(status="ready", model=ModelRef(**state.resolve().ref))
 
 
 @router.get("/v1/models", response_model=ModelList, summary="The models and versions being served")
-async def model_list(request: Request) -> dict:
+async def model_list(request: Request) -> ModelList:
     state = app_state(request)
-    return {
-        "models": [
-            {
-                "name": name,
-                "versions": versions,
-                "default_version": versions[-1],
-                "default": name == state.default_model,
-            }
+    return ModelList(
+        models=[
+            ModelVersions(
+                name=name, versions=versions, default_version=versions[-1], default=name == state.default_model
+            )
             for name, versions in sorted(state.registry.served().items())
         ]
-    }
+    )
 
 
-async def model_card(request: Request) -> dict:
+async def model_card(request: Request) -> dict[str, Any]:
     state = app_state(request)
     served = state.resolve(request.path_params.get("name"), request.path_params.get("version"))
     manifest = served.engine.model.manifest

@@ -24,6 +24,7 @@ from service.schemas import V2ErrorBody
 from service.state import app_state
 from service.uploads import read_body
 from service.v2.codec import ProtocolError, check_structure, quoted
+from service.v2.errors import as_v2_error, v2_error
 from service.v2.models import split_name, v2_names
 from service.v2.schemas import ModelReadyResponse
 
@@ -54,7 +55,7 @@ VERSION = {
     ]
 }
 V2_ERROR = {"model": V2ErrorBody}
-CONTROL_ERRORS = {
+CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {**V2_ERROR, "description": "the load failed; what still serves is named"},
     401: {**V2_ERROR, "description": "missing or wrong bearer token"},
     403: {**V2_ERROR, "description": "repository control is off (no VAE_ADMIN_TOKEN)"},
@@ -65,10 +66,6 @@ INDEX_EXAMPLE = [{"name": "fashion-mnist-vae", "version": "2.0.0", "state": "REA
 
 CONTROL_BODY_BYTES = 65_536  # a control body is {"ready": true} or {"parameters": {...}}: bytes, not megabytes
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vae-service model repository"'}  # RFC 9110: a 401 names its scheme
-
-
-def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _denied(request: Request) -> JSONResponse | None:
@@ -94,10 +91,8 @@ async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
     try:
         body = await read_body(request, CONTROL_BODY_BYTES, setting="the control routes' own limit")
         check_structure(body, "the body")
-    except ApiError as exc:
-        return v2_error(exc.status, exc.message, exc.headers)
-    except ProtocolError as exc:
-        return v2_error(exc.status, exc.message)
+    except (ApiError, ProtocolError) as exc:  # the body's size (413) or its structure (400)
+        return as_v2_error(exc)
     if not body.strip():
         return {}
     try:
@@ -176,7 +171,7 @@ async def repository_unload(request: Request) -> Response:
     return JSONResponse({})
 
 
-READY = {
+READY: dict[int | str, dict[str, Any]] = {
     200: {"model": ModelReadyResponse, "description": "ready"},
     400: {**V2_ERROR, "description": "not ready"},
     404: {**V2_ERROR, "description": "no such model"},
@@ -207,7 +202,7 @@ def _readiness(request: Request, name: str, version: str | None) -> Response:
     registry = app_state(request).registry
     model = repository_model(name)
     if registry.is_ready(model, version):
-        return JSONResponse({"name": name, "ready": True})
+        return JSONResponse(ModelReadyResponse(name=name, ready=True).model_dump())
     which = f"model {quoted(name)}" + (f" version {quoted(version)}" if version else "")
     if model not in registry.known():
         return v2_error(

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from service.served import ServedModel
 from service.v2.codec import ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs
 
@@ -31,27 +32,29 @@ _SPECS: weakref.WeakKeyDictionary[Any, tuple[list[TensorSpec], list[TensorSpec]]
 
 
 def graph_specs(session: Any, outputs: bool) -> list[TensorSpec]:
-    """A session's (inputs, outputs), read once per session: onnxruntime builds them anew on each call,
-    about 18 us for the encoder's three tensors."""
+    """A session's (inputs, outputs), read once per session: onnxruntime builds them anew on each
+    call, a cost per request that nothing about them justifies (they never change)."""
     specs = _SPECS.get(session)
     if specs is None:
-        specs = tuple(
-            [
-                TensorSpec(
-                    a.name,
-                    ONNX_DATATYPES.get(a.type, a.type),
-                    tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape),
-                )
-                for a in args
-            ]
-            for args in (session.get_inputs(), session.get_outputs())
-        )
+        specs = (_tensor_specs(session.get_inputs()), _tensor_specs(session.get_outputs()))
         _SPECS[session] = specs
-    return specs[outputs]
+    return specs[1] if outputs else specs[0]
+
+
+def _tensor_specs(args: Any) -> list[TensorSpec]:
+    """onnxruntime's NodeArgs as specs; a symbolic or unknown dimension is -1."""
+    return [
+        TensorSpec(
+            a.name,
+            ONNX_DATATYPES.get(a.type, a.type),
+            tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape),
+        )
+        for a in args
+    ]
 
 
 def graph_model(suffix: str) -> V2Model:
-    def session(served: Any) -> Any:
+    def session(served: ServedModel) -> Any:  # an onnxruntime InferenceSession
         return getattr(served.engine.model, suffix)
 
     async def run(call: Call) -> tuple[Outputs, dict[str, Any]]:

@@ -15,23 +15,24 @@ import numpy as np
 from pydantic import BaseModel
 
 from model.core.preprocess import array_to_png
-from service import anomaly
+from service import anomaly_scoring
 from service.schemas import AnomalyQuery, ElboQuery, EncodeQuery, SampleQuery
+from service.served import ServedModel
 from service.v2.codec import BYTES, ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs, knobs
 
 OPERATION_PLATFORM = "vae-service_operation"
 
 
-def image_shape(served: Any) -> tuple[int, ...]:
+def image_shape(served: ServedModel) -> tuple[int, ...]:
     return (-1, *served.engine.model.manifest.input.shape)
 
 
-def latent_shape(served: Any) -> tuple[int, ...]:
+def latent_shape(served: ServedModel) -> tuple[int, ...]:
     return (-1, served.engine.latent_dim)
 
 
-def image_inputs(served: Any) -> list[TensorSpec]:
+def image_inputs(served: ServedModel) -> list[TensorSpec]:
     return [TensorSpec("image", "FP32", image_shape(served)), TensorSpec("image_bytes", BYTES, (-1,))]
 
 
@@ -44,7 +45,8 @@ async def read_pixels(call: Call, name: str) -> np.ndarray:
         )
     if "image_bytes" in inputs:
         blobs = list(inputs["image_bytes"].data.reshape(-1))
-        return await call.state.decoder.decode(blobs, call.served.engine.contract)
+        decoded: np.ndarray = await call.state.decoder.decode(blobs, call.served.engine.contract)
+        return decoded
     pixels = inputs["image"].data
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 1:
         raise ProtocolError(f"input 'image' of '{name}' must hold finite values in [0, 1], the model's input scale")
@@ -69,11 +71,13 @@ def png_tensor(images: np.ndarray) -> np.ndarray:
     return array
 
 
-def _specs(*entries: tuple[str, str, Callable[[Any], tuple[int, ...]]]) -> Callable[[Any], list[TensorSpec]]:
+def _specs(
+    *entries: tuple[str, str, Callable[[ServedModel], tuple[int, ...]]],
+) -> Callable[[ServedModel], list[TensorSpec]]:
     return lambda served: [TensorSpec(name, datatype, shape(served)) for name, datatype, shape in entries]
 
 
-def rows(_: Any) -> tuple[int, ...]:
+def rows(_: ServedModel) -> tuple[int, ...]:
     return (-1,)
 
 
@@ -95,7 +99,7 @@ async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
     scores = await call.served.run(
         "elbo", len(pixels) * (query.k + 1), engine.score, pixels, query.k, query.seed, binarize, query.estimator
     )
-    outputs = {
+    outputs: dict[str, Any] = {  # arrays; the optional ones only when the estimator computed them
         "elbo": scores.elbo,
         "reconstruction": scores.reconstruction,
         "kl": scores.kl,
@@ -149,9 +153,9 @@ async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
 async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     name = f"{call.served.name}.anomaly"
     query = knobs(AnomalyQuery, call.parameters, name)
-    prepared = anomaly.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
+    prepared = anomaly_scoring.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
     pixels = await read_pixels(call, name)
-    out = await anomaly.score(call.served, pixels, prepared)
+    out = await anomaly_scoring.score(call.served, pixels, prepared)
     statistics = {f"statistic_{key}": values for key, values in out["statistics"].items()}
     return (
         {"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
@@ -165,7 +169,7 @@ async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     )
 
 
-def anomaly_outputs(served: Any) -> list[TensorSpec]:
+def anomaly_outputs(served: ServedModel) -> list[TensorSpec]:
     """score, percentile, is_anomaly, and one statistic_<name> per statistic of the model's calibration."""
     calibration = served.engine.calibration
     names = calibration.score.statistics if calibration is not None else ()
@@ -182,11 +186,13 @@ class _NoKnobs(BaseModel):
 
 
 class _SampleKnobs(BaseModel):
-    """/sample's query without its response format: the tensors are the format here."""
+    """/sample's query without its response format: the tensors are the format here. Each field is the
+    native query's own FieldInfo (default, range, description), which pydantic takes as the default;
+    the type checker sees a FieldInfo where an int is declared, hence the ignores."""
 
-    n: int = SampleQuery.model_fields["n"]
-    seed: int | None = SampleQuery.model_fields["seed"]
-    temperature: float = SampleQuery.model_fields["temperature"]
+    n: int = SampleQuery.model_fields["n"]  # type: ignore[assignment]
+    seed: int | None = SampleQuery.model_fields["seed"]  # type: ignore[assignment]
+    temperature: float = SampleQuery.model_fields["temperature"]  # type: ignore[assignment]
 
 
 IMAGES = ("images", "FP32", image_shape)

@@ -2,24 +2,21 @@
 model readiness, inference. The repository extension is in service/routes/repository.py.
 
 Errors here are `{"error": "<message>"}` as the protocol has them, whatever raised them: each route
-converts its own errors (`protocol_errors`), so the service's own routes keep `{"error": {"code",
-"message"}}`. A 422 of the shared code (bad parameters, an image too costly) is the protocol's 400.
+converts its own errors (`service/v2/errors.py`).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel
 
 from service.errors import ApiError
-from service.registry import version_key
+from service.repository_scan import version_key
 from service.schemas import V2ErrorBody
 from service.state import AppState, app_state
 from service.uploads import read_body
@@ -33,6 +30,7 @@ from service.v2.codec import (
     parse_request,
     quoted,
 )
+from service.v2.errors import protocol_errors, v2_error
 from service.v2.models import MODELS, split_name, v2_names
 from service.v2.schemas import (
     InferenceRequest,
@@ -46,33 +44,13 @@ from service.v2.spec import Call, V2Model
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
-# A body up to this size is parsed on the event loop (well under a millisecond); a larger one in a
-# worker thread: a large JSON header, or BYTES elements that are split one by one in Python.
+# A body up to this size is parsed on the event loop, where its parse costs less than the hop to a
+# thread; a larger one in a worker thread: a large JSON header, or BYTES elements split one by one in Python.
 INLINE_PARSE_BYTES = 65_536
 REPOSITORY_MODEL_PLATFORM = "vae-service_repository_model"
 # The most bytes one element of each kind takes in a JSON response, separator included (orjson writes at
 # most 24 characters for a float, 20 for an integer): the response's size is known before it is built.
 JSON_ELEMENT_BYTES = {"f": 25, "i": 21, "u": 21, "b": 6}
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def protocol_errors(endpoint: Endpoint) -> Endpoint:
-    @functools.wraps(endpoint)
-    async def answer(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ProtocolError as exc:
-            return v2_error(exc.status, exc.message)
-        except ApiError as exc:
-            return v2_error(400 if exc.status == 422 else exc.status, exc.message, exc.headers)
-        except StarletteHTTPException as exc:  # the body's deadline or size, from the middleware's guard
-            return v2_error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    return answer
 
 
 def resolve(state: AppState, v2_name: str, version: str | None) -> tuple[Any, V2Model]:
@@ -123,19 +101,19 @@ def _errors(*statuses: int) -> dict[int | str, Any]:
     return {status: {"model": V2ErrorBody, "description": meaning[status]} for status in statuses}
 
 
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
 
 
 async def ready(request: Request) -> Response:
     state = app_state(request)
     if not state.ready:
         return v2_error(503, state.not_ready_message(), {"Retry-After": "1"})
-    return JSONResponse({"ready": True})
+    return JSONResponse(ReadyResponse(ready=True).model_dump())
 
 
-async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name=request.app.title, version=request.app.version, extensions=EXTENSIONS)
 
 
 @protocol_errors
@@ -234,7 +212,7 @@ INFER_BODY = {
         },
     }
 }
-INFER_OK = {
+INFER_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the outputs; with binary outputs the body is the JSON response (its length "
         "in Inference-Header-Content-Length) followed by their bytes",
@@ -244,7 +222,8 @@ INFER_OK = {
         },
     }
 }
-REQUEST_MODELS = (InferenceRequest, InferenceResponse)  # referenced from openapi_extra; added by service/docs.py
+# Referenced from openapi_extra; service/docs.py adds them to the document.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (InferenceRequest, InferenceResponse)
 
 # Inference first: Starlette tries the routes in order, and each miss costs a regular-expression match.
 for _path, _params in _paths("/infer"):

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from service.v2.codec import ProtocolError, Tensor, listed
+
+if TYPE_CHECKING:  # service.state imports the routes' modules, which import this one
+    from service.served import ServedModel
+    from service.state import AppState
 
 # Request parameters the protocol or its clients define; an operation ignores them.
 PROTOCOL_PARAMETERS = {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
@@ -30,8 +34,8 @@ class TensorSpec:
 class Call:
     """What an operation gets: the served version, the app state, the inputs by name, its parameters."""
 
-    state: Any  # service.state.AppState
-    served: Any  # service.served.ServedModel
+    state: AppState
+    served: ServedModel
     inputs: dict[str, Tensor]
     parameters: dict[str, Any]
 
@@ -43,13 +47,13 @@ Outputs = dict[str, np.ndarray]
 class V2Model:
     suffix: str
     platform: str
-    inputs: Callable[[Any], list[TensorSpec]]  # served -> specs
-    outputs: Callable[[Any], list[TensorSpec]]
+    inputs: Callable[[ServedModel], list[TensorSpec]]
+    outputs: Callable[[ServedModel], list[TensorSpec]]
     run: Callable[[Call], Awaitable[tuple[Outputs, dict[str, Any]]]]  # outputs, response parameters
     description: str = ""
     parameters: type[BaseModel] | None = None  # the knobs, validated as the native route's query
 
-    def metadata(self, name: str, versions: list[str], served: Any) -> dict[str, Any]:
+    def metadata(self, name: str, versions: list[str], served: ServedModel) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": name,
             "versions": versions,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from service.app import create_app, start
 from service.engine import Engine
-from service.registry import ModelSource, VersionPolicy
+from service.repository_scan import ModelSource, VersionPolicy
 from service.settings import Settings
 from tests.unit.service.fakes import SHAPE, FakeVAE
 

@@ -1,4 +1,5 @@
-"""/docs and /redoc work offline, and the OpenAPI document fits the served model."""
+"""/docs and /redoc work offline, and the OpenAPI document fits the served model and documents every
+parameter and error."""
 
 import re
 
@@ -8,6 +9,8 @@ from tests.unit.service.conftest import build, client_for
 from tests.unit.service.fakes import LATENT
 
 pytestmark = pytest.mark.anyio
+
+
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
 
 
@@ -46,3 +49,14 @@ async def test_before_the_model_loads_the_document_has_no_latent_size():
         spec = (await client.get("/openapi.json")).json()
     assert "minItems" not in spec["components"]["schemas"]["DecodeRequest"]["properties"]["z"]["items"]
     assert "examples" not in spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]
+
+
+async def test_openapi_documents_every_parameter_and_error(client):
+    spec = (await client.get("/openapi.json")).json()
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for parameter in operation.get("parameters", []):
+                assert parameter.get("description"), f"{method} {path} {parameter['name']} has no description"
+    assert {"400", "413", "415", "422", "429", "503"} <= set(spec["paths"]["/encode"]["post"]["responses"])
+    assert "multipart/form-data" in spec["paths"]["/elbo"]["post"]["requestBody"]["content"]
+    assert "ErrorBody" in spec["components"]["schemas"]

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import (
-    LoadFailed,
-    ModelNotFound,
-    Registry,
-    VersionPolicy,
-    scan_repository,
-    single_model,
-    version_key,
-)
+from service.registry import LoadFailed, ModelNotFound, Registry
+from service.repository_scan import scan_repository, single_model
 
 pytestmark = pytest.mark.anyio
 
@@ -61,16 +54,6 @@ async def states(registry: Registry) -> dict[tuple[str, str], tuple[str, str]]:
     return {(r["name"], r["version"]): (r["state"], r["reason"]) for r in await registry.index()}
 
 
-def test_versions_order_by_their_numbers():
-    assert sorted(["2.10.0", "2.9.1", "10.0", "2.9.1-rc1", "1"], key=version_key) == [
-        "1",
-        "2.9.1",
-        "2.9.1-rc1",
-        "2.10.0",
-        "10.0",
-    ]
-
-
 @pytest.mark.parametrize(
     ("policy", "served"),
     [
@@ -88,12 +71,6 @@ async def test_the_version_policy_selects_what_is_served(tmp_path, policy, serve
     await registry.load("m")
     assert registry.served() == {"m": served}
     assert registry.resolve("m")[0] == served[-1]  # the default version is the highest served
-
-
-def test_a_policy_names_exactly_one_kind():
-    assert VersionPolicy.model_validate({"specific": {"versions": ["1"]}}).describe() == "specific ['1']"
-    with pytest.raises(ValueError):
-        VersionPolicy.model_validate({"newest": {}})
 
 
 async def test_a_directory_that_differs_from_its_manifest_fails_the_load_naming_both(tmp_path):

@@ -1,6 +1,10 @@
+"""A served model version: its model calls, admission (429 past max_in_flight) and micro-batching."""
+
 import asyncio
 import threading
+import time
 
+import anyio
 import pytest
 
 from service.engine import Engine
@@ -8,11 +12,47 @@ from service.errors import ApiError
 from service.observability import Metrics
 from service.served import ServedModel
 from service.settings import Settings
+from tests.unit.service.conftest import build, client_for, png_bytes
 from tests.unit.service.fakes import FakeVAE
 
 
 def served_with(**settings) -> ServedModel:
     return ServedModel.create(Engine.from_model(FakeVAE()), Settings(**settings), Metrics())
+
+
+pytestmark = pytest.mark.anyio
+
+
+PNG = {"content-type": "image/png"}
+
+
+def error_of(response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"]
+
+
+class GatedVAE(FakeVAE):
+    """Encode calls wait at a gate, so a test can hold requests inside the model for as long as it needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.inside, self._lock = threading.Event(), 0, threading.Lock()
+
+    def encode(self, x):
+        with self._lock:
+            self.inside += 1
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        return super().encode(x)
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await anyio.sleep(0.005)
 
 
 def test_heavy_model_calls_run_on_at_most_inference_threads_threads():
@@ -83,3 +123,26 @@ def test_a_failing_model_call_gives_its_slot_back():
         return await state.run("encode", 1, lambda: "ok")
 
     assert asyncio.run(run()) == "ok" and state.in_flight == 0
+
+
+async def test_overload_is_429_and_the_rest_are_served():
+    fake = GatedVAE()
+    app, _ = build(fake, max_in_flight=2, inline_cost=0, micro_batch=False)  # one model call per request
+    async with client_for(app) as client:
+
+        async def post():
+            return await client.post("/encode", content=png_bytes(0), headers=PNG)
+
+        held = []
+        async with anyio.create_task_group() as group:
+
+            async def hold():
+                held.append(await post())
+
+            for _ in range(2):
+                group.start_soon(hold)
+            await wait_for(lambda: fake.inside == 2)  # both slots are taken, inside the model
+            refused = [await post() for _ in range(3)]
+            fake.gate.set()
+    assert [error_of(r) for r in refused] == [(429, "overloaded")] * 3
+    assert [r.status_code for r in held] == [200, 200] and all(len(r.json()["results"]) == 1 for r in held)

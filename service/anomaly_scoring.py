@@ -26,7 +26,7 @@ class AnomalyRequest:
 
     @property
     def threshold(self) -> float:
-        return self.calibration.threshold(self.fpr)
+        return float(self.calibration.threshold(self.fpr))
 
 
 def prepare(served: ServedModel, fpr: float | None, seed: int | None, binarize_seed: int | None) -> AnomalyRequest:

@@ -1,24 +1,126 @@
-"""/elbo's estimators over the routes: prior and importance sampling, their standard error and ESS,
-for both likelihoods, and the same knobs through the open inference protocol's M.elbo."""
+"""The image routes (service/routes/images.py) in-process over httpx's ASGI transport, with a fake model:
+/encode, /elbo (its estimators, their standard error and ESS, for both likelihoods) and /reconstruct.
+Bodies, not just statuses."""
 
-import json
+import io
+import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model.core import scoring
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
 from tests.unit.service.conftest import build, client_for, png_bytes
-from tests.unit.service.fakes import FakeVAE, LinearGaussianVAE
+from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE, LinearGaussianVAE
 
 pytestmark = pytest.mark.anyio
+
+
 PNG = {"content-type": "image/png"}
+
+
+def error_of(response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"]
+
+
+def fake_contract():
+    from model.core.preprocess import PreprocessContract
+
+    return PreprocessContract(input_shape=SHAPE)
+
+
 NEW_FIELDS = ("log_likelihood_standard_error", "effective_sample_size")
 
 
 def _pixels(fake, body: bytes) -> np.ndarray:
     """(1, C, H, W): the pixels the server decodes from an upload."""
     return bytes_to_array(body, PreprocessContract.from_dict(fake.manifest.preprocessing))[None]
+
+
+async def test_encode_returns_the_models_posterior_for_the_pixels(client, app_and_fake):
+    _, fake = app_and_fake
+    data = png_bytes(1)
+    response = await client.post("/encode", content=data, headers=PNG)
+    body = response.json()
+    assert response.status_code == 200 and body["model"] == {"name": "fake-vae", "version": "9.9.9"}
+    expected_mean, _ = fake.encode(bytes_to_array(data, fake_contract())[None])
+    np.testing.assert_allclose(body["results"][0]["mean"], expected_mean[0], rtol=1e-6)
+    assert body["results"][0]["logvar"] == [-1.0] * LATENT and "z" not in body["results"][0]
+
+
+async def test_encode_sample_is_reproducible_with_a_seed(client):
+    async def z(seed):
+        r = await client.post(f"/encode?sample=true&seed={seed}", content=png_bytes(1), headers=PNG)
+        return r.json()["results"][0]["z"]
+
+    assert await z(5) == await z(5)
+    assert await z(5) != await z(6)
+
+
+async def test_encode_multipart_takes_several_files(client):
+    files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(3)]
+    body = (await client.post("/encode", files=files)).json()
+    assert [r["index"] for r in body["results"]] == [0, 1, 2]
+    assert body["results"][0]["mean"] != body["results"][1]["mean"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"content": b"hello"}, 415, "unsupported_media_type"),
+        ({"content": b"not a png", "headers": PNG}, 400, "invalid_image"),
+        ({"content": png_bytes(0)[:40], "headers": PNG}, 400, "invalid_image"),
+        ({"content": b"", "headers": PNG}, 400, "invalid_image"),
+        ({"files": [("other", ("a.png", png_bytes(0), "image/png"))]}, 422, "missing_file"),
+        ({"files": [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(9)]}, 422, "too_many_images"),
+    ],
+)
+async def test_bad_image_requests_get_their_status_and_code(client, kwargs, status, code):
+    assert error_of(await client.post("/encode", **kwargs)) == (status, code)
+
+
+async def test_image_over_the_pixel_limit_is_413_before_decoding():
+    app, _ = build(max_image_pixels=100)
+    async with client_for(app) as client:
+        response = await client.post("/encode", content=png_bytes(0, size=(20, 20)), headers=PNG)
+    assert error_of(response) == (413, "image_too_large")
+
+
+async def test_elbo_matches_the_scoring_module_on_the_same_pixels_and_seed(client, app_and_fake):
+    _, fake = app_and_fake
+    files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(2)]
+    body = (await client.post("/elbo?k=20&seed=7", files=files)).json()
+    pixels = np.stack([bytes_to_array(png_bytes(i), fake_contract()) for i in range(2)])
+    expected = scoring.score(fake, fake.likelihood, fake.likelihood.images_to_data_space(pixels, 0), 7, k=20)
+    assert body["k"] == 20 and body["seed"] == 7 and "Bernoulli" in body["data_space"]
+    for i, result in enumerate(body["results"]):
+        assert result["elbo"] == pytest.approx(expected.elbo[i])
+        assert result["kl"] == pytest.approx(expected.kl[i])
+        assert result["log_likelihood"] == pytest.approx(expected.log_likelihood[i])
+        assert result["bits_per_dim"] == pytest.approx(-expected.elbo[i] / (64 * math.log(2)))
+
+
+async def test_elbo_with_k_1_has_no_log_likelihood(client):
+    result = (await client.post("/elbo", content=png_bytes(0), headers=PNG)).json()["results"][0]
+    assert result["log_likelihood"] is None and result["elbo"] == pytest.approx(result["reconstruction"] - result["kl"])
+
+
+@pytest.mark.parametrize("k", ["0", "101", "-3"])
+async def test_k_out_of_range_is_422(client, k):
+    status, _ = error_of(await client.post(f"/elbo?k={k}", content=png_bytes(0), headers=PNG))
+    assert status == 422
+
+
+async def test_reconstruct_png_and_json(client):
+    one = await client.post("/reconstruct", content=png_bytes(0), headers=PNG)
+    assert Image.open(io.BytesIO(one.content)).size == (8, 8)
+    files = [("file", (f"{i}.png", png_bytes(i), "image/png")) for i in range(3)]
+    body = (await client.post("/reconstruct?format=json", files=files)).json()
+    assert len(body["images"]) == 3
 
 
 async def test_the_default_is_importance_sampling_with_the_numbers_of_the_scoring_module(client, app_and_fake):
@@ -128,44 +230,3 @@ async def test_on_the_gaussian_model_the_prior_has_far_fewer_effective_samples()
     for p, q in zip(prior, importance, strict=False):
         assert p["effective_sample_size"] < q["effective_sample_size"] / 10
         assert p["log_likelihood_standard_error"] > 3 * q["log_likelihood_standard_error"]
-
-
-# ---- the open inference protocol's M.elbo ----
-
-
-async def test_v2_elbo_takes_the_estimator_and_returns_its_error_and_ess(client, app_and_fake):
-    pixels = _pixels(app_and_fake[1], png_bytes(6))  # the noise follows the exact floats: send the decoded ones
-    request = {
-        "parameters": {"k": 25, "seed": 1, "estimator": "prior"},
-        "inputs": [
-            {"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}
-        ],
-    }
-    response = await client.post("/v2/models/fake-vae.elbo/infer", json=request)
-    answer = response.json()
-    assert response.status_code == 200 and answer["parameters"]["estimator"] == "prior"
-    outputs = {o["name"]: o["data"][0] for o in answer["outputs"]}
-    native = (await client.post("/elbo?k=25&seed=1&estimator=prior", content=png_bytes(6), headers=PNG)).json()[
-        "results"
-    ][0]
-    for name in ("log_likelihood", *NEW_FIELDS):
-        assert outputs[name] == pytest.approx(native[name], rel=1e-9)
-
-
-async def test_v2_elbo_refuses_an_unknown_estimator_as_the_protocols_400(client):
-    request = {
-        "parameters": {"k": 2, "estimator": "uniform"},
-        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}],
-    }
-    response = await client.post("/v2/models/fake-vae.elbo/infer", json=request)
-    body = response.json()
-    assert response.status_code == 400 and set(body) == {"error"}
-    assert "parameter estimator" in body["error"] and "'importance' or 'prior'" in body["error"]
-
-
-async def test_v2_elbo_metadata_lists_the_new_outputs_and_the_parameter(client):
-    meta = (await client.get("/v2/models/fake-vae.elbo")).json()
-    assert {"log_likelihood_standard_error", "effective_sample_size"} <= {o["name"] for o in meta["outputs"]}
-    estimator = next(p for p in meta["parameters"] if p["name"] == "estimator")
-    assert estimator["default"] == "importance" and "prior" in estimator["description"]
-    assert json.dumps(meta)  # plain JSON, no enum objects

@@ -1,0 +1,193 @@
+"""Limits on request bodies, as one pure-ASGI middleware: the size limit (413), upload admission
+(429), the body deadline (408), and client aborts, which it reports as `ClientGone`.
+
+It runs inside `ObservabilityMiddleware`, which gives each answer its request id and counts it.
+Pure ASGI (not BaseHTTPMiddleware): a request without a body costs one header scan here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import ShapeResolver, error_bytes, native_shape, send_error
+
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first
+log = logging.getLogger("vae.service")
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was answered: nothing was sent, and the
+    request counts as CLIENT_CLOSED."""
+
+
+class BodyTimeout(HTTPException):
+    """The body did not arrive in time. An HTTPException, so FastAPI's JSON body parsing lets it
+    through to the error layer as it is; Connection: close, as the client may still be sending."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s", headers={"Connection": "close"})
+
+
+class BodyTooLarge(HTTPException):
+    """A chunked body past the limit (it has no Content-Length to check first)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes", headers={"Connection": "close"})
+
+
+class RequestLimitsMiddleware:
+    """Refuses a body over `max_body` before reading it (413), a body beyond `max_uploads` being received
+    at once (429), gives each body a deadline (408), and turns a client abort into one log line and
+    `ClientGone`, with nothing sent."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Any,  # service.observability.Metrics: its `rejected` counter
+        max_body: int,
+        max_uploads: int,
+        body_timeout_s: float,
+        shape_of: ShapeResolver = native_shape,
+    ) -> None:
+        self.app, self.metrics, self.shape_of = app, metrics, shape_of
+        self.max_body, self.max_uploads, self.body_timeout_s = max_body, max_uploads, body_timeout_s
+        self.uploads: set[_Body] = set()  # bodies being received now
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = _body_length(scope) if scope["type"] == "http" else None
+        if length is None:
+            try:
+                await self.app(scope, receive, send)
+            except ClientDisconnect:
+                raise self._gone(scope) from None
+            return
+        if length > self.max_body:  # before a byte of the body is read
+            message = f"request body exceeds the limit of {self.max_body} bytes"
+            await self._refuse(scope, send, 413, "payload_too_large", message, (b"connection", b"close"))
+        elif len(self.uploads) >= self.max_uploads:
+            self.metrics.rejected.inc()
+            message = f"more than {self.max_uploads} uploads in progress; retry shortly"
+            await self._refuse(scope, send, 429, "overloaded", message, (b"retry-after", b"1"))
+        else:
+            await self._receive_body(scope, receive, send)
+
+    async def _receive_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = _Body(self, receive, send)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        try:
+            await self.app(scope, body.receive, body.send)
+        except Exception as exc:
+            if isinstance(exc, ClientDisconnect) or body.disconnected:
+                raise self._gone(scope) from None
+            raise
+        finally:
+            body.release()
+        if body.disconnected:  # the app answered (a 400, say) a client that had gone: nothing was sent
+            raise self._gone(scope)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, message: str, header: Any) -> None:
+        await send_error(send, status, error_bytes(code, message, self.shape_of(scope["path"])), header)
+
+    @staticmethod
+    def _gone(scope: Scope) -> ClientGone:
+        log.info("client disconnected before its request was answered: %s %s", scope["method"], scope["path"])
+        return ClientGone()
+
+    async def _sweep(self) -> None:
+        """Times out bodies past their deadline, checking every `tick`; runs while any is being received.
+        One sweeper instead of a timer per receive: a timer per request (asyncio.timeout_at) would cost
+        more than the rest of the middleware (docs/design/serving-measurements.md)."""
+        tick = min(1.0, self.body_timeout_s / 10)
+        try:
+            while self.uploads:
+                await asyncio.sleep(tick)
+                now = time.monotonic()
+                for body in [body for body in self.uploads if body.deadline <= now]:
+                    body.expire()
+        finally:
+            self._sweeper = None
+
+
+class _Body:
+    """A request body being received: it holds an upload slot until its last byte (or the end of the
+    request); a receive still waiting at the deadline is cancelled by the sweeper and raises 408.
+    Once the client has gone, what the app sends is dropped: nobody is there to read it."""
+
+    __slots__ = ("deadline", "disconnected", "expired", "holding", "inner", "outer", "owner", "received", "waiting")
+
+    def __init__(self, owner: RequestLimitsMiddleware, receive: Receive, send: Send) -> None:
+        self.owner, self.inner, self.outer = owner, receive, send
+        self.deadline = time.monotonic() + owner.body_timeout_s
+        self.received, self.holding, self.disconnected, self.expired = 0, True, False, False
+        self.waiting: asyncio.Task[Any] | None = None
+        owner.uploads.add(self)
+
+    def release(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.owner.uploads.discard(self)
+
+    def expire(self) -> None:
+        if self.waiting is not None and not self.expired:
+            self.expired = True
+            self.waiting.cancel()
+
+    async def send(self, message: Message) -> None:
+        if not self.disconnected:
+            await self.outer(message)
+
+    async def receive(self) -> Message:
+        if not self.holding:  # the body is in: what is left is waiting for a disconnect
+            message = await self.inner()
+            self.disconnected = self.disconnected or message["type"] == "http.disconnect"
+            return message
+        if time.monotonic() >= self.deadline:  # past it while busy between receives
+            self.release()
+            raise BodyTimeout(self.owner.body_timeout_s)
+        message = await self._wait()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.owner.max_body:
+                self.release()
+                raise BodyTooLarge(self.owner.max_body)
+            if not message.get("more_body", False):
+                self.release()
+        else:
+            self.disconnected = True
+            self.release()
+        return message
+
+    async def _wait(self) -> Message:
+        """The next message, unless the sweeper cancels the wait at the deadline: then 408."""
+        self.waiting = asyncio.current_task()
+        try:
+            return await self.inner()
+        except asyncio.CancelledError:
+            if not self.expired or self.waiting is None:
+                raise
+            self.waiting.uncancel()
+            self.release()
+            raise BodyTimeout(self.owner.body_timeout_s) from None
+        finally:
+            self.waiting = None
+
+
+def _body_length(scope: Scope) -> int | None:
+    """The declared body length; 0 for a chunked body (counted as it arrives); None without a body.
+    (The server has already refused a malformed or contradictory Content-Length with 400.)"""
+    length = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding":
+            return 0
+    return length or None
