@@ -116,10 +116,15 @@ def scan_repository(repository: Path) -> dict[str, ModelSource]:
 
 
 def _escapes(path: Path, root: Path) -> str:
-    """Why `path` may not be read (a link that leads out of `root`), or "" when it may."""
-    if path.resolve().is_relative_to(root):
+    """Why `path` may not be read (a link that leads out of `root`, or one that never ends), or "" when
+    it may."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: RuntimeError up to Python 3.12, OSError since
+        return f"{path.name} is a symbolic link that loops; not followed"
+    if target.is_relative_to(root):
         return ""
-    return f"{path.name} is a symbolic link out of the model repository (to {path.resolve()}); not followed"
+    return f"{path.name} is a symbolic link out of the model repository (to {target}); not followed"
 
 
 def _escaping_entry(version_dir: Path, root: Path) -> str:

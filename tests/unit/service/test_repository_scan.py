@@ -72,6 +72,19 @@ def test_a_link_out_of_the_repository_is_a_problem_and_never_read(tmp_path):
     assert sources["elsewhere"].versions == {} and "not followed" in sources["elsewhere"].problems["-"]
 
 
+def test_a_symlink_loop_in_a_version_directory_is_a_problem_not_a_crash(tmp_path):
+    repo = tmp_path / "repo"
+    add_version(repo, "m", "1.0.0")
+    add_version(repo, "m", "2.0.0")
+    loop = repo / "m" / "2.0.0" / "loop"
+    loop.symlink_to(loop)
+    source = scan_repository(repo)["m"]
+    assert (
+        list(source.versions) == ["1.0.0"]
+        and source.problems["2.0.0"] == "loop is a symbolic link that loops; not followed"
+    )
+
+
 def test_a_policy_file_that_leads_out_is_refused(tmp_path):
     repo = tmp_path / "repo"
     add_version(repo, "m", "1.0.0")
