@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.provenance import default_model_dir
 from bench.rounds import Cell, Ratio
 from bench.servers import REPO, Server, ServerSpec
 
 RESULTS = REPO / "bench" / "results"
-MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR", REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
+MODEL_DIR = Path(os.environ.get("VAE_MODEL_DIR") or default_model_dir())
 CONCURRENCY = (1, 8, 32, 64)
 ENCODE = "encode_1_raw"
 

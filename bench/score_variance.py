@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.provenance import default_model_dir
 from bench.run import RESULTS, machine
 from model.core import scoring
 from model.core.artifact import load_model_dir
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model-dir", default=str(REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"))
+    p.add_argument("--model-dir", default=str(default_model_dir()), help="default: the served default version")
     p.add_argument("--images", type=int, default=4, help="the first N images of the test set")
     p.add_argument("--seeds", type=int, default=10, help="noise seeds 0..N-1")
     p.add_argument("--k", type=int, nargs="+", default=[100, 1000, 5000], help="IWAE sample counts")

@@ -25,10 +25,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.provenance import default_model_dir
 from model.core.preprocess import array_to_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHIPPED = Path(__file__).resolve().parent.parent / "artifacts" / "fashion-mnist-vae" / "2.0.0"
+SHIPPED = default_model_dir()
 
 
 @dataclass(frozen=True)
