@@ -1,6 +1,7 @@
 """The prior p(z) in numpy: N(0, I), or a fixed mixture of diagonal Gaussians (a trained `mog` or VampPrior).
 
-The torch twin is `model/prior.py`; once trained, either learned prior there is the `Mixture` here, which
+`PriorKind` says what each kind of prior is (its name, components, KL and export); the torch modules
+that train them are in `model/torch_priors.py`. Once trained, either learned prior there is the `Mixture` here, which
 the artifact reads from prior.onnx (`model.core.artifact`) and `vae-eval` from the torch model.
 
 Sampling, for every prior: eps = rng.standard_normal((n, D), float32) first, then, for a mixture only,
@@ -16,10 +17,65 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from model.core import distributions as dist
+
+
+@dataclass(frozen=True)
+class PriorKind:
+    """What a kind of prior is, whatever the framework: the config, the CLI, the trainer and the exporter
+    ask it instead of comparing names. The torch module of each kind is in `model/torch_priors.py`."""
+
+    name: str  # what configs, checkpoints and manifests store
+    description: str  # for the manifest and --help
+    default_components: int  # K when none is given (0: the prior has no components)
+    closed_form_kl: bool  # KL(q(z|x) || p(z)) in closed form, else the one-sample estimate
+    graph: str | None  # the file its trained form is exported to; None: the service needs no graph
+
+    @property
+    def learned(self) -> bool:
+        """Whether it has parameters that training fits (and a graph that carries them)."""
+        return self.graph is not None
+
+    def check_components(self, components: int) -> None:
+        if self.learned and components <= 0:
+            raise ValueError(f"prior_components must be positive for the {self.name} prior (K components)")
+        if not self.learned and components != 0:
+            raise ValueError(f"prior_components must be 0 for {self.name}, which has no components")
+
+
+STANDARD_NORMAL = PriorKind(
+    name="standard_normal",
+    description="N(0, I)",
+    default_components=0,
+    closed_form_kl=True,
+    graph=None,
+)
+MOG = PriorKind(
+    name="mog",
+    description="a mixture of K diagonal Gaussians learned in the latent space",
+    default_components=500,
+    closed_form_kl=False,
+    graph="prior.onnx",
+)
+VAMP = PriorKind(
+    name="vamp",
+    description="VampPrior: the encoder's posteriors at K learned pseudo-inputs, equally weighted",
+    default_components=500,
+    closed_form_kl=False,
+    graph="prior.onnx",
+)
+PRIOR_KINDS: dict[str, PriorKind] = {kind.name: kind for kind in (STANDARD_NORMAL, MOG, VAMP)}
+
+
+def prior_kind(name: str) -> PriorKind:
+    try:
+        return PRIOR_KINDS[name]
+    except KeyError:
+        raise ValueError(f"prior must be one of {', '.join(PRIOR_KINDS)}, not {name!r}") from None
 
 
 class Prior(ABC):
