@@ -57,7 +57,7 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
     config = model.config
     example_image = torch.rand(2, *config.input_shape)  # (B, C, H, W)
     example_z = torch.randn(2, config.latent_dim)  # (B, D)
-    prior = {} if config.prior == "standard_normal" else {"prior": export_prior(model, out_dir, metadata)}
+    prior = {"prior": export_prior(model, out_dir, metadata)} if config.prior_kind.learned else {}
     return {
         **prior,
         "encoder": export_graph(

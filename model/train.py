@@ -29,6 +29,7 @@ from model import checkpoint, distributed, losses
 from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
+from model.core.priors import PRIOR_KINDS, prior_kind
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
 from model.distributed import SINGLE_PROCESS, Ranks, ShardedOrder, SharedStreamOrder
 from model.vae import VAE
@@ -149,7 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prior-components",
         type=int,
         default=None,
-        help="K components of a mixture prior (default: 500 for mog and vamp)",
+        help="K components of a mixture prior (default: "
+        + ", ".join(f"{k.default_components} for {k.name}" for k in PRIOR_KINDS.values() if k.learned)
+        + ")",
     )
     p.add_argument(
         "--objective",
@@ -272,9 +275,7 @@ def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int
 
 
 def _prior_components(args: argparse.Namespace) -> int:
-    if args.prior == "standard_normal":
-        return 0 if args.prior_components is None else args.prior_components
-    return 500 if args.prior_components is None else args.prior_components
+    return prior_kind(args.prior).default_components if args.prior_components is None else args.prior_components
 
 
 def kl_weight(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -372,10 +373,7 @@ def _terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[
         return losses.iwae_dreg_terms(log_px_z, log_pz, log_qz, z)
     z = losses.reparameterize(mean, logvar, eps)
     log_px_z = likelihood.torch_log_prob(x, model.decode(z))
-    if model.config.prior == "standard_normal":
-        kl = losses.kl_standard_normal(mean, logvar)
-    else:
-        kl = losses.kl_estimate(z, mean, logvar, model.prior.log_prob(z))
+    kl = model.prior.kl(z, mean, logvar)  # closed form or the one-sample estimate, as the prior has
     return losses.elbo_terms(log_px_z, kl, beta)
 
 
@@ -693,7 +691,7 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
     missing, unexpected = model.load_state_dict(own, strict=False)
     if unexpected or any(same_prior or not name.startswith("prior.") for name in missing):
         raise ValueError(f"--init-from {path}: weights do not fit ({missing}, {unexpected})")
-    if not same_prior and model.config.prior != "standard_normal":
+    if not same_prior and model.prior.kind.learned:
         generator = torch.Generator().manual_seed(config.seed)
         chosen = torch.randperm(len(x_train), generator=generator)[: model.config.prior_components]
         images = likelihood.torch_to_data_space(x_train[chosen], generator)
