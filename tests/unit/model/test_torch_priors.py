@@ -1,5 +1,6 @@
-"""The torch priors: the mixture's density against torch.distributions, VampPrior's components are the
-encoder's posteriors at its pseudo-inputs, and samples come from the mixture."""
+"""The torch (training) priors: the mixture's density against torch.distributions, VampPrior's components are
+the encoder's posteriors at its pseudo-inputs, samples come from the mixture, each prior's KL is the closed
+form or the one-sample estimate as its kind says, and each one's fixed numpy form is what scoring uses."""
 
 import math
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 from torch import distributions as D
 
-from model import prior as priors
+from model import losses, torch_priors
+from model.core import priors as core_priors
 from model.config import ModelConfig
 from model.vae import VAE
 
@@ -63,8 +65,48 @@ def test_samples_come_from_the_mixture():
         model.prior.means.copy_(torch.tensor([[-5.0, 0, 0], [5.0, 0, 0]]))
         model.prior.logvars.fill_(math.log(0.01))
         model.prior.logits.copy_(torch.tensor([math.log(0.25), math.log(0.75)]))
-    z = priors.sample(model.prior, 20000, torch.Generator().manual_seed(1))
+    z = model.prior.sample(20000, torch.Generator().manual_seed(1))
     right = (z[:, 0] > 0).float().mean().item()
     assert abs(right - 0.75) < 0.02  # 6 standard errors
     assert torch.allclose(z[z[:, 0] > 0, 0].mean(), torch.tensor(5.0), atol=0.01)
-    assert torch.equal(z, priors.sample(model.prior, 20000, torch.Generator().manual_seed(1)))
+    assert torch.equal(z, model.prior.sample(20000, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("name", ["standard_normal", "mog", "vamp"])
+def test_every_kind_of_prior_builds_its_own_module(name):
+    components = core_priors.prior_kind(name).default_components
+    model = VAE(ModelConfig(**{**MODEL.to_dict(), "prior": name, "prior_components": components}))
+    assert model.prior.kind is core_priors.PRIOR_KINDS[name] and model.prior.name == name
+    assert isinstance(model.prior, torch_priors.TorchPrior)
+    assert set(torch_priors.BUILDERS) == set(core_priors.PRIOR_KINDS)  # no kind without a module
+
+
+def test_the_standard_normal_kl_is_the_closed_form_and_a_mixtures_is_the_one_sample_estimate():
+    torch.manual_seed(0)
+    mean, logvar = torch.randn(6, 3), torch.randn(6, 3) * 0.3
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(6, 3)
+    normal = VAE(MODEL).prior
+    assert normal.kind.closed_form_kl
+    assert torch.equal(normal.kl(z, mean, logvar), losses.kl_standard_normal(mean, logvar))
+    mog = VAE(ModelConfig(**{**MODEL.to_dict(), "prior": "mog", "prior_components": 4})).prior
+    assert not mog.kind.closed_form_kl
+    expected = losses.log_normal_diag(z, mean, logvar) - mog.log_prob(z)
+    assert torch.equal(mog.kl(z, mean, logvar), expected)
+
+
+def test_the_standard_normal_samples_are_the_noise_itself():
+    prior = VAE(MODEL).prior
+    z = prior.sample(5, torch.Generator().manual_seed(3))
+    assert torch.equal(z, torch.randn((5, 3), generator=torch.Generator().manual_seed(3)))
+
+
+def test_the_fixed_prior_is_the_numpy_twin_of_the_trained_one():
+    assert isinstance(VAE(MODEL).prior.fixed(), core_priors.StandardNormal)
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(**{**MODEL.to_dict(), "prior": "mog", "prior_components": 4})).eval()
+    fixed = model.prior.fixed()
+    assert isinstance(fixed, core_priors.Mixture) and fixed.name == "mog" and fixed.components == 4
+    z = torch.randn(8, 3)
+    with torch.no_grad():
+        expected = model.prior.log_prob(z).double().numpy()
+    assert fixed.log_prob(z.numpy()) == pytest.approx(expected, abs=1e-4)
