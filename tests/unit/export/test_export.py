@@ -12,7 +12,7 @@ import pytest
 
 from export import parity
 from export.cli import main as export_main
-from export.cli import move_into_place
+from export.writer import move_into_place
 from model import data as data_module
 from model.average import main as average_main
 from model.config import ModelConfig, TrainConfig

@@ -9,8 +9,8 @@ import torch
 from torch import distributions as D
 
 from model import losses, torch_priors
-from model.core import priors as core_priors
 from model.config import ModelConfig
+from model.core import priors as core_priors
 from model.vae import VAE
 
 MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=3, hidden=(16,), conv_channels=(4,))

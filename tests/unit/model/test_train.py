@@ -107,7 +107,17 @@ def test_ctrl_c_mid_epoch_and_resume_give_the_weights_of_an_uninterrupted_run(tm
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
     # A real vae-train that stops before step 3 of epoch 2 (of 8 steps) and waits there for the signal.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.model.train_with_hooks", "--pause-at", "2:3", "--", *flags, "--out", str(interrupted)],
+        [
+            sys.executable,
+            "-m",
+            "tests.unit.model.train_with_hooks",
+            "--pause-at",
+            "2:3",
+            "--",
+            *flags,
+            "--out",
+            str(interrupted),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
