@@ -126,8 +126,8 @@ class MixtureOfGaussians(MixturePrior):
     @torch.no_grad()
     def initialize(self, images: torch.Tensor, encode: Encode) -> None:
         """One component per image, at the encoder's posterior q(z|x) of K training images, widened by a
-        variance of 0.1 so that the mixture also covers the space between them (posteriors are narrow:
-        at their own widths a mixture of 500 scores held-out latents about 5 nats below N(0, I))."""
+        variance of 0.1 so that the mixture also covers the space between them (posteriors are narrow: at
+        their own widths the mixture scores held-out latents below N(0, I); docs/design/decoder-cost.md)."""
         means, logvars = encode(images)
         self.means.copy_(means)
         self.logvars.copy_(torch.log(logvars.exp() + 0.1))
