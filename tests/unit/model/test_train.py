@@ -471,3 +471,61 @@ def test_the_help_gives_the_configs_defaults():
     assert "(default: 170)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
     assert "(default: 32)" in entries["--latent-dim"] and "(default: 512 512)" in entries["--hidden"]
     assert "(default: bernoulli)" in entries["--likelihood"] and "(default: off)" in entries["--resume"]
+
+
+# -- the trainer's parts -------------------------------------------------------------------------------
+
+
+def test_set_up_builds_the_run_before_its_first_step(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    assert trainer.start_epoch == 0 and trainer.history == [] and trainer.best == float("-inf")
+    assert trainer.last_epoch() == CONFIG.epochs and trainer.objective is not None
+    assert len(trainer.x_train) == len(tiny_dataset.train) and trainer.x_val is None
+
+
+def test_one_step_and_one_epoch_move_the_weights_and_count_the_images(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    terms, loss = trainer.step(trainer.x_train[:8], epoch=0, step=0)
+    assert terms["objective"].shape == (8,) and torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    with train_module._Interrupt() as interrupt:
+        totals = trainer.run_epoch(0, interrupt, tracer=None)
+    assert totals["images"] == trainer.order.steps_per_epoch * trainer.order.batch_size
+
+
+def test_the_end_of_an_epoch_records_it_and_writes_last_and_best(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    totals = {"objective": -80.0, "elbo": -80.0, "reconstruction": -70.0, "kl": 10.0, "images": 160}
+    assert not trainer.end_epoch(0, totals, seconds=2.0)  # no patience: never stops early
+    (record,) = trainer.history
+    assert record["epoch"] == 1 and record["train_elbo"] == -0.5 and record["selection"] == record["test_elbo"]
+    assert trainer.best == record["selection"]
+    assert checkpoint.load(tmp_path / "best.pt").best_selection == record["selection"]
+    assert checkpoint.load(tmp_path / "last.pt").epoch == 1
+
+
+def test_a_second_ctrl_c_between_steps_stops_the_epoch_with_status_130(tiny_dataset, tmp_path, capsys):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    interrupt = train_module._Interrupt()
+    interrupt.requested = True
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.stop_if_interrupted(interrupt, epoch=1)
+    assert exit_info.value.code == 130 and "holds the end of epoch 1" in capsys.readouterr().err
+
+
+def test_the_weight_tracer_hook_writes_one_hash_per_step(tiny_dataset, tmp_path):
+    one = TrainConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    hooks = train_module.TrainHooks(trace_weights=tmp_path / "trace")
+    train(MODEL, one, tiny_dataset, tmp_path / "run", progress=False, hooks=hooks)
+    lines = (tmp_path / "trace" / "rank0.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines][:2] == ["1:0", "1:1"] and len(
+        {line.split()[1] for line in lines}
+    ) == len(lines)
+
+
+def test_the_hooks_helper_parses_its_flags_apart_from_vae_trains():
+    from tests.unit.model.train_with_hooks import parse_hooks
+
+    hooks, flags = parse_hooks(["--pause-at", "2:3", "--", "--epochs", "3"])
+    assert hooks == train_module.TrainHooks(pause_at=(2, 3)) and flags == ["--epochs", "3"]
