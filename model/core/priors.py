@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from model.core import distributions as dist
 
@@ -85,11 +86,11 @@ class Prior(ABC):
     latent_dim: int
 
     @abstractmethod
-    def log_prob(self, z: np.ndarray) -> np.ndarray:
+    def log_prob(self, z: np.ndarray) -> NDArray[np.float64]:
         """log p(z).  (N, D) -> (N,) float64"""
 
     @abstractmethod
-    def from_noise(self, eps: np.ndarray, components: np.random.Generator | None) -> np.ndarray:
+    def from_noise(self, eps: np.ndarray, components: np.random.Generator | None) -> NDArray[np.float32]:
         """z ~ p(z) built from standard normal noise eps (N, D), drawing anything else (a mixture's
         components) from `components`.  -> (N, D) float32"""
 
@@ -99,11 +100,11 @@ class Prior(ABC):
         `stream` (it does not advance `stream`), so how eps is chunked cannot reorder the components."""
 
     @abstractmethod
-    def kl(self, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    def kl(self, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> NDArray[np.float64]:
         """The ELBO's KL(q(z|x) || p(z)) for q = N(mean, diag(exp(logvar))), with z (N, D) the ELBO's own
         sample of q.  -> (N,) float64"""
 
-    def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator, temperature: float = 1.0) -> NDArray[np.float32]:
         """n draws at temperature t (module docstring): eps from rng, then the components from rng.
         -> (n, D) float32"""
         eps = rng.standard_normal((n, self.latent_dim), dtype=np.float32)  # (n, D)
@@ -118,16 +119,16 @@ class StandardNormal(Prior):
     def __init__(self, latent_dim: int) -> None:
         self.latent_dim = latent_dim
 
-    def log_prob(self, z):
+    def log_prob(self, z: np.ndarray) -> NDArray[np.float64]:
         return dist.log_standard_normal(z)
 
-    def from_noise(self, eps, components=None):
+    def from_noise(self, eps: np.ndarray, components: np.random.Generator | None = None) -> NDArray[np.float32]:
         return eps.astype(np.float32, copy=False)
 
-    def component_stream(self, stream):
+    def component_stream(self, stream: np.random.Generator) -> None:
         return None
 
-    def kl(self, z, mean, logvar):
+    def kl(self, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> NDArray[np.float64]:
         return dist.kl_standard_normal(mean, logvar)
 
 
@@ -180,31 +181,35 @@ class Mixture(Prior):
     def components(self) -> int:
         return len(self.log_weights)
 
-    def log_prob(self, z):
+    def log_prob(self, z: np.ndarray) -> NDArray[np.float64]:
         if self._log_prob_fn is not None:
             return np.asarray(self._log_prob_fn(np.ascontiguousarray(z, dtype=np.float32)), dtype=np.float64)
         return self.numpy_log_prob(z)
 
-    def numpy_log_prob(self, z: np.ndarray) -> np.ndarray:
+    def numpy_log_prob(self, z: np.ndarray) -> NDArray[np.float64]:
         """log sum_k w_k N(z | mu_k, var_k) in float64, whatever `log_prob_fn` says.  (N, D) -> (N,)"""
         z = np.asarray(z, dtype=np.float64)
         quadratic = (z * z) @ self._precision.T - 2.0 * z @ self._scaled_means.T  # (N, K)
         per_component = -0.5 * (quadratic + self._constants)  # (N, K): log w_k + log N(z | mu_k, var_k)
         top = per_component.max(axis=1, keepdims=True)
-        return (top + np.log(np.exp(per_component - top).sum(axis=1, keepdims=True)))[:, 0]
+        log_p: NDArray[np.float64] = (top + np.log(np.exp(per_component - top).sum(axis=1, keepdims=True)))[:, 0]
+        return log_p
 
-    def choose(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def choose(self, n: int, rng: np.random.Generator) -> NDArray[np.intp]:
         """n component indices drawn with the weights: u = rng.random(n), searchsorted on cumsum(w).  (n,) int"""
         # side="right": u lands in component k when cum_{k-1} <= u < cum_k; min() guards u near 1.
         return np.minimum(np.searchsorted(self._cumulative, rng.random(n), side="right"), self.components - 1)
 
-    def from_noise(self, eps, components):
+    def from_noise(self, eps: np.ndarray, components: np.random.Generator | None) -> NDArray[np.float32]:
+        if components is None:
+            raise TypeError("a mixture draws its components from a generator: `component_stream` gives one")
         chosen = self.choose(len(eps), components)  # (N,)
-        return (self.means[chosen] + self._sigmas[chosen] * eps).astype(np.float32)  # (N, D)
+        z: NDArray[np.float32] = (self.means[chosen] + self._sigmas[chosen] * eps).astype(np.float32)  # (N, D)
+        return z
 
-    def component_stream(self, stream):
+    def component_stream(self, stream: np.random.Generator) -> np.random.Generator:
         return stream.spawn(1)[0]
 
-    def kl(self, z, mean, logvar):
+    def kl(self, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray) -> NDArray[np.float64]:
         # No closed form against a mixture: the one-sample estimate log q(z|x) - log p(z), unbiased.
         return dist.log_normal_diag(z, mean, logvar) - self.log_prob(z)

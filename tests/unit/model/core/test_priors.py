@@ -176,3 +176,9 @@ def test_a_kind_refuses_components_it_cannot_have():
         STANDARD_NORMAL.check_components(3)
     with pytest.raises(ValueError, match="prior must be one of standard_normal, mog, vamp, not 'flow'"):
         prior_kind("flow")
+
+
+def test_a_mixture_needs_a_stream_to_draw_its_components_from():
+    eps = np.zeros((3, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="component_stream"):
+        uneven_mixture().from_noise(eps, None)
