@@ -161,10 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CalibrationError, ModelLoadError, DataMissingError, DataChecksumError, OSError) as exc:
         print(f"export.calibrate: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"calibrated {manifest.name} {manifest.version} in {directory}: {manifest.anomaly.method} "
-        f"({', '.join(manifest.anomaly.statistics)})"
-    )
+    spec = manifest.anomaly  # always listed by add_calibration
+    method = "" if spec is None else f": {spec.method} ({', '.join(spec.statistics)})"
+    print(f"calibrated {manifest.name} {manifest.version} in {directory}{method}")
     return 0
 
 

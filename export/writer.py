@@ -28,6 +28,7 @@ from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir, open_gr
 from model.core.likelihoods import LOG_SCALE_FLOOR
 from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest, PriorSpec
 from model.core.preprocess import PreprocessContract
+from model.core.priors import Mixture
 from model.data import Dataset, fixed_test_set, load_dataset, sha256_file
 from model.vae import VAE
 
@@ -314,7 +315,9 @@ def with_parity(
     images, latents = samples.images, samples.latents
     diffs = parity.max_abs_diff(backend, model, images, latents, samples.names)
     consistency = parity.batch_consistency(backend, images[:256], latents[:256])
-    if manifest.prior is not None:  # at N(0, I) draws and at the prior's own, where its mass is
+    # A learned prior (the manifest lists its graph, which open_graphs loaded as a Mixture): at N(0, I)
+    # draws and at the prior's own, where its mass is.
+    if isinstance(backend.prior, Mixture):
         own = model.prior.sample(config.parity_count, torch.Generator().manual_seed(0)).numpy()
         prior_latents = np.concatenate([latents, own])
         diffs.update(parity.prior_max_abs_diff(backend.prior, model, prior_latents))

@@ -168,3 +168,11 @@ BUILDERS: dict[str, Callable[[ModelConfig, Encode], TorchPrior]] = {
 def build(config: ModelConfig, encode: Encode) -> TorchPrior:
     """The prior module of `config.prior` (the VampPrior calls `encode`, the VAE's encoder)."""
     return BUILDERS[config.prior_kind.name](config, encode)
+
+
+def as_mixture(prior: TorchPrior) -> MixturePrior:
+    """A learned prior, as the mixture it is (what `export/` writes into prior.onnx); TypeError for N(0, I),
+    which has none."""
+    if not isinstance(prior, MixturePrior):
+        raise TypeError(f"the {prior.name} prior is not a mixture: it has no prior graph")
+    return prior

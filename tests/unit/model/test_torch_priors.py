@@ -110,3 +110,10 @@ def test_the_fixed_prior_is_the_numpy_twin_of_the_trained_one():
     with torch.no_grad():
         expected = model.prior.log_prob(z).double().numpy()
     assert fixed.log_prob(z.numpy()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_learned_prior_is_its_mixture_and_the_standard_normal_has_none():
+    mog = VAE(ModelConfig(**{**MODEL.to_dict(), "prior": "mog", "prior_components": 4})).prior
+    assert torch_priors.as_mixture(mog) is mog
+    with pytest.raises(TypeError, match="standard_normal prior is not a mixture"):
+        torch_priors.as_mixture(VAE(MODEL).prior)
