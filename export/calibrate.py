@@ -120,7 +120,7 @@ def add_calibration(directory: Path, manifest: Manifest, calibration: Calibratio
 
 def calibrate_in_place(directory: Path, count: int, data_dir: str | None, threads: int) -> Manifest:
     """Calibrate an export's copy and rename it over the export; the graphs' bytes are copied as they are."""
-    from export.cli import move_into_place  # the same all-or-nothing rename as vae-export
+    from export.writer import move_into_place  # the same all-or-nothing rename as vae-export
 
     model = load_model_dir(directory, threads=threads)
     manifest = model.manifest
@@ -161,10 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CalibrationError, ModelLoadError, DataMissingError, DataChecksumError, OSError) as exc:
         print(f"export.calibrate: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"calibrated {manifest.name} {manifest.version} in {directory}: {manifest.anomaly.method} "
-        f"({', '.join(manifest.anomaly.statistics)})"
-    )
+    spec = manifest.anomaly  # always listed by add_calibration
+    method = "" if spec is None else f": {spec.method} ({', '.join(spec.statistics)})"
+    print(f"calibrated {manifest.name} {manifest.version} in {directory}{method}")
     return 0
 
 

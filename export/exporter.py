@@ -10,6 +10,7 @@ import onnx
 import torch
 
 from model.losses import LOG_2PI
+from model.torch_priors import as_mixture
 from model.vae import VAE
 
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
@@ -40,6 +41,8 @@ def export_graph(
             optimize=True,
             verbose=False,
         )
+    if program is None:  # torch.onnx.export returns None only for the legacy exporter (dynamo=False)
+        raise RuntimeError(f"torch.onnx.export returned no ONNX program for {path.name}")
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
@@ -57,7 +60,7 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
     config = model.config
     example_image = torch.rand(2, *config.input_shape)  # (B, C, H, W)
     example_z = torch.randn(2, config.latent_dim)  # (B, D)
-    prior = {} if config.prior == "standard_normal" else {"prior": export_prior(model, out_dir, metadata)}
+    prior = {"prior": export_prior(model, out_dir, metadata)} if config.prior_kind.learned else {}
     return {
         **prior,
         "encoder": export_graph(
@@ -88,10 +91,18 @@ class FixedMixture(torch.nn.Module):
     so the graph never builds a (B, K, D) array: it runs at a fraction of the decoder's cost. The expansion
     cancels large terms when a component is narrow, so it is computed in float64."""
 
+    # The buffers registered in __init__, declared for the type checker (nn.Module's __getattr__ is untyped).
+    component_means: torch.Tensor
+    component_logvars: torch.Tensor
+    component_log_weights: torch.Tensor
+    precision_t: torch.Tensor  # (D, K)
+    scaled_means_t: torch.Tensor  # (D, K)
+    constant: torch.Tensor  # (K,)
+
     def __init__(self, model: VAE) -> None:
         super().__init__()
         with torch.no_grad():
-            means, logvars, log_weights = (t.detach().clone() for t in model.eval().prior.mixture())
+            means, logvars, log_weights = (t.detach().clone() for t in as_mixture(model.eval().prior).mixture())
         # Not named as the outputs: the graph's constants and its outputs are distinct values.
         self.register_buffer("component_means", means)
         self.register_buffer("component_logvars", logvars)

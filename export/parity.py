@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from model.core.manifest import beyond_tolerance
+from model.core.priors import Mixture, Prior
+from model.core.scoring import Backend
+from model.torch_priors import as_mixture
 from model.vae import VAE
 
 TOLERANCE = 1e-4
@@ -18,7 +22,7 @@ class ParityError(RuntimeError):
 
 
 def max_abs_diff(
-    onnx_backend, model: VAE, images: np.ndarray, latents: np.ndarray, output_names: list[str]
+    onnx_backend: Backend, model: VAE, images: np.ndarray, latents: np.ndarray, output_names: list[str]
 ) -> dict[str, float]:
     """Max |onnx - torch| per output over the given images (encoder) and latents (decoder)."""
     with torch.no_grad():
@@ -33,11 +37,11 @@ def max_abs_diff(
 
 
 def batch_consistency(
-    onnx_backend, images: np.ndarray, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)
+    onnx_backend: Backend, images: np.ndarray, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)
 ) -> dict[str, float]:
     """Run the same rows in batches of each size; report the max difference from the first size's rows."""
 
-    def run(fn, data: np.ndarray, size: int) -> list[np.ndarray]:
+    def run(fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], data: np.ndarray, size: int) -> list[np.ndarray]:
         parts = [fn(data[i : i + size]) for i in range(0, len(data), size)]
         return [np.concatenate(p) for p in zip(*parts, strict=False)]
 
@@ -50,12 +54,12 @@ def batch_consistency(
     return out
 
 
-def prior_max_abs_diff(onnx_prior, model: VAE, latents: np.ndarray) -> dict[str, float]:
+def prior_max_abs_diff(onnx_prior: Mixture, model: VAE, latents: np.ndarray) -> dict[str, float]:
     """A learned prior's graph against torch: log p(z) at the given latents, and the mixture's parameters
     the graph outputs (what the service samples from) against the torch prior's."""
     with torch.no_grad():
         torch_log_prob = model.prior.log_prob(torch.from_numpy(latents)).numpy()
-        torch_mixture = [t.numpy() for t in model.prior.mixture()]
+        torch_mixture = [t.numpy() for t in as_mixture(model.prior).mixture()]
     onnx_mixture = (onnx_prior.means, onnx_prior.logvars, onnx_prior.log_weights)
     return {
         "prior.log_prob": float(np.max(np.abs(onnx_prior.log_prob(latents) - torch_log_prob))),
@@ -65,7 +69,7 @@ def prior_max_abs_diff(onnx_prior, model: VAE, latents: np.ndarray) -> dict[str,
     }
 
 
-def prior_batch_consistency(onnx_prior, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)) -> float:
+def prior_batch_consistency(onnx_prior: Prior, latents: np.ndarray, sizes: tuple[int, ...] = (1, 7, 256)) -> float:
     """The prior graph's log p(z) of the same rows in batches of each size: max difference from the first."""
     runs = [
         np.concatenate([onnx_prior.log_prob(latents[i : i + size]) for i in range(0, len(latents), size)])
@@ -84,7 +88,7 @@ def check(diffs: dict[str, float], consistency: dict[str, float], tolerance: flo
         )
 
 
-def images_per_second(fn, data: np.ndarray, batch: int, repeats: int = 5) -> float:
+def images_per_second(fn: Callable[[np.ndarray], object], data: np.ndarray, batch: int, repeats: int = 5) -> float:
     chunk = data[:batch]
     fn(chunk)
     began = time.perf_counter()

@@ -1,11 +1,14 @@
-"""Self-describing checkpoints: a model can be rebuilt from the file alone."""
+"""Self-describing checkpoints: a frozen `Checkpoint` record that saves and loads itself, so a model can be
+rebuilt from the file alone and no caller reads the file by string key."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,9 @@ from model.vae import VAE
 
 FORMAT = "vae-service/checkpoint"
 FORMAT_VERSION = 1
+# The payload key of `Checkpoint.best_selection`; files written before it was named for what it holds
+# (the best selection bound, a validation bound when the run has a validation split) used this one.
+OLD_BEST_KEY = "best_test_elbo"
 
 
 class CheckpointError(RuntimeError):
@@ -46,59 +52,134 @@ def git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def save(
-    path: str | Path,
-    model: VAE,
-    train_config: TrainConfig,
-    *,
-    epoch: int,
-    metrics: list[dict[str, Any]],
-    data_checksums: dict[str, str],
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: Any | None = None,
-    rng_state: torch.Tensor | None = None,
-    best_test_elbo: float | None = None,
-    command: list[str] | None = None,
-    world_size: int = 1,
-    rank_rng_states: list[torch.Tensor] | None = None,
-) -> None:
-    """Atomic write (temp file + rename), so an interrupted save never leaves a broken file.
+@dataclass(frozen=True)
+class Averaged:
+    """What `vae-average` averaged into a checkpoint: the input epochs, each input's path, epoch and SHA-256,
+    its command, and (when scored) the average's bound on the run's validation split."""
 
+    epochs: list[int]
+    checkpoints: list[dict[str, Any]]
+    command: list[str]
+    validation_bound: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.validation_bound is None:  # as files written before it was scored hold it
+            del data["validation_bound"]
+        return data
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint: the configs the model is built from, its weights, where training stood, and provenance.
+
+    `optimizer_state`, `scheduler_state` and the noise generators' states are what `--resume` needs; a
+    checkpoint without them (an epoch kept for vae-average, a shipped one) rebuilds the model only.
     `world_size` is the number of training processes (torchrun's); with more than one, `rank_rng_states`
     holds each rank's generator state (`rng_state` is rank 0's), so --resume continues every stream."""
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": model.config.to_dict(),
-        "train_config": train_config.to_dict(),
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict() if optimizer else None,
-        "scheduler_state": scheduler.state_dict() if scheduler else None,
-        "rng_state": rng_state,
-        "world_size": world_size,  # absent from files written before torchrun support: read as 1
-        "rank_rng_states": rank_rng_states,
-        "epoch": epoch,
-        "metrics": metrics,
-        "best_test_elbo": best_test_elbo,
-        "seed": train_config.seed,
-        "data_checksums": data_checksums,
-        "versions": library_versions(),
-        "git_commit": git_commit(),
-        "command": command if command is not None else sys.argv,
-    }
-    write(path, payload)
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    model_state: dict[str, torch.Tensor]
+    epoch: int
+    metrics: list[dict[str, Any]]  # one record per completed epoch (metrics.jsonl)
+    data_checksums: dict[str, str]
+    best_selection: float | None = None  # the best epoch's selection bound so far (validation, else test ELBO)
+    optimizer_state: dict[str, Any] | None = None
+    scheduler_state: dict[str, Any] | None = None
+    rng_state: torch.Tensor | None = None
+    world_size: int = 1
+    rank_rng_states: list[torch.Tensor] | None = None
+    versions: dict[str, str] = field(default_factory=library_versions)
+    git_commit: str | None = field(default_factory=git_commit)
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    averaged: Averaged | None = None
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer_state is not None and self.rng_state is not None
+
+    def build_model(self) -> VAE:
+        """The model, rebuilt from the checkpoint's own config, in eval mode."""
+        model = VAE(self.model_config)
+        model.load_state_dict(self.model_state)
+        model.eval()
+        return model
+
+    def without_training_state(self) -> Checkpoint:
+        """A copy without optimizer, scheduler and noise state: what ships beside the exported graphs."""
+        return dataclasses.replace(
+            self, optimizer_state=None, scheduler_state=None, rng_state=None, rank_rng_states=None
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict written to disk: plain types only, so the file loads without this class."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_config": self.model_config.to_dict(),
+            "train_config": self.train_config.to_dict(),
+            "model_state": self.model_state,
+            "optimizer_state": self.optimizer_state,
+            "scheduler_state": self.scheduler_state,
+            "rng_state": self.rng_state,
+            "world_size": self.world_size,
+            "rank_rng_states": self.rank_rng_states,
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "best_selection": self.best_selection,
+            "seed": self.train_config.seed,  # for readers of the file alone; the record's is train_config.seed
+            "data_checksums": self.data_checksums,
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+            "command": self.command,
+            **({"averaged": self.averaged.to_dict()} if self.averaged else {}),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Checkpoint:
+        """The record of a payload of any format version up to `FORMAT_VERSION`: files written before a
+        field existed read as its default (`world_size` 1, no `averaged`), `best_test_elbo` as
+        `best_selection`, and their configs with the fields added since at their defaults."""
+        averaged = payload.get("averaged")
+        return cls(
+            model_config=ModelConfig.from_dict(payload["model_config"]),
+            train_config=TrainConfig.from_dict(payload["train_config"]),
+            model_state=payload["model_state"],
+            epoch=payload["epoch"],
+            metrics=payload["metrics"],
+            data_checksums=payload["data_checksums"],
+            best_selection=payload.get("best_selection", payload.get(OLD_BEST_KEY)),
+            optimizer_state=payload.get("optimizer_state"),
+            scheduler_state=payload.get("scheduler_state"),
+            rng_state=payload.get("rng_state"),
+            world_size=payload.get("world_size", 1),
+            rank_rng_states=payload.get("rank_rng_states"),
+            versions=payload.get("versions", {}),
+            git_commit=payload.get("git_commit"),
+            command=payload.get("command", []),
+            averaged=Averaged(**averaged) if averaged else None,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Atomic write (temp file + rename), so an interrupted save never leaves a broken file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.to_payload(), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        payload = read_payload(path)
+        try:
+            return cls.from_payload(payload)
+        except (KeyError, TypeError, ValueError) as exc:  # a field missing, or a config this code refuses
+            raise CheckpointError(f"{path} is not a readable vae-service checkpoint: {exc}") from exc
 
 
-def write(path: str | Path, payload: dict[str, Any]) -> None:
-    """Atomic write (temp file + rename) of a checkpoint payload."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load(path: str | Path) -> dict[str, Any]:
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """The checked payload dict of a checkpoint file (`Checkpoint.load` is what callers want)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -116,17 +197,16 @@ def load(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the model from the checkpoint's own config; returns it in eval mode with the payload."""
-    payload = load(path)
-    model = VAE(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model_state"])
-    model.eval()
-    return model, payload
+def load(path: str | Path) -> Checkpoint:
+    return Checkpoint.load(path)
+
+
+def load_model(path: str | Path) -> tuple[VAE, Checkpoint]:
+    """Rebuild the model from the checkpoint's own config; returns it in eval mode with the record."""
+    record = Checkpoint.load(path)
+    return record.build_model(), record
 
 
 def slim(src: str | Path, dst: str | Path) -> None:
     """A copy without optimizer and scheduler state: what ships beside the exported graphs."""
-    payload = load(src)
-    payload.update(optimizer_state=None, scheduler_state=None, rng_state=None, rank_rng_states=None)
-    torch.save(payload, dst)
+    Checkpoint.load(src).without_training_state().save(dst)

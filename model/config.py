@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.core.likelihoods import LIKELIHOODS
+from model.core.priors import PRIOR_KINDS, PriorKind, prior_kind
 
 Arch = Literal["conv", "mlp"]
 GaussianScale = Literal["shared", "per_pixel"]
-PRIORS = ("standard_normal", "mog", "vamp")  # model/prior.py
+PRIORS = tuple(PRIOR_KINDS)  # the names configs store; each kind is a `model.core.priors.PriorKind`
 OBJECTIVES = ("elbo", "iwae-dreg")
 
 
@@ -18,17 +19,13 @@ OBJECTIVES = ("elbo", "iwae-dreg")
 class ModelConfig:
     """Architecture of the VAE.
 
-    `arch` picks the encoder family, `decoder` the decoder's. The default conv decoder is
-    dense layers up to a 32 x 7 x 7 feature map, then two stride-2 transposed convs (32 -> 16
-    -> the image). It is shaped by cost and quality: the IWAE estimate with k=5000 runs the
-    decoder 50 million times on the Fashion-MNIST test set, and on 2 CPU cores (onnxruntime,
-    2 threads, batch 1000) a mirrored 64->32 transposed-conv decoder costs 77 us per sample,
-    this one 36 us, dense -> 8 x 14 x 14 -> one transposed conv 29 us and a dense one 8 us
-    (`python -m bench.decoder_cost`, bench/results/decoder_cost.json; the run before gave 89,
-    39, 20 and 10 us). After 3 epochs their test ELBOs were -242.9 (64->32),
-    -243.0 (this one), -244.6 (8 x 14 x 14) and -248.5 (dense). The 8 x 14 x 14 decoder was the
-    earlier default: after 140 epochs it scored a test NLL of 228.85, short of the 228.70
-    plain-VAE reference (numbers in the training issue's notes).
+    `arch` picks the encoder family, `decoder` the decoder's. The default conv decoder is dense layers
+    up to a 32 x 7 x 7 feature map, then two stride-2 transposed convs (32 -> 16 -> the image). It is
+    chosen for cost and quality together: the IWAE estimate with k=5000 runs the decoder 50 million
+    times on the Fashion-MNIST test set, and of the decoders measured this one costs about half of a
+    mirrored 64 -> 32 decoder per sample at the same test ELBO, while the cheaper ones (one transposed
+    conv, or dense only) score worse. The measurements and their history are in
+    docs/design/decoder-cost.md (`python -m bench.decoder_cost`, bench/results/decoder_cost.json).
     """
 
     arch: Arch = "conv"
@@ -44,15 +41,11 @@ class ModelConfig:
     gaussian_scale: GaussianScale = "shared"  # one learned sigma, or one per pixel
     logvar_min: float = -12.0  # encoder log-variance is clamped to a numerically safe range
     logvar_max: float = 8.0
-    prior: str = "standard_normal"  # a name in PRIORS
-    prior_components: int = 0  # K, for the mixture priors (mog, vamp)
+    prior: str = "standard_normal"  # a name in PRIORS: checkpoints and manifests store the name
+    prior_components: int = 0  # K, for a prior with components (mog, vamp); 0 for one without
 
     def __post_init__(self) -> None:
-        _check(self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}, not {self.prior!r}")
-        _check(
-            (self.prior_components > 0) == (self.prior != "standard_normal"),
-            "prior_components must be positive for a mixture prior (mog, vamp) and 0 for standard_normal",
-        )
+        prior_kind(self.prior).check_components(self.prior_components)
         _check(self.arch in ("conv", "mlp"), f"arch must be 'conv' or 'mlp', not {self.arch!r}")
         _check(self.decoder in ("conv", "mlp"), f"decoder must be 'conv' or 'mlp', not {self.decoder!r}")
         _check(
@@ -85,6 +78,10 @@ class ModelConfig:
                 f"layer halves them: pick an --image-size divisible by {factor}, fewer --{name.replace('_', '-')}, "
                 f"or {dense}",
             )
+
+    @property
+    def prior_kind(self) -> PriorKind:
+        return prior_kind(self.prior)
 
     @property
     def decoder_up_channels(self) -> tuple[int, ...]:

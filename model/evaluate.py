@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import torch
 from tqdm import tqdm
 
 from model import checkpoint, figures
+from model.checkpoint import Checkpoint
 from model.core import likelihoods, scoring
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder, sha256_file
 from model.torch_backend import TorchBackend
+from model.vae import VAE
 
 PARTIAL = "partial.npz"  # in the report folder: the scores so far, until the run completes
 
@@ -118,7 +121,7 @@ def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[
 
 def make_figures(
     backend: scoring.Backend,
-    payload: dict[str, Any],
+    record: Checkpoint,
     likelihood: Likelihood,
     pixels: np.ndarray,
     data_x: np.ndarray,
@@ -127,7 +130,7 @@ def make_figures(
     seed: int,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    z = scoring.prior_of(backend, payload["model_config"]["latent_dim"]).sample(64, np.random.default_rng(seed))
+    z = scoring.prior_of(backend, record.model_config.latent_dim).sample(64, np.random.default_rng(seed))
     out["samples"] = figures.samples(
         likelihood.pixel_mean(backend.decode(z)), report / "samples.png", seed=seed, temperature=1.0
     )
@@ -153,42 +156,51 @@ def make_figures(
         report / "traversals.png",
     )
     out["latent_map"] = figures.latent_map(all_mean, labels, report / "latent_map.png")
-    out["learning_curves"] = figures.learning_curves(payload["metrics"], report / "learning_curves.png")
+    out["learning_curves"] = figures.learning_curves(record.metrics, report / "learning_curves.png")
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        model, payload = checkpoint.load_model(args.checkpoint)
-        config = model.config
-        contract = PreprocessContract(input_shape=config.input_shape)
-        train_config = payload["train_config"]
-        labels = None
-        if args.images_dir:
-            pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
-            source = {"images_dir": str(args.images_dir)}
-        else:
-            data = load_dataset(
-                args.dataset or train_config["dataset"], args.data_dir or train_config["data_dir"], contract
-            )
-            pixels, labels = data.test, data.test_labels
-            source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
-    except (DataMissingError, DataChecksumError, checkpoint.CheckpointError, ValueError) as exc:
-        print(f"vae-eval: {exc}", file=sys.stderr)
-        return 2
+@dataclass(frozen=True)
+class Images:
+    """What is scored: the [0, 1] pixels, their labels (a data set's), where they came from, and the pixels
+    in the likelihood's data space with a description of how they were drawn."""
+
+    pixels: np.ndarray  # (N, C, H, W)
+    labels: np.ndarray | None
+    source: dict[str, Any]
+    data_x: np.ndarray  # (N, C, H, W)
+    test_set: str
+
+
+def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
+    """The images to score, from --images-dir or the data set's test split, limited to --limit."""
+    config, train_config = record.model_config, record.train_config
+    contract = PreprocessContract(input_shape=config.input_shape)
+    labels = None
+    if args.images_dir:
+        pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
+        source: dict[str, Any] = {"images_dir": str(args.images_dir)}
+    else:
+        data = load_dataset(args.dataset or train_config.dataset, args.data_dir or train_config.data_dir, contract)
+        pixels, labels = data.test, data.test_labels
+        source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
     if args.limit:
         pixels = pixels[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
-    binarize_seed = train_config["test_binarize_seed"]
+    seed = train_config.test_binarize_seed
     likelihood = likelihoods.get(config.likelihood)
     if args.images_dir:  # image by image, as /elbo does, so both agree on any images in any order
-        data_x = likelihood.images_to_data_space(pixels, binarize_seed)
-        test_set = f"{likelihood.name} data space, each image drawn from seed {binarize_seed} and its content"
+        data_x = likelihood.images_to_data_space(pixels, seed)
+        test_set = f"{likelihood.name} data space, each image drawn from seed {seed} and its content"
     else:  # the literature's fixed test set: binarised once, as a whole
-        data_x = fixed_test_set(pixels, likelihood, binarize_seed)
-        test_set = f"{likelihood.name} data space, fixed once with seed {binarize_seed}"
+        data_x = fixed_test_set(pixels, likelihood, seed)
+        test_set = f"{likelihood.name} data space, fixed once with seed {seed}"
+    return Images(pixels, labels, source, data_x, test_set)
+
+
+def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[scoring.Backend, dict[str, Any]]:
+    """The torch model, or with --onnx-dir its exported graphs (which must be CHECKPOINT's), and what
+    scored: the backend and the hashes of the graphs."""
     backend: scoring.Backend = TorchBackend(model)
     scored_with: dict[str, Any] = {"backend": "torch"}
     if args.onnx_dir:
@@ -196,33 +208,78 @@ def main(argv: list[str] | None = None) -> int:
 
         onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
         if onnx_model.manifest.source_checkpoint.sha256 != sha256_file(args.checkpoint):
-            print(f"vae-eval: {args.onnx_dir} was not exported from {args.checkpoint}", file=sys.stderr)
-            return 2
+            raise ValueError(f"{args.onnx_dir} was not exported from {args.checkpoint}")
         backend = onnx_model
+        manifest = onnx_model.manifest
         scored_with = {
             "backend": "onnxruntime",
-            "encoder_sha256": onnx_model.manifest.encoder.sha256,
-            "decoder_sha256": onnx_model.manifest.decoder.sha256,
-            **({"prior_sha256": onnx_model.manifest.prior.graph.sha256} if onnx_model.manifest.prior else {}),
+            "encoder_sha256": manifest.encoder.sha256,
+            "decoder_sha256": manifest.decoder.sha256,
+            **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {}),
         }
     scored_with["prior"] = backend.prior.name  # both backends carry one: N(0, I) is "standard_normal"
-    report = Path(args.report) if args.report else Path(args.checkpoint).parent / "report"
-    report.mkdir(parents=True, exist_ok=True)
-    fingerprint = {
-        "checkpoint_sha256": sha256_file(args.checkpoint),
+    return backend, scored_with
+
+
+def write_scores(report: Path, result: dict[str, Any], scores: scoring.Scores) -> None:
+    """report.json and scores.npz; the partial scores of an interrupted run are no longer needed."""
+    (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez_compressed(
+        report / "scores.npz",
+        elbo=scores.elbo,
+        reconstruction=scores.reconstruction,
+        kl=scores.kl,
+        **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}),
+    )
+    (report / PARTIAL).unlink(missing_ok=True)
+
+
+def summary_line(summary: dict[str, Any], k: int) -> str:
+    line = (
+        f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
+        f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim"
+    )
+    if summary["nll_nats"] is not None:
+        line += f"; IWAE k={k}: NLL {summary['nll_nats']:.2f} nats, {summary['bits_per_dim']:.4f} bits/dim"
+    return line
+
+
+def run_fingerprint(
+    args: argparse.Namespace, checkpoint_sha256: str, scored_with: dict[str, Any], images: Images
+) -> dict[str, Any]:
+    """What --resume requires to be the same as the interrupted run's."""
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
         "scored_with": scored_with,
-        "data": source,
-        "test_set": test_set,
-        "images": len(data_x),
+        "data": images.source,
+        "test_set": images.test_set,
+        "images": len(images.data_x),
         "k": args.k,
         "seed": args.seed,
         "batch_size": args.batch_size,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        model, record = checkpoint.load_model(args.checkpoint)
+        images = read_images(args, record)
+        backend, scored_with = choose_backend(args, model)
+    except (DataMissingError, DataChecksumError, checkpoint.CheckpointError, ValueError) as exc:
+        print(f"vae-eval: {exc}", file=sys.stderr)
+        return 2
+    likelihood = likelihoods.get(record.model_config.likelihood)
+    report = Path(args.report) if args.report else Path(args.checkpoint).parent / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    checkpoint_sha256 = sha256_file(args.checkpoint)
+    fingerprint = run_fingerprint(args, checkpoint_sha256, scored_with, images)
     try:
         scores, seconds = evaluate(
             backend,
             likelihood,
-            data_x,
+            images.data_x,
             args.seed,
             args.k,
             args.batch_size,
@@ -237,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = scoring.summarize(scores)
     result = {
         "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": sha256_file(args.checkpoint),
-        "epoch": payload["epoch"],
-        **({"averaged": payload["averaged"]} if payload.get("averaged") else {}),  # the epochs it is the mean of
-        "model_config": payload["model_config"],
-        "data": source,
-        "test_set": test_set,
+        "checkpoint_sha256": checkpoint_sha256,
+        "epoch": record.epoch,
+        **({"averaged": record.averaged.to_dict()} if record.averaged else {}),  # the epochs it is the mean of
+        "model_config": record.model_config.to_dict(),
+        "data": images.source,
+        "test_set": images.test_set,
         "noise_seed": args.seed,
         "scored_with": scored_with,
         "metrics": summary,
@@ -252,23 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": ["vae-eval", *(argv if argv is not None else sys.argv[1:])],
     }
     if not args.no_figures:
-        result["figures"] = make_figures(backend, payload, likelihood, pixels, data_x, labels, report, args.seed)
-    (report / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    np.savez_compressed(
-        report / "scores.npz",
-        elbo=scores.elbo,
-        reconstruction=scores.reconstruction,
-        kl=scores.kl,
-        **({"log_likelihood": scores.log_likelihood} if scores.log_likelihood is not None else {}),
-    )
-    (report / PARTIAL).unlink(missing_ok=True)
-    line = (
-        f"{summary['images']} images: ELBO {summary['elbo']:.2f} nats (reconstruction "
-        f"{summary['reconstruction']:.2f}, KL {summary['kl']:.2f}), {summary['bits_per_dim_elbo']:.4f} bits/dim"
-    )
-    if summary["nll_nats"] is not None:
-        line += f"; IWAE k={args.k}: NLL {summary['nll_nats']:.2f} nats, {summary['bits_per_dim']:.4f} bits/dim"
-    print(line + f"  [{seconds:.1f}s] -> {report}")
+        result["figures"] = make_figures(
+            backend, record, likelihood, images.pixels, images.data_x, images.labels, report, args.seed
+        )
+    write_scores(report, result, scores)
+    print(summary_line(summary, args.k) + f"  [{seconds:.1f}s] -> {report}")
     return 0
 
 

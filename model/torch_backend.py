@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.core.priors import Mixture, Prior, StandardNormal
+from model.core.priors import Prior
 from model.vae import VAE
 
 
@@ -24,12 +24,6 @@ class TorchBackend:
         return tuple(p.numpy() for p in self.model.decode(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))))
 
 
-@torch.no_grad()
 def numpy_prior(model: VAE) -> Prior:
-    """The trained model's prior, fixed: a learned one is the mixture `model.prior.mixture()` gives (a
-    VampPrior's is its encoder at the pseudo-inputs, computed once here), in numpy."""
-    mixture = model.prior.mixture()
-    if mixture is None:
-        return StandardNormal(model.config.latent_dim)
-    means, logvars, log_weights = (t.detach().cpu().numpy() for t in mixture)
-    return Mixture(means, logvars, log_weights, name=model.config.prior)
+    """The trained model's prior, fixed, in numpy (`TorchPrior.fixed`)."""
+    return model.prior.fixed()

@@ -11,12 +11,11 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from model import checkpoint, distributed, losses
+from model.checkpoint import Checkpoint
 from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
+from model.core.priors import PRIOR_KINDS, prior_kind
 from model.data import DataChecksumError, DataMissingError, Dataset, fixed_test_set, load_dataset
 from model.distributed import SINGLE_PROCESS, Ranks, ShardedOrder, SharedStreamOrder
 from model.vae import VAE
@@ -49,15 +50,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults_m, defaults_t = ModelConfig(), TrainConfig()
-    channels, height, width = defaults_m.input_shape
     p = argparse.ArgumentParser(prog="vae-train", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", default=defaults_t.dataset, help="fashion-mnist, mnist, or folder (a folder of images)")
+    defaults = TrainConfig()
+    p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist, mnist, or folder (a folder of images)")
     p.add_argument(
         "--data-dir",
         default=None,
         help="data directory (default: $VAE_DATA_DIR, else the dataset's, /usr/share/datasets/<dataset>)",
     )
+    _add_optimisation_options(p, defaults)
+    _add_model_options(p, ModelConfig())
+    _add_prior_options(p, ModelConfig())
+    _add_objective_options(p, defaults)
+    _add_run_options(p)
+    return p.parse_args(argv)
+
+
+def _add_optimisation_options(p: argparse.ArgumentParser, defaults_t: TrainConfig) -> None:
     p.add_argument(
         "--epochs", type=int, default=defaults_t.epochs, help="epochs to train; also the length of the cosine schedule"
     )
@@ -91,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="cpu",
         help="cuda: one GPU per process (under torchrun: LOCAL_RANK's), gradients all-reduced with NCCL",
     )
+
+
+def _add_model_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> None:
+    channels, height, width = defaults_m.input_shape
     p.add_argument("--arch", choices=["conv", "mlp"], default=defaults_m.arch, help="encoder family")
     p.add_argument("--decoder", choices=["conv", "mlp"], default=defaults_m.decoder, help="decoder family")
     p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim, help="dimensions of the latent z")
@@ -139,18 +152,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--channels", type=int, choices=[1, 3], default=None, help=f"folder: 1 = grey, 3 = RGB (default: {channels})"
     )
+
+
+def _add_prior_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> None:
     p.add_argument(
         "--prior",
         choices=list(PRIORS),
         default=defaults_m.prior,
-        help="p(z): N(0, I), a mixture of Gaussians, or a VampPrior",
+        help="p(z): " + "; ".join(f"{kind.name}, {kind.description}" for kind in PRIOR_KINDS.values()),
     )
     p.add_argument(
         "--prior-components",
         type=int,
         default=None,
-        help="K components of a mixture prior (default: 500 for mog and vamp)",
+        help="K components of a mixture prior (default: "
+        + ", ".join(f"{k.default_components} for {k.name}" for k in PRIOR_KINDS.values() if k.learned)
+        + ")",
     )
+
+
+def _add_objective_options(p: argparse.ArgumentParser, defaults_t: TrainConfig) -> None:
     p.add_argument(
         "--objective",
         choices=list(OBJECTIVES),
@@ -185,6 +206,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --init-from a checkpoint of another prior: first fit the newly placed mixture alone to "
         "the initial encoder's aggregate posterior for N steps",
     )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (default: all)")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images (default: all)")
     p.add_argument("--out", default="runs/default", help="output directory")
@@ -201,7 +225,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="end this run after N epochs, to --resume later (default: run to --epochs)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
 
 
 def requested_shape(args: argparse.Namespace, default: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -272,9 +295,7 @@ def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int
 
 
 def _prior_components(args: argparse.Namespace) -> int:
-    if args.prior == "standard_normal":
-        return 0 if args.prior_components is None else args.prior_components
-    return 500 if args.prior_components is None else args.prior_components
+    return prior_kind(args.prior).default_components if args.prior_components is None else args.prior_components
 
 
 def kl_weight(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -372,10 +393,7 @@ def _terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[
         return losses.iwae_dreg_terms(log_px_z, log_pz, log_qz, z)
     z = losses.reparameterize(mean, logvar, eps)
     log_px_z = likelihood.torch_log_prob(x, model.decode(z))
-    if model.config.prior == "standard_normal":
-        kl = losses.kl_standard_normal(mean, logvar)
-    else:
-        kl = losses.kl_estimate(z, mean, logvar, model.prior.log_prob(z))
+    kl = model.prior.kl(z, mean, logvar)  # closed form or the one-sample estimate, as the prior has
     return losses.elbo_terms(log_px_z, kl, beta)
 
 
@@ -412,21 +430,23 @@ class _Interrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
-PAUSE_ENV = "VAE_TRAIN_PAUSE_AT_STEP"
+@dataclass(frozen=True)
+class TrainHooks:
+    """Points where a test can watch or stop a real run; a production run passes none (`NO_HOOKS`).
+
+    `pause_at` (epoch from 1, step from 0): training stops before that step, writes OUT/paused and waits for
+    Ctrl-C, so a test can interrupt a real run at a known point without guessing from timing.
+    `trace_weights` (a directory): each rank appends "EPOCH:STEP SHA256" of its weights after every step to
+    DIR/rank<R>.txt, so a test can see that the ranks never differ."""
+
+    pause_at: tuple[int, int] | None = None
+    trace_weights: Path | None = None
 
 
-def _test_pause_point() -> tuple[int, int] | None:
-    """For tests only: $VAE_TRAIN_PAUSE_AT_STEP="EPOCH:STEP" (epoch from 1, step from 0) makes
-    training stop before that step, write OUT/paused and wait for Ctrl-C, so a test can interrupt a
-    real run at a known point without guessing from timing."""
-    value = os.environ.get(PAUSE_ENV)
-    if not value:
-        return None
-    epoch, step = value.split(":")
-    return int(epoch), int(step)
+NO_HOOKS = TrainHooks()
 
 
-def _pause_until_interrupted(
+def pause_until_interrupted(
     out: Path, interrupt: _Interrupt, at: tuple[int, int], ranks: Ranks, timeout: float = 120.0
 ) -> None:
     if ranks.is_main:
@@ -434,40 +454,37 @@ def _pause_until_interrupted(
     interrupt.event.wait(timeout)  # Python runs the SIGINT handler, which sets it, in this thread
 
 
-TRACE_ENV = "VAE_TRAIN_TRACE_WEIGHTS"
+class WeightTracer:
+    """`TrainHooks.trace_weights`: this rank's weights hashed after every step, one line each."""
 
+    def __init__(self, directory: Path, ranks: Ranks) -> None:
+        self.path = Path(directory) / f"rank{ranks.rank}.txt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
 
-def _weight_tracer(ranks: Ranks) -> Callable[[int, int, VAE], None] | None:
-    """For tests only: $VAE_TRAIN_TRACE_WEIGHTS=DIR makes each rank append "EPOCH:STEP SHA256" of its
-    weights after every step to DIR/rank<R>.txt, so a test can see that the ranks never differ."""
-    directory = os.environ.get(TRACE_ENV)
-    if not directory:
-        return None
-    path = Path(directory) / f"rank{ranks.rank}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("")
-
-    def trace(epoch: int, step: int, model: VAE) -> None:
+    def __call__(self, epoch: int, step: int, model: VAE) -> None:
         digest = hashlib.sha256()
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
-        with path.open("a") as handle:
+        with self.path.open("a") as handle:
             handle.write(f"{epoch + 1}:{step} {digest.hexdigest()}\n")
 
-    return trace
 
-
-def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> torch.Tensor:
+def _noise_generator_state(state: Checkpoint, ranks: Ranks, seed: int) -> torch.Tensor:
     """The state this rank's data-space and reparameterisation generator resumes from. With the
     world size of the checkpoint, the state it saved for this rank, so the run goes on bit for bit
     as an uninterrupted one. With another world size, a fresh stream seeded by (seed, rank, epoch)
     that no earlier epoch drew from: weights, optimizer, schedule and data order carry over, the
     noise does not (a rank has no counterpart in the old run)."""
-    saved = state.get("world_size", 1)
+    saved = state.world_size
     if saved == ranks.world_size:
-        return state["rng_state"] if saved == 1 else state["rank_rng_states"][ranks.rank]
-    entropy = np.random.SeedSequence([seed, ranks.rank, state["epoch"]]).generate_state(2, np.uint64)[0]
+        rank_states = state.rank_rng_states
+        chosen = state.rng_state if saved == 1 or rank_states is None else rank_states[ranks.rank]
+        if chosen is None:
+            raise ValueError("--resume: last.pt holds no generator state (it is not a checkpoint to resume)")
+        return chosen
+    entropy = np.random.SeedSequence([seed, ranks.rank, state.epoch]).generate_state(2, np.uint64)[0]
     if ranks.is_main:
         print(
             f"vae-train: --resume: last.pt was written by {saved} process(es), this run has {ranks.world_size}; "
@@ -476,6 +493,252 @@ def _noise_generator_state(state: dict[str, Any], ranks: Ranks, seed: int) -> to
             file=sys.stderr,
         )
     return torch.Generator().manual_seed(int(entropy) >> 1).get_state()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is driven, beside what it trains (the configs): see `train`."""
+
+    resume: bool = False
+    progress: bool = True
+    command: list[str] | None = None
+    stop_after: int | None = None
+    ranks: Ranks = SINGLE_PROCESS
+    keep_epochs: bool = False
+    hooks: TrainHooks = NO_HOOKS
+
+
+@dataclass
+class Trainer:
+    """One run's state between steps, and its parts: a step, an epoch, the end of an epoch (validation,
+    the epoch's record, checkpoints, early stopping) and the checkpoint record of where it stands."""
+
+    model_config: ModelConfig
+    config: TrainConfig
+    data: Dataset
+    out: Path
+    options: RunOptions
+    model: VAE
+    likelihood: likelihoods.Likelihood
+    x_train: torch.Tensor  # (N, C, H, W) in [0, 1]
+    x_val: torch.Tensor | None  # the validation split, in the data space
+    x_test: torch.Tensor  # the test set, in the data space
+    generator: torch.Generator  # this rank's data-space and reparameterisation draws
+    order: ShardedOrder | SharedStreamOrder
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float = -math.inf  # the best selection bound so far
+    start_epoch: int = 0
+    objective: nn.Module | None = None  # `_Objective`, wrapped for DDP once the weights are final
+
+    @property
+    def ranks(self) -> Ranks:
+        return self.options.ranks
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def restore(self, state: Checkpoint) -> None:
+        """Continue from `state` (OUT/last.pt) with the same numbers as an uninterrupted run."""
+        if state.model_config != self.model_config:
+            raise SystemExit(f"--resume: the model config in {self.out / 'last.pt'} differs from the flags given")
+        if state.optimizer_state is None or state.scheduler_state is None:
+            raise ValueError(f"--resume: {self.out / 'last.pt'} holds no optimizer state to resume from")
+        self.model.load_state_dict(state.model_state)
+        self.optimizer.load_state_dict(state.optimizer_state)
+        self.scheduler.load_state_dict(state.scheduler_state)
+        self.generator.set_state(_noise_generator_state(state, self.ranks, self.config.seed))
+        self.history, self.start_epoch = state.metrics, state.epoch
+        self.best = state.best_selection if state.best_selection is not None else -math.inf
+
+    def record(self, epoch: int, rng_states: list[torch.Tensor]) -> Checkpoint:
+        """The checkpoint of the run as it stands at the end of `epoch` (each rank's generator state given)."""
+        return Checkpoint(
+            model_config=self.model_config,
+            train_config=self.config,
+            model_state=self.model.state_dict(),
+            epoch=epoch,
+            metrics=list(self.history),
+            data_checksums=self.data.checksums,
+            best_selection=self.best,
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            rng_state=rng_states[0],
+            world_size=self.ranks.world_size,
+            rank_rng_states=rng_states if self.ranks.distributed else None,
+            command=self.options.command if self.options.command is not None else list(sys.argv),
+        )
+
+    def save(self, epoch: int, improved: bool) -> None:
+        """Called by every rank only between epochs, where each generator's state is that of the next
+        epoch's start: rank 0 gathers the ranks' states and writes, the others wait at the barrier."""
+        states = distributed.gather(self.generator.get_state(), self.ranks)
+        if self.ranks.is_main:
+            record = self.record(epoch, states)
+            for name in ("best.pt", "last.pt") if improved else ("last.pt",):
+                record.save(self.out / name)
+            if self.options.keep_epochs and epoch:  # weights and history only: a third of the size
+                record.without_training_state().save(self.out / epoch_file(epoch))
+        distributed.barrier(self.ranks)
+
+    def step(self, batch: torch.Tensor, epoch: int, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimizer step on a batch (B, C, H, W) of [0, 1] images: its per-image terms and the loss."""
+        assert self.objective is not None, "set_up() wraps the objective"
+        x = self.likelihood.torch_to_data_space(batch, self.generator)  # a fresh draw each time an image is seen
+        eps = _noise(self.config.samples, len(x), self.model_config.latent_dim, self.generator)  # (B, D) or (S, B, D)
+        device = self.ranks.device
+        terms = self.objective(
+            x.to(device), eps.to(device), kl_weight(self.config, epoch, step, self.order.steps_per_epoch)
+        )
+        loss = -terms["objective"].mean()  # equal shards: DDP's mean of the ranks' means is the batch's
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return terms, loss
+
+    def run_epoch(self, epoch: int, interrupt: _Interrupt, tracer: WeightTracer | None) -> dict[str, float]:
+        """The steps of one epoch; the train sums over every rank, with the count of images seen."""
+        indices = self.order.epoch(epoch)  # this rank's images of the epoch, in order
+        sums = {"objective": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        seen, size = 0, self.order.batch_size
+        bar = tqdm(
+            range(self.order.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            disable=not (self.options.progress and self.ranks.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step in bar:
+            pause_at = self.options.hooks.pause_at
+            if pause_at == (epoch + 1, step):
+                pause_until_interrupted(self.out, interrupt, pause_at, self.ranks)
+            self.stop_if_interrupted(interrupt, epoch)
+            terms, loss = self.step(self.x_train[indices[step * size : (step + 1) * size]], epoch, step)
+            for key in sums:
+                sums[key] += float(terms[key].detach().sum())
+            seen += len(terms["objective"])  # this rank's images of the step
+            if tracer:
+                tracer(epoch, step, self.model)
+            bar.set_postfix(loss=f"{loss.item():.2f}")
+        return distributed.sum_over_ranks({**sums, "images": seen}, self.ranks)
+
+    def stop_if_interrupted(self, interrupt: _Interrupt, epoch: int) -> None:
+        """After a Ctrl-C on any rank, every rank stops here, between two steps, with exit status 130."""
+        if not distributed.any_rank(interrupt.requested, self.ranks):
+            return
+        kept = f"the end of epoch {epoch}" if epoch else "the start of training"
+        if self.ranks.is_main:
+            print(
+                f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: "
+                f"{self.out / 'last.pt'} holds {kept}. Continue with --resume",
+                file=sys.stderr,
+            )
+        raise SystemExit(130)
+
+    def epoch_record(self, epoch: int, totals: dict[str, float], seconds: float) -> dict[str, Any]:
+        """The epoch's line of metrics.jsonl: train means, the test ELBO, the validation bound, and the
+        `selection` bound best.pt is chosen by (the objective's bound on the validation split when there is one)."""
+        test = evaluate_elbo(self.model, self.x_test, seed=self.config.seed, ranks=self.ranks)
+        val = {} if self.x_val is None else evaluate_validation(self.model, self.x_val, self.config, self.ranks)
+        record = {
+            "epoch": epoch + 1,
+            **{f"train_{k}": totals[k] / totals["images"] for k in ("objective", "elbo", "reconstruction", "kl")},
+            **{f"test_{k}": v for k, v in test.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "beta": kl_weight(self.config, epoch + 1, 0, self.order.steps_per_epoch),
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": seconds,
+            "images_per_second": totals["images"] / seconds,
+        }
+        record["selection"] = val.get("iwae", val.get("elbo", test["elbo"]))
+        return record
+
+    def end_epoch(self, epoch: int, totals: dict[str, float], seconds: float) -> bool:
+        """Validation, the epoch's record, the checkpoints; True when early stopping ends the run here."""
+        record = self.epoch_record(epoch, totals, seconds)
+        self.history.append(record)
+        improved = record["selection"] > self.best
+        self.best = max(self.best, record["selection"])
+        if self.ranks.is_main:
+            self.log_epoch(record)
+        self.save(epoch + 1, improved)
+        return self.stops_early(epoch)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(
+            f"epoch {record['epoch']}/{self.config.epochs}: train ELBO {record['train_elbo']:.2f}  "
+            f"test ELBO {record['test_elbo']:.2f} (rec {record['test_reconstruction']:.2f}, "
+            f"KL {record['test_kl']:.2f})  {record['seconds']:.1f}s",
+            flush=True,
+        )
+
+    def stops_early(self, epoch: int) -> bool:
+        """Whether the validation bound has not improved for `patience` epochs."""
+        stale = epochs_without_improvement(self.history)
+        if not (self.config.patience and stale >= self.config.patience):
+            return False
+        if self.ranks.is_main:
+            print(
+                f"early stop: the validation bound has not improved for {stale} epochs; best.pt holds "
+                f"epoch {epoch + 1 - stale}",
+                flush=True,
+            )
+        return True
+
+    def last_epoch(self) -> int:
+        """The epoch this run ends after: the schedule's last, or `stop_after` epochs from the start."""
+        stop_after = self.options.stop_after
+        return self.config.epochs if stop_after is None else min(self.config.epochs, self.start_epoch + stop_after)
+
+
+def set_up(model_config: ModelConfig, config: TrainConfig, data: Dataset, out: Path, options: RunOptions) -> Trainer:
+    """The run before its first step: seeds, data, the model (from --init-from or fresh), the data order,
+    the optimizer and schedule, restored from OUT/last.pt with `resume`, and the objective DDP wraps."""
+    ranks = options.ranks
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    likelihood = likelihoods.get(model_config.likelihood)
+    x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
+    x_train, x_val = validation_split(data, config, likelihood)
+    model = VAE(model_config).to(ranks.device)
+    if config.init_from and not options.resume:
+        initialize_from(model, config, x_train, likelihood)
+    # The data-space and reparameterisation draws: one stream per rank, seed + rank.
+    generator = torch.Generator().manual_seed(config.seed + ranks.rank)
+    order = (
+        ShardedOrder(len(x_train), config.batch_size, ranks, config.seed)
+        if ranks.distributed
+        else SharedStreamOrder(len(x_train), config.batch_size, generator)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    trainer = Trainer(
+        model_config=model_config,
+        config=config,
+        data=data,
+        out=out,
+        options=options,
+        model=model,
+        likelihood=likelihood,
+        x_train=x_train,
+        x_val=x_val,
+        x_test=x_test,
+        generator=generator,
+        order=order,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, config, order.steps_per_epoch),
+    )
+    if options.resume:
+        # Rank 0 reads the file and hands it to the others: no file system shared between machines needed.
+        trainer.restore(distributed.from_main(checkpoint.load(out / "last.pt") if ranks.is_main else None, ranks))
+    trainer.objective = distributed.wrap(_Objective(model), ranks)
+    return trainer
 
 
 def train(
@@ -489,178 +752,35 @@ def train(
     stop_after: int | None = None,
     ranks: Ranks = SINGLE_PROCESS,
     keep_epochs: bool = False,
+    hooks: TrainHooks = NO_HOOKS,
 ) -> dict[str, Any]:
     """Train and write OUT/{last,best}.pt and OUT/metrics.jsonl. Returns the last epoch's metrics.
 
     `stop_after` ends this run after that many epochs (the schedule still spans `config.epochs`);
     `resume=True` continues from OUT/last.pt with the same numbers as an uninterrupted run.
     `keep_epochs` also keeps each epoch's end as OUT/epoch-NNN.pt (what `vae-average` averages).
-    `ranks` other than the default single process: this is one of N DDP processes (see main)."""
-    torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    `ranks` other than the default single process: this is one of N DDP processes (see main).
+    `hooks`: for tests only (`TrainHooks`)."""
+    options = RunOptions(resume, progress, command, stop_after, ranks, keep_epochs, hooks)
+    trainer = set_up(model_config, config, data, out, options)
     if ranks.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    likelihood = likelihoods.get(model_config.likelihood)
-    x_test = torch.from_numpy(fixed_test_set(data.test[: config.limit_test], likelihood, config.test_binarize_seed))
-    x_train, x_val = validation_split(data, config, likelihood)
-
-    model = VAE(model_config).to(ranks.device)
-    if config.init_from and not resume:
-        initialize_from(model, config, x_train, likelihood)
-    # The data-space and reparameterisation draws: one stream per rank, seed + rank.
-    generator = torch.Generator().manual_seed(config.seed + ranks.rank)
-    order = (
-        ShardedOrder(len(x_train), config.batch_size, ranks, config.seed)
-        if ranks.distributed
-        else SharedStreamOrder(len(x_train), config.batch_size, generator)
-    )
-    steps_per_epoch = order.steps_per_epoch
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 0, -math.inf
-    if resume:
-        # Rank 0 reads the file and hands it to the others: no file system shared between machines needed.
-        state = distributed.from_main(checkpoint.load(out / "last.pt") if ranks.is_main else None, ranks)
-        if ModelConfig.from_dict(state["model_config"]) != model_config:
-            raise SystemExit(f"--resume: the model config in {out / 'last.pt'} differs from the flags given")
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        scheduler.load_state_dict(state["scheduler_state"])
-        generator.set_state(_noise_generator_state(state, ranks, config.seed))
-        history, start_epoch = state["metrics"], state["epoch"]
-        best = state["best_test_elbo"] if state["best_test_elbo"] is not None else -math.inf
-    objective = distributed.wrap(_Objective(model), ranks)
-    metrics_path = out / "metrics.jsonl"
-    if ranks.is_main:
-        metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
-
-    def save(epoch: int, improved: bool) -> None:
-        """Called by every rank only between epochs, where each generator's state is that of the next
-        epoch's start: rank 0 gathers the ranks' states and writes, the others wait at the barrier."""
-        states = distributed.gather(generator.get_state(), ranks)
-        if ranks.is_main:
-            for name in ("best.pt", "last.pt") if improved else ("last.pt",):
-                checkpoint.save(
-                    out / name,
-                    model,
-                    config,
-                    epoch=epoch,
-                    metrics=history,
-                    data_checksums=data.checksums,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    rng_state=states[0],
-                    best_test_elbo=best,
-                    command=command,
-                    world_size=ranks.world_size,
-                    rank_rng_states=states if ranks.distributed else None,
-                )
-            if keep_epochs and epoch:  # weights and history only: a third of the size, and last.pt resumes
-                checkpoint.save(
-                    out / epoch_file(epoch),
-                    model,
-                    config,
-                    epoch=epoch,
-                    metrics=history,
-                    data_checksums=data.checksums,
-                    best_test_elbo=best,
-                    command=command,
-                    world_size=ranks.world_size,
-                )
-        distributed.barrier(ranks)
-
+        trainer.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in trainer.history))
     # Ctrl-C drops the unfinished epoch: OUT/last.pt always holds the end of the last completed one
     # (or the start), so --resume replays exactly what an uninterrupted run does next. Saving the
     # position inside an epoch would also need the data order, the step, the running train sums and
     # the epoch's timing; an epoch boundary is one consistent point, the one `stop_after` already
     # resumes from, at the cost of redoing at most one epoch.
     if not resume:
-        save(start_epoch, improved=False)
-    pause_at, trace = _test_pause_point(), _weight_tracer(ranks)
-    model.train()
+        trainer.save(trainer.start_epoch, improved=False)
+    tracer = WeightTracer(hooks.trace_weights, ranks) if hooks.trace_weights else None
+    trainer.model.train()
     with _Interrupt() as interrupt:
-        last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
-        for epoch in range(start_epoch, last_epoch):
+        for epoch in range(trainer.start_epoch, trainer.last_epoch()):
             began = time.perf_counter()
-            indices = order.epoch(epoch)  # this rank's images of the epoch, in order
-            sums = {"objective": 0.0, "elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
-            seen = 0
-            bar = tqdm(
-                range(steps_per_epoch),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not (progress and ranks.is_main),
-                leave=False,
-                dynamic_ncols=True,
-            )
-            for step in bar:
-                if pause_at == (epoch + 1, step):
-                    _pause_until_interrupted(out, interrupt, pause_at, ranks)
-                if distributed.any_rank(interrupt.requested, ranks):
-                    kept = f"the end of epoch {epoch}" if epoch else "the start of training"
-                    if ranks.is_main:
-                        print(
-                            f"\ninterrupted in epoch {epoch + 1}; its unfinished steps are dropped: "
-                            f"{out / 'last.pt'} holds {kept}. Continue with --resume",
-                            file=sys.stderr,
-                        )
-                    raise SystemExit(130)
-                batch = x_train[indices[step * order.batch_size : (step + 1) * order.batch_size]]
-                x = likelihood.torch_to_data_space(batch, generator)  # a fresh draw each time an image is seen
-                eps = _noise(config.samples, len(x), model_config.latent_dim, generator)  # (B, D) or (S, B, D)
-                terms = objective(
-                    x.to(ranks.device), eps.to(ranks.device), kl_weight(config, epoch, step, steps_per_epoch)
-                )
-                loss = -terms["objective"].mean()  # equal shards: DDP's mean of the ranks' means is the batch's
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                for key in sums:
-                    sums[key] += float(terms[key].detach().sum())
-                seen += len(x)
-                if trace:
-                    trace(epoch, step, model)
-                bar.set_postfix(loss=f"{loss.item():.2f}")
-            seconds = time.perf_counter() - began
-            train_totals = distributed.sum_over_ranks({**sums, "images": seen}, ranks)
-            test = evaluate_elbo(model, x_test, seed=config.seed, ranks=ranks)
-            val = {} if x_val is None else evaluate_validation(model, x_val, config, ranks)
-            record = {
-                "epoch": epoch + 1,
-                **{f"train_{k}": train_totals[k] / train_totals["images"] for k in sums},
-                **{f"test_{k}": v for k, v in test.items()},
-                **{f"val_{k}": v for k, v in val.items()},
-                "beta": kl_weight(config, epoch + 1, 0, steps_per_epoch),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": seconds,
-                "images_per_second": train_totals["images"] / seconds,
-            }
-            # The epoch kept as best.pt: by the objective's bound on the validation split when there is one.
-            record["selection"] = selected = val.get("iwae", val.get("elbo", test["elbo"]))
-            history.append(record)
-            improved = selected > best
-            best = max(best, selected)
-            if ranks.is_main:
-                with metrics_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                print(
-                    f"epoch {epoch + 1}/{config.epochs}: train ELBO {record['train_elbo']:.2f}  "
-                    f"test ELBO {test['elbo']:.2f} (rec {test['reconstruction']:.2f}, KL {test['kl']:.2f})  "
-                    f"{seconds:.1f}s",
-                    flush=True,
-                )
-            save(epoch + 1, improved)
-            stale = epochs_without_improvement(history)
-            if config.patience and stale >= config.patience:
-                if ranks.is_main:
-                    print(
-                        f"early stop: the validation bound has not improved for {stale} epochs; best.pt holds "
-                        f"epoch {epoch + 1 - stale}",
-                        flush=True,
-                    )
+            totals = trainer.run_epoch(epoch, interrupt, tracer)
+            if trainer.end_epoch(epoch, totals, time.perf_counter() - began):
                 break
-    return history[-1] if history else {}
+    return trainer.history[-1] if trainer.history else {}
 
 
 def epochs_without_improvement(history: list[dict[str, Any]]) -> int:
@@ -678,7 +798,7 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
     if config.init_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != config.init_sha256:
         raise ValueError(f"--init-from {path}: its SHA-256 differs from the one recorded for this run")
     state = checkpoint.load(path)
-    source = ModelConfig.from_dict(state["model_config"])
+    source = state.model_config
     if (
         dataclasses.replace(source, prior=model.config.prior, prior_components=model.config.prior_components)
         != model.config
@@ -689,11 +809,11 @@ def initialize_from(model: VAE, config: TrainConfig, x_train: torch.Tensor, like
         raise ValueError(
             f"--init-from {path}: it has this prior already; --prior-fit-steps fits only a newly placed one"
         )
-    own = {k: v for k, v in state["model_state"].items() if same_prior or not k.startswith("prior.")}
+    own = {k: v for k, v in state.model_state.items() if same_prior or not k.startswith("prior.")}
     missing, unexpected = model.load_state_dict(own, strict=False)
     if unexpected or any(same_prior or not name.startswith("prior.") for name in missing):
         raise ValueError(f"--init-from {path}: weights do not fit ({missing}, {unexpected})")
-    if not same_prior and model.config.prior != "standard_normal":
+    if not same_prior and model.prior.kind.learned:
         generator = torch.Generator().manual_seed(config.seed)
         chosen = torch.randperm(len(x_train), generator=generator)[: model.config.prior_components]
         images = likelihood.torch_to_data_space(x_train[chosen], generator)
@@ -737,8 +857,26 @@ def fit_prior(
     print(f"prior fitted to the aggregate posterior in {steps} steps: E[log p(z)] {-loss.item():.2f}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`vae-train`; under torchrun (RANK, WORLD_SIZE... set) one of the DDP processes."""
+def describe_run(args: argparse.Namespace, model_config: ModelConfig, data: Dataset, ranks: Ranks) -> str:
+    """The line vae-train starts with: the model, the data, the processes and where it writes."""
+    processes = (
+        f" on {ranks.world_size} processes ({ranks.backend}), global batch {args.batch_size} = "
+        f"{ranks.world_size} x {args.batch_size // ranks.world_size}"
+        if ranks.distributed
+        else ""
+    )
+    return (
+        f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
+        f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
+        f"{'x'.join(map(str, model_config.input_shape))}{processes}"
+        + (f", the last {args.validation} held out for validation" if args.validation else "")
+        + f" -> {Path(args.out)}"
+    )
+
+
+def main(argv: list[str] | None = None, hooks: TrainHooks = NO_HOOKS) -> int:
+    """`vae-train`; under torchrun (RANK, WORLD_SIZE... set) one of the DDP processes. `hooks`: for tests
+    (`TrainHooks`; tests/unit/model/train_with_hooks.py runs a real vae-train with them)."""
     args = parse_args(argv)
     logging.basicConfig(format="vae-train: %(message)s")  # shows model.data's note on converted images
     ranks = SINGLE_PROCESS
@@ -755,20 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     if ranks.is_main:
-        processes = (
-            f" on {ranks.world_size} processes ({ranks.backend}), global batch {args.batch_size} = "
-            f"{ranks.world_size} x {args.batch_size // ranks.world_size}"
-            if ranks.distributed
-            else ""
-        )
-        print(
-            f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
-            f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
-            f"{'x'.join(map(str, input_shape))}{processes}"
-            + (f", the last {args.validation} held out for validation" if args.validation else "")
-            + f" -> {out}",
-            flush=True,
-        )
+        print(describe_run(args, model_config, data, ranks), flush=True)
     try:
         train(
             model_config,
@@ -781,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
             ranks=ranks,
             keep_epochs=args.keep_epochs,
+            hooks=hooks,
         )
     except (ValueError, checkpoint.CheckpointError) as exc:  # e.g. an --init-from that does not fit
         if ranks.is_main:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from model import prior as priors
+from model import torch_priors
 from model.config import ModelConfig
 from model.core import likelihoods
 
@@ -88,7 +88,7 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.prior = priors.build(config, self.encoder)
+        self.prior = torch_priors.build(config, self.encoder)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)

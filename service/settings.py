@@ -23,8 +23,6 @@ OTHER_VARIABLES = {
     "VAE_CONTAINER_IMAGE": "the container tests (set by docker/test-image.sh)",
     "VAE_IMAGE": "docker/test-image.sh: the image tag it builds",
     "VAE_BASE_IMAGE": "docker/test-image.sh: the base image",
-    "VAE_TRAIN_PAUSE_AT_STEP": "the Ctrl-C test of vae-train: pause at EPOCH:STEP until signalled",
-    "VAE_TRAIN_TRACE_WEIGHTS": "the DDP test of vae-train: each rank logs a hash of its weights per step to DIR",
     "VAE_SOAK_REQUESTS": "tests/integration/test_soak.py: how many requests the soak sends",
 }
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from model.core import scoring
@@ -69,6 +70,8 @@ def statistics(
     data = likelihood.images_to_data_space(pixels, binarize_seed)
     scores = scoring.score(backend, likelihood, data, seed, k=1)
     mean, logvar = scores.posterior_mean, scores.posterior_logvar  # (N, D)
+    if mean is None or logvar is None:
+        raise TypeError("scoring.score returned no posterior: the statistics need q(z|x)'s mean and logvar")
     return {
         "elbo": scores.elbo.astype(np.float64),
         "reconstruction": scores.reconstruction.astype(np.float64),
@@ -82,7 +85,10 @@ def statistics(
 
 class Score(Protocol):
     name: ClassVar[str]
-    statistics: tuple[str, ...]
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The names of the per-image statistics (`STATISTICS`) the score is built from."""
 
     def __call__(self, stats: dict[str, np.ndarray]) -> np.ndarray:
         """Per-image statistics -> scores (N,), higher = more anomalous."""
@@ -173,18 +179,22 @@ class TypicalityScore:
     def __call__(self, stats: dict[str, np.ndarray]) -> np.ndarray:
         standard = (_matrix(stats, self.statistics) - self.center) / self.scale  # (N, S)
         if self.estimator == "gaussian":
-            centred = standard - self.mean
-            return 0.5 * np.einsum("ns,st,nt->n", centred, self.precision, centred)
+            centred = standard - _fitted(self.mean, "mean")
+            mahalanobis: NDArray[np.float64] = 0.5 * np.einsum(
+                "ns,st,nt->n", centred, _fitted(self.precision, "precision"), centred
+            )
+            return mahalanobis
+        points, bandwidth = _fitted(self.points, "points"), _fitted(self.bandwidth, "bandwidth")
         total = np.zeros(len(standard))
         for s in range(len(self.statistics)):
-            u = (standard[:, s, None] - self.points[None, :, s]) / self.bandwidth[s]  # (N, M)
+            u = (standard[:, s, None] - points[None, :, s]) / bandwidth[s]  # (N, M)
             log_kernel = -0.5 * u * u
             top = np.max(log_kernel, axis=1)
             log_density = (
                 top
                 + np.log(np.sum(np.exp(log_kernel - top[:, None]), axis=1))
-                - math.log(len(self.points))
-                - math.log(self.bandwidth[s])
+                - math.log(len(points))
+                - math.log(bandwidth[s])
                 - 0.5 * math.log(2 * math.pi)
             )
             total -= log_density
@@ -199,8 +209,10 @@ class TypicalityScore:
             "scale": self.scale.tolist(),
         }
         if self.estimator == "gaussian":
-            return {**data, "mean": self.mean.tolist(), "precision": self.precision.tolist()}
-        return {**data, "bandwidth": self.bandwidth.tolist(), "points": _rounded(self.points)}
+            mean, precision = _fitted(self.mean, "mean"), _fitted(self.precision, "precision")
+            return {**data, "mean": mean.tolist(), "precision": precision.tolist()}
+        bandwidth, points = _fitted(self.bandwidth, "bandwidth"), _fitted(self.points, "points")
+        return {**data, "bandwidth": bandwidth.tolist(), "points": _rounded(points)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TypicalityScore:
@@ -222,9 +234,18 @@ def _matrix(stats: dict[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
     return np.stack([np.asarray(stats[name], dtype=np.float64) for name in names], axis=1)  # (N, S)
 
 
+def _fitted(values: np.ndarray | None, name: str) -> np.ndarray:
+    """A typicality score's parameter that its estimator fits (kde: points and bandwidth; gaussian: mean
+    and precision), or TypeError when the score holds none."""
+    if values is None:
+        raise TypeError(f"this typicality score has no {name}: its estimator does not fit one")
+    return values
+
+
 def _rounded(values: np.ndarray) -> list[Any]:
     """Six significant digits: the JSON stays small and a kernel's centre moves by under 1e-5 sd."""
-    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(values).tolist()
+    rounded: list[Any] = np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(values).tolist()
+    return rounded
 
 
 def score_from_dict(data: dict[str, Any]) -> Score:

@@ -8,7 +8,7 @@ onnxruntime is given those same bytes, so what was checked is what runs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,8 @@ class OnnxVAE:
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
     directory: Path
+    prior: Prior  # N(0, I) when the manifest lists no prior graph
     anomaly: Calibration | None = None  # None: the export has no anomaly calibration
-    prior: Prior = field(default=None)  # type: ignore[assignment]  # None: N(0, I), set in __post_init__
-
-    def __post_init__(self) -> None:
-        if self.prior is None:
-            object.__setattr__(self, "prior", StandardNormal(self.manifest.latent_dim))
 
     @property
     def latent_dim(self) -> int:
@@ -107,14 +103,18 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
         graphs = (manifest.encoder, manifest.decoder)
     options = session_options(threads)
     encoder, decoder = (_session(directory, info, options) for info in graphs)
-    prior = None if manifest.prior is None else load_prior(directory, manifest.prior, manifest.latent_dim, options)
+    prior: Prior = (
+        StandardNormal(manifest.latent_dim)
+        if manifest.prior is None
+        else load_prior(directory, manifest.prior, manifest.latent_dim, options)
+    )
     return OnnxVAE(
         manifest=manifest,
         encoder=encoder,
         decoder=decoder,
         directory=directory,
-        anomaly=load_calibration(directory, manifest),
         prior=prior,
+        anomaly=load_calibration(directory, manifest),
     )
 
 
@@ -130,7 +130,8 @@ def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.S
         )
 
     def log_prob(z: np.ndarray) -> np.ndarray:
-        return session.run(["log_prob"], {"z": z})[0]  # (N,)
+        log_p: np.ndarray = session.run(["log_prob"], {"z": z})[0]  # (N,); onnxruntime is untyped
+        return log_p
 
     try:
         _, means, logvars, log_weights = session.run(None, {"z": np.zeros((1, latent_dim), dtype=np.float32)})

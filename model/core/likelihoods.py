@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from model.core import distributions as dist
 from model.core.preprocess import image_stream
@@ -150,7 +151,8 @@ class Gaussian(Likelihood):
         return mean, floored.expand_as(mean)
 
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
-        return np.clip(params[0], 0.0, 1.0).astype(np.float32)
+        mean: NDArray[np.float32] = np.clip(params[0], 0.0, 1.0).astype(np.float32)
+        return mean
 
     def to_data_space(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         levels = np.round(pixels * 255.0)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.core.likelihoods import LIKELIHOODS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 

@@ -38,7 +38,9 @@ from model.core.priors import Prior, StandardNormal
 class Backend(Protocol):
     """The two deterministic halves of a VAE, on numpy arrays, and its prior."""
 
-    prior: Prior  # optional: a backend without one has N(0, I) (`prior_of`)
+    @property
+    def prior(self) -> Prior:
+        """p(z); optional: a backend without one has N(0, I) (`prior_of`)"""
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 -> mean (N, D), logvar (N, D)"""
@@ -82,10 +84,19 @@ class ImportanceSampling(Estimator):
     name = "importance"
     description = "z ~ q(z|x), w = p(x|z) p(z) / q(z|x) (IWAE)"
 
-    def latents(self, prior, mean, logvar, eps, components):
+    def latents(
+        self,
+        prior: Prior,
+        mean: np.ndarray,
+        logvar: np.ndarray,
+        eps: np.ndarray,
+        components: np.random.Generator | None,
+    ) -> np.ndarray:
         return dist.reparameterize(mean, logvar, eps)
 
-    def log_weights(self, prior, log_px_z, z, mean, logvar):
+    def log_weights(
+        self, prior: Prior, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray
+    ) -> np.ndarray:
         return log_px_z + prior.log_prob(z) - dist.log_normal_diag(z, mean, logvar)
 
 
@@ -93,10 +104,19 @@ class PriorSampling(Estimator):
     name = "prior"
     description = "z ~ p(z), the model's prior, w = p(x|z) (naive Monte Carlo)"
 
-    def latents(self, prior, mean, logvar, eps, components):
+    def latents(
+        self,
+        prior: Prior,
+        mean: np.ndarray,
+        logvar: np.ndarray,
+        eps: np.ndarray,
+        components: np.random.Generator | None,
+    ) -> np.ndarray:
         return prior.from_noise(eps, components)
 
-    def log_weights(self, prior, log_px_z, z, mean, logvar):
+    def log_weights(
+        self, prior: Prior, log_px_z: np.ndarray, z: np.ndarray, mean: np.ndarray, logvar: np.ndarray
+    ) -> np.ndarray:
         return log_px_z
 
 
@@ -288,7 +308,7 @@ def _logsumexp(values: np.ndarray) -> float:
 
 def summarize(scores: Scores) -> dict[str, float | int | None]:
     """Test-set means, as recorded in report.json and the manifest."""
-    ll = scores.log_likelihood
+    ll, ll_bits_per_dim = scores.log_likelihood, scores.log_likelihood_bits_per_dim
     return {
         "images": int(scores.elbo.shape[0]),
         "elbo": float(np.mean(scores.elbo)),
@@ -299,5 +319,5 @@ def summarize(scores: Scores) -> dict[str, float | int | None]:
         "iwae_k": scores.k if ll is not None else None,
         "log_likelihood": None if ll is None else float(np.mean(ll)),
         "nll_nats": None if ll is None else float(-np.mean(ll)),
-        "bits_per_dim": None if ll is None else float(np.mean(scores.log_likelihood_bits_per_dim)),
+        "bits_per_dim": None if ll_bits_per_dim is None else float(np.mean(ll_bits_per_dim)),
     }

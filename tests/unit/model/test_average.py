@@ -25,10 +25,11 @@ def kept_run(tiny_dataset, tmp_path_factory):
 def test_keep_epochs_keeps_the_end_of_every_epoch(kept_run):
     assert sorted(p.name for p in kept_run.glob("epoch-*.pt")) == [epoch_file(e) for e in (1, 2, 3)]
     last, third = checkpoint.load(kept_run / "last.pt"), checkpoint.load(kept_run / epoch_file(3))
-    assert third["epoch"] == 3 and third["metrics"] == last["metrics"]
-    assert third["optimizer_state"] is None and last["optimizer_state"] is not None  # last.pt is what resumes
-    for name, tensor in last["model_state"].items():
-        assert torch.equal(third["model_state"][name], tensor), name
+    assert third.epoch == 3 and third.metrics == last.metrics
+    assert third.optimizer_state is None and last.optimizer_state is not None  # last.pt is what resumes
+    assert not third.resumable and last.resumable
+    for name, tensor in last.model_state.items():
+        assert torch.equal(third.model_state[name], tensor), name
 
 
 def test_the_average_is_the_mean_of_the_weights_and_records_its_inputs(kept_run, tiny_dataset, monkeypatch, capsys):
@@ -36,20 +37,20 @@ def test_the_average_is_the_mean_of_the_weights_and_records_its_inputs(kept_run,
     inputs = [kept_run / epoch_file(3), kept_run / epoch_file(2)]  # any order
     out = kept_run / "average.pt"
     assert average_main([*map(str, inputs), "--out", str(out), "--threads", "1"]) == 0
-    model, payload = checkpoint.load_model(out)  # loads like any checkpoint
-    two, three = (checkpoint.load(kept_run / epoch_file(e))["model_state"] for e in (2, 3))
+    model, state = checkpoint.load_model(out)  # loads like any checkpoint
+    two, three = (checkpoint.load(kept_run / epoch_file(e)).model_state for e in (2, 3))
     for name, tensor in model.state_dict().items():
         assert torch.allclose(tensor, (two[name] + three[name]) / 2, atol=1e-7), name
     assert not torch.equal(two["prior.means"], three["prior.means"])  # the epochs differ: a real mean
-    record = payload["averaged"]
-    assert record["epochs"] == [2, 3] and record["command"][0] == "vae-average"
-    assert [c["sha256"] for c in record["checkpoints"]] == [
+    record = state.averaged
+    assert record.epochs == [2, 3] and record.command[0] == "vae-average"
+    assert [c["sha256"] for c in record.checkpoints] == [
         hashlib.sha256((kept_run / epoch_file(e)).read_bytes()).hexdigest() for e in (2, 3)
     ]
-    assert payload["epoch"] == 3 and payload["command"] == checkpoint.load(inputs[0])["command"]
-    assert payload["optimizer_state"] is None and payload["rng_state"] is None  # nothing to resume
+    assert state.epoch == 3 and state.command == checkpoint.load(inputs[0]).command
+    assert state.optimizer_state is None and state.rng_state is None  # nothing to resume
     printed = capsys.readouterr().out
-    assert "average of epochs 2..3" in printed and f"{record['validation_bound']:.4f}" in printed
+    assert "average of epochs 2..3" in printed and f"{record.validation_bound:.4f}" in printed
 
 
 @pytest.mark.parametrize(

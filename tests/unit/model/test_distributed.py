@@ -18,7 +18,7 @@ from model.core.likelihoods import LIKELIHOODS
 from model.core.preprocess import PreprocessContract
 from model.data import fixed_test_set, load_dataset
 from model.distributed import Ranks, ShardedOrder, from_environment, per_rank_batch_size
-from model.train import TRACE_ENV, evaluate_elbo
+from model.train import evaluate_elbo
 from model.train import main as train_main
 from model.vae import VAE
 from tests.conftest import REPO, write_png_folder
@@ -51,7 +51,9 @@ FLAGS = [
 ]
 
 
-def torchrun(images, out, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(images, out, *extra: str, hooks: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """vae-train under torchrun; with `hooks` (tests/unit/model/train_with_hooks.py's flags), run with them."""
+    program = ["tests.unit.model.train_with_hooks", *hooks, "--"] if hooks else ["model.train"]
     result = subprocess.run(
         [
             sys.executable,
@@ -60,7 +62,7 @@ def torchrun(images, out, *extra: str, env: dict[str, str] | None = None) -> sub
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "model.train",
+            *program,
             *FLAGS,
             "--data-dir",
             str(images),
@@ -72,7 +74,7 @@ def torchrun(images, out, *extra: str, env: dict[str, str] | None = None) -> sub
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr
     return result
@@ -87,7 +89,7 @@ def images(tmp_path_factory):
 def straight(images, tmp_path_factory):
     """An uninterrupted two-process run, each rank tracing a hash of its weights after every step."""
     out, trace = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("trace")
-    result = torchrun(images, out, env={TRACE_ENV: str(trace)})
+    result = torchrun(images, out, hooks=("--trace-weights", str(trace)))
     assert "on 2 processes (gloo), global batch 32 = 2 x 16" in result.stdout
     assert result.stdout.count(f"epoch 1/{EPOCHS}:") == 1  # rank 0 alone reports
     return out, trace
@@ -122,11 +124,11 @@ def test_the_loss_goes_down(straight):
 
 def test_the_checkpoint_loads_into_a_plain_single_process_model(straight, images):
     out, _ = straight
-    model, payload = checkpoint.load_model(out / "last.pt")
-    assert isinstance(model, VAE) and model.config.latent_dim == 4 and payload["epoch"] == EPOCHS
-    assert payload["world_size"] == 2
-    first, second = payload["rank_rng_states"]
-    assert torch.equal(payload["rng_state"], first) and not torch.equal(first, second)
+    model, state = checkpoint.load_model(out / "last.pt")
+    assert isinstance(model, VAE) and model.config.latent_dim == 4 and state.epoch == EPOCHS
+    assert state.world_size == 2
+    first, second = state.rank_rng_states
+    assert torch.equal(state.rng_state, first) and not torch.equal(first, second)
     # The recorded test metrics were all-reduced over the ranks' halves of the test set: one process
     # scoring the whole set with the checkpoint's weights gets the same numbers.
     data = load_dataset("folder", str(images), PreprocessContract(input_shape=(1, 8, 8)))
@@ -142,13 +144,13 @@ def test_the_checkpoint_loads_into_a_plain_single_process_model(straight, images
 def test_resume_under_torchrun_gives_the_weights_of_an_uninterrupted_run(straight, stopped, images, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(stopped, out)
-    assert checkpoint.load(out / "last.pt")["epoch"] == 1
+    assert checkpoint.load(out / "last.pt").epoch == 1
     torchrun(images, out, "--resume")
     resumed, reference = checkpoint.load(out / "last.pt"), checkpoint.load(straight[0] / "last.pt")
-    assert resumed["epoch"] == reference["epoch"] == EPOCHS
-    for name, weights in reference["model_state"].items():
-        assert torch.equal(resumed["model_state"][name], weights), name  # bitwise, not approximately
-    for mine, theirs in zip(resumed["rank_rng_states"], reference["rank_rng_states"], strict=True):
+    assert resumed.epoch == reference.epoch == EPOCHS
+    for name, weights in reference.model_state.items():
+        assert torch.equal(resumed.model_state[name], weights), name  # bitwise, not approximately
+    for mine, theirs in zip(resumed.rank_rng_states, reference.rank_rng_states, strict=True):
         assert torch.equal(mine, theirs)
     assert [m["test_elbo"] for m in metrics(out)] == [m["test_elbo"] for m in metrics(straight[0])]
 
@@ -159,7 +161,7 @@ def test_a_plain_resume_of_a_two_process_run_goes_on_with_fresh_noise(stopped, i
     assert train_main([*FLAGS, "--data-dir", str(images), "--out", str(out), "--resume"]) == 0
     assert "last.pt was written by 2 process(es), this run has 1" in capsys.readouterr().err
     state = checkpoint.load(out / "last.pt")
-    assert state["epoch"] == EPOCHS and state["world_size"] == 1 and state["rank_rng_states"] is None
+    assert state.epoch == EPOCHS and state.world_size == 1 and state.rank_rng_states is None
     assert [m["epoch"] for m in metrics(out)] == [1, 2]
     assert metrics(out)[0] == metrics(stopped)[0]  # the first epoch is the two-process run's
 

@@ -1,9 +1,12 @@
-"""The IWAE bound with DReG gradients: the bound's value, the encoder gradient of Tucker et al. (2019)
-computed by hand, and the decoder's gradient of the plain IWAE bound."""
+"""The training objective's pure functions against closed forms (the reparameterisation, the Gaussian's
+log-density and KL against torch.distributions, the ELBO's terms), and the IWAE bound with DReG gradients:
+the bound's value, the encoder gradient of Tucker et al. (2019) computed by hand, and the decoder's gradient
+of the plain IWAE bound."""
 
 import math
 
 import torch
+from torch import distributions as D
 
 from model import losses
 
@@ -68,3 +71,36 @@ def test_one_sample_kl_estimate_averages_to_the_analytic_kl():
     log_prior = -0.5 * (z**2).sum(-1) - math.log(2 * math.pi)
     estimate = losses.kl_estimate(z, mean, logvar, log_prior)
     assert abs(estimate.mean().item() - losses.kl_standard_normal(mean, logvar).item()) < 0.01
+
+
+def test_reparameterize_is_the_mean_plus_sigma_times_the_noise():
+    mean, logvar = torch.tensor([[1.0, -2.0]]), torch.tensor([[math.log(4.0), 0.0]])  # sigma = 2 and 1
+    eps = torch.tensor([[0.5, -3.0]])
+    assert torch.allclose(losses.reparameterize(mean, logvar, eps), torch.tensor([[2.0, -5.0]]))
+
+
+def test_log_normal_diag_and_the_kl_are_the_diagonal_gaussians_of_torch_distributions():
+    generator = torch.Generator().manual_seed(1)
+    mean, logvar, z = (torch.randn(4, 3, generator=generator, dtype=torch.float64) for _ in range(3))
+    q = D.Normal(mean, torch.exp(0.5 * logvar))
+    assert torch.allclose(losses.log_normal_diag(z, mean, logvar), q.log_prob(z).sum(-1))
+    expected_kl = D.kl_divergence(q, D.Normal(torch.zeros_like(mean), torch.ones_like(mean))).sum(-1)
+    assert torch.allclose(losses.kl_standard_normal(mean, logvar), expected_kl)
+    zero = torch.zeros(2, 3)
+    assert torch.equal(losses.kl_standard_normal(zero, zero), torch.zeros(2))  # q = p: no divergence
+    assert torch.allclose(losses.log_normal_diag(zero, zero, zero), torch.full((2,), -1.5 * math.log(2 * math.pi)))
+
+
+def test_the_kl_estimate_is_log_q_minus_log_p():
+    z, mean, logvar = torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.tensor([[0.0]])
+    log_q = -0.5 * 0.25 - 0.5 * math.log(2 * math.pi)
+    assert torch.allclose(losses.kl_estimate(z, mean, logvar, torch.tensor([-3.0])), torch.tensor([log_q + 3.0]))
+
+
+def test_the_elbo_terms_and_the_beta_weighted_objective():
+    log_px_z, kl = torch.tensor([-100.0, -50.0]), torch.tensor([10.0, 4.0])
+    terms = losses.elbo_terms(log_px_z, kl, beta=0.5)
+    assert torch.equal(terms["elbo"], torch.tensor([-110.0, -54.0]))
+    assert torch.equal(terms["objective"], torch.tensor([-105.0, -52.0]))
+    assert torch.equal(terms["reconstruction"], log_px_z) and torch.equal(terms["kl"], kl)
+    assert torch.equal(losses.elbo_terms(log_px_z, kl)["objective"], terms["elbo"])  # beta = 1: the ELBO

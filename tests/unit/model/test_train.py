@@ -17,8 +17,8 @@ from model import checkpoint
 from model import data as data_module
 from model import train as train_module
 from model.config import ModelConfig, TrainConfig
-from model.prior import MixtureOfGaussians
-from model.train import PAUSE_ENV, kl_weight, train
+from model.torch_priors import MixtureOfGaussians
+from model.train import kl_weight, train
 from model.train import main as train_main
 from tests.conftest import REPO, write_png_folder, write_tiny_idx_dataset
 
@@ -32,19 +32,19 @@ def test_loss_goes_down_and_checkpoints_rebuild_the_model(tiny_dataset, tmp_path
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["test_elbo"] > history[0]["test_elbo"] + 1.0
     assert history[-1]["train_elbo"] > history[0]["train_elbo"]
-    model, payload = checkpoint.load_model(tmp_path / "best.pt")
-    assert model.config == MODEL
-    assert payload["train_config"]["epochs"] == 3 and payload["seed"] == 0
-    assert payload["data_checksums"] == tiny_dataset.checksums
-    assert set(payload["versions"]) >= {"torch", "numpy", "python"}
-    assert payload["optimizer_state"] is not None and "git_commit" in payload
+    model, record = checkpoint.load_model(tmp_path / "best.pt")
+    assert model.config == MODEL == record.model_config
+    assert record.train_config.epochs == 3 and record.train_config.seed == 0
+    assert record.data_checksums == tiny_dataset.checksums
+    assert set(record.versions) >= {"torch", "numpy", "python"}
+    assert record.optimizer_state is not None and record.resumable
     assert last["epoch"] == 3
 
 
 def test_resume_gives_the_same_numbers_as_an_uninterrupted_run(tiny_dataset, tmp_path):
     straight = train(MODEL, CONFIG, tiny_dataset, tmp_path / "a", progress=False)
     train(MODEL, CONFIG, tiny_dataset, tmp_path / "b", progress=False, stop_after=2)
-    assert checkpoint.load(tmp_path / "b" / "last.pt")["epoch"] == 2
+    assert checkpoint.load(tmp_path / "b" / "last.pt").epoch == 2
     resumed = train(MODEL, CONFIG, tiny_dataset, tmp_path / "b", progress=False, resume=True)
     for key in ("train_elbo", "test_elbo", "test_kl", "lr"):
         assert resumed[key] == straight[key]
@@ -107,16 +107,26 @@ def test_ctrl_c_mid_epoch_and_resume_give_the_weights_of_an_uninterrupted_run(tm
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
     # A real vae-train that stops before step 3 of epoch 2 (of 8 steps) and waits there for the signal.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "model.train", *flags, "--out", str(interrupted)],
+        [
+            sys.executable,
+            "-m",
+            "tests.unit.model.train_with_hooks",
+            "--pause-at",
+            "2:3",
+            "--",
+            *flags,
+            "--out",
+            str(interrupted),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: "2:3"},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         wait_for((interrupted / "paused").exists, "the pause before epoch 2, step 3", proc)
-        assert checkpoint.load(interrupted / "last.pt")["epoch"] == 1  # the steps of epoch 2 so far are not saved
+        assert checkpoint.load(interrupted / "last.pt").epoch == 1  # the steps of epoch 2 so far are not saved
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -126,18 +136,18 @@ def test_ctrl_c_mid_epoch_and_resume_give_the_weights_of_an_uninterrupted_run(tm
     assert "interrupted in epoch 2" in stderr and "holds the end of epoch 1. Continue with --resume" in stderr
     assert "Traceback" not in stderr and "epoch 2/3" not in stdout
     state = checkpoint.load(interrupted / "last.pt")
-    assert state["epoch"] == 1 and [m["epoch"] for m in state["metrics"]] == [1]
+    assert state.epoch == 1 and [m["epoch"] for m in state.metrics] == [1]
     assert len((interrupted / "metrics.jsonl").read_text().splitlines()) == 1
 
     assert train_main([*flags, "--out", str(interrupted), "--resume"]) == 0
     assert train_main([*flags, "--out", str(straight)]) == 0
     resumed, reference = checkpoint.load(interrupted / "last.pt"), checkpoint.load(straight / "last.pt")
-    assert resumed["epoch"] == reference["epoch"] == 3
-    assert resumed["model_state"].keys() == reference["model_state"].keys()
-    for name, weights in reference["model_state"].items():
-        assert torch.equal(resumed["model_state"][name], weights), name  # bitwise, not approximately
-    assert torch.equal(resumed["rng_state"], reference["rng_state"])
-    assert [m["test_elbo"] for m in resumed["metrics"]] == [m["test_elbo"] for m in reference["metrics"]]
+    assert resumed.epoch == reference.epoch == 3
+    assert resumed.model_state.keys() == reference.model_state.keys()
+    for name, weights in reference.model_state.items():
+        assert torch.equal(resumed.model_state[name], weights), name  # bitwise, not approximately
+    assert torch.equal(resumed.rng_state, reference.rng_state)
+    assert [m["test_elbo"] for m in resumed.metrics] == [m["test_elbo"] for m in reference.metrics]
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, monkeypatch, capsys):
@@ -258,8 +268,9 @@ def test_iwae_dreg_with_a_learned_prior_trains_and_keeps_the_epoch_with_the_best
     assert all(h["val_iwae"] >= h["val_elbo"] for h in history)  # the bound over 4 samples beats one sample's
     assert all(h["selection"] == h["val_iwae"] for h in history)
     best = max(history, key=lambda h: h["selection"])
-    model, payload = checkpoint.load_model(tmp_path / "best.pt")
-    assert payload["epoch"] == best["epoch"] and model.config.prior == "mog"
+    model, record = checkpoint.load_model(tmp_path / "best.pt")
+    assert record.epoch == best["epoch"] and model.config.prior == "mog"
+    assert record.best_selection == best["selection"]
     assert model.prior.means.shape == (8, 4)
 
 
@@ -295,10 +306,10 @@ def test_init_from_takes_the_encoder_and_decoder_and_fits_the_prior_to_the_poste
         }
     )
     train(MOG, config, tiny_dataset, tmp_path / "tuned", progress=False)
-    tuned, payload = checkpoint.load_model(tmp_path / "tuned" / "last.pt")
+    tuned, record = checkpoint.load_model(tmp_path / "tuned" / "last.pt")
     for name, tensor in base.state_dict().items():  # a vanishing learning rate: the weights are the base's
         assert torch.allclose(tuned.state_dict()[name], tensor, atol=1e-6), name
-    assert payload["train_config"]["init_sha256"] == digest
+    assert record.train_config.init_sha256 == digest
     assert not torch.equal(tuned.prior.means, MixtureOfGaussians(MOG).means)  # placed, not left at random
 
 
@@ -460,3 +471,61 @@ def test_the_help_gives_the_configs_defaults():
     assert "(default: 170)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
     assert "(default: 32)" in entries["--latent-dim"] and "(default: 512 512)" in entries["--hidden"]
     assert "(default: bernoulli)" in entries["--likelihood"] and "(default: off)" in entries["--resume"]
+
+
+# -- the trainer's parts -------------------------------------------------------------------------------
+
+
+def test_set_up_builds_the_run_before_its_first_step(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    assert trainer.start_epoch == 0 and trainer.history == [] and trainer.best == float("-inf")
+    assert trainer.last_epoch() == CONFIG.epochs and trainer.objective is not None
+    assert len(trainer.x_train) == len(tiny_dataset.train) and trainer.x_val is None
+
+
+def test_one_step_and_one_epoch_move_the_weights_and_count_the_images(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    terms, loss = trainer.step(trainer.x_train[:8], epoch=0, step=0)
+    assert terms["objective"].shape == (8,) and torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    with train_module._Interrupt() as interrupt:
+        totals = trainer.run_epoch(0, interrupt, tracer=None)
+    assert totals["images"] == trainer.order.steps_per_epoch * trainer.order.batch_size
+
+
+def test_the_end_of_an_epoch_records_it_and_writes_last_and_best(tiny_dataset, tmp_path):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    totals = {"objective": -80.0, "elbo": -80.0, "reconstruction": -70.0, "kl": 10.0, "images": 160}
+    assert not trainer.end_epoch(0, totals, seconds=2.0)  # no patience: never stops early
+    (record,) = trainer.history
+    assert record["epoch"] == 1 and record["train_elbo"] == -0.5 and record["selection"] == record["test_elbo"]
+    assert trainer.best == record["selection"]
+    assert checkpoint.load(tmp_path / "best.pt").best_selection == record["selection"]
+    assert checkpoint.load(tmp_path / "last.pt").epoch == 1
+
+
+def test_a_second_ctrl_c_between_steps_stops_the_epoch_with_status_130(tiny_dataset, tmp_path, capsys):
+    trainer = train_module.set_up(MODEL, CONFIG, tiny_dataset, tmp_path, train_module.RunOptions(progress=False))
+    interrupt = train_module._Interrupt()
+    interrupt.requested = True
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.stop_if_interrupted(interrupt, epoch=1)
+    assert exit_info.value.code == 130 and "holds the end of epoch 1" in capsys.readouterr().err
+
+
+def test_the_weight_tracer_hook_writes_one_hash_per_step(tiny_dataset, tmp_path):
+    one = TrainConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    hooks = train_module.TrainHooks(trace_weights=tmp_path / "trace")
+    train(MODEL, one, tiny_dataset, tmp_path / "run", progress=False, hooks=hooks)
+    lines = (tmp_path / "trace" / "rank0.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines][:2] == ["1:0", "1:1"] and len(
+        {line.split()[1] for line in lines}
+    ) == len(lines)
+
+
+def test_the_hooks_helper_parses_its_flags_apart_from_vae_trains():
+    from tests.unit.model.train_with_hooks import parse_hooks
+
+    hooks, flags = parse_hooks(["--pause-at", "2:3", "--", "--epochs", "3"])
+    assert hooks == train_module.TrainHooks(pause_at=(2, 3)) and flags == ["--epochs", "3"]

@@ -110,6 +110,17 @@ def test_a_calibration_read_back_from_json_scores_alike(estimator):
     assert (again.binarize_seed, again.data, again.score.statistics) == (5, {"split": "test"}, score.statistics)
 
 
+@pytest.mark.parametrize("estimator, missing", [("kde", "points"), ("gaussian", "precision")])
+def test_a_typicality_score_without_what_its_estimator_fits_says_which_part_is_missing(estimator, missing):
+    score = TypicalityScore.fit(stats_of(kl=[1.0, 2.0, 3.0, 4.0, 5.0]), ("kl",), estimator, points=5)
+    data = {key: value for key, value in score.to_dict().items() if key != missing}
+    broken = TypicalityScore.from_dict(data)
+    with pytest.raises(TypeError, match=f"no {missing}"):
+        broken(stats_of(kl=[3.0]))
+    with pytest.raises(TypeError, match=f"no {missing}"):
+        broken.to_dict()
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

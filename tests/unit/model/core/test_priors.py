@@ -151,3 +151,34 @@ def test_a_given_log_prob_function_is_what_log_prob_runs():
 def test_what_is_not_a_mixture_is_refused(means, logvars, log_weights, message):
     with pytest.raises(ValueError, match=message):
         Mixture(means, logvars, log_weights)
+
+
+# ---- prior kinds: what each kind of prior is, asked instead of comparing names ----
+
+
+def test_each_kind_says_its_components_kl_and_graph():
+    from model.core.priors import MOG, PRIOR_KINDS, STANDARD_NORMAL, VAMP
+
+    assert list(PRIOR_KINDS) == ["standard_normal", "mog", "vamp"]  # the names configs and manifests store
+    assert STANDARD_NORMAL.closed_form_kl and not STANDARD_NORMAL.learned and STANDARD_NORMAL.graph is None
+    assert STANDARD_NORMAL.default_components == 0
+    for kind in (MOG, VAMP):
+        assert not kind.closed_form_kl and kind.learned and kind.graph == "prior.onnx"
+        assert kind.default_components == 500
+
+
+def test_a_kind_refuses_components_it_cannot_have():
+    from model.core.priors import MOG, STANDARD_NORMAL, prior_kind
+
+    with pytest.raises(ValueError, match="must be positive for the mog prior"):
+        MOG.check_components(0)
+    with pytest.raises(ValueError, match="must be 0 for standard_normal"):
+        STANDARD_NORMAL.check_components(3)
+    with pytest.raises(ValueError, match="prior must be one of standard_normal, mog, vamp, not 'flow'"):
+        prior_kind("flow")
+
+
+def test_a_mixture_needs_a_stream_to_draw_its_components_from():
+    eps = np.zeros((3, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="component_stream"):
+        uneven_mixture().from_noise(eps, None)

@@ -4,7 +4,7 @@ for such an image), and a round trip to a decoder process (what larger images ta
 process (`time.process_time`, so other load on the
 machine inflates it less than wall time) and wall time, best of 5 rounds. Prints; writes nothing.
 
-    python -m bench.decode_cost
+    python -m bench.image_decode_cost
 """
 
 from __future__ import annotations

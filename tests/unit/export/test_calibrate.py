@@ -1,0 +1,56 @@
+"""export/calibrate.py: vae-export calibrates on a training split and hashes the calibration, and
+`python -m export.calibrate` adds one to an older export in place, all or nothing."""
+
+import shutil
+
+from export.calibrate import main as calibrate_main
+from model import data as data_module
+from model.core.artifact import load_model_dir
+from model.core.manifest import Manifest
+from model.data import sha256_file
+from tests.conftest import write_tiny_idx_dataset
+from tests.unit.export.exports import file_hashes, without_calibration
+
+
+def test_the_export_is_calibrated_on_a_training_split_and_the_calibration_is_hashed(exported):
+    manifest = Manifest.read(exported / "manifest.json")
+    spec = manifest.anomaly
+    assert spec is not None and spec.file == "anomaly.json" and spec.fpr_default == 0.01
+    assert sha256_file(exported / spec.file) == spec.sha256
+    assert spec.calibration["split"] == "training" and spec.calibration["fit"] == [128, 192]
+    assert spec.calibration["reference"] == [192, 256] and spec.calibration["dataset"] == "tiny"
+    calibration = load_model_dir(exported).anomaly
+    assert calibration is not None and len(calibration.reference) == 64
+    assert calibration.score.name == spec.method and list(calibration.score.statistics) == spec.statistics
+
+
+def test_calibrating_an_export_in_place_adds_the_calibration_and_keeps_every_other_file(
+    exported, tmp_path, monkeypatch
+):
+    target = without_calibration(exported, tmp_path / "model")
+    assert load_model_dir(target).anomaly is None  # an old export still loads
+    before = file_hashes(target)
+    spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=256, test=64)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
+    assert calibrate_main([str(target), "--count", "20", "--data-dir", str(tmp_path / "data"), "--threads", "1"]) == 0
+    after = file_hashes(target)
+    assert {name: after[name] for name in before if name != "manifest.json"} == {
+        name: digest for name, digest in before.items() if name != "manifest.json"
+    }
+    manifest = Manifest.read(target / "manifest.json")
+    assert manifest.anomaly.sha256 == after["anomaly.json"] and manifest.anomaly.calibration["fit"] == [216, 236]
+    assert manifest.model_copy(update={"anomaly": None}) == Manifest.read(exported / "manifest.json").model_copy(
+        update={"anomaly": None}
+    )
+    assert load_model_dir(target).anomaly is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]  # no staging directory left
+
+
+def test_a_failed_calibration_leaves_the_export_as_it_was(exported, tmp_path, monkeypatch, capsys):
+    target = without_calibration(exported, tmp_path / "model")
+    before = file_hashes(target)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", write_tiny_idx_dataset(tmp_path / "data", train=256))
+    shutil.rmtree(tmp_path / "data")  # the training data is gone
+    assert calibrate_main([str(target), "--data-dir", str(tmp_path / "data"), "--threads", "1"]) == 1
+    assert "was not found" in capsys.readouterr().err
+    assert file_hashes(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
