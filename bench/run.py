@@ -404,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
     elif args.results.resolve() == RESULTS.resolve():
-        from bench.report import update_readme
+        from bench.report import update_docs
 
-        update_readme()
+        update_docs()
     return 0
 
 

@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.results / f"{plan.name}.json", results)
     print(json.dumps({name: round(r["median"], 3) for name, r in results["ratios"].items()}, indent=2))
     if args.results.resolve() == RESULTS.resolve():
-        from bench.report import update_readme
+        from bench.report import update_docs
 
-        update_readme()
+        update_docs()
     return 0
 
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from model.core.anomaly import Calibration
 from service.errors import ApiError, unprocessable
 from service.served import ServedModel
 
 
 @dataclass(frozen=True)
 class AnomalyRequest:
-    calibration: Any  # model.core.anomaly's calibration of this model version
+    calibration: Calibration  # this model version's, from its anomaly.json
     fpr: float
     seed: int
     binarize_seed: int

@@ -65,6 +65,7 @@ INDEX_EXAMPLE = [{"name": "fashion-mnist-vae", "version": "2.0.0", "state": "REA
 
 
 CONTROL_BODY_BYTES = 65_536  # a control body is {"ready": true} or {"parameters": {...}}: bytes, not megabytes
+CONTROL_STRUCTURES = 1_000  # lists, objects and keys: a handful in any real control body
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vae-service model repository"'}  # RFC 9110: a 401 names its scheme
 
 
@@ -90,7 +91,7 @@ async def _control_request(request: Request) -> dict[str, Any] | JSONResponse:
         return denied
     try:
         body = await read_body(request, CONTROL_BODY_BYTES, setting="the control routes' own limit")
-        check_structure(body, "the body")
+        check_structure(body, "the body", most=CONTROL_STRUCTURES)
     except (ApiError, ProtocolError) as exc:  # the body's size (413) or its structure (400)
         return as_v2_error(exc)
     if not body.strip():

@@ -1,0 +1,53 @@
+"""The app factory: which repository is served, which model is the default, the version it reports,
+and middleware in an order where every answer, early refusals included, carries its request id."""
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+from service.app import default_model_name, package_version, repository_scanner
+from service.repository_scan import ModelSource, VersionPolicy
+from service.settings import BUNDLED_DEFAULT_MODEL, Settings
+from tests.unit.service.conftest import build, client_for
+
+pytestmark = pytest.mark.anyio
+
+
+def sources(*names: str) -> dict[str, ModelSource]:
+    return {name: ModelSource(name, {}, {}, VersionPolicy()) for name in names}
+
+
+@pytest.mark.parametrize(
+    ("setting", "found", "default"),
+    [
+        ("chosen", ("a", "b"), "chosen"),  # VAE_DEFAULT_MODEL wins
+        (None, ("only",), "only"),
+        (None, ("a", BUNDLED_DEFAULT_MODEL), BUNDLED_DEFAULT_MODEL),
+        (None, ("a", "b"), None),  # no way to choose: unready, with a log line that says so
+    ],
+)
+def test_the_default_model(setting, found, default):
+    assert default_model_name(Settings(default_model=setting), sources(*found)) == default
+
+
+def test_a_model_directory_wins_over_a_repository(tmp_path):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "manifest.json").write_text('{"name": "m", "version": "1"}')
+    scan = repository_scanner(Settings(model_dir=directory, model_repository=Path("/nowhere")))
+    assert list(scan()) == ["m"] and scan()["m"].versions == {"1": directory}
+
+
+def test_the_reported_version_is_the_installed_packages():
+    assert package_version() == importlib.metadata.version("vae-service")
+
+
+async def test_an_early_refusal_carries_the_request_id_and_the_routes_shape():
+    app, _ = build(max_upload_bytes=10)
+    async with client_for(app) as client:
+        native = await client.post("/encode", content=b"x" * 11, headers={"x-request-id": "abc"})
+        v2 = await client.post("/v2/models/fake-vae.encode/infer", content=b"x" * 11)
+    assert native.status_code == 413 and native.headers["x-request-id"] == "abc"
+    assert native.json()["error"]["code"] == "payload_too_large"
+    assert v2.status_code == 413 and isinstance(v2.json()["error"], str) and v2.headers["x-request-id"]
