@@ -166,6 +166,11 @@ def bench_section(serving: dict, training: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_name(model: dict | None) -> str:
+    """`name` version of a result's model record, as the docs name it."""
+    return f"`{model['name']}` {model['version']}" if model else "not recorded"
+
+
 def _spread(summary: dict, spec: str, unit: str = "") -> str:
     """'median (min-max)' of one summarised cell metric or ratio."""
     return (
@@ -192,8 +197,8 @@ def settings_section() -> str:
         lines += [
             "",
             f"The access log's cost, from `bench/results/inprocess.json` (`{run['command']}`, "
-            f"{run['machine']['time']}): {run['access_log_cost_us']:.0f} us a request on `/encode`, "
-            f"against {run['product_us']:.0f} us for the request without it.",
+            f"{run['machine']['time']}, model {_model_name(run.get('model'))}): {run['access_log_cost_us']:.0f} us "
+            f"a request on `/encode`, against {run['product_us']:.0f} us for the request without it.",
         ]
     return "\n".join(lines) + "\n"
 
