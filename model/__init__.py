@@ -2,7 +2,5 @@
 
 Importing this package must stay cheap and torch-free: the service imports `model.core`
 (numpy, Pillow, pydantic and onnxruntime only). Torch is imported by the submodules that need
-it (`model.vae`, `model.losses`, `model.train`, ...).
+it (`model.vae`, `model.losses`, `model.trainer`, ...). The package's version is pyproject.toml's.
 """
-
-__version__ = "0.1.0"

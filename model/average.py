@@ -17,7 +17,7 @@ from model.checkpoint import Averaged, Checkpoint
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, load_dataset, sha256_file
-from model.train import evaluate_validation, validation_split
+from model.trainer import evaluate_validation, validation_split
 from model.vae import VAE
 
 

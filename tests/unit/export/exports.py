@@ -11,7 +11,7 @@ from model import data as data_module
 from model.config import ModelConfig, TrainConfig
 from model.data import sha256_file
 from model.evaluate import main as eval_main
-from model.train import train
+from model.trainer import train
 from tests.conftest import write_tiny_idx_dataset
 
 MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))

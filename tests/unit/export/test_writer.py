@@ -18,7 +18,7 @@ from model.config import ModelConfig, TrainConfig
 from model.core.artifact import load_model_dir
 from model.core.manifest import SCHEMA_PATH, Manifest
 from model.data import sha256_file
-from model.train import train
+from model.trainer import train
 from tests.conftest import write_tiny_idx_dataset
 from tests.unit.export.exports import MODEL, copy_model, export_again, file_hashes
 

@@ -11,7 +11,7 @@ import torch
 from model import average as average_module
 from model import checkpoint
 from model.average import main as average_main
-from model.train import epoch_file, train
+from model.trainer import epoch_file, train
 from tests.unit.model.test_train import IWAE, MOG
 
 

@@ -18,8 +18,8 @@ from model.core.likelihoods import LIKELIHOODS
 from model.core.preprocess import PreprocessContract
 from model.data import fixed_test_set, load_dataset
 from model.distributed import Ranks, ShardedOrder, from_environment, per_rank_batch_size
-from model.train import evaluate_elbo
 from model.train import main as train_main
+from model.trainer import evaluate_elbo
 from model.vae import VAE
 from tests.conftest import REPO, write_png_folder
 

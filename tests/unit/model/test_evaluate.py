@@ -13,7 +13,7 @@ from model.core.preprocess import PreprocessContract, array_to_png
 from model.data import read_image_folder
 from model.evaluate import main
 from model.torch_backend import TorchBackend
-from model.train import train
+from model.trainer import train
 
 # The decoder is pinned so the test does not follow the shipped default architecture.
 MODEL = ModelConfig(

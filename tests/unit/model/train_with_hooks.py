@@ -1,5 +1,5 @@
 """`python -m tests.unit.model.train_with_hooks [--pause-at EPOCH:STEP] [--trace-weights DIR] -- FLAGS`: a real
-vae-train process (FLAGS are vae-train's; torchrun can start it too) run with test hooks (`model.train.TrainHooks`)
+vae-train process (FLAGS are vae-train's; torchrun can start it too) run with test hooks (`model.trainer.TrainHooks`)
 passed in, so production code reads no test-only settings from the environment."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.train import TrainHooks
 from model.train import main as train_main
+from model.trainer import TrainHooks
 
 
 def parse_hooks(argv: list[str]) -> tuple[TrainHooks, list[str]]:
