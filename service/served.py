@@ -58,7 +58,6 @@ class ServedModel:
     batcher: MicroBatcher | None = None
     in_flight: int = 0  # model calls running or queued: the max_in_flight limit, per version
     calls: ModelCalls = field(init=False, repr=False)  # made from the fields
-    closed: bool = False  # no longer served: requests that resolved it before still finish on it
 
     def __post_init__(self) -> None:
         self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics)
@@ -80,7 +79,6 @@ class ServedModel:
         """The registry stopped serving this version. Requests that resolved it before finish on it;
         the batcher sends what it holds now instead of waiting for its timer, and the version's
         sessions are freed when the last of those requests lets go of it."""
-        self.closed = True
         if self.batcher is not None:
             self.batcher.close()
 
@@ -120,12 +118,9 @@ class ServedModel:
         so memory stays bounded under load."""
         self._admit()
         try:
-            return await self._call(operation, rows, fn, *args)
+            return await self.calls(operation, rows, fn, *args)
         finally:
             self._release()
-
-    async def _call(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
-        return await self.calls(operation, rows, fn, *args)
 
     async def encode(
         self, pixels: np.ndarray, sample: bool, seed: int
@@ -138,7 +133,7 @@ class ServedModel:
             return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
         self._admit()
         try:
-            mean, logvar = await self.batcher.submit(pixels)  # the batch's call is timed by _call
+            mean, logvar = await self.batcher.submit(pixels)  # the batch's call is timed by `calls`
         finally:
             self._release()
         return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None

@@ -133,13 +133,10 @@ def listed(values: list[str], most: int = 8) -> str:
     return shown + (f" and {len(values) - most} more" if len(values) > most else "")
 
 
-def check_structure(
-    document: bytes | memoryview, what: str = "the inference request", most: int = MAX_JSON_STRUCTURES
-) -> None:
+def check_structure(document: bytes, what: str = "the inference request", most: int = MAX_JSON_STRUCTURES) -> None:
     """Refuse JSON with more than `most` containers or keys before it is parsed. Counted on the bytes
     (a bracket inside a string counts too, which only errs on the strict side)."""
-    raw = bytes(document) if isinstance(document, memoryview) else document
-    count = raw.count(b"[") + raw.count(b"{") + raw.count(b'":')
+    count = document.count(b"[") + document.count(b"{") + document.count(b'":')
     if count > most:
         raise ProtocolError(
             f"{what} holds {count} JSON lists, objects and keys; at most {most} "

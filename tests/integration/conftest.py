@@ -80,6 +80,18 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError(f"vae-serve not {'ready' if ready else 'up'} after {timeout}s: {self.log()}")
 
+    def __enter__(self) -> Server:
+        """Started and ready (`wait`), stopped on leaving, also when the wait fails."""
+        try:
+            self.wait(timeout=90)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 

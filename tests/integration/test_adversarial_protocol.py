@@ -53,11 +53,8 @@ def server(tmp_path_factory, repository):
         VAE_MAX_RESPONSE_BYTES=str(MAX_RESPONSE_BYTES),
         VAE_MAX_IN_FLIGHT="512",
     )
-    try:
-        server.wait(timeout=90)
+    with server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -35,11 +35,8 @@ def server(tmp_path_factory):
         VAE_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
         VAE_MAX_HEADERS="100",
     )
-    try:
-        server.wait()
+    with server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

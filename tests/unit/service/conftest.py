@@ -14,6 +14,27 @@ from service.repository_scan import ModelSource, VersionPolicy
 from service.settings import Settings
 from tests.unit.service.fakes import SHAPE, FakeVAE
 
+PNG = {"content-type": "image/png"}
+
+
+def error_with_message(response) -> tuple[int, str, str]:
+    """A native error answer, its shape checked: (status, code, message)."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return response.status_code, body["error"]["code"], body["error"]["message"]
+
+
+def error_of(response) -> tuple[int, str]:
+    """A native error answer, its shape checked: (status, code)."""
+    return error_with_message(response)[:2]
+
+
+def v2_error(response, status: int) -> str:
+    """An answer in the open inference protocol's error shape, with `status`: its message."""
+    body = response.json()
+    assert response.status_code == status and set(body) == {"error"} and isinstance(body["error"], str), body
+    return body["error"]
+
 
 @pytest.fixture
 def anyio_backend():

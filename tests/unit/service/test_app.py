@@ -1,7 +1,7 @@
 """The app factory: which repository is served, which model is the default, the version it reports,
 and middleware in an order where every answer, early refusals included, carries its request id."""
 
-import importlib.metadata
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,7 @@ import pytest
 from service.app import default_model_name, package_version, repository_scanner
 from service.repository_scan import ModelSource, VersionPolicy
 from service.settings import BUNDLED_DEFAULT_MODEL, Settings
+from tests.conftest import REPO
 from tests.unit.service.conftest import build, client_for
 
 pytestmark = pytest.mark.anyio
@@ -39,8 +40,13 @@ def test_a_model_directory_wins_over_a_repository(tmp_path):
     assert list(scan()) == ["m"] and scan()["m"].versions == {"1": directory}
 
 
-def test_the_reported_version_is_the_installed_packages():
-    assert package_version() == importlib.metadata.version("vae-service")
+async def test_the_reported_version_is_pyprojects():
+    """What /v2 and /openapi.json say is the version in pyproject.toml (the installed package's)."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    app, _ = build()
+    async with client_for(app) as client:
+        assert (await client.get("/v2")).json()["version"] == version == package_version()
+        assert (await client.get("/openapi.json")).json()["info"]["version"] == version
 
 
 async def test_an_early_refusal_carries_the_request_id_and_the_routes_shape():

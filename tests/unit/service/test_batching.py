@@ -26,6 +26,22 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows():
         np.testing.assert_array_equal(logvar, encode(x)[1])
 
 
+def test_a_closed_batcher_sends_what_it_holds_and_then_every_request_alone():
+    async def run():
+        batcher = MicroBatcher(encode, max_rows=64, max_wait_s=3600.0)  # a timer that would never fire in a test
+        held = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 1, 1))))
+        await asyncio.sleep(0)  # queued behind the timer
+        batcher.close()  # the version is replaced: nothing may wait on its timer
+        first = await held
+        later = await batcher.submit(np.full((2, 1, 1, 1), 2.0))
+        return batcher.calls, batcher._timer, first, later
+
+    calls, timer, first, later = asyncio.run(run())
+    assert calls == 2 and timer is None
+    np.testing.assert_array_equal(first[0], [[1.0]])
+    np.testing.assert_array_equal(later[0], [[2.0], [2.0]])
+
+
 def test_a_full_batch_flushes_at_once_without_waiting_for_its_timer():
     async def run():
         batcher = MicroBatcher(encode, max_rows=2, max_wait_s=3600.0)  # a timer that would never fire in a test

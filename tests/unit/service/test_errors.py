@@ -7,19 +7,10 @@ import pytest
 
 from service.errors import ErrorShape, error_body, error_bytes
 from service.v2.errors import error_shape
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, error_of, png_bytes
 from tests.unit.service.fakes import FakeVAE
 
 pytestmark = pytest.mark.anyio
-
-
-PNG = {"content-type": "image/png"}
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
 
 
 async def test_unexpected_errors_are_500_without_internals():

@@ -8,7 +8,7 @@ import anyio
 import pytest
 from starlette.requests import Request
 
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import build, client_for, error_of, png_bytes
 from tests.unit.service.test_observability import PNG, counted, middleware, run
 
 pytestmark = pytest.mark.anyio
@@ -39,12 +39,6 @@ async def while_a_slow_upload_waits(app, then) -> tuple[object, dict]:
             await then(client, results)
             finish.set()
     return results.pop("slow"), results
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
 
 
 async def test_a_client_abort_mid_body_is_one_log_line_and_499_and_nothing_is_sent(caplog):

@@ -9,13 +9,10 @@ import pytest
 
 from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, png_bytes
 from tests.unit.service.fakes import FakeVAE
 
 pytestmark = pytest.mark.anyio
-
-
-PNG = {"content-type": "image/png"}
 
 
 def middleware(app, **limits):
@@ -96,3 +93,26 @@ async def test_metrics_count_requests_by_route_and_status(client):
     assert "vae_request_duration_seconds_bucket" in text
     assert 'vae_images_processed_total{model="fake-vae",operation="sample",version="9.9.9"} 2.0' in text
     assert "vae_inference_duration_seconds" in text
+
+
+@pytest.mark.parametrize(
+    ("location", "relative"),
+    [
+        (b"http://evil.example/ui/", b"/ui/"),
+        (b"https://evil.example//other.example/x?a=1", b"/other.example/x?a=1"),  # no protocol-relative URL
+        (b"//evil.example/y", b"/y"),
+        (b"ui/", b"ui/"),  # already relative: as it is
+    ],
+)
+async def test_a_redirect_never_names_a_host(location, relative):
+    async def redirects(scope, receive, send):
+        await send({"type": "http.response.start", "status": 307, "headers": [(b"location", location)]})
+        await send({"type": "http.response.body", "body": b""})
+
+    asgi, _ = middleware(redirects)
+
+    async def receive():
+        return {"type": "http.request", "body": b"abc", "more_body": False}
+
+    start, _ = await run(asgi, receive)
+    assert dict(start["headers"])[b"location"] == relative

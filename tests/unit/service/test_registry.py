@@ -224,3 +224,16 @@ async def test_a_repository_that_cannot_be_read_fails_the_load_and_the_index_rep
         await registry.load("m")
     assert await registry.index() == [{"name": "m", "version": "1.0.0", "state": "READY", "reason": ""}]
     assert registry.resolve("m")[0] == "1.0.0"
+
+
+async def test_every_engine_a_load_replaces_or_an_unload_drops_is_released_once(tmp_path):
+    add_version(tmp_path, "m", "1.0.0")
+    released: list[object] = []
+    registry = Registry(scan=lambda: scan_repository(tmp_path), load_version=load, on_release=released.append)
+    await registry.load("m")
+    first = registry.resolve("m")[1]
+    await registry.load("m")  # the same version again: a new engine replaces the first
+    second = registry.resolve("m")[1]
+    assert released == [first] and second is not first
+    await registry.unload("m")
+    assert released == [first, second]

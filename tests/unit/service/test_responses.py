@@ -11,10 +11,9 @@ from PIL import Image
 
 from service import responses
 from service.schemas import DecodeResponse, ElboResponse, EncodeResponse, SampleResponse
-from tests.unit.service.conftest import png_bytes
+from tests.unit.service.conftest import PNG, png_bytes
 
 pytestmark = pytest.mark.anyio
-PNG = {"content-type": "image/png"}
 
 
 def test_json_response_writes_numpy_arrays_as_lists():

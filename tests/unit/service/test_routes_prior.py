@@ -14,10 +14,9 @@ from model.core.priors import StandardNormal
 from tests.unit.export.test_shipped_model import SHIPPED
 from tests.unit.model.core.prior_graphs import add_prior, toy_mixture
 from tests.unit.model.core.test_artifact import SERVING_FILES, NumpyPrior
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, png_bytes
 
 pytestmark = pytest.mark.anyio
-PNG = {"content-type": "image/png"}
 MIXTURE = toy_mixture(32)  # the shipped model's latent size
 
 

@@ -12,7 +12,7 @@ from service.errors import ApiError
 from service.observability import Metrics
 from service.served import ServedModel
 from service.settings import Settings
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, error_of, png_bytes
 from tests.unit.service.fakes import FakeVAE
 
 
@@ -21,15 +21,6 @@ def served_with(**settings) -> ServedModel:
 
 
 pytestmark = pytest.mark.anyio
-
-
-PNG = {"content-type": "image/png"}
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
 
 
 class GatedVAE(FakeVAE):

@@ -8,11 +8,11 @@ from PIL import Image
 
 from model.core import anomaly
 from model.core.preprocess import PreprocessContract, bytes_to_array
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, png_bytes
+from tests.unit.service.conftest import error_with_message as error_of
 from tests.unit.service.fakes import FAKE_FPR_DEFAULT, SHAPE, FakeVAE, in_distribution
 
 pytestmark = pytest.mark.anyio
-PNG = {"content-type": "image/png"}
 
 
 def png_of(pixels: np.ndarray) -> bytes:
@@ -30,12 +30,6 @@ async def calibrated():
     app, fake = build(FakeVAE(calibrated=True))
     async with client_for(app) as client:
         yield client, fake
-
-
-def error_of(response) -> tuple[int, str, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"], body["error"]["message"]
 
 
 async def test_a_model_without_calibration_answers_409_and_says_how_to_calibrate(client):

@@ -11,19 +11,10 @@ from PIL import Image
 
 from model.core import scoring
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import PNG, build, client_for, error_of, png_bytes
 from tests.unit.service.fakes import LATENT, SHAPE, FakeVAE, LinearGaussianVAE
 
 pytestmark = pytest.mark.anyio
-
-
-PNG = {"content-type": "image/png"}
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
 
 
 def fake_contract():

@@ -10,22 +10,10 @@ import pytest
 from PIL import Image
 
 from model.core.likelihoods import LIKELIHOODS
-from tests.unit.service.conftest import build, client_for
+from tests.unit.service.conftest import build, client_for, error_of, error_with_message
 from tests.unit.service.fakes import LATENT, SHAPE
 
 pytestmark = pytest.mark.anyio
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
-
-
-def error_with_message(response) -> tuple[int, str, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"], body["error"]["message"]
 
 
 async def test_decode_json_gives_pngs_of_the_declared_shape_and_pixels_on_request(client, app_and_fake):

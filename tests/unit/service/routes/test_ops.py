@@ -2,16 +2,10 @@
 
 import pytest
 
-from tests.unit.service.conftest import build, client_for
+from tests.unit.service.conftest import build, client_for, error_of
 from tests.unit.service.fakes import LATENT, SHAPE
 
 pytestmark = pytest.mark.anyio
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    return response.status_code, body["error"]["code"]
 
 
 async def test_not_ready_answers_503_on_model_routes_and_readyz():

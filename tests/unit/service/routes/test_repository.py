@@ -2,18 +2,12 @@
 
 import pytest
 
-from tests.unit.service.conftest import build, client_for
+from tests.unit.service.conftest import build, client_for, v2_error
 
 pytestmark = pytest.mark.anyio
 MODEL = "fake-vae"
 TOKEN = "s3cret"
 BEARER = {"authorization": f"Bearer {TOKEN}"}
-
-
-def v2_error(response, status: int) -> str:
-    body = response.json()
-    assert response.status_code == status and set(body) == {"error"}, (response.status_code, body)
-    return body["error"]
 
 
 @pytest.fixture

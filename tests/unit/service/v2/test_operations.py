@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 
 from model.core.preprocess import PreprocessContract, bytes_to_array
-from tests.unit.service.conftest import png_bytes
+from tests.unit.service.conftest import PNG, png_bytes
 
 pytestmark = pytest.mark.anyio
-
-
-PNG = {"content-type": "image/png"}
 
 
 NEW_FIELDS = ("log_likelihood_standard_error", "effective_sample_size")

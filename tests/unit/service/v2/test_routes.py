@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 
 from service.v2.models import MODELS
-from tests.unit.service.conftest import build, client_for, png_bytes
+from tests.unit.service.conftest import build, client_for, png_bytes, v2_error
 from tests.unit.service.fakes import FakeVAE
 
 pytestmark = pytest.mark.anyio
 MODEL = "fake-vae"
-
-
-def v2_error(response, status: int) -> str:
-    body = response.json()
-    assert response.status_code == status and set(body) == {"error"} and isinstance(body["error"], str), body
-    return body["error"]
 
 
 def bytes_request(blobs: list[bytes], **parameters) -> tuple[bytes, dict[str, str]]:
