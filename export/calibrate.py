@@ -120,7 +120,7 @@ def add_calibration(directory: Path, manifest: Manifest, calibration: Calibratio
 
 def calibrate_in_place(directory: Path, count: int, data_dir: str | None, threads: int) -> Manifest:
     """Calibrate an export's copy and rename it over the export; the graphs' bytes are copied as they are."""
-    from export.writer import move_into_place  # the same all-or-nothing rename as vae-export
+    from export.files import move_into_place  # the same all-or-nothing rename as vae-export
 
     model = load_model_dir(directory, threads=threads)
     manifest = model.manifest

@@ -12,7 +12,8 @@ import torch
 
 from export import calibrate, parity
 from export.config import ExportConfig
-from export.writer import ExportError, export_model, read_inputs
+from export.files import ExportError
+from export.writer import export_model, read_inputs
 from model import checkpoint
 from model.data import DataChecksumError, DataMissingError
 

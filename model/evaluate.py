@@ -207,7 +207,8 @@ def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[scoring.Backen
         from model.core.artifact import load_model_dir
 
         onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
-        if onnx_model.manifest.source_checkpoint.sha256 != sha256_file(args.checkpoint):
+        source = onnx_model.manifest.source_checkpoint
+        if source is None or source.sha256 != sha256_file(args.checkpoint):
             raise ValueError(f"{args.onnx_dir} was not exported from {args.checkpoint}")
         backend = onnx_model
         manifest = onnx_model.manifest

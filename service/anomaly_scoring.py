@@ -33,6 +33,7 @@ class AnomalyRequest:
 def prepare(served: ServedModel, fpr: float | None, seed: int | None, binarize_seed: int | None) -> AnomalyRequest:
     """The request's settings, its defaults from the calibration; 409 without one, 422 for an fpr below
     one reference image. Checked before any image is read: no image can change the answer."""
+    served.engine.require_likelihood("the anomaly score")
     calibration = served.engine.calibration
     if calibration is None:
         raise ApiError(
@@ -40,7 +41,8 @@ def prepare(served: ServedModel, fpr: float | None, seed: int | None, binarize_s
             "no_anomaly_calibration",
             f"the model {served.name} {served.version} has no anomaly "
             "calibration; calibrate it with `python -m export.calibrate MODEL_DIR` or export it again "
-            "with vae-export",
+            "with vae-export; for an imported model, import it again with --calibrate-dir (a folder of "
+            "in-distribution images)",
         )
     spec = served.engine.model.manifest.anomaly
     fpr = fpr if fpr is not None else (spec.fpr_default if spec is not None else 0.01)

@@ -85,6 +85,19 @@ class Engine:
         mean, _ = self.model.encode(pixels)
         return self.decode(mean)
 
+    def require_likelihood(self, route: str) -> None:
+        """409 for a route that scores images when the model's decoder is deterministic (likelihood none):
+        the request is well formed, but this model cannot answer it. Checked before any image is read."""
+        if self.likelihood.name == "none":
+            manifest = self.model.manifest
+            raise ApiError(
+                409,
+                "no_likelihood",
+                f"{route} scores images under the model's likelihood p(x|z), and {manifest.name} {manifest.version} "
+                "declares none (a deterministic decoder). Encode, decode, sample and reconstruct work; to score, "
+                "import the model with --likelihood bernoulli or gaussian (docs/contract.md)",
+            )
+
     def score(
         self,
         pixels: np.ndarray,

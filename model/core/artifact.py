@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from model.core import likelihoods
 from model.core.anomaly import Calibration
+from model.core.contract import ContractError, GraphAdapter, check_behaviour, check_signatures
 from model.core.likelihoods import Likelihood
 from model.core.manifest import GraphInfo, Manifest, PriorSpec, parity_problem
 from model.core.priors import Mixture, Prior, StandardNormal
@@ -42,6 +43,16 @@ class OnnxVAE:
     directory: Path
     prior: Prior  # N(0, I) when the manifest lists no prior graph
     anomaly: Calibration | None = None  # None: the export has no anomaly calibration
+    adapter: GraphAdapter | None = None  # None: made from the manifest
+
+    def __post_init__(self) -> None:
+        if self.adapter is None:
+            object.__setattr__(self, "adapter", GraphAdapter.of(self.manifest))
+
+    @property
+    def io(self) -> GraphAdapter:
+        assert self.adapter is not None  # set in __post_init__
+        return self.adapter
 
     @property
     def latent_dim(self) -> int:
@@ -49,16 +60,22 @@ class OnnxVAE:
 
     @property
     def likelihood(self) -> Likelihood:
-        return likelihoods.get(self.manifest.likelihood.name)
+        spec = self.manifest.likelihood
+        return likelihoods.for_outputs(spec.name, spec.outputs)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, C, H, W) float32 in the model's input scale -> mean (N, D), logvar (N, D)"""
-        mean, logvar = self.encoder.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})
-        return mean, logvar
+        """(N, C, H, W) float32 pixels in [0, 1] -> mean (N, D), logvar (N, D), whatever the graph's own
+        names, input values and posterior form (model/core/contract.py)"""
+        io = self.io
+        mean, spread = self.encoder.run(io.encoder_outputs, io.encoder_feed(x))
+        return io.posterior(mean, spread)
 
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(K, D) float32 -> the likelihood's parameters, each (K, C, H, W)"""
-        return tuple(self.decoder.run(None, {"z": np.ascontiguousarray(z, dtype=np.float32)}))
+        """(K, D) float32 -> the likelihood's parameters in [0, 1] pixels, each (K, C, H, W)"""
+        io = self.io
+        z_name = self.manifest.io.decoder.z
+        outputs = self.decoder.run(io.decoder_outputs, {z_name: np.ascontiguousarray(z, dtype=np.float32)})
+        return io.decoder_params(outputs)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -108,7 +125,7 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
         if manifest.prior is None
         else load_prior(directory, manifest.prior, manifest.latent_dim, options)
     )
-    return OnnxVAE(
+    vae = OnnxVAE(
         manifest=manifest,
         encoder=encoder,
         decoder=decoder,
@@ -116,6 +133,21 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
         prior=prior,
         anomaly=load_calibration(directory, manifest),
     )
+    # Dynamic int8 quantisation takes its activation scales from the whole batch (DynamicQuantizeLinear),
+    # so the int8 variant's rows do depend on their batch, by design and within its recorded parity.
+    check_contract(vae, f"{directory} ({variant})", batch_independent=variant != "int8")
+    return vae
+
+
+def check_contract(vae: OnnxVAE, where: str, batch_independent: bool = True) -> dict[str, float]:
+    """What the loader asks of any pair of graphs before it serves them (docs/contract.md): the bound
+    names, dtypes, ranks, a dynamic batch axis and the sizes, then determinism and rows that do not depend
+    on their batch, on a few seeded inputs. Returns the figures; raises ModelLoadError."""
+    try:
+        check_signatures(vae.manifest, vae.encoder, vae.decoder)
+        return check_behaviour(vae.encode, vae.decode, vae.manifest, batch_independent=batch_independent)
+    except ContractError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from exc
 
 
 def load_prior(directory: Path, spec: PriorSpec, latent_dim: int, options: ort.SessionOptions) -> Mixture:

@@ -176,6 +176,78 @@ class Gaussian(Likelihood):
 LIKELIHOODS: dict[str, Likelihood] = {likelihood.name: likelihood for likelihood in (Bernoulli(), Gaussian())}
 
 
+class NoLikelihood(ValueError):
+    """The model's decoder is deterministic: it has no p(x|z) to score an image with."""
+
+
+class _ServingOnly:
+    """A likelihood that imported models declare and `vae-train` never trains: no torch twin."""
+
+    def torch_log_prob(self, x: Any, params: tuple[Any, ...]) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} is served, not trained")
+
+    def torch_params(self, out: Any, log_scale: Any) -> tuple[Any, ...]:
+        raise NotImplementedError(f"{type(self).__name__} is served, not trained")
+
+    def torch_to_data_space(self, batch: Any, generator: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} is served, not trained")
+
+
+# torch's binary_cross_entropy clamps each log at -100, so a probability of exactly 0 or 1 (a float32
+# sigmoid saturates at |logit| > 17) costs 100 nats, not infinity: the same clamp here, so a model's ELBO
+# is what its author's loss reports.
+LOG_PROB_CLAMP = -100.0
+
+
+class BernoulliProbs(_ServingOnly, Bernoulli):
+    """Binary pixels with a decoder that outputs probabilities (a final sigmoid), as pytorch/examples' VAE."""
+
+    outputs = ("probs",)
+
+    def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        probs = params[0].astype(np.float64)
+        with np.errstate(divide="ignore"):
+            log_p = np.maximum(np.log(probs), LOG_PROB_CLAMP)
+            log_q = np.maximum(np.log1p(-probs), LOG_PROB_CLAMP)
+        result: np.ndarray = (x * log_p + (1.0 - x) * log_q).sum(axis=-1)
+        return result
+
+    def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        mean: NDArray[np.float32] = np.clip(params[0], 0.0, 1.0).astype(np.float32)
+        return mean
+
+
+class Deterministic(_ServingOnly, Likelihood):
+    """A decoder with no likelihood: z -> an image. It encodes, decodes and samples; it cannot score."""
+
+    name = "none"
+    outputs = ("mean",)
+    data_space = "none: the decoder is deterministic, so images are not scored"
+
+    def log_prob(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        raise NoLikelihood("the model's decoder is deterministic (likelihood none): it has no p(x|z)")
+
+    def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        mean: NDArray[np.float32] = np.clip(params[0], 0.0, 1.0).astype(np.float32)
+        return mean
+
+    def to_data_space(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return pixels.astype(np.float32)
+
+    def describe_draw(self, seed: int) -> str:
+        return "none: the model has no likelihood"
+
+
+def for_outputs(name: str, outputs: list[str] | tuple[str, ...]) -> Likelihood:
+    """The likelihood a manifest declares: its name and what its decoder outputs (a Gaussian's constant
+    scale is broadcast into a `log_scale` output before it gets here, model/core/contract.py)."""
+    if name == "none":
+        return Deterministic()
+    if name == "bernoulli" and list(outputs) == ["probs"]:
+        return BernoulliProbs()
+    return get(name)
+
+
 def get(name: str) -> Likelihood:
     try:
         return LIKELIHOODS[name]

@@ -1,6 +1,14 @@
 """The model card written beside the graphs, as a pydantic model (torch-free: the service reads it).
 
-`manifest.schema.json` is generated from `Manifest` (`python -m model.core.manifest`).
+`manifest.schema.json` is generated from `Manifest` (`python -m model.core.manifest`); docs/contract.md
+says what each section means for the routes.
+
+The schema is versioned "MAJOR.MINOR" (`schema_version`):
+- a new MINOR adds optional fields whose absence keeps the old meaning. A reader serves every minor of its
+  major up to its own, and refuses a newer one, naming the version it reads (upgrade vae-service);
+- a new MAJOR changes what an existing field means. A reader refuses a major it does not know.
+Version 1 (the integer 1, written before the contract was opened) reads as 2.0 with every new field at
+its default: the graphs named as vae-export names them, inputs in [0, 1], the posterior's log-variance.
 """
 
 from __future__ import annotations
@@ -10,11 +18,12 @@ import math
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.core.likelihoods import LIKELIHOODS
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = "2.0"
+_SCHEMA_MAJOR, _SCHEMA_MINOR = (int(part) for part in SCHEMA_VERSION.split("."))
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
@@ -36,17 +45,123 @@ class FileHash(_Strict):
 
 
 class InputSpec(_Strict):
+    """What the encoder graph is fed: an image of `shape`, its [0, 1] pixels p mapped to the graph's values
+    as low + (high - low) * p for `range` [low, high], or (p - mean[c]) / std[c] when `mean` and `std` are
+    given (per channel, as torchvision's Normalize)."""
+
     shape: list[int] = Field(min_length=3, max_length=3, description="(C, H, W)")
     channels: int
     dtype: Literal["float32"] = "float32"
-    range: list[float] = [0.0, 1.0]
+    range: list[float] = Field([0.0, 1.0], min_length=2, max_length=2, description="[low, high]")
+    mean: list[float] | None = Field(None, description="per channel: the graph sees (pixel - mean) / std")
+    std: list[float] | None = Field(None, description="per channel, each > 0; given with mean")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        channels = self.shape[0]
+        if self.channels != channels or channels not in (1, 3):
+            raise ValueError(f"channels {self.channels} and shape {self.shape}: images have 1 (grey) or 3 (RGB)")
+        if min(self.shape) <= 0:
+            raise ValueError(f"shape {self.shape} has a dimension that is not positive")
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"range {self.range} must be finite, low < high")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std are given together (the graph sees (pixel - mean) / std)")
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != channels or len(self.std) != channels:
+                raise ValueError(f"mean and std need one value per channel ({channels})")
+            if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(map(math.isfinite, self.mean)):
+                raise ValueError(f"std {self.std} must be positive and mean {self.mean} finite")
+        return self
+
+    def affine(self) -> tuple[list[float], list[float]]:
+        """Per channel (a, b): the graph sees a * pixel + b."""
+        if self.mean is not None and self.std is not None:
+            return [1.0 / s for s in self.std], [-m / s for m, s in zip(self.mean, self.std, strict=True)]
+        low, high = self.range
+        return [high - low] * self.channels, [low] * self.channels
+
+    def describe_values(self) -> str:
+        if self.mean is not None:
+            return f"(pixel - mean) / std per channel, mean {self.mean}, std {self.std}, pixel in [0, 1]"
+        low, high = self.range
+        return f"[{low:g}, {high:g}]: {low:g} + {high - low:g} * pixel, pixel in [0, 1]"
+
+
+LIKELIHOOD_NAMES = (*LIKELIHOODS, "none")
 
 
 class LikelihoodSpec(_Strict):
-    name: Literal[tuple(LIKELIHOODS)]  # type: ignore[valid-type]  # the schema's enum is the registry's names
+    """p(x|z). `outputs` are the decoder's outputs in the contract's names, in order: bernoulli
+    ["logits"] or ["probs"]; gaussian ["mean", "log_scale"] (the decoder gives a scale per pixel) or
+    ["mean"] with `log_scale` (one scale for every pixel: learned, or fixed by the model's author); none
+    ["mean"], a deterministic decoder. Means and scales are in the encoder's input values (InputSpec)."""
+
+    name: Literal[LIKELIHOOD_NAMES]  # type: ignore[valid-type]  # the schema's enum is the registry's names
     outputs: list[str] = Field(description="decoder outputs, in order")
     parameters: dict[str, Any] = Field(default_factory=dict)
     data_space: str
+    scale: Literal["decoder", "learned", "fixed"] | None = Field(
+        None, description="gaussian: where sigma comes from; None for vae-export's decoders (they output it)"
+    )
+    log_scale: float | None = Field(None, description="gaussian with scale learned or fixed: ln sigma")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LikelihoodSpec:
+        allowed = {
+            "bernoulli": (["logits"], ["probs"]),
+            "gaussian": (["mean", "log_scale"], ["mean"]),
+            "none": (["mean"],),
+        }[self.name]
+        if self.outputs not in allowed:
+            raise ValueError(f"a {self.name} decoder outputs {' or '.join(map(str, allowed))}, not {self.outputs}")
+        constant = self.name == "gaussian" and self.outputs == ["mean"]
+        if constant != (self.log_scale is not None) or (
+            self.log_scale is not None and not math.isfinite(self.log_scale)
+        ):
+            raise ValueError(
+                "a gaussian decoder that outputs only its mean needs log_scale (a finite ln sigma); "
+                "other decoders give none"
+            )
+        return self
+
+
+class EncoderIO(_Strict):
+    """Which of the encoder graph's names play the contract's parts, and how. The defaults are the names
+    vae-export writes; vae-import records a user's graph as it is, so its bytes and hash hold."""
+
+    image: str = Field("image", description="the graph input fed the image")
+    mean: str = Field("mean", description="the graph output holding the posterior's mean [N, D]")
+    spread: str = Field("logvar", description="the graph output holding the posterior's spread [N, D]")
+    posterior: Literal["logvar", "log_scale", "scale"] = Field(
+        "logvar", description="what `spread` is: log sigma^2, log sigma, or sigma"
+    )
+    layout: Literal["nchw", "flat"] = Field("nchw", description="the image as [N, C, H, W] or [N, C*H*W]")
+
+
+class DecoderIO(_Strict):
+    z: str = Field("z", description="the graph input fed the latents [N, D]")
+    outputs: list[str] = Field(description="the graph outputs holding the likelihood's outputs, in its order")
+    scale_output: Literal["log_scale", "logvar", "scale"] = Field(
+        "log_scale", description="gaussian with a per-pixel scale: what its second output is"
+    )
+    flat: bool = Field(False, description="the outputs are [N, C*H*W], reshaped to [N, C, H, W]")
+
+
+class ContractSpec(_Strict):
+    """How the graphs meet the model contract (docs/contract.md). Absent: vae-export's names and forms."""
+
+    encoder: EncoderIO = EncoderIO()
+    decoder: DecoderIO
+
+
+class Source(_Strict):
+    """Where the model came from, for the model card."""
+
+    tool: Literal["vae-export", "vae-import torch", "vae-import onnx"]
+    files: list[FileHash] = Field(default_factory=list)
+    description: str = ""
 
 
 class Int8Variant(_Strict):
@@ -82,11 +197,12 @@ class PriorSpec(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: str | Literal[1] = Field(SCHEMA_VERSION, description="MAJOR.MINOR (1: the first, integer form)")
     name: str
     version: str
     created: str
-    source_checkpoint: FileHash
+    source_checkpoint: FileHash | None = None  # vae-export's checkpoint; imports record `source`
+    source: Source | None = None
     checkpoint: FileHash | None = None  # the slim copy shipped beside the graphs
     encoder: GraphInfo
     decoder: GraphInfo
@@ -100,7 +216,44 @@ class Manifest(_Strict):
     int8: Int8Variant | None = None
     anomaly: AnomalySpec | None = None  # absent in exports made before anomaly calibration
     prior: PriorSpec | None = None  # absent: p(z) = N(0, I)
+    contract: ContractSpec | None = None  # absent: the graphs' names and forms are vae-export's
     exporter: dict[str, str]
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _schema_version(cls, value: Any) -> str:
+        text = "1.0" if value == 1 or value == "1" else value
+        try:
+            major, minor = (int(part) for part in str(text).split("."))
+        except ValueError:
+            raise ValueError(f"schema_version {value!r} is not MAJOR.MINOR") from None
+        if major == 1 or (major == _SCHEMA_MAJOR and minor <= _SCHEMA_MINOR):
+            return f"{major}.{minor}"
+        raise ValueError(
+            f"schema_version {value} is not one this vae-service reads (1, and 2.0 up to {SCHEMA_VERSION}); "
+            "a newer vae-service wrote it: upgrade vae-service, or re-import the model with this one"
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.source_checkpoint is None and self.source is None:
+            raise ValueError("a manifest records its source: source_checkpoint (vae-export) or source (vae-import)")
+        if self.input.shape[0] != self.input.channels:
+            raise ValueError(f"input.channels {self.input.channels} differs from input.shape {self.input.shape}")
+        io = self.io
+        if len(io.decoder.outputs) != len(self.likelihood.outputs):
+            raise ValueError(
+                f"contract.decoder.outputs {io.decoder.outputs} names {len(io.decoder.outputs)} graph outputs; "
+                f"the likelihood has {len(self.likelihood.outputs)}: {self.likelihood.outputs}"
+            )
+        return self
+
+    @property
+    def io(self) -> ContractSpec:
+        """The contract's bindings; vae-export's own when the manifest records none."""
+        if self.contract is not None:
+            return self.contract
+        return ContractSpec(decoder=DecoderIO(outputs=list(self.likelihood.outputs)))
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:

@@ -90,6 +90,7 @@ async def encode(request: Request) -> Response:
 async def elbo(request: Request) -> Response:
     state, served, query = model_route(request, ElboQuery)
     engine = served.engine
+    engine.require_likelihood("POST /elbo")
     if query.k > state.settings.max_k:
         raise unprocessable("k_out_of_range", f"k must be between 1 and {state.settings.max_k}, not {query.k}")
     pixels = await read_model_images(request, state, served)

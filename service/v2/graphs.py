@@ -67,9 +67,10 @@ def graph_model(suffix: str) -> V2Model:
         feeds = {s.name: np.ascontiguousarray(inputs[s.name].data) for s in specs}
         rows = max(len(x) for x in feeds.values()) if feeds else 1
         names = [s.name for s in graph_specs(session(call.served), outputs=True)]
-        if suffix == "encoder" and call.served.batcher is not None:
+        if suffix == "encoder" and call.served.batcher is not None and call.served.engine.model.io.native:
             # Through the micro-batcher, as /encode: the same onnxruntime call (OnnxVAE.encode feeds
-            # `image` and returns the graph's outputs in order), shared with concurrent requests.
+            # `image` and returns the graph's outputs in order), shared with concurrent requests. Only for
+            # vae-export's graphs: an imported graph's own names and values are not /encode's.
             mean, logvar, _ = await call.served.encode(feeds["image"], sample=False, seed=0)
             results = [mean, logvar]
         else:

@@ -92,6 +92,7 @@ async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
 async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
     name, state, engine = f"{call.served.name}.elbo", call.state, call.served.engine
     query = knobs(ElboQuery, call.parameters, name)
+    engine.require_likelihood(f"model '{name}'")
     if query.k > state.settings.max_k:
         raise ProtocolError(f"k must be between 1 and {state.settings.max_k}, not {query.k}")
     pixels = await read_pixels(call, name)

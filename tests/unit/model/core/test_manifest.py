@@ -11,6 +11,6 @@ def test_checked_in_schema_is_generated_from_the_model():
     assert json.loads(SCHEMA_PATH.read_text()) == json_schema()
 
 
-def test_the_schema_accepts_exactly_the_registered_likelihoods():
+def test_the_schema_accepts_exactly_the_registered_likelihoods_and_none():
     name = json_schema()["$defs"]["LikelihoodSpec"]["properties"]["name"]
-    assert sorted(name["enum"]) == sorted(LIKELIHOODS)
+    assert sorted(name["enum"]) == sorted([*LIKELIHOODS, "none"])
