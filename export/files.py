@@ -19,7 +19,7 @@ def target_dir(out_dir: Path) -> Path:
         out = out.resolve()
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())):
         raise ExportError(
-            f"{out} exists and is not a directory written by vae-export (no manifest.json). "
+            f"{out} exists and is not a model directory (no manifest.json, as vae-export and vae-import write). "
             "The export replaces OUT_DIR as a whole: choose a new directory or empty this one."
         )
     return out

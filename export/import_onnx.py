@@ -149,7 +149,13 @@ def static_input_shape(session: Any, image: str, flat: bool) -> tuple[int, int, 
 
 
 def latent_size(session: Any, decl: Declarations, image: str, mean: str) -> int:
-    """D: the mean output's static size, else from one run on a blank image."""
+    """D: the mean output's static size, else from one run on a blank image (float32 checked first)."""
+    kind = next(a.type for a in session.get_inputs() if a.name == image)
+    if kind != "tensor(float)":
+        raise ImportFailed(
+            f"the encoder input {image!r} is {kind}; the contract is float32 (tensor(float)): export the model "
+            "in float32 (model.float())"
+        )
     shape = next(a.shape for a in session.get_outputs() if a.name == mean)
     if len(shape) == 2 and isinstance(shape[1], int):
         return int(shape[1])

@@ -114,7 +114,11 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refusals and corrupt files
-        raise ImportFailed(f"--weights {path} is not a state dict torch can load safely: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImportFailed(
+            f"--weights {path} is not a state dict torch can load safely ({first[:200]}): vae-import loads tensors "
+            "only, never pickled code. Save the weights with torch.save(model.state_dict(), path)"
+        ) from exc
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -122,7 +126,14 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
                 break
     if not isinstance(state, dict):
         raise ImportFailed(f"--weights {path} holds a {type(state).__name__}, not a state dict (name -> tensor)")
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another size
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise ImportFailed(
+            f"--weights {path} does not fit the module: {'; '.join(mismatches[:3]) or str(exc)[:300]}. Save it "
+            "with torch.save(model.state_dict(), path) from the same class, built with the same arguments"
+        ) from exc
     if result.missing_keys or result.unexpected_keys:
         raise ImportFailed(
             f"--weights {path} does not fit the module: missing {result.missing_keys[:5]}, unexpected "
@@ -197,7 +208,10 @@ def _call(module: torch.nn.Module, method: str, x: torch.Tensor, decl: Declarati
         if not isinstance(value, torch.Tensor):
             raise ImportFailed(f"{method} returned {_describe(outputs)}: the contract needs tensors")
         if value.dtype != torch.float32:
-            raise ImportFailed(f"{method} returned a {value.dtype} tensor; the contract is float32: call model.float()")
+            raise ImportFailed(
+                f"{method} returned a {value.dtype} tensor from the module in float32 (vae-import calls "
+                "model.float()); the contract is float32: remove the cast inside the method"
+            )
     return outputs
 
 

@@ -179,6 +179,12 @@ class ModelCard(BaseModel):
     prior: dict[str, Any] = Field(
         description="p(z): name (standard_normal, mog or vamp), components (K; 1 for N(0, I)) and description"
     )
+    source: dict[str, Any] = Field(
+        description="where the model came from: vae-export's checkpoint, or what vae-import was given (files, hashes)"
+    )
+    contract: dict[str, Any] = Field(
+        description="which of the graphs' names play the contract's parts, and in what form (docs/contract.md)"
+    )
     limits: dict[str, int]
 
 
@@ -187,7 +193,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "undecodable or truncated image bytes",
         404: "no such model or version is being served",
-        409: "the model has no anomaly calibration (export it again, or run python -m export.calibrate on it)",
+        409: "the model cannot answer this route: it has no anomaly calibration, or no likelihood (a deterministic "
+        "decoder); the error's code and message say which",
         408: "the request body did not arrive within VAE_BODY_TIMEOUT_S",
         413: "body over VAE_MAX_UPLOAD_BYTES (VAE_MAX_JSON_BYTES for JSON), an image over VAE_MAX_IMAGE_PIXELS, "
         "or a request over VAE_MAX_REQUEST_PIXELS",

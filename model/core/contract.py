@@ -120,7 +120,8 @@ def check_signatures(manifest: Manifest, encoder: Any, decoder: Any) -> None:
     image = [channels * height * width] if io.encoder.layout == "flat" else [channels, height, width]
     latent = manifest.latent_dim
     out_rows = [pixels] if io.decoder.flat else [channels, height, width]
-    _check_args("encoder", "input", encoder.get_inputs(), {io.encoder.image: image}, _ENCODER_HINT)
+    hint = _FLAT_HINT if io.encoder.layout == "flat" else _ENCODER_HINT
+    _check_args("encoder", "input", encoder.get_inputs(), {io.encoder.image: image}, hint)
     _check_args(
         "encoder", "output", encoder.get_outputs(), {io.encoder.mean: [latent], io.encoder.spread: [latent]}, ""
     )
@@ -129,13 +130,14 @@ def check_signatures(manifest: Manifest, encoder: Any, decoder: Any) -> None:
 
 
 _ENCODER_HINT = "; an encoder that flattens its input itself takes [N, C*H*W]: declare it (--flatten-input)"
+_FLAT_HINT = "; --flatten-input declares [N, C*H*W]: leave it out for an encoder that takes [N, C, H, W]"
 _DECODER_HINT = "; a decoder that returns [N, C*H*W] is reshaped when declared (--output-shape C H W)"
 
 
 def _check_args(graph: str, kind: str, args: Any, wanted: dict[str, list[int]], hint: str) -> None:
     by_name = {a.name: a for a in args}
     extra_inputs = [name for name in by_name if name not in wanted] if kind == "input" else []
-    if extra_inputs:
+    if extra_inputs and len(by_name) > len(wanted):
         raise ContractError(
             f"the {graph} graph has inputs {list(by_name)}; the contract feeds only {list(wanted)}: "
             "export it with one input"

@@ -227,7 +227,7 @@ class Manifest(_Strict):
             major, minor = (int(part) for part in str(text).split("."))
         except ValueError:
             raise ValueError(f"schema_version {value!r} is not MAJOR.MINOR") from None
-        if major == 1 or (major == _SCHEMA_MAJOR and minor <= _SCHEMA_MINOR):
+        if (major, minor) == (1, 0) or (major == _SCHEMA_MAJOR and 0 <= minor <= _SCHEMA_MINOR):
             return f"{major}.{minor}"
         raise ValueError(
             f"schema_version {value} is not one this vae-service reads (1, and 2.0 up to {SCHEMA_VERSION}); "

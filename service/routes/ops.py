@@ -63,6 +63,14 @@ async def model_card(request: Request) -> dict[str, Any]:
         "parity": manifest.parity,
         "created": manifest.created,
         "prior": prior_card(manifest.prior),
+        "source": (
+            {"tool": "vae-export", "checkpoint": manifest.source_checkpoint.model_dump()}
+            if manifest.source is None and manifest.source_checkpoint is not None
+            else manifest.source.model_dump()
+            if manifest.source is not None
+            else {}
+        ),
+        "contract": manifest.io.model_dump(),
         "graphs": {
             "encoder_sha256": manifest.encoder.sha256,
             "decoder_sha256": manifest.decoder.sha256,

@@ -23,7 +23,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, latent_dim: int = 8):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(latent_dim, 128), nn.SiLU(), nn.Linear(128, 256), nn.Unflatten(1, (1, 16, 16)))
+        self.body = nn.Sequential(
+            nn.Linear(latent_dim, 128), nn.SiLU(), nn.Linear(128, 256), nn.Unflatten(1, (1, 16, 16))
+        )
 
     def forward(self, latent):
         return self.body(latent)

@@ -36,5 +36,5 @@ def test_export_refuses_to_replace_a_directory_it_did_not_write(exported, tmp_pa
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("mine")
     assert export_again(exported, tmp_path, monkeypatch, tmp_path / "home") == 2
-    assert "not a directory written by vae-export" in capsys.readouterr().err
+    assert "is not a model directory (no manifest.json" in capsys.readouterr().err
     assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
