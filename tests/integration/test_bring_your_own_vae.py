@@ -59,6 +59,18 @@ def vae_import(*argv: str) -> str:
     return result.stdout
 
 
+def image_folder(directory: Path, split: str, count: int) -> Path:
+    """`count` Fashion-MNIST images of `split` as PNG files: a user's folder."""
+    from model.data import load_dataset
+
+    data = load_dataset("fashion-mnist", str(FASHION))
+    images = data.train[-count:] if split == "train" else data.test[:count]
+    directory.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8)).save(directory / f"{i:04d}.png")
+    return directory
+
+
 def train_examples_vae(path: Path) -> None:
     """pytorch/examples' VAE, a few hundred steps on Fashion-MNIST with its authors' loss, seeded."""
     from model.data import load_dataset
@@ -172,17 +184,24 @@ def imported(tmp_path_factory) -> tuple[str, dict[str, Imported]]:
     repo = tmp / "repo"
     weights = tmp / "examples_vae.pt"
     train_examples_vae(weights)
+    scored, calibration = image_folder(tmp / "scored", "test", 64), image_folder(tmp / "calibration", "train", 200)
     common = ("--seed", "0", "--threads", "1")
     vae_import(
         "torch", f"{BYO / 'examples_vae.py'}:VAE", str(repo / "examples-vae" / "1"), "--weights", str(weights),
         "--input-shape", "1", "28", "28", "--flatten-input", "--output-shape", "1", "28", "28",
-        "--likelihood", "bernoulli", "--decoder-output", "probs", "--name", "examples-vae", "--version", "1", *common,
+        "--likelihood", "bernoulli", "--decoder-output", "probs", "--name", "examples-vae", "--version", "1",
+        "--score-dir", str(scored), "--calibrate-dir", str(calibration), *common,
     )  # fmt: skip
     vae_import(
         "torch", f"{BYO / 'conv_vae.py'}:build", str(repo / "conv-vae" / "1"), "--encode", "embed",
         "--decode", "generate", "--input-shape", "3", "32", "32", "--input-range", "-1", "1",
         "--likelihood", "gaussian", "--decoder-output", "mean", "--log-sigma-param", "log_sigma",
         "--name", "conv-vae", "--version", "1", *common,
+    )  # fmt: skip
+    vae_import(
+        "torch", f"{BYO / 'conv_vae.py'}:build", str(repo / "conv-none" / "1"), "--encode", "embed",
+        "--decode", "generate", "--input-shape", "3", "32", "32", "--input-range", "-1", "1",
+        "--likelihood", "none", "--decoder-output", "mean", "--name", "conv-none", "--version", "1", *common,
     )  # fmt: skip
     with warnings.catch_warnings():  # torch.onnx's advice on dynamic_axes, which the user's plain call uses
         warnings.simplefilter("ignore")
@@ -210,7 +229,7 @@ NAMES = ["examples-vae", "conv-vae", "pair-vae"]
 def test_vae_import_makes_a_repository_the_service_lists(imported):
     url, models = imported
     listed = httpx.get(f"{url}/v1/models").json()["models"]
-    assert sorted(m["name"] for m in listed) == sorted(NAMES)
+    assert sorted(m["name"] for m in listed) == sorted([*NAMES, "conv-none"])
     for name, model in models.items():
         card = httpx.get(f"{url}/v1/models/{name}").json()
         assert card["latent_dim"] == model.latent_dim
@@ -402,3 +421,49 @@ def test_the_model_card_names_the_source_and_the_contract(imported):
         "image": "pixels", "mean": "mu", "spread": "log_sigma", "posterior": "log_scale", "layout": "nchw"
     }  # fmt: skip
     assert pair["input"]["mean"] == [0.5] and pair["input"]["std"] == [0.25]
+
+
+def test_the_model_card_holds_the_metrics_scored_on_the_users_folder(imported):
+    url, _ = imported
+    metrics = httpx.get(f"{url}/v1/models/examples-vae").json()["metrics"]["test"]
+    assert metrics["images"] == 64 and metrics["k"] == 100 and metrics["estimator"] == "importance"
+    assert metrics["log_likelihood"] >= metrics["elbo"]  # the importance estimate sits above the bound, on average
+    assert metrics["elbo"] == pytest.approx(metrics["reconstruction"] - metrics["kl"], rel=1e-9)
+    assert metrics["elbo_bits_per_dim"] == pytest.approx(-metrics["elbo"] / (784 * math.log(2)))
+
+
+def test_an_import_calibrated_on_the_users_folder_answers_anomaly(imported):
+    url, _ = imported
+    card = httpx.get(f"{url}/v1/models/examples-vae").json()
+    assert card["anomaly"]["calibration"]["images"] == 200
+    assert card["anomaly"]["calibration"]["fit_images"] == 100
+    from model.data import load_dataset
+
+    image = load_dataset("fashion-mnist", str(FASHION)).test[5]
+    response = httpx.post(
+        f"{url}/v1/models/examples-vae/anomaly", files={"file": ("x.png", image_of(image), "image/png")}
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert 0 <= result["percentile"] <= 1 and math.isfinite(result["score"])
+
+
+def test_a_deterministic_decoder_serves_every_route_but_those_that_score(imported):
+    url, _ = imported
+    model = Imported("conv-none", (3, 32, 32), 16, conv_reference())
+    upload = {"file": ("x.png", image_of(an_image(model)), "image/png")}
+    for route in ("elbo", "anomaly"):
+        response = httpx.post(f"{url}/v1/models/conv-none/{route}", files=upload)
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "no_likelihood" and "declares none" in error["message"]
+        assert "--likelihood bernoulli or gaussian" in error["message"]
+    assert httpx.post(f"{url}/v1/models/conv-none/encode", files=upload).status_code == 200
+    assert httpx.post(f"{url}/v1/models/conv-none/reconstruct", files=upload).status_code == 200
+    z = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    decoded = httpx.post(f"{url}/v1/models/conv-none/decode?format=json&pixels=true", json={"z": z.tolist()}).json()
+    assert_close([image["pixels"] for image in decoded["images"]], model.reference.pixel_mean(z))
+    assert httpx.get(f"{url}/v1/models/conv-none/sample", params={"n": 2, "seed": 1}).status_code == 200
+    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.5] * 3072}]}
+    response = httpx.post(f"{url}/v2/models/conv-none.elbo/infer", json=body)
+    assert response.status_code == 409 and "declares none" in response.json()["error"]
