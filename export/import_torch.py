@@ -126,6 +126,7 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
                 break
     if not isinstance(state, dict):
         raise ImportFailed(f"--weights {path} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+    state = strip_prefix(module, state)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another size
@@ -141,6 +142,20 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         )
 
 
+def strip_prefix(module: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict saved from a wrapper (DataParallel's `module.`, a Lightning module's `model.`): the prefix
+    removed when that makes the keys the module's own."""
+    own = set(module.state_dict())
+    if set(state) <= own:
+        return state
+    for prefix in sorted({key.split(".", 1)[0] + "." for key in state if "." in key}):
+        stripped = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+        if own == set(stripped):
+            print(f"vae-import: the weights' keys carry the prefix {prefix!r}; loading them without it")
+            return stripped
+    return state
+
+
 class Half(torch.nn.Module):
     """One method of the user's module as a module of its own, returning a tuple of tensors."""
 
@@ -150,8 +165,31 @@ class Half(torch.nn.Module):
         self.method = method
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = getattr(self.inner, self.method)(x)
-        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return as_tensors(resolve(self.inner, self.method)(x))[0]
+
+
+def resolve(module: torch.nn.Module, path: str) -> Any:
+    """`encode`, or a dotted path such as `encoder` or `encoder.forward`: the callable it names, or None."""
+    target: Any = module
+    for part in path.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            return None
+    return target if callable(target) else None
+
+
+def as_tensors(out: Any) -> tuple[tuple[Any, ...], str | None]:
+    """A method's result as a tuple, and the distribution it was when it returned one: a Normal gives
+    (loc, scale), a Bernoulli (logits,), an Independent its base distribution's."""
+    distributions = torch.distributions
+    kind = None
+    while isinstance(out, distributions.Independent):
+        out = out.base_dist
+    if isinstance(out, distributions.Normal):
+        kind, out = "Normal", (out.loc, out.scale)
+    elif isinstance(out, distributions.Bernoulli):
+        kind, out = "Bernoulli", (out.logits,)
+    return (tuple(out) if isinstance(out, (tuple, list)) else (out,)), kind
 
 
 def example_images(decl: Declarations, count: int, seed: int) -> np.ndarray:
@@ -162,16 +200,21 @@ def example_images(decl: Declarations, count: int, seed: int) -> np.ndarray:
     return values.reshape(count, -1) if decl.flatten_input else values
 
 
-def probe(module: torch.nn.Module, decl: Declarations, methods: Methods) -> tuple[int, list[str]]:
-    """Run the methods once in torch and check their forms: (D, the decoder output names)."""
+def probe(module: torch.nn.Module, decl: Declarations, methods: Methods) -> tuple[int, list[str], Declarations]:
+    """Run the methods once in torch and check their forms: (D, the decoder output names, the declarations with
+    what a returned distribution fixes)."""
     for method in (methods.encode, methods.decode):
-        if not callable(getattr(module, method, None)):
+        if resolve(module, method) is None:
             flag = "--encode" if method == methods.encode else "--decode"
             raise ImportFailed(
-                f"{type(module).__name__} has no method {method!r}: name the method that does this with {flag}"
+                f"{type(module).__name__} has no method {method!r}: name the method (or submodule, as encoder) "
+                f"that does this with {flag}"
             )
     x = torch.from_numpy(example_images(decl, 2, decl.seed))
-    encoded = _call(module, methods.encode, x, decl)
+    encoded, kind = _call(module, methods.encode, x, decl)
+    if kind == "Normal" and decl.posterior != "scale":
+        print(f"vae-import: {methods.encode} returns a Normal distribution: its loc and scale are the posterior's")
+        decl = replace(decl, posterior="scale")
     if len(encoded) != 2:
         raise ImportFailed(
             f"{methods.encode}(x) returned {_describe(encoded)}; the contract needs (mean, {decl.posterior}), each "
@@ -184,18 +227,26 @@ def probe(module: torch.nn.Module, decl: Declarations, methods: Methods) -> tupl
             "contract needs both [N, D]: flatten the latents inside encode"
         )
     latent_dim = int(mean.shape[1])
-    decoded = _call(
+    decoded, kind = _call(
         module, methods.decode, torch.randn(2, latent_dim, generator=torch.Generator().manual_seed(0)), None
     )
+    wanted = {"Normal": ("gaussian", "mean,scale"), "Bernoulli": ("bernoulli", "logits")}.get(kind or "")
+    if wanted is not None and (decl.likelihood, decl.decoder_output) != wanted:
+        raise ImportFailed(
+            f"{methods.decode} returns a torch.distributions.{kind}: declare --likelihood {wanted[0]} "
+            f"--decoder-output {wanted[1]}"
+        )
     _check_decoded(decoded, decl, methods)
     names = ["mean", decl.decoder_output.split(",")[1]] if "," in decl.decoder_output else [decl.decoder_output]
-    return latent_dim, names
+    return latent_dim, names, decl
 
 
-def _call(module: torch.nn.Module, method: str, x: torch.Tensor, decl: Declarations | None) -> tuple[torch.Tensor, ...]:
+def _call(
+    module: torch.nn.Module, method: str, x: torch.Tensor, decl: Declarations | None
+) -> tuple[tuple[torch.Tensor, ...], str | None]:
     try:
         with torch.no_grad():
-            out = getattr(module, method)(x)
+            out = resolve(module, method)(x)
     except Exception as exc:  # the user's code: anything
         hint = ""
         if decl is not None and not decl.flatten_input and _runs_flat(module, method, x):
@@ -203,7 +254,7 @@ def _call(module: torch.nn.Module, method: str, x: torch.Tensor, decl: Declarati
         elif decl is not None:
             hint = f". Check --input-shape (the image is {list(x.shape)}) and --flatten-input"
         raise ImportFailed(f"{method}({_shape(x)}) failed: {type(exc).__name__}: {exc}{hint}") from exc
-    outputs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    outputs, kind = as_tensors(out)
     for value in outputs:
         if not isinstance(value, torch.Tensor):
             raise ImportFailed(f"{method} returned {_describe(outputs)}: the contract needs tensors")
@@ -212,13 +263,13 @@ def _call(module: torch.nn.Module, method: str, x: torch.Tensor, decl: Declarati
                 f"{method} returned a {value.dtype} tensor from the module in float32 (vae-import calls "
                 "model.float()); the contract is float32: remove the cast inside the method"
             )
-    return outputs
+    return outputs, kind
 
 
 def _runs_flat(module: torch.nn.Module, method: str, x: torch.Tensor) -> bool:
     try:
         with torch.no_grad():
-            getattr(module, method)(x.reshape(len(x), -1))
+            resolve(module, method)(x.reshape(len(x), -1))
     except Exception:  # the user's code: anything
         return False
     return True
@@ -384,8 +435,11 @@ def import_torch(target: str, out_dir: Path, decl: Declarations, weights: Path |
     if decl.input_shape is None:
         raise ImportFailed("pass --input-shape C H W: the shape of the images the model reads")
     torch.manual_seed(decl.seed)
+    # A distribution built inside encode or decode checks its arguments with data-dependent branches, which
+    # torch.export cannot trace; the values are checked by the loader (finite, shapes) instead.
+    torch.distributions.Distribution.set_default_validate_args(False)
     module = load_module(target, weights)
-    latent_dim, output_names = probe(module, decl, methods)
+    latent_dim, output_names, decl = probe(module, decl, methods)
     log_scale = None
     if decl.sigma is not None:
         log_scale = math.log(decl.sigma)
