@@ -342,7 +342,7 @@ def test_probabilities_outside_0_1_are_refused_suggesting_logits(capsys, tmp_pat
 def test_a_module_without_the_method_is_refused_naming_the_flag(capsys, tmp_path, user_vaes):
     out = tmp_path / "repo" / "m" / "1"
     code, message = torch_import(capsys, f"{user_vaes}:Renamed", out, *SHAPE, *BERNOULLI_LOGITS)
-    assert_refused(code, message, out, "Renamed has no method 'encode'", "name the method that does this with --encode")
+    assert_refused(code, message, out, "Renamed has no method 'encode'", "that does this with --encode")
 
 
 def test_weights_that_do_not_fit_are_refused_naming_the_keys(capsys, tmp_path, user_vaes):
