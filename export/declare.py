@@ -146,7 +146,10 @@ class Declarations:
             raise DeclarationError(f"the input declarations are not consistent: {exc}") from exc
 
     def preprocessing(self) -> PreprocessContract:
-        return PreprocessContract(input_shape=self.shape, resize_filter=self.resize_filter)
+        try:
+            return PreprocessContract(input_shape=self.shape, resize_filter=self.resize_filter)
+        except ValueError as exc:
+            raise DeclarationError(f"--resize-filter: {exc}") from exc
 
     def likelihood_spec(self, log_scale: float | None) -> LikelihoodSpec:
         """`log_scale`: a gaussian's constant ln sigma (from --sigma, or read from --log-sigma-param)."""

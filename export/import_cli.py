@@ -52,7 +52,12 @@ def _declarations(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sigma", type=float, default=None, help="gaussian decoding its mean only: the fixed sigma, in input values"
     )
-    g.add_argument("--resize-filter", default="bilinear", help="how uploaded images of another size are resized")
+    g.add_argument(
+        "--resize-filter",
+        default="bilinear",
+        choices=["nearest", "bilinear", "bicubic", "lanczos", "box"],
+        help="how uploaded images of another size are resized",
+    )
     m = p.add_argument_group("model card")
     m.add_argument(
         "--score-dir", type=Path, default=None, help="a folder of test images: the model card's ELBO and log p(x)"

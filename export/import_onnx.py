@@ -1,9 +1,11 @@
 """`vae-import onnx OUT_DIR --encoder E.onnx --decoder D.onnx [--prior P.onnx]`: a user's graphs as they are.
 
-The graphs' bytes are copied unchanged, so their hashes are the user's; the manifest maps their own input and
-output names onto the contract's (--encoder-input, --encoder-outputs, --decoder-input, --decoder-outputs). The
-loader's checks (model/core/contract.py) run on them before anything is written: names, float32, ranks, a
-dynamic batch axis, sizes, determinism and rows that do not depend on their batch. Torch is not needed.
+The graphs' bytes are copied unchanged, so their hashes are the user's (a graph that keeps its weights in
+external data files is stored as one file with them, its source files' hashes recorded); the manifest maps their
+own input and output names onto the contract's (--encoder-input, --encoder-outputs, --decoder-input,
+--decoder-outputs). The loader's checks (model/core/contract.py) run on them before anything is written:
+names, float32, ranks, a dynamic batch axis, sizes, determinism and rows that do not depend on their batch.
+Torch is not needed.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class AnomalyRequest:
 def prepare(served: ServedModel, fpr: float | None, seed: int | None, binarize_seed: int | None) -> AnomalyRequest:
     """The request's settings, its defaults from the calibration; 409 without one, 422 for an fpr below
     one reference image. Checked before any image is read: no image can change the answer."""
-    served.engine.require_likelihood("the anomaly score")
+    served.engine.require_likelihood("the anomaly score (POST /anomaly)")
     calibration = served.engine.calibration
     if calibration is None:
         raise ApiError(

@@ -93,9 +93,10 @@ class Engine:
             raise ApiError(
                 409,
                 "no_likelihood",
-                f"{route} scores images under the model's likelihood p(x|z), and {manifest.name} {manifest.version} "
-                "declares none (a deterministic decoder). Encode, decode, sample and reconstruct work; to score, "
-                "import the model with --likelihood bernoulli or gaussian (docs/contract.md)",
+                f"{route} needs the model's likelihood p(x|z) to score images, and {manifest.name} "
+                f"{manifest.version} declares none (a deterministic decoder). Encode, decode, sample and "
+                "reconstruct work; to score, import the model with --likelihood bernoulli or gaussian "
+                "(docs/contract.md)",
             )
 
     def score(

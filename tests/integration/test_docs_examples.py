@@ -5,13 +5,23 @@ as not run, with the reason, by an HTML comment on the line before its fence:
     <!-- not-run: why it cannot run here -->
 
 A fenced block that is neither marked nor in a language this test runs (bash, python) fails, so does
-an indented code block (it cannot carry a marker), so a broken example in the docs fails the suite."""
+an indented code block (it cannot carry a marker), so a broken example in the docs fails the suite.
+
+A walkthrough, a page with `<!-- docs-test: walkthrough -->` on one of its first lines, is one story whose
+steps depend on each other (write a file, train, import, serve, call): its blocks are run in order as one
+bash script in one fresh directory, against the server the page starts itself. A block after
+
+    <!-- file: NAME -->
+
+is a file the page shows: the script writes it as NAME instead of running it."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.conftest import serving
+from tests.integration.conftest import free_port, serving
 
 ADMIN_TOKEN = "docs-example-token"
 DOCUMENTS = [
@@ -30,9 +40,14 @@ DOCUMENTS = [
 ]
 FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.*?)\s*-->$")
+FILE = re.compile(r"^<!--\s*file:\s*(\S+?)\s*-->$")
+WALKTHROUGH = re.compile(r"^<!--\s*docs-test:\s*walkthrough\s*-->$")
+WALKTHROUGH_MARKER_LINES = 5  # the marker is on one of a page's first lines
 SHELL, PYTHON = ("bash", "sh", "shell"), ("python", "py")
 # Every example's server address; each runnable block is run with the served instance's instead.
 EXAMPLE_ADDRESS = "localhost:8000"
+# A walkthrough starts its own server with this flag; it is run with a free port instead.
+EXAMPLE_PORT_FLAG = "--port 8000"
 # In a shell example curl fails on an HTTP error status (as --fail-with-body), unless the example prints
 # the status itself (-w); everything else runs under `set -euo pipefail`.
 PRELUDE = """set -euo pipefail
@@ -53,6 +68,7 @@ class Block:
     language: str
     code: str
     not_run: str | None  # the marker's reason, or None
+    file: str | None = None  # a walkthrough's file (the `file:` marker's NAME): written, not run
 
     @property
     def where(self) -> str:
@@ -60,7 +76,7 @@ class Block:
 
 
 def blocks_of(path: Path) -> list[Block]:
-    """The fenced code blocks of a Markdown file, each with the not-run marker on the line before it."""
+    """The fenced code blocks of a Markdown file, each with the not-run or file marker on the line before it."""
     lines = path.read_text().splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -86,6 +102,7 @@ def blocks_of(path: Path) -> list[Block]:
                 opening.group(2).lower(),
                 "\n".join(lines[i + 1 : end]) + "\n",
                 marker.group(1) if marker else None,
+                file.group(1) if (file := FILE.match(before)) else None,
             )
         )
         i = end + 1
@@ -107,24 +124,42 @@ def indented_code(path: Path) -> list[int]:
     return found
 
 
+def is_walkthrough(path: Path) -> bool:
+    head = path.read_text().splitlines()[:WALKTHROUGH_MARKER_LINES]
+    return any(WALKTHROUGH.match(line.strip()) for line in head)
+
+
 BLOCKS = [block for path in DOCUMENTS for block in blocks_of(path)]
 RUNNABLE = [block for block in BLOCKS if block.not_run is None]
+WALKTHROUGHS = [path for path in DOCUMENTS if is_walkthrough(path)]
+# Each of these runs on its own against the bundled repository; a walkthrough's blocks run together.
+SEPARATE = [block for block in RUNNABLE if block.path not in WALKTHROUGHS]
 
 
 def test_the_documents_are_found_and_hold_examples():
     names = {path.relative_to(REPO).as_posix() for path in DOCUMENTS}
     assert {"README.md", "docs/quickstart.md", "docs/api.md", "docs/v2-protocol.md"} <= names
     assert sum(block.path.name == "README.md" for block in RUNNABLE) >= 3  # the quickstart's three requests
-    assert len(RUNNABLE) > 20
+    assert len(SEPARATE) > 20
+    assert "docs/bring-your-own-vae.md" in {path.relative_to(REPO).as_posix() for path in WALKTHROUGHS}
 
 
 def test_every_block_runs_here_or_says_why_not():
-    unknown = [f"{b.where} ({b.language or 'no language'})" for b in RUNNABLE if b.language not in SHELL + PYTHON]
+    unknown = [
+        f"{b.where} ({b.language or 'no language'})"
+        for b in RUNNABLE
+        if b.language not in SHELL + PYTHON and b.file is None  # a walkthrough's file is written, whatever it holds
+    ]
     assert not unknown, (
         f"code blocks this test cannot run; mark each with <!-- not-run: why --> on the line before it: {unknown}"
     )
     unexplained = [block.where for block in BLOCKS if block.not_run is not None and len(block.not_run) < 5]
     assert not unexplained, f"not-run markers without a reason: {unexplained}"
+    stray = [block.where for block in RUNNABLE if block.file is not None and block.path not in WALKTHROUGHS]
+    assert not stray, (
+        f"file markers outside a walkthrough (only a walkthrough's later blocks can use the file): {stray}; "
+        "put <!-- docs-test: walkthrough --> at the top of the page, or show the file as an example to run"
+    )
 
 
 def test_no_indented_code_blocks():
@@ -157,7 +192,7 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=[block.where for block in RUNNABLE])
+@pytest.mark.parametrize("block", SEPARATE, ids=[block.where for block in SEPARATE])
 def test_the_example_runs(block, docs_server, workdir):
     remote = os.environ.get("VAE_BASE_URL") is not None
     if remote and "VAE_ADMIN_TOKEN" in block.code:
@@ -181,6 +216,73 @@ def test_the_example_runs(block, docs_server, workdir):
     assert result.returncode == 0, (
         f"{block.where} failed ({result.returncode}):\n{code}\n"
         f"stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}"
+    )
+
+
+# A walkthrough's script: whatever fails, the servers it started in the background are stopped on exit.
+STOP_BACKGROUND_JOBS = """stop_background_jobs() {
+  local status=$? job
+  for job in $(jobs -p); do kill "$job" 2>/dev/null || true; done
+  wait
+  exit "$status"
+}
+trap stop_background_jobs EXIT
+"""
+HEREDOC_END = "DOCS_WALKTHROUGH_EOF"
+
+
+def walkthrough_script(path: Path, port: int) -> str:
+    """A walkthrough's runnable blocks, in order, as one bash script: shell blocks as they are, Python blocks
+    through `python -`, file blocks written to their files; the example port replaced by `port`."""
+    steps = []
+    for block in blocks_of(path):
+        if block.not_run is not None:
+            continue
+        code = block.code.replace(EXAMPLE_ADDRESS, f"127.0.0.1:{port}").replace(EXAMPLE_PORT_FLAG, f"--port {port}")
+        assert HEREDOC_END not in code, f"{block.where}: holds {HEREDOC_END}, this test's heredoc delimiter"
+        step = f"printf '\\n### %s\\n' {shlex.quote(block.where)}\n"
+        if block.file is not None:
+            step += f"cat > {shlex.quote(block.file)} <<'{HEREDOC_END}'\n{code}{HEREDOC_END}\n"
+        elif block.language in PYTHON:
+            step += f"python - <<'{HEREDOC_END}'\n{code}{HEREDOC_END}\n"
+        else:
+            step += code
+        steps.append(step)
+    return PRELUDE + STOP_BACKGROUND_JOBS + "".join(steps)
+
+
+@pytest.mark.parametrize("page", WALKTHROUGHS, ids=[path.relative_to(REPO).as_posix() for path in WALKTHROUGHS])
+def test_the_walkthrough_runs_in_order(page, workdir):
+    """The page's blocks as one script in one fresh directory, with its own server on a free port."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("a walkthrough trains and imports a PyTorch model: it needs the train extra (make install-train)")
+    script = walkthrough_script(page, free_port())
+    environment = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("VAE_")},  # its own server
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(REPO),
+    }
+    process = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=workdir,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: on a timeout, the script and its servers are killed
+    )
+    try:
+        output, _ = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    logs = "".join(
+        f"\n{log.name} (last 2,000 characters): {log.read_text(errors='replace')[-2000:]}"
+        for log in sorted(workdir.glob("*.log"))
+    )
+    assert process.returncode == 0, (
+        f"{page.relative_to(REPO)} failed ({process.returncode}); the script's output, last 6,000 characters:\n"
+        f"{output[-6000:]}{logs}"
     )
 
 
