@@ -94,6 +94,23 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--decoder-input", default=None, help="the decoder's latent input (default: its only input)")
     o.add_argument("--decoder-outputs", default=None, metavar="NAME[,NAME]", help="default: its first output(s)")
     _declarations(o)
+    d = sub.add_parser("diffusers", help="a latent-diffusion autoencoder saved by AutoencoderKL.save_pretrained")
+    d.add_argument("directory", type=Path, metavar="DIR", help="config.json and the safetensors weights")
+    d.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    d.add_argument("--name", required=True, help="the model's name in the repository and the URLs")
+    d.add_argument("--version", default="1.0.0")
+    d.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="what the native routes resize uploads to "
+        "(default: the config's sample_size); the remote VAE protocol takes any multiple of the downsampling"
+    )  # fmt: skip
+    d.add_argument(
+        "--sigma", type=float, default=None, help="declare a Gaussian decoder with this sigma (in [-1, 1] values); "
+        "default: no likelihood, so the routes that score answer 409"
+    )  # fmt: skip
+    d.add_argument("--score-dir", type=Path, default=None, help="with --sigma: a folder of test images to score")
+    d.add_argument("--calibrate-dir", type=Path, default=None, help="with --sigma: a folder to calibrate /anomaly on")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=2)
     return p
 
 
@@ -120,11 +137,32 @@ def declarations(args: argparse.Namespace) -> Declarations:
     )
 
 
+def diffusers_declarations(args: argparse.Namespace) -> Declarations:
+    gaussian = args.sigma is not None
+    return Declarations(
+        name=args.name,
+        version=args.version,
+        likelihood="gaussian" if gaussian else "none",
+        decoder_output="mean",
+        input_range=(-1.0, 1.0),
+        sigma=args.sigma,
+        score_dir=args.score_dir,
+        calibrate_dir=args.calibrate_dir,
+        seed=args.seed,
+        threads=args.threads,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        decl = declarations(args)
-        if args.source == "torch":
+        decl = diffusers_declarations(args) if args.source == "diffusers" else declarations(args)
+        if args.source == "diffusers":
+            from export.import_diffusers import import_diffusers
+
+            size = tuple(args.image_size) if args.image_size else None
+            manifest = import_diffusers(args.directory, args.out_dir, decl, size)
+        elif args.source == "torch":
             from export.import_torch import Methods, import_torch  # torch only for this command
 
             manifest = import_torch(args.target, args.out_dir, decl, args.weights, Methods(args.encode, args.decode))

@@ -89,8 +89,10 @@ def build_manifest(
     source: Source,
     parity: dict[str, Any],
     log_scale: float | None,
+    extra: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Write the graphs into `directory` and describe them; nothing is checked yet (`open_graphs` does)."""
+    """Write the graphs into `directory` and describe them; nothing is checked yet (`open_graphs` does).
+    `extra`: more manifest fields (a spatial latent's latent_shape, sizes, diffusion)."""
     infos: dict[str, GraphInfo] = {}
     for name, data in (("encoder", graphs.encoder), ("decoder", graphs.decoder), ("prior", graphs.prior)):
         if data is not None:
@@ -123,6 +125,7 @@ def build_manifest(
             prior=prior,
             contract=decl.contract(graphs.encoder_names, graphs.decoder_names),
             exporter={"tool": source.tool, **versions()},
+            **(extra or {}),
         )
     except ValueError as exc:
         raise ImportFailed(f"the declarations do not make a valid manifest: {exc}") from exc

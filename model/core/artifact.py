@@ -74,7 +74,8 @@ class OnnxVAE:
         """(K, D) float32 -> the likelihood's parameters in [0, 1] pixels, each (K, C, H, W)"""
         io = self.io
         z_name = self.manifest.io.decoder.z
-        outputs = self.decoder.run(io.decoder_outputs, {z_name: np.ascontiguousarray(z, dtype=np.float32)})
+        feed = io.latent_feed(np.ascontiguousarray(z, dtype=np.float32))
+        outputs = self.decoder.run(io.decoder_outputs, {z_name: feed})
         return io.decoder_params(outputs)
 
 

@@ -50,7 +50,15 @@ class GraphAdapter:
     @property
     def native(self) -> bool:
         """Whether the graphs are fed and read as they are: vae-export's names and forms, inputs in [0, 1]."""
-        return self.scale is None and self.manifest.contract is None
+        return self.scale is None and self.manifest.contract is None and self.manifest.latent_shape is None
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.manifest.latent) > 1
+
+    def latent_feed(self, z: np.ndarray) -> np.ndarray:
+        """(K, D) latents as the decoder graph takes them: (K, C, h, w) for a spatial latent."""
+        return z.reshape(len(z), *self.manifest.latent) if self.spatial else z
 
     def encoder_feed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """[0, 1] pixels (N, C, H, W) -> the encoder graph's feed."""
@@ -68,7 +76,9 @@ class GraphAdapter:
         return [io.mean, io.spread]
 
     def posterior(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The encoder's two outputs -> mean, log-variance (N, D)."""
+        """The encoder's two outputs -> mean, log-variance (N, D); a spatial latent flattened in C order."""
+        if self.spatial:
+            mean, spread = mean.reshape(len(mean), -1), spread.reshape(len(spread), -1)
         kind = self.manifest.io.encoder.posterior
         if kind == "logvar":
             return mean, spread
@@ -118,14 +128,12 @@ def check_signatures(manifest: Manifest, encoder: Any, decoder: Any) -> None:
     io, (channels, height, width) = manifest.io, manifest.input.shape
     pixels = channels * height * width
     image = [channels * height * width] if io.encoder.layout == "flat" else [channels, height, width]
-    latent = manifest.latent_dim
+    latent = list(manifest.latent)
     out_rows = [pixels] if io.decoder.flat else [channels, height, width]
     hint = _FLAT_HINT if io.encoder.layout == "flat" else _ENCODER_HINT
     _check_args("encoder", "input", encoder.get_inputs(), {io.encoder.image: image}, hint)
-    _check_args(
-        "encoder", "output", encoder.get_outputs(), {io.encoder.mean: [latent], io.encoder.spread: [latent]}, ""
-    )
-    _check_args("decoder", "input", decoder.get_inputs(), {io.decoder.z: [latent]}, "")
+    _check_args("encoder", "output", encoder.get_outputs(), {io.encoder.mean: latent, io.encoder.spread: latent}, "")
+    _check_args("decoder", "input", decoder.get_inputs(), {io.decoder.z: latent}, "")
     _check_args("decoder", "output", decoder.get_outputs(), dict.fromkeys(io.decoder.outputs, out_rows), _DECODER_HINT)
 
 

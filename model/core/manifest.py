@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from model.core.likelihoods import LIKELIHOODS
 
-SCHEMA_VERSION: Final = "2.0"
+SCHEMA_VERSION: Final = "2.1"
 _SCHEMA_MAJOR, _SCHEMA_MINOR = (int(part) for part in SCHEMA_VERSION.split("."))
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -156,10 +156,28 @@ class ContractSpec(_Strict):
     decoder: DecoderIO
 
 
+class SizeSpec(_Strict):
+    """The image sizes a fully convolutional model's graphs take (the remote VAE protocol's routes use them; the
+    native routes resize uploads to `input.shape`)."""
+
+    multiple: int = Field(gt=0, description="height and width are multiples of this (the latent's downsampling)")
+    min: int = Field(gt=0, description="the smallest height and width")
+    max: int = Field(gt=0, description="the largest height and width")
+
+
+class DiffusionSpec(_Strict):
+    """A latent-diffusion autoencoder's latent scaling: a diffusion model sees (z - shift_factor) * scaling_factor."""
+
+    scaling_factor: float
+    shift_factor: float | None = None
+    downsample: int = Field(gt=0, description="the latent's height and width are the image's divided by this")
+    source: str = Field(description="the class the weights were made for, as diffusers.AutoencoderKL")
+
+
 class Source(_Strict):
     """Where the model came from, for the model card."""
 
-    tool: Literal["vae-export", "vae-import torch", "vae-import onnx"]
+    tool: Literal["vae-export", "vae-import torch", "vae-import onnx", "vae-import diffusers"]
     files: list[FileHash] = Field(default_factory=list)
     description: str = ""
 
@@ -208,6 +226,11 @@ class Manifest(_Strict):
     decoder: GraphInfo
     input: InputSpec
     latent_dim: int = Field(gt=0)
+    latent_shape: list[int] | None = Field(
+        None, description="the latent's shape per image, as [C, h, w] for a spatial latent; absent: [latent_dim]"
+    )
+    sizes: SizeSpec | None = None  # absent: the graphs take input.shape only
+    diffusion: DiffusionSpec | None = None  # a latent-diffusion autoencoder's latent scaling
     likelihood: LikelihoodSpec
     preprocessing: dict[str, Any]
     training: dict[str, Any]
@@ -240,6 +263,11 @@ class Manifest(_Strict):
             raise ValueError("a manifest records its source: source_checkpoint (vae-export) or source (vae-import)")
         if self.input.shape[0] != self.input.channels:
             raise ValueError(f"input.channels {self.input.channels} differs from input.shape {self.input.shape}")
+        if self.latent_shape is not None and math.prod(self.latent_shape) != self.latent_dim:
+            raise ValueError(
+                f"latent_shape {self.latent_shape} holds {math.prod(self.latent_shape)} numbers, "
+                f"not latent_dim {self.latent_dim}"
+            )
         io = self.io
         if len(io.decoder.outputs) != len(self.likelihood.outputs):
             raise ValueError(
@@ -247,6 +275,11 @@ class Manifest(_Strict):
                 f"the likelihood has {len(self.likelihood.outputs)}: {self.likelihood.outputs}"
             )
         return self
+
+    @property
+    def latent(self) -> tuple[int, ...]:
+        """The latent's shape per image: (D,), or (C, h, w) for a spatial latent."""
+        return tuple(self.latent_shape) if self.latent_shape is not None else (self.latent_dim,)
 
     @property
     def io(self) -> ContractSpec:

@@ -61,9 +61,10 @@ def refused(**changes: Any) -> str:
 # schema_version
 
 
-def test_this_reader_writes_schema_2_0():
-    assert SCHEMA_VERSION == "2.0"
-    assert Manifest.model_validate(raw_manifest()).schema_version == "2.0"
+def test_this_reader_writes_schema_2_1_and_reads_2_0():
+    assert SCHEMA_VERSION == "2.1"  # 2.1 added latent_shape, sizes and diffusion, all optional
+    assert Manifest.model_validate(raw_manifest()).schema_version == "2.1"
+    assert Manifest.model_validate(raw_manifest(schema_version="2.0")).schema_version == "2.0"
 
 
 @pytest.mark.parametrize("given", [1, "1", "1.0"])
@@ -79,10 +80,10 @@ def test_a_version_1_manifest_is_written_back_as_the_string_1_0_and_reads_again(
     assert Manifest.read(tmp_path / "again.json") == Manifest.read(path)
 
 
-@pytest.mark.parametrize("newer", ["2.1", "2.9", "3.0", "10.0"])
+@pytest.mark.parametrize("newer", ["2.2", "2.9", "3.0", "10.0"])
 def test_a_newer_schema_is_refused_saying_to_upgrade_vae_service(newer):
     message = refused(schema_version=newer)
-    assert f"schema_version {newer} is not one this vae-service reads (1, and 2.0 up to 2.0)" in message
+    assert f"schema_version {newer} is not one this vae-service reads (1, and 2.0 up to 2.1)" in message
     assert "upgrade vae-service" in message and "re-import the model with this one" in message
 
 
@@ -98,7 +99,7 @@ def test_a_version_that_was_never_written_is_refused(never_written):
 
 
 def test_the_loader_refuses_a_newer_schema_before_reading_any_graph(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps(raw_manifest(schema_version="2.1")))
+    (tmp_path / "manifest.json").write_text(json.dumps(raw_manifest(schema_version="2.2")))
     with pytest.raises(ModelLoadError) as info:
         load_model_dir(tmp_path)
     assert "is not a valid vae-service manifest" in str(info.value) and "upgrade vae-service" in str(info.value)
