@@ -59,6 +59,9 @@ class EncodedImage(BaseModel):
 class EncodeResponse(BaseModel):
     model: ModelRef
     latent_dim: int
+    latent_shape: list[int] = Field(
+        description="[latent_dim], or [C, h, w]: mean, logvar and z are flattened in C order"
+    )
     seed: int | None = Field(None, description="seed of the reparameterisation noise, when sample=true")
     results: list[EncodedImage]
 
@@ -173,6 +176,16 @@ class ModelCard(BaseModel):
     model: ModelRef
     input: dict[str, Any]
     latent_dim: int
+    latent_shape: list[int] = Field(
+        description="the latent's shape per image: [latent_dim], or [C, h, w] for a spatial latent; latents are "
+        "sent and returned flattened in C order (latent_dim numbers)"
+    )
+    sizes: dict[str, int] | None = Field(
+        None, description="a fully convolutional model's image sizes (multiple, min, max): the remote VAE protocol's"
+    )
+    diffusion: dict[str, Any] | None = Field(
+        None, description="a latent-diffusion autoencoder's scaling_factor, shift_factor and downsampling"
+    )
     likelihood: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]

@@ -81,6 +81,7 @@ async def encode(request: Request) -> Response:
         {
             "model": served.ref,
             "latent_dim": served.engine.latent_dim,
+            "latent_shape": list(served.engine.model.manifest.latent),
             "seed": query.seed if query.sample else None,
             "results": results,
         }

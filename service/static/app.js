@@ -5,7 +5,9 @@
 import * as api from './api.js';
 import { drawingPad } from './draw.js';
 import { interpolate, traverse } from './latent.js';
-import { barChart, bitmapCanvas, blobBitmap, download, facts, fixed, montage, pngBitmap, tile } from './render.js';
+import {
+  barChart, bitmapCanvas, blobBitmap, channelMaps, download, facts, fixed, montage, pngBitmap, tile,
+} from './render.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -201,6 +203,9 @@ async function analyse(blob) {
   state.mean = encoded.value.results[0].mean;
   if (!state.dimChosen) $('traverse-dim').value = String(mostPrecise(encoded.value.results[0].logvar));
   drawChart();
+  const shape = state.card.latent_shape || [];
+  if (shape.length === 3) channelMaps($('latent-maps'), state.mean, shape);
+  else $('latent-maps').replaceChildren();
   if (elbo.status === 'fulfilled') showElbo(elbo.value);
   else {
     $('elbo-scores').replaceChildren();

@@ -137,3 +137,33 @@ export function barChart(svg, means, onSelect, selected) {
     }
   });
 }
+
+/** A spatial latent [C, h, w] (flattened in C order, as the API returns it) as one small grey image per
+ * channel, each scaled by its own largest |value|: mid-grey is 0, white the largest positive value. */
+export function channelMaps(container, values, shape) {
+  const [channels, height, width] = shape;
+  const tiles = [];
+  for (let c = 0; c < channels; c += 1) {
+    const plane = values.slice(c * height * width, (c + 1) * height * width);
+    const extent = Math.max(1e-12, ...plane.map(Math.abs));
+    const canvas = document.createElement('canvas');
+    canvas.width = width;
+    canvas.height = height;
+    const context = canvas.getContext('2d');
+    const image = context.createImageData(width, height);
+    plane.forEach((value, i) => {
+      const level = Math.round(127.5 + 127.5 * (value / extent));
+      image.data.set([level, level, level, 255], 4 * i);
+    });
+    context.putImageData(image, 0, 0);
+    canvas.setAttribute('role', 'img');
+    canvas.setAttribute('aria-label', `latent channel ${c + 1} of ${channels}, largest |value| ${extent.toFixed(3)}`);
+    canvas.className = 'latent-map';
+    const figure = document.createElement('figure');
+    const caption = document.createElement('figcaption');
+    caption.textContent = `channel ${c + 1}: ±${extent.toFixed(2)}`;
+    figure.append(canvas, caption);
+    tiles.push(figure);
+  }
+  container.replaceChildren(...tiles);
+}

@@ -29,7 +29,13 @@ def image_shape(served: ServedModel) -> tuple[int, ...]:
 
 
 def latent_shape(served: ServedModel) -> tuple[int, ...]:
-    return (-1, served.engine.latent_dim)
+    """[-1, D], or [-1, C, h, w] for a spatial latent: the v2 operations take and give latents in their shape."""
+    return (-1, *served.engine.model.manifest.latent)
+
+
+def shaped(served: ServedModel, latents: np.ndarray) -> np.ndarray:
+    """(N, D) latents from the engine in the model's latent shape."""
+    return latents.reshape(len(latents), *served.engine.model.manifest.latent)
 
 
 def image_inputs(served: ServedModel) -> list[TensorSpec]:
@@ -61,7 +67,7 @@ def read_latents(call: Call, name: str) -> np.ndarray:
     z = inputs["z"].data
     if not np.isfinite(z).all():
         raise ProtocolError(f"input 'z' of '{name}' must hold finite values")
-    return np.ascontiguousarray(z, dtype=np.float32)
+    return np.ascontiguousarray(z, dtype=np.float32).reshape(len(z), -1)
 
 
 def png_tensor(images: np.ndarray) -> np.ndarray:
@@ -86,7 +92,12 @@ async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
     query = knobs(EncodeQuery, call.parameters, name)
     pixels = await read_pixels(call, name)
     mean, logvar, z = await call.served.encode(pixels, query.sample, query.seed)
-    return {"mean": mean, "logvar": logvar, **({"z": z} if z is not None else {})}, {}
+    served = call.served
+    return {
+        "mean": shaped(served, mean),
+        "logvar": shaped(served, logvar),
+        **({"z": shaped(served, z)} if z is not None else {}),
+    }, {}
 
 
 async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
@@ -148,7 +159,7 @@ async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
     seed = int(np.random.default_rng().integers(0, 2**31)) if query.seed is None else query.seed
     z = engine.prior_latents(query.n, seed, query.temperature)
     images = await call.served.run("sample", query.n, engine.decode, z)
-    return {"images": images, "png": png_tensor(images), "z": z}, {"seed": seed}
+    return {"images": images, "png": png_tensor(images), "z": shaped(call.served, z)}, {"seed": seed}
 
 
 async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
