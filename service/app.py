@@ -44,7 +44,8 @@ ROUTERS = (
 
 def load_engine(directory: Path, settings: Settings) -> Engine:
     """A version directory as an engine: graphs hash-checked against the manifest, then warmed up."""
-    engine = Engine.from_model(load_model_dir(directory, threads=settings.intra_op_threads))
+    model = load_model_dir(directory, threads=settings.intra_op_threads, provider=settings.execution_provider)
+    engine = Engine.from_model(model)
     warm_up(engine)
     return engine
 

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, gt=0, le=4096, description="most images or latents in one request")
     max_k: int = Field(5000, gt=0, le=100_000, description="most importance samples for /elbo")
     intra_op_threads: int = Field(1, gt=0, le=256, description="onnxruntime threads per worker")
+    execution_provider: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="onnxruntime's execution provider: cuda needs onnxruntime-gpu (a model fails to load without)",
+    )
     inference_threads: int = Field(
         2,
         gt=0,

@@ -89,7 +89,24 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32") -> OnnxVAE:
+# onnxruntime's execution providers by the names VAE_EXECUTION_PROVIDER takes; CPU is always the fallback.
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def providers(name: str) -> list[str]:
+    """The providers for `name`, refused when this onnxruntime lacks them (onnxruntime-gpu gives CUDA)."""
+    if name not in PROVIDERS:
+        raise ModelLoadError(f"execution provider {name!r}: choose one of {', '.join(PROVIDERS)}")
+    missing = [p for p in PROVIDERS[name] if p not in ort.get_available_providers()]
+    if missing:
+        raise ModelLoadError(
+            f"execution provider {name!r} needs {', '.join(missing)}, which this onnxruntime lacks (it has "
+            f"{', '.join(ort.get_available_providers())}): install onnxruntime-gpu for CUDA, or use cpu"
+        )
+    return PROVIDERS[name]
+
+
+def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32", provider: str = "cpu") -> OnnxVAE:
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
@@ -106,10 +123,12 @@ def load_model_dir(directory: str | Path, threads: int = 1, variant: str = "fp32
             f"{manifest_path}: {problem}; the graphs may not compute what the model does. "
             "Refusing to serve them: re-export the model with vae-export."
         )
-    return open_graphs(directory, manifest, threads, variant)
+    return open_graphs(directory, manifest, threads, variant, provider)
 
 
-def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: str = "fp32") -> OnnxVAE:
+def open_graphs(
+    directory: Path, manifest: Manifest, threads: int = 1, variant: str = "fp32", provider: str = "cpu"
+) -> OnnxVAE:
     """The graphs `manifest` names, hash-checked, in onnxruntime. vae-export runs its parity check
     through this before any manifest is on disk; the service goes through `load_model_dir`. Both variants
     load the same fp32 prior graph: an int8 prior would move log p(z), and the ELBO with it."""
@@ -120,7 +139,8 @@ def open_graphs(directory: Path, manifest: Manifest, threads: int = 1, variant: 
     else:
         graphs = (manifest.encoder, manifest.decoder)
     options = session_options(threads)
-    encoder, decoder = (_session(directory, info, options) for info in graphs)
+    chosen = providers(provider)
+    encoder, decoder = (_session(directory, info, options, chosen) for info in graphs)
     prior: Prior = (
         StandardNormal(manifest.latent_dim)
         if manifest.prior is None
@@ -218,11 +238,13 @@ def _checked_bytes(path: Path, sha256: str, what: str) -> bytes:
     return data
 
 
-def _session(directory: Path, info: GraphInfo, options: ort.SessionOptions) -> ort.InferenceSession:
+def _session(
+    directory: Path, info: GraphInfo, options: ort.SessionOptions, chosen: list[str] | None = None
+) -> ort.InferenceSession:
     path = directory / info.file
     data = _checked_bytes(path, info.sha256, "graph")
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=chosen or PROVIDERS["cpu"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
     names_in = [i.name for i in session.get_inputs()]
