@@ -22,7 +22,7 @@ from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import Registry
 from service.repository_scan import ModelSource, scan_repository, single_model
-from service.routes import anomaly, images, latents, ops, preprocess, repository, ui
+from service.routes import anomaly, images, latents, ops, preprocess, remote, repository, ui
 from service.served import ServedModel
 from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
 from service.state import AppState
@@ -38,6 +38,7 @@ ROUTERS = (
     latents.router,
     ops.router,
     repository.router,
+    remote.router,
     v2_routes.router,
 )
 

@@ -6,6 +6,7 @@ keeps it until it finishes, so a live swap never moves a running request to anot
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,10 +36,11 @@ class ModelCalls:
     settings: Settings
     metrics: Metrics
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
+    row_weight: int = 1  # a row's cost in rows of a 28 x 28 image: VAE_INLINE_COST is calibrated on those
 
     async def __call__(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
         began = time.perf_counter()
-        if rows <= self.settings.inline_cost:
+        if rows * self.row_weight <= self.settings.inline_cost:
             result = fn(*args)
         else:
             if self.limiter is None:
@@ -60,7 +62,11 @@ class ServedModel:
     calls: ModelCalls = field(init=False, repr=False)  # made from the fields
 
     def __post_init__(self) -> None:
-        self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics)
+        _, height, width = self.engine.model.manifest.input.shape
+        # A model's row costs about its pixels' worth of a 28 x 28 one (convolutions scale with the area): a
+        # 512 x 512 autoencoder's single row runs on a worker thread, never on the event loop.
+        weight = max(1, math.ceil(height * width / (28 * 28)))
+        self.calls = ModelCalls(self.name, self.version, self.settings, self.metrics, row_weight=weight)
 
     @classmethod
     def create(cls, engine: Engine, settings: Settings, metrics: Metrics) -> ServedModel:

@@ -72,8 +72,8 @@ class Settings(BaseSettings):
         64 * 1024 * 1024,
         gt=0,
         description="largest response to an inference "
-        "request of the open inference protocol, reckoned before it is built; over it "
-        "the request is refused with the sizes to ask for instead",
+        "request of the open inference protocol or the remote VAE protocol's decode, reckoned before it is "
+        "built; over it the request is refused with the sizes to ask for instead",
     )
     max_image_pixels: int = Field(
         4_194_304,

@@ -137,3 +137,26 @@ async def test_overload_is_429_and_the_rest_are_served():
             fake.gate.set()
     assert [error_of(r) for r in refused] == [(429, "overloaded")] * 3
     assert [r.status_code for r in held] == [200, 200] and all(len(r.json()["results"]) == 1 for r in held)
+
+
+def test_a_row_of_a_large_image_model_weighs_its_pixels_so_it_never_runs_on_the_event_loop():
+    """VAE_INLINE_COST counts rows of a 28 x 28 image: a 512 x 512 model's single row is 335 of them."""
+    vae = FakeVAE()
+    big = vae.manifest.input.model_copy(update={"shape": [1, 512, 512]})
+    vae.manifest = vae.manifest.model_copy(update={"input": big})
+    served = ServedModel.create(Engine.from_model(vae), Settings(), Metrics())
+    assert served.calls.row_weight == 335
+    assert served_with().calls.row_weight == 1  # a Fashion-MNIST-sized model: VAE_INLINE_COST as it was
+
+
+async def test_a_large_image_models_single_row_runs_on_a_worker_thread():
+    vae = FakeVAE()
+    vae.manifest = vae.manifest.model_copy(
+        update={"input": vae.manifest.input.model_copy(update={"shape": [1, 512, 512]})}
+    )
+    served = ServedModel.create(Engine.from_model(vae), Settings(), Metrics())
+    loop_thread = threading.get_ident()
+    ran_on = await served.run("decode", 1, threading.get_ident)
+    assert ran_on != loop_thread
+    small = served_with()
+    assert await small.run("decode", 1, threading.get_ident) == loop_thread
