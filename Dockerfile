@@ -43,6 +43,9 @@ COPY artifacts/fashion-mnist-vae/2.0.0/manifest.json artifacts/fashion-mnist-vae
 COPY artifacts/fashion-mnist-gaussian/1.0.0/manifest.json artifacts/fashion-mnist-gaussian/1.0.0/encoder.onnx \
      artifacts/fashion-mnist-gaussian/1.0.0/decoder.onnx artifacts/fashion-mnist-gaussian/1.0.0/anomaly.json \
      /app/models/fashion-mnist-gaussian/1.0.0/
+COPY artifacts/fashion-mnist-autoencoderkl/1.0.0/manifest.json artifacts/fashion-mnist-autoencoderkl/1.0.0/encoder.onnx \
+     artifacts/fashion-mnist-autoencoderkl/1.0.0/decoder.onnx \
+     /app/models/fashion-mnist-autoencoderkl/1.0.0/
 # Mount another repository and point VAE_MODEL_REPOSITORY at it, or one model directory with VAE_MODEL_DIR:
 #   docker run -v ./models:/models:ro -e VAE_MODEL_REPOSITORY=/models -p 8000:8000 vae-service
 #   docker run -v ./my-model:/models/custom:ro -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service

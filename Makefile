@@ -88,9 +88,11 @@ docs: $(BIN)/.docs-installed
 
 # About half an hour on 2 cores: interleaved rounds of short wrk windows (the plans are in bench/run.py and
 # bench/scaleout.py: two replicas behind a round-robin proxy against one), the soak, and training
-# throughput (1 process x 2 threads against 2 DDP processes x 1 thread).
+# throughput (1 process x 2 threads against 2 DDP processes x 1 thread); before them, the bundled
+# latent-diffusion autoencoder's encode and decode cost at 28 to 512 px (bench/autoencoder_cost.py).
 bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.decoder_cost
+	$(BIN)/python -m bench.autoencoder_cost
 	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.scaleout

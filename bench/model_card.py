@@ -75,7 +75,14 @@ def newest_manifests(repository: Path = REPOSITORY) -> list[dict]:
 
 
 def model_card_section(repository: Path = REPOSITORY) -> str:
-    return "\n".join(_one_model(versions) for versions in model_versions(repository))
+    return "\n".join(_card(versions, repository) for versions in model_versions(repository))
+
+
+def _card(versions: list[dict], repository: Path) -> str:
+    """A `vae-export` model's card (its `vae-eval` metrics), or an imported model's (its report, if it ships one)."""
+    if "model_config" in versions[-1]["training"]:
+        return _one_model(versions)
+    return _imported_model(versions[-1], repository)
 
 
 def served_default(name: str, repository: Path = REPOSITORY) -> str | None:
@@ -114,7 +121,10 @@ literature reports on, so its NLL compares with published tables. `fashion-mnist
 classic VAE of the textbook derivation, a Gaussian decoder p(x|z) = N(x | g(z), sigma^2 I), on
 dequantised 8-bit pixels (x = (pixel level + u) / 256, u ~ U(0, 1)): its densities are of the 8-bit
 image, so its bits/dim compare with density models of 8-bit images. Both are scored by `vae-eval` on
-the exported graphs. How each version was made: [How the shipped models were made](models.md).
+the exported graphs. `fashion-mnist-autoencoderkl` is a latent-diffusion autoencoder (diffusers'
+`AutoencoderKL`, imported with `vae-import diffusers`): a spatial latent and no likelihood, so its card
+gives the reconstruction error and the latent's statistics from its training report instead. How each
+version was made: [How the shipped models were made](models.md).
 """
 
 
@@ -124,7 +134,7 @@ def write_page(path: Path, figures: Path, repository: Path = REPOSITORY) -> Path
     parts = [PAGE_INTRO]
     for versions in model_versions(repository):
         manifest = versions[-1]
-        parts.append(_one_model(versions).replace("### ", "## ", 1))
+        parts.append(_card(versions, repository).replace("### ", "## ", 1))
         report = repository / manifest["name"] / manifest["version"] / "report"
         label = f"`{manifest['name']}` {manifest['version']}"
         shown = []
@@ -141,9 +151,13 @@ def write_page(path: Path, figures: Path, repository: Path = REPOSITORY) -> Path
                     f"({figures.name}/{target})\n\n{label}: {caption}.\n"
                 )
         if shown:
+            held = (
+                "The full report (`report.json`, latent traversals, a 2-D latent map, learning curves)"
+                if "model_config" in manifest["training"]
+                else "The report (`report.json`)"
+            )
             parts.append(
-                "\n".join(shown) + f"\nThe full report (`report.json`, latent traversals, a 2-D latent map, "
-                f"learning curves) is in `artifacts/{manifest['name']}/{manifest['version']}/report/`.\n"
+                "\n".join(shown) + f"\n{held} is in `artifacts/{manifest['name']}/{manifest['version']}/report/`.\n"
             )
     path.write_text("\n".join(parts))
     return path
@@ -267,4 +281,50 @@ def _one_model(versions: list[dict]) -> str:
         f"{max(parity['max_abs_diff'].values()):.1e}.",
         "",
     ]
+    return "\n".join(lines)
+
+
+def _imported_model(manifest: dict, repository: Path) -> str:
+    """An imported model's card: where it came from, its latent and likelihood, and, when the version ships a
+    training report (report/report.json, as model/train_autoencoder_kl.py writes it), its test reconstruction
+    error and latent statistics."""
+    source, parity = manifest.get("source") or {}, manifest["parity"]
+    latent = manifest.get("latent_shape") or [manifest["latent_dim"]]
+    diffusion = manifest.get("diffusion")
+    scaling = ""
+    if diffusion:
+        shifted = "z" if diffusion.get("shift_factor") is None else f"(z - {diffusion['shift_factor']:.4f})"
+        scaling = f"; a diffusion model sees {shifted} x {diffusion['scaling_factor']:.4f}"
+    deterministic = manifest["likelihood"]["name"] == "none"
+    lines = [
+        f"### `{manifest['name']}` {manifest['version']}",
+        "",
+        f"Imported with `{source.get('tool', 'vae-import')}`: {source.get('description', '')}. Latent "
+        f"{' x '.join(map(str, latent))}{scaling}; likelihood {manifest['likelihood']['name']}"
+        + (" (a deterministic decoder: the routes that score answer 409)." if deterministic else "."),
+        "",
+    ]
+    path = repository / manifest["name"] / manifest["version"] / "report" / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if {"test", "latents", "invocations"} <= set(report):
+        test, latents = report["test"], report["latents"]
+        stats = latents["posterior_sample"]
+        commands = ", then ".join(f"`{i['command']}`" for i in report["invocations"])
+        done, planned = report.get("epochs_done", len(report["history"])), report.get("epochs_planned")
+        epochs = f"{done} of {planned} planned epochs" if planned and planned != done else f"{done} epochs"
+        lines += [
+            f"| test set ({test['images']:,} images), decoded posterior mean, on [0, 1] pixels | |",
+            "|---|---|",
+            f"| MSE | {test['mse']:.5f} |",
+            f"| PSNR (of the set's MSE) | {test['psnr_db']:.2f} dB |",
+            f"| mean absolute error | {test['l1']:.4f} |",
+            "| latent mean per channel (sampled) | " + ", ".join(f"{v:.3f}" for v in stats["channel_mean"]) + " |",
+            "| latent std per channel (sampled) | " + ", ".join(f"{v:.3f}" for v in stats["channel_std"]) + " |",
+            f"| scaling factor, 1 / std of all sampled latents | {latents['scaling_factor']:.4f} |",
+            "",
+            f"Trained by {commands}: {epochs}, {report['training_seconds'] / 60:.1f} min of training and "
+            f"{report['wall_seconds'] / 60:.1f} min in all.",
+            "",
+        ]
+    lines += [f"Parity of the ONNX graphs: max |difference| {max(parity['max_abs_diff'].values()):.1e}.", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from model.core.manifest import ContractSpec, DecoderIO, EncoderIO, InputSpec, LikelihoodSpec
 from model.core.preprocess import PreprocessContract
@@ -48,7 +49,7 @@ class Declarations:
     calibrate_dir: Path | None = None
     seed: int = 0
     threads: int = 2
-    notes: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for what in ("name", "version"):

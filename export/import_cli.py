@@ -107,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
         "--sigma", type=float, default=None, help="declare a Gaussian decoder with this sigma (in [-1, 1] values); "
         "default: no likelihood, so the routes that score answer 409"
     )  # fmt: skip
+    d.add_argument(
+        "--max-size", type=int, default=1024, help="the largest height and width the model takes (sizes.max): the "
+        "attention in the middle blocks holds (H*W/f^2)^2 scores per image, 1 GiB at 512 px and f = 4"
+    )  # fmt: skip
+    d.add_argument("--report", type=Path, default=None, help="a JSON file on how the weights were trained: the "
+                   "manifest's training section")  # fmt: skip
     d.add_argument("--score-dir", type=Path, default=None, help="with --sigma: a folder of test images to score")
     d.add_argument("--calibrate-dir", type=Path, default=None, help="with --sigma: a folder to calibrate /anomaly on")
     d.add_argument("--seed", type=int, default=0)
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             from export.import_diffusers import import_diffusers
 
             size = tuple(args.image_size) if args.image_size else None
-            manifest = import_diffusers(args.directory, args.out_dir, decl, size)
+            manifest = import_diffusers(args.directory, args.out_dir, decl, size, args.max_size, args.report)
         elif args.source == "torch":
             from export.import_torch import Methods, import_torch  # torch only for this command
 

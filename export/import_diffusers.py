@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ from model.core.manifest import DiffusionSpec, Manifest, SizeSpec, Source
 
 OPSET = 20
 TOLERANCE = 1e-4  # graph against diffusers, relative to each output's largest value (at least 1): measured ~1e-5
-MAX_SIZE = 2048
+MAX_SIZE = 2048  # the exported graphs' largest height and width
+# The default `sizes.max`: the middle blocks' self-attention holds a (h*w)^2 score matrix, 1 GiB per image for a
+# 512 x 512 image at downsampling 4 (bench/results/autoencoder_cost.json); --max-size sets what a model may take.
+DEFAULT_MAX_SIZE = 1024
 
 
 class Encoder(torch.nn.Module):
@@ -122,8 +126,24 @@ def diffusers_parity(vae: Any, model: Any, channels: int, sizes: list[tuple[int,
     return figures
 
 
+def training_report(path: Path) -> dict[str, Any]:
+    """--report: a JSON object describing how the weights were trained, for the manifest's training section."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ImportFailed(f"--report {path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ImportFailed(f"--report {path}: a JSON object is needed, not a {type(data).__name__}")
+    return {"trained_by": "see report", "report": data}
+
+
 def import_diffusers(
-    directory: Path, out_dir: Path, decl: Declarations, image_size: tuple[int, int] | None = None
+    directory: Path,
+    out_dir: Path,
+    decl: Declarations,
+    image_size: tuple[int, int] | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    report: Path | None = None,
 ) -> Manifest:
     vae = load_autoencoder(directory)
     config = vae.config
@@ -134,6 +154,12 @@ def import_diffusers(
     height, width = image_size or (int(config.sample_size), int(config.sample_size))
     if height % factor or width % factor:
         raise ImportFailed(f"--image-size {height} {width}: the autoencoder takes multiples of {factor}")
+    if not max(height, width) <= max_size <= MAX_SIZE or max_size % factor:
+        raise ImportFailed(
+            f"--max-size {max_size}: a multiple of {factor} from the image size ({max(height, width)}) to {MAX_SIZE}"
+        )
+    if report is not None:
+        decl = replace(decl, notes={**decl.notes, **training_report(report)})
     torch.manual_seed(decl.seed)
     example = torch.rand(2, channels, height, width) * 2 - 1
     encoder = export(Encoder(vae).eval(), example, "image", ["mean", "logvar"], factor)
@@ -143,7 +169,7 @@ def import_diffusers(
     decl = decl.shaped((channels, height, width))
     extra = {
         "latent_shape": latent_shape,
-        "sizes": SizeSpec(multiple=factor, min=factor, max=MAX_SIZE),
+        "sizes": SizeSpec(multiple=factor, min=factor, max=max_size),
         "diffusion": DiffusionSpec(
             scaling_factor=float(config.scaling_factor),
             shift_factor=None if config.shift_factor is None else float(config.shift_factor),

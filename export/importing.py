@@ -119,7 +119,7 @@ def build_manifest(
             latent_dim=latent_dim,
             likelihood=decl.likelihood_spec(log_scale),
             preprocessing={**preprocessing.describe(), "values": decl.input_spec().describe_values()},
-            training={"trained_by": "the model's author, outside vae-service", **decl.notes},
+            training={"trained_by": "the model's author, outside vae-service", **decl.notes},  # notes may say more
             metrics={},
             parity=parity,
             prior=prior,
