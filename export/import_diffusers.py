@@ -126,6 +126,33 @@ def diffusers_parity(vae: Any, model: Any, channels: int, sizes: list[tuple[int,
     return figures
 
 
+def geometry(vae: Any, image_size: tuple[int, int] | None, max_size: int) -> tuple[int, int, int, int]:
+    """(channels, height, width, downsampling), checked: what the native routes resize to, and what
+    --max-size allows."""
+    config = vae.config
+    factor = downsample_factor(vae)
+    channels = int(config.in_channels)
+    if channels not in (1, 3) or int(config.out_channels) != channels:
+        raise ImportFailed(f"in_channels {config.in_channels}, out_channels {config.out_channels}: images are 1 or 3")
+    height, width = image_size or (int(config.sample_size), int(config.sample_size))
+    if height % factor or width % factor:
+        raise ImportFailed(f"--image-size {height} {width}: the autoencoder takes multiples of {factor}")
+    if not max(height, width) <= max_size <= MAX_SIZE or max_size % factor:
+        raise ImportFailed(
+            f"--max-size {max_size}: a multiple of {factor} from the image size ({max(height, width)}) to {MAX_SIZE}"
+        )
+    return channels, height, width, factor
+
+
+def diffusion_spec(config: Any, factor: int) -> DiffusionSpec:
+    return DiffusionSpec(
+        scaling_factor=float(config.scaling_factor),
+        shift_factor=None if config.shift_factor is None else float(config.shift_factor),
+        downsample=factor,
+        source="diffusers.AutoencoderKL",
+    )
+
+
 def training_report(path: Path) -> dict[str, Any]:
     """--report: a JSON object describing how the weights were trained, for the manifest's training section."""
     try:
@@ -147,17 +174,7 @@ def import_diffusers(
 ) -> Manifest:
     vae = load_autoencoder(directory)
     config = vae.config
-    factor = downsample_factor(vae)
-    channels = int(config.in_channels)
-    if channels not in (1, 3) or int(config.out_channels) != channels:
-        raise ImportFailed(f"in_channels {config.in_channels}, out_channels {config.out_channels}: images are 1 or 3")
-    height, width = image_size or (int(config.sample_size), int(config.sample_size))
-    if height % factor or width % factor:
-        raise ImportFailed(f"--image-size {height} {width}: the autoencoder takes multiples of {factor}")
-    if not max(height, width) <= max_size <= MAX_SIZE or max_size % factor:
-        raise ImportFailed(
-            f"--max-size {max_size}: a multiple of {factor} from the image size ({max(height, width)}) to {MAX_SIZE}"
-        )
+    channels, height, width, factor = geometry(vae, image_size, max_size)
     if report is not None:
         decl = replace(decl, notes={**decl.notes, **training_report(report)})
     torch.manual_seed(decl.seed)
@@ -170,12 +187,7 @@ def import_diffusers(
     extra = {
         "latent_shape": latent_shape,
         "sizes": SizeSpec(multiple=factor, min=factor, max=max_size),
-        "diffusion": DiffusionSpec(
-            scaling_factor=float(config.scaling_factor),
-            shift_factor=None if config.shift_factor is None else float(config.shift_factor),
-            downsample=factor,
-            source="diffusers.AutoencoderKL",
-        ),
+        "diffusion": diffusion_spec(config, factor),
     }
     weights = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
     source = Source(

@@ -171,12 +171,17 @@ async function analyse(blob) {
   announce('Analysing the image');
   const model = state.model;
   const k = intValue($('iwae-k'));
+  // A model without a likelihood (a deterministic decoder, as a latent-diffusion autoencoder's) cannot score
+  // an image: the card says so, so the page does not ask (the API would answer 409 no_likelihood).
+  const scores = (state.card.likelihood || {}).name !== 'none';
+  const unscored = () => Promise.reject(new Error(
+    `${model.name} ${model.version} has no likelihood (a deterministic decoder), so it does not score images`));
   const calls = await Promise.allSettled([
     api.postImage(model, 'preprocess', blob, { format: 'json' }),
     api.postImage(model, 'reconstruct', blob, { format: 'json' }),
     api.postImage(model, 'encode', blob),
-    api.postImage(model, 'elbo', blob, { k, seed: 0 }),
-    api.postImage(model, 'anomaly', blob),
+    scores ? api.postImage(model, 'elbo', blob, { k, seed: 0 }) : unscored(),
+    scores ? api.postImage(model, 'anomaly', blob) : unscored(),
   ]);
   if (generation !== state.generation) return;
   const [input, recon, encoded, elbo, anomaly] = calls;

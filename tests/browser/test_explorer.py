@@ -338,3 +338,27 @@ def test_a_tour_of_the_served_default_for_the_docs_picture(bundled_page):
         page.find("analysis-panel").get_attribute("data-model") == f"{card['model']['name']} {card['model']['version']}"
     )
     page.screenshot("explorer-default", full_page=True)
+
+
+def test_a_spatial_latent_is_drawn_as_its_channels_and_the_missing_likelihood_is_said(bundled_page):
+    """The bundled AutoencoderKL: its latent [4, 7, 7] as four 7 x 7 channel images under the chart; the page
+    does not ask it for scores (its card says likelihood none) and says why, while the rest is shown."""
+    from selenium.webdriver.support.ui import Select
+
+    page = bundled_page
+    name = "fashion-mnist-autoencoderkl"
+    Select(page.find("model-select")).select_by_value(name)
+    page.wait.until(lambda _: page.find("card-likelihood").text == "none", "the autoencoder's card never showed")
+    # Not the tour's last image: a file input sends no change event for the file it already holds.
+    assert page.upload(REPO / "samples" / "trouser.png") == "done"
+    maps = page.find("latent-maps").find_elements("css selector", "canvas")
+    assert [(int(m.get_attribute("width")), int(m.get_attribute("height"))) for m in maps] == [(7, 7)] * 4
+    with api(page.url) as client:
+        mean = client.post(
+            f"/v1/models/{name}/encode", files={"file": ("s.png", (REPO / "samples" / "trouser.png").read_bytes())}
+        ).json()["results"][0]["mean"]
+    first = np.array(mean[:49]).reshape(7, 7)
+    expected = np.round(127.5 + 127.5 * first / np.abs(first).max())
+    assert np.abs(page.levels(maps[0]).astype(float) - expected).max() <= 1
+    assert "has no likelihood (a deterministic decoder)" in page.find("elbo-error").text
+    assert "has no likelihood" in page.find("anomaly-error").text

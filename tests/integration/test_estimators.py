@@ -6,6 +6,7 @@ sampling from q(z|x) puts where p(x|z) is not negligible (docs/design/sampling.m
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import httpx
@@ -23,11 +24,13 @@ K = 1000
 IMAGES = 4
 
 
-# (name, latest version) of each model with a manifest in the repository
+# (name, latest version) of each model with a manifest and a likelihood in the repository (the autoencoder
+# declares none: it has no log p(x) to estimate)
 MODELS = [
     (model.name, newest_version(model).name)
     for model in sorted(REPOSITORY.iterdir())
     if any(model.glob("*/manifest.json"))
+    and json.loads((newest_version(model) / "manifest.json").read_text())["likelihood"]["name"] != "none"
 ]
 
 

@@ -70,10 +70,10 @@ def test_the_graphs_reproduce_the_reports_reconstruction_error(report):
 
 
 def test_the_checkpoint_is_the_run_the_report_describes(report):
-    """checkpoint.pt is the run's last.pt: copied to OUT/last.pt, `--resume` continues the run from it."""
+    """training-checkpoint.pt is the run's last.pt: copied to OUT/last.pt, `--resume` continues the run from it."""
     from model.train_autoencoder_kl import RunState
 
-    state = RunState.load(SHIPPED / "checkpoint.pt")
+    state = RunState.load(SHIPPED / "training-checkpoint.pt")
     assert state.history == report["history"] and state.invocations == report["invocations"]
     assert (state.epoch, state.settings.epochs) == (report["epochs_done"], report["epochs_planned"])
     assert list(state.shape.latent_shape) == LATENT_SHAPE
