@@ -53,6 +53,39 @@ def _tensor_specs(args: Any) -> list[TensorSpec]:
     ]
 
 
+def checked_sizes(call: Call, suffix: str, feeds: dict[str, np.ndarray], name: str) -> int:
+    """A fully convolutional model's graphs take images of many sizes: only those its manifest's `sizes` allow
+    (the memory of its attention grows with the fourth power of the side), within the request pixel limit.
+    Returns the work in rows of the model's own image size. Graphs of one size are held to it by their shapes."""
+    manifest = call.served.engine.model.manifest
+    if manifest.sizes is None:
+        return 0
+    _, height, width = manifest.input.shape
+    factor = manifest.diffusion.downsample if manifest.diffusion else height // manifest.latent[1]
+    work = 0
+    for array in feeds.values():
+        if array.ndim != 4:
+            continue
+        scale = factor if suffix == "decoder" else 1
+        image_h, image_w = array.shape[2] * scale, array.shape[3] * scale
+        sizes = manifest.sizes
+        if not (sizes.min <= min(image_h, image_w) and max(image_h, image_w) <= sizes.max) or (
+            image_h % sizes.multiple or image_w % sizes.multiple
+        ):
+            raise ProtocolError(
+                f"model '{name}' takes images of {sizes.min} to {sizes.max} pixels a side, multiples of "
+                f"{sizes.multiple} (a latent of 1/{factor} of that); this input means {image_h} x {image_w}"
+            )
+        pixels = len(array) * image_h * image_w
+        if pixels > call.state.settings.max_request_pixels:
+            raise ProtocolError(
+                f"model '{name}': {len(array)} images of {image_h} x {image_w} are {pixels} pixels, over "
+                f"VAE_MAX_REQUEST_PIXELS ({call.state.settings.max_request_pixels}); send fewer or smaller"
+            )
+        work = max(work, -(-pixels // (height * width)))
+    return work
+
+
 def graph_model(suffix: str) -> V2Model:
     def session(served: ServedModel) -> Any:  # an onnxruntime InferenceSession
         return getattr(served.engine.model, suffix)
@@ -66,6 +99,7 @@ def graph_model(suffix: str) -> V2Model:
             raise ProtocolError(f"model '{name}' needs input {', '.join(map(repr, missing))}")
         feeds = {s.name: np.ascontiguousarray(inputs[s.name].data) for s in specs}
         rows = max(len(x) for x in feeds.values()) if feeds else 1
+        rows = max(rows, checked_sizes(call, suffix, feeds, name))
         names = [s.name for s in graph_specs(session(call.served), outputs=True)]
         if suffix == "encoder" and call.served.batcher is not None and call.served.engine.model.io.native:
             # Through the micro-batcher, as /encode: the same onnxruntime call (OnnxVAE.encode feeds

@@ -131,3 +131,18 @@ def test_the_repository_and_the_explorer_offer_it(url):
     assert any(entry["name"] == NAME and entry["state"] == "READY" for entry in index)
     assert httpx.get(f"{base}/ui/").status_code == 200
     assert math.prod(httpx.get(f"{base}/v1/models/{NAME}").json()["latent_shape"]) == 196
+
+
+@pytest.mark.parametrize(
+    ("graph", "tensor", "shape", "means"),
+    [("decoder", "z", (1, 4, 128, 128), "512 x 512"), ("encoder", "image", (1, 1, 30, 30), "30 x 30")],
+)
+def test_the_raw_graphs_refuse_sizes_the_manifest_does_not_allow(url, graph, tensor, shape, means):
+    """sizes.max 256 (the attention's memory: 2.2 GB per 512 px image) and multiples of 4, before any graph runs."""
+    _, base = url
+    data = np.zeros(shape, np.float32)
+    body = {"inputs": [{"name": tensor, "datatype": "FP32", "shape": list(shape), "data": data.ravel().tolist()}]}
+    response = httpx.post(f"{base}/v2/models/{NAME}.{graph}/infer", json=body, timeout=60)
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert "takes images of 4 to 256 pixels a side, multiples of 4" in message and f"means {means}" in message
