@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from export.declare import Declarations
-from export.importing import Graphs, ImportFailed, build_manifest, source_files, write_import
-from model.core.artifact import ModelLoadError, open_graphs
+from export.importing import Graphs, ImportFailed, build_manifest, open_checked, source_files, write_import
+from model.core.artifact import OnnxVAE
 from model.core.contract import worst
 from model.core.manifest import DiffusionSpec, Manifest, SizeSpec, Source
 
@@ -199,13 +199,10 @@ def import_diffusers(
     log_scale = None if decl.sigma is None else float(np.log(decl.sigma))
     latent_dim = int(np.prod(latent_shape))
 
-    def build(staging: Path) -> Manifest:
+    def build(staging: Path) -> tuple[Manifest, OnnxVAE]:
         placeholder = {"tolerance": TOLERANCE, "max_abs_diff": {"pending": 0.0}}
         manifest = build_manifest(staging, decl, graphs, latent_dim, source, placeholder, log_scale, extra)
-        try:
-            model = open_graphs(staging, manifest, decl.threads)
-        except ModelLoadError as exc:
-            raise ImportFailed(str(exc).split(" (fp32): ", 1)[-1]) from exc
+        model = open_checked(staging, manifest, decl.threads)  # the loader's checks first: they name the fault
         figures = diffusers_parity(vae, model, channels, [(height, width), (2 * height, 2 * width)], decl.seed)
         bad = {k: v for k, v in figures.items() if not v <= TOLERANCE}
         if bad:
@@ -216,6 +213,6 @@ def import_diffusers(
             "measure": "max |onnx - torch| / max(1, max |torch|), per output and size",
             "max_abs_diff": figures,
         }
-        return manifest.model_copy(update={"parity": parity})
+        return manifest.model_copy(update={"parity": parity}), model
 
     return write_import(out_dir, decl, build)

@@ -17,8 +17,16 @@ import numpy as np
 import onnxruntime as ort
 
 from export.declare import Declarations
-from export.importing import Graphs, ImportFailed, build_manifest, prior_components, source_files, write_import
-from model.core.artifact import ModelLoadError, check_contract, open_graphs, session_options
+from export.importing import (
+    Graphs,
+    ImportFailed,
+    build_manifest,
+    open_checked,
+    prior_components,
+    source_files,
+    write_import,
+)
+from model.core.artifact import OnnxVAE, session_options
 from model.core.manifest import Manifest, Source
 
 RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli")
@@ -201,7 +209,7 @@ def import_onnx(
     )
     log_scale = None if decl.sigma is None else float(np.log(decl.sigma))
 
-    def build(staging: Path) -> Manifest:
+    def build(staging: Path) -> tuple[Manifest, OnnxVAE]:
         parity = {
             "reference": "the graphs as given: no other implementation to compare with; the loader's checks of "
             "determinism (.repeat) and batch independence (.alone) on seeded inputs",
@@ -209,15 +217,13 @@ def import_onnx(
             "max_abs_diff": {"encoder.repeat": 0.0, "decoder.repeat": 0.0},
         }
         manifest = build_manifest(staging, decl, graphs, latent_dim, source, parity, log_scale)
-        try:
-            figures = check_contract(open_graphs(staging, manifest, decl.threads), "the graphs")
-        except ModelLoadError as exc:
-            raise ImportFailed(str(exc).split(" (fp32): ", 1)[-1]) from exc
+        model = open_checked(staging, manifest, decl.threads)
+        figures = model.checks
         parity = {
             **parity,
             "max_abs_diff": {k: v for k, v in figures.items() if k.endswith(".repeat")},
             "batch_max_abs_diff": {k: v for k, v in figures.items() if k.endswith(".alone")},
         }
-        return manifest.model_copy(update={"parity": parity})
+        return manifest.model_copy(update={"parity": parity}), model
 
     return write_import(out_dir, decl, build)

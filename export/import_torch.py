@@ -28,8 +28,8 @@ import torch
 
 from export.declare import Declarations
 from export.import_onnx import random_nodes
-from export.importing import Graphs, ImportFailed, build_manifest, source_files, write_import
-from model.core.artifact import ModelLoadError, open_graphs
+from export.importing import Graphs, ImportFailed, build_manifest, open_checked, source_files, write_import
+from model.core.artifact import OnnxVAE
 from model.core.contract import worst
 from model.core.manifest import Manifest, Source
 
@@ -462,18 +462,15 @@ def import_torch(target: str, out_dir: Path, decl: Declarations, weights: Path |
     graphs = Graphs(encoder_bytes, decoder_bytes, ("image", "mean", spread), ("z", output_names))
     decl = replace(decl, notes={**decl.notes, "module": target, "class": type(module).__name__, "exporter": exporter})
 
-    def build(staging: Path) -> Manifest:
+    def build(staging: Path) -> tuple[Manifest, OnnxVAE]:
         placeholder = {"tolerance": TOLERANCE, "max_abs_diff": {"pending": 0.0}}
         manifest = build_manifest(staging, decl, graphs, latent_dim, source, placeholder, log_scale)
-        try:  # the loader's checks first: their messages name the fault
-            model = open_graphs(staging, manifest, decl.threads)
-        except ModelLoadError as exc:
-            raise ImportFailed(str(exc).split(" (fp32): ", 1)[-1]) from exc
+        model = open_checked(staging, manifest, decl.threads)  # the loader's checks first: they name the fault
         parity = checked_parity(
             target,
             (encode, model.encoder, images, "image", ["mean", spread]),
             (decode, model.decoder, latents, "z", output_names),
         )
-        return manifest.model_copy(update={"parity": parity})
+        return manifest.model_copy(update={"parity": parity}), model
 
     return write_import(out_dir, decl, build)

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export import calibrate
-from export.declare import DeclarationError, Declarations
+from export.declare import Declarations
 from export.files import ExportError, move_into_place, target_dir
 from model.core import anomaly, scoring
 from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir, open_graphs, session_options
@@ -46,7 +46,7 @@ class Graphs:
     prior_components: int | None = None
 
 
-def graph_info(directory: Path, file: str, data: bytes) -> GraphInfo:
+def graph_info(file: str, data: bytes) -> GraphInfo:
     """A graph's names and shapes as onnxruntime reads them (a symbolic dimension by its name, an unknown
     one as "?"), its hash, and its opset (from the model's own opset import)."""
     session = ort.InferenceSession(data, session_options(1), providers=["CPUExecutionProvider"])
@@ -97,7 +97,7 @@ def build_manifest(
     for name, data in (("encoder", graphs.encoder), ("decoder", graphs.decoder), ("prior", graphs.prior)):
         if data is not None:
             (directory / f"{name}.onnx").write_bytes(data)
-            infos[name] = graph_info(directory, f"{name}.onnx", data)
+            infos[name] = graph_info(f"{name}.onnx", data)
     prior = None
     if "prior" in infos:
         prior = PriorSpec(
@@ -143,9 +143,18 @@ def prior_components(data: bytes, latent_dim: int) -> int:
     return int(np.asarray(outputs[0]).shape[0])
 
 
+def open_checked(staging: Path, manifest: Manifest, threads: int) -> OnnxVAE:
+    """The graphs in onnxruntime after the loader's checks (model/core/contract.py; their figures in
+    `OnnxVAE.checks`), a refusal as ImportFailed with the loader's message."""
+    try:
+        return open_graphs(staging, manifest, threads=threads)
+    except ModelLoadError as exc:
+        raise ImportFailed(str(exc).split(" (fp32): ", 1)[-1]) from exc
+
+
 def write_import(out_dir: Path, decl: Declarations, build: Any) -> Manifest:
-    """Make OUT_DIR from `build(staging) -> Manifest` (which writes the graphs and describes them): the
-    loader's checks, optional metrics and calibration, then the rename into place."""
+    """Make OUT_DIR from `build(staging) -> (Manifest, OnnxVAE)` (which writes the graphs, describes them and
+    opens them with `open_checked`): optional metrics and calibration, then the rename into place."""
     try:
         out = target_dir(out_dir)
     except ExportError as exc:
@@ -153,11 +162,7 @@ def write_import(out_dir: Path, decl: Declarations, build: Any) -> Manifest:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = build(staging)
-        try:
-            model = open_graphs(staging, manifest, threads=decl.threads)  # the loader's checks (model/core/contract.py)
-        except ModelLoadError as exc:
-            raise ImportFailed(str(exc).split(" (fp32): ", 1)[-1]) from exc
+        manifest, model = build(staging)
         manifest = with_metrics(model, decl, manifest)
         manifest = with_calibration(staging, model, decl, manifest)
         manifest.write(staging / "manifest.json")
@@ -251,4 +256,4 @@ def source_files(paths: list[Path]) -> list[FileHash]:
     return [FileHash(file=path.name, sha256=hashlib.sha256(path.read_bytes()).hexdigest()) for path in paths]
 
 
-__all__ = ["DeclarationError", "Graphs", "ImportFailed", "build_manifest", "write_import"]
+__all__ = ["Graphs", "ImportFailed", "build_manifest", "open_checked", "write_import"]

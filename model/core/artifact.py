@@ -8,7 +8,7 @@ onnxruntime is given those same bytes, so what was checked is what runs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class OnnxVAE:
     prior: Prior  # N(0, I) when the manifest lists no prior graph
     anomaly: Calibration | None = None  # None: the export has no anomaly calibration
     adapter: GraphAdapter | None = None  # None: made from the manifest
+    checks: dict[str, float] = field(default_factory=dict)  # the loader's figures (`check_contract`)
 
     def __post_init__(self) -> None:
         if self.adapter is None:
@@ -73,9 +74,8 @@ class OnnxVAE:
     def decode(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
         """(K, D) float32 -> the likelihood's parameters in [0, 1] pixels, each (K, C, H, W)"""
         io = self.io
-        z_name = self.manifest.io.decoder.z
         feed = io.latent_feed(np.ascontiguousarray(z, dtype=np.float32))
-        outputs = self.decoder.run(io.decoder_outputs, {z_name: feed})
+        outputs = self.decoder.run(io.decoder_outputs, {io.bindings.decoder.z: feed})
         return io.decoder_params(outputs)
 
 
@@ -156,7 +156,7 @@ def open_graphs(
     )
     # Dynamic int8 quantisation takes its activation scales from the whole batch (DynamicQuantizeLinear),
     # so the int8 variant's rows do depend on their batch, by design and within its recorded parity.
-    check_contract(vae, f"{directory} ({variant})", batch_independent=variant != "int8")
+    vae.checks.update(check_contract(vae, f"{directory} ({variant})", batch_independent=variant != "int8"))
     return vae
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from model.core.manifest import Manifest
+from model.core.manifest import ContractSpec, Manifest
 
 FLOAT = "tensor(float)"
 
@@ -38,14 +38,18 @@ class GraphAdapter:
     manifest: Manifest
     scale: np.ndarray | None  # (1, C, 1, 1) float32: the graph sees scale * pixel + shift; None: identity
     shift: np.ndarray | None
+    # `Manifest.io` and `.latent`, read once: they are built on each access, and the adapter is on every call
+    bindings: ContractSpec
+    latent: tuple[int, ...]
 
     @classmethod
     def of(cls, manifest: Manifest) -> GraphAdapter:
         a, b = manifest.input.affine()
-        if all(v == 1.0 for v in a) and all(v == 0.0 for v in b):
-            return cls(manifest, None, None)
-        shape = (1, len(a), 1, 1)
-        return cls(manifest, np.array(a, np.float32).reshape(shape), np.array(b, np.float32).reshape(shape))
+        scale = shift = None
+        if not (all(v == 1.0 for v in a) and all(v == 0.0 for v in b)):
+            shape = (1, len(a), 1, 1)
+            scale, shift = np.array(a, np.float32).reshape(shape), np.array(b, np.float32).reshape(shape)
+        return cls(manifest, scale, shift, manifest.io, manifest.latent)
 
     @property
     def native(self) -> bool:
@@ -54,32 +58,32 @@ class GraphAdapter:
 
     @property
     def spatial(self) -> bool:
-        return len(self.manifest.latent) > 1
+        return len(self.latent) > 1
 
     def latent_feed(self, z: np.ndarray) -> np.ndarray:
         """(K, D) latents as the decoder graph takes them: (K, C, h, w) for a spatial latent."""
-        return z.reshape(len(z), *self.manifest.latent) if self.spatial else z
+        return z.reshape(len(z), *self.latent) if self.spatial else z
 
     def encoder_feed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """[0, 1] pixels (N, C, H, W) -> the encoder graph's feed."""
         x = np.ascontiguousarray(pixels, dtype=np.float32)
         if self.scale is not None and self.shift is not None:
             x = x * self.scale + self.shift
-        io = self.manifest.io.encoder
+        io = self.bindings.encoder
         if io.layout == "flat":
             x = x.reshape(len(x), -1)
         return {io.image: x}
 
     @property
     def encoder_outputs(self) -> list[str]:
-        io = self.manifest.io.encoder
+        io = self.bindings.encoder
         return [io.mean, io.spread]
 
     def posterior(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The encoder's two outputs -> mean, log-variance (N, D); a spatial latent flattened in C order."""
         if self.spatial:
             mean, spread = mean.reshape(len(mean), -1), spread.reshape(len(spread), -1)
-        kind = self.manifest.io.encoder.posterior
+        kind = self.bindings.encoder.posterior
         if kind == "logvar":
             return mean, spread
         if kind == "log_scale":
@@ -89,13 +93,13 @@ class GraphAdapter:
 
     @property
     def decoder_outputs(self) -> list[str]:
-        return list(self.manifest.io.decoder.outputs)
+        return list(self.bindings.decoder.outputs)
 
     def decoder_params(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """The decoder graph's outputs -> the likelihood's parameters in [0, 1] pixels, each (K, C, H, W)."""
         if self.native:
             return tuple(outputs)
-        io, spec = self.manifest.io.decoder, self.manifest.likelihood
+        io, spec = self.bindings.decoder, self.manifest.likelihood
         shape = tuple(self.manifest.input.shape)
         if io.flat:
             outputs = [o.reshape(len(o), *shape) for o in outputs]
@@ -113,7 +117,7 @@ class GraphAdapter:
         constant = self.manifest.likelihood.log_scale
         if constant is not None:
             return np.full(shape, constant, dtype=np.float32)
-        second, kind = outputs[1], self.manifest.io.decoder.scale_output
+        second, kind = outputs[1], self.bindings.decoder.scale_output
         if kind == "logvar":
             second = 0.5 * second
         elif kind == "scale":

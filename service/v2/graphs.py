@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from service.routes.remote import Geometry
 from service.served import ServedModel
 from service.v2.codec import ProtocolError
 from service.v2.spec import Call, Outputs, TensorSpec, V2Model, checked_inputs
@@ -55,26 +56,23 @@ def _tensor_specs(args: Any) -> list[TensorSpec]:
 
 def checked_sizes(call: Call, suffix: str, feeds: dict[str, np.ndarray], name: str) -> int:
     """A fully convolutional model's graphs take images of many sizes: only those its manifest's `sizes` allow
-    (the memory of its attention grows with the fourth power of the side), within the request pixel limit.
-    Returns the work in rows of the model's own image size. Graphs of one size are held to it by their shapes."""
+    (the memory of its attention grows with the fourth power of the side), within the request pixel limit, as
+    the remote VAE protocol's routes (their `Geometry`). Returns the work in rows of the model's own image size.
+    Graphs of one size are held to it by their shapes."""
     manifest = call.served.engine.model.manifest
-    if manifest.sizes is None:
+    if manifest.sizes is None or len(manifest.latent) != 3:
         return 0
-    _, height, width = manifest.input.shape
-    factor = manifest.diffusion.downsample if manifest.diffusion else height // manifest.latent[1]
+    geometry = Geometry.of(manifest)
     work = 0
     for array in feeds.values():
         if array.ndim != 4:
             continue
-        scale = factor if suffix == "decoder" else 1
+        scale = geometry.factor if suffix == "decoder" else 1
         image_h, image_w = array.shape[2] * scale, array.shape[3] * scale
-        sizes = manifest.sizes
-        if not (sizes.min <= min(image_h, image_w) and max(image_h, image_w) <= sizes.max) or (
-            image_h % sizes.multiple or image_w % sizes.multiple
-        ):
+        if not geometry.allows(image_h, image_w):
             raise ProtocolError(
-                f"model '{name}' takes images of {sizes.min} to {sizes.max} pixels a side, multiples of "
-                f"{sizes.multiple} (a latent of 1/{factor} of that); this input means {image_h} x {image_w}"
+                f"model '{name}' takes images of {geometry.low} to {geometry.high} pixels a side, multiples of "
+                f"{geometry.multiple} (a latent of 1/{geometry.factor} of that); this input means {image_h} x {image_w}"
             )
         pixels = len(array) * image_h * image_w
         if pixels > call.state.settings.max_request_pixels:
@@ -82,7 +80,7 @@ def checked_sizes(call: Call, suffix: str, feeds: dict[str, np.ndarray], name: s
                 f"model '{name}': {len(array)} images of {image_h} x {image_w} are {pixels} pixels, over "
                 f"VAE_MAX_REQUEST_PIXELS ({call.state.settings.max_request_pixels}); send fewer or smaller"
             )
-        work = max(work, -(-pixels // (height * width)))
+        work = max(work, geometry.rows(len(array), image_h, image_w))
     return work
 
 

@@ -402,12 +402,6 @@ def test_the_repository_index_lists_every_import(imported):
     assert set(NAMES) <= set(entries) and all(entries[n]["state"] == "READY" for n in NAMES)
 
 
-def test_the_explorer_page_offers_every_import(imported):
-    url, _ = imported
-    response = httpx.get(f"{url}/ui/")
-    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
-
-
 def test_the_model_card_names_the_source_and_the_contract(imported):
     url, _ = imported
     card = httpx.get(f"{url}/v1/models/examples-vae").json()
