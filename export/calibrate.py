@@ -8,13 +8,18 @@ graphs untouched, with
 which writes `anomaly.json` and the manifest's `anomaly` entry into a copy of the directory and
 renames it into place only once the service's loader accepts it: all or nothing, as vae-export.
 
-The score is fitted on one half of the split and its reference scores (percentiles, thresholds)
-come from the other half, so the reference is not flattered by the fit. The test set is never used.
+The score is fitted on one part of the split and its reference scores (percentiles, thresholds)
+come from the other, so the reference is not flattered by the fit. The test set is never used. A
+folder trained by vae-train holds its calibration images out of training (model/data.py): the split
+is those, a third to fit and two thirds for the reference, as the reference decides which
+false-positive rates the answer can resolve. The anomaly maps are calibrated on the same two parts
+(model/core/anomaly_map.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from model.core import anomaly
+from model.core import anomaly, anomaly_map
 from model.core.anomaly import Calibration, TypicalityScore
 from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir
 from model.core.manifest import AnomalySpec, Manifest
@@ -43,6 +48,9 @@ COST = (
 )
 DEFAULT_COUNT = 10_000  # images in each half of the split
 MIN_COUNT = 10  # below this a percentile means little; a smoke-test export still gets a working /anomaly
+MAP_COUNT = 2_000  # images of each part the anomaly maps are calibrated on: the maps cost `samples` decodes each
+
+logger = logging.getLogger("vae-export")
 
 
 class CalibrationError(RuntimeError):
@@ -68,6 +76,25 @@ def validation_split(train: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     return train[start : start + count], train[start + count :], description
 
 
+def held_out_split(held_out: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Images held out of training for calibration: the first third fits the score (at least MIN_COUNT),
+    the rest (at most `count` each) give the reference scores. (fit, reference, its description)"""
+    if len(held_out) < 2 * MIN_COUNT:
+        raise CalibrationError(
+            f"{len(held_out)} held-out calibration images are too few (at least {2 * MIN_COUNT} needed): add "
+            "images to the folder, or train with a larger --calibration-split"
+        )
+    fit = min(count, max(MIN_COUNT, len(held_out) // 3))
+    reference = min(count, len(held_out) - fit)
+    description = {
+        "split": "held out of training",
+        "fit": [0, fit],
+        "reference": [fit, fit + reference],
+        "images": fit + reference,
+    }
+    return held_out[:fit], held_out[fit : fit + reference], description
+
+
 def fit_score(
     name: str, stats: dict[str, np.ndarray], statistics: tuple[str, ...] = STATISTICS, estimator: str = ESTIMATOR
 ) -> anomaly.Score:
@@ -89,30 +116,67 @@ def batched_statistics(
 
 
 def calibrate(
-    model: OnnxVAE, train: np.ndarray, count: int = DEFAULT_COUNT, seed: int = 0, binarize_seed: int = 0
+    model: OnnxVAE,
+    train: np.ndarray,
+    count: int = DEFAULT_COUNT,
+    seed: int = 0,
+    binarize_seed: int = 0,
+    held_out: np.ndarray | None = None,
 ) -> Calibration:
-    fit_images, reference_images, description = validation_split(train, count)
+    """The score and the map calibration, on `held_out` images when the data set holds some out of
+    training, else on the last training images (Fashion-MNIST's exports, as published)."""
+    if held_out is not None and len(held_out):
+        fit_images, reference_images, description = held_out_split(held_out, count)
+    else:
+        fit_images, reference_images, description = validation_split(train, count)
     score = fit_score(METHOD, batched_statistics(model, fit_images, seed, binarize_seed))
     reference = batched_statistics(model, reference_images, seed, binarize_seed)
-    return Calibration.build(score, reference, seed, binarize_seed, description)
+    maps = None
+    if model.likelihood.name != "none":
+        fit_terms = anomaly_map.pixel_terms(model, model.likelihood, fit_images[:MAP_COUNT], seed)
+        reference_terms = anomaly_map.pixel_terms(model, model.likelihood, reference_images[:MAP_COUNT], seed)
+        maps = anomaly_map.MapCalibration.fit(fit_terms, reference_terms)
+    return Calibration.build(score, reference, seed, binarize_seed, description, maps)
 
 
 def add_calibration(directory: Path, manifest: Manifest, calibration: Calibration) -> Manifest:
     """Write anomaly.json into `directory`; the manifest that lists it (not yet written)."""
     path = directory / anomaly.CALIBRATION_FILE
     path.write_text(calibration.to_json())
+    references = len(calibration.reference)
+    fpr = anomaly.default_fpr(references)
+    note = anomaly.fpr_note(references, fpr)
+    if note:
+        logger.warning("%s %s: %s", manifest.name, manifest.version, note)
+    maps = calibration.map
     spec = AnomalySpec(
         file=path.name,
         sha256=sha256_file(path),
         method=calibration.score.name,
         statistics=list(calibration.score.statistics),
         cost=COST,
-        fpr_default=0.01,
+        fpr_default=fpr,
         calibration={
             **calibration.data,
             "dataset": manifest.training.get("dataset"),
             "seed": calibration.seed,
             "binarize_seed": calibration.binarize_seed,
+            "reference_images": references,
+            "smallest_fpr": calibration.smallest_fpr(),
+            **({"fpr_note": note} if note else {}),
+            **(
+                {
+                    "map": {
+                        "method": anomaly_map.MAP_NOTE,
+                        "samples": maps.samples,
+                        "smoothing_pixels": maps.smoothing,
+                        "positional": maps.positional,
+                        "reference_images": maps.images,
+                    }
+                }
+                if maps is not None
+                else {}
+            ),
         },
     )
     return manifest.model_copy(update={"anomaly": spec})
@@ -129,9 +193,18 @@ def calibrate_in_place(directory: Path, count: int, data_dir: str | None, thread
         raise CalibrationError(f"{directory}/manifest.json names no training dataset to calibrate on")
     train_config = manifest.training.get("train_config", {})
     data = load_dataset(
-        dataset, data_dir or train_config.get("data_dir"), PreprocessContract.from_dict(manifest.preprocessing)
+        dataset,
+        data_dir or train_config.get("data_dir"),
+        PreprocessContract.from_dict(manifest.preprocessing),
+        calibration_split=float(train_config.get("calibration_split", 0.0)),
     )
-    calibration = calibrate(model, data.train, count, binarize_seed=int(train_config.get("test_binarize_seed", 0)))
+    calibration = calibrate(
+        model,
+        data.train,
+        count,
+        binarize_seed=int(train_config.get("test_binarize_seed", 0)),
+        held_out=data.calibration,
+    )
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         os.chmod(staging, directory.stat().st_mode & 0o777)

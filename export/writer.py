@@ -56,7 +56,9 @@ def versions() -> dict[str, str]:
 def likelihood_spec(model: VAE) -> LikelihoodSpec:
     likelihood = model.decoder.likelihood
     parameters: dict[str, Any] = {}
-    if model.decoder.log_sigma is not None:  # a learned scale: record what it learned
+    if model.decoder.scale_from_decoder:  # the decoder graph outputs a scale per pixel for each z
+        parameters = {"scale": "decoder", "log_sigma_floor": LOG_SCALE_FLOOR}
+    elif model.decoder.log_sigma is not None:  # a learned scale: record what it learned
         with torch.no_grad():  # the scale the decoder graph outputs: the learned one, through its floor
             shape = (1, *model.config.input_shape)
             _, log_scale = likelihood.torch_params(torch.zeros(shape), model.decoder.log_sigma)
@@ -123,6 +125,7 @@ def read_inputs(config: ExportConfig) -> ExportInputs:
         config.dataset or record.train_config.dataset,
         config.data_dir or record.train_config.data_dir,
         PreprocessContract(input_shape=model.config.input_shape),
+        calibration_split=record.train_config.calibration_split,
     )
     return ExportInputs(out, model, record, data)
 
@@ -191,7 +194,13 @@ def finish(directory: Path, config: ExportConfig, inputs: ExportInputs, manifest
         manifest = with_int8(directory, config, manifest, backend, samples)
     if config.calibrate:
         binarize_seed = inputs.record.train_config.test_binarize_seed
-        fitted = calibrate.calibrate(backend, inputs.data.train, config.calibration_count, binarize_seed=binarize_seed)
+        fitted = calibrate.calibrate(
+            backend,
+            inputs.data.train,
+            config.calibration_count,
+            binarize_seed=binarize_seed,
+            held_out=inputs.data.calibration,
+        )
         manifest = calibrate.add_calibration(directory, manifest, fitted)
     manifest.write(directory / "manifest.json")
     # What is moved into place is what the service's loader accepts, read back from disk.

@@ -10,7 +10,7 @@ from model.core.likelihoods import LIKELIHOODS
 from model.core.priors import PRIOR_KINDS, PriorKind, prior_kind
 
 Arch = Literal["conv", "mlp"]
-GaussianScale = Literal["shared", "per_pixel"]
+GaussianScale = Literal["shared", "per_pixel", "decoder"]
 PRIORS = tuple(PRIOR_KINDS)  # the names configs store; each kind is a `model.core.priors.PriorKind`
 OBJECTIVES = ("elbo", "iwae-dreg")
 
@@ -38,7 +38,8 @@ class ModelConfig:
     decoder_channels: tuple[int, ...] = (32, 16)
     hidden: tuple[int, ...] = (512, 512)  # dense layers (encoder head and decoder)
     likelihood: str = "bernoulli"  # a name in model.core.likelihoods.LIKELIHOODS
-    gaussian_scale: GaussianScale = "shared"  # one learned sigma, or one per pixel
+    # one learned sigma, one per pixel, or one per pixel that the decoder outputs for each z
+    gaussian_scale: GaussianScale = "shared"
     logvar_min: float = -12.0  # encoder log-variance is clamped to a numerically safe range
     logvar_max: float = 8.0
     prior: str = "standard_normal"  # a name in PRIORS: checkpoints and manifests store the name
@@ -53,8 +54,8 @@ class ModelConfig:
             f"likelihood must be one of {', '.join(sorted(LIKELIHOODS))}, not {self.likelihood!r}",
         )
         _check(
-            self.gaussian_scale in ("shared", "per_pixel"),
-            f"gaussian_scale must be 'shared' or 'per_pixel', not {self.gaussian_scale!r}",
+            self.gaussian_scale in ("shared", "per_pixel", "decoder"),
+            f"gaussian_scale must be 'shared', 'per_pixel' or 'decoder', not {self.gaussian_scale!r}",
         )
         _check(
             len(self.input_shape) == 3 and all(int(s) > 0 for s in self.input_shape),
@@ -101,6 +102,42 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ArchPreset:
+    """The architecture a conv VAE gets by default for images up to `max_side` pixels on their longer side."""
+
+    max_side: int
+    conv_channels: tuple[int, ...]
+    decoder_channels: tuple[int, ...]
+    hidden: tuple[int, ...]
+    latent_dim: int
+
+    @property
+    def factor(self) -> int:
+        """H and W must be multiples of this: each stage halves them."""
+        return 2 ** len(self.conv_channels)
+
+
+# By the longer side of the images: one more stride-2 stage and wider channels each time the side doubles, so
+# the last feature map stays 7 to 8 pixels across. Up to 32 px it is the Fashion-MNIST model's architecture (the
+# ModelConfig defaults), so the published models and comparisons hold.
+ARCH_PRESETS = (
+    ArchPreset(32, (32, 64), (32, 16), (512, 512), 32),
+    ArchPreset(64, (32, 64, 128), (64, 32, 16), (512,), 64),
+    ArchPreset(128, (32, 64, 128, 256), (128, 64, 32, 16), (512,), 128),
+    ArchPreset(256, (32, 64, 128, 256, 256), (256, 128, 64, 32, 16), (512,), 256),
+)
+# A folder's images larger than this on their longer side are resized down to it by default (training on a CPU
+# at 256 px is slow; --image-size asks for any size).
+DEFAULT_MAX_SIDE = 128
+
+
+def arch_preset(height: int, width: int) -> ArchPreset:
+    """The preset for images of H x W: the first whose `max_side` holds the longer side."""
+    side = max(height, width)
+    return next((preset for preset in ARCH_PRESETS if side <= preset.max_side), ARCH_PRESETS[-1])
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None  # None: $VAE_DATA_DIR or the dataset's default directory
@@ -123,7 +160,9 @@ class TrainConfig:
     init_from: str | None = None  # start from this checkpoint's model (its prior too, when of the same kind)
     init_sha256: str | None = None
     prior_fit_steps: int = 0  # with init_from: first fit a mixture prior alone to the aggregate posterior
-    extra: dict[str, Any] = field(default_factory=dict)
+    # folder: the share of the images held out of training for the anomaly calibration (model/data.py)
+    calibration_split: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # `defaults`: what vae-train chose, and why
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "epochs must be positive")
@@ -144,6 +183,7 @@ class TrainConfig:
         )
         _check(self.validation >= 0 and self.patience >= 0, "validation and patience must be >= 0")
         _check(self.patience == 0 or self.validation > 0, "--patience needs a --validation split")
+        _check(0.0 <= self.calibration_split < 0.5, "calibration_split must be in [0, 0.5)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -96,7 +96,9 @@ DATASETS: dict[str, IdxDatasetSpec] = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as float32 (N, C, H, W) in [0, 1], with what identifies them."""
+    """Images as float32 (N, C, H, W) in [0, 1], with what identifies them. `calibration`: images held out
+    of training for the anomaly calibration (a folder's; None for the IDX data sets, whose exports
+    calibrate on the last training images as published)."""
 
     name: str
     train: np.ndarray
@@ -104,6 +106,24 @@ class Dataset:
     test_labels: np.ndarray | None
     checksums: dict[str, str]  # file name -> sha256
     source: str
+    calibration: np.ndarray | None = None
+
+
+# A folder's calibration split: this share of its images, at least MIN_CALIBRATION (when that leaves most
+# of the images to train on) and at most MAX_CALIBRATION.
+CALIBRATION_SPLIT = 0.2
+MIN_CALIBRATION = 20
+MAX_CALIBRATION = 4_000
+
+
+def calibration_count(images: int, share: float) -> int:
+    """How many of a folder's `images` (after its test split) are held out for the anomaly calibration."""
+    if share <= 0:
+        return 0
+    wanted = max(round(share * images), MIN_CALIBRATION)
+    if wanted > images // 2:  # never more than half: the model needs images to learn from
+        wanted = min(round(share * images), images // 2)
+    return min(wanted, MAX_CALIBRATION)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -125,11 +145,17 @@ def resolve_data_dir(dataset: str, data_dir: str | None) -> Path:
     raise DataMissingError(f"dataset {dataset!r} needs a directory: pass --data-dir or set VAE_DATA_DIR.")
 
 
-def load_dataset(dataset: str, data_dir: str | None = None, contract: PreprocessContract | None = None) -> Dataset:
-    """Load a named IDX dataset, or `folder` (a directory of images)."""
+def load_dataset(
+    dataset: str,
+    data_dir: str | None = None,
+    contract: PreprocessContract | None = None,
+    calibration_split: float = 0.0,
+) -> Dataset:
+    """Load a named IDX dataset, or `folder` (a directory of images; `calibration_split` of them held out
+    of training for the anomaly calibration, `calibration_count`)."""
     directory = resolve_data_dir(dataset, data_dir)
     if dataset == "folder":
-        return load_image_folder(directory, contract or PreprocessContract())
+        return load_image_folder(directory, contract or PreprocessContract(), calibration_split=calibration_split)
     if dataset not in DATASETS:
         raise DataMissingError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS) + ['folder']}.")
     return load_idx_dataset(DATASETS[dataset], directory)
@@ -165,26 +191,45 @@ def load_idx_dataset(spec: IdxDatasetSpec, directory: Path) -> Dataset:
     )
 
 
-def load_image_folder(directory: Path, contract: PreprocessContract, test_fraction: float = 0.1) -> Dataset:
+def load_image_folder(
+    directory: Path, contract: PreprocessContract, test_fraction: float = 0.1, calibration_split: float = 0.0
+) -> Dataset:
     """A folder of images. With `train/` and `test/` subfolders those are the splits. Otherwise the
     test split is the `test_fraction` (at least one) of the images whose file contents have the
     smallest SHA-256: fixed by content alone, so vae-train, vae-eval and vae-export see the same
-    split whatever the seed, file names or order, and identical files land in the same split."""
+    split whatever the seed, file names or order, and identical files land in the same split.
+    The calibration split is the next `calibration_count` training images in the same order."""
     if not directory.is_dir():
         raise DataMissingError(f"Image folder {directory} does not exist. Point --data-dir at a folder of images.")
     if (directory / "train").is_dir() and (directory / "test").is_dir():
         train, train_sums = read_image_folder(directory / "train", contract)
         test, test_sums = read_image_folder(directory / "test", contract)
         checksums = {f"train/{k}": v for k, v in train_sums.items()} | {f"test/{k}": v for k, v in test_sums.items()}
+        rest = _by_digest(list(train_sums.values()))
     else:
         images, checksums = read_image_folder(directory, contract)
         if len(images) < 2:
             raise DataMissingError(f"Image folder {directory} holds fewer than 2 images; add more.")
-        digests = list(checksums.values())  # in path order, like `images`
-        order = sorted(range(len(images)), key=digests.__getitem__)  # stable: ties keep path order
+        order = _by_digest(list(checksums.values()))  # `checksums` is in path order, like `images`
         n_test = min(len(images) - 1, max(1, round(test_fraction * len(images))))
-        test, train = images[order[:n_test]], images[sorted(order[n_test:])]
-    return Dataset(name="folder", train=train, test=test, test_labels=None, checksums=checksums, source=str(directory))
+        test, train, rest = images[order[:n_test]], images, order[n_test:]
+    n_calibration = calibration_count(len(rest), calibration_split)
+    calibration = train[rest[:n_calibration]] if n_calibration else None
+    train = train[sorted(rest[n_calibration:])]
+    return Dataset(
+        name="folder",
+        train=train,
+        test=test,
+        test_labels=None,
+        checksums=checksums,
+        source=str(directory),
+        calibration=calibration,
+    )
+
+
+def _by_digest(digests: list[str]) -> list[int]:
+    """Indices in the order of their SHA-256 (stable: identical files keep their path order)."""
+    return sorted(range(len(digests)), key=digests.__getitem__)
 
 
 def read_image_folder(directory: Path, contract: PreprocessContract) -> tuple[np.ndarray, dict[str, str]]:
@@ -199,7 +244,7 @@ def read_image_folder(directory: Path, contract: PreprocessContract) -> tuple[np
         data = path.read_bytes()
         try:
             image = open_image(data, max_pixels=FOLDER_MAX_PIXELS)
-            sources[(_channels(image.mode), image.height, image.width)] += 1
+            sources[(image_channels(image.mode), image.height, image.width)] += 1
             arrays.append(image_to_array(image, contract))
         except (ImageDecodeError, ImageTooLargeError) as exc:
             raise DataFormatError(f"{path} cannot be used: {exc}. Fix or remove it.") from exc
@@ -230,7 +275,7 @@ def conversion_note(
     )
 
 
-def _channels(mode: str) -> int:
+def image_channels(mode: str) -> int:
     """1 for grey modes (L, 1, I, F, LA...), 3 for colour ones (RGB, RGBA, P, CMYK...)."""
     return 1 if ImageMode.getmode(mode).basemode == "L" else 3
 

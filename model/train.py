@@ -11,12 +11,12 @@ import logging
 import sys
 from pathlib import Path
 
-from model import checkpoint, distributed
-from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig
+from model import checkpoint, distributed, folder_defaults
+from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig, arch_preset
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.core.priors import PRIOR_KINDS, prior_kind
-from model.data import DataChecksumError, DataMissingError, Dataset, load_dataset
+from model.data import CALIBRATION_SPLIT, DataChecksumError, DataMissingError, Dataset, load_dataset
 from model.distributed import SINGLE_PROCESS, Ranks
 from model.trainer import NO_HOOKS, TrainHooks, train
 
@@ -89,43 +89,53 @@ def _add_optimisation_options(p: argparse.ArgumentParser, defaults_t: TrainConfi
 
 
 def _add_model_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> None:
-    channels, height, width = defaults_m.input_shape
     p.add_argument("--arch", choices=["conv", "mlp"], default=defaults_m.arch, help="encoder family")
     p.add_argument("--decoder", choices=["conv", "mlp"], default=defaults_m.decoder, help="decoder family")
-    p.add_argument("--latent-dim", type=int, default=defaults_m.latent_dim, help="dimensions of the latent z")
+    preset = "(default: the image size's preset in model/config.py ARCH_PRESETS; up to 32 px: {})"
+    p.add_argument(
+        "--latent-dim",
+        type=int,
+        default=None,
+        help="dimensions of the latent z " + preset.format(defaults_m.latent_dim),
+    )
     p.add_argument(
         "--hidden",
         type=int,
         nargs="+",
-        default=list(defaults_m.hidden),
-        help="widths of the dense layers (the encoder's head and the decoder)",
+        default=None,
+        help="widths of the dense layers (the encoder's head and the decoder) "
+        + preset.format(" ".join(map(str, defaults_m.hidden))),
     )
     p.add_argument(
         "--conv-channels",
         type=int,
         nargs="+",
-        default=list(defaults_m.conv_channels),
-        help="conv encoder: channels of each stride-2 convolution",
+        default=None,
+        help="conv encoder: channels of each stride-2 convolution "
+        + preset.format(" ".join(map(str, defaults_m.conv_channels))),
     )
     p.add_argument(
         "--decoder-channels",
         type=int,
         nargs="*",
-        default=list(defaults_m.decoder_channels),
-        help="conv decoder: channels into each transposed conv, lowest resolution first (default: "
-        f"{' '.join(map(str, defaults_m.decoder_channels))}; none given: mirror --conv-channels)",
+        default=None,
+        help="conv decoder: channels into each transposed conv, lowest resolution first; given with no value: "
+        "mirror --conv-channels " + preset.format(" ".join(map(str, defaults_m.decoder_channels))),
     )
     p.add_argument(
         "--likelihood",
-        choices=sorted(likelihoods.LIKELIHOODS),
-        default=defaults_m.likelihood,
-        help="p(x|z): bernoulli on binarised pixels, or gaussian on dequantised 8-bit pixels",
+        choices=["auto", *sorted(likelihoods.LIKELIHOODS)],
+        default="auto",
+        help="p(x|z): bernoulli on binarised pixels, or gaussian on dequantised 8-bit pixels; auto: bernoulli for "
+        "Fashion-MNIST and MNIST, and for a folder chosen from its images (bernoulli when nearly binary, else "
+        "gaussian)",
     )
     p.add_argument(
         "--gaussian-scale",
-        choices=["shared", "per_pixel"],
-        default=defaults_m.gaussian_scale,
-        help="gaussian likelihood: one learned sigma, or one per pixel",
+        choices=["shared", "per_pixel", "decoder"],
+        default=None,
+        help="gaussian likelihood: one learned sigma, one per pixel, or one per pixel output by the decoder for "
+        "each z (default: decoder for a folder, shared for Fashion-MNIST and MNIST)",
     )
     p.add_argument(
         "--image-size",
@@ -133,10 +143,22 @@ def _add_model_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> N
         nargs="+",
         metavar=("H", "W"),
         default=None,
-        help=f"folder: resize images to H x W, one number for a square (default: {height} {width})",
+        help="folder: resize images to H x W, one number for a square (default: the folder's most common size, "
+        "a longer side above 128 brought down to 128, rounded to what the architecture halves)",
     )
     p.add_argument(
-        "--channels", type=int, choices=[1, 3], default=None, help=f"folder: 1 = grey, 3 = RGB (default: {channels})"
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="folder: 1 = grey, 3 = RGB (default: the folder's most common)",
+    )
+    p.add_argument(
+        "--calibration-split",
+        type=float,
+        default=CALIBRATION_SPLIT,
+        help="folder: the share of the images held out of training for the anomaly calibration (at least 20 "
+        "images while that leaves half to train on, at most 4000; 0: calibrate on training images)",
     )
 
 
@@ -222,13 +244,22 @@ def requested_shape(args: argparse.Namespace, default: tuple[int, int, int]) -> 
     return (args.channels or default[0], height, width)
 
 
-def load_training_data(args: argparse.Namespace) -> Dataset:
-    """A folder is converted to the requested shape (1x28x28 by default, with a log line when
-    that converts images); an IDX data set keeps its own shape and refuses other flags."""
+def load_training_data(args: argparse.Namespace, chosen: dict[str, str]) -> Dataset:
+    """A folder is converted to the requested shape (by default its most common one, fitted to the
+    architecture: `folder_defaults.default_shape`, with a log line when that converts images); an IDX
+    data set keeps its own shape and refuses other flags. What was chosen for the user goes in `chosen`."""
     if args.dataset == "folder":
+        directory = Path(args.data_dir) if args.data_dir else None
         shape = requested_shape(args, ModelConfig().input_shape)
+        if args.image_size is None or args.channels is None:
+            common = folder_defaults.default_shape(folder_defaults.survey(_folder(args, directory)))
+            surveyed = tuple(int(s) for s in common.value)  # type: ignore[attr-defined]
+            shape = requested_shape(args, (surveyed[0], surveyed[1], surveyed[2]))
+            chosen["image"] = common.reason if shape == surveyed else f"{shape}: asked for in part; {common.reason}"
         configs_from_args(args, shape)  # a shape the model cannot take fails before the folder is read
-        return load_dataset(args.dataset, args.data_dir, PreprocessContract(input_shape=shape))
+        return load_dataset(
+            args.dataset, args.data_dir, PreprocessContract(input_shape=shape), calibration_split=args.calibration_split
+        )
     data = load_dataset(args.dataset, args.data_dir)
     own = tuple(int(s) for s in data.train.shape[1:])
     if requested_shape(args, own) != own:
@@ -239,17 +270,48 @@ def load_training_data(args: argparse.Namespace) -> Dataset:
     return data
 
 
-def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int]) -> tuple[ModelConfig, TrainConfig]:
+def _folder(args: argparse.Namespace, directory: Path | None) -> Path:
+    from model.data import resolve_data_dir
+
+    return directory or resolve_data_dir(args.dataset, args.data_dir)
+
+
+def likelihood_from_args(args: argparse.Namespace, data: Dataset | None, chosen: dict[str, str]) -> tuple[str, str]:
+    """(likelihood, gaussian_scale): the flags', else bernoulli for an IDX data set and, for a folder, what
+    its images call for (`folder_defaults.default_likelihood`; bernoulli before they are read)."""
+    folder = args.dataset == "folder"
+    name, scale = args.likelihood, args.gaussian_scale or ("decoder" if folder else "shared")
+    if name != "auto":
+        return name, scale
+    if not folder or data is None:
+        return "bernoulli", scale
+    choice = folder_defaults.default_likelihood(data.train)
+    chosen["likelihood"] = choice.reason
+    picked, picked_scale = choice.value  # type: ignore[misc]
+    return str(picked), args.gaussian_scale or str(picked_scale or scale)
+
+
+def configs_from_args(
+    args: argparse.Namespace,
+    input_shape: tuple[int, int, int],
+    data: Dataset | None = None,
+    chosen: dict[str, str] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    chosen = {} if chosen is None else chosen
+    preset = arch_preset(input_shape[1], input_shape[2])
+    if None in (args.latent_dim, args.hidden, args.conv_channels, args.decoder_channels):
+        chosen["architecture"] = folder_defaults.describe_preset(input_shape) + " (--conv-channels, --decoder-channels, --hidden and --latent-dim override it)"
+    likelihood, gaussian_scale = likelihood_from_args(args, data, chosen)
     model_config = ModelConfig(
         arch=args.arch,
         decoder=args.decoder,
         input_shape=input_shape,
-        latent_dim=args.latent_dim,
-        hidden=tuple(args.hidden),
-        conv_channels=tuple(args.conv_channels),
-        decoder_channels=tuple(args.decoder_channels),
-        likelihood=args.likelihood,
-        gaussian_scale=args.gaussian_scale,
+        latent_dim=preset.latent_dim if args.latent_dim is None else args.latent_dim,
+        hidden=tuple(preset.hidden if args.hidden is None else args.hidden),
+        conv_channels=tuple(preset.conv_channels if args.conv_channels is None else args.conv_channels),
+        decoder_channels=tuple(preset.decoder_channels if args.decoder_channels is None else args.decoder_channels),
+        likelihood=likelihood,
+        gaussian_scale=gaussian_scale,
         prior=args.prior,
         prior_components=_prior_components(args),
     )
@@ -276,6 +338,8 @@ def configs_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int
         init_from=args.init_from,
         init_sha256=init_sha256,
         prior_fit_steps=args.prior_fit_steps,
+        calibration_split=args.calibration_split if args.dataset == "folder" else 0.0,
+        extra={"defaults": dict(chosen)} if chosen and args.dataset == "folder" else {},
     )
     return model_config, train_config
 
@@ -297,6 +361,7 @@ def describe_run(args: argparse.Namespace, model_config: ModelConfig, data: Data
         f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
         f"{'x'.join(map(str, model_config.input_shape))}{processes}"
         + (f", the last {args.validation} held out for validation" if args.validation else "")
+        + (f", {len(data.calibration)} held out for the anomaly calibration" if data.calibration is not None else "")
         + f" -> {Path(args.out)}"
     )
 
@@ -310,9 +375,10 @@ def main(argv: list[str] | None = None, hooks: TrainHooks = NO_HOOKS) -> int:
     try:
         ranks = distributed.from_environment(args.device)
         distributed.per_rank_batch_size(args.batch_size, ranks.world_size)
-        data = load_training_data(args)
-        input_shape = tuple(int(s) for s in data.train.shape[1:])
-        model_config, train_config = configs_from_args(args, input_shape)
+        chosen: dict[str, str] = {}
+        data = load_training_data(args, chosen)
+        channels, height, width = (int(s) for s in data.train.shape[1:])
+        model_config, train_config = configs_from_args(args, (channels, height, width), data, chosen)
     except (DataMissingError, DataChecksumError, ValueError) as exc:
         where = f" (rank {ranks.rank})" if ranks.distributed else ""
         print(f"vae-train{where}: {exc}", file=sys.stderr)
@@ -321,6 +387,8 @@ def main(argv: list[str] | None = None, hooks: TrainHooks = NO_HOOKS) -> int:
     out = Path(args.out)
     if ranks.is_main:
         print(describe_run(args, model_config, data, ranks), flush=True)
+        for what, reason in train_config.extra.get("defaults", {}).items():
+            print(f"  {what}: {reason}", flush=True)
     try:
         train(
             model_config,

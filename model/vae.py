@@ -51,6 +51,11 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         channels, height, width = config.input_shape
+        self.likelihood = likelihoods.get(config.likelihood)
+        # A scale per pixel and per z: the last layer outputs a second set of channels, the raw log-scale.
+        self.scale_from_decoder = self.likelihood.learned_scale and config.gaussian_scale == "decoder"
+        self.image_channels = channels
+        channels = 2 * channels if self.scale_from_decoder else channels
         widths = [config.latent_dim, *reversed(config.hidden)]
         if config.decoder == "conv":
             chans = list(config.decoder_up_channels)  # lowest resolution first
@@ -68,17 +73,21 @@ class Decoder(nn.Module):
             )  # no activation on the output
         else:
             self.body = nn.Sequential(
-                *_dense(widths), nn.Linear(widths[-1], config.input_dim), nn.Unflatten(1, tuple(config.input_shape))
+                *_dense(widths),
+                nn.Linear(widths[-1], channels * height * width),
+                nn.Unflatten(1, (channels, height, width)),
             )
-        self.likelihood = likelihoods.get(config.likelihood)
-        if self.likelihood.learned_scale:
+        if self.likelihood.learned_scale and not self.scale_from_decoder:
             scale_shape = (1, 1, 1, 1) if config.gaussian_scale == "shared" else (1, *config.input_shape)
             self.log_sigma = nn.Parameter(torch.full(scale_shape, math.log(0.1)))
         else:
             self.register_parameter("log_sigma", None)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.body(z)  # (B, C, H, W)
+        out = self.body(z)  # (B, C, H, W), or (B, 2C, H, W) when the decoder outputs the scale
+        if self.scale_from_decoder:
+            mean, log_scale = out.split(self.image_channels, dim=1)
+            return self.likelihood.torch_params(mean, log_scale)
         return self.likelihood.torch_params(out, self.log_sigma)  # named by self.likelihood.outputs
 
 

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from model.core import scoring
+from model.core.anomaly_map import MapCalibration
 from model.core.likelihoods import Likelihood
 
 CALIBRATION_FILE = "anomaly.json"
@@ -46,6 +47,28 @@ STATISTICS = (
     "data_complexity_bits",
 )
 PNG_LEVEL = 9  # the compressor is part of the score: fixed, and recorded with the calibration
+# The default false-positive rate of is_anomaly: the first of these that the reference scores resolve.
+FPR_CHOICES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def default_fpr(references: int) -> float:
+    """The first of `FPR_CHOICES` at which at least one of `references` reference images scores above the
+    threshold: 0.01 from 100 reference images, 0.05 from 20."""
+    for fpr in FPR_CHOICES:
+        if fpr * references >= 1:
+            return fpr
+    raise ValueError(f"{references} reference images resolve no false-positive rate below 1")
+
+
+def fpr_note(references: int, fpr: float) -> str | None:
+    """What a default coarser than 0.01 says to the user; None when there is nothing to say."""
+    if fpr <= FPR_CHOICES[0]:
+        return None
+    return (
+        f"the default false-positive rate is {fpr:g}, not {FPR_CHOICES[0]:g}: the model's calibration holds "
+        f"{references} reference images, and 1/{references} is the finest rate they resolve; calibrate on more "
+        "in-distribution images (100 or more) for 0.01"
+    )
 
 
 def compressed_bits(images: np.ndarray) -> np.ndarray:
@@ -262,19 +285,31 @@ def score_from_dict(data: dict[str, Any]) -> Score:
 @dataclass(frozen=True)
 class Calibration:
     """A fitted score and the sorted scores of in-distribution reference images (never the images the
-    score was fitted on), drawn with `seed` and `binarize_seed`, as described by `data`."""
+    score was fitted on), drawn with `seed` and `binarize_seed`, as described by `data`; and, for the
+    anomaly maps, a `MapCalibration` (None in calibrations made before maps existed)."""
 
     score: Score
     reference: np.ndarray = field(repr=False)  # (R,) sorted ascending
     seed: int = 0
     binarize_seed: int = 0
     data: dict[str, Any] = field(default_factory=dict)
+    map: MapCalibration | None = None
 
     @classmethod
     def build(
-        cls, score: Score, reference_stats: dict[str, np.ndarray], seed: int, binarize_seed: int, data: dict[str, Any]
+        cls,
+        score: Score,
+        reference_stats: dict[str, np.ndarray],
+        seed: int,
+        binarize_seed: int,
+        data: dict[str, Any],
+        map_calibration: MapCalibration | None = None,
     ) -> Calibration:
-        return cls(score, np.sort(score(reference_stats)), seed, binarize_seed, data)
+        return cls(score, np.sort(score(reference_stats)), seed, binarize_seed, data, map_calibration)
+
+    def smallest_fpr(self) -> float:
+        """The smallest false-positive rate the reference scores resolve: one reference image above the threshold."""
+        return 1.0 / len(self.reference)
 
     def percentile(self, scores: np.ndarray) -> np.ndarray:
         """The share of reference images scoring strictly lower, in [0, 1]. (N,)"""
@@ -300,6 +335,7 @@ class Calibration:
                     "binarize_seed": self.binarize_seed,
                     "data": self.data,
                     "reference": _rounded(self.reference),
+                    **({"map": self.map.to_dict()} if self.map is not None else {}),
                 },
                 separators=(",", ":"),
             )
@@ -320,4 +356,5 @@ class Calibration:
             int(raw["seed"]),
             int(raw["binarize_seed"]),
             dict(raw.get("data", {})),
+            MapCalibration.from_dict(raw["map"]) if "map" in raw else None,
         )

@@ -70,6 +70,12 @@ class Likelihood(ABC):
         """Nats to add to `log_prob` to get the probability of the 8-bit image (0 for discrete data)."""
         return 0.0
 
+    def pixel_nll(self, pixels: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The negative log-likelihood of each pixel value, in nats, in expectation over the data-space draw
+        (binarisation or dequantisation), so it has no noise of its own: pixels [0, 1] broadcast against
+        params (..., C, H, W) -> (..., C, H, W), float64. The per-pixel terms of the anomaly maps."""
+        raise NoLikelihood(f"the {self.name} likelihood has no per-pixel terms")
+
     def log_prob_8bit(self, x: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
         """`log_prob` of the flattened params, plus the offset: what scores and reports use."""
         flat = tuple(p.reshape(p.shape[0], -1) for p in params)
@@ -110,6 +116,12 @@ class Bernoulli(Likelihood):
             f"binarised: x ~ Bernoulli(pixel), each image drawn from seed {seed} and its own content "
             "(binary images are unchanged)"
         )
+
+    def pixel_nll(self, pixels: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        # E_{x ~ Bernoulli(v)}[-log p(x)] = softplus(l) - v * l: the cross-entropy with the grey value
+        logits = params[0].astype(np.float64)
+        result: np.ndarray = np.logaddexp(0.0, logits) - np.asarray(pixels, dtype=np.float64) * logits
+        return result
 
 
 # The smallest useful scale, in data units: the standard deviation of the uniform dequantisation noise
@@ -172,6 +184,15 @@ class Gaussian(Likelihood):
     def discrete_offset(self, dims: int) -> float:
         return -dims * math.log(256.0)
 
+    def pixel_nll(self, pixels: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        # The dequantised value is c + (u - 1/2) / 256, c the bin's centre: E[(x - m)^2] = (c - m)^2 + 1/(12 * 256^2).
+        # Plus ln 256: the negative log-probability of the 8-bit value, as the reported scores.
+        centre = (np.round(np.asarray(pixels, dtype=np.float64) * 255.0) + 0.5) / 256.0
+        mean, log_scale = (p.astype(np.float64) for p in params)
+        squared = (centre - mean) ** 2 + 1.0 / (12.0 * 256.0**2)
+        result: np.ndarray = 0.5 * squared * np.exp(-2.0 * log_scale) + log_scale + 0.5 * dist.LOG_2PI + math.log(256.0)
+        return result
+
 
 LIKELIHOODS: dict[str, Likelihood] = {likelihood.name: likelihood for likelihood in (Bernoulli(), Gaussian())}
 
@@ -215,6 +236,15 @@ class BernoulliProbs(_ServingOnly, Bernoulli):
     def pixel_mean(self, params: tuple[np.ndarray, ...]) -> np.ndarray:
         mean: NDArray[np.float32] = np.clip(params[0], 0.0, 1.0).astype(np.float32)
         return mean
+
+    def pixel_nll(self, pixels: np.ndarray, params: tuple[np.ndarray, ...]) -> np.ndarray:
+        probs = params[0].astype(np.float64)
+        value = np.asarray(pixels, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            log_p = np.maximum(np.log(probs), LOG_PROB_CLAMP)
+            log_q = np.maximum(np.log1p(-probs), LOG_PROB_CLAMP)
+        result: np.ndarray = -(value * log_p + (1.0 - value) * log_q)
+        return result
 
 
 class Deterministic(_ServingOnly, Likelihood):
