@@ -300,7 +300,10 @@ def configs_from_args(
     chosen = {} if chosen is None else chosen
     preset = arch_preset(input_shape[1], input_shape[2])
     if None in (args.latent_dim, args.hidden, args.conv_channels, args.decoder_channels):
-        chosen["architecture"] = folder_defaults.describe_preset(input_shape) + " (--conv-channels, --decoder-channels, --hidden and --latent-dim override it)"
+        chosen["architecture"] = (
+            folder_defaults.describe_preset(input_shape)
+            + " (--conv-channels, --decoder-channels, --hidden and --latent-dim override it)"
+        )
     likelihood, gaussian_scale = likelihood_from_args(args, data, chosen)
     model_config = ModelConfig(
         arch=args.arch,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.core import anomaly, scoring
+from model.core import anomaly, anomaly_map, scoring
 from model.core import distributions as dist
 from model.core.artifact import OnnxVAE
 from model.core.likelihoods import Likelihood
@@ -125,6 +125,15 @@ class Engine:
             raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has no anomaly calibration")
         stats = anomaly.statistics(self.model, self.likelihood, pixels, seed, binarize_seed)
         return calibration.score(stats), stats
+
+    def anomaly_map(self, pixels: np.ndarray, seed: int) -> np.ndarray:
+        """Per-pixel percentiles (N, H, W) among in-distribution pixels: model/core/anomaly_map.py. Draws keyed
+        by (seed, content), as every draw here."""
+        calibration = self.calibration
+        if calibration is None or calibration.map is None:  # service/anomaly_scoring.py answers 409 first
+            raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has no anomaly map calibration")
+        terms = anomaly_map.pixel_terms(self.model, self.likelihood, pixels, seed, calibration.map.samples)
+        return calibration.map(terms)
 
     def data_space(self, binarize_seed: int) -> str:
         return self.likelihood.describe_draw(binarize_seed)

@@ -127,6 +127,12 @@ class AnomalyResult(BaseModel):
     statistics: dict[str, float] = Field(
         description="the per-image statistics the score is built from (ELBO and KL in nats, compressed lengths in bits)"
     )
+    map: list[list[float]] | None = Field(
+        None,
+        description="with map=true: H x W at the model's input size, each pixel's percentile among in-distribution "
+        "pixels (0..1, higher = more anomalous)",
+    )
+    map_png: str | None = Field(None, description="with map=true: the map as a heatmap over the image, base64 PNG")
 
 
 class AnomalyResponse(BaseModel):
@@ -138,6 +144,10 @@ class AnomalyResponse(BaseModel):
     seed: int
     binarize_seed: int
     data_space: str
+    fpr_note: str | None = Field(
+        None, description="set when the default fpr is coarser than 0.01 because the reference images are few"
+    )
+    map: dict[str, Any] | None = Field(None, description="with map=true: how the maps were computed")
     results: list[AnomalyResult]
 
 
@@ -251,12 +261,14 @@ class AnomalyQuery(QueryModel):
         gt=0,
         lt=1,
         description="false-positive rate of is_anomaly, at least one "
-        "over the reference images (default: the manifest's, 0.01)",
+        "over the reference images (default: the manifest's fpr_default, 0.01 where 100 or more reference images "
+        "resolve it)",
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of the noise (default: the calibration's)")
     binarize_seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="seed of the binarisation (default: the calibration's)"
     )
+    map: bool = Field(False, description="add each image's anomaly map (per-pixel percentiles) and its heatmap PNG")
 
 
 class ReconstructQuery(QueryModel):

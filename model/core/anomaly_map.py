@@ -1,27 +1,31 @@
 """Anomaly maps: where an image is unlike the training data, pixel by pixel.
 
 The map is built from the model's own per-pixel terms: the expected negative log-likelihood of each
-pixel under q(z|x),
+pixel under q(z|x), less the least it could be (its deviance),
 
-    t(x)_hw = E_{z ~ q(z|x)} [ sum_c -log p(x_chw | z) ],
+    t(x)_hw = E_{z ~ q(z|x)} [ sum_c -log p(x_chw | z) - min_m -log p(x_chw | m) ],
 
 estimated with `samples` draws of z (keyed by the seed and the image's content, as every draw the
-service makes) and taken in expectation over the data-space draw (`Likelihood.pixel_nll`), so the map
-has no binarisation or dequantisation noise of its own. A pixel the decoder cannot explain from the
-rest of the image (a scratch, a stain, a foreign patch) costs many nats; a pixel that varies a lot in
-the training data (an edge, a texture) is cheap where its likelihood learned a wide scale.
+service makes) and taken in expectation over the data-space draw (`Likelihood.pixel_deviance`), so the
+map has no binarisation or dequantisation noise of its own. For a Bernoulli decoder it is the KL
+divergence from the pixel's grey value to the decoder's probability; for a Gaussian, half the squared
+z-score. The plain expected negative log-likelihood keeps each pixel's own entropy (0.69 nats for any
+mid-grey Bernoulli pixel, however well predicted), which drowns the defects: on the Fashion-MNIST defect
+set it reached a pixel-level AUROC of 0.89 against 0.95 for the deviance (docs/anomaly.md). A pixel the
+decoder cannot explain from the rest of the image (a scratch, a stain, a foreign patch) scores high; a
+pixel that varies a lot in the training data (an edge, a texture) scores low where its likelihood
+learned a wide scale.
 
 `MapCalibration` turns the terms into what a user can read without knowing the model: smoothed by a
-Gaussian of `smoothing` pixels (defects are regions, not single pixels), standardised per position by
-the median and spread of in-distribution images at that position when `positional` (for aligned
-images, where the background of one place is the object of another), and read as a percentile of the
-pooled in-distribution values: a map value of 0.999 means 99.9% of in-distribution pixels score lower.
+Gaussian of `smoothing` pixels (defects are regions, not single pixels), optionally standardised per
+position by the median and spread of in-distribution images at that position (`positional`; off by
+default: it lowered the pixel-level AUROC on both defect sets), and read as a percentile of the pooled
+in-distribution values: a map value of 0.999 means 99.9% of in-distribution pixels score lower.
 It is fitted by export/calibrate.py on held-out images and stored in anomaly.json (model/core/anomaly.py).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from dataclasses import dataclass, field
@@ -39,16 +43,17 @@ MAP_SAMPLES = 4  # draws of z from q(z|x) per image
 QUANTILES = 2049  # the pooled in-distribution values are kept as this many quantiles
 ROWS_PER_CALL = 256  # decoder rows per call: bounds the memory of a large request
 MAP_NOTE = (
-    "the expected per-pixel negative log-likelihood under q(z|x), smoothed, standardised and read as the "
-    "percentile among in-distribution pixels (0..1, higher = more anomalous)"
+    "each pixel's expected negative log-likelihood under q(z|x) less its least possible value (KL for a "
+    "Bernoulli decoder, half the squared z-score for a Gaussian), smoothed and read as the percentile among "
+    "in-distribution pixels (0..1, higher = more anomalous)"
 )
 
 
 def pixel_terms(
     backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray, seed: int, samples: int = MAP_SAMPLES
 ) -> NDArray[np.float64]:
-    """(N, C, H, W) pixels in [0, 1] -> (N, H, W): each pixel's negative log-likelihood in nats, summed over
-    channels, averaged over `samples` draws z ~ q(z|x) from image_stream(seed, image), so an image's map
+    """(N, C, H, W) pixels in [0, 1] -> (N, H, W): each pixel's deviance in nats, summed over channels,
+    averaged over `samples` draws z ~ q(z|x) from image_stream(seed, image), so an image's map
     does not depend on the batch it came in."""
     pixels = np.asarray(pixels, dtype=np.float32)
     n, _, height, width = pixels.shape
@@ -61,8 +66,8 @@ def pixel_terms(
         z = mean[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps  # (B, S, D)
         params = backend.decode(z.reshape(-1, mean.shape[1]).astype(np.float32))
         shaped = tuple(p.reshape(len(chunk), samples, *chunk.shape[1:]) for p in params)
-        nll = likelihood.pixel_nll(chunk[:, None], shaped)  # (B, S, C, H, W)
-        out[start : start + len(chunk)] = nll.mean(axis=1).sum(axis=1)
+        deviance = likelihood.pixel_deviance(chunk[:, None], shaped)  # (B, S, C, H, W)
+        out[start : start + len(chunk)] = deviance.mean(axis=1).sum(axis=1)
     return out
 
 
@@ -121,7 +126,7 @@ class MapCalibration:
         reference_terms: np.ndarray,
         samples: int = MAP_SAMPLES,
         smoothing: float | None = None,
-        positional: bool = True,
+        positional: bool = False,
     ) -> MapCalibration:
         """Center and scale from `fit_terms` (R1, H, W), the percentiles from `reference_terms` (R2, H, W):
         two sets of held-out images, so the reference is not flattered by the fit."""
@@ -168,7 +173,7 @@ class MapCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "pixel_nll",
+            "method": "pixel_deviance",
             "samples": self.samples,
             "smoothing": self.smoothing,
             "positional": self.positional,
@@ -180,8 +185,8 @@ class MapCalibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MapCalibration:
-        if data.get("method") != "pixel_nll":
-            raise ValueError(f"unknown anomaly map method {data.get('method')!r}; known: pixel_nll")
+        if data.get("method") != "pixel_deviance":
+            raise ValueError(f"unknown anomaly map method {data.get('method')!r}; known: pixel_deviance")
         center = np.asarray(data["center"], dtype=np.float64)
         scale = np.asarray(data["scale"], dtype=np.float64)
         quantiles = np.asarray(data["quantiles"], dtype=np.float64)
@@ -224,7 +229,3 @@ def heatmap_png(image: np.ndarray, percentiles: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def heatmap_base64(image: np.ndarray, percentiles: np.ndarray) -> str:
-    return base64.b64encode(heatmap_png(image, percentiles)).decode("ascii")

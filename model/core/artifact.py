@@ -215,12 +215,19 @@ def load_calibration(directory: Path, manifest: Manifest) -> Calibration | None:
     path = directory / spec.file
     data = _checked_bytes(path, spec.sha256, "anomaly calibration")
     try:
-        return Calibration.from_json(data)
+        calibration = Calibration.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(
             f"{path} is not a valid anomaly calibration ({exc}); re-run "
             "python -m export.calibrate on the model directory"
         ) from exc
+    size = tuple(manifest.input.shape[1:])
+    if calibration.map is not None and calibration.map.shape != size:
+        raise ModelLoadError(
+            f"{path}: its anomaly map calibration is {calibration.map.shape}, the model's images {size}; re-run "
+            "python -m export.calibrate on the model directory"
+        )
+    return calibration
 
 
 def _checked_bytes(path: Path, sha256: str, what: str) -> bytes:

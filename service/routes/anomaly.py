@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from base64 import b64encode
+
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -19,7 +22,7 @@ router = APIRouter(tags=["images"])
 
 async def anomaly(request: Request) -> Response:
     state, served, query = model_route(request, AnomalyQuery)
-    prepared = scoring.prepare(served, query.fpr, query.seed, query.binarize_seed)
+    prepared = scoring.prepare(served, query.fpr, query.seed, query.binarize_seed, query.map)
     pixels = await read_model_images(request, state, served)
     out = await scoring.score(served, pixels, prepared)
     results = [
@@ -29,6 +32,7 @@ async def anomaly(request: Request) -> Response:
             "percentile": float(out["percentile"][i]),
             "is_anomaly": bool(out["is_anomaly"][i]),
             "statistics": {name: float(values[i]) for name, values in out["statistics"].items()},
+            **({"map": _rounded(out["map"][i]), "map_png": b64(out["map_png"][i])} if "map" in out else {}),
         }
         for i in range(len(pixels))
     ]
@@ -42,9 +46,21 @@ async def anomaly(request: Request) -> Response:
             "seed": prepared.seed,
             "binarize_seed": prepared.binarize_seed,
             "data_space": served.engine.data_space(prepared.binarize_seed),
+            **({"fpr_note": prepared.fpr_note} if prepared.fpr_note else {}),
+            **({"map": prepared.map_description} if prepared.map else {}),
             "results": results,
         }
     )
+
+
+def b64(data: bytes) -> str:
+    return b64encode(data).decode("ascii")
+
+
+def _rounded(values: np.ndarray) -> list[list[float]]:
+    """A map as JSON rows, to 4 decimals: a percentile finer than 1e-4 says nothing, and the body stays small."""
+    rows: list[list[float]] = np.round(values.astype(np.float64), 4).tolist()
+    return rows
 
 
 add_model_route(

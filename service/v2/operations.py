@@ -165,31 +165,49 @@ async def _sample(call: Call) -> tuple[Outputs, dict[str, Any]]:
 async def _anomaly(call: Call) -> tuple[Outputs, dict[str, Any]]:
     name = f"{call.served.name}.anomaly"
     query = knobs(AnomalyQuery, call.parameters, name)
-    prepared = anomaly_scoring.prepare(call.served, query.fpr, query.seed, query.binarize_seed)  # 409 uncalibrated
+    want_map = query.map or bool({"map", "map_png"} & set(call.requested))  # asked for by parameter or by name
+    prepared = anomaly_scoring.prepare(call.served, query.fpr, query.seed, query.binarize_seed, want_map)
     pixels = await read_pixels(call, name)
     out = await anomaly_scoring.score(call.served, pixels, prepared)
     statistics = {f"statistic_{key}": values for key, values in out["statistics"].items()}
+    maps = {"map": out["map"], "map_png": np.array(out["map_png"], dtype=object)} if "map" in out else {}
     return (
-        {"score": out["score"], "percentile": out["percentile"], "is_anomaly": out["is_anomaly"], **statistics},
+        {
+            "score": out["score"],
+            "percentile": out["percentile"],
+            "is_anomaly": out["is_anomaly"],
+            **statistics,
+            **maps,
+        },
         {
             "method": prepared.calibration.score.name,
             "fpr": prepared.fpr,
             "threshold": prepared.threshold,
             "seed": prepared.seed,
             "binarize_seed": prepared.binarize_seed,
+            **({"fpr_note": prepared.fpr_note} if prepared.fpr_note else {}),
         },
     )
 
 
 def anomaly_outputs(served: ServedModel) -> list[TensorSpec]:
-    """score, percentile, is_anomaly, and one statistic_<name> per statistic of the model's calibration."""
+    """score, percentile, is_anomaly, one statistic_<name> per statistic of the model's calibration, and for
+    a calibration with maps the map, FP32 [-1, H, W], and its heatmap, map_png, BYTES [-1] (produced when
+    the parameter map is true or the request names them)."""
     calibration = served.engine.calibration
     names = calibration.score.statistics if calibration is not None else ()
+    _, height, width = served.engine.model.manifest.input.shape
+    maps = (
+        [TensorSpec("map", "FP32", (-1, height, width)), TensorSpec("map_png", BYTES, (-1,))]
+        if calibration is not None and calibration.map is not None
+        else []
+    )
     return [
         TensorSpec("score", "FP64", (-1,)),
         TensorSpec("percentile", "FP64", (-1,)),
         TensorSpec("is_anomaly", "BOOL", (-1,)),
         *(TensorSpec(f"statistic_{name}", "FP64", (-1,)) for name in names),
+        *maps,
     ]
 
 
@@ -267,7 +285,8 @@ OPERATIONS = (
         anomaly_outputs,
         _anomaly,
         "POST /anomaly: higher score = less like the training data; percentile among the calibration's "
-        "reference images; is_anomaly at the false-positive rate fpr. 409 for a model without calibration",
+        "reference images; is_anomaly at the false-positive rate fpr; map (per-pixel percentiles, H x W) and "
+        "map_png (its heatmap) with map=true or when named in outputs. 409 for a model without calibration",
         AnomalyQuery,
     ),
     V2Model(

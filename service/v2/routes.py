@@ -157,7 +157,8 @@ async def infer(request: Request) -> Response:
     unknown = [o.name for o in parsed.outputs or () if o.name not in known]
     if unknown:
         raise ProtocolError(f"model '{name}' has no output {listed(unknown)}; its outputs are {', '.join(known)}")
-    call = Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters)
+    requested = tuple(o.name for o in parsed.outputs or ())
+    call = Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters, requested)
     outputs, parameters = await kind.run(call)
     wanted = [o.name for o in parsed.outputs] if parsed.outputs is not None else list(outputs)
     missing = [o for o in wanted if o not in outputs]

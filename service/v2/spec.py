@@ -38,6 +38,7 @@ class Call:
     served: ServedModel
     inputs: dict[str, Tensor]
     parameters: dict[str, Any]
+    requested: tuple[str, ...] = ()  # the outputs the request names (none named: all it produces)
 
 
 Outputs = dict[str, np.ndarray]
