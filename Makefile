@@ -105,10 +105,12 @@ bench-quick: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.run --quick
 
 # The anomaly benchmark (a few minutes on 2 cores), on the served default version: bench/results/anomaly.json,
-# its figure and the table in docs/anomaly.md.
+# its figure and the table in docs/anomaly.md; then the anomaly maps (bench/results/anomaly_maps.json, about a
+# quarter of an hour: it trains three small texture models into runs/bench-anomaly-maps/, reused once trained).
 bench-anomaly: $(BIN)/.dev-installed
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.anomaly
+	$(BIN)/python -m bench.anomaly_maps
 	$(BIN)/python -m bench.report
 
 # Prior against importance sampling (docs/design/sampling.md), a minute or two on 2 cores, on the

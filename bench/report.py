@@ -10,7 +10,8 @@ the version the bundled repository serves by default. It writes, under docs/:
 - in benchmarks.md, the serving table from bench/results/serving.json and training.json (medians of
   the interleaved rounds, with their range), and the training throughput table (train_throughput.json);
 - in deploying.md, the scale-out table (scaleout.json);
-- in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure;
+- in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure, and the anomaly maps'
+  table (anomaly_maps.json);
 - in design/sampling.md, the prior-versus-importance table (seed_argument.json) and its figure;
 - in design/gaussian-sigma.md, the shared against per-pixel sigma (gaussian_scales.json);
 - in configuration.md, the settings table, from service/settings.py's Settings (names, defaults,
@@ -38,6 +39,7 @@ PAGES = {
     "train-throughput": "benchmarks.md",
     "scaleout": "deploying.md",
     "anomaly": "anomaly.md",
+    "anomaly-maps": "anomaly.md",
     "seed-argument": "design/sampling.md",
     "gaussian-scales": "design/gaussian-sigma.md",
     "settings": "configuration.md",
@@ -223,6 +225,7 @@ def _yes(value: bool) -> str:
 # Generated block, its recorded results file in bench/results/, and the function that turns them into the block.
 RECORDED_SECTIONS = (
     ("anomaly", "anomaly.json", "bench.anomaly", "anomaly_section"),
+    ("anomaly-maps", "anomaly_maps.json", "bench.anomaly_maps", "maps_section"),
     ("gaussian-scales", "gaussian_scales.json", "bench.gaussian_scales", "section"),
     ("seed-argument", "seed_argument.json", "bench.seed_argument", "argument_section"),
     ("scaleout", "scaleout.json", "bench.scaleout", "scaleout_section"),

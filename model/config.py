@@ -183,7 +183,7 @@ class TrainConfig:
         )
         _check(self.validation >= 0 and self.patience >= 0, "validation and patience must be >= 0")
         _check(self.patience == 0 or self.validation > 0, "--patience needs a --validation split")
-        _check(0.0 <= self.calibration_split < 0.5, "calibration_split must be in [0, 0.5)")
+        _check(0.0 <= self.calibration_split < 0.5, "--calibration-split must be in [0, 0.5)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

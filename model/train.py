@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     _add_optimisation_options(p, defaults)
     _add_model_options(p, ModelConfig())
+    _add_folder_options(p)
     _add_prior_options(p, ModelConfig())
     _add_objective_options(p, defaults)
     _add_run_options(p)
@@ -137,6 +138,9 @@ def _add_model_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> N
         help="gaussian likelihood: one learned sigma, one per pixel, or one per pixel output by the decoder for "
         "each z (default: decoder for a folder, shared for Fashion-MNIST and MNIST)",
     )
+
+
+def _add_folder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-size",
         type=int,

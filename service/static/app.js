@@ -20,6 +20,7 @@ const state = {
   endpoints: { a: null, b: null }, // Blobs
   dimChosen: false, // whether the user picked the dimension to traverse
   generation: 0, // analyses started; an answer for an older one is dropped
+  anomalyGeneration: 0, // anomaly requests started (by an analysis or the map box); likewise
 };
 
 /** A panel's state; data-runs counts its finished requests, so a caller can wait for the next one. */
@@ -171,17 +172,14 @@ async function analyse(blob) {
   announce('Analysing the image');
   const model = state.model;
   const k = intValue($('iwae-k'));
-  // A model without a likelihood (a deterministic decoder, as a latent-diffusion autoencoder's) cannot score
-  // an image: the card says so, so the page does not ask (the API would answer 409 no_likelihood).
-  const scores = (state.card.likelihood || {}).name !== 'none';
-  const unscored = () => Promise.reject(new Error(
-    `${model.name} ${model.version} has no likelihood (a deterministic decoder), so it does not score images`));
+  const anomalyGeneration = ++state.anomalyGeneration;
+  setPanel($('anomaly-panel'), 'loading');
   const calls = await Promise.allSettled([
     api.postImage(model, 'preprocess', blob, { format: 'json' }),
     api.postImage(model, 'reconstruct', blob, { format: 'json' }),
     api.postImage(model, 'encode', blob),
-    scores ? api.postImage(model, 'elbo', blob, { k, seed: 0 }) : unscored(),
-    scores ? api.postImage(model, 'anomaly', blob) : unscored(),
+    scored() ? api.postImage(model, 'elbo', blob, { k, seed: 0 }) : unscored(model),
+    anomalyRequest(model, blob),
   ]);
   if (generation !== state.generation) return;
   const [input, recon, encoded, elbo, anomaly] = calls;
@@ -191,7 +189,9 @@ async function analyse(blob) {
     for (const id of ['elbo-scores', 'anomaly-scores']) $(id).replaceChildren();
     $('elbo-data-space').textContent = '';
     $('latent-chart').replaceChildren();
+    clearMap();
     showError($('analysis-error'), failed.reason);
+    if (anomalyGeneration === state.anomalyGeneration) setPanel($('anomaly-panel'), 'error');
     setPanel(panel, 'error');
     announce('The image could not be analysed');
     return;
@@ -217,11 +217,8 @@ async function analyse(blob) {
     $('elbo-data-space').textContent = '';
     showError($('elbo-error'), elbo.reason);
   }
-  if (anomaly.status === 'fulfilled') showAnomaly(anomaly.value);
-  else {
-    $('anomaly-scores').replaceChildren();
-    showError($('anomaly-error'), anomaly.reason);
-  }
+  // The map box changed while this analysis ran: its own request's answer is the one to show.
+  if (anomalyGeneration === state.anomalyGeneration) showAnomalyCall(anomaly);
   panel.dataset.model = `${model.name} ${model.version}`; // which model these results are from
   setPanel(panel, 'done');
   updateButtons();
@@ -242,6 +239,116 @@ function showElbo(answer) {
       : ['Bits per dimension (ELBO)', fixed(result.bits_per_dim, 4), result.bits_per_dim, 'score-bpd'],
   ]);
   $('elbo-data-space').textContent = `Scored on ${answer.data_space}`;
+}
+
+// ---- the anomaly score and its map ----
+
+/** A model without a likelihood (a deterministic decoder, as a latent-diffusion autoencoder's) cannot score
+ * an image: the card says so, so the page does not ask (the API would answer 409 no_likelihood). */
+const scored = () => (state.card.likelihood || {}).name !== 'none';
+
+const unscored = (model) => Promise.reject(new Error(
+  `${model.name} ${model.version} has no likelihood (a deterministic decoder), so it does not score images`));
+
+/** POST /anomaly, with map=true while "show where" is checked. A model calibrated before anomaly maps
+ * existed answers that with 409 no_anomaly_map: the page then asks without the map, so the score is still
+ * shown, and keeps the API's message to say why there is no map. */
+async function anomalyRequest(model, blob) {
+  if (!scored()) return unscored(model);
+  if (!$('anomaly-map-toggle').checked) return { answer: await api.postImage(model, 'anomaly', blob) };
+  try {
+    return { answer: await api.postImage(model, 'anomaly', blob, { map: true }) };
+  } catch (error) {
+    if (!(error instanceof api.ApiError) || error.code !== 'no_anomaly_map') throw error;
+    return { answer: await api.postImage(model, 'anomaly', blob), noMap: error };
+  }
+}
+
+/** An anomaly request's settled promise, shown: the scores and the map, or the API's message. */
+function showAnomalyCall(call) {
+  hideError($('anomaly-error'));
+  if (call.status === 'fulfilled') {
+    showAnomaly(call.value.answer);
+    showMap(call.value.answer, call.value.noMap);
+    setPanel($('anomaly-panel'), 'done');
+  } else {
+    $('anomaly-scores').replaceChildren();
+    clearMap();
+    showError($('anomaly-error'), call.reason);
+    setPanel($('anomaly-panel'), 'error');
+  }
+}
+
+/** The map box changed: the current image's anomaly request again, the rest of the analysis kept. */
+async function rescoreAnomaly() {
+  const { image, model } = state;
+  if (!image || !state.card || $('analysis-panel').dataset.state === 'error') return; // the next analysis asks
+  const generation = state.generation;
+  const anomalyGeneration = ++state.anomalyGeneration;
+  setPanel($('anomaly-panel'), 'loading');
+  const [call] = await Promise.allSettled([anomalyRequest(model, image)]);
+  if (anomalyGeneration !== state.anomalyGeneration || generation !== state.generation) return;
+  if ($('analysis-panel').dataset.state === 'error') { // the analysis this was for failed meanwhile
+    setPanel($('anomaly-panel'), 'error');
+    return;
+  }
+  showAnomalyCall(call);
+  announce($('anomaly-map-toggle').checked ? 'Anomaly score and map' : 'Anomaly score without the map');
+}
+
+function clearMap() {
+  $('anomaly-map-view').replaceChildren();
+  $('anomaly-map-figure').hidden = true;
+  for (const id of ['anomaly-map-caption', 'anomaly-map-method']) $(id).textContent = '';
+  for (const key of ['value', 'x', 'y']) delete $('anomaly-map-caption').dataset[key];
+  for (const id of ['anomaly-map-note', 'anomaly-fpr-note']) {
+    $(id).hidden = true;
+    $(id).textContent = '';
+  }
+}
+
+/** The highest percentile of an H x W map and where it is first reached (in reading order). */
+function highest(map) {
+  let best = { value: -Infinity, x: 0, y: 0 };
+  map.forEach((row, y) => row.forEach((value, x) => {
+    if (value > best.value) best = { value, x, y };
+  }));
+  return best;
+}
+
+/** The heatmap over the image (the API's map_png, at the model's input size, scaled up crisply by CSS to
+ * the thumbnails' size), captioned with its highest percentile; the fpr_note when the answer has one. */
+function showMap(answer, noMap) {
+  clearMap();
+  if (answer.fpr_note) {
+    $('anomaly-fpr-note').textContent = `Note: ${answer.fpr_note.replace(/\.?$/, '.')}`;
+    $('anomaly-fpr-note').hidden = false;
+  }
+  if (noMap) {
+    $('anomaly-map-note').textContent = `No anomaly map: ${noMap.message}`;
+    $('anomaly-map-note').hidden = false;
+  }
+  const result = answer.results[0];
+  if (!result.map_png || !Array.isArray(result.map)) return;
+  const top = highest(result.map);
+  const where = `highest pixel percentile ${top.value.toFixed(4)}, at x ${top.x}, y ${top.y}`;
+  const image = document.createElement('img');
+  image.id = 'anomaly-map-image';
+  image.className = 'anomaly-map';
+  image.src = `data:image/png;base64,${result.map_png}`;
+  image.alt = `Anomaly map over the input (the more anomalous a pixel, the stronger its tint); ${where}`;
+  image.title = `Anomaly map: ${where}`;
+  $('anomaly-map-view').replaceChildren(image);
+  const caption = $('anomaly-map-caption');
+  caption.textContent = `Anomaly map over the input: ${where}`;
+  caption.dataset.value = String(top.value);
+  caption.dataset.x = String(top.x);
+  caption.dataset.y = String(top.y);
+  const how = answer.map || {};
+  $('anomaly-map-method').textContent = how.method
+    ? `Map: ${how.method}; ${how.samples} draws of z, smoothed over ${how.smoothing_pixels} px, seed ${how.seed}.`
+    : '';
+  $('anomaly-map-figure').hidden = false;
 }
 
 function showAnomaly(answer) {
@@ -413,6 +520,7 @@ function wire() {
   $('set-b').addEventListener('click', () => setEndpoint('b'));
   onSubmit('interpolate-form', interpolation);
   onSubmit('traverse-form', traversal);
+  $('anomaly-map-toggle').addEventListener('change', rescoreAnomaly);
   $('traverse-dim').addEventListener('change', () => {
     state.dimChosen = true;
     if (state.mean) drawChart();

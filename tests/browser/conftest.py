@@ -4,9 +4,12 @@ VAE_BASE_URL. Skipped, saying why, where Chromium or its driver is missing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ SCREENSHOTS = REPO / "build" / "explorer"
 TIMEOUT_S = 60  # a shared 2-core machine runs IWAE with k = 1000 in the page's first analysis
 SERVING_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "anomaly.json")
 BARE_MODEL = "explorer-bare"  # a model card without metrics or anomaly calibration
+PRE_MAP_MODEL = "explorer-pre-map"  # an anomaly calibration made before anomaly maps existed
+FEW_REFERENCES_MODEL = "explorer-few-references"  # 50 reference images: a default fpr coarser than 0.01
 
 
 def browser_paths() -> tuple[str, str]:
@@ -33,9 +38,17 @@ def browser_paths() -> tuple[str, str]:
     return chromium, driver
 
 
-def copy_version(source: Path, repository: Path, name: str, version: str, bare: bool = False) -> None:
+def copy_version(
+    source: Path,
+    repository: Path,
+    name: str,
+    version: str,
+    bare: bool = False,
+    calibration: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """The serving files of `source` as REPOSITORY/<name>/<version>/, the manifest relabelled (it does not
-    hash itself); `bare` drops its metrics and anomaly calibration, as an older export has neither."""
+    hash itself); `bare` drops its metrics and anomaly calibration, as an older export has neither;
+    `calibration` edits anomaly.json's content in place (the manifest then lists the edited file's hash)."""
     target = repository / name / version
     target.mkdir(parents=True)
     for file in SERVING_FILES:
@@ -46,12 +59,23 @@ def copy_version(source: Path, repository: Path, name: str, version: str, bare: 
         manifest["metrics"] = {}
         manifest.pop("anomaly", None)
         (target / "anomaly.json").unlink()
+    elif calibration is not None:
+        content = json.loads((target / "anomaly.json").read_text())
+        calibration(content)
+        data = (json.dumps(content, separators=(",", ":")) + "\n").encode()
+        (target / "anomaly.json").write_bytes(data)
+        manifest["anomaly"]["sha256"] = hashlib.sha256(data).hexdigest()
+        if "map" not in content:
+            manifest["anomaly"]["calibration"].pop("map", None)
+        manifest["anomaly"]["calibration"]["reference_images"] = len(content["reference"])
+        manifest["anomaly"]["calibration"]["smallest_fpr"] = 1 / len(content["reference"])
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
 def explorer_url(tmp_path_factory):
-    """Two versions of the shipped model (2.0.0 the default) and a bare copy of it under another name."""
+    """Two versions of the shipped model (2.0.0 the default), a bare copy of it under another name, and two
+    copies whose anomaly calibrations are older (no map) and smaller (50 reference images)."""
     browser_paths()  # skip before paying for the server's start-up
     tmp = tmp_path_factory.mktemp("explorer")
     source = shipped_model_dir()
@@ -59,6 +83,14 @@ def explorer_url(tmp_path_factory):
         copy_version(source, tmp / "repository", DEFAULT_MODEL, version)
     write_version_policy(tmp / "repository", DEFAULT_MODEL, {"all": {}})  # the default serves the latest only
     copy_version(source, tmp / "repository", BARE_MODEL, "0.1.0", bare=True)
+    copy_version(source, tmp / "repository", PRE_MAP_MODEL, "0.1.0", calibration=lambda c: c.pop("map"))
+    copy_version(
+        source,
+        tmp / "repository",
+        FEW_REFERENCES_MODEL,
+        "0.1.0",
+        calibration=lambda c: c.update(reference=c["reference"][::200]),  # 10,000 -> 50, still sorted
+    )
     with serving(tmp, VAE_MODEL_REPOSITORY=str(tmp / "repository")) as url:
         yield url
 
@@ -166,6 +198,17 @@ class Explorer:
         else:
             self.driver.execute_script("window.scrollTo(0, 0)")
             self.driver.save_screenshot(str(path))
+        return path
+
+    def panel_screenshot(self, element_id: str, name: str) -> Path:
+        """One element, whole: the window made tall enough for the page while it is taken."""
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        size = self.driver.get_window_size()
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(size["width"], height + (size["height"] - self.inner_height()))
+        self.find(element_id).screenshot(str(path))
+        self.driver.set_window_size(size["width"], size["height"])
         return path
 
     def inner_height(self) -> int:

@@ -15,7 +15,9 @@ from tests.unit.export.exports import file_hashes, without_calibration
 def test_the_export_is_calibrated_on_a_training_split_and_the_calibration_is_hashed(exported):
     manifest = Manifest.read(exported / "manifest.json")
     spec = manifest.anomaly
-    assert spec is not None and spec.file == "anomaly.json" and spec.fpr_default == 0.01
+    # 64 reference images resolve 1/64: the default false-positive rate is the first of 0.01, 0.02, ... above it
+    assert spec is not None and spec.file == "anomaly.json" and spec.fpr_default == 0.02
+    assert "1/64 is the finest rate they resolve" in spec.calibration["fpr_note"]
     assert sha256_file(exported / spec.file) == spec.sha256
     assert spec.calibration["split"] == "training" and spec.calibration["fit"] == [128, 192]
     assert spec.calibration["reference"] == [192, 256] and spec.calibration["dataset"] == "tiny"

@@ -29,6 +29,11 @@ FLAGS = [
     "folder",
     "--image-size",
     "8",
+    # the folder defaults would hold images out for the anomaly calibration and pick a likelihood from them
+    "--calibration-split",
+    "0",
+    "--likelihood",
+    "bernoulli",
     "--epochs",
     str(EPOCHS),
     "--batch-size",

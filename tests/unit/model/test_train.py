@@ -160,7 +160,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path, monkeypatch
     assert "holds the last completed epoch. Continue with --resume" in capsys.readouterr().err
 
 
-def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, caplog):
+def test_an_rgb_folder_trains_a_colour_model_at_its_size_by_default_and_grey_when_asked(tmp_path, caplog):
     folder = write_png_folder(tmp_path / "images", count=12, size=32, rgb=True)
     flags = [
         "--dataset",
@@ -184,9 +184,9 @@ def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, ca
         "--no-progress",
     ]
     with caplog.at_level(logging.WARNING, logger="model.data"):
-        assert train_main([*flags, "--channels", "3", "--image-size", "32", "--out", str(tmp_path / "rgb")]) == 0
+        assert train_main([*flags, "--out", str(tmp_path / "rgb")]) == 0
         assert not caplog.records
-        assert train_main([*flags, "--out", str(tmp_path / "grey")]) == 0
+        assert train_main([*flags, "--channels", "1", "--image-size", "28", "--out", str(tmp_path / "grey")]) == 0
     assert [r.getMessage() for r in caplog.records] == [
         f"converting 12 of 12 images in {folder} from RGB 32x32 to grey 28x28; "
         "pass --channels 3 --image-size 32 to keep them as they are"
@@ -194,8 +194,8 @@ def test_an_rgb_folder_trains_a_colour_model_at_its_size_when_asked(tmp_path, ca
     rgb, _ = checkpoint.load_model(tmp_path / "rgb" / "best.pt")
     grey, _ = checkpoint.load_model(tmp_path / "grey" / "best.pt")
     assert rgb.config.input_shape == (3, 32, 32) and grey.config.input_shape == (1, 28, 28)
-    (logits,) = rgb.decode(torch.zeros(2, 2))
-    assert logits.shape == (2, 3, 32, 32)
+    mean, log_scale = rgb.decode(torch.zeros(2, 2))  # colour images: a Gaussian with the decoder's scale
+    assert mean.shape == log_scale.shape == (2, 3, 32, 32) and rgb.config.gaussian_scale == "decoder"
 
 
 @pytest.mark.parametrize(
@@ -428,8 +428,9 @@ def test_every_vae_train_option_has_help_and_says_its_default_once():
 def test_the_help_gives_the_configs_defaults():
     entries = _help_entries()
     assert "(default: 170)" in entries["--epochs"] and "(default: 0.001)" in entries["--lr"]
-    assert "(default: 32)" in entries["--latent-dim"] and "(default: 512 512)" in entries["--hidden"]
-    assert "(default: bernoulli)" in entries["--likelihood"] and "(default: off)" in entries["--resume"]
+    assert "up to 32 px: 32)" in entries["--latent-dim"] and "up to 32 px: 512 512)" in entries["--hidden"]
+    assert "(default: auto)" in entries["--likelihood"] and "(default: off)" in entries["--resume"]
+    assert "(default: 0.2)" in entries["--calibration-split"]
 
 
 def test_the_hooks_helper_parses_its_flags_apart_from_vae_trains():

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from model.core import anomaly
+from model.core import anomaly, anomaly_map
 from model.core.likelihoods import LIKELIHOODS
 from model.core.manifest import AnomalySpec, FileHash, GraphInfo, InputSpec, LikelihoodSpec, Manifest
 from model.core.preprocess import PreprocessContract
@@ -43,7 +43,15 @@ def make_manifest(shape=SHAPE, latent_dim=LATENT, anomaly_spec: AnomalySpec | No
 class FakeVAE:
     """mean = W x, logvar = -1; logits = V z. Optionally slow, broken, or anomaly-calibrated."""
 
-    def __init__(self, delay: float = 0.0, broken: bool = False, calibrated: bool = False) -> None:
+    def __init__(
+        self,
+        delay: float = 0.0,
+        broken: bool = False,
+        calibrated: bool = False,
+        maps: bool = True,
+        references: int = 400,
+        fpr_default: float = FAKE_FPR_DEFAULT,
+    ) -> None:
         rng = np.random.default_rng(0)
         self.manifest = make_manifest()
         self.W = rng.normal(size=(LATENT, int(np.prod(SHAPE)))).astype(np.float32) * 0.1
@@ -51,14 +59,14 @@ class FakeVAE:
         self.delay, self.broken = delay, broken
         self.anomaly: anomaly.Calibration | None = None
         if calibrated:
-            self.anomaly = calibrate(self)
+            self.anomaly = calibrate(self, maps, references)
             spec = AnomalySpec(
                 file=anomaly.CALIBRATION_FILE,
                 sha256=HASH,
                 method=self.anomaly.score.name,
                 statistics=list(self.anomaly.score.statistics),
                 cost="one ELBO pass",
-                fpr_default=FAKE_FPR_DEFAULT,
+                fpr_default=fpr_default,
                 calibration=self.anomaly.data,
             )
             self.manifest = make_manifest(anomaly_spec=spec)
@@ -86,12 +94,23 @@ def in_distribution(count: int, seed: int) -> np.ndarray:
     return (np.rint(images * 255) / 255).astype(np.float32)
 
 
-def calibrate(fake: FakeVAE) -> anomaly.Calibration:
-    """A typicality score fitted on 300 in-distribution images, referenced on 400 others."""
-    fit = anomaly.statistics(fake, fake.likelihood, in_distribution(300, 1), 0, 0)
+def calibrate(fake: FakeVAE, maps: bool = True, references: int = 400) -> anomaly.Calibration:
+    """A typicality score fitted on 300 in-distribution images, referenced on `references` others; with
+    `maps`, the anomaly maps calibrated on the same two sets."""
+    fit_images, reference_images = in_distribution(300, 1), in_distribution(references, 2)
+    fit = anomaly.statistics(fake, fake.likelihood, fit_images, 0, 0)
     score = anomaly.TypicalityScore.fit(fit, ("elbo", "kl", "latent_norm", "complexity_bits"), "kde", points=300)
-    reference = anomaly.statistics(fake, fake.likelihood, in_distribution(400, 2), 0, 0)
-    return anomaly.Calibration.build(score, reference, 0, 0, {"split": "fake", "images": 700})
+    reference = anomaly.statistics(fake, fake.likelihood, reference_images, 0, 0)
+    map_calibration = (
+        anomaly_map.MapCalibration.fit(
+            anomaly_map.pixel_terms(fake, fake.likelihood, fit_images, 0),
+            anomaly_map.pixel_terms(fake, fake.likelihood, reference_images, 0),
+        )
+        if maps
+        else None
+    )
+    data = {"split": "fake", "images": 300 + references}
+    return anomaly.Calibration.build(score, reference, 0, 0, data, map_calibration)
 
 
 class LinearGaussianVAE:

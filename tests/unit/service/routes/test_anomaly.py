@@ -1,12 +1,14 @@
 """POST /anomaly in-process, with a fake model calibrated on its own "training data" (tests/unit/service/fakes.py)."""
 
+import base64
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from model.core import anomaly
+from model.core import anomaly, anomaly_map
 from model.core.preprocess import PreprocessContract, bytes_to_array
 from tests.unit.service.conftest import PNG, build, client_for, png_bytes
 from tests.unit.service.conftest import error_with_message as error_of
@@ -132,3 +134,46 @@ async def test_the_model_card_states_the_method_and_its_cost(calibrated, client)
     card = (await calibrated_client.get("/v1/model")).json()["anomaly"]
     assert card["method"] == "typicality" and card["fpr_default"] == FAKE_FPR_DEFAULT and card["cost"]
     assert (await client.get("/v1/model")).json()["anomaly"] is None
+
+
+async def test_map_true_adds_each_images_map_and_heatmap_and_says_how_they_were_made(calibrated):
+    client, fake = calibrated
+    images = [png_of(in_distribution(1, 7)[0]), png_bytes(3)]
+    plain = (await client.post("/anomaly", files=multipart(images))).json()
+    body = (await client.post("/anomaly?map=true", files=multipart(images))).json()
+    assert "map" not in plain and all("map" not in r and "map_png" not in r for r in plain["results"])
+    assert body["map"]["samples"] == fake.anomaly.map.samples and body["map"]["seed"] == 0
+    assert "percentile among in-distribution pixels" in body["map"]["method"]
+    pixels = np.stack([bytes_to_array(data, PreprocessContract(input_shape=SHAPE)) for data in images])
+    expected = fake.anomaly.map(anomaly_map.pixel_terms(fake, fake.likelihood, pixels, 0, fake.anomaly.map.samples))
+    for i, result in enumerate(body["results"]):
+        assert result["score"] == plain["results"][i]["score"]  # the map adds to the answer, changes nothing
+        assert np.asarray(result["map"]).shape == SHAPE[1:]
+        np.testing.assert_allclose(result["map"], expected[i], atol=1e-4)  # sent to 4 decimals
+        heatmap = Image.open(io.BytesIO(base64.b64decode(result["map_png"])))
+        assert heatmap.format == "PNG" and heatmap.mode == "RGB" and heatmap.size == (SHAPE[2], SHAPE[1])
+
+
+async def test_v2_anomaly_returns_the_map_when_asked_by_parameter_or_by_output_name(calibrated):
+    client, _ = calibrated
+    uploads = [png_of(p) for p in in_distribution(2, 5)]
+    # the draws follow the exact floats: send v2 the pixels the server decodes from the uploads
+    pixels = np.stack([bytes_to_array(data, PreprocessContract(input_shape=SHAPE)) for data in uploads])
+    image = {"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.reshape(-1).tolist()}
+    meta = (await client.get("/v2/models/fake-vae.anomaly")).json()
+    assert {"name": "map", "datatype": "FP32", "shape": [-1, *SHAPE[1:]]} in meta["outputs"]
+    plain = (await client.post("/v2/models/fake-vae.anomaly/infer", json={"inputs": [image]})).json()
+    assert "map" not in {o["name"] for o in plain["outputs"]}
+    native = (await client.post("/anomaly?map=true", files=multipart(uploads))).json()
+    for request in (
+        {"inputs": [image], "parameters": {"map": True}},
+        {"inputs": [image], "outputs": [{"name": "map"}, {"name": "score"}]},
+    ):
+        response = await client.post("/v2/models/fake-vae.anomaly/infer", json=request)
+        # map_png is BYTES, which goes as binary data after the JSON header: read the header alone
+        length = int(response.headers.get("inference-header-content-length", len(response.content)))
+        outputs = {o["name"]: o for o in json.loads(response.content[:length])["outputs"]}
+        assert ("map_png" in outputs) == ("parameters" in request)
+        assert outputs["map"]["shape"] == [2, *SHAPE[1:]] and outputs["map"]["datatype"] == "FP32"
+        maps = np.asarray(outputs["map"]["data"]).reshape(2, *SHAPE[1:])
+        np.testing.assert_allclose(maps, [r["map"] for r in native["results"]], atol=1e-4)

@@ -179,7 +179,7 @@ async def test_the_anomaly_route_refuses_an_estimator_naming_what_it_accepts():
     error = asked.json()["error"]
     assert asked.status_code == 422 and error["code"] == "unknown_parameter"
     assert error["message"] == (
-        "unknown query parameter 'estimator' on /anomaly; the parameters accepted are: fpr, seed, binarize_seed"
+        "unknown query parameter 'estimator' on /anomaly; the parameters accepted are: fpr, seed, binarize_seed, map"
     )
 
 
