@@ -124,8 +124,8 @@ class Bernoulli(Likelihood):
         # the entropy of Bernoulli(v): KL(Bernoulli(v) || Bernoulli(sigmoid(l)))
         logits = params[0].astype(np.float64)
         value = np.asarray(pixels, dtype=np.float64)
-        result: np.ndarray = np.logaddexp(0.0, logits) - value * logits - _bernoulli_entropy(value)
-        return np.maximum(result, 0.0)
+        result: np.ndarray = np.maximum(np.logaddexp(0.0, logits) - value * logits - _bernoulli_entropy(value), 0.0)
+        return result
 
 
 def _bernoulli_entropy(value: np.ndarray) -> np.ndarray:
@@ -257,8 +257,8 @@ class BernoulliProbs(_ServingOnly, Bernoulli):
         with np.errstate(divide="ignore"):
             log_p = np.maximum(np.log(probs), LOG_PROB_CLAMP)
             log_q = np.maximum(np.log1p(-probs), LOG_PROB_CLAMP)
-        result: np.ndarray = -(value * log_p + (1.0 - value) * log_q) - _bernoulli_entropy(value)
-        return np.maximum(result, 0.0)
+        result: np.ndarray = np.maximum(-(value * log_p + (1.0 - value) * log_q) - _bernoulli_entropy(value), 0.0)
+        return result
 
 
 class Deterministic(_ServingOnly, Likelihood):
