@@ -48,6 +48,11 @@ def train_tiny_checkpoint(root: Path) -> Path:
         "folder",
         "--data-dir",
         str(data),
+        # the fixtures' models are Bernoulli and calibrate as before the folder defaults (tests/unit/model covers those)
+        "--likelihood",
+        "bernoulli",
+        "--calibration-split",
+        "0",
         "--arch",
         "mlp",
         "--decoder",
