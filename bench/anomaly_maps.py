@@ -347,7 +347,7 @@ def run(
     textures: tuple[str, ...] = defects.TEXTURES,
     grid_dir: Path | None = None,
 ) -> dict[str, Any]:
-    began = time.perf_counter()
+    began, git = time.perf_counter(), git_state()  # the code as it was when the measurement began
     fashion_dir = model_dir or default_model_dir()
     fashion_maps, fashion = fashion_set(threads, seed, fashion_dir)
     print(f"{FASHION_SET}: measured in {fashion['measure_s']} s", flush=True)
@@ -368,7 +368,7 @@ def run(
             "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "seconds": round(time.perf_counter() - began, 1),
         },
-        "git": git_state(),
+        "git": git,
         "versions": versions(),
         "seed": seed,
         "train_seed": TRAIN_SEED,
