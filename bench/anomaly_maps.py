@@ -503,6 +503,17 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+ANOMALY_FILE = RESULTS / "anomaly.json"
+
+
+def merge_into_anomaly_results(results: dict[str, Any], path: Path = ANOMALY_FILE) -> None:
+    """The maps' figures also go into bench/results/anomaly.json, beside the image-level results of
+    `python -m bench.anomaly`, as its `maps` entry: one file holds every anomaly figure. `bench.anomaly`
+    rewrites that file whole, so run this bench after it (`make bench-anomaly` does)."""
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**existing, "maps": results})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.anomaly_maps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -528,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         args.grid_dir,
     )
     write_json(args.out, results)
+    if args.out == RESULTS_FILE:
+        merge_into_anomaly_results(results)
     print(maps_section(results))
     return 0
 
