@@ -211,20 +211,24 @@ def _rounded(values: np.ndarray) -> list[Any]:
     return rounded
 
 
-# A perceptual ramp (dark purple, red, orange, pale yellow) at five stops, for percentiles 0.5..1.
-_STOPS = np.array([0.5, 0.7, 0.85, 0.95, 1.0])
+# A perceptual ramp (dark purple, red, orange, pale yellow) over the tail of the percentiles, in "nines":
+# -log10(1 - p) from 1 (p = 0.9, where the tint starts) to 3 (p = 0.999, full strength). Pooled over every
+# position, the percentiles of an object's pixels sit well above those of a plain background, so a ramp
+# starting at the median would tint the whole object; the tail is where a defect stands out.
+_NINES = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
 _COLOURS = np.array([[40, 11, 84], [120, 28, 109], [212, 72, 66], [250, 160, 40], [252, 255, 164]], dtype=np.float64)
 
 
 def heatmap_png(image: np.ndarray, percentiles: np.ndarray) -> bytes:
-    """The map over the image as an RGB PNG of the model's input size: pixels below the median percentile
-    show the image (grey or colour), the rest are tinted more strongly the more anomalous they are."""
+    """The map over the image as an RGB PNG of the model's input size: pixels below the 90th percentile show
+    the image (grey or colour), the rest are tinted more strongly the rarer they are, fully from the 99.9th."""
     pixels = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
     base = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels[:3]
     base = base.transpose(1, 2, 0) * 255.0  # (H, W, 3)
     p = np.clip(np.asarray(percentiles, dtype=np.float64), 0.0, 1.0)
-    colour = np.stack([np.interp(p, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1)
-    alpha = (np.clip((p - 0.5) / 0.5, 0.0, 1.0) ** 0.5 * 0.85)[..., None]
+    nines = -np.log10(np.maximum(1.0 - p, 1e-6))
+    colour = np.stack([np.interp(nines, _NINES, _COLOURS[:, c]) for c in range(3)], axis=-1)
+    alpha = (np.clip((nines - _NINES[0]) / (_NINES[-1] - _NINES[0]), 0.0, 1.0) ** 0.5 * 0.85)[..., None]
     rgb = np.clip(np.rint((1.0 - alpha) * base + alpha * colour), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=1)

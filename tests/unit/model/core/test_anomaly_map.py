@@ -117,8 +117,9 @@ def test_the_map_calibration_survives_the_calibration_file_and_an_old_file_has_n
 def test_the_heatmap_is_an_rgb_png_of_the_image_size_tinting_only_the_anomalous_pixels():
     image = np.full((1, 4, 5), 0.5, np.float32)
     percentiles = np.zeros((4, 5))
-    percentiles[1, 2] = 1.0
+    percentiles[1, 2], percentiles[3, 3], percentiles[2, 2] = 1.0, 0.85, 0.99
     picture = np.asarray(Image.open(io.BytesIO(heatmap_png(image, percentiles))))
     assert picture.shape == (4, 5, 3)
-    assert (picture[0, 0] == 128).all()  # below the median percentile: the grey image as it is
+    assert (picture[0, 0] == 128).all() and (picture[3, 3] == 128).all()  # below the 90th: the image as it is
+    assert 0 < np.abs(picture[2, 2].astype(int) - 128).max() < np.abs(picture[1, 2].astype(int) - 128).max()
     assert picture[1, 2, 0] > 200 and picture[1, 2, 2] < 200  # the anomalous pixel: a warm tint
