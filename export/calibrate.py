@@ -48,6 +48,7 @@ COST = (
 )
 DEFAULT_COUNT = 10_000  # images in each half of the split
 MIN_COUNT = 10  # below this a percentile means little; a smoke-test export still gets a working /anomaly
+MIN_REFERENCE = 2  # held-out reference images below which a folder is not calibrated (default fpr 0.5 at 2)
 MAP_COUNT = 2_000  # images of each part the anomaly maps are calibrated on: the maps cost `samples` decodes each
 
 logger = logging.getLogger("vae-export")
@@ -76,14 +77,35 @@ def validation_split(train: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
     return train[start : start + count], train[start + count :], description
 
 
-def held_out_split(held_out: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def held_out_split(
+    held_out: np.ndarray, train: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Images held out of training for calibration: the first third fits the score (at least MIN_COUNT),
-    the rest (at most `count` each) give the reference scores. (fit, reference, its description)"""
+    the rest (at most `count` each) give the reference scores. A folder too small to hold out 2 x MIN_COUNT
+    still gets a calibration: every held-out image (at least MIN_REFERENCE) is a reference, and the score
+    is fitted on the training images (at most `count`, the last), with a warning. (fit, reference, its description)"""
     if len(held_out) < 2 * MIN_COUNT:
-        raise CalibrationError(
-            f"{len(held_out)} held-out calibration images are too few (at least {2 * MIN_COUNT} needed): add "
-            "images to the folder, or train with a larger --calibration-split"
+        fit = min(count, len(train))
+        if len(held_out) < MIN_REFERENCE or fit < MIN_COUNT:
+            raise CalibrationError(
+                f"{len(held_out)} held-out calibration images and {len(train)} training images are too few to "
+                f"calibrate (at least {MIN_REFERENCE} held out and {MIN_COUNT} trained on): add images to the "
+                "folder, or export with --no-calibrate"
+            )
+        logger.warning(
+            "only %d images were held out for the calibration: all of them give the reference scores, and the "
+            "score is fitted on the last %d training images; add images to the folder for a calibration on "
+            "held-out images alone",
+            len(held_out),
+            fit,
         )
+        description = {
+            "split": "reference held out of training, score fitted on training images (too few held out)",
+            "fit": [len(train) - fit, len(train)],
+            "reference": [0, len(held_out)],
+            "images": fit + len(held_out),
+        }
+        return train[len(train) - fit :], held_out, description
     fit = min(count, max(MIN_COUNT, len(held_out) // 3))
     reference = min(count, len(held_out) - fit)
     description = {
@@ -126,7 +148,7 @@ def calibrate(
     """The score and the map calibration, on `held_out` images when the data set holds some out of
     training, else on the last training images (Fashion-MNIST's exports, as published)."""
     if held_out is not None and len(held_out):
-        fit_images, reference_images, description = held_out_split(held_out, count)
+        fit_images, reference_images, description = held_out_split(held_out, train, count)
     else:
         fit_images, reference_images, description = validation_split(train, count)
     score = fit_score(METHOD, batched_statistics(model, fit_images, seed, binarize_seed))

@@ -3,6 +3,10 @@
 
 import shutil
 
+import numpy as np
+import pytest
+
+from export.calibrate import CalibrationError, held_out_split
 from export.calibrate import main as calibrate_main
 from model import data as data_module
 from model.core.artifact import load_model_dir
@@ -56,3 +60,16 @@ def test_a_failed_calibration_leaves_the_export_as_it_was(exported, tmp_path, mo
     assert calibrate_main([str(target), "--data-dir", str(tmp_path / "data"), "--threads", "1"]) == 1
     assert "was not found" in capsys.readouterr().err
     assert file_hashes(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_small_folders_held_out_images_are_all_references_and_a_tiny_one_is_refused_with_the_fix():
+    train, held_out = np.arange(18.0)[:, None], 100 + np.arange(60.0)[:, None]
+    fit, reference, described = held_out_split(held_out, train, count=10_000)  # enough held out: a third fits
+    assert (len(fit), len(reference)) == (20, 40) and fit.min() >= 100 and described["split"] == "held out of training"
+    fit, reference, described = held_out_split(held_out[:5], train, count=10_000)  # too few to fit on as well
+    assert np.array_equal(reference, held_out[:5]) and np.array_equal(fit, train)
+    assert "too few held out" in described["split"] and described["reference"] == [0, 5]
+    with pytest.raises(CalibrationError, match="export with --no-calibrate"):
+        held_out_split(held_out[:1], train, count=10_000)
+    with pytest.raises(CalibrationError, match="add images to the folder"):
+        held_out_split(held_out[:5], train[:4], count=10_000)
