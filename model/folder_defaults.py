@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -28,9 +29,12 @@ BINARY_SHARE = 0.9
 NEAR_BINARY = 0.05
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Choice:
-    value: object
+class Choice(Generic[T]):
+    value: T
     reason: str
 
 
@@ -52,7 +56,7 @@ def survey(directory: Path) -> Counter[tuple[int, int, int]]:
     return shapes
 
 
-def default_shape(shapes: Counter[tuple[int, int, int]]) -> Choice:
+def default_shape(shapes: Counter[tuple[int, int, int]]) -> Choice[tuple[int, int, int]]:
     """The folder's most common shape, fitted to what the architecture takes; a (C, H, W) Choice."""
     (channels, height, width), count = shapes.most_common(1)[0]
     reason = f"the most common shape of the folder's images ({count} of {sum(shapes.values())})"
@@ -64,7 +68,7 @@ def default_shape(shapes: Counter[tuple[int, int, int]]) -> Choice:
     fitted = (max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor))
     if fitted != (height, width):
         reason += f", rounded to multiples of {factor} (each of the model's stages halves the image)"
-    shape = (channels, *fitted)
+    shape = (channels, fitted[0], fitted[1])
     return Choice(shape, f"{'grey' if channels == 1 else 'RGB'} {fitted[0]}x{fitted[1]}: {reason}")
 
 
@@ -74,7 +78,7 @@ def binary_share(images: np.ndarray) -> float:
     return float(np.mean((values <= NEAR_BINARY) | (values >= 1.0 - NEAR_BINARY)))
 
 
-def default_likelihood(images: np.ndarray) -> Choice:
+def default_likelihood(images: np.ndarray) -> Choice[tuple[str, str | None]]:
     """("bernoulli", None) for grey, nearly binary images; else ("gaussian", "decoder"). A (name, scale) Choice."""
     share = binary_share(images)
     colour = images.shape[1] != 1

@@ -16,7 +16,14 @@ from model.config import OBJECTIVES, PRIORS, ModelConfig, TrainConfig, arch_pres
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
 from model.core.priors import PRIOR_KINDS, prior_kind
-from model.data import CALIBRATION_SPLIT, DataChecksumError, DataMissingError, Dataset, load_dataset
+from model.data import (
+    CALIBRATION_SPLIT,
+    DataChecksumError,
+    DataMissingError,
+    Dataset,
+    load_dataset,
+    resolve_data_dir,
+)
 from model.distributed import SINGLE_PROCESS, Ranks
 from model.trainer import NO_HOOKS, TrainHooks, train
 
@@ -253,13 +260,13 @@ def load_training_data(args: argparse.Namespace, chosen: dict[str, str]) -> Data
     architecture: `folder_defaults.default_shape`, with a log line when that converts images); an IDX
     data set keeps its own shape and refuses other flags. What was chosen for the user goes in `chosen`."""
     if args.dataset == "folder":
-        directory = Path(args.data_dir) if args.data_dir else None
         shape = requested_shape(args, ModelConfig().input_shape)
         if args.image_size is None or args.channels is None:
-            common = folder_defaults.default_shape(folder_defaults.survey(_folder(args, directory)))
-            surveyed = tuple(int(s) for s in common.value)  # type: ignore[attr-defined]
-            shape = requested_shape(args, (surveyed[0], surveyed[1], surveyed[2]))
-            chosen["image"] = common.reason if shape == surveyed else f"{shape}: asked for in part; {common.reason}"
+            common = folder_defaults.default_shape(
+                folder_defaults.survey(resolve_data_dir(args.dataset, args.data_dir))
+            )
+            shape = requested_shape(args, common.value)
+            chosen["image"] = common.reason if shape == common.value else f"{shape}: asked for in part; {common.reason}"
         configs_from_args(args, shape)  # a shape the model cannot take fails before the folder is read
         return load_dataset(
             args.dataset, args.data_dir, PreprocessContract(input_shape=shape), calibration_split=args.calibration_split
@@ -274,12 +281,6 @@ def load_training_data(args: argparse.Namespace, chosen: dict[str, str]) -> Data
     return data
 
 
-def _folder(args: argparse.Namespace, directory: Path | None) -> Path:
-    from model.data import resolve_data_dir
-
-    return directory or resolve_data_dir(args.dataset, args.data_dir)
-
-
 def likelihood_from_args(args: argparse.Namespace, data: Dataset | None, chosen: dict[str, str]) -> tuple[str, str]:
     """(likelihood, gaussian_scale): the flags', else bernoulli for an IDX data set and, for a folder, what
     its images call for (`folder_defaults.default_likelihood`; bernoulli before they are read)."""
@@ -291,8 +292,8 @@ def likelihood_from_args(args: argparse.Namespace, data: Dataset | None, chosen:
         return "bernoulli", scale
     choice = folder_defaults.default_likelihood(data.train)
     chosen["likelihood"] = choice.reason
-    picked, picked_scale = choice.value  # type: ignore[misc]
-    return str(picked), args.gaussian_scale or str(picked_scale or scale)
+    picked, picked_scale = choice.value
+    return picked, args.gaussian_scale or picked_scale or scale
 
 
 def configs_from_args(

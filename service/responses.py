@@ -13,7 +13,12 @@ from model.core.preprocess import array_to_png, make_grid
 
 
 def png_base64(pixels: np.ndarray) -> str:
-    return base64.b64encode(array_to_png(pixels)).decode("ascii")
+    return base64_text(array_to_png(pixels))
+
+
+def base64_text(data: bytes) -> str:
+    """Bytes as the ASCII base64 text JSON carries."""
+    return base64.b64encode(data).decode("ascii")
 
 
 def png_response(pixels: np.ndarray, headers: dict[str, str] | None = None) -> Response:

@@ -26,18 +26,16 @@ It is fitted by export/calibrate.py on held-out images and stored in anomaly.jso
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from model.core import scoring
 from model.core.likelihoods import Likelihood
-from model.core.preprocess import image_stream
+from model.core.preprocess import array_to_png, image_stream
 
 MAP_SAMPLES = 4  # draws of z from q(z|x) per image
 QUANTILES = 2049  # the pooled in-distribution values are kept as this many quantiles
@@ -229,7 +227,5 @@ def heatmap_png(image: np.ndarray, percentiles: np.ndarray) -> bytes:
     nines = -np.log10(np.maximum(1.0 - p, 1e-6))
     colour = np.stack([np.interp(nines, _NINES, _COLOURS[:, c]) for c in range(3)], axis=-1)
     alpha = (np.clip((nines - _NINES[0]) / (_NINES[-1] - _NINES[0]), 0.0, 1.0) ** 0.5 * 0.85)[..., None]
-    rgb = np.clip(np.rint((1.0 - alpha) * base + alpha * colour), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    rgb = (1.0 - alpha) * base + alpha * colour  # (H, W, 3), 0..255
+    return array_to_png(rgb.transpose(2, 0, 1) / 255.0)

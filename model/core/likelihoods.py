@@ -129,14 +129,12 @@ class Bernoulli(Likelihood):
 
 
 def _bernoulli_entropy(value: np.ndarray) -> np.ndarray:
-    """H(Bernoulli(v)) in nats, 0 at v = 0 and 1."""
+    """H(Bernoulli(v)) in nats, 0 at v = 0 and 1 (where 0 log 0 is the NaN that nan_to_num makes 0)."""
     v = np.clip(value, 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(v > 0, v * np.log(np.where(v > 0, v, 1.0)), 0.0) + np.where(
-            v < 1, (1.0 - v) * np.log(np.where(v < 1, 1.0 - v, 1.0)), 0.0
-        )
-    result: np.ndarray = -terms
-    return result
+        terms = v * np.log(v) + (1.0 - v) * np.log1p(-v)
+    entropy: np.ndarray = -np.nan_to_num(terms, nan=0.0)
+    return entropy
 
 
 # The smallest useful scale, in data units: the standard deviation of the uniform dequantisation noise

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from base64 import b64encode
-
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -32,7 +30,11 @@ async def anomaly(request: Request) -> Response:
             "percentile": float(out["percentile"][i]),
             "is_anomaly": bool(out["is_anomaly"][i]),
             "statistics": {name: float(values[i]) for name, values in out["statistics"].items()},
-            **({"map": _rounded(out["map"][i]), "map_png": b64(out["map_png"][i])} if "map" in out else {}),
+            **(
+                {"map": _rounded(out["map"][i]), "map_png": responses.base64_text(out["map_png"][i])}
+                if "map" in out
+                else {}
+            ),
         }
         for i in range(len(pixels))
     ]
@@ -51,10 +53,6 @@ async def anomaly(request: Request) -> Response:
             "results": results,
         }
     )
-
-
-def b64(data: bytes) -> str:
-    return b64encode(data).decode("ascii")
 
 
 def _rounded(values: np.ndarray) -> list[list[float]]:

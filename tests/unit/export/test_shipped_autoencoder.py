@@ -4,14 +4,14 @@ reproduce the report's reconstruction error on the first test images."""
 
 import json
 
-import jsonschema
 import numpy as np
 import pytest
 
 from model.core.artifact import load_model_dir
-from model.core.manifest import SCHEMA_PATH, Manifest, parity_problem
+from model.core.manifest import Manifest, parity_problem
 from model.data import DataMissingError, load_dataset, sha256_file
 from tests.conftest import REPO
+from tests.unit.export.manifests import schema_valid_manifest
 
 SHIPPED = REPO / "artifacts" / "fashion-mnist-autoencoderkl" / "1.0.0"
 LATENT_SHAPE = [4, 7, 7]
@@ -23,9 +23,7 @@ def report() -> dict:
 
 
 def test_manifest_is_valid_and_its_hashes_match_the_files():
-    raw = json.loads((SHIPPED / "manifest.json").read_text())
-    jsonschema.validate(raw, json.loads(SCHEMA_PATH.read_text()))
-    manifest = Manifest.model_validate(raw)
+    manifest = schema_valid_manifest(SHIPPED)
     assert (manifest.name, manifest.version, manifest.likelihood.name) == (
         "fashion-mnist-autoencoderkl",
         "1.0.0",

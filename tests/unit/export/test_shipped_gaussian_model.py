@@ -5,24 +5,22 @@ scores exactly (the report was scored with the content-keyed noise streams the s
 import json
 import math
 
-import jsonschema
 import numpy as np
 import pytest
 
 from model.core import scoring
 from model.core.artifact import load_model_dir
 from model.core.likelihoods import LOG_SCALE_FLOOR
-from model.core.manifest import SCHEMA_PATH, Manifest
+from model.core.manifest import Manifest
 from model.data import DataMissingError, fixed_test_set, load_dataset, sha256_file
 from tests.conftest import REPO
+from tests.unit.export.manifests import schema_valid_manifest
 
 SHIPPED = REPO / "artifacts" / "fashion-mnist-gaussian" / "1.0.0"
 
 
 def test_manifest_is_valid_and_its_hashes_match_the_files():
-    raw = json.loads((SHIPPED / "manifest.json").read_text())
-    jsonschema.validate(raw, json.loads(SCHEMA_PATH.read_text()))
-    manifest = Manifest.model_validate(raw)
+    manifest = schema_valid_manifest(SHIPPED)
     assert (manifest.name, manifest.version, manifest.likelihood.name) == (
         "fashion-mnist-gaussian",
         "1.0.0",

@@ -4,16 +4,16 @@ files, and its graphs reproduce the recorded per-image scores of real test image
 import json
 from pathlib import Path
 
-import jsonschema
 import numpy as np
 import pytest
 
 from model.core import scoring
 from model.core.artifact import load_model_dir
-from model.core.manifest import SCHEMA_PATH, Manifest
+from model.core.manifest import Manifest
 from model.data import DataMissingError, fixed_test_set, load_dataset, sha256_file
 from service.registry import version_key
 from tests.conftest import REPO
+from tests.unit.export.manifests import schema_valid_manifest
 
 # The shipped N(0, I) version: the graphs other tests copy and build learned-prior models around.
 SHIPPED = REPO / "artifacts" / "fashion-mnist-vae" / "2.0.0"
@@ -36,9 +36,7 @@ def test_the_previous_defaults_stay_shipped_beside_the_new_one():
 
 
 def test_shipped_manifest_is_valid_and_its_hashes_match_the_files(shipped):
-    raw = json.loads((shipped / "manifest.json").read_text())
-    jsonschema.validate(raw, json.loads(SCHEMA_PATH.read_text()))
-    manifest = Manifest.model_validate(raw)
+    manifest = schema_valid_manifest(shipped)
     graphs = [manifest.prior.graph] if manifest.prior else []
     for info in (manifest.encoder, manifest.decoder, manifest.checkpoint, *graphs):
         assert sha256_file(shipped / info.file) == info.sha256
