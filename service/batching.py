@@ -10,19 +10,26 @@ sizes 1, 7 and 256 (`parity.batch_max_abs_diff` in the manifest).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from service.v2 import statistics
+
 Encoded = tuple[np.ndarray, np.ndarray]
 EncodeFn = Callable[[np.ndarray], Encoded | Awaitable[Encoded]]
+# What a request gets back from its batch: its rows of (mean, logvar), when the batch's call started and
+# ended (perf_counter_ns), the batch's rows, and whether it was the batch's first request.
+Batched = tuple[np.ndarray, np.ndarray, int, int, int, bool]
 
 
 class MicroBatcher:
     def __init__(self, encode: EncodeFn, max_rows: int, max_wait_s: float) -> None:
         self.encode, self.max_rows, self.max_wait_s = encode, max_rows, max_wait_s
-        self._pending: list[tuple[np.ndarray, asyncio.Future[Encoded]]] = []
+        self._pending: list[tuple[np.ndarray, asyncio.Future[Batched]]] = []
         self._rows = 0
         self._timer: asyncio.Handle | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches being encoded (the loop keeps weak references)
@@ -38,7 +45,8 @@ class MicroBatcher:
 
     async def submit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Encoded] = loop.create_future()
+        queued = time.perf_counter_ns()
+        future: asyncio.Future[Batched] = loop.create_future()
         self._pending.append((pixels, future))
         self._rows += len(pixels)
         if self._rows >= self.max_rows:
@@ -47,7 +55,9 @@ class MicroBatcher:
             self._timer = (
                 loop.call_soon(self._flush) if self.max_wait_s <= 0 else loop.call_later(self.max_wait_s, self._flush)
             )
-        return await future
+        mean, logvar, started, ended, rows, first = await future
+        statistics.model_call(queued, started, ended, rows, executions=int(first))  # one execution per batch
+        return mean, logvar
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -57,23 +67,28 @@ class MicroBatcher:
         if not items:
             return
         self.calls += 1
-        # The batch runs as its own task: `encode` may hand large batches to a worker thread.
-        task = asyncio.get_running_loop().create_task(self._run(items))
+        # The batch runs as its own task: `encode` may hand large batches to a worker thread. Its context has
+        # no request's statistics: each request records its share of the call itself (`submit`).
+        context = contextvars.copy_context()
+        context.run(statistics.current.set, None)
+        task = asyncio.get_running_loop().create_task(self._run(items), context=context)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future[Encoded]]]) -> None:
+    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future[Batched]]]) -> None:
+        started = time.perf_counter_ns()
         try:
-            result = self.encode(np.concatenate([pixels for pixels, _ in items]))
+            batch = np.concatenate([pixels for pixels, _ in items])
+            result = self.encode(batch)
             mean, logvar = (await result) if inspect.isawaitable(result) else result
         except Exception as exc:  # every waiting request sees the failure
             for _, future in items:
                 if not future.done():
                     future.set_exception(exc)
             return
-        start = 0
-        for pixels, future in items:
+        ended, start = time.perf_counter_ns(), 0
+        for position, (pixels, future) in enumerate(items):
             end = start + len(pixels)
             if not future.done():
-                future.set_result((mean[start:end], logvar[start:end]))
+                future.set_result((mean[start:end], logvar[start:end], started, ended, len(batch), position == 0))
             start = end

@@ -20,6 +20,7 @@ from service.engine import Engine
 from service.errors import ApiError
 from service.observability import Metrics
 from service.settings import Settings
+from service.v2 import statistics
 
 T = TypeVar("T")
 
@@ -39,14 +40,24 @@ class ModelCalls:
     row_weight: int = 1  # a row's cost in rows of a 28 x 28 image: VAE_INLINE_COST is calibrated on those
 
     async def __call__(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
-        began = time.perf_counter()
+        queued = time.perf_counter_ns()
         if rows * self.row_weight <= self.settings.inline_cost:
+            started = queued
             result = fn(*args)
         else:
             if self.limiter is None:
                 self.limiter = anyio.CapacityLimiter(self.settings.inference_threads)
-            result = await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        self.metrics.observe_inference(self.name, self.version, operation, rows, time.perf_counter() - began)
+            began: list[int] = []  # when a worker thread took it up: the wait before is the queue
+
+            def timed() -> T:
+                began.append(time.perf_counter_ns())
+                return fn(*args)
+
+            result = await anyio.to_thread.run_sync(timed, limiter=self.limiter)
+            started = began[0]
+        ended = time.perf_counter_ns()
+        self.metrics.observe_inference(self.name, self.version, operation, rows, (ended - started) / 1e9)
+        statistics.model_call(queued, started, ended, rows)
         return result
 
 

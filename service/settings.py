@@ -209,12 +209,37 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="bind address")
     port: int = Field(8000, gt=0, lt=65536, description="port; the container's HEALTHCHECK reads it too")
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        lt=65536,
+        description="port of the open inference protocol over gRPC (Triton's GRPCInferenceService, as "
+        "tritonclient.grpc and KServe's grpc-v2 speak it), on the same address; 0 turns gRPC off. With several "
+        "workers each one listens on it (SO_REUSEPORT)",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        128,
+        gt=0,
+        description="gRPC calls being handled at once per worker before more are answered RESOURCE_EXHAUSTED "
+        "(the model calls among them are held to VAE_MAX_IN_FLIGHT as over HTTP)",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="export OpenTelemetry traces over OTLP/HTTP to this URL (a collector's "
+        "http://collector:4318/v1/traces): a span for each request, its image decoding, its model calls and its "
+        "response, continuing a W3C traceparent the client sends. Unset: no tracing, at no cost",
+    )
 
     @field_validator("admin_token", mode="before")
     @classmethod
     def _no_empty_token(cls, value: object) -> object:
         """An empty token (an unset ${VAR} in a compose file, say) would match an empty bearer: treat it
         as no token, so the control routes stay off."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("otlp_endpoint", mode="before")
+    @classmethod
+    def _no_empty_endpoint(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")

@@ -15,6 +15,7 @@ from service.params import Q, parse_query
 from service.registry import ModelNotFound, Registry
 from service.served import ServedModel
 from service.settings import Settings
+from service.v2.statistics import Statistics
 
 
 @dataclass
@@ -26,6 +27,7 @@ class AppState:
     decoder: ImageDecoder = field(init=False, repr=False)  # from settings
     started: bool = False  # the first load of the repository has finished, successfully or not
     tasks: list[asyncio.Task[Any]] = field(default_factory=list, repr=False)
+    statistics: Statistics = field(default_factory=Statistics, repr=False)  # the protocol's, both transports
 
     def __post_init__(self) -> None:
         self.decoder = ImageDecoder.from_settings(self.settings)

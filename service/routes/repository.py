@@ -11,7 +11,6 @@ clients parse.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -19,13 +18,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.errors import ApiError
-from service.registry import LoadFailed, ModelNotFound
 from service.schemas import V2ErrorBody
 from service.state import app_state
 from service.uploads import read_body
-from service.v2.codec import ProtocolError, check_structure, quoted
+from service.v2 import protocol
+from service.v2.codec import ProtocolError, check_structure
 from service.v2.errors import as_v2_error, v2_error
-from service.v2.models import split_name, v2_names
 from service.v2.schemas import ModelReadyResponse
 
 router = APIRouter(tags=["model repository"])
@@ -71,15 +69,10 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="vae-service model repository"'} 
 
 def _denied(request: Request) -> JSONResponse | None:
     """None when the caller may change the repository, else the answer to send."""
-    settings = app_state(request).settings
-    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
-    if token is None:
-        if settings.repository_control == "open":
-            return None
-        return v2_error(403, "repository control is off: set VAE_ADMIN_TOKEN (or VAE_REPOSITORY_CONTROL=open)")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return v2_error(401, "repository control needs the header Authorization: Bearer <VAE_ADMIN_TOKEN>", CHALLENGE)
+    try:
+        protocol.authorize(app_state(request), request.headers.get("authorization"))
+    except ProtocolError as exc:
+        return v2_error(exc.status, exc.message, CHALLENGE if exc.status == 401 else None)
     return None
 
 
@@ -120,18 +113,7 @@ async def repository_index(request: Request) -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         return v2_error(400, "'ready' must be true or false")
-    return JSONResponse(with_v2_models(await app_state(request).registry.index(ready_only=ready)))
-
-
-def with_v2_models(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Each repository model's rows, then the same rows for each of its v2 models."""
-    return [entry for row in rows for entry in (row, *({**row, "name": name} for name in v2_names(row["name"])))]
-
-
-def repository_model(name: str) -> str:
-    """The repository model behind a name: M itself, or M for a v2 model M.<kind>."""
-    found = split_name(name)
-    return found[0] if found is not None else name
+    return JSONResponse(await protocol.repository_index(app_state(request), ready))
 
 
 @router.post(
@@ -141,16 +123,13 @@ def repository_model(name: str) -> str:
     summary="Load or reload a model's versions from disk; a failed load never replaces a working one",
 )
 async def repository_load(request: Request) -> Response:
-    name = repository_model(request.path_params["name"])
     body = await _control_request(request)
     if isinstance(body, JSONResponse):
         return body
     try:
-        await app_state(request).registry.load(name)
-    except ModelNotFound as exc:
-        return v2_error(400, f"failed to load '{name}': {exc}")
-    except LoadFailed as exc:
-        return v2_error(400, str(exc))
+        await protocol.load(app_state(request), request.path_params["name"])
+    except ProtocolError as exc:
+        return as_v2_error(exc)
     return JSONResponse({})
 
 
@@ -161,14 +140,13 @@ async def repository_load(request: Request) -> Response:
     summary="Stop serving a model; requests already running finish on it",
 )
 async def repository_unload(request: Request) -> Response:
-    name = repository_model(request.path_params["name"])
     body = await _control_request(request)
     if isinstance(body, JSONResponse):
         return body
     try:
-        await app_state(request).registry.unload(name)
-    except ModelNotFound as exc:
-        return v2_error(400, f"failed to unload '{name}': {exc}")
+        await protocol.unload(app_state(request), request.path_params["name"])
+    except ProtocolError as exc:
+        return as_v2_error(exc)
     return JSONResponse({})
 
 
@@ -200,21 +178,8 @@ async def version_ready(request: Request) -> Response:
 
 
 def _readiness(request: Request, name: str, version: str | None) -> Response:
-    registry = app_state(request).registry
-    model = repository_model(name)
-    if registry.is_ready(model, version):
-        return JSONResponse(ModelReadyResponse(name=name, ready=True).model_dump())
-    which = f"model {quoted(name)}" + (f" version {quoted(version)}" if version else "")
-    if model not in registry.known():
-        return v2_error(
-            404,
-            f"{which} does not exist: no such model was found in the repository (POST "
-            "/v2/repository/index lists them; POST /v2/repository/models/<name>/load loads one added "
-            "since)",
-        )
-    if version is not None and registry.is_ready(model):
-        return v2_error(
-            400,
-            f"{which} is not ready: that version is not loaded (loaded: {', '.join(registry.served().get(model, []))})",
-        )
-    return v2_error(400, f"{which} is not ready ({'unloaded' if registry.unloaded(model) else 'not loaded'})")
+    try:
+        protocol.model_ready(app_state(request), name, version)
+    except ProtocolError as exc:
+        return as_v2_error(exc)
+    return JSONResponse(ModelReadyResponse(name=name, ready=True).model_dump())

@@ -97,3 +97,43 @@ class InferenceResponse(BaseModel):
     id: str | None = None
     parameters: Parameters | None = None
     outputs: list[ResponseOutput]
+
+
+class StatisticDuration(BaseModel):
+    count: int
+    ns: int = Field(description="cumulative nanoseconds")
+
+
+class InferStatistics(BaseModel):
+    success: StatisticDuration = Field(description="requests that succeeded, and their whole time")
+    fail: StatisticDuration = Field(description="requests refused or failed, and the time they took")
+    queue: StatisticDuration = Field(description="waiting for a worker thread or the micro-batcher's batch")
+    compute_input: StatisticDuration = Field(
+        description="parsing the request, and the operation's work outside its model calls (decoding images)"
+    )
+    compute_infer: StatisticDuration = Field(description="the model calls: onnxruntime and the scoring math")
+    compute_output: StatisticDuration = Field(description="checking the outputs and encoding the response")
+    cache_hit: StatisticDuration = Field(description="always zero: no response cache")
+    cache_miss: StatisticDuration = Field(description="always zero: no response cache")
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int = Field(description="rows of the execution (a micro-batch's, or the request's)")
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration
+    compute_output: StatisticDuration
+
+
+class ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch; 0 before the first")
+    inference_count: int = Field(description="rows inferred (each request's batch size, summed)")
+    execution_count: int = Field(description="model executions: a micro-batch serving several requests is one")
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+    memory_usage: list[dict[str, Any]] = Field(description="always empty")
+
+
+class ModelStatisticsResponse(BaseModel):
+    model_stats: list[ModelStatistics]
