@@ -1,5 +1,6 @@
-# vae-service: serves the bundled Fashion-MNIST VAE on port 8000.
-#   docker build -t vae-service . && docker run -p 8000:8000 vae-service
+# vae-service: serves the bundled Fashion-MNIST VAE over HTTP on port 8000 and over gRPC (the open inference
+# protocol as Triton's GRPCInferenceService, which tritonclient.grpc speaks) on port 8001, Triton's two ports.
+#   docker build -t vae-service . && docker run -p 8000:8000 -p 8001:8001 vae-service
 # The base is swappable (see docker/test-image.sh for the local, registry-free build).
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -52,11 +53,12 @@ COPY artifacts/fashion-mnist-autoencoderkl/1.0.0/manifest.json artifacts/fashion
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     VAE_MODEL_REPOSITORY=/app/models \
-    VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_WORKERS=1
+    VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_GRPC_PORT=8001 VAE_WORKERS=1
 WORKDIR /app
 # Numeric, so that Kubernetes' runAsNonRoot can tell the user is not root (docker/kubernetes/).
 USER 10001:10001
-EXPOSE 8000
+# HTTP (VAE_PORT) and gRPC (VAE_GRPC_PORT; VAE_GRPC_PORT=0 turns gRPC off).
+EXPOSE 8000 8001
 # The check asks the port the server listens on: VAE_PORT, as `docker run -e VAE_PORT=...` sets it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python3", "-c", "import os, sys, urllib.request; port = os.environ.get('VAE_PORT', '8000'); sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status != 200)"]

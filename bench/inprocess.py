@@ -20,7 +20,9 @@ from bench.provenance import git_state, model_on_disk
 from bench.run import MODEL_DIR, RESULTS, machine, test_pngs
 
 
-async def per_request_us(app, body: bytes, n: int) -> float:
+async def per_request_us(app, body: bytes, n: int, warm_up: int = 200, extra_headers: tuple = ()) -> float:
+    """Mean microseconds per POST /encode of `body` with `extra_headers`, after `warm_up` requests."""
+    headers = [(b"host", b"bench"), (b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -31,7 +33,7 @@ async def per_request_us(app, body: bytes, n: int) -> float:
         "raw_path": b"/encode",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"bench"), (b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+        "headers": [*headers, *extra_headers],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
         "state": {},
@@ -43,7 +45,7 @@ async def per_request_us(app, body: bytes, n: int) -> float:
     async def send(message: dict) -> None:
         pass
 
-    for _ in range(200):  # warm-up
+    for _ in range(warm_up):
         await app(dict(scope), receive, send)
     began = time.perf_counter()
     for _ in range(n):
@@ -51,14 +53,15 @@ async def per_request_us(app, body: bytes, n: int) -> float:
     return (time.perf_counter() - began) / n * 1e6
 
 
-async def product_app(access_log: bool):
+async def product_app(access_log: bool, span_exporter=None):
+    """The product on the model; traced into `span_exporter` when one is given (bench/tracing_cost.py)."""
     from service.app import create_app, start
     from service.observability import configure_logging
     from service.settings import Settings
 
     configure_logging("info", False)
     logging.getLogger("vae").handlers[0].stream = open(os.devnull, "w")  # noqa: SIM115 - the cost, not the terminal
-    app = create_app(Settings(model_dir=MODEL_DIR, access_log=access_log))
+    app = create_app(Settings(model_dir=MODEL_DIR, access_log=access_log), span_exporter=span_exporter)
     await start(app.state.vae)
     return app
 

@@ -8,7 +8,8 @@ the version the bundled repository serves by default. It writes, under docs/:
 - model-card.md, whole: one card per bundled model from its newest manifest (bench/model_card.py),
   with the report's figures copied into docs/figures/;
 - in benchmarks.md, the serving table from bench/results/serving.json and training.json (medians of
-  the interleaved rounds, with their range), and the training throughput table (train_throughput.json);
+  the interleaved rounds, with their range), the training throughput table (train_throughput.json), and
+  the encoder graph over gRPC against HTTP (grpc_http.json);
 - in deploying.md, the scale-out table (scaleout.json);
 - in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure, and the anomaly maps'
   table (anomaly_maps.json);
@@ -37,6 +38,7 @@ RESULTS = REPO / "bench" / "results"
 PAGES = {
     "bench": "benchmarks.md",
     "train-throughput": "benchmarks.md",
+    "grpc-http": "benchmarks.md",
     "scaleout": "deploying.md",
     "anomaly": "anomaly.md",
     "anomaly-maps": "anomaly.md",
@@ -230,6 +232,7 @@ RECORDED_SECTIONS = (
     ("seed-argument", "seed_argument.json", "bench.seed_argument", "argument_section"),
     ("scaleout", "scaleout.json", "bench.scaleout", "scaleout_section"),
     ("train-throughput", "train_throughput.json", "bench.train_throughput", "throughput_section"),
+    ("grpc-http", "grpc_http.json", "bench.grpc_http", "grpc_http_section"),
 )
 SERVING_NOTE = (
     "3.x keeps 2.0.0's encoder and decoder architecture, so `/encode` runs graphs of the same shape; "

@@ -68,20 +68,38 @@ echo "building $IMAGE with $ENGINE ${BASE_IMAGE:+on $BASE_IMAGE}"
 SIZE=$("$ENGINE" image inspect "$IMAGE" --format '{{.Size}}')
 echo "image size: $((SIZE / 1000000)) MB"
 
-PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# N free ports on 127.0.0.1, distinct (their sockets are held together while they are chosen).
+free_ports() {
+  "$PYTHON" -c 'import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))' "$1"
+}
+# gRPC (the image's VAE_GRPC_PORT, 8001) answers at host:port: live, and ready once HTTP is.
+grpc_ready() {
+  "$PYTHON" -c 'import sys, tritonclient.grpc as g
+client = g.InferenceServerClient(sys.argv[1])
+sys.exit(not (client.is_server_live(client_timeout=5) and client.is_server_ready(client_timeout=5)))' "$1"
+}
+
+read -r PORT GRPC_PORT < <(free_ports 2)
 # A higher in-flight limit than the default so the 200-request concurrency test sees no 429.
-"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" -e VAE_MAX_IN_FLIGHT=512 -e VAE_MAX_UPLOADS=512 "$IMAGE" >/dev/null
+"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" \
+  -e VAE_MAX_IN_FLIGHT=512 -e VAE_MAX_UPLOADS=512 "$IMAGE" >/dev/null
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   sleep 0.2
 done
 curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { "$ENGINE" logs "$NAME"; exit 1; }
+grpc_ready "127.0.0.1:$GRPC_PORT" || { echo "gRPC does not answer on :$GRPC_PORT"; "$ENGINE" logs "$NAME"; exit 1; }
 
 USER_IN_IMAGE=$("$ENGINE" exec "$NAME" id -u)
 [ "$USER_IN_IMAGE" != 0 ] || { echo "the container runs as root"; exit 1; }
-echo "container $NAME ready on :$PORT as uid $USER_IN_IMAGE; running the integration suite against it"
+echo "container $NAME ready on :$PORT (gRPC :$GRPC_PORT) as uid $USER_IN_IMAGE; running the integration suite against it"
 
-VAE_BASE_URL="http://127.0.0.1:$PORT" VAE_CONTAINER_ENGINE="$ENGINE" VAE_CONTAINER_IMAGE="$IMAGE" \
+VAE_BASE_URL="http://127.0.0.1:$PORT" VAE_GRPC_TARGET="127.0.0.1:$GRPC_PORT" \
+  VAE_CONTAINER_ENGINE="$ENGINE" VAE_CONTAINER_IMAGE="$IMAGE" \
   "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
 
 # ---- the Kubernetes manifests, played as a pod ----
@@ -90,13 +108,14 @@ if [ "$ENGINE" != podman ] || ! command -v kubectl >/dev/null 2>&1; then
   exit 0
 fi
 "$ENGINE" rm -f "$NAME" >/dev/null
-KUBE_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+read -r KUBE_PORT KUBE_GRPC_PORT < <(free_ports 2)
 KUBE_YAML=$(mktemp --suffix=.yaml)
 # The Deployment and its ConfigMap as rendered, on the image built above, published on 127.0.0.1 (podman
 # plays no Service); the same raised limits as the container run above.
 KUBE_NAME=vae-kube-$$
 kubectl kustomize docker/kubernetes/base \
-  | "$PYTHON" docker/kubernetes/podman_play.py --name "$KUBE_NAME" --image "localhost/${IMAGE#localhost/}" --host-port "$KUBE_PORT" \
+  | "$PYTHON" docker/kubernetes/podman_play.py --name "$KUBE_NAME" --image "localhost/${IMAGE#localhost/}" \
+      --host-port "$KUBE_PORT" --grpc-host-port "$KUBE_GRPC_PORT" \
       --set VAE_MAX_IN_FLIGHT=512 --set VAE_MAX_UPLOADS=512 >"$KUBE_YAML"
 podman kube play "$KUBE_YAML" >/dev/null 2>&1 || { podman kube play "$KUBE_YAML"; exit 1; }
 POD_CONTAINER=$(podman ps --filter "name=^$KUBE_NAME-pod" --format '{{.Names}}' | grep -- '-vae-service$' | head -1)
@@ -108,6 +127,7 @@ for _ in $(seq 1 150); do  # the readiness probe's route, polled, for up to 30 s
   sleep 0.2
 done
 curl -fs "http://127.0.0.1:$KUBE_PORT$READY_PATH" >/dev/null || { podman logs "$POD_CONTAINER"; exit 1; }
+grpc_ready "127.0.0.1:$KUBE_GRPC_PORT" || { echo "gRPC does not answer on :$KUBE_GRPC_PORT"; podman logs "$POD_CONTAINER"; exit 1; }
 # What the manifests rely on: a non-root numeric user, a read-only root with /tmp writable, the preStop sleep.
 [ "$(podman exec "$POD_CONTAINER" id -u)" = 10001 ] || { echo "the pod does not run as uid 10001"; exit 1; }
 if podman exec "$POD_CONTAINER" sh -c ': >/app/write-check' 2>/dev/null; then
@@ -115,8 +135,10 @@ if podman exec "$POD_CONTAINER" sh -c ': >/app/write-check' 2>/dev/null; then
 fi
 podman exec "$POD_CONTAINER" sh -c ': >/tmp/write-check' || { echo "/tmp (the emptyDir) is not writable"; exit 1; }
 podman exec "$POD_CONTAINER" /bin/sleep 0 || { echo "the image has no /bin/sleep for the preStop hook"; exit 1; }
-echo "pod $POD_CONTAINER (podman kube play of docker/kubernetes/base) ready on :$KUBE_PORT; running the integration suite against it"
-VAE_BASE_URL="http://127.0.0.1:$KUBE_PORT" "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
+echo "pod $POD_CONTAINER (podman kube play of docker/kubernetes/base) ready on :$KUBE_PORT (gRPC :$KUBE_GRPC_PORT);" \
+  "running the integration suite against it"
+VAE_BASE_URL="http://127.0.0.1:$KUBE_PORT" VAE_GRPC_TARGET="127.0.0.1:$KUBE_GRPC_PORT" \
+  "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
 podman kube down "$KUBE_YAML" >/dev/null
 KUBE_YAML_DONE=$KUBE_YAML
 KUBE_YAML=

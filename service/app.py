@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI
@@ -16,18 +17,30 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from model.core.artifact import load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
-from service import docs, errors
+from service import docs, errors, tracing
 from service.engine import Engine
+from service.grpc_server import server as grpc_server
+from service.http_tracing import HttpTracingMiddleware
 from service.limits import RequestLimitsMiddleware
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import Registry
 from service.repository_scan import ModelSource, scan_repository, single_model
 from service.routes import anomaly, images, latents, ops, preprocess, remote, repository, ui
 from service.served import ServedModel
-from service.settings import BUNDLED_DEFAULT_MODEL, BUNDLED_REPOSITORY, Settings, load_settings, unknown_variables
+from service.settings import (
+    BUNDLED_DEFAULT_MODEL,
+    BUNDLED_REPOSITORY,
+    GRACEFUL_SHUTDOWN_S,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 from service.state import AppState
 from service.v2 import errors as v2_errors
 from service.v2 import routes as v2_routes
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("vae.service")
 EngineLoader = Callable[[Path, Settings], Engine]
@@ -115,10 +128,14 @@ def create_app(
     settings: Settings | None = None,
     load: EngineLoader = load_engine,
     scan: Callable[[], dict[str, ModelSource]] | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
-    """`load` and `scan` default to the real loader and the configured repository; tests pass fakes."""
+    """`load` and `scan` default to the real loader and the configured repository; tests pass fakes.
+    Traces go to VAE_OTLP_ENDPOINT when it is set, and to `span_exporter` (tests: an in-memory one).
+    Tracing is per process, so the app made last configures it (service/tracing.py)."""
     settings = settings or load_settings()
     state = make_state(settings, load, scan)
+    tracing.configure(settings.otlp_endpoint, span_exporter, version=package_version())
 
     async def start_all() -> None:
         await start(state)
@@ -129,11 +146,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # gRPC listens from the start, as HTTP does: its health RPCs answer while the models load.
+        grpc = await grpc_server.start(state, app.title, app.version) if settings.grpc_port else None
         state.tasks.append(asyncio.create_task(start_all()))
         yield
+        if grpc is not None:  # calls in flight get the grace period HTTP's get (uvicorn's)
+            await grpc_server.stop(grpc, GRACEFUL_SHUTDOWN_S)
         for task in state.tasks:
             task.cancel()
         state.decoder.close()
+        tracing.shutdown()  # the spans still queued for the collector go now
 
     app = FastAPI(
         title="vae-service",
@@ -147,6 +169,10 @@ def create_app(
         # Starlette would answer /encode/ or /ui with a redirect to an absolute URL built from the Host
         # header, which the client chose; the one redirect the app wants (/ui -> ui/) is its own, relative.
         redirect_slashes=False,
+        # FastAPI's own OpenTelemetry spans and metrics: off, as the service makes its own spans
+        # (service/tracing.py); left on, every request would first look up opentelemetry's three
+        # global providers to find out whether any is configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.vae = state
     errors.install(app, shape_of=v2_errors.error_shape)  # /v2 answers in the protocol's shape
@@ -175,7 +201,8 @@ def make_state(settings: Settings, load: EngineLoader, scan: Callable[[], dict[s
 
 
 def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """CORS when configured, then the body limits, then (outermost) request ids and metrics."""
+    """CORS when configured, then the body limits, then request ids and metrics, then (outermost, when
+    tracing is on) the request spans."""
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -196,6 +223,8 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, access_log=settings.access_log
     )
+    if tracing.enabled():  # off, requests do not pass through it at all
+        app.add_middleware(HttpTracingMiddleware)
 
 
 def package_version() -> str:

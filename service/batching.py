@@ -14,16 +14,37 @@ import contextvars
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.v2 import statistics
 
+T = TypeVar("T")
 Encoded = tuple[np.ndarray, np.ndarray]
 EncodeFn = Callable[[np.ndarray], Encoded | Awaitable[Encoded]]
 # What a request gets back from its batch: its rows of (mean, logvar), when the batch's call started and
 # ended (perf_counter_ns), the batch's rows, and whether it was the batch's first request.
 Batched = tuple[np.ndarray, np.ndarray, int, int, int, bool]
+
+
+async def to_the_end(work: asyncio.Future[T]) -> T:
+    """The work's result. When the request awaiting it is cancelled first (a gRPC call past its deadline),
+    the work still runs to its end before the cancellation goes on: the model slot and worker thread the
+    request holds are given back when the work stops using them, not before, so cancelled calls cannot
+    pile up more model work than VAE_MAX_IN_FLIGHT and VAE_INFERENCE_THREADS allow."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            try:
+                await asyncio.wait((work,))
+            except asyncio.CancelledError:
+                continue
+        if not work.cancelled():
+            work.exception()  # retrieved: its failure is nobody's to report now
+        raise
 
 
 class MicroBatcher:
@@ -43,7 +64,9 @@ class MicroBatcher:
         if self._pending:
             self._flush()
 
-    async def submit(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def submit(self, pixels: np.ndarray, span: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """This request's rows of the batch they ran in. `span`: the request's `model call` span (service/
+        tracing.py; None when off), given the batch's size once it is known."""
         loop = asyncio.get_running_loop()
         queued = time.perf_counter_ns()
         future: asyncio.Future[Batched] = loop.create_future()
@@ -55,8 +78,10 @@ class MicroBatcher:
             self._timer = (
                 loop.call_soon(self._flush) if self.max_wait_s <= 0 else loop.call_later(self.max_wait_s, self._flush)
             )
-        mean, logvar, started, ended, rows, first = await future
+        mean, logvar, started, ended, rows, first = await to_the_end(future)
         statistics.model_call(queued, started, ended, rows, executions=int(first))  # one execution per batch
+        if span is not None:
+            tracing.set_attributes(span, {"vae.batch_size": rows})
         return mean, logvar
 
     def _flush(self) -> None:

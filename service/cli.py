@@ -8,12 +8,11 @@ import shutil
 import sys
 import tempfile
 
-from service.settings import BUNDLED_REPOSITORY, Settings, SettingsError, load_settings
+from service.settings import BUNDLED_REPOSITORY, GRACEFUL_SHUTDOWN_S, Settings, SettingsError, load_settings
 
 # prometheus_client's switch to multiprocess mode (and its deprecated spelling); read when it is first imported,
 # so it is set here, before the workers start, and this process never imports prometheus_client first.
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
-GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; docker/kubernetes/ allows for it
 
 
 def source_problem(settings: Settings) -> str | None:

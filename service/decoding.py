@@ -39,6 +39,7 @@ from model.core.preprocess import (
     image_to_array,
     open_image,
 )
+from service import tracing
 from service.errors import ApiError
 
 try:
@@ -174,7 +175,14 @@ class ImageDecoder:
         self.pool.close()
 
     async def decode(self, blobs: list[bytes], contract: PreprocessContract) -> np.ndarray:
-        """The images as (N, C, H, W) float32 in [0, 1], or an ApiError naming the image and the limit."""
+        """The images as (N, C, H, W) float32 in [0, 1], or an ApiError naming the image and the limit.
+        Traced as one `decode images` span (an error recorded on it) when tracing is on."""
+        if not tracing.enabled():
+            return await self._decode(blobs, contract, None)
+        with tracing.span("decode images", {"vae.images": len(blobs), "vae.bytes": sum(map(len, blobs))}) as span:
+            return await self._decode(blobs, contract, span)
+
+    async def _decode(self, blobs: list[bytes], contract: PreprocessContract, span: Any) -> np.ndarray:
         count, limits = len(blobs), self.limits
         inline: list[tuple[int, Image.Image]] = []
         heavy: list[tuple[int, bytes]] = []
@@ -191,6 +199,7 @@ class ImageDecoder:
             heavy.append((index, blob))
         arrays: list[np.ndarray] = [np.empty(0)] * count
         if heavy:  # the job checks the request's budget, the inline images' pixels included
+            tracing.set_attributes(span, {"vae.images_in_process": len(heavy)})
             decoded = await self.pool.run((heavy, count, contract, limits, declared), limits.timeout_s)
             for (index, _), array in zip(heavy, decoded, strict=False):
                 arrays[index] = array

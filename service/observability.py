@@ -46,11 +46,14 @@ class Metrics:
             atexit.register(mark_process_dead, os.getpid(), multiprocess_dir)
         own = None if multiprocess_dir else self.registry
         self.requests = Counter(
-            "vae_requests", "HTTP requests by route, method and status", ["route", "method", "status"], registry=own
+            "vae_requests",
+            "requests by route, method and status (gRPC calls: their method path, GRPC, their status code's name)",
+            ["route", "method", "status"],
+            registry=own,
         )
         self.latency = Histogram(
             "vae_request_duration_seconds",
-            "HTTP request latency by route",
+            "request latency by route (a gRPC call's: its method path)",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=own,
@@ -97,6 +100,17 @@ class Metrics:
         children = self._children.get(key)
         if children is None:
             children = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        """Count and time one gRPC call: its full method path is the route, GRPC the method, its status
+        code's name (OK, INVALID_ARGUMENT, ...) the status."""
+        key = (method, "GRPC", code)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, "GRPC", code), self.latency.labels(method))
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
@@ -207,11 +221,13 @@ def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            candidate: str = value.decode("latin-1")
-            if _VALID_ID.match(candidate):
-                return candidate
-            break
+            return valid_request_id(value.decode("latin-1")) or uuid.uuid4().hex
     return uuid.uuid4().hex
+
+
+def valid_request_id(candidate: str | None) -> str | None:
+    """The client's request id when it is one to echo (1 to 128 of letters, digits and ._:-), else None."""
+    return candidate if candidate is not None and _VALID_ID.match(candidate) else None
 
 
 class _RequestIdFilter(logging.Filter):

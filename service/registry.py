@@ -70,15 +70,14 @@ class Registry(Generic[T]):
         """(version, engine) for a request: the named version, or the model's highest served one."""
         versions = self._served.get(name)
         if not versions:
-            shown = name if len(name) <= 80 else name[:80] + "..."
             served = ", ".join(sorted(n for n, v in self._served.items() if v)) or "none"
             state = "was unloaded" if name in self._unloaded else "is not loaded"
-            raise ModelNotFound(f"model {shown!r} {state}; the models served are: {served} (GET /v1/models)")
+            raise ModelNotFound(f"model {_shown(name)} {state}; the models served are: {served} (GET /v1/models)")
         if version is None:
             version = self._default_version[name]
         elif version not in versions:
             raise ModelNotFound(
-                f"model {name!r} has no loaded version {version!r}; loaded: "
+                f"model {_shown(name)} has no loaded version {_shown(version)}; loaded: "
                 f"{', '.join(sorted(versions, key=version_key))}"
             )
         return version, versions[version]
@@ -140,7 +139,7 @@ class Registry(Generic[T]):
         async with self._lock(name):
             source = (await self._scan()).get(name)
             if source is None:
-                raise ModelNotFound(f"no model {name!r} in the repository")
+                raise ModelNotFound(f"no model {_shown(name)} in the repository")
             self._fingerprints[name] = source.fingerprint
             for version, reason in source.problems.items():
                 self._set(Status(name, version, UNAVAILABLE, reason), log_reason=True)
@@ -174,7 +173,7 @@ class Registry(Generic[T]):
     async def unload(self, name: str) -> None:
         async with self._lock(name):
             if name not in self._served and not any(key[0] == name for key in self._status):
-                raise ModelNotFound(f"model {name!r} is not loaded")
+                raise ModelNotFound(f"model {_shown(name)} is not loaded")
             versions = self._served.get(name, {})
             self._serve({k: v for k, v in self._served.items() if k != name})
             self._unloaded.add(name)
@@ -277,3 +276,9 @@ def _log_release(engine: object, name: str, version: str) -> None:
 def _released(name: str, version: str) -> None:
     return_freed_memory()  # else the RSS keeps every replaced version's high-water mark
     log.info("model %s %s: released", name, version)
+
+
+def _shown(text: str, most: int = 80) -> str:
+    """A client's name or version as a message quotes it: repr'd, cut to `most` characters (a megabyte of
+    name would be a megabyte of error message, past what a gRPC status can carry)."""
+    return repr(text) if len(text) <= most else repr(text[:most]) + "..."

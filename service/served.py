@@ -6,16 +6,19 @@ keeps it until it finishes, so a live swap never moves a running request to anot
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
 import numpy as np
 
-from service.batching import MicroBatcher
+from service import tracing
+from service.batching import MicroBatcher, to_the_end
 from service.engine import Engine
 from service.errors import ApiError
 from service.observability import Metrics
@@ -53,7 +56,7 @@ class ModelCalls:
                 began.append(time.perf_counter_ns())
                 return fn(*args)
 
-            result = await anyio.to_thread.run_sync(timed, limiter=self.limiter)
+            result = await to_the_end(asyncio.ensure_future(anyio.to_thread.run_sync(timed, limiter=self.limiter)))
             started = began[0]
         ended = time.perf_counter_ns()
         self.metrics.observe_inference(self.name, self.version, operation, rows, (ended - started) / 1e9)
@@ -135,9 +138,20 @@ class ServedModel:
         so memory stays bounded under load."""
         self._admit()
         try:
-            return await self.calls(operation, rows, fn, *args)
+            with self._model_span(operation, rows, batch_size=rows):
+                return await self.calls(operation, rows, fn, *args)
         finally:
             self._release()
+
+    def _model_span(self, operation: str, rows: int, batch_size: int | None) -> AbstractContextManager[Any]:
+        """A `model call` span for one request's call, opened in the request's own context (a batch runs
+        in a task of its own); `batch_size`: the rows of the execution, when known before it runs."""
+        if not tracing.enabled():
+            return tracing.NO_SPAN
+        attributes = {"vae.model": self.name, "vae.version": self.version, "vae.operation": operation, "vae.rows": rows}
+        if batch_size is not None:
+            attributes["vae.batch_size"] = batch_size
+        return tracing.span("model call", attributes)
 
     async def encode(
         self, pixels: np.ndarray, sample: bool, seed: int
@@ -150,7 +164,8 @@ class ServedModel:
             return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
         self._admit()
         try:
-            mean, logvar = await self.batcher.submit(pixels)  # the batch's call is timed by `calls`
+            with self._model_span("encode", len(pixels), batch_size=None) as span:  # the batch's size: from submit
+                mean, logvar = await self.batcher.submit(pixels, span)  # the batch's call is timed by `calls`
         finally:
             self._release()
         return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None

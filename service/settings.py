@@ -13,11 +13,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "artifacts"
 BUNDLED_DEFAULT_MODEL = "fashion-mnist-vae"  # the plain routes' model when the bundled repository is served
 PREFIX = "VAE_"
+# In-flight requests, HTTP and gRPC, get this long after SIGTERM; docker/kubernetes/ allows for it.
+GRACEFUL_SHUTDOWN_S = 30
 # VAE_* variables that other parts of the project read; the server ignores them without a warning.
 # tests/unit/service/test_settings.py checks that every VAE_* name in the repository is here or a setting.
 OTHER_VARIABLES = {
     "VAE_DATA_DIR": "vae-train and vae-eval: the dataset directory",
     "VAE_BASE_URL": "the integration tests: run against this server",
+    "VAE_GRPC_TARGET": "the integration tests: the gRPC host:port of the server VAE_BASE_URL names",
     "VAE_TEST_MODEL_DIR": "the integration tests: the model directory they serve",
     "VAE_CONTAINER_ENGINE": "the container tests (set by docker/test-image.sh)",
     "VAE_CONTAINER_IMAGE": "the container tests (set by docker/test-image.sh)",
@@ -220,8 +223,9 @@ class Settings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(
         128,
         gt=0,
-        description="gRPC calls being handled at once per worker before more are answered RESOURCE_EXHAUSTED "
-        "(the model calls among them are held to VAE_MAX_IN_FLIGHT as over HTTP)",
+        description="gRPC calls being handled at once per worker: past it a call is answered RESOURCE_EXHAUSTED, "
+        "and one connection's further calls wait in their client (HTTP/2's stream limit); the model calls among "
+        "them are held to VAE_MAX_IN_FLIGHT as over HTTP. Each call being handled holds one of as many threads",
     )
     otlp_endpoint: str | None = Field(
         None,

@@ -172,22 +172,38 @@ def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None =
     if not isinstance(raw_inputs, list):
         raise ProtocolError("the inference request needs 'inputs', a list of tensors")
     blobs = memoryview(body)[json_length:]
-    offset, inputs, names = 0, [], set()
+    offset, inputs = 0, []
     for position, raw in enumerate(raw_inputs):
         tensor, used = _input(raw, position, blobs[offset:], max(len(body), 1))
-        if tensor.name in names:
-            raise ProtocolError(f"input {quoted(tensor.name)} is given twice")
-        names.add(tensor.name)
         inputs.append(tensor)
         offset += used
     if offset != len(blobs):
         raise ProtocolError(
             f"the body has {len(blobs) - offset} bytes of binary data that no input's binary_data_size accounts for"
         )
+    return assembled(request_id, parameters, inputs, _outputs(header.get("outputs")))
+
+
+def assembled(
+    request_id: str | None, parameters: dict[str, Any], inputs: list[Tensor], outputs: list[RequestedOutput] | None
+) -> InferRequest:
+    """A request as either transport parsed it, with what both must hold: each input and each output
+    named once (Triton refuses a repeated output too: each mention would be another copy in the
+    response), and binary_data_output, when given, true or false."""
+    names: set[str] = set()
+    for tensor in inputs:
+        if tensor.name in names:
+            raise ProtocolError(f"input {quoted(tensor.name)} is given twice")
+        names.add(tensor.name)
+    names.clear()
+    for output in outputs or ():
+        if output.name in names:
+            raise ProtocolError(f"output {quoted(output.name)} is requested more than once; name each output once")
+        names.add(output.name)
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise ProtocolError("parameter 'binary_data_output' must be true or false")
-    return InferRequest(request_id, parameters, inputs, _outputs(header.get("outputs")), binary_output)
+    return InferRequest(request_id, parameters, inputs, outputs, binary_output)
 
 
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
@@ -204,14 +220,10 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     if not isinstance(raw, list):
         raise ProtocolError("'outputs' must be a list of {\"name\": ...} objects")
     outputs: list[RequestedOutput] = []
-    names: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ProtocolError("each requested output must be an object with a string 'name'")
         name = item["name"]
-        if name in names:  # Triton refuses it too: each mention would be another copy in the response
-            raise ProtocolError(f"output {quoted(name)} is requested more than once; name each output once")
-        names.add(name)
         binary = _parameters(item.get("parameters"), f"output {quoted(name)}").get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise ProtocolError(f"output {quoted(name)}: parameter 'binary_data' must be true or false")
@@ -264,7 +276,10 @@ def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tup
     return Tensor(name, datatype, json_tensor(raw["data"], datatype, shape, count, name)), 0
 
 
-def binary_tensor(blob: bytes, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def binary_tensor(
+    blob: bytes, datatype: str, shape: tuple[int, ...], name: str, given: str = "binary_data_size"
+) -> np.ndarray:
+    """A tensor from its bytes; `given` names where their count came from, for the error message."""
     count = math.prod(shape)
     if datatype == BYTES:
         elements = split_bytes(blob, name, most=count)
@@ -279,7 +294,7 @@ def binary_tensor(blob: bytes, datatype: str, shape: tuple[int, ...], name: str)
     if len(blob) != count * dtype.itemsize:
         raise ProtocolError(
             f"input {quoted(name)}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
-            f"but binary_data_size is {len(blob)}"
+            f"but {given} is {len(blob)}"
         )
     return np.frombuffer(blob, dtype=dtype).reshape(shape)
 

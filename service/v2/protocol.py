@@ -10,7 +10,8 @@ maps the status to its code (service/grpc/errors.py).
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,7 +24,12 @@ from service.v2.codec import InferRequest, InferResponse, ProtocolError, listed,
 from service.v2.models import MODELS, split_name, v2_names
 from service.v2.spec import Call, V2Model
 
+T = TypeVar("T")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+# A request up to this size is parsed on the event loop, where its parse costs less than the hop to a
+# thread; a larger one in a worker thread: a large JSON header, BYTES elements split one by one in Python,
+# a gRPC message's typed contents copied element by element.
+INLINE_PARSE_BYTES = 65_536
 REPOSITORY_MODEL_PLATFORM = "vae-service_repository_model"
 # The most bytes one element of each kind takes in a JSON response, separator included (orjson writes at
 # most 24 characters for a float, 20 for an integer): the response's size is known before it is built.
@@ -103,18 +109,25 @@ def model_ready(state: AppState, name: str, version: str | None) -> None:
 
 
 async def infer(
-    state: AppState, name: str, version: str | None, parsed: InferRequest, began_ns: int, json_sizes: bool
-) -> InferResponse:
-    """One inference: the outputs asked for, checked; recorded in the statistics of the v2 model version
-    that ran it. `began_ns` (perf_counter_ns) is when the transport started on the request's message;
-    `json_sizes`: outputs not asked as binary are sized as JSON text (REST) rather than raw bytes."""
+    state: AppState,
+    name: str,
+    version: str | None,
+    parsed: InferRequest,
+    began_ns: int,
+    json_sizes: bool,
+    encode: Callable[[InferResponse], T],
+) -> T:
+    """One inference: the outputs asked for, checked, and encoded by the transport's `encode`; recorded in
+    the statistics of the v2 model version that ran it. `began_ns` (perf_counter_ns) is when the transport
+    started on the request's message; `json_sizes`: outputs not asked as binary are sized as JSON text
+    (REST) rather than raw bytes."""
     served, kind = resolve(state, name, version)
     timing = statistics.Request(began_ns)
     ok = False
     try:
-        response = await _infer(state, name, served, kind, parsed, timing, json_sizes)
+        encoded = encode(await _infer(state, name, served, kind, parsed, timing, json_sizes))
         ok = True
-        return response
+        return encoded
     finally:
         state.statistics.record(name, served.version, timing, ok)
 
@@ -235,7 +248,7 @@ async def load(state: AppState, name: str) -> None:
     try:
         await state.registry.load(model)
     except ModelNotFound as exc:
-        raise ProtocolError(f"failed to load '{model}': {exc}") from None
+        raise ProtocolError(f"failed to load {quoted(model)}: {exc}") from None
     except LoadFailed as exc:
         raise ProtocolError(str(exc)) from None
 
@@ -245,4 +258,4 @@ async def unload(state: AppState, name: str) -> None:
     try:
         await state.registry.unload(model)
     except ModelNotFound as exc:
-        raise ProtocolError(f"failed to unload '{model}': {exc}") from None
+        raise ProtocolError(f"failed to unload {quoted(model)}: {exc}") from None

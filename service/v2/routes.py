@@ -32,9 +32,6 @@ from service.v2.schemas import (
 )
 
 router = APIRouter(tags=["open inference protocol (v2)"])
-# A body up to this size is parsed on the event loop, where its parse costs less than the hop to a
-# thread; a larger one in a worker thread: a large JSON header, or BYTES elements split one by one in Python.
-INLINE_PARSE_BYTES = 65_536
 
 
 def _paths(suffix: str) -> list[tuple[str, dict[str, Any]]]:
@@ -99,12 +96,11 @@ async def infer(request: Request) -> Response:
     body = await read_body(request, state.settings.max_upload_bytes)
     began = time.perf_counter_ns()
     length = header_length(request.headers.get(HEADER_LENGTH), len(body))
-    if len(body) <= INLINE_PARSE_BYTES:
+    if len(body) <= protocol.INLINE_PARSE_BYTES:
         parsed = parse_request(body, length)
     else:
         parsed = await anyio.to_thread.run_sync(parse_request, body, length)
-    response = await protocol.infer(state, name, version, parsed, began, json_sizes=True)
-    content, headers = encode_response(response)
+    content, headers = await protocol.infer(state, name, version, parsed, began, True, encode_response)
     return Response(content, headers=headers)
 
 

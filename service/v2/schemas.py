@@ -133,6 +133,7 @@ class ModelStatistics(BaseModel):
     inference_stats: InferStatistics
     batch_stats: list[BatchStatistics]
     memory_usage: list[dict[str, Any]] = Field(description="always empty")
+    response_stats: dict[str, Any] = Field(description="always empty: no decoupled models")
 
 
 class ModelStatisticsResponse(BaseModel):

@@ -110,6 +110,7 @@ class ModelStatistics:
                 for size, b in sorted(self.batches.items())
             ],
             "memory_usage": [],
+            "response_stats": {},  # per response of a decoupled model: none here
         }
 
 

@@ -54,6 +54,9 @@ class Server:
     def __init__(self, tmp: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # gRPC on a free port of its own too: 8001 may be taken, and each server here needs its own
+        env.setdefault("VAE_GRPC_PORT", str(free_port()))
+        self.grpc_target = f"127.0.0.1:{env['VAE_GRPC_PORT']}"
         self.log_path = tmp / f"server-{self.port}.log"
         source = {} if "VAE_MODEL_REPOSITORY" in env else {"VAE_MODEL_DIR": str(MODEL_DIR)}
         environment = {**os.environ, **source, "VAE_HOST": "127.0.0.1", "VAE_PORT": str(self.port), **env}
@@ -120,9 +123,27 @@ def serving(tmp: Path, **env: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def base_url(tmp_path_factory):
-    with serving(tmp_path_factory.mktemp("server"), VAE_MAX_IN_FLIGHT="512", VAE_MAX_UPLOADS="512") as url:
-        yield url
+def _served(tmp_path_factory):
+    """(base URL, gRPC target) of the server the suite runs against: VAE_BASE_URL and VAE_GRPC_TARGET when
+    set (a container, a pod), else a vae-serve started here."""
+    grpc_port = str(free_port())
+    tmp = tmp_path_factory.mktemp("server")
+    with serving(tmp, VAE_MAX_IN_FLIGHT="512", VAE_MAX_UPLOADS="512", VAE_GRPC_PORT=grpc_port) as url:
+        remote = os.environ.get("VAE_BASE_URL")
+        yield url, os.environ.get("VAE_GRPC_TARGET") if remote else f"127.0.0.1:{grpc_port}"
+
+
+@pytest.fixture(scope="session")
+def base_url(_served):
+    return _served[0]
+
+
+@pytest.fixture(scope="session")
+def grpc_target(_served):
+    """host:port of the server's gRPC; a remote server without VAE_GRPC_TARGET skips the gRPC tests."""
+    if _served[1] is None:
+        pytest.skip("VAE_BASE_URL is set without VAE_GRPC_TARGET: no gRPC address to test")
+    return _served[1]
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ WALKTHROUGH_MARKER_LINES = 5  # the marker is on one of a page's first lines
 SHELL, PYTHON = ("bash", "sh", "shell"), ("python", "py")
 # Every example's server address; each runnable block is run with the served instance's instead.
 EXAMPLE_ADDRESS = "localhost:8000"
+EXAMPLE_GRPC_ADDRESS = "localhost:8001"  # its gRPC address likewise
 # A walkthrough starts its own server with this flag; it is run with a free port instead.
 EXAMPLE_PORT_FLAG = "--port 8000"
 # In a shell example curl fails on an HTTP error status (as --fail-with-body), unless the example prints
@@ -175,13 +176,17 @@ def test_the_quickstart_uses_images_that_ship():
 
 @pytest.fixture(scope="module")
 def docs_server(tmp_path_factory):
-    """The bundled repository, served as `make serve` serves it, with an admin token for the control examples."""
+    """The bundled repository, served as `make serve` serves it, with an admin token for the control examples:
+    (its HTTP address, its gRPC address; None for a VAE_BASE_URL without VAE_GRPC_TARGET)."""
+    grpc_port = str(free_port())
     with serving(
         tmp_path_factory.mktemp("docs-server"),
         VAE_MODEL_REPOSITORY=str(REPO / "artifacts"),
         VAE_ADMIN_TOKEN=ADMIN_TOKEN,
+        VAE_GRPC_PORT=grpc_port,
     ) as url:
-        yield url
+        remote = os.environ.get("VAE_BASE_URL") is not None
+        yield url.split("://", 1)[1], os.environ.get("VAE_GRPC_TARGET") if remote else f"127.0.0.1:{grpc_port}"
 
 
 @pytest.fixture
@@ -199,8 +204,10 @@ def test_the_example_runs(block, docs_server, workdir):
         pytest.skip("the control examples need the server's admin token, unknown for VAE_BASE_URL")
     if "vae-train" in block.code and importlib.util.find_spec("torch") is None:
         pytest.skip("vae-train needs the train extra (make install-train)")
-    address = docs_server.split("://", 1)[1]
-    code = block.code.replace(EXAMPLE_ADDRESS, address)
+    address, grpc_address = docs_server
+    if EXAMPLE_GRPC_ADDRESS in block.code and grpc_address is None:
+        pytest.skip("a gRPC example, and VAE_BASE_URL is set without VAE_GRPC_TARGET")
+    code = block.code.replace(EXAMPLE_ADDRESS, address).replace(EXAMPLE_GRPC_ADDRESS, grpc_address or "")
     if block.language in PYTHON:
         exec(compile(code, block.where, "exec"), {"__name__": "docs_example"})
         return

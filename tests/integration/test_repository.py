@@ -28,6 +28,7 @@ from PIL import Image
 from model.core.artifact import ModelIntegrityError, load_model_dir
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array
 from tests.conftest import REPO, synthetic_images
+from tests.integration.conftest import free_port
 from tests.integration.repository_fixtures import (
     ADMIN_TOKEN,
     DEFAULT_MODEL,
@@ -670,7 +671,8 @@ def test_serving_a_request_never_imports_torch(tmp_path):
     # A version that exists only in this repository, so the answer proves where it was served from.
     add_version(repository, shipped_model_dir(), DEFAULT_MODEL, "2.0.1")
     env = {k: v for k, v in os.environ.items() if k != "VAE_MODEL_DIR"}
-    env.update(VAE_MODEL_REPOSITORY=str(repository), PYTHONPATH=str(REPO))
+    # gRPC on too (its own free port): it must not import torch either
+    env.update(VAE_MODEL_REPOSITORY=str(repository), PYTHONPATH=str(REPO), VAE_GRPC_PORT=str(free_port()))
     child = subprocess.run(
         [sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )

@@ -1,4 +1,5 @@
-"""The image's HEALTHCHECK command, run here against a stub server: it must ask the port VAE_PORT names."""
+"""The image's HEALTHCHECK command, run here against a stub server: it must ask the port VAE_PORT names.
+The ports it exposes are those its settings listen on, and the files it bundles are those the models need."""
 
 import http.server
 import json
@@ -10,7 +11,14 @@ import threading
 
 import pytest
 
+from service.settings import Settings
 from tests.conftest import REPO
+
+
+def instructions(keyword: str) -> list[str]:
+    """The arguments of each of the Dockerfile's `keyword` instructions, continuation lines joined."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line[len(keyword) :].strip() for line in text.splitlines() if line.startswith(f"{keyword} ")]
 
 
 def healthcheck_command() -> list[str]:
@@ -95,3 +103,14 @@ def test_the_image_bundles_each_models_version_policy():
     for config in (REPO / "artifacts").glob("*/config.json"):
         relative = config.relative_to(REPO).as_posix()
         assert relative in copied_to(f"/app/models/{config.parent.name}/"), relative
+
+
+def test_the_image_exposes_the_http_and_grpc_ports_it_listens_on():
+    environment = dict(re.findall(r"\b(VAE_\w+)=(\S+)", " ".join(instructions("ENV"))))
+    (exposed,) = instructions("EXPOSE")
+    assert sorted(exposed.split()) == sorted([environment["VAE_PORT"], environment["VAE_GRPC_PORT"]])
+    # The settings' defaults (Triton's ports), so that the image listens where vae-serve does elsewhere.
+    assert (int(environment["VAE_PORT"]), int(environment["VAE_GRPC_PORT"])) == (
+        Settings.model_fields["port"].default,
+        Settings.model_fields["grpc_port"].default,
+    )

@@ -4,6 +4,7 @@ with the service standing on model.core alone. Checked on the source, and on a r
 import ast
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,7 @@ async def main():
             response = await client.post("/encode", content=buffer.getvalue(), headers={"content-type": "image/png"})
     print(json.dumps({"status": response.status_code, "body": response.json(),
                       "torch": "torch" in sys.modules,
+                      "otel_sdk": [m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exp"))],
                       "ours": sorted(m for m in sys.modules if m.split(".")[0] in ("model", "export", "service"))}))
 
 
@@ -139,6 +141,9 @@ asyncio.run(main())
 def served():
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env["PYTHONPATH"] = str(REPO)
+    with socket.socket() as sock:  # gRPC on too, on a free port: 8001 may be taken
+        sock.bind(("127.0.0.1", 0))
+        env["VAE_GRPC_PORT"] = str(sock.getsockname()[1])
     done = subprocess.run(
         [sys.executable, "-c", SERVE_ONE_REQUEST], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
@@ -151,6 +156,11 @@ def test_serving_a_request_never_imports_torch(served):
     (result,) = served["body"]["results"]
     assert len(result["mean"]) == served["body"]["latent_dim"] > 0
     assert served["torch"] is False
+
+
+def test_serving_a_request_without_tracing_never_imports_the_opentelemetry_sdk(served):
+    # VAE_OTLP_ENDPOINT unset: tracing is off. (FastAPI itself imports opentelemetry's API, a few small modules.)
+    assert served["status"] == 200 and served["otel_sdk"] == []
 
 
 def test_serving_a_request_loads_only_the_core_and_the_service(served):

@@ -1,6 +1,7 @@
 """docker/kubernetes/: the kustomize base and overlay render, validate strictly against Kubernetes'
-schemas, and hold what the service needs (probes on real routes, settings that exist, a shutdown
-that fits in the grace period, the hardening). A copy with a wrong field name fails."""
+schemas, and hold what the service needs (probes on real routes, settings that exist, HTTP and gRPC on
+the ports the settings name, a shutdown that fits in the grace period, the hardening). A copy with a
+wrong field name fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from service.app import create_app
 from service.cli import GRACEFUL_SHUTDOWN_S
-from service.settings import variable_names
+from service.settings import Settings, variable_names
 from tests.conftest import REPO
 from tests.unit.docker.manifests import (
     KUBERNETES,
@@ -30,6 +31,10 @@ BASE, OVERLAY = KUBERNETES / "base", KUBERNETES / "overlays" / "model-volume"
 def container(deployment: dict) -> dict:
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def container_ports(deployment: dict) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container(deployment)["ports"]}
 
 
 def test_every_resource_file_of_the_base_validates_on_its_own():
@@ -102,17 +107,31 @@ def test_the_deployment_runs_one_hardened_worker_per_pod():
 def test_probes_ask_routes_the_app_serves_on_the_port_it_listens_on():
     resources = by_kind(render(BASE))
     main = container(resources["Deployment"])
-    (port,) = main["ports"]
-    assert str(port["containerPort"]) == resources["ConfigMap"]["data"]["VAE_PORT"]
+    assert str(container_ports(resources["Deployment"])["http"]) == resources["ConfigMap"]["data"]["VAE_PORT"]
     paths = set(create_app().openapi()["paths"])
     probes = {kind: main[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert probes["readinessProbe"]["path"] == "/v2/models/fashion-mnist-vae/ready"
     assert probes["startupProbe"] == probes["readinessProbe"]
     assert "/v2/models/{name}/ready" in paths and "/healthz" in paths
-    assert all(probe["port"] == port["name"] for probe in probes.values())
+    assert all(probe["port"] == "http" for probe in probes.values())  # gRPC's readiness follows the same models
     startup = main["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60  # a slow model load is not killed
+
+
+@needs_kubectl
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "overlay"])
+def test_the_pod_and_the_service_expose_http_and_grpc_on_the_ports_the_settings_name(directory):
+    resources = by_kind(render(directory))
+    settings = resources["ConfigMap"]["data"]
+    ports = container_ports(resources["Deployment"])
+    assert ports == {"http": int(settings["VAE_PORT"]), "grpc": int(settings["VAE_GRPC_PORT"])}
+    assert ports["grpc"] == Settings.model_fields["grpc_port"].default == 8001  # Triton's, as in the image
+    service = {port["name"]: port for port in resources["Service"]["spec"]["ports"]}
+    assert {name: port["targetPort"] for name, port in service.items()} == {"http": "http", "grpc": "grpc"}
+    assert service["grpc"]["port"] == 8001 and service["http"]["port"] == 80
+    # HTTP/2 without TLS, so that a mesh or gateway does not speak HTTP/1.1 to the gRPC port.
+    assert service["grpc"]["appProtocol"] == "kubernetes.io/h2c" and "appProtocol" not in service["http"]
 
 
 @needs_kubectl

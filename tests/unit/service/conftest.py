@@ -58,14 +58,16 @@ def fake_repository(*fakes) -> dict[str, ModelSource]:
     return sources
 
 
-def build(fake=None, ready=True, others=(), **settings):
-    """An app serving a fake model (and `others`), loaded without running the lifespan when `ready`."""
+def build(fake=None, ready=True, others=(), span_exporter=None, **settings):
+    """An app serving a fake model (and `others`), loaded without running the lifespan when `ready`;
+    traced into `span_exporter` when one is given."""
     fake = fake or FakeVAE()
     by_path = {Path(f"/fake/{f.manifest.name}/{f.manifest.version}"): f for f in (fake, *others)}
     app = create_app(
         Settings(**{"max_batch": 8, "max_k": 100, **settings}),
         load=lambda directory, _: Engine.from_model(by_path[directory]),
         scan=lambda: fake_repository(fake, *others),
+        span_exporter=span_exporter,
     )
     if ready:
         run_to_completion(start(app.state.vae))
