@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import itertools
 import json
 import logging
 import os
 import re
 import time
-import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -221,8 +221,32 @@ def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            return valid_request_id(value.decode("latin-1")) or uuid.uuid4().hex
-    return uuid.uuid4().hex
+            return valid_request_id(value.decode("latin-1")) or new_request_id()
+    return new_request_id()
+
+
+class _Ids:
+    """Request ids: 16 random hex digits drawn once per process, then a counter's 16. Unique across workers and
+    restarts as uuid4's are, without uuid4's read of the kernel's randomness on every request (2 to 3 percent
+    of a gRPC call's time under load, by py-spy)."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        if self.pid != os.getpid():  # a forked worker draws its own
+            self.pid, self.prefix, self.counter = os.getpid(), os.urandom(8).hex(), itertools.count()
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+_ids = _Ids()
+
+
+def new_request_id() -> str:
+    """A fresh request id, 32 hex digits (the length of uuid4's)."""
+    return _ids.next()
 
 
 def valid_request_id(candidate: str | None) -> str | None:

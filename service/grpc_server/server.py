@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ from service import tracing
 from service.errors import ApiError
 from service.grpc_server import codec
 from service.grpc_server import vae_inference_pb2 as pb
-from service.observability import request_id_var, valid_request_id
+from service.observability import new_request_id, request_id_var, valid_request_id
 from service.state import AppState
 from service.v2 import protocol
 from service.v2.codec import InferResponse, ProtocolError, quoted
@@ -102,7 +101,7 @@ class InferenceService:
 
         async def answer(request: bytes, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str, bytes, str]:
             began = time.perf_counter()
-            request_id = valid_request_id(metadata.get("x-request-id")) or uuid.uuid4().hex
+            request_id = valid_request_id(metadata.get("x-request-id")) or new_request_id()
             token = request_id_var.set(request_id)
             code, message, body = grpc.StatusCode.OK, "", b""
             attributes = {

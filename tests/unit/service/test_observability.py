@@ -116,3 +116,23 @@ async def test_a_redirect_never_names_a_host(location, relative):
 
     start, _ = await run(asgi, receive)
     assert dict(start["headers"])[b"location"] == relative
+
+
+def test_request_ids_are_32_hex_digits_unique_and_drawn_per_process():
+    import os
+    import subprocess
+    import sys
+
+    from service.observability import new_request_id
+    from tests.conftest import REPO
+
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    other = subprocess.run(
+        [sys.executable, "-c", "from service.observability import new_request_id; print(new_request_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ).stdout.strip()
+    assert len(other) == 32 and other[:16] != ids[0][:16]  # another process draws its own random half
