@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from service.grpc_server import vae_inference_pb2 as pb
+from service.grpc_server.wire import MAX_PARAMETERS, MAX_TENSORS
 from service.v2.codec import (
     BYTES,
     DATATYPES,
@@ -29,10 +30,6 @@ from service.v2.codec import (
     quoted,
 )
 
-# Entries one message may hold, checked before any is looked at (REST bounds the same by its JSON's
-# structures, service/v2/codec.py MAX_JSON_STRUCTURES).
-MAX_TENSORS = 64  # inputs, and requested outputs
-MAX_PARAMETERS = 256  # parameters of the request, or of one output
 # The contents field that carries each datatype's elements (FP16 has none: raw only, as in Triton).
 CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -80,7 +77,7 @@ def set_parameter(parameter: Any, value: Any) -> None:
         parameter.string_param = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def infer_request(message: pb.ModelInferRequest, message_bytes: int) -> InferRequest:
+def infer_request(message: pb.ModelInferRequest, message_bytes: int, max_rows: int | None = None) -> InferRequest:
     """The request's tensors, parameters and outputs. Raw contents go with the inputs in order: all of the
     inputs or none (Triton's rule). No tensor may declare more elements than the message has bytes."""
     for entries, what in ((message.inputs, "inputs"), (message.outputs, "requested outputs")):
@@ -96,7 +93,7 @@ def infer_request(message: pb.ModelInferRequest, message_bytes: int) -> InferReq
             "input's data raw, in the order of the inputs, or every input's as contents"
         )
     limit = max(message_bytes, 1)
-    inputs = [_input(tensor, raw[i] if raw else None, limit) for i, tensor in enumerate(message.inputs)]
+    inputs = [_input(tensor, raw[i] if raw else None, limit, max_rows) for i, tensor in enumerate(message.inputs)]
     outputs = None
     if message.outputs:
         outputs = [_output(output) for output in message.outputs]
@@ -111,7 +108,7 @@ def _output(output: Any) -> RequestedOutput:
     return RequestedOutput(output.name, binary)
 
 
-def _input(tensor: Any, raw: bytes | None, limit: int) -> Tensor:
+def _input(tensor: Any, raw: bytes | None, limit: int, max_rows: int | None) -> Tensor:
     name, datatype = tensor.name, tensor.datatype
     if not name:
         raise ProtocolError("every input needs a name")
@@ -119,7 +116,7 @@ def _input(tensor: Any, raw: bytes | None, limit: int) -> Tensor:
         raise ProtocolError(
             f"input {quoted(name)}: datatype must be one of {', '.join(DATATYPES)}, not {quoted(datatype)}"
         )
-    shape = checked_shape(list(tensor.shape), name, limit)
+    shape = checked_shape(list(tensor.shape), name, limit, max_rows)
     given = [f.name for f, _ in tensor.contents.ListFields()] if tensor.HasField("contents") else []
     if raw is not None:
         if given:
@@ -142,14 +139,12 @@ def _typed(values: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.
         raise ProtocolError(
             f"input {quoted(name)}: shape {list(shape)} holds {count} elements but contents hold {len(values)}"
         )
+    # np.fromiter: the elements go into the array one at a time, never all at once into a list of Python objects
     if datatype == BYTES:
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
+        return np.fromiter(values, dtype=object, count=count).reshape(shape)
     dtype = DTYPES[datatype]
-    wide: np.ndarray = np.array(
-        values, dtype={"f": np.float64, "i": np.int64, "u": np.uint64, "b": np.bool_}[dtype.kind]
-    )
+    kind = {"f": np.float64, "i": np.int64, "u": np.uint64, "b": np.bool_}[dtype.kind]
+    wide: np.ndarray = np.fromiter(values, dtype=kind, count=count)
     if dtype.kind in "iu" and count and (wide.min() < np.iinfo(dtype).min or wide.max() > np.iinfo(dtype).max):
         raise ProtocolError(f"input {quoted(name)}: a value does not fit {datatype}")
     return wide.astype(dtype).reshape(shape)

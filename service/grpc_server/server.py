@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError
 
 from service import tracing
 from service.errors import ApiError
-from service.grpc_server import codec
+from service.grpc_server import codec, wire
 from service.grpc_server import vae_inference_pb2 as pb
 from service.observability import new_request_id, request_id_var, valid_request_id
 from service.state import AppState
@@ -176,10 +176,11 @@ class InferenceService:
         began = time.perf_counter_ns()
         name, version = request.model_name, request.model_version or None
         protocol.resolve(self.state, name, version)  # 404 or 503 before any tensor is read
+        rows = self.state.settings.max_batch
         if size <= protocol.INLINE_PARSE_BYTES:
-            parsed = codec.infer_request(request, size)
+            parsed = codec.infer_request(request, size, rows)
         else:
-            parsed = await anyio.to_thread.run_sync(codec.infer_request, request, size)
+            parsed = await anyio.to_thread.run_sync(codec.infer_request, request, size, rows)
         return await protocol.infer(self.state, name, version, parsed, began, False, _response)
 
     async def model_statistics(self, request: Any, size: int, metadata: dict[str, str]) -> Any:
@@ -214,11 +215,16 @@ class InferenceService:
 
 async def parse(message_type: Any, request: bytes) -> Any:
     """The message, parsed on the event loop when small, else on a worker thread (a message of many small
-    entries takes protobuf a while to build)."""
+    entries takes protobuf a while to build); an inference request's entries counted first (wire.py)."""
+    if len(request) <= protocol.INLINE_PARSE_BYTES:
+        return _parsed(message_type, request)
+    return await anyio.to_thread.run_sync(_parsed, message_type, request)
+
+
+def _parsed(message_type: Any, request: bytes) -> Any:
+    wire.check(message_type.__name__, request)
     try:
-        if len(request) <= protocol.INLINE_PARSE_BYTES:
-            return message_type.FromString(request)
-        return await anyio.to_thread.run_sync(message_type.FromString, request)
+        return message_type.FromString(request)
     except DecodeError:
         raise ProtocolError(f"the message is not a valid {message_type.__name__}") from None
 

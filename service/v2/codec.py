@@ -159,10 +159,12 @@ def parse_header(header: bytes) -> dict[str, Any]:
     return parsed
 
 
-def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None = None) -> InferRequest:
+def parse_request(
+    body: bytes, json_length: int, parsed: dict[str, Any] | None = None, max_rows: int | None = None
+) -> InferRequest:
     """The request: its JSON header (parsed here unless given) and the binary tensors after it. No
-    tensor may declare more elements than the body has bytes: every encoding spends at least one
-    byte on an element."""
+    tensor may declare more elements than the body has bytes (every encoding spends at least one
+    byte on an element), nor more than `max_rows` rows."""
     header = parse_header(body[:json_length]) if parsed is None else parsed
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -174,7 +176,7 @@ def parse_request(body: bytes, json_length: int, parsed: dict[str, Any] | None =
     blobs = memoryview(body)[json_length:]
     offset, inputs = 0, []
     for position, raw in enumerate(raw_inputs):
-        tensor, used = _input(raw, position, blobs[offset:], max(len(body), 1))
+        tensor, used = _input(raw, position, blobs[offset:], max(len(body), 1), max_rows)
         inputs.append(tensor)
         offset += used
     if offset != len(blobs):
@@ -231,10 +233,12 @@ def _outputs(raw: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def checked_shape(raw: Any, name: str, max_elements: int) -> tuple[int, ...]:
+def checked_shape(raw: Any, name: str, max_elements: int, max_rows: int | None = None) -> tuple[int, ...]:
     """A declared shape: non-negative integers, at most MAX_RANK of them, each dimension and their
-    product at most `max_elements`. Checked before numpy sees it: numpy refuses over 64 dimensions, and
-    a zero-element shape such as [0, 2**63] passes a count check but not numpy's."""
+    product at most `max_elements`, and its rows (the first dimension) at most `max_rows` (VAE_MAX_BATCH,
+    which every model's inputs are held to): checked before any element is read, so a request of millions
+    of small elements costs nothing to refuse. Checked before numpy sees it: numpy refuses over 64
+    dimensions, and a zero-element shape such as [0, 2**63] passes a count check but not numpy's."""
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise ProtocolError(f"input {quoted(name)}: 'shape' must be a list of non-negative integers, not {quoted(raw)}")
     if len(raw) > MAX_RANK:
@@ -244,10 +248,12 @@ def checked_shape(raw: Any, name: str, max_elements: int) -> tuple[int, ...]:
             f"input {quoted(name)}: shape {quoted(raw)} declares more elements (in all, or in one "
             f"dimension) than the request's {max_elements} bytes can carry"
         )
+    if max_rows is not None and raw and raw[0] > max_rows:  # as service/v2/spec.py check_tensor says it
+        raise ProtocolError(f"input {quoted(name)} has {raw[0]} rows; 1 to {max_rows} are accepted (VAE_MAX_BATCH)")
     return tuple(raw)
 
 
-def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tuple[Tensor, int]:
+def _input(raw: Any, position: int, blobs: memoryview, max_elements: int, max_rows: int | None) -> tuple[Tensor, int]:
     """One input tensor and how many bytes of the binary section it used."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ProtocolError(f"input {position} must be an object with a string 'name'")
@@ -257,7 +263,7 @@ def _input(raw: Any, position: int, blobs: memoryview, max_elements: int) -> tup
         raise ProtocolError(
             f"input {quoted(name)}: datatype must be one of {', '.join(DATATYPES)}, not {quoted(datatype)}"
         )
-    shape = checked_shape(raw.get("shape"), name, max_elements)
+    shape = checked_shape(raw.get("shape"), name, max_elements, max_rows)
     count = math.prod(shape)
     size = _parameters(raw.get("parameters"), f"input {quoted(name)}").get("binary_data_size")
     if size is not None:

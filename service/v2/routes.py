@@ -96,10 +96,11 @@ async def infer(request: Request) -> Response:
     body = await read_body(request, state.settings.max_upload_bytes)
     began = time.perf_counter_ns()
     length = header_length(request.headers.get(HEADER_LENGTH), len(body))
+    rows = state.settings.max_batch
     if len(body) <= protocol.INLINE_PARSE_BYTES:
-        parsed = parse_request(body, length)
+        parsed = parse_request(body, length, None, rows)
     else:
-        parsed = await anyio.to_thread.run_sync(parse_request, body, length)
+        parsed = await anyio.to_thread.run_sync(parse_request, body, length, None, rows)
     content, headers = await protocol.infer(state, name, version, parsed, began, True, encode_response)
     return Response(content, headers=headers)
 

@@ -136,3 +136,21 @@ def test_request_ids_are_32_hex_digits_unique_and_drawn_per_process():
         env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout.strip()
     assert len(other) == 32 and other[:16] != ids[0][:16]  # another process draws its own random half
+
+
+def test_a_forked_process_draws_its_own_request_ids():
+    import os
+
+    from service.observability import new_request_id
+
+    parent = new_request_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, through the pipe, and out without running pytest's exit handlers
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert len(child) == 32 and child[:16] != parent[:16]

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tritonclient.grpc import service_pb2
 
 from service.grpc_server import server as grpc_server
+from service.settings import GRACEFUL_SHUTDOWN_S
 from service.v2 import protocol
 from tests.unit.service.conftest import build
 from tests.unit.service.fakes import FakeVAE
@@ -143,3 +144,31 @@ async def test_statistics_over_grpc_are_the_store_s():
     assert (row.name, row.inference_count, row.execution_count) == (f"{MODEL}.decode", 3, 1)
     assert row.inference_stats.success.count == 1 and row.inference_stats.compute_infer.ns > 0
     assert row.version == served.fake.manifest.version
+
+
+async def test_grpc_port_0_turns_grpc_off_and_a_port_starts_it_with_the_app(monkeypatch):
+    started, stopped = [], []
+
+    async def start(state, name, version):
+        started.append(state.settings.grpc_port)
+        return "server"
+
+    async def stop(server, grace):
+        stopped.append((server, grace))
+
+    monkeypatch.setattr(grpc_server, "start", start)
+    monkeypatch.setattr(grpc_server, "stop", stop)
+    for port in (0, 18555):
+        app, _ = build(ready=False, grpc_port=port)
+        async with app.router.lifespan_context(app):
+            pass
+    assert started == [18555] and stopped == [("server", GRACEFUL_SHUTDOWN_S)]  # HTTP's grace
+
+
+async def test_a_taken_port_is_an_error_that_says_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app, _ = build(host="127.0.0.1", grpc_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="set VAE_GRPC_PORT to a free port, or 0 to turn gRPC off"):
+            await grpc_server.start(app.state.vae, "vae-service", "test")
