@@ -225,7 +225,7 @@ def test_bench_report_writes_the_block_from_the_recorded_results(tmp_path, monke
 
 def test_the_options_make_a_quick_run_that_records_nothing_and_refuse_impossible_plans(capsys):
     plan, args = bench.parse_args([])
-    assert (plan.rounds, plan.window_s, plan.warmup_s, plan.concurrency) == (5, 8.0, 1.0, 32)
+    assert (plan.rounds, plan.window_s, plan.warmup_s, plan.concurrency) == (7, 8.0, 1.0, 32)
     assert args.results == bench.RESULTS / "grpc_http.json" and not args.no_pin
     plan, args = bench.parse_args(["--quick", "--seconds", "0.5"])
     assert (plan.rounds, plan.window_s, args.results) == (1, 0.5, None)
