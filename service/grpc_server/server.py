@@ -175,13 +175,13 @@ class InferenceService:
     async def model_infer(self, request: Any, size: int, metadata: dict[str, str]) -> bytes:
         began = time.perf_counter_ns()
         name, version = request.model_name, request.model_version or None
-        protocol.resolve(self.state, name, version)  # 404 or 503 before any tensor is read
+        resolved = protocol.resolve(self.state, name, version)  # 404 or 503 before any tensor is read
         rows = self.state.settings.max_batch
         if size <= protocol.INLINE_PARSE_BYTES:
             parsed = codec.infer_request(request, size, rows)
         else:
             parsed = await anyio.to_thread.run_sync(codec.infer_request, request, size, rows)
-        return await protocol.infer(self.state, name, version, parsed, began, False, _response)
+        return await protocol.infer(self.state, name, resolved, parsed, began, False, _response)
 
     async def model_statistics(self, request: Any, size: int, metadata: dict[str, str]) -> Any:
         body = protocol.model_statistics(self.state, request.name or None, request.version or None)

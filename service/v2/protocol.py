@@ -111,17 +111,18 @@ def model_ready(state: AppState, name: str, version: str | None) -> None:
 async def infer(
     state: AppState,
     name: str,
-    version: str | None,
+    resolved: tuple[Any, V2Model],
     parsed: InferRequest,
     began_ns: int,
     json_sizes: bool,
     encode: Callable[[InferResponse], T],
 ) -> T:
-    """One inference: the outputs asked for, checked, and encoded by the transport's `encode`; recorded in
-    the statistics of the v2 model version that ran it. `began_ns` (perf_counter_ns) is when the transport
-    started on the request's message; `json_sizes`: outputs not asked as binary are sized as JSON text
-    (REST) rather than raw bytes."""
-    served, kind = resolve(state, name, version)
+    """One inference on `resolved`, what `resolve` gave the transport before it read the tensors (the request
+    stays on that version): the outputs asked for, checked, and encoded by the transport's `encode`; recorded
+    in the statistics of that v2 model version. `began_ns` (perf_counter_ns) is when the transport started on
+    the request's message; `json_sizes`: outputs not asked as binary are sized as JSON text (REST) rather
+    than raw bytes."""
+    served, kind = resolved
     timing = statistics.Request(began_ns)
     ok = False
     try:

@@ -92,7 +92,7 @@ async def model_metadata(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     state = app_state(request)
     name, version = request.path_params["name"], request.path_params.get("version")
-    protocol.resolve(state, name, version)  # before the body: 404 or 503 without reading it
+    resolved = protocol.resolve(state, name, version)  # before the body: 404 or 503 without reading it
     body = await read_body(request, state.settings.max_upload_bytes)
     began = time.perf_counter_ns()
     length = header_length(request.headers.get(HEADER_LENGTH), len(body))
@@ -101,7 +101,7 @@ async def infer(request: Request) -> Response:
         parsed = parse_request(body, length, None, rows)
     else:
         parsed = await anyio.to_thread.run_sync(parse_request, body, length, None, rows)
-    content, headers = await protocol.infer(state, name, version, parsed, began, True, encode_response)
+    content, headers = await protocol.infer(state, name, resolved, parsed, began, True, encode_response)
     return Response(content, headers=headers)
 
 

@@ -115,8 +115,8 @@ class ModelStatistics:
 
 
 class Request:
-    """One inference request being timed: `begin` when its transport message is parsed, `model` around
-    the operation, `end` with its outcome."""
+    """One inference request being timed: made when its transport starts on its message (`began`), `model()`
+    around its operation, and Statistics.record at its end."""
 
     __slots__ = ("began", "input_ns", "output_began", "phases", "rows")
 

@@ -25,8 +25,12 @@ MODEL = "fake-vae"
 
 
 def test_a_model_call_outside_a_request_records_nothing():
+    request = Request(time.perf_counter_ns())
+    with request.model(rows=1):
+        pass
     assert statistics.current.get() is None
-    statistics.model_call(0, 5, 9, rows=3)  # a native route's call: no error, nothing to record into
+    statistics.model_call(0, 5, 9, rows=3)  # a native route's call, outside any request's model()
+    assert request.phases == statistics.Phases()  # the request's phases are not its to record into
 
 
 def test_a_request_s_time_is_split_into_queue_infer_input_and_output():
