@@ -50,10 +50,12 @@ COPY artifacts/fashion-mnist-autoencoderkl/1.0.0/manifest.json artifacts/fashion
 # Mount another repository and point VAE_MODEL_REPOSITORY at it, or one model directory with VAE_MODEL_DIR:
 #   docker run -v ./models:/models:ro -e VAE_MODEL_REPOSITORY=/models -p 8000:8000 vae-service
 #   docker run -v ./my-model:/models/custom:ro -e VAE_MODEL_DIR=/models/custom -p 8000:8000 vae-service
+# VAE_WORKERS is left at its default, 0: one worker process per CPU the container may use (its --cpus
+# quota, else the host's CPUs). The Kubernetes and KServe manifests set VAE_WORKERS=1, one per pod.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     VAE_MODEL_REPOSITORY=/app/models \
-    VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_GRPC_PORT=8001 VAE_WORKERS=1
+    VAE_HOST=0.0.0.0 VAE_PORT=8000 VAE_GRPC_PORT=8001
 WORKDIR /app
 # Numeric, so that Kubernetes' runAsNonRoot can tell the user is not root (docker/kubernetes/).
 USER 10001:10001

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.plan import MODEL_DIR, Bench, encode_cell
+from bench.plan import ENCODE, MODEL_DIR, Bench, encode_cell
 from bench.rounds import summarise_ratios
 from bench.servers import Server
 
@@ -53,6 +53,51 @@ def in_process(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
     out["encode_one_image_us"] = 1e6 / out["encoder_images_per_s_batch1"]
     out["work_per_encode_request_us"] = out["png_decode_us"] + out["encode_one_image_us"] + out["response_serialise_us"]
     return out
+
+
+def compute_limit(pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 32) -> dict[str, Any]:
+    """The per-core compute limit of /encode with one PNG: what one thread must do for each request,
+    timed in this process with the product's own functions, and nothing else. Decoding the PNG through
+    the model's preprocessing contract, the encoder's share of a batch of `batch` (what micro-batching
+    gives at c=32), and the JSON answer's serialisation; the limit is one request per their sum."""
+    from model.core.artifact import load_model_dir
+    from model.core.preprocess import PreprocessContract, bytes_to_array
+    from service.responses import json_response
+
+    model = load_model_dir(model_dir, threads=1)
+    contract = PreprocessContract.from_dict(model.manifest.preprocessing)
+    images = np.stack([bytes_to_array(p, contract) for p in pngs[:batch]])
+    decode_us = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1, seconds=1.0)
+    encode_us = 1e6 / _rate(lambda: model.encode(images), len(images), seconds=1.0)
+    mean, logvar = model.encode(images[:1])
+    payload = {
+        "model": {"name": model.manifest.name, "version": model.manifest.version},
+        "latent_dim": model.latent_dim,
+        "latent_shape": list(model.manifest.latent),
+        "seed": None,
+        "results": [{"index": 0, "mean": mean[0], "logvar": logvar[0]}],
+    }
+    serialise_us = 1e6 / _rate(lambda: json_response(payload), 1, seconds=1.0)
+    per_request_us = decode_us + encode_us + serialise_us
+    return {
+        "png_decode_us": decode_us,
+        f"encoder_us_per_image_batch{batch}": encode_us,
+        "response_serialise_us": serialise_us,
+        "per_request_us": per_request_us,
+        "requests_per_s": 1e6 / per_request_us,
+        "threads": 1,
+    }
+
+
+def limit_ratios(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
+    """Every server's /encode (one PNG) at c=32 over the per-core compute limit, per round."""
+    limit = results["compute_limit"]["requests_per_s"]
+    per_round = {
+        f"{cell.server}_encode_c32_vs_compute_limit": [w["rps"] / limit for w in bench.windows[cell.key]]
+        for cell in bench.plan.cells
+        if cell.route == ENCODE and cell.concurrency == 32
+    }
+    return summarise_ratios(per_round)
 
 
 def _rate(fn: Callable[[], Any], items: int, seconds: float = 0.5) -> float:
@@ -146,5 +191,7 @@ MEASUREMENTS: dict[str, Callable[[Bench, dict[str, Any]], dict[str, Any]]] = {
     "cold_start": cold_start,
     "efficiency": efficiency,
     "repository": repository,
+    "compute_limit": lambda bench, results: compute_limit(bench.pngs),
+    "limit_ratios": limit_ratios,
 }
 WHILE_SERVING = {"memory"}  # measurements that read the running servers; the rest run after they stop

@@ -78,7 +78,10 @@ class Plan:
 
 PLANS = {
     "full": Plan(
-        "serving", FULL_CELLS, FULL_RATIOS, ("memory", "in_process", "cold_start", "efficiency", "repository")
+        "serving",
+        FULL_CELLS,
+        FULL_RATIOS,
+        ("memory", "in_process", "compute_limit", "limit_ratios", "cold_start", "efficiency", "repository"),
     ),
     "quick": Plan("quick", (encode_cell("product", 32), encode_cell("minimal", 32)), QUICK_RATIOS, ()),
 }

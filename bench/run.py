@@ -139,8 +139,8 @@ def routes(pngs: list[bytes], model_dir: Path = MODEL_DIR) -> dict[str, dict[str
     }
 
 
-def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any]) -> dict[str, Any]:
-    """One wrk run; its summary line (bench/wrk_report.lua) plus requests/s."""
+def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any], cpus: str | None = None) -> dict[str, Any]:
+    """One wrk run; its summary line (bench/wrk_report.lua) plus requests/s. `cpus`: wrk pinned to those."""
     with tempfile.NamedTemporaryFile(suffix=".body") as handle:
         if route["body"] is not None:
             handle.write(route["body"])
@@ -163,6 +163,8 @@ def wrk(url: str, concurrency: int, seconds: int, route: dict[str, Any]) -> dict
             str(REPO / "bench" / "wrk_report.lua"),
             url + route["path"],
         ]
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return parse_report(out.stdout)
 

@@ -31,8 +31,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, kind: str, model_dir: Path | None, workers: int = 1, env: dict[str, str] | None = None) -> None:
-        """`model_dir` None: the product serves what `env` names (VAE_MODEL_REPOSITORY)."""
+    def __init__(
+        self,
+        kind: str,
+        model_dir: Path | None,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        tree: Path = REPO,
+        cpus: str | None = None,
+    ) -> None:
+        """`model_dir` None: the product serves what `env` names (VAE_MODEL_REPOSITORY). `tree`: the
+        directory whose code it runs (a git worktree of another commit, say); `cpus`: pinned to those
+        (taskset's list) when given."""
         self.kind, self.workers, self.port = kind, workers, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # The in-flight limit is raised so that c=64 measures throughput, not the limit's 429s.
@@ -64,10 +74,12 @@ class Server:
                 "warning",
                 "--no-access-log",
             ]
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=tree,  # `python -m` puts the working directory first on the path: its code is what runs
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

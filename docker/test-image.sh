@@ -55,11 +55,30 @@ fi
 
 NAME=vae-test-$$
 KUBE_YAML=
+KUBE_NAME=
+# Every engine call that tears down is bounded: podman 4.3 has been seen to hang for good stopping a
+# pod's infra container after a long suite (its state stuck at "Stopping"), which would hold CI until
+# its deadline. A teardown that times out is forced, then reported; it never fails a suite that passed.
+bounded() {
+  local seconds=$1; shift
+  timeout --kill-after=10 "$seconds" "$@" >/dev/null 2>&1
+}
+take_down_pod() {
+  local yaml=$1
+  if ! bounded 120 podman kube down "$yaml"; then
+    echo "docker/test-image.sh: podman kube down did not finish within 120 s; removing the pod by force" >&2
+    bounded 60 podman pod rm -f -t 0 "$KUBE_NAME-pod-0" \
+      || echo "docker/test-image.sh: the pod $KUBE_NAME-pod-0 could not be removed; remove it by hand" >&2
+    bounded 30 podman volume rm -f tmp || true
+  fi
+  rm -f "$yaml"
+}
 cleanup() {
-  "$ENGINE" rm -f "$NAME" >/dev/null 2>&1 || true
-  [ -n "$KUBE_YAML" ] && { podman kube down "$KUBE_YAML" >/dev/null 2>&1 || true; rm -f "$KUBE_YAML"; }
-  [ "$KEEP_IMAGE" = 1 ] || "$ENGINE" rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  bounded 60 "$ENGINE" rm -f -t 0 "$NAME" || true
+  [ -n "$KUBE_YAML" ] && take_down_pod "$KUBE_YAML"
+  [ "$KEEP_IMAGE" = 1 ] || bounded 60 "$ENGINE" rmi -f "$IMAGE" || true
   [ -n "${CONF_DIR:-}" ] && rm -rf "$CONF_DIR"
+  return 0
 }
 trap cleanup EXIT
 
@@ -83,10 +102,25 @@ client = g.InferenceServerClient(sys.argv[1])
 sys.exit(not (client.is_server_live(client_timeout=5) and client.is_server_ready(client_timeout=5)))' "$1"
 }
 
+# The image as `docker run` starts it: one worker process per CPU the container may use (VAE_WORKERS=0).
+read -r PORT < <(free_ports 1)
+"$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" "$IMAGE" >/dev/null
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { "$ENGINE" logs "$NAME"; exit 1; }
+CPUS=$("$ENGINE" exec "$NAME" python3 -c 'from service.settings import available_cpus; print(available_cpus())')
+"$ENGINE" logs "$NAME" 2>&1 | grep -q "vae-serve: $CPUS worker process.*one per CPU available" \
+  || { echo "the image does not start one worker per CPU ($CPUS):"; "$ENGINE" logs "$NAME"; exit 1; }
+echo "the image's default: $CPUS worker process(es), one per CPU available"
+bounded 60 "$ENGINE" rm -f -t 0 "$NAME" || { echo "docker/test-image.sh: could not remove $NAME" >&2; exit 1; }
+
 read -r PORT GRPC_PORT < <(free_ports 2)
-# A higher in-flight limit than the default so the 200-request concurrency test sees no 429.
+# One worker: the suite's tests of state (statistics, counts) need every request on one process. A higher
+# in-flight limit than the default so the 200-request concurrency test sees no 429.
 "$ENGINE" run -d --name "$NAME" -p "127.0.0.1:$PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" \
-  -e VAE_MAX_IN_FLIGHT=512 -e VAE_MAX_UPLOADS=512 "$IMAGE" >/dev/null
+  -e VAE_WORKERS=1 -e VAE_MAX_IN_FLIGHT=512 -e VAE_MAX_UPLOADS=512 "$IMAGE" >/dev/null
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   sleep 0.2
@@ -107,12 +141,12 @@ if [ "$ENGINE" != podman ] || ! command -v kubectl >/dev/null 2>&1; then
   echo "docker/test-image.sh: podman kube play needs podman and kubectl (kustomize); skipping the pod run."
   exit 0
 fi
-"$ENGINE" rm -f "$NAME" >/dev/null
+bounded 60 "$ENGINE" rm -f -t 0 "$NAME" || { echo "docker/test-image.sh: could not remove $NAME" >&2; exit 1; }
 read -r KUBE_PORT KUBE_GRPC_PORT < <(free_ports 2)
-KUBE_YAML=$(mktemp --suffix=.yaml)
 # The Deployment and its ConfigMap as rendered, on the image built above, published on 127.0.0.1 (podman
 # plays no Service); the same raised limits as the container run above.
 KUBE_NAME=vae-kube-$$
+KUBE_YAML=$(mktemp --suffix=.yaml)
 kubectl kustomize docker/kubernetes/base \
   | "$PYTHON" docker/kubernetes/podman_play.py --name "$KUBE_NAME" --image "localhost/${IMAGE#localhost/}" \
       --host-port "$KUBE_PORT" --grpc-host-port "$KUBE_GRPC_PORT" \
@@ -139,7 +173,7 @@ echo "pod $POD_CONTAINER (podman kube play of docker/kubernetes/base) ready on :
   "running the integration suite against it"
 VAE_BASE_URL="http://127.0.0.1:$KUBE_PORT" VAE_GRPC_TARGET="127.0.0.1:$KUBE_GRPC_PORT" \
   "$PYTHON" -m pytest tests/integration -q -p no:cacheprovider
-podman kube down "$KUBE_YAML" >/dev/null
 KUBE_YAML_DONE=$KUBE_YAML
 KUBE_YAML=
-rm -f "$KUBE_YAML_DONE"
+KUBE_NAME=
+take_down_pod "$KUBE_YAML_DONE"

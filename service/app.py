@@ -20,8 +20,10 @@ from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors, tracing
 from service.engine import Engine
 from service.grpc_server import server as grpc_server
+from service.hot_routes import HotRoutes
 from service.http_tracing import HttpTracingMiddleware
 from service.limits import RequestLimitsMiddleware
+from service.memory import settle_garbage_collector
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import Registry
 from service.repository_scan import ModelSource, scan_repository, single_model
@@ -54,6 +56,9 @@ ROUTERS = (
     remote.router,
     v2_routes.router,
 )
+
+# The endpoints taken the short way (service/hot_routes.py): /encode at each address, and v2 inference.
+HOT_ENDPOINTS = (images.encode, v2_routes.infer)
 
 
 def load_engine(directory: Path, settings: Settings) -> Engine:
@@ -196,13 +201,15 @@ def make_state(settings: Settings, load: EngineLoader, scan: Callable[[], dict[s
         load_version=load_version,
         on_change=metrics.model_changed,
         on_release=ServedModel.close,
+        on_served=settle_garbage_collector if settings.gc_freeze else None,
     )
     return AppState(settings=settings, metrics=metrics, registry=registry)
 
 
 def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """CORS when configured, then the body limits, then request ids and metrics, then (outermost, when
-    tracing is on) the request spans."""
+    """Innermost the hot routes' short way (service/hot_routes.py), then CORS when configured, then the
+    body limits, then request ids and metrics, then (outermost, when tracing is on) the request spans."""
+    app.add_middleware(HotRoutes, hot=HOT_ENDPOINTS, handlers=lambda: app.exception_handlers)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -48,12 +48,34 @@ async def to_the_end(work: asyncio.Future[T]) -> T:
 
 
 class MicroBatcher:
-    def __init__(self, encode: EncodeFn, max_rows: int, max_wait_s: float) -> None:
+    """Concurrent requests' rows as one model call. A batch is sent at the end of the event-loop tick
+    its first request arrived in (or after `max_wait_s`, or at `max_rows`), and runs on the event loop,
+    where a lone request pays no thread hop.
+
+    Under load it gathers more: when other requests are being handled (`others()` counts this process's
+    requests, this batch's own included), the batch runs off the loop (`off_loop`: on a worker thread,
+    where onnxruntime releases the GIL), so that the loop goes on reading and decoding the next requests
+    while it runs; and while `max_running` batches are running, new rows wait for one of them to end
+    instead of going as a batch of their own. At c=32 this took the mean batch from 6 to about 17 rows
+    (docs/benchmarks.md, "The hot path")."""
+
+    def __init__(
+        self,
+        encode: EncodeFn,
+        max_rows: int,
+        max_wait_s: float,
+        *,
+        off_loop: EncodeFn | None = None,
+        others: Callable[[], int] | None = None,
+        max_running: int | None = None,
+    ) -> None:
         self.encode, self.max_rows, self.max_wait_s = encode, max_rows, max_wait_s
+        self.off_loop, self.others, self.max_running = off_loop, others, max_running
         self._pending: list[tuple[np.ndarray, asyncio.Future[Batched]]] = []
         self._rows = 0
         self._timer: asyncio.Handle | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches being encoded (the loop keeps weak references)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the queued requests
         self.calls = 0  # onnxruntime calls made, for tests and metrics
 
     def close(self) -> None:
@@ -61,20 +83,25 @@ class MicroBatcher:
         version is being replaced; no timer of the batcher's may outlive its requests)."""
         self.max_wait_s = 0.0
         self.max_rows = 1
+        self.max_running = None
         if self._pending:
             self._flush()
 
     async def submit(self, pixels: np.ndarray, span: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """This request's rows of the batch they ran in. `span`: the request's `model call` span (service/
         tracing.py; None when off), given the batch's size once it is known."""
-        loop = asyncio.get_running_loop()
+        if self._pending:  # the queued requests' loop is this one (in this Python, looking it up is a system call)
+            loop = self._loop
+            assert loop is not None
+        else:
+            loop = self._loop = asyncio.get_running_loop()
         queued = time.perf_counter_ns()
         future: asyncio.Future[Batched] = loop.create_future()
         self._pending.append((pixels, future))
         self._rows += len(pixels)
         if self._rows >= self.max_rows:
             self._flush()
-        elif self._timer is None:
+        elif self._timer is None and not self._saturated():  # else the end of a running batch sends these
             self._timer = (
                 loop.call_soon(self._flush) if self.max_wait_s <= 0 else loop.call_later(self.max_wait_s, self._flush)
             )
@@ -92,19 +119,36 @@ class MicroBatcher:
         if not items:
             return
         self.calls += 1
+        # Off the loop when requests other than this batch's are being handled: they go on meanwhile.
+        encode = (
+            self.off_loop
+            if self.off_loop is not None and self.others is not None and self.others() > len(items)
+            else self.encode
+        )
         # The batch runs as its own task: `encode` may hand large batches to a worker thread. Its context has
         # no request's statistics: each request records its share of the call itself (`submit`).
         context = contextvars.copy_context()
         context.run(statistics.current.set, None)
-        task = asyncio.get_running_loop().create_task(self._run(items), context=context)
+        loop = self._loop
+        assert loop is not None  # set by the submit that queued the first item
+        task = loop.create_task(self._run(items, encode), context=context)
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._ended)
 
-    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future[Batched]]]) -> None:
+    def _saturated(self) -> bool:
+        return self.max_running is not None and len(self._running) >= self.max_running
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A batch ended: what gathered meanwhile goes next."""
+        self._running.discard(task)
+        if self._pending and self._timer is None and self._loop is not None:
+            self._timer = self._loop.call_soon(self._flush)
+
+    async def _run(self, items: list[tuple[np.ndarray, asyncio.Future[Batched]]], encode: EncodeFn) -> None:
         started = time.perf_counter_ns()
         try:
             batch = np.concatenate([pixels for pixels, _ in items])
-            result = self.encode(batch)
+            result = encode(batch)
             mean, logvar = (await result) if inspect.isawaitable(result) else result
         except Exception as exc:  # every waiting request sees the failure
             for _, future in items:

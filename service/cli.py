@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", help="serve one directory written by vae-export (VAE_MODEL_DIR)")
     p.add_argument("--host", help="bind address (VAE_HOST; default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (VAE_PORT; default 8000)")
-    p.add_argument("--workers", type=int, help="worker processes (VAE_WORKERS; default 1)")
+    p.add_argument(
+        "--workers", type=int, help="worker processes (VAE_WORKERS; default 0: one per CPU the server may use)"
+    )
     args = p.parse_args(argv)
     for name in ("model_repository", "model_dir", "host", "port", "workers"):
         value = getattr(args, name)
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    workers = settings.worker_processes
     print(f"vae-serve: {listening_banner(settings.host, settings.port)}", file=sys.stderr, flush=True)
-    metrics_dir = worker_metrics_dir(settings.workers)
+    print(f"vae-serve: {workers_line(settings.workers, workers)}", file=sys.stderr, flush=True)
+    metrics_dir = worker_metrics_dir(workers)
     try:
         # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
         uvicorn.run(
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             http="service.transport:GuardedHttpToolsProtocol",
             host=settings.host,
             port=settings.port,
-            workers=settings.workers,
+            workers=workers,
             log_level=settings.log_level,
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
@@ -99,6 +103,14 @@ def listening_banner(host: str, port: int) -> str:
         f"listening on {host} only, port {port}: the explorer is http://{shown}:{port}/ and the API "
         f"reference http://{shown}:{port}/docs"
     )
+
+
+def workers_line(configured: int, workers: int) -> str:
+    """How many worker processes serve, and why that many."""
+    plural = "es" if workers > 1 else ""
+    if configured:
+        return f"{workers} worker process{plural} (VAE_WORKERS={configured})"
+    return f"{workers} worker process{plural}, one per CPU available (VAE_WORKERS=0; set it to choose)"
 
 
 def worker_metrics_dir(workers: int) -> str | None:

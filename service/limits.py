@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 from fastapi import HTTPException
@@ -168,9 +169,9 @@ class _Body:
 
     async def _wait(self) -> Message:
         """The next message, unless the sweeper cancels the wait at the deadline: then 408."""
-        self.waiting = asyncio.current_task()
         try:
-            return await self.inner()
+            message: Message = await _Receiving(self, self.inner())
+            return message
         except asyncio.CancelledError:
             if not self.expired or self.waiting is None:
                 raise
@@ -179,6 +180,45 @@ class _Body:
             raise BodyTimeout(self.owner.body_timeout_s) from None
         finally:
             self.waiting = None
+
+
+class _Receiving:
+    """Awaits a receive, as `await` would; only when it has to wait (the body is not all in yet) does
+    it name the task that waits, for the sweeper to cancel at the deadline. Most bodies are in before
+    the app asks, and their receive never waits, so most requests never look their task up (in this
+    Python, each `asyncio.current_task()` asks the kernel for the process id)."""
+
+    __slots__ = ("awaitable", "body")
+
+    def __init__(self, body: _Body, awaitable: Awaitable[Message]) -> None:
+        self.body, self.awaitable = body, awaitable
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        steps = self.awaitable.__await__()
+        try:
+            signal = steps.send(None)
+        except StopIteration as done:  # the message was there: no wait
+            message: Message = done.value
+            return message
+        self.body.waiting = asyncio.current_task()
+        while True:  # what `yield from steps` does, from its second step on
+            try:
+                sent = yield signal
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as exc:  # a cancellation (the deadline's, or the server's), thrown in
+                try:
+                    signal = steps.throw(exc)
+                except StopIteration as done:
+                    message = done.value
+                    return message
+            else:
+                try:
+                    signal = steps.send(sent)
+                except StopIteration as done:
+                    message = done.value
+                    return message
 
 
 def _body_length(scope: Scope) -> int | None:

@@ -88,6 +88,9 @@ class Metrics:
         )
         self.workers.set(1)
         self._children: dict[tuple[Any, ...], Any] = {}
+        # Requests (HTTP and gRPC) being handled by this process now: the micro-batcher's sign that others
+        # will want the model while a batch runs (service/batching.py). A plain count, not exported.
+        self.active = 0
 
     def model_changed(self, name: str, version: str, state: str) -> None:
         """The registry's hook: a version became READY, or stopped being served."""
@@ -173,6 +176,8 @@ class ObservabilityMiddleware:
         token = request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode())
         status, started = 500, False
+        metrics = self.metrics
+        metrics.active += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -192,6 +197,7 @@ class ObservabilityMiddleware:
                 body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
                 await errors.send_error(send_with_id, 500, body)
         finally:
+            metrics.active -= 1
             self._record(scope, status, time.perf_counter() - began)
             request_id_var.reset(token)
 

@@ -57,6 +57,7 @@ class Registry(Generic[T]):
     load_version: Callable[[Path], T]
     on_change: Callable[[str, str, str], None] | None = None  # (name, version, state), e.g. for metrics
     on_release: Callable[[T], None] | None = None  # an engine that is no longer served, e.g. to close it
+    on_served: Callable[[], object] | None = None  # after every change of what is served (service/memory.py)
     _served: dict[str, dict[str, T]] = field(default_factory=dict)
     _default_version: dict[str, str] = field(default_factory=dict)  # per model: its highest served version
     _status: dict[tuple[str, str], Status] = field(default_factory=dict)
@@ -228,6 +229,8 @@ class Registry(Generic[T]):
         for engine in before:
             if id(engine) not in kept and self.on_release is not None:
                 self.on_release(engine)
+        if self.on_served is not None:
+            self.on_served()
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

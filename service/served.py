@@ -42,9 +42,11 @@ class ModelCalls:
     limiter: anyio.CapacityLimiter | None = field(default=None, repr=False)  # made on first use, in the loop
     row_weight: int = 1  # a row's cost in rows of a 28 x 28 image: VAE_INLINE_COST is calibrated on those
 
-    async def __call__(self, operation: str, rows: int, fn: Callable[..., T], *args: Any) -> T:
+    async def __call__(self, operation: str, rows: int, fn: Callable[..., T], *args: Any, off_loop: bool = False) -> T:
+        """`off_loop`: on a worker thread whatever its size (the micro-batcher's batch, when other requests
+        could use the loop meanwhile)."""
         queued = time.perf_counter_ns()
-        if rows * self.row_weight <= self.settings.inline_cost:
+        if not off_loop and rows * self.row_weight <= self.settings.inline_cost:
             started = queued
             result = fn(*args)
         else:
@@ -92,6 +94,9 @@ class ServedModel:
                 lambda pixels: calls("encode", len(pixels), encode, pixels),
                 max_rows=settings.max_batch,
                 max_wait_s=settings.micro_batch_wait_ms / 1000,
+                off_loop=lambda pixels: calls("encode", len(pixels), encode, pixels, off_loop=True),
+                others=lambda: metrics.active,
+                max_running=settings.inference_threads,
             )
         return served
 

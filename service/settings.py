@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -146,7 +147,18 @@ class Settings(BaseSettings):
         description="model calls run at once per worker, off the "
         "event loop; more only adds memory (each call holds its activations) on few cores",
     )
-    workers: int = Field(1, gt=0, le=64, description="uvicorn worker processes")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="uvicorn worker processes; 0: one per CPU the server may use (its CPU affinity, "
+        "bounded by a container's CPU quota), at most 64. The Kubernetes manifests set 1: one per pod",
+    )
+    gc_freeze: bool = Field(
+        True,
+        description="after every model load or unload, collect and freeze what lives on, so that "
+        "Python's garbage collector never walks the models again (a shorter tail under load)",
+    )
     max_in_flight: int = Field(
         64,
         gt=0,
@@ -234,6 +246,11 @@ class Settings(BaseSettings):
         "response, continuing a W3C traceparent the client sends. Unset: no tracing, at no cost",
     )
 
+    @property
+    def worker_processes(self) -> int:
+        """The worker processes to run: VAE_WORKERS, or with 0 one per CPU available (at most 64)."""
+        return self.workers or min(64, available_cpus())
+
     @field_validator("admin_token", mode="before")
     @classmethod
     def _no_empty_token(cls, value: object) -> object:
@@ -250,6 +267,28 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may run on: its affinity, bounded by a CPU quota (`docker run --cpus`, a
+    Kubernetes CPU limit) read from cgroup v2's cpu.max or v1's CFS quota, rounded down, at least 1."""
+    count = len(os.sched_getaffinity(0))
+    quota = _cpu_quota(cgroup)
+    return max(1, min(count, int(quota))) if quota is not None else count
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "150000 100000"
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 class SettingsError(ValueError):

@@ -13,6 +13,9 @@ nothing until the headers are complete, so the limits live here, in the protocol
 - a Transfer-Encoding other than exactly `chunked` (`identity, chunked`, `gzip, chunked`, two of
   the header) gets 400: the service decodes no other coding, and a proxy that reads such a header
   otherwise than httptools does is how requests are smuggled;
+- a response goes out in one write when its body is one message (every JSON or PNG answer): uvicorn
+  writes the status line and headers as soon as the app starts its response, and the body after, two
+  system calls and two TCP segments where one does;
 - a chunked body may spend on framing (chunk sizes, extensions, line ends) at most Go's budget since
   CVE-2023-39326: 16 bytes a chunk plus twice the data, beyond 16 KiB; past it, 400 and the connection
   is closed. httptools skips chunk extensions without counting them, so 100 MiB of `;x=aaa...` before
@@ -29,13 +32,14 @@ import functools
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.errors import error_bytes
 from service.settings import Settings, load_settings
 
 log = logging.getLogger("vae.transport")
 LINGER_S = 1.0
+Buffer = bytes | bytearray | memoryview
 CHUNK_OVERHEAD_BYTES = 16  # framing each chunk may spend, beyond twice its data (Go's net/http)
 MAX_EXCESS_FRAMING = 16 * 1024
 
@@ -62,12 +66,34 @@ class _LingeringTransport:
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
         self._transport, self._protocol, self._lingering = transport, protocol, False
+        self._held: bytes | None = None  # a response's head, waiting for its body (hold_next_write)
         # the calls made per request go straight to the real transport
         self.write, self.get_extra_info = transport.write, transport.get_extra_info
         self.pause_reading, self.resume_reading = transport.pause_reading, transport.resume_reading
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+    def hold_next_write(self) -> None:
+        """The next write (a response's status line and headers) waits, and goes out with the write
+        after it (the body) or at `flush`, whichever comes first."""
+        self.write = self._hold
+
+    def _hold(self, data: Buffer) -> None:
+        self._held = bytes(data)
+        self.write = self._write_with_held
+
+    def _write_with_held(self, data: Buffer) -> None:
+        held, self._held = self._held, None
+        self.write = self._transport.write
+        self._transport.write(b"".join((held, data)) if held is not None else data)
+
+    def flush(self) -> None:
+        """What is held goes now, and writes go straight through again."""
+        held, self._held = self._held, None
+        self.write = self._transport.write
+        if held is not None and not self._transport.is_closing():  # a client gone: nobody to answer
+            self._transport.write(held)
 
     def is_closing(self) -> bool:
         return self._lingering or self._transport.is_closing()
@@ -76,6 +102,7 @@ class _LingeringTransport:
         transport = self._transport
         if self._lingering or transport.is_closing():
             return
+        self.flush()
         if not self._protocol.client_may_be_sending() or not transport.can_write_eof():
             transport.close()
             return
@@ -83,6 +110,30 @@ class _LingeringTransport:
         self._protocol.discard_input()
         transport.write_eof()
         self._protocol.loop.call_later(LINGER_S, transport.close)
+
+
+class _OneWriteCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle, whose response head is held until the body's first write:
+    a response whose body is one message leaves in one write. Whatever happens between (an exception,
+    a disconnect, an empty body), the head is written before this send returns or the connection closes."""
+
+    async def send(self, message: Any) -> None:
+        transport = self.transport
+        if not isinstance(transport, _LingeringTransport):
+            await super().send(message)
+            return
+        if message["type"] == "http.response.start" and not self.response_started:
+            transport.hold_next_write()
+            try:
+                await super().send(message)
+            finally:
+                if transport._held is None:  # nothing was written to hold (a disconnect, an invalid header)
+                    transport.flush()
+            return
+        try:
+            await super().send(message)
+        finally:
+            transport.flush()  # a HEAD answer's or an empty body's head, when no body was written
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -165,6 +216,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._stop_header_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and type(cycle) is RequestResponseCycle:  # made just now, not yet started
+            cycle.__class__ = _OneWriteCycle
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

@@ -104,6 +104,8 @@ class InferenceService:
             request_id = valid_request_id(metadata.get("x-request-id")) or new_request_id()
             token = request_id_var.set(request_id)
             code, message, body = grpc.StatusCode.OK, "", b""
+            metrics = self.state.metrics
+            metrics.active += 1
             attributes = {
                 "rpc.system": "grpc",
                 "rpc.service": SERVICE,
@@ -124,7 +126,8 @@ class InferenceService:
                 log.exception("unhandled error on gRPC %s", method)
                 code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
             finally:
-                self.state.metrics.observe_grpc(path, code.name, time.perf_counter() - began)
+                metrics.active -= 1
+                metrics.observe_grpc(path, code.name, time.perf_counter() - began)
                 request_id_var.reset(token)
             return code, message, body, request_id
 
@@ -244,7 +247,7 @@ def options(state: AppState) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.max_response_bytes + 1024 * 1024),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_rpcs),
         # Several workers share the port; one worker must not silently share it with another server.
-        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        ("grpc.so_reuseport", 1 if settings.worker_processes > 1 else 0),
     ]
 
 

@@ -56,6 +56,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         # gRPC on a free port of its own too: 8001 may be taken, and each server here needs its own
         env.setdefault("VAE_GRPC_PORT", str(free_port()))
+        # One worker unless a test asks for more: the default (one per CPU) would split the requests of a
+        # test that changes the server's state (a load, an unload) between processes that do not share it.
+        env.setdefault("VAE_WORKERS", "1")
         self.grpc_target = f"127.0.0.1:{env['VAE_GRPC_PORT']}"
         self.log_path = tmp / f"server-{self.port}.log"
         source = {} if "VAE_MODEL_REPOSITORY" in env else {"VAE_MODEL_DIR": str(MODEL_DIR)}

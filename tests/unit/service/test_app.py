@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app import default_model_name, package_version, repository_scanner
+from service.app import create_app, default_model_name, package_version, repository_scanner
 from service.repository_scan import ModelSource, VersionPolicy
 from service.settings import BUNDLED_DEFAULT_MODEL, Settings
 from tests.conftest import REPO
@@ -57,3 +57,11 @@ async def test_an_early_refusal_carries_the_request_id_and_the_routes_shape():
     assert native.status_code == 413 and native.headers["x-request-id"] == "abc"
     assert native.json()["error"]["code"] == "payload_too_large"
     assert v2.status_code == 413 and isinstance(v2.json()["error"], str) and v2.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_vae_gc_freeze_settles_the_collector_after_every_change_of_what_is_served(freeze):
+    from service.memory import settle_garbage_collector
+
+    app = create_app(Settings(gc_freeze=freeze, grpc_port=0), scan=lambda: {})
+    assert app.state.vae.registry.on_served is (settle_garbage_collector if freeze else None)

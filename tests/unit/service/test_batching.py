@@ -134,3 +134,74 @@ async def test_encode_route_gives_the_same_answer_with_micro_batching():
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+def test_a_batch_runs_off_the_loop_only_while_other_requests_are_being_handled():
+    """A lone request's batch runs inline (no thread hop); with others in the process, off the loop."""
+    ways = []
+
+    def inline(x):
+        ways.append(("inline", len(x)))
+        return encode(x)
+
+    async def off_loop(x):
+        ways.append(("off_loop", len(x)))
+        return await asyncio.to_thread(encode, x)
+
+    async def run(active: int, count: int):
+        batcher = MicroBatcher(inline, max_rows=64, max_wait_s=0.0, off_loop=off_loop, others=lambda: active)
+        await asyncio.gather(*[batcher.submit(np.full((1, 1, 2, 2), float(i))) for i in range(count)])
+
+    asyncio.run(run(active=1, count=1))
+    asyncio.run(run(active=3, count=3))  # all the requests there are, in this batch
+    asyncio.run(run(active=5, count=2))  # three more being handled: they can use the loop meanwhile
+    assert ways == [("inline", 1), ("inline", 3), ("off_loop", 2)]
+
+
+def test_while_max_running_batches_run_new_rows_gather_into_one_batch_sent_when_one_ends():
+    release = None
+    sizes = []
+
+    async def slow(x):
+        sizes.append(len(x))
+        await release.wait()
+        return encode(x)
+
+    async def run():
+        nonlocal release
+        release = asyncio.Event()
+        batcher = MicroBatcher(slow, max_rows=64, max_wait_s=0.0, max_running=1)
+        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 2, 2))))
+        await asyncio.sleep(0.01)  # the first batch runs, and waits
+        later = [asyncio.ensure_future(batcher.submit(np.full((1, 1, 2, 2), float(i)))) for i in range(1, 4)]
+        await asyncio.sleep(0.01)
+        assert sizes == [1]  # the later rows wait: no batch of their own while the first runs
+        release.set()
+        results = await asyncio.gather(first, *later)
+        return batcher.calls, results
+
+    calls, results = asyncio.run(run())
+    assert calls == 2 and sizes == [1, 3]
+    for i, (mean, _) in enumerate(results):
+        np.testing.assert_array_equal(mean, encode(np.full((1, 1, 2, 2), float(i)))[0])
+
+
+def test_close_sends_the_gathered_rows_even_while_batches_run():
+    async def run():
+        release = asyncio.Event()
+
+        async def slow(x):
+            await release.wait()
+            return encode(x)
+
+        batcher = MicroBatcher(slow, max_rows=64, max_wait_s=0.0, max_running=1)
+        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 1, 2, 2))))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(batcher.submit(np.ones((1, 1, 2, 2))))
+        await asyncio.sleep(0.01)
+        batcher.close()  # the version is being replaced: nothing waits for a running batch any more
+        assert batcher.calls == 2
+        release.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(run())

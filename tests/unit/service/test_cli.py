@@ -65,3 +65,17 @@ def test_the_banner_says_where_the_server_listens(host, said):
     from service.cli import listening_banner
 
     assert listening_banner(host, 8000).startswith(said)
+
+
+def test_by_default_one_worker_per_cpu_available_and_the_log_says_so(started, monkeypatch, capsys):
+    from service import settings
+
+    monkeypatch.setattr(settings, "available_cpus", lambda: 3)
+    assert cli.main([]) == 0
+    assert started["workers"] == 3 and started["directory"] is not None  # several: multiprocess metrics
+    assert "vae-serve: 3 worker processes, one per CPU available (VAE_WORKERS=0" in capsys.readouterr().err
+
+
+def test_a_chosen_worker_count_is_said_as_chosen(started, capsys):
+    assert cli.main(["--workers", "1"]) == 0
+    assert "vae-serve: 1 worker process (VAE_WORKERS=1)" in capsys.readouterr().err

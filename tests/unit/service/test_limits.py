@@ -154,3 +154,25 @@ async def test_a_chunked_body_over_the_limit_is_413_on_json_routes_too():
         )
     assert error_of(response) == (413, "payload_too_large")
     assert error_of(declared) == (413, "payload_too_large")
+
+
+async def test_a_body_already_in_is_received_without_looking_up_the_task(monkeypatch):
+    """Only a receive that has to wait names its task for the deadline (in this Python each
+    asyncio.current_task() is a getpid system call); a stalled one still gets its 408 (above)."""
+    from service import limits
+
+    looked_up = []
+    real = limits.asyncio.current_task
+    monkeypatch.setattr(limits.asyncio, "current_task", lambda *a: looked_up.append(1) or real(*a))
+    app, _ = build(body_timeout_s=0.2)
+    stalled = anyio.Event()
+
+    async def stalls():
+        yield png_bytes(0)[:10]
+        await stalled.wait()
+
+    async with client_for(app) as client:
+        whole = await client.post("/encode", content=png_bytes(0), headers=PNG)
+        assert whole.status_code == 200 and looked_up == []
+        late = await client.post("/encode", content=stalls(), headers=PNG)
+    assert late.status_code == 408 and looked_up

@@ -237,3 +237,17 @@ async def test_every_engine_a_load_replaces_or_an_unload_drops_is_released_once(
     assert released == [first] and second is not first
     await registry.unload("m")
     assert released == [first, second]
+
+
+async def test_every_change_of_what_is_served_calls_on_served_after_the_change(tmp_path):
+    """The app settles the garbage collector there (service/memory.py): after the new engines serve and
+    the replaced ones are released, never before."""
+    add_version(tmp_path, "m", "1.0.0")
+    seen: list[list[str]] = []
+    registry: Registry[object] = Registry(scan=lambda: scan_repository(tmp_path), load_version=load)
+    registry.on_served = lambda: seen.append(registry.served().get("m", []))
+    await registry.load("m")
+    add_version(tmp_path, "m", "2.0.0")
+    await registry.load("m")
+    await registry.unload("m")
+    assert seen == [["1.0.0"], ["2.0.0"], []]

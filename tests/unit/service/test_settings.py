@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import SettingsError, load_settings
+from service.settings import Settings, SettingsError, load_settings
 
 
 def test_settings_come_from_vae_environment_variables(monkeypatch):
@@ -120,3 +120,36 @@ def test_an_empty_admin_token_is_no_token_so_control_stays_off():
     assert load_settings(admin_token="").admin_token is None
     assert load_settings(admin_token="  ").admin_token is None
     assert load_settings(admin_token="s3cret").admin_token.get_secret_value() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, None),  # no cgroup files: the affinity alone
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1),  # 1.5 CPUs: one worker, rounded down
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # cgroup v1, unlimited
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ],
+)
+def test_the_cpus_available_are_the_affinity_bounded_by_a_cpu_quota(tmp_path, files, expected):
+    import os
+
+    from service.settings import available_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))
+
+
+def test_workers_default_to_one_per_cpu_and_a_setting_wins(monkeypatch):
+    from service import settings as module
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 6)
+    assert Settings().workers == 0 and Settings().worker_processes == 6
+    assert Settings(workers=2).worker_processes == 2
+    monkeypatch.setattr(module, "available_cpus", lambda: 200)
+    assert Settings().worker_processes == 64

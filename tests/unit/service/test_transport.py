@@ -16,10 +16,12 @@ pytestmark = pytest.mark.anyio
 class FakeTransport:
     def __init__(self) -> None:
         self.written, self.eof, self.closing = b"", False, False
+        self.writes: list[bytes] = []  # each write, as the socket would get it
         self.closed = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes.append(bytes(data))
 
     def write_eof(self) -> None:
         self.eof = True
@@ -49,11 +51,11 @@ async def ok_app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def connection(monkeypatch, **limits):
+def connection(monkeypatch, app=ok_app, **limits):
     settings = Settings(**{"header_timeout_s": 0.05, "max_header_bytes": 1000, "max_headers": 10, **limits})
     monkeypatch.setattr(guarded, "_settings", lambda: settings)
     monkeypatch.setattr(guarded, "LINGER_S", 0.05)
-    config = Config(app=ok_app, lifespan="off", log_level="warning")
+    config = Config(app=app, lifespan="off", log_level="warning")
     config.load()
     protocol = guarded.GuardedHttpToolsProtocol(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
@@ -105,3 +107,49 @@ async def test_a_parser_error_is_a_json_400(monkeypatch):
     protocol, fake = connection(monkeypatch)
     protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
     assert status_and_error(fake.written) == (400, "invalid_http")
+
+
+async def streamed_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+    await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+    await send({"type": "http.response.body", "body": b"cd"})
+
+
+async def failing_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    raise RuntimeError("the app failed after starting its answer")
+
+
+async def answered(protocol, fake, request: bytes) -> None:
+    protocol.data_received(request)
+    async with asyncio.timeout(5):
+        while protocol.cycle is None or not (protocol.cycle.response_complete or fake.closing):
+            await asyncio.sleep(0)
+
+
+async def test_a_response_whose_body_is_one_message_leaves_in_one_write(monkeypatch):
+    protocol, fake = connection(monkeypatch)
+    await answered(protocol, fake, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (
+        len(fake.writes) == 1 and fake.writes[0].startswith(b"HTTP/1.1 200") and fake.writes[0].endswith(b"\r\n\r\nok")
+    )
+    await answered(protocol, fake, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the next request on the connection too
+    assert len(fake.writes) == 2 and fake.writes[1] == fake.writes[0]
+
+
+async def test_a_head_answer_writes_its_head_though_no_body_is_written(monkeypatch):
+    protocol, fake = connection(monkeypatch)
+    await answered(protocol, fake, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(fake.writes) == 1 and fake.writes[0].startswith(b"HTTP/1.1 200") and fake.writes[0].endswith(b"\r\n\r\n")
+
+
+async def test_a_streamed_body_goes_out_with_the_head_first_then_chunk_by_chunk(monkeypatch):
+    protocol, fake = connection(monkeypatch, app=streamed_app)
+    await answered(protocol, fake, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(fake.writes) == 2 and fake.writes[0].endswith(b"\r\n\r\nab") and fake.writes[1] == b"cd"
+
+
+async def test_an_app_failing_after_its_head_has_the_head_written_before_the_close(monkeypatch):
+    protocol, fake = connection(monkeypatch, app=failing_app)
+    await answered(protocol, fake, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert fake.closing and len(fake.writes) == 1 and fake.writes[0].startswith(b"HTTP/1.1 200")

@@ -1,0 +1,164 @@
+"""The hot path, step by step: /encode with one PNG and the v2 encoder over binary tensors at c=32, served
+by one worker pinned to one core with wrk pinned to the other, on the code of each step (a git revision
+checked out as a worktree, or the working tree), against the per-core compute limit measured in the
+same run (bench/measurements.py: compute_limit).
+
+    python -m bench.hot_path                      # STEPS below, then the working tree as "now"
+    python -m bench.hot_path --step before=HEAD~3 --step now=.
+        -> bench/results/hot_path.json; docs/benchmarks.md's table: python -m bench.report
+
+Every step's server runs during the whole run; the rounds interleave all the cells in an order shuffled
+per round with a fixed seed, so a change is judged by ratios taken within a round (bench/rounds.py), the
+median of 7 rounds, not by numbers from runs minutes apart. Each step changes one thing; a step is kept
+when these rounds support it (docs/benchmarks.md, "The hot path").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.measurements import compute_limit
+from bench.plan import ENCODE, MODEL_DIR, RESULTS
+from bench.provenance import git_state, served_model
+from bench.rounds import Cell, WindowFailed, check_window, round_order, spread, summarise_cell, summarise_ratios
+from bench.run import machine, routes, test_pngs, write_json, wrk
+from bench.servers import REPO, Server
+
+# The steps of issue 32, oldest first, each a commit that changed one thing (its message says what).
+STEPS: tuple[tuple[str, str], ...] = ()
+WORKING_TREE = "."
+V2 = "v2_encoder_binary"
+CONCURRENCY = 32
+SERVER_CPUS, WRK_CPUS = "0", "1"
+
+
+def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
+    """NAME=REV pairs, in order; REV "." is the working tree."""
+    if not values:
+        return [*STEPS, ("now", WORKING_TREE)]
+    steps = []
+    for value in values:
+        name, sep, revision = value.partition("=")
+        if not sep or not name or not revision:
+            raise SystemExit(f"bench.hot_path: --step takes NAME=REV, not {value!r}")
+        steps.append((name, revision))
+    if len({name for name, _ in steps}) != len(steps):
+        raise SystemExit("bench.hot_path: each step needs a name of its own")
+    return steps
+
+
+def checkout(revision: str, into: Path) -> tuple[Path, str]:
+    """A tree holding `revision`'s code (the working tree for "."), and the commit it is."""
+    if revision == WORKING_TREE:
+        return REPO, git_state()["commit"] + ("+changes" if git_state()["dirty"] else "")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    subprocess.run(["git", "worktree", "add", "--detach", str(into), commit], cwd=REPO, capture_output=True, check=True)
+    return into, commit
+
+
+def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int, seed: int) -> dict[str, Any]:
+    pngs = test_pngs(256)
+    bodies = routes(pngs)
+    cells = [Cell(name, route, CONCURRENCY) for name, _ in steps for route in (ENCODE, V2)]
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "git": git_state(),
+        "command": " ".join(["python -m bench.hot_path", *sys.argv[1:]]),
+        "plan": {"rounds": rounds, "window_s": window_s, "warmup_s": warmup_s, "seed": seed, "cells": len(cells)},
+        "pinning": {"server_cpus": SERVER_CPUS, "wrk_cpus": WRK_CPUS},
+    }
+    worktrees = Path(tempfile.mkdtemp(prefix="vae-hot-path-"))
+    servers: dict[str, Server] = {}
+    windows: dict[str, list[dict[str, Any]]] = {}
+    try:
+        commits = {}
+        for name, revision in steps:
+            tree, commits[name] = checkout(revision, worktrees / name)
+            # gRPC off: the servers would all want 8001, and only HTTP is measured here
+            env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024"}
+            servers[name] = Server("product", MODEL_DIR, env=env, tree=tree, cpus=SERVER_CPUS)
+        for server in servers.values():
+            server.wait_ready()
+        results["steps"] = [{"name": name, "revision": revision, "commit": commits[name]} for name, revision in steps]
+        results["model"] = served_model(next(iter(servers.values())).url)
+        began = time.monotonic()
+        for round_index in range(rounds):
+            for cell in round_order(cells, round_index, seed):
+                stats: dict[str, Any] = {}
+                for phase, seconds in (("warm-up", warmup_s), ("window", window_s)):
+                    if seconds:
+                        stats = wrk(servers[cell.server].url, CONCURRENCY, seconds, bodies[cell.route], cpus=WRK_CPUS)
+                        check_window(cell, round_index, phase, stats)
+                windows.setdefault(cell.key, []).append(stats)
+                print(
+                    f"round {round_index + 1}/{rounds} {cell.key}: {stats['rps']:.0f} requests/s, "
+                    f"p99 {stats['p99_us'] / 1000:.1f} ms",
+                    flush=True,
+                )
+        results["rounds_wall_s"] = time.monotonic() - began
+    finally:
+        for server in servers.values():
+            server.stop()
+        for name, revision in steps:
+            if revision != WORKING_TREE and (worktrees / name).exists():
+                subprocess.run(["git", "worktree", "remove", "--force", str(worktrees / name)], cwd=REPO, check=False)
+        shutil.rmtree(worktrees, ignore_errors=True)
+    limit = compute_limit(pngs)  # after the servers stopped: the core is this process's alone
+    results["compute_limit"] = limit
+    results["cells"] = {key: {**summarise_cell(w), "windows": w} for key, w in windows.items()}
+    first = steps[0][0]
+    per_round: dict[str, list[float]] = {}
+    for name, _ in steps:
+        encode, v2 = windows[Cell(name, ENCODE, CONCURRENCY).key], windows[Cell(name, V2, CONCURRENCY).key]
+        per_round[f"{name}_encode_vs_compute_limit"] = [w["rps"] / limit["requests_per_s"] for w in encode]
+        per_round[f"{name}_v2_binary_vs_encode"] = [b["rps"] / a["rps"] for a, b in zip(encode, v2, strict=True)]
+        if name != first:
+            base = windows[Cell(first, ENCODE, CONCURRENCY).key]
+            per_round[f"{name}_encode_vs_{first}"] = [a["rps"] / b["rps"] for a, b in zip(encode, base, strict=True)]
+    results["ratios"] = summarise_ratios(per_round)
+    results["p99_ms"] = {
+        name: spread([w["p99_us"] / 1000 for w in windows[Cell(name, ENCODE, CONCURRENCY).key]]) for name, _ in steps
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench.hot_path", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--step", action="append", help="NAME=REV (a git revision, or . for the working tree)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--window", type=int, default=3, help="seconds per measured window")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each window")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("bench.hot_path: wrk and taskset are needed (apt-get install wrk util-linux)", file=sys.stderr)
+        return 2
+    try:
+        results = run(parse_steps(args.step), args.rounds, args.window, args.warmup, args.seed)
+    except WindowFailed as failure:
+        print(f"bench.hot_path: a window failed; no results written.\nbench.hot_path: {failure}", file=sys.stderr)
+        return 1
+    write_json(args.results / "hot_path.json", results)
+    limit = results["compute_limit"]
+    print(f"compute limit: {limit['requests_per_s']:.0f} requests/s ({limit['per_request_us']:.0f} us a request)")
+    for name, ratio in results["ratios"].items():
+        print(f"{name}: {ratio['median']:.3f} ({ratio['min']:.3f}-{ratio['max']:.3f})")
+    for name, p99 in results["p99_ms"].items():
+        print(f"{name} p99 at c=32: {p99['median']:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The hot routes' short way (service/hot_routes.py): every answer equals the framework's, byte for
+byte apart from the request id, for successes and refusals; the short way is really taken; metrics,
+request ids and /openapi.json are what they were."""
+
+import json
+
+import numpy as np
+import pytest
+
+from service import app as app_module
+from service.hot_routes import HotRoutes
+from tests.unit.service.conftest import PNG, build, client_for, png_bytes
+
+pytestmark = pytest.mark.anyio
+
+PIXELS = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+V2_JSON = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": PIXELS.ravel().tolist()}]}
+V2_HEADER = json.dumps(
+    {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 8, 8], "parameters": {"binary_data_size": 256}}]}
+).encode()
+MULTIPART = [("file", ("a.png", png_bytes(1), "image/png")), ("file", ("b.png", png_bytes(2), "image/png"))]
+REQUESTS = [  # (method, path, keyword arguments of httpx's request)
+    ("POST", "/encode", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/encode?sample=true&seed=3", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/encode", {"files": MULTIPART}),
+    ("POST", "/encode?seed=abc", {"content": png_bytes(0), "headers": PNG}),  # 422
+    ("POST", "/encode?unknown=1", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/encode", {"content": b"not an image", "headers": PNG}),  # 400
+    ("POST", "/encode", {"content": b"", "headers": PNG}),
+    ("POST", "/encode", {"content": png_bytes(0), "headers": {"content-type": "text/plain"}}),  # 415
+    ("POST", "/v1/models/fake-vae/encode", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/v1/models/nope/encode", {"content": png_bytes(0), "headers": PNG}),  # 404
+    ("POST", "/v1/models/fake-vae/versions/1.0.0/encode", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/v1/models/fake-vae/versions/9.9.9/encode", {"content": png_bytes(0), "headers": PNG}),
+    ("POST", "/v2/models/fake-vae.encode/infer", {"json": V2_JSON}),
+    (
+        "POST",
+        "/v2/models/fake-vae.encode/infer",
+        {"content": V2_HEADER + PIXELS.tobytes(), "headers": {"Inference-Header-Content-Length": str(len(V2_HEADER))}},
+    ),
+    ("POST", "/v2/models/fake-vae/infer", {"json": V2_JSON}),
+    ("POST", "/v2/models/fake-vae.encode/versions/1.0.0/infer", {"json": V2_JSON}),
+    ("POST", "/v2/models/fake-vae.encode/infer", {"content": b"{not json"}),  # 400
+    ("POST", "/v2/models/nope/infer", {"json": V2_JSON}),  # 404
+    ("GET", "/encode", {}),  # 405: not a hot method, the framework's answer
+]
+
+
+def comparable(response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = sorted((k, v) for k, v in response.headers.items() if k not in ("x-request-id", "date"))
+    return response.status_code, headers, response.content
+
+
+def hot_routes_of(app) -> HotRoutes:
+    layer = app.middleware_stack
+    while not isinstance(layer, HotRoutes):
+        layer = layer.app
+    return layer
+
+
+@pytest.fixture
+def reference(monkeypatch):
+    """The same app with no endpoint taken the short way: every request through the framework."""
+    with monkeypatch.context() as patched:
+        patched.setattr(app_module, "HOT_ENDPOINTS", ())
+        app, _ = build()
+    return app
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
+async def test_the_short_way_answers_exactly_as_the_framework_does(reference, method, path, kwargs):
+    app, _ = build()
+    async with client_for(app) as hot, client_for(reference) as framework:
+        expected = comparable(await framework.request(method, path, **kwargs))
+        first = comparable(await hot.request(method, path, **kwargs))  # through the framework: it learns the route
+        taken = hot_routes_of(app)
+        calls = []
+        inner = taken.app
+
+        async def counted(scope, receive, send):
+            calls.append(scope["path"])
+            await inner(scope, receive, send)
+
+        taken.app = counted
+        second = comparable(await hot.request(method, path, **kwargs))
+    assert first == expected and second == expected
+    learned = (method, path.split("?")[0]) in taken._found
+    assert learned is (method == "POST")  # every POST here reaches a hot endpoint, whatever it answers
+    assert calls == ([] if learned else [path.split("?")[0]])
+
+
+async def test_the_hot_routes_are_learned_and_taken_the_short_way():
+    app, _ = build()
+    async with client_for(app) as client:
+        for _ in range(2):
+            assert (await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code == 200
+            assert (await client.post("/v2/models/fake-vae.encode/infer", json=V2_JSON)).status_code == 200
+            assert (await client.post("/elbo", content=png_bytes(0), headers=PNG)).status_code == 200
+    found = hot_routes_of(app)._found
+    assert set(found) == {("POST", "/encode"), ("POST", "/v2/models/fake-vae.encode/infer")}  # /elbo: not hot
+    assert found[("POST", "/v2/models/fake-vae.encode/infer")][2] == {"name": "fake-vae.encode"}
+
+
+async def test_metrics_and_request_ids_are_kept_on_the_short_way():
+    app, _ = build()
+    async with client_for(app) as client:
+        answers = [
+            await client.post(
+                "/v1/models/fake-vae/encode", content=png_bytes(0), headers={**PNG, "X-Request-ID": f"r{i}"}
+            )
+            for i in range(3)
+        ]
+        metrics = (await client.get("/metrics")).text
+    assert [a.headers["x-request-id"] for a in answers] == ["r0", "r1", "r2"]
+    line = 'vae_requests_total{method="POST",route="/v1/models/{name}/encode",status="200"} 3.0'
+    assert line in metrics
+
+
+async def test_the_openapi_document_is_the_frameworks(reference):
+    app, _ = build()
+    async with client_for(app) as hot, client_for(reference) as framework:
+        assert (await hot.get("/openapi.json")).json() == (await framework.get("/openapi.json")).json()
+
+
+async def test_an_error_outside_the_handlers_is_the_generic_500_with_the_request_id(monkeypatch):
+    app, _ = build()
+    async with client_for(app) as client:
+        assert (await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code == 200
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("the model broke")
+
+        served = app.state.vae.resolve()
+        monkeypatch.setattr(served, "encode", broken)
+        response = await client.post("/encode", content=png_bytes(0), headers=PNG)
+    body = response.json()
+    assert response.status_code == 500 and body["error"]["code"] == "internal_error"
+    assert "X-Request-ID" in body["error"]["message"] and response.headers["x-request-id"]
+    assert "broke" not in response.text
