@@ -40,14 +40,14 @@ SERVER_CPUS, WRK_CPUS = "0", "1"
 
 
 def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
-    """NAME=REV pairs, in order; REV "." is the working tree."""
+    """NAME=REV[,VAR=VALUE...] in order; REV "." is the working tree, the VARs the server's environment."""
     if not values:
         return [*STEPS, ("now", WORKING_TREE)]
     steps = []
     for value in values:
         name, sep, revision = value.partition("=")
-        if not sep or not name or not revision:
-            raise SystemExit(f"bench.hot_path: --step takes NAME=REV, not {value!r}")
+        if not sep or not name or not revision or any("=" not in pair for pair in revision.split(",")[1:]):
+            raise SystemExit(f"bench.hot_path: --step takes NAME=REV[,VAR=VALUE...], not {value!r}")
         steps.append((name, revision))
     if len({name for name, _ in steps}) != len(steps):
         raise SystemExit("bench.hot_path: each step needs a name of its own")
@@ -81,10 +81,11 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     windows: dict[str, list[dict[str, Any]]] = {}
     try:
         commits = {}
-        for name, revision in steps:
+        for name, step in steps:
+            revision, *variables = step.split(",")
             tree, commits[name] = checkout(revision, worktrees / name)
             # gRPC off: the servers would all want 8001, and only HTTP is measured here
-            env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024"}
+            env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024", **dict(v.split("=", 1) for v in variables)}
             servers[name] = Server("product", MODEL_DIR, env=env, tree=tree, cpus=SERVER_CPUS)
         for server in servers.values():
             server.wait_ready()
@@ -108,8 +109,8 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     finally:
         for server in servers.values():
             server.stop()
-        for name, revision in steps:
-            if revision != WORKING_TREE and (worktrees / name).exists():
+        for name, step in steps:
+            if step.split(",")[0] != WORKING_TREE and (worktrees / name).exists():
                 subprocess.run(["git", "worktree", "remove", "--force", str(worktrees / name)], cwd=REPO, check=False)
         shutil.rmtree(worktrees, ignore_errors=True)
     limit = compute_limit(pngs)  # after the servers stopped: the core is this process's alone
@@ -120,6 +121,8 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     for name, _ in steps:
         encode, v2 = windows[Cell(name, ENCODE, CONCURRENCY).key], windows[Cell(name, V2, CONCURRENCY).key]
         per_round[f"{name}_encode_vs_compute_limit"] = [w["rps"] / limit["requests_per_s"] for w in encode]
+        pillow = limit["requests_per_s_with_pillow_decode"]
+        per_round[f"{name}_encode_vs_compute_limit_with_pillow_decode"] = [w["rps"] / pillow for w in encode]
         per_round[f"{name}_v2_binary_vs_encode"] = [b["rps"] / a["rps"] for a, b in zip(encode, v2, strict=True)]
         if name != first:
             base = windows[Cell(first, ENCODE, CONCURRENCY).key]

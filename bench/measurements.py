@@ -61,7 +61,7 @@ def compute_limit(pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 3
     the model's preprocessing contract, the encoder's share of a batch of `batch` (what micro-batching
     gives at c=32), and the JSON answer's serialisation; the limit is one request per their sum."""
     from model.core.artifact import load_model_dir
-    from model.core.preprocess import PreprocessContract, bytes_to_array
+    from model.core.preprocess import PreprocessContract, bytes_to_array, image_to_array, open_image
     from service.responses import json_response
 
     model = load_model_dir(model_dir, threads=1)
@@ -79,8 +79,13 @@ def compute_limit(pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 3
     }
     serialise_us = 1e6 / _rate(lambda: json_response(payload), 1, seconds=1.0)
     per_request_us = decode_us + encode_us + serialise_us
+    # Pillow's decode, which the product used for every PNG until libspng took the plain ones
+    # (model/core/preprocess.py: plain_png): the limit as issue 32 first stated it, for comparison.
+    pillow_us = 1e6 / _rate(lambda: image_to_array(open_image(pngs[0], 10**8), contract), 1, seconds=1.0)
     return {
         "png_decode_us": decode_us,
+        "png_decode_pillow_us": pillow_us,
+        "requests_per_s_with_pillow_decode": 1e6 / (pillow_us + encode_us + serialise_us),
         f"encoder_us_per_image_batch{batch}": encode_us,
         "response_serialise_us": serialise_us,
         "per_request_us": per_request_us,

@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
+try:  # libspng's binding: optional, Pillow decodes everything without it (plain_png)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - installed with the service
+    _spng = None
+
 # Never decode a partial image silently: truncated bytes are an error, not grey pixels.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Decompression bombs are refused by `open_image`'s own limit, checked on the header before any pixel is
@@ -208,7 +213,71 @@ def bytes_to_array(
     max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS,
 ) -> np.ndarray:
     """Decode image bytes and apply the contract."""
+    plain = plain_png(data, contract)
+    if plain is not None:
+        return plain
     return image_to_array(open_image(data, max_pixels, max_jpeg_scans), contract)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks that leave the pixels Pillow gives an 8-bit grey or RGB PNG as they are (colour and gamma
+# information Pillow does not apply, text, times, the background colour a viewer would use).
+_PLAIN_PNG_CHUNKS = frozenset(
+    (b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"tIME", b"tEXt", b"bKGD")
+)
+_PLAIN_PNG_MAX_CHUNKS = 16
+
+
+def plain_png(data: bytes, contract: PreprocessContract) -> np.ndarray | None:
+    """The contract applied to a PNG that needs nothing but decoding, by libspng; None for any other image.
+
+    Plain means: 8 bits a sample, already in the contract's mode (grey, colour type 0, for an "L"
+    model; RGB, colour type 2, for an "RGB" one) and size, no palette, no transparency, at most 16
+    chunks, all of them ones that do not change the pixels (_PLAIN_PNG_CHUNKS), ending in IEND. Such
+    an image is exactly its decoded samples / 255 whichever decoder reads it, and libspng (pyspng)
+    reads a 28 x 28 one about five times faster than Pillow's Python chunk reader; a test checks the
+    arrays are equal to Pillow's, bit for bit (tests/unit/model/core/test_plain_png.py). Anything else,
+    or any error, or pyspng not installed: None, and Pillow decodes it with every check."""
+    if _spng is None or not _plain_header(data, contract) or not _plain_chunks(data):
+        return None
+    channels, height, width = contract.input_shape
+    try:
+        samples: np.ndarray = _spng.load(data)
+    except Exception:  # whatever libspng refuses, Pillow reads or refuses with its own message
+        return None
+    if samples.dtype != np.uint8 or samples.shape != ((height, width) if channels == 1 else (height, width, 3)):
+        return None
+    pixels = samples.astype(np.float32)
+    pixels = pixels[None, :, :] if channels == 1 else pixels.transpose(2, 0, 1)
+    scaled: np.ndarray = pixels * np.float32(1.0 / 255.0)  # as image_to_array scales Pillow's
+    return scaled
+
+
+def _plain_header(data: bytes, contract: PreprocessContract) -> bool:
+    """A PNG whose IHDR (length 13, then width, height, depth, colour type, compression, filter,
+    interlace) says 8-bit samples in the contract's mode and size."""
+    channels, height, width = contract.input_shape
+    if len(data) < 45 or not data.startswith(PNG_SIGNATURE):
+        return False
+    header = data[8:33]
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    if header[:8] != b"\x00\x00\x00\rIHDR" or header[8:16] != size:
+        return False
+    depth, colour, compression, filtering, interlace = header[16:21]
+    return depth == 8 and colour == (0 if channels == 1 else 2) and not compression and not filtering and interlace <= 1
+
+
+def _plain_chunks(data: bytes) -> bool:
+    """At most _PLAIN_PNG_MAX_CHUNKS chunks, each of _PLAIN_PNG_CHUNKS and within the bytes, the last IEND."""
+    position, end = 8, len(data)
+    for _ in range(_PLAIN_PNG_MAX_CHUNKS):
+        kind = data[position + 4 : position + 8]
+        if position + 12 > end or kind not in _PLAIN_PNG_CHUNKS:
+            return False
+        position += 12 + int.from_bytes(data[position : position + 4], "big")  # length, type, data, CRC
+        if kind == b"IEND":
+            return position <= end
+    return False
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
