@@ -94,13 +94,17 @@ class InferResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+# Each datatype's numpy dtype in this machine's byte order: an array's dtype names its datatype in one look-up.
+_NATIVE_DATATYPES = {dtype.newbyteorder("="): name for name, dtype in DTYPES.items()}
+
+
 def datatype_of(array: np.ndarray) -> str:
     if array.dtype == object:
         return BYTES
-    for name, dtype in DTYPES.items():
-        if array.dtype == dtype.newbyteorder("="):
-            return name
-    raise TypeError(f"no protocol datatype for {array.dtype}")
+    name = _NATIVE_DATATYPES.get(array.dtype)
+    if name is None:
+        raise TypeError(f"no protocol datatype for {array.dtype}")
+    return name
 
 
 def header_length(value: str | None, body_length: int) -> int:
