@@ -96,6 +96,7 @@ bench: $(BIN)/.dev-installed
 	$(BIN)/python -m bench.inprocess
 	$(BIN)/python -m bench.tracing_cost
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.hot_path --step before=0ac970c --step now=.
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m bench.soak
 	$(BIN)/python -m bench.train_throughput

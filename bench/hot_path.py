@@ -165,3 +165,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def hot_path_section(recorded: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table: each step's /encode and v2 binary throughput, p99, and ratios."""
+    ratios, cells, limit = recorded["ratios"], recorded["cells"], recorded["compute_limit"]
+    spread = lambda s, f, u="": f"{format(s['median'], f)}{u} ({format(s['min'], f)}-{format(s['max'], f)}{u})"  # noqa: E731
+    first = recorded["steps"][0]["name"]
+    lines = [
+        f"`{' '.join(recorded['command'].split())}`, model {recorded['model']['name']} {recorded['model']['version']}, "
+        f"{recorded['plan']['rounds']} interleaved rounds of {recorded['plan']['window_s']} s windows, the server on "
+        f"CPU {recorded['pinning']['server_cpus']} and wrk on CPU {recorded['pinning']['wrk_cpus']}, recorded "
+        f"{recorded['machine']['time']}. Medians of the rounds, their range in brackets.",
+        "",
+        f"The per-core compute limit, measured in the same run: {limit['requests_per_s']:.0f} requests/s "
+        f"({limit['png_decode_us']:.0f} us to decode the PNG, {limit['encoder_us_per_image_batch32']:.0f} us of "
+        f"encoder per image at batch 32, {limit['response_serialise_us']:.0f} us to serialise the answer). With "
+        f"Pillow's decode ({limit['png_decode_pillow_us']:.0f} us), as issue 32 first stated it: "
+        f"{limit['requests_per_s_with_pillow_decode']:.0f} requests/s.",
+        "",
+        "| step | commit | /encode, one PNG, c=32 | p99 | x the compute limit | x with Pillow's decode | "
+        f"x {first} | v2 binary, c=32 | v2 binary / /encode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for step in recorded["steps"]:
+        name = step["name"]
+        encode, v2 = cells[f"{name}/{ENCODE}/c{CONCURRENCY}"], cells[f"{name}/{V2}/c{CONCURRENCY}"]
+        versus = spread(ratios[f"{name}_encode_vs_{first}"], ".2f", "x") if name != first else "-"
+        settings = " ".join(step["revision"].split(",")[1:])
+        lines.append(
+            f"| {name} | `{step['commit'][:7]}`{' ' + settings if settings else ''} "
+            f"| {spread(encode['rps'], '.0f')} | {spread(recorded['p99_ms'][name], '.1f', ' ms')} "
+            f"| {spread(ratios[f'{name}_encode_vs_compute_limit'], '.2f', 'x')} "
+            f"| {spread(ratios[f'{name}_encode_vs_compute_limit_with_pillow_decode'], '.2f', 'x')} | {versus} "
+            f"| {spread(v2['rps'], '.0f')} | {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ the version the bundled repository serves by default. It writes, under docs/:
   with the report's figures copied into docs/figures/;
 - in benchmarks.md, the serving table from bench/results/serving.json and training.json (medians of
   the interleaved rounds, with their range), the training throughput table (train_throughput.json), and
-  the encoder graph over gRPC against HTTP (grpc_http.json);
+  the encoder graph over gRPC against HTTP (grpc_http.json), and the hot path's steps against the per-core
+  compute limit (hot_path.json);
 - in deploying.md, the scale-out table (scaleout.json);
 - in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure, and the anomaly maps'
   table (anomaly_maps.json);
@@ -39,6 +40,7 @@ PAGES = {
     "bench": "benchmarks.md",
     "train-throughput": "benchmarks.md",
     "grpc-http": "benchmarks.md",
+    "hot-path": "benchmarks.md",
     "scaleout": "deploying.md",
     "anomaly": "anomaly.md",
     "anomaly-maps": "anomaly.md",
@@ -233,6 +235,7 @@ RECORDED_SECTIONS = (
     ("scaleout", "scaleout.json", "bench.scaleout", "scaleout_section"),
     ("train-throughput", "train_throughput.json", "bench.train_throughput", "throughput_section"),
     ("grpc-http", "grpc_http.json", "bench.grpc_http", "grpc_http_section"),
+    ("hot-path", "hot_path.json", "bench.hot_path", "hot_path_section"),
 )
 SERVING_NOTE = (
     "3.x keeps 2.0.0's encoder and decoder architecture, so `/encode` runs graphs of the same shape; "

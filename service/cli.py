@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workers = settings.worker_processes
     print(f"vae-serve: {listening_banner(settings.host, settings.port)}", file=sys.stderr, flush=True)
-    print(f"vae-serve: {workers_line(settings.workers, workers)}", file=sys.stderr, flush=True)
+    print(f"vae-serve: {workers_line(settings)}", file=sys.stderr, flush=True)
     metrics_dir = worker_metrics_dir(workers)
     try:
         # the guarded protocol bounds header size, count and time: uvicorn alone bounds none (service/transport.py)
@@ -105,11 +105,17 @@ def listening_banner(host: str, port: int) -> str:
     )
 
 
-def workers_line(configured: int, workers: int) -> str:
+def workers_line(settings: Settings) -> str:
     """How many worker processes serve, and why that many."""
+    workers = settings.worker_processes
     plural = "es" if workers > 1 else ""
-    if configured:
-        return f"{workers} worker process{plural} (VAE_WORKERS={configured})"
+    if settings.workers:
+        return f"{workers} worker process{plural} (VAE_WORKERS={settings.workers})"
+    if settings.control_routes_on:
+        return (
+            "1 worker process: the repository control routes are on, and a load or unload must be the whole "
+            "server's (VAE_WORKERS=0; set it to choose)"
+        )
     return f"{workers} worker process{plural}, one per CPU available (VAE_WORKERS=0; set it to choose)"
 
 

@@ -152,7 +152,9 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="uvicorn worker processes; 0: one per CPU the server may use (its CPU affinity, "
-        "bounded by a container's CPU quota), at most 64. The Kubernetes manifests set 1: one per pod",
+        "bounded by a container's CPU quota), at most 64, or one when the repository control routes are on "
+        "(VAE_ADMIN_TOKEN, VAE_REPOSITORY_CONTROL=open): each worker holds its own models. The Kubernetes "
+        "manifests set 1: one per pod",
     )
     gc_freeze: bool = Field(
         True,
@@ -247,9 +249,18 @@ class Settings(BaseSettings):
     )
 
     @property
+    def control_routes_on(self) -> bool:
+        """Whether /v2/repository/... loads and unloads models on request (a token, or open)."""
+        return self.admin_token is not None or self.repository_control == "open"
+
+    @property
     def worker_processes(self) -> int:
-        """The worker processes to run: VAE_WORKERS, or with 0 one per CPU available (at most 64)."""
-        return self.workers or min(64, available_cpus())
+        """The worker processes to run: VAE_WORKERS; with 0, one per CPU available (at most 64), or one
+        when the repository control routes are on: a load or unload must be the whole server's, and
+        each worker holds its own models."""
+        if self.workers:
+            return self.workers
+        return 1 if self.control_routes_on else min(64, available_cpus())
 
     @field_validator("admin_token", mode="before")
     @classmethod

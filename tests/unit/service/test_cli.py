@@ -79,3 +79,12 @@ def test_by_default_one_worker_per_cpu_available_and_the_log_says_so(started, mo
 def test_a_chosen_worker_count_is_said_as_chosen(started, capsys):
     assert cli.main(["--workers", "1"]) == 0
     assert "vae-serve: 1 worker process (VAE_WORKERS=1)" in capsys.readouterr().err
+
+
+def test_with_the_control_routes_on_the_default_is_one_worker(started, monkeypatch, capsys):
+    from service import settings
+
+    monkeypatch.setattr(settings, "available_cpus", lambda: 3)
+    monkeypatch.setenv("VAE_ADMIN_TOKEN", "secret")
+    assert cli.main([]) == 0
+    assert started["workers"] == 1 and "the repository control routes are on" in capsys.readouterr().err

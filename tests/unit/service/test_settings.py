@@ -153,3 +153,6 @@ def test_workers_default_to_one_per_cpu_and_a_setting_wins(monkeypatch):
     assert Settings(workers=2).worker_processes == 2
     monkeypatch.setattr(module, "available_cpus", lambda: 200)
     assert Settings().worker_processes == 64
+    # each worker holds its own models: a load or unload by request must be the one process's
+    assert Settings(admin_token="t").worker_processes == 1 and Settings(repository_control="open").worker_processes == 1
+    assert Settings(admin_token="t", workers=3).worker_processes == 3

@@ -1,0 +1,100 @@
+"""bench.hot_path: its steps, and the table it writes into docs/benchmarks.md from a recorded run."""
+
+import json
+
+import pytest
+
+from bench import hot_path, report
+from bench.measurements import limit_ratios
+from bench.plan import Bench, Plan
+from bench.rounds import Cell
+from bench.run import write_json
+
+
+def test_steps_are_name_revision_and_settings_in_order():
+    assert hot_path.parse_steps(["a=HEAD~1", "b=.,VAE_GC_FREEZE=false"]) == [
+        ("a", "HEAD~1"),
+        ("b", ".,VAE_GC_FREEZE=false"),
+    ]
+    assert hot_path.parse_steps(None)[-1] == ("now", ".")
+    for bad in (["a"], ["=HEAD"], ["a="], ["a=.,NOVALUE"]):
+        with pytest.raises(SystemExit):
+            hot_path.parse_steps(bad)
+    with pytest.raises(SystemExit, match="name of its own"):
+        hot_path.parse_steps(["a=HEAD", "a=."])
+
+
+def recorded() -> dict:
+    spread = lambda v: {"median": v, "min": v, "max": v, "q1": v, "q3": v, "n": 1}  # noqa: E731
+    steps = [
+        {"name": "before", "revision": "abc", "commit": "a" * 40},
+        {"name": "now", "revision": ".,X=1", "commit": "b" * 40},
+    ]
+    cells = {
+        "before/encode_1_raw/c32": {"rps": spread(500.0)},
+        "before/v2_encoder_binary/c32": {"rps": spread(400.0)},
+        "now/encode_1_raw/c32": {"rps": spread(1000.0)},
+        "now/v2_encoder_binary/c32": {"rps": spread(1100.0)},
+    }
+    ratios = {
+        "before_encode_vs_compute_limit": spread(0.1),
+        "before_encode_vs_compute_limit_with_pillow_decode": spread(0.2),
+        "before_v2_binary_vs_encode": spread(0.8),
+        "now_encode_vs_compute_limit": spread(0.2),
+        "now_encode_vs_compute_limit_with_pillow_decode": spread(0.4),
+        "now_v2_binary_vs_encode": spread(1.1),
+        "now_encode_vs_before": spread(2.0),
+    }
+    return {
+        "command": "python -m bench.hot_path",
+        "model": {"name": "m", "version": "1.0.0"},
+        "plan": {"rounds": 7, "window_s": 3},
+        "pinning": {"server_cpus": "0", "wrk_cpus": "1"},
+        "machine": {"time": "2026-12-07T00:00:00Z"},
+        "compute_limit": {
+            "requests_per_s": 5000.0,
+            "png_decode_us": 20.0,
+            "encoder_us_per_image_batch32": 170.0,
+            "response_serialise_us": 10.0,
+            "png_decode_pillow_us": 100.0,
+            "requests_per_s_with_pillow_decode": 3571.0,
+        },
+        "steps": steps,
+        "cells": cells,
+        "ratios": ratios,
+        "p99_ms": {"before": spread(100.0), "now": spread(30.0)},
+    }
+
+
+def test_the_table_has_a_row_per_step_with_its_ratios():
+    table = hot_path.hot_path_section(recorded())
+    rows = [line for line in table.splitlines() if line.startswith("| before") or line.startswith("| now")]
+    assert len(rows) == 2
+    assert "| now | `bbbbbbb` X=1 | 1000 (1000-1000) | 30.0 ms (30.0-30.0 ms) | 0.20x" in rows[1]
+    assert "| 2.00x (2.00-2.00x) | 1100 (1100-1100) | 1.10x (1.10-1.10x) |" in rows[1]
+    assert "5000 requests/s" in table and "3571 requests/s" in table
+
+
+def test_the_report_writes_the_recorded_table_into_the_benchmarks_page(tmp_path, monkeypatch):
+    write_json(tmp_path / "hot_path.json", recorded())
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert report.blocks()["hot-path"] == hot_path.hot_path_section(
+        json.loads((tmp_path / "hot_path.json").read_text())
+    )
+
+
+def test_every_servers_encode_at_c32_is_divided_by_the_compute_limit():
+    cells = (
+        Cell("product", "encode_1_raw", 32),
+        Cell("minimal", "encode_1_raw", 32),
+        Cell("product", "encode_1_raw", 1),
+    )
+    bench = Bench(Plan("x", cells, {}, ()), {}, [], {})
+    bench.windows = {
+        cells[0].key: [{"rps": 1000.0}, {"rps": 2000.0}],
+        cells[1].key: [{"rps": 500.0}] * 2,
+        cells[2].key: [{"rps": 1.0}] * 2,
+    }
+    ratios = limit_ratios(bench, {"compute_limit": {"requests_per_s": 4000.0}})
+    assert set(ratios) == {"product_encode_c32_vs_compute_limit", "minimal_encode_c32_vs_compute_limit"}
+    assert ratios["product_encode_c32_vs_compute_limit"]["rounds"] == [0.25, 0.5]
