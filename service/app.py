@@ -142,8 +142,14 @@ def create_app(
     state = make_state(settings, load, scan)
     tracing.configure(settings.otlp_endpoint, span_exporter, version=package_version())
 
+    # One worker answers while its models load (live, not ready). Several share the port, and a request
+    # must never meet a worker still loading after another said ready: each takes connections only once
+    # its models are loaded (uvicorn accepts after the lifespan's start-up).
+    load_first = settings.worker_processes > 1
+
     async def start_all() -> None:
-        await start(state)
+        if not load_first:
+            await start(state)
         # The decoder processes start with the first image too large to decode inline, not here: most
         # deployments send small images and never need them (see service/decoding.py).
         if settings.repository_poll_s:
@@ -153,6 +159,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # gRPC listens from the start, as HTTP does: its health RPCs answer while the models load.
         grpc = await grpc_server.start(state, app.title, app.version) if settings.grpc_port else None
+        if load_first:
+            await start(state)
         state.tasks.append(asyncio.create_task(start_all()))
         yield
         if grpc is not None:  # calls in flight get the grace period HTTP's get (uvicorn's)

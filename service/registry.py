@@ -123,16 +123,23 @@ class Registry(Generic[T]):
     # ---- changing: one load or unload at a time per model ----
 
     async def load_all(self) -> None:
+        """Every model the repository holds; `on_served` once at the end rather than after each."""
         try:
             names = list(await self._scan())
         except LoadFailed as exc:
             log.error("%s", exc)
             return
-        for name in names:
-            try:
-                await self.load(name)
-            except (LoadFailed, ModelNotFound) as exc:
-                log.error("%s", exc)
+        on_served, self.on_served = self.on_served, None
+        try:
+            for name in names:
+                try:
+                    await self.load(name)
+                except (LoadFailed, ModelNotFound) as exc:
+                    log.error("%s", exc)
+        finally:
+            self.on_served = on_served
+            if on_served is not None:
+                on_served()
 
     async def load(self, name: str) -> list[Status]:
         """(Re)load the versions the model's policy selects from disk. Each is loaded, hash-checked

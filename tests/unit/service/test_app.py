@@ -65,3 +65,22 @@ def test_vae_gc_freeze_settles_the_collector_after_every_change_of_what_is_serve
 
     app = create_app(Settings(gc_freeze=freeze, grpc_port=0), scan=lambda: {})
     assert app.state.vae.registry.on_served is (settle_garbage_collector if freeze else None)
+
+
+@pytest.mark.parametrize(("workers", "loaded_before_serving"), [(1, False), (2, True)])
+async def test_with_several_workers_each_loads_its_models_before_it_takes_a_connection(workers, loaded_before_serving):
+    """Several workers share the port: one still loading must not answer 503 after another said ready.
+    One worker answers from the start (live, not yet ready) while it loads."""
+    from service.engine import Engine
+    from tests.unit.service.conftest import fake_repository
+    from tests.unit.service.fakes import FakeVAE
+
+    fake = FakeVAE()
+    app = create_app(
+        Settings(workers=workers, grpc_port=0),
+        load=lambda directory, _: Engine.from_model(fake),
+        scan=lambda: fake_repository(fake),
+    )
+    async with app.router.lifespan_context(app):
+        state = app.state.vae
+        assert state.started is loaded_before_serving and state.ready is loaded_before_serving

@@ -251,3 +251,15 @@ async def test_every_change_of_what_is_served_calls_on_served_after_the_change(t
     await registry.load("m")
     await registry.unload("m")
     assert seen == [["1.0.0"], ["2.0.0"], []]
+
+
+async def test_loading_the_whole_repository_calls_on_served_once_at_the_end(tmp_path):
+    for name in ("a", "b", "c"):
+        add_version(tmp_path, name, "1.0.0")
+    seen: list[dict] = []
+    registry: Registry[object] = Registry(scan=lambda: scan_repository(tmp_path), load_version=load)
+    registry.on_served = lambda: seen.append(registry.served())
+    await registry.load_all()
+    assert seen == [{"a": ["1.0.0"], "b": ["1.0.0"], "c": ["1.0.0"]}]
+    await registry.unload("b")  # and after every change from then on
+    assert len(seen) == 2 and registry.on_served is not None
