@@ -7,7 +7,7 @@ import importlib.metadata
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,22 +129,12 @@ async def _poll(state: AppState, seconds: float) -> None:
             log.exception("repository poll failed; trying again in %g s", seconds)
 
 
-def create_app(
-    settings: Settings | None = None,
-    load: EngineLoader = load_engine,
-    scan: Callable[[], dict[str, ModelSource]] | None = None,
-    span_exporter: SpanExporter | None = None,
-) -> FastAPI:
-    """`load` and `scan` default to the real loader and the configured repository; tests pass fakes.
-    Traces go to VAE_OTLP_ENDPOINT when it is set, and to `span_exporter` (tests: an in-memory one).
-    Tracing is per process, so the app made last configures it (service/tracing.py)."""
-    settings = settings or load_settings()
-    state = make_state(settings, load, scan)
-    tracing.configure(settings.otlp_endpoint, span_exporter, version=package_version())
+def make_lifespan(state: AppState, settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's start-up and shutdown: gRPC, the models' load, the repository poll; then their ends.
 
-    # One worker answers while its models load (live, not ready). Several share the port, and a request
-    # must never meet a worker still loading after another said ready: each takes connections only once
-    # its models are loaded (uvicorn accepts after the lifespan's start-up).
+    One worker answers while its models load (live, not ready). Several share the port, and a request
+    must never meet a worker still loading after another said ready: each takes connections only once
+    its models are loaded (uvicorn accepts after the lifespan's start-up)."""
     load_first = settings.worker_processes > 1
 
     async def start_all() -> None:
@@ -170,13 +160,29 @@ def create_app(
         state.decoder.close()
         tracing.shutdown()  # the spans still queued for the collector go now
 
+    return lifespan
+
+
+def create_app(
+    settings: Settings | None = None,
+    load: EngineLoader = load_engine,
+    scan: Callable[[], dict[str, ModelSource]] | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
+    """`load` and `scan` default to the real loader and the configured repository; tests pass fakes.
+    Traces go to VAE_OTLP_ENDPOINT when it is set, and to `span_exporter` (tests: an in-memory one).
+    Tracing is per process, so the app made last configures it (service/tracing.py)."""
+    settings = settings or load_settings()
+    state = make_state(settings, load, scan)
+    tracing.configure(settings.otlp_endpoint, span_exporter, version=package_version())
+
     app = FastAPI(
         title="vae-service",
         version=package_version(),
         summary="A variational autoencoder served from ONNX graphs: encode, decode, sample, score, reconstruct.",
         description='Every error is JSON `{"error": {"code", "message"}}`. Every response carries '
         "X-Request-ID. Image routes take a raw image/* body or multipart parts named `file`.",
-        lifespan=lifespan,
+        lifespan=make_lifespan(state, settings),
         docs_url=None,  # served from local assets by service/docs.py
         redoc_url=None,
         # Starlette would answer /encode/ or /ui with a redirect to an absolute URL built from the Host
