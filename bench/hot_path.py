@@ -57,7 +57,8 @@ def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
 def checkout(revision: str, into: Path) -> tuple[Path, str]:
     """A tree holding `revision`'s code (the working tree for "."), and the commit it is."""
     if revision == WORKING_TREE:
-        return REPO, git_state()["commit"] + ("+changes" if git_state()["dirty"] else "")
+        state = git_state()
+        return REPO, state["commit"] + ("+changes" if state["dirty"] else "")
     commit = subprocess.run(
         ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from model.core.preprocess import (
+    PNG_SIGNATURE,
     ImageDecodeError,
     ImageTooComplexError,
     ImageTooLargeError,
@@ -123,7 +124,7 @@ def decode_job(
     return [convert(image, contract, index, count) for index, image in images]
 
 
-PNG_SIGNATURE, JPEG_SOI = b"\x89PNG\r\n\x1a\n", b"\xff\xd8"
+JPEG_SOI = b"\xff\xd8"
 MAX_INLINE_SEGMENTS = 16
 # Chunks Pillow inflates while reading the header, up to 1 MB each: a thousandfold amplification.
 PNG_INFLATED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
@@ -188,15 +189,15 @@ class ImageDecoder:
         inline: list[tuple[int, Image.Image]] = []
         heavy: list[tuple[int, bytes]] = []
         declared = 0
-        plain: list[tuple[int, np.ndarray]] = []
+        arrays: list[np.ndarray] = [np.empty(0)] * count
         for index, blob in enumerate(blobs):
-            if 0 < len(blob) <= limits.inline_bytes:
-                pixels = plain_png(blob, contract)  # the model's own size, decoded already: nothing to inspect
-                if pixels is not None:
-                    plain.append((index, pixels))
-                    declared += pixels.shape[1] * pixels.shape[2]
-                    continue
-            if 0 < len(blob) <= limits.inline_bytes and few_segments(blob):
+            small = 0 < len(blob) <= limits.inline_bytes
+            pixels = plain_png(blob, contract) if small else None  # the model's own size: nothing to inspect
+            if pixels is not None:
+                arrays[index] = pixels
+                declared += pixels.shape[1] * pixels.shape[2]
+                continue
+            if small and few_segments(blob):
                 image = inspect(blob, index, count, limits)  # a short header: cheap on the loop
                 if image.width * image.height <= limits.inline_pixels:
                     inline.append((index, image))
@@ -205,7 +206,6 @@ class ImageDecoder:
             elif not blob:
                 inspect(blob, index, count, limits)  # raises: empty
             heavy.append((index, blob))
-        arrays: list[np.ndarray] = [np.empty(0)] * count
         if heavy:  # the job checks the request's budget, the inline images' pixels included
             tracing.set_attributes(span, {"vae.images_in_process": len(heavy)})
             decoded = await self.pool.run((heavy, count, contract, limits, declared), limits.timeout_s)
@@ -215,8 +215,6 @@ class ImageDecoder:
             check_budget(declared, limits)
         for index, image in inline:
             arrays[index] = convert(image, contract, index, count)
-        for index, pixels in plain:
-            arrays[index] = pixels
         return arrays[0][None] if count == 1 else np.stack(arrays)  # (N, C, H, W); a view costs less than stack
 
 
