@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from model.core.artifact import load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors, tracing
 from service.engine import Engine
 from service.grpc_server import server as grpc_server
-from service.hot_routes import HotRoutes
+from service.hot_routes import HotRoutes, HotTable, ShortWay
 from service.http_tracing import HttpTracingMiddleware
-from service.limits import RequestLimitsMiddleware
+from service.limits import RequestLimitsMiddleware, UploadSlots
 from service.memory import settle_garbage_collector
-from service.observability import Metrics, ObservabilityMiddleware, configure_logging
+from service.observability import Answers, Metrics, ObservabilityMiddleware, configure_logging
 from service.registry import Registry
 from service.repository_scan import ModelSource, scan_repository, single_model
 from service.routes import anomaly, images, latents, ops, preprocess, remote, repository, ui
@@ -59,6 +60,22 @@ ROUTERS = (
 
 # The endpoints taken the short way (service/hot_routes.py): /encode at each address, and v2 inference.
 HOT_ENDPOINTS = (images.encode, v2_routes.infer)
+
+
+class ServiceApp(FastAPI):
+    """The FastAPI app, with the hot routes' short way in front of its middleware (service/hot_routes.py)."""
+
+    short_way: ShortWay | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        short_way = self.short_way
+        if short_way is not None and scope["type"] == "http":
+            found = short_way.takes(scope)
+            if found is not None:
+                scope["app"] = self
+                await short_way(scope, receive, send, found)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def load_engine(directory: Path, settings: Settings) -> Engine:
@@ -176,7 +193,7 @@ def create_app(
     state = make_state(settings, load, scan)
     tracing.configure(settings.otlp_endpoint, span_exporter, version=package_version())
 
-    app = FastAPI(
+    app = ServiceApp(
         title="vae-service",
         version=package_version(),
         summary="A variational autoencoder served from ONNX graphs: encode, decode, sample, score, reconstruct.",
@@ -220,10 +237,15 @@ def make_state(settings: Settings, load: EngineLoader, scan: Callable[[], dict[s
     return AppState(settings=settings, metrics=metrics, registry=registry)
 
 
-def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Innermost the hot routes' short way (service/hot_routes.py), then CORS when configured, then the
-    body limits, then request ids and metrics, then (outermost, when tracing is on) the request spans."""
-    app.add_middleware(HotRoutes, hot=HOT_ENDPOINTS, handlers=lambda: app.exception_handlers)
+def add_middleware(app: ServiceApp, settings: Settings, metrics: Metrics) -> None:
+    """Innermost the hot routes' short way past the router (service/hot_routes.py), then CORS when
+    configured, then the body limits, then request ids and metrics, then (outermost, when tracing is on)
+    the request spans; in front of them all, when neither CORS nor tracing is on, the hot routes' short way
+    past the middleware, with the limits' upload slots and the metrics' accounting."""
+    table = HotTable(HOT_ENDPOINTS, handlers=lambda: app.exception_handlers)
+    slots = UploadSlots(settings.max_upload_bytes, settings.max_uploads, settings.body_timeout_s)
+    answers = Answers(metrics, v2_errors.error_shape, settings.access_log)
+    app.add_middleware(HotRoutes, table=table)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -233,19 +255,12 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
             expose_headers=["X-Request-ID", "X-Seed", "X-Model-Name", "X-Model-Version"],
         )
     # The last added is the outermost: request ids and metrics see every answer the limits give.
-    app.add_middleware(
-        RequestLimitsMiddleware,
-        metrics=metrics,
-        max_body=settings.max_upload_bytes,
-        max_uploads=settings.max_uploads,
-        body_timeout_s=settings.body_timeout_s,
-        shape_of=v2_errors.error_shape,
-    )
-    app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, access_log=settings.access_log
-    )
+    app.add_middleware(RequestLimitsMiddleware, metrics=metrics, shape_of=v2_errors.error_shape, slots=slots)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, answers=answers)
     if tracing.enabled():  # off, requests do not pass through it at all
         app.add_middleware(HttpTracingMiddleware)
+    elif not settings.cors_origins:
+        app.short_way = ShortWay(table, slots, answers)
 
 
 def package_version() -> str:

@@ -43,65 +43,39 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit} bytes", headers={"Connection": "close"})
 
 
-class RequestLimitsMiddleware:
-    """Refuses a body over `max_body` before reading it (413), a body beyond `max_uploads` being received
-    at once (429), gives each body a deadline (408), and turns a client abort into one log line and
-    `ClientGone`, with nothing sent."""
+class UploadSlots:
+    """The bodies being received now, their limits, and the one sweeper that times out those past their
+    deadline. Shared by the limits middleware and the hot routes' short way (service/hot_routes.py),
+    which receives its bodies under the same slots, limit and deadline."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Any,  # service.observability.Metrics: its `rejected` counter
-        max_body: int,
-        max_uploads: int,
-        body_timeout_s: float,
-        shape_of: ShapeResolver = native_shape,
-    ) -> None:
-        self.app, self.metrics, self.shape_of = app, metrics, shape_of
+    def __init__(self, max_body: int, max_uploads: int, body_timeout_s: float) -> None:
         self.max_body, self.max_uploads, self.body_timeout_s = max_body, max_uploads, body_timeout_s
-        self.uploads: set[_Body] = set()  # bodies being received now
+        self.bodies: set[_Body] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        length = _body_length(scope) if scope["type"] == "http" else None
-        if length is None:
-            try:
-                await self.app(scope, receive, send)
-            except ClientDisconnect:
-                raise self._gone(scope) from None
-            return
-        if length > self.max_body:  # before a byte of the body is read
-            message = f"request body exceeds the limit of {self.max_body} bytes"
-            await self._refuse(scope, send, 413, "payload_too_large", message, (b"connection", b"close"))
-        elif len(self.uploads) >= self.max_uploads:
-            self.metrics.rejected.inc()
-            message = f"more than {self.max_uploads} uploads in progress; retry shortly"
-            await self._refuse(scope, send, 429, "overloaded", message, (b"retry-after", b"1"))
-        else:
-            await self._receive_body(scope, receive, send)
+    def full(self) -> bool:
+        return len(self.bodies) >= self.max_uploads
 
-    async def _receive_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def receiving(self, receive: Receive, send: Send) -> _Body:
+        """A body to receive under a slot (released at its last byte or by `_Body.release`)."""
         body = _Body(self, receive, send)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return body
+
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """`app` with the request's body received under a slot; `ClientGone` when the client left first."""
+        body = self.receiving(receive, send)
         try:
-            await self.app(scope, body.receive, body.send)
+            await app(scope, body.receive, body.send)
         except Exception as exc:
             if isinstance(exc, ClientDisconnect) or body.disconnected:
-                raise self._gone(scope) from None
+                raise client_gone(scope) from None
             raise
         finally:
             body.release()
         if body.disconnected:  # the app answered (a 400, say) a client that had gone: nothing was sent
-            raise self._gone(scope)
-
-    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, message: str, header: Any) -> None:
-        await send_error(send, status, error_bytes(code, message, self.shape_of(scope["path"])), header)
-
-    @staticmethod
-    def _gone(scope: Scope) -> ClientGone:
-        log.info("client disconnected before its request was answered: %s %s", scope["method"], scope["path"])
-        return ClientGone()
+            raise client_gone(scope)
 
     async def _sweep(self) -> None:
         """Times out bodies past their deadline, checking every `tick`; runs while any is being received.
@@ -109,13 +83,60 @@ class RequestLimitsMiddleware:
         more than the rest of the middleware (docs/design/serving-measurements.md)."""
         tick = min(1.0, self.body_timeout_s / 10)
         try:
-            while self.uploads:
+            while self.bodies:
                 await asyncio.sleep(tick)
                 now = time.monotonic()
-                for body in [body for body in self.uploads if body.deadline <= now]:
+                for body in [body for body in self.bodies if body.deadline <= now]:
                     body.expire()
         finally:
             self._sweeper = None
+
+
+class RequestLimitsMiddleware:
+    """Refuses a body over `max_body` before reading it (413), a body beyond `max_uploads` being received
+    at once (429), gives each body a deadline (408), and turns a client abort into one log line and
+    `ClientGone`, with nothing sent. `slots`: shared with the hot routes' short way (else its own)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Any,  # service.observability.Metrics: its `rejected` counter
+        max_body: int = 0,
+        max_uploads: int = 0,
+        body_timeout_s: float = 0.0,
+        shape_of: ShapeResolver = native_shape,
+        slots: UploadSlots | None = None,
+    ) -> None:
+        self.app, self.metrics, self.shape_of = app, metrics, shape_of
+        self.slots = slots or UploadSlots(max_body, max_uploads, body_timeout_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = body_length(scope) if scope["type"] == "http" else None
+        if length is None:
+            try:
+                await self.app(scope, receive, send)
+            except ClientDisconnect:
+                raise client_gone(scope) from None
+            return
+        slots = self.slots
+        if length > slots.max_body:  # before a byte of the body is read
+            message = f"request body exceeds the limit of {slots.max_body} bytes"
+            await self._refuse(scope, send, 413, "payload_too_large", message, (b"connection", b"close"))
+        elif slots.full():
+            self.metrics.rejected.inc()
+            message = f"more than {slots.max_uploads} uploads in progress; retry shortly"
+            await self._refuse(scope, send, 429, "overloaded", message, (b"retry-after", b"1"))
+        else:
+            await slots.run(self.app, scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, message: str, header: Any) -> None:
+        await send_error(send, status, error_bytes(code, message, self.shape_of(scope["path"])), header)
+
+
+def client_gone(scope: Scope) -> ClientGone:
+    """The client closed the connection first: one log line, and the exception that says so."""
+    log.info("client disconnected before its request was answered: %s %s", scope["method"], scope["path"])
+    return ClientGone()
 
 
 class _Body:
@@ -125,17 +146,17 @@ class _Body:
 
     __slots__ = ("deadline", "disconnected", "expired", "holding", "inner", "outer", "owner", "received", "waiting")
 
-    def __init__(self, owner: RequestLimitsMiddleware, receive: Receive, send: Send) -> None:
+    def __init__(self, owner: UploadSlots, receive: Receive, send: Send) -> None:
         self.owner, self.inner, self.outer = owner, receive, send
         self.deadline = time.monotonic() + owner.body_timeout_s
         self.received, self.holding, self.disconnected, self.expired = 0, True, False, False
         self.waiting: asyncio.Task[Any] | None = None
-        owner.uploads.add(self)
+        owner.bodies.add(self)
 
     def release(self) -> None:
         if self.holding:
             self.holding = False
-            self.owner.uploads.discard(self)
+            self.owner.bodies.discard(self)
 
     def expire(self) -> None:
         if self.waiting is not None and not self.expired:
@@ -221,7 +242,7 @@ class _Receiving:
                     return message
 
 
-def _body_length(scope: Scope) -> int | None:
+def body_length(scope: Scope) -> int | None:
     """The declared body length; 0 for a chunked body (counted as it arrives); None without a body.
     (The server has already refused a malformed or contradictory Content-Length with 400.)"""
     length = None

@@ -156,23 +156,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class Answers:
+    """How every answered request is accounted for: counted and timed per route, its access log line
+    written, and an unexpected exception turned into one logged traceback and the generic 500. The
+    observability middleware's, and the hot routes' short way's (service/hot_routes.py)."""
+
+    def __init__(self, metrics: Metrics, shape_of: ShapeResolver = native_shape, access_log: bool = False) -> None:
+        self.metrics, self.shape_of = metrics, shape_of
+        self.log = logging.getLogger("vae.access") if access_log else None
+
+    async def internal_error(self, scope: Scope, send: Send, *headers: tuple[bytes, bytes]) -> None:
+        """The exception being handled, logged with its traceback, and the generic 500 answered."""
+        errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
+        await errors.send_error(send, 500, body, *headers)
+
+    def record(self, scope: Scope, status: int, elapsed: float) -> None:
+        """Count and time the answered request, and write its access log line."""
+        # The matched route's template (FastAPI puts the route in the scope): one label per route,
+        # whatever the path parameters, with no list of paths to keep in sync.
+        route = getattr(scope.get("route"), "path", "other")
+        self.metrics.observe_request(route, scope["method"], status, elapsed)
+        if self.log is not None and self.log.isEnabledFor(logging.INFO):
+            self.log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+
+
 class ObservabilityMiddleware:
     """Sets X-Request-ID, counts and times requests per route, writes the access log, and turns an
     unexpected exception into one logged traceback and a generic 500 that carries the request id.
     A client that left (`ClientGone`, from the limits middleware inside this one) counts as 499."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, shape_of: ShapeResolver = native_shape, access_log: bool = False
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        shape_of: ShapeResolver = native_shape,
+        access_log: bool = False,
+        answers: Answers | None = None,
     ) -> None:
-        self.app, self.metrics, self.shape_of = app, metrics, shape_of
-        self.log = logging.getLogger("vae.access") if access_log else None
+        self.app, self.metrics = app, metrics
+        self.answers = answers or Answers(metrics, shape_of, access_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         began = time.perf_counter()
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         token = request_id_var.set(request_id)
         header = (b"x-request-id", request_id.encode())
         status, started = 500, False
@@ -184,7 +214,7 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 headers = [*message.get("headers", []), header]
-                message["headers"] = _relative_locations(headers) if 300 <= status < 400 else headers
+                message["headers"] = relative_locations(headers) if 300 <= status < 400 else headers
             await send(message)
 
         try:
@@ -192,25 +222,15 @@ class ObservabilityMiddleware:
         except ClientGone:
             status = CLIENT_CLOSED
         except Exception:
-            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:  # else the connection is cut mid-response, which the client notices
-                body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
-                await errors.send_error(send_with_id, 500, body)
+                await self.answers.internal_error(scope, send_with_id)
         finally:
             metrics.active -= 1
-            self._record(scope, status, time.perf_counter() - began)
+            self.answers.record(scope, status, time.perf_counter() - began)
             request_id_var.reset(token)
 
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        # The matched route's template (FastAPI puts the route in the scope): one label per route,
-        # whatever the path parameters, with no list of paths to keep in sync.
-        route = getattr(scope.get("route"), "path", "other")
-        self.metrics.observe_request(route, scope["method"], status, elapsed)
-        if self.log is not None and self.log.isEnabledFor(logging.INFO):
-            self.log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
 
-
-def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Every redirect stays on this server: an absolute Location loses its scheme and host (which a
     framework builds from the client's Host header) and keeps its path and query."""
     rewritten = []
@@ -224,7 +244,8 @@ def _relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     return rewritten
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-ID when it is one to echo, else a fresh one."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             return valid_request_id(value.decode("latin-1")) or new_request_id()

@@ -18,10 +18,18 @@ class QueryModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+_DEFAULTS: dict[type[BaseModel], BaseModel] = {}
+
+
 def parse_query(request: Request, model: type[Q]) -> Q:
     raw = request.scope["query_string"]
-    if not raw:
-        return model.model_validate({})
+    if not raw:  # the defaults: one frozen instance per model, unless a default is made per request
+        defaults = _DEFAULTS.get(model)
+        if defaults is None:
+            defaults = model.model_validate({})
+            if not any(field.default_factory for field in model.model_fields.values()):
+                _DEFAULTS[model] = defaults
+        return defaults  # type: ignore[return-value]  # keyed by its own class
     given = dict(request.query_params)
     unknown = [name for name in given if name not in model.model_fields]
     if unknown:  # a misspelt knob (?kk=10) would otherwise be answered with its default, silently

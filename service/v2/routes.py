@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from service.responses import RawResponse
 from service.schemas import V2ErrorBody
 from service.state import app_state
 from service.uploads import read_body
@@ -102,7 +103,7 @@ async def infer(request: Request) -> Response:
     else:
         parsed = await anyio.to_thread.run_sync(parse_request, body, length, None, rows)
     content, headers = await protocol.infer(state, name, resolved, parsed, began, True, encode_response)
-    return Response(content, headers=headers)
+    return RawResponse(content, headers)
 
 
 @protocol_errors

@@ -1,7 +1,9 @@
-"""The hot routes' short way (service/hot_routes.py): every answer equals the framework's, byte for
-byte apart from the request id, for successes and refusals; the short way is really taken; metrics,
-request ids and /openapi.json are what they were."""
+"""The hot routes' short ways (service/hot_routes.py): every answer equals the framework's, byte for
+byte apart from the request id, for successes and refusals, whether it goes in front of the middleware
+(ShortWay) or past the router (HotRoutes, with CORS or tracing on); the short way is really taken;
+limits, metrics, request ids, client aborts and /openapi.json are what they were."""
 
+import asyncio
 import json
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 
 from service import app as app_module
 from service.hot_routes import HotRoutes
+from service.limits import CLIENT_CLOSED
 from tests.unit.service.conftest import PNG, build, client_for, png_bytes
 
 pytestmark = pytest.mark.anyio
@@ -67,26 +70,38 @@ def reference(monkeypatch):
     return app
 
 
+def counting(holder, attribute: str) -> list[str]:
+    """Replace holder.attribute (an ASGI app) by one that records each path it is called with."""
+    calls: list[str] = []
+    inner = getattr(holder, attribute)
+
+    async def counted(scope, receive, send):
+        calls.append(scope["path"])
+        await inner(scope, receive, send)
+
+    setattr(holder, attribute, counted)
+    return calls
+
+
 @pytest.mark.parametrize(("method", "path", "kwargs"), REQUESTS, ids=[f"{m} {p}" for m, p, _ in REQUESTS])
-async def test_the_short_way_answers_exactly_as_the_framework_does(reference, method, path, kwargs):
+@pytest.mark.parametrize("way", ["in front", "past the router"])
+async def test_the_short_way_answers_exactly_as_the_framework_does(reference, method, path, kwargs, way):
     app, _ = build()
+    if way == "past the router":  # as with CORS or tracing configured: no short way in front
+        app.short_way = None
     async with client_for(app) as hot, client_for(reference) as framework:
         expected = comparable(await framework.request(method, path, **kwargs))
         first = comparable(await hot.request(method, path, **kwargs))  # through the framework: it learns the route
         taken = hot_routes_of(app)
-        calls = []
-        inner = taken.app
-
-        async def counted(scope, receive, send):
-            calls.append(scope["path"])
-            await inner(scope, receive, send)
-
-        taken.app = counted
+        # in front: the middleware is not called at all; past the router: what is inside HotRoutes is not
+        calls = counting(app, "middleware_stack") if way == "in front" else counting(taken, "app")
         second = comparable(await hot.request(method, path, **kwargs))
     assert first == expected and second == expected
-    learned = (method, path.split("?")[0]) in taken._found
+    learned = (method, path.split("?")[0]) in taken.table.found
     assert learned is (method == "POST")  # every POST here reaches a hot endpoint, whatever it answers
-    assert calls == ([] if learned else [path.split("?")[0]])
+    # in front, a request without a body (Content-Length: 0) goes through the limits middleware, which answers it
+    through_the_middleware = way == "in front" and kwargs.get("content", True) == b""
+    assert calls == ([] if learned and not through_the_middleware else [path.split("?")[0]])
 
 
 async def test_the_hot_routes_are_learned_and_taken_the_short_way():
@@ -96,7 +111,7 @@ async def test_the_hot_routes_are_learned_and_taken_the_short_way():
             assert (await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code == 200
             assert (await client.post("/v2/models/fake-vae.encode/infer", json=V2_JSON)).status_code == 200
             assert (await client.post("/elbo", content=png_bytes(0), headers=PNG)).status_code == 200
-    found = hot_routes_of(app)._found
+    found = hot_routes_of(app).table.found
     assert set(found) == {("POST", "/encode"), ("POST", "/v2/models/fake-vae.encode/infer")}  # /elbo: not hot
     assert found[("POST", "/v2/models/fake-vae.encode/infer")][2] == {"name": "fake-vae.encode"}
 
@@ -137,3 +152,84 @@ async def test_an_error_outside_the_handlers_is_the_generic_500_with_the_request
     assert response.status_code == 500 and body["error"]["code"] == "internal_error"
     assert "X-Request-ID" in body["error"]["message"] and response.headers["x-request-id"]
     assert "broke" not in response.text
+
+
+def raw_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
+
+
+async def learned_app(**settings):
+    """An app that has learned /encode, with its short way in front."""
+    app, _ = build(**settings)
+    async with client_for(app) as client:
+        assert (await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code == 200
+    assert app.short_way is not None and ("POST", "/encode") in app.short_way.table.found
+    return app
+
+
+async def test_the_limits_still_answer_what_they_refuse(monkeypatch):
+    """A body over the limit (413), uploads at their limit (429) and a chunked body over the limit go
+    through the limits middleware, with its answers, counted in the metrics."""
+    app = await learned_app(max_upload_bytes=1000)
+    big = bytes(2000)
+
+    async def chunks():
+        yield big
+
+    async with client_for(app) as client:
+        too_large = await client.post("/encode", content=big, headers=PNG)
+        chunked = await client.post("/encode", content=chunks(), headers=PNG)
+        monkeypatch.setattr(app.short_way.slots, "full", lambda: True)
+        busy = await client.post("/encode", content=png_bytes(0), headers={**PNG, "X-Request-ID": "busy"})
+        metrics = (await client.get("/metrics")).text
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "payload_too_large"
+    assert chunked.status_code == 413 and too_large.headers["x-request-id"]
+    assert busy.status_code == 429 and busy.headers["x-request-id"] == "busy" and busy.headers["retry-after"] == "1"
+    assert 'vae_requests_total{method="POST",route="other",status="413"} 1.0' in metrics  # refused before routing
+    assert 'vae_requests_total{method="POST",route="/encode",status="413"} 1.0' in metrics  # the chunked one
+    assert 'vae_requests_total{method="POST",route="other",status="429"} 1.0' in metrics
+    assert "vae_requests_rejected_overload_total 1.0" in metrics
+
+
+async def test_a_body_that_stalls_gets_its_408_and_a_client_that_leaves_counts_499():
+    app = await learned_app(body_timeout_s=0.2)
+    length = str(len(png_bytes(0))).encode()
+    headers = [(b"content-type", b"image/png"), (b"content-length", length), (b"x-request-id", b"slow")]
+    sent: list[dict] = []
+
+    async def record(message):
+        sent.append(message)
+
+    async def stalls():
+        await asyncio.Event().wait()  # the body never comes: the sweeper cancels this wait at the deadline
+
+    await asyncio.wait_for(app(raw_scope("/encode", headers), stalls, record), timeout=10)
+    assert sent[0]["status"] == 408 and (b"x-request-id", b"slow") in sent[0]["headers"]
+    assert b"did not arrive within 0.2 s" in sent[1]["body"]
+    assert not app.short_way.slots.bodies  # the slot was given back
+
+    sent.clear()
+
+    async def leaves():
+        return {"type": "http.disconnect"}
+
+    await app(raw_scope("/encode", headers), leaves, record)
+    assert sent == []  # nobody to answer
+    async with client_for(app) as client:
+        metrics = (await client.get("/metrics")).text
+    assert f'vae_requests_total{{method="POST",route="/encode",status="{CLIENT_CLOSED}"}} 1.0' in metrics
+    assert 'vae_requests_total{method="POST",route="/encode",status="408"} 1.0' in metrics
