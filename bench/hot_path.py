@@ -1,7 +1,9 @@
 """The hot path, step by step: /encode with one PNG and the v2 encoder over binary tensors at c=32, served
 by one worker pinned to one core with wrk pinned to the other, on the code of each step (a git revision
 checked out as a worktree, or the working tree), against the per-core compute limit measured in the
-same run (bench/measurements.py: compute_limit).
+same run (bench/measurements.py: compute_limit): once in every round, on the servers' core while they
+are idle, so that each round's ratios divide by that round's limit, and a drift of the machine's speed
+during the run (this shared machine's varies by 20 percent and more) moves both sides alike.
 
     python -m bench.hot_path                      # STEPS below, then the working tree as "now"
     python -m bench.hot_path --step before=HEAD~3 --step now=.
@@ -16,7 +18,9 @@ when these rounds support it (docs/benchmarks.md, "The hot path").
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from bench.provenance import git_state, served_model
 from bench.rounds import Cell, WindowFailed, check_window, round_order, spread, summarise_cell, summarise_ratios
 from bench.run import machine, routes, test_pngs, write_json, wrk
 from bench.servers import REPO, Server
+from model.core.artifact import load_model_dir
 
 # The steps of issue 32, oldest first, each a commit that changed one thing (its message says what).
 STEPS: tuple[tuple[str, str], ...] = ()
@@ -93,7 +98,10 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         results["steps"] = [{"name": name, "revision": revision, "commit": commits[name]} for name, revision in steps]
         results["model"] = served_model(next(iter(servers.values())).url)
         began = time.monotonic()
+        limits: list[dict[str, Any]] = []
+        model = load_model_dir(MODEL_DIR, threads=1)
         for round_index in range(rounds):
+            limits.append(limit_on_server_core(pngs, model))
             for cell in round_order(cells, round_index, seed):
                 stats: dict[str, Any] = {}
                 for phase, seconds in (("warm-up", warmup_s), ("window", window_s)):
@@ -114,16 +122,21 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
             if step.split(",")[0] != WORKING_TREE and (worktrees / name).exists():
                 subprocess.run(["git", "worktree", "remove", "--force", str(worktrees / name)], cwd=REPO, check=False)
         shutil.rmtree(worktrees, ignore_errors=True)
-    limit = compute_limit(pngs)  # after the servers stopped: the core is this process's alone
-    results["compute_limit"] = limit
+    results["compute_limit"] = {
+        key: statistics.median(limit[key] for limit in limits) for key in limits[0] if key != "threads"
+    }
+    results["compute_limit_rounds"] = limits
     results["cells"] = {key: {**summarise_cell(w), "windows": w} for key, w in windows.items()}
     first = steps[0][0]
     per_round: dict[str, list[float]] = {}
     for name, _ in steps:
         encode, v2 = windows[Cell(name, ENCODE, CONCURRENCY).key], windows[Cell(name, V2, CONCURRENCY).key]
-        per_round[f"{name}_encode_vs_compute_limit"] = [w["rps"] / limit["requests_per_s"] for w in encode]
-        pillow = limit["requests_per_s_with_pillow_decode"]
-        per_round[f"{name}_encode_vs_compute_limit_with_pillow_decode"] = [w["rps"] / pillow for w in encode]
+        per_round[f"{name}_encode_vs_compute_limit"] = [
+            w["rps"] / limit["requests_per_s"] for w, limit in zip(encode, limits, strict=True)
+        ]
+        per_round[f"{name}_encode_vs_compute_limit_with_pillow_decode"] = [
+            w["rps"] / limit["requests_per_s_with_pillow_decode"] for w, limit in zip(encode, limits, strict=True)
+        ]
         per_round[f"{name}_v2_binary_vs_encode"] = [b["rps"] / a["rps"] for a, b in zip(encode, v2, strict=True)]
         if name != first:
             base = windows[Cell(first, ENCODE, CONCURRENCY).key]
@@ -133,6 +146,16 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         name: spread([w["p99_us"] / 1000 for w in windows[Cell(name, ENCODE, CONCURRENCY).key]]) for name, _ in steps
     }
     return results
+
+
+def limit_on_server_core(pngs: list[bytes], model: Any) -> dict[str, Any]:
+    """This round's compute limit, measured by this process on the servers' core (idle between windows)."""
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(cpu) for cpu in SERVER_CPUS.split(",")})
+    try:
+        return compute_limit(pngs, model=model, seconds=0.5)
+    finally:
+        os.sched_setaffinity(0, mask)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +202,8 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         f"CPU {recorded['pinning']['server_cpus']} and wrk on CPU {recorded['pinning']['wrk_cpus']}, recorded "
         f"{recorded['machine']['time']}. Medians of the rounds, their range in brackets.",
         "",
-        f"The per-core compute limit, measured in the same run: {limit['requests_per_s']:.0f} requests/s "
+        f"The per-core compute limit, measured in every round on the servers' core (the median of the rounds): "
+        f"{limit['requests_per_s']:.0f} requests/s "
         f"({limit['png_decode_us']:.0f} us to decode the PNG, {limit['encoder_us_per_image_batch32']:.0f} us of "
         f"encoder per image at batch 32, {limit['response_serialise_us']:.0f} us to serialise the answer). With "
         f"Pillow's decode ({limit['png_decode_pillow_us']:.0f} us), as issue 32 first stated it: "

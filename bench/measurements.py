@@ -55,20 +55,23 @@ def in_process(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def compute_limit(pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 32) -> dict[str, Any]:
+def compute_limit(
+    pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 32, model: Any = None, seconds: float = 1.0
+) -> dict[str, Any]:
     """The per-core compute limit of /encode with one PNG: what one thread must do for each request,
     timed in this process with the product's own functions, and nothing else. Decoding the PNG through
     the model's preprocessing contract, the encoder's share of a batch of `batch` (what micro-batching
-    gives at c=32), and the JSON answer's serialisation; the limit is one request per their sum."""
+    gives at c=32), and the JSON answer's serialisation; the limit is one request per their sum.
+    `model`: the loaded model (one intra-op thread), else loaded from `model_dir`; `seconds`: per timing."""
     from model.core.artifact import load_model_dir
     from model.core.preprocess import PreprocessContract, bytes_to_array, image_to_array, open_image
     from service.responses import json_response
 
-    model = load_model_dir(model_dir, threads=1)
+    model = model or load_model_dir(model_dir, threads=1)
     contract = PreprocessContract.from_dict(model.manifest.preprocessing)
     images = np.stack([bytes_to_array(p, contract) for p in pngs[:batch]])
-    decode_us = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1, seconds=1.0)
-    encode_us = 1e6 / _rate(lambda: model.encode(images), len(images), seconds=1.0)
+    decode_us = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1, seconds=seconds)
+    encode_us = 1e6 / _rate(lambda: model.encode(images), len(images), seconds=seconds)
     mean, logvar = model.encode(images[:1])
     payload = {
         "model": {"name": model.manifest.name, "version": model.manifest.version},
@@ -77,11 +80,11 @@ def compute_limit(pngs: list[bytes], model_dir: Path = MODEL_DIR, batch: int = 3
         "seed": None,
         "results": [{"index": 0, "mean": mean[0], "logvar": logvar[0]}],
     }
-    serialise_us = 1e6 / _rate(lambda: json_response(payload), 1, seconds=1.0)
+    serialise_us = 1e6 / _rate(lambda: json_response(payload), 1, seconds=seconds)
     per_request_us = decode_us + encode_us + serialise_us
     # Pillow's decode, which the product used for every PNG until libspng took the plain ones
     # (model/core/preprocess.py: plain_png): the limit as issue 32 first stated it, for comparison.
-    pillow_us = 1e6 / _rate(lambda: image_to_array(open_image(pngs[0], 10**8), contract), 1, seconds=1.0)
+    pillow_us = 1e6 / _rate(lambda: image_to_array(open_image(pngs[0], 10**8), contract), 1, seconds=seconds)
     return {
         "png_decode_us": decode_us,
         "png_decode_pillow_us": pillow_us,
