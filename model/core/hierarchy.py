@@ -38,7 +38,7 @@ from model.core import distributions as dist
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import image_stream
 from model.core.priors import Prior
-from model.core.scoring import ImportanceSampling, PriorSampling, Scores, WeightSums
+from model.core.scoring import ImportanceSampling, PriorSampling, Scores, WeightSums, assemble_scores
 
 ESTIMATORS = (ImportanceSampling.name, PriorSampling.name)
 
@@ -107,7 +107,7 @@ def score_two_levels(
     flat_x = x.reshape(count, -1)
     reconstruction = likelihood.log_prob_8bit(flat_x, backend.decode(z1, z2))
     kl = prior.kl(z2, mean2, logvar2) + kl_normal_diag(mean1, logvar1, *backend.lower_prior(z2))
-    estimates: dict[str, np.ndarray] = {}
+    sums = None
     if k > 1:
         sums = []
         for i in range(count):
@@ -116,24 +116,7 @@ def score_two_levels(
             for log_w in _log_weight_chunks(backend, likelihood, estimator, flat_x[i], posterior, streams[i], k, chunk):
                 total = total.add(log_w)
             sums.append(total)
-        estimates = {
-            "log_likelihood": np.array([s.estimate for s in sums]),
-            "standard_error": np.array([s.standard_error for s in sums]),
-            "effective_sample_size": np.array([s.effective_sample_size for s in sums]),
-        }
-    return Scores(
-        elbo=reconstruction - kl,
-        reconstruction=reconstruction,
-        kl=kl,
-        log_likelihood=estimates.get("log_likelihood"),
-        k=k,
-        dims=dims,
-        posterior_mean=mean2,
-        posterior_logvar=logvar2,
-        estimator=estimator,
-        standard_error=estimates.get("standard_error"),
-        effective_sample_size=estimates.get("effective_sample_size"),
-    )
+    return assemble_scores(reconstruction, kl, sums, k, dims, (mean2, logvar2), estimator)
 
 
 def _log_weight_chunks(

@@ -211,7 +211,7 @@ def score(
     flat_x = x.reshape(count, -1)
     reconstruction = likelihood.log_prob_8bit(flat_x, params)  # (N,)
     kl = prior.kl(z, mean, logvar)  # (N,)
-    estimates = {}
+    sums = None
     if k > 1:
         sums = [
             _weight_sums(
@@ -221,6 +221,22 @@ def score(
             )
             for i in range(count)
         ]
+    return assemble_scores(reconstruction, kl, sums, k, dims, (mean, logvar), chosen.name)
+
+
+def assemble_scores(
+    reconstruction: np.ndarray,
+    kl: np.ndarray,
+    sums: list[WeightSums] | None,
+    k: int,
+    dims: int,
+    posterior: tuple[np.ndarray, np.ndarray],
+    estimator: str,
+) -> Scores:
+    """The scores of a batch: its ELBO's terms, each image's weight sums (None when k == 1) and q's
+    mean and log-variance."""
+    estimates = {}
+    if sums is not None:
         estimates = {
             "log_likelihood": np.array([s.estimate for s in sums]),
             "standard_error": np.array([s.standard_error for s in sums]),
@@ -233,9 +249,9 @@ def score(
         log_likelihood=estimates.get("log_likelihood"),
         k=k,
         dims=dims,
-        posterior_mean=mean,
-        posterior_logvar=logvar,
-        estimator=chosen.name,
+        posterior_mean=posterior[0],
+        posterior_logvar=posterior[1],
+        estimator=estimator,
         standard_error=estimates.get("standard_error"),
         effective_sample_size=estimates.get("effective_sample_size"),
     )
