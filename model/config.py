@@ -44,6 +44,9 @@ class ModelConfig:
     logvar_max: float = 8.0
     prior: str = "standard_normal"  # a name in PRIORS: checkpoints and manifests store the name
     prior_components: int = 0  # K, for a prior with components (mog, vamp); 0 for one without
+    # A second stochastic level z1 between the top latent and the image (model/vae.py, docs/design/hierarchy.md):
+    # its dimensions, 0 for one level. latent_dim is then the top level's, where the prior is.
+    lower_latent_dim: int = 0
 
     def __post_init__(self) -> None:
         prior_kind(self.prior).check_components(self.prior_components)
@@ -64,6 +67,12 @@ class ModelConfig:
         _check(self.latent_dim > 0, "latent_dim must be positive")
         _check(len(self.hidden) > 0 and all(h > 0 for h in self.hidden), "hidden needs at least one positive width")
         _check(self.logvar_min < self.logvar_max, "logvar_min must be below logvar_max")
+        _check(self.lower_latent_dim >= 0, "lower_latent_dim must be >= 0 (0: one stochastic level)")
+        _check(
+            self.lower_latent_dim == 0 or self.prior != "vamp",
+            "a two-level VAE takes the standard_normal or mog prior at its top: the VampPrior's pseudo-inputs "
+            "would need the whole inference path",
+        )
         for name, channels, used, dense in (
             ("conv_channels", self.conv_channels, self.arch == "conv", "--arch mlp"),
             ("decoder_channels", self.decoder_up_channels, self.decoder == "conv", "--decoder mlp"),
@@ -87,6 +96,16 @@ class ModelConfig:
     @property
     def decoder_up_channels(self) -> tuple[int, ...]:
         return self.decoder_channels or tuple(reversed(self.conv_channels))
+
+    @property
+    def levels(self) -> int:
+        """Stochastic levels: 1, or 2 with a lower latent z1 between the top latent and the image."""
+        return 2 if self.lower_latent_dim else 1
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard normal numbers a sample of q(z|x) takes: every level's dimensions, the top's first."""
+        return self.latent_dim + self.lower_latent_dim
 
     @property
     def input_dim(self) -> int:

@@ -34,7 +34,7 @@ def log_normal_diag(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -
 
 
 def iwae_dreg_terms(
-    log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor, z: torch.Tensor
+    log_px_z: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor, z: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> dict[str, torch.Tensor]:
     """The IWAE bound log (1/S) sum_s w_s over S samples, with the DReG encoder gradient (Tucker et al. 2019).
 
@@ -42,11 +42,15 @@ def iwae_dreg_terms(
     only through z = mean + sigma * eps (S, B, D). The bound's gradient at z is sum_s w~_s d log w_s / dz_s;
     DReG's is sum_s w~_s^2 d log w_s / dz_s, so a hook multiplies z's gradient by w~_s. The decoder's and the
     prior's gradients are the IWAE bound's own, untouched. Its variance does not grow with S the way the
-    plain IWAE encoder gradient's signal-to-noise ratio collapses (Rainforth et al. 2018)."""
+    plain IWAE encoder gradient's signal-to-noise ratio collapses (Rainforth et al. 2018).
+
+    With several levels, `z` is every level's sample as log w reads it, each (S, B, D_level), and each path
+    from log w to the encoder must pass exactly one of them (model/hierarchy_loss.py)."""
     log_w = log_px_z + log_pz - log_qz  # (S, B)
     normalised = torch.softmax(log_w.detach(), dim=0)  # (S, B)
-    if z.requires_grad:
-        z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
+    for sample in z if isinstance(z, tuple) else (z,):
+        if sample.requires_grad:
+            sample.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
     bound = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])  # (B,)
     return {
         "reconstruction": log_px_z.detach().mean(0),

@@ -104,7 +104,15 @@ def _add_model_options(p: argparse.ArgumentParser, defaults_m: ModelConfig) -> N
         "--latent-dim",
         type=int,
         default=None,
-        help="dimensions of the latent z " + preset.format(defaults_m.latent_dim),
+        help="dimensions of the latent z (with --lower-latent-dim, of the top level z2) "
+        + preset.format(defaults_m.latent_dim),
+    )
+    p.add_argument(
+        "--lower-latent-dim",
+        type=int,
+        default=defaults_m.lower_latent_dim,
+        help="a second stochastic level z1 of this many dimensions between the top latent and the image, "
+        "as the HVAE of Tomczak & Welling (docs/design/hierarchy.md); 0: one level (default: %(default)s)",
     )
     p.add_argument(
         "--hidden",
@@ -322,6 +330,7 @@ def configs_from_args(
         gaussian_scale=gaussian_scale,
         prior=args.prior,
         prior_components=_prior_components(args),
+        lower_latent_dim=args.lower_latent_dim,
     )
     if args.init_from and not Path(args.init_from).is_file():
         raise ValueError(f"--init-from {args.init_from}: no such checkpoint")
@@ -365,7 +374,9 @@ def describe_run(args: argparse.Namespace, model_config: ModelConfig, data: Data
         else ""
     )
     return (
-        f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}, "
+        f"training {model_config.arch}/{model_config.decoder} VAE, latent {model_config.latent_dim}"
+        + (f" over a lower level of {model_config.lower_latent_dim}" if model_config.levels == 2 else "")
+        + ", "
         f"{model_config.likelihood}, on {len(data.train)} {data.name} images of "
         f"{'x'.join(map(str, model_config.input_shape))}{processes}"
         + (f", the last {args.validation} held out for validation" if args.validation else "")

@@ -31,6 +31,7 @@ from model.config import ModelConfig, TrainConfig
 from model.core import likelihoods
 from model.data import Dataset, fixed_test_set
 from model.distributed import SINGLE_PROCESS, Ranks, ShardedOrder, SharedStreamOrder
+from model.hierarchy_loss import two_level_terms
 from model.vae import VAE
 
 
@@ -63,7 +64,7 @@ def evaluate_elbo(
     mine = slice(ranks.rank, None, ranks.world_size)
     for start in range(0, len(x_test), batch_size):
         x = x_test[start : start + batch_size]
-        eps = _noise(samples, len(x), model.config.latent_dim, generator)  # (B, D) or (S, B, D)
+        eps = _noise(samples, len(x), model.config.noise_dim, generator)  # (B, D) or (S, B, D)
         if not len(x[mine]):
             continue
         mine_eps = eps[mine] if samples == 1 else eps[:, mine]
@@ -115,7 +116,10 @@ def _noise(samples: int, batch: int, latent_dim: int, generator: torch.Generator
 
 def _terms(model: VAE, x: torch.Tensor, eps: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
     """Per-image terms of x (B, C, H, W): with eps (B, D) the ELBO, with eps (S, B, D) the IWAE bound
-    over S samples with DReG gradients for the encoder (model/losses.py)."""
+    over S samples with DReG gradients for the encoder (model/losses.py). A two-level VAE's: eps holds
+    every level's noise (model/hierarchy_loss.py)."""
+    if model.lower is not None:
+        return two_level_terms(model, x, eps, beta)
     mean, logvar = model.encode(x)  # (B, D), (B, D)
     likelihood = likelihoods.get(model.config.likelihood)
     if eps.dim() == 3:
@@ -323,7 +327,7 @@ class Trainer:
         """One optimizer step on a batch (B, C, H, W) of [0, 1] images: its per-image terms and the loss."""
         assert self.objective is not None, "set_up() wraps the objective"
         x = self.likelihood.torch_to_data_space(batch, self.generator)  # a fresh draw each time an image is seen
-        eps = _noise(self.config.samples, len(x), self.model_config.latent_dim, self.generator)  # (B, D) or (S, B, D)
+        eps = _noise(self.config.samples, len(x), self.model_config.noise_dim, self.generator)  # (B, D) or (S, B, D)
         device = self.ranks.device
         terms = self.objective(
             x.to(device), eps.to(device), kl_weight(self.config, epoch, step, self.order.steps_per_epoch)

@@ -3,11 +3,19 @@
 The decoder's parameters, and their names (`Likelihood.outputs`), are its likelihood's
 (model/core/likelihoods.py); a learned log-scale, where the likelihood has one, lives here.
 
-Both halves are deterministic so they export to ONNX as they are; noise is drawn by the caller.
+Every part is deterministic so it exports to ONNX as it is; noise is drawn by the caller.
+
+With `lower_latent_dim` > 0 the VAE has two stochastic levels, z2 -> z1 -> x, as Tomczak & Welling's
+HVAE (docs/design/hierarchy.md): z2 is `latent_dim`-dimensional with the model's prior; `Lower` holds
+q(z1 | x, z2), from the encoder's features and z2, and p(z1 | z2); the decoder reads [z1, z2]. `encode`
+then gives q(z2 | x), and `decode(z2)` goes through both levels with z1 the mean of p(z1 | z2), so
+sampling from the prior and decoding work as for one level; the losses use the levels themselves
+(model/hierarchy_loss.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -41,9 +49,37 @@ class Encoder(nn.Module):
         self.logvar_min, self.logvar_max = config.logvar_min, config.logvar_max
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.head(self.body(x)).chunk(2, dim=-1)  # (B, D), (B, D)
+        return self.posterior(self.body(x))
+
+    def posterior(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's features (B, hidden[-1]) -> q(z|x)'s mean (B, D) and logvar (B, D)."""
+        mean, logvar = self.head(features).chunk(2, dim=-1)
         # Clamped so exp(logvar) can neither overflow nor collapse to zero.
         return mean, logvar.clamp(self.logvar_min, self.logvar_max)
+
+
+class Lower(nn.Module):
+    """The lower level of a two-level VAE: q(z1 | x, z2) from the encoder's features and z2, and the
+    conditional prior p(z1 | z2); each a dense layer of the encoder's last width, then mean and logvar."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        upper, lower, width = config.latent_dim, config.lower_latent_dim, config.hidden[-1]
+        self.posterior_net = nn.Sequential(*_dense([width + upper, width]), nn.Linear(width, 2 * lower))
+        self.prior_net = nn.Sequential(*_dense([upper, width]), nn.Linear(width, 2 * lower))
+        self.logvar_min, self.logvar_max = config.logvar_min, config.logvar_max
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = out.chunk(2, dim=-1)
+        return mean, logvar.clamp(self.logvar_min, self.logvar_max)
+
+    def posterior(self, features: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z1 | x, z2): features (..., F), z2 (..., D2) -> mean, logvar (..., D1)"""
+        return self._split(self.posterior_net(torch.cat([features, z2], dim=-1)))
+
+    def prior(self, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(z1 | z2): z2 (..., D2) -> mean, logvar (..., D1)"""
+        return self._split(self.prior_net(z2))
 
 
 class Decoder(nn.Module):
@@ -96,11 +132,22 @@ class VAE(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        # Two levels: the decoder reads [z1, z2]; it is the one-level decoder of that many inputs.
+        self.decoder = Decoder(dataclasses.replace(config, latent_dim=config.noise_dim, lower_latent_dim=0))
+        self.lower = Lower(config) if config.levels == 2 else None
         self.prior = torch_priors.build(config, self.encoder)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x), the top level's with two levels."""
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.decoder(z)
+        """p(x|z); with two levels z is z2, and z1 the mean of p(z1 | z2)."""
+        if self.lower is None:
+            return self.decoder(z)
+        mean1, _ = self.lower.prior(z)
+        return self.decoder(torch.cat([mean1, z], dim=-1))
+
+    def decode_levels(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """p(x | z1, z2) of a two-level VAE."""
+        return self.decoder(torch.cat([z1, z2], dim=-1))
