@@ -121,6 +121,12 @@ def read_inputs(config: ExportConfig) -> ExportInputs:
     """Raises ExportError, CheckpointError, DataMissingError or DataChecksumError before anything is written."""
     out = target_dir(config.out_dir)
     model, record = checkpoint.load_model(config.checkpoint)
+    if model.config.levels != 1:  # its decoder.onnx would be p(x | z1, z2) with nothing to say so
+        raise ExportError(
+            f"{config.checkpoint} is a two-level VAE: its graphs (the lower posterior, the lower prior, the "
+            "decoder of both levels) are not exported yet (docs/design/hierarchy.md, 'Serving'); "
+            "vae-eval scores it with torch"
+        )
     data = load_dataset(
         config.dataset or record.train_config.dataset,
         config.data_dir or record.train_config.data_dir,

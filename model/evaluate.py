@@ -16,11 +16,11 @@ from tqdm import tqdm
 
 from model import checkpoint, figures
 from model.checkpoint import Checkpoint
-from model.core import likelihoods, scoring
+from model.core import hierarchy, likelihoods, scoring
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder, sha256_file
-from model.torch_backend import TorchBackend
+from model.torch_backend import TorchBackend, TwoLevelTorchBackend
 from model.vae import VAE
 
 PARTIAL = "partial.npz"  # in the report folder: the scores so far, until the run completes
@@ -86,7 +86,7 @@ def evaluate(
         print(f"vae-eval: --resume: {first} of {len(x)} images already scored in {partial}", flush=True)
     began = time.perf_counter()
     for start in tqdm(range(first, len(x), batch_size), desc=f"scoring (k={k})", disable=not progress, leave=False):
-        scores = scoring.score(backend, likelihood, x[start : start + batch_size], seed, k=k)
+        scores = score(backend, likelihood, x[start : start + batch_size], seed, k=k)
         parts.append({name: getattr(scores, name) for name in fields})
         if partial:
             _write_partial(partial, fingerprint, parts, seconds + time.perf_counter() - began)
@@ -119,6 +119,13 @@ def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[
         )
 
 
+def score(backend: Any, likelihood: Likelihood, x: np.ndarray, seed: int, k: int) -> scoring.Scores:
+    """`model.core.scoring.score`, or for a two-level VAE's backend `model.core.hierarchy.score_two_levels`."""
+    if isinstance(backend, TwoLevelTorchBackend):
+        return hierarchy.score_two_levels(backend, likelihood, x, seed, k=k)
+    return scoring.score(backend, likelihood, x, seed, k=k)
+
+
 def make_figures(
     backend: scoring.Backend,
     record: Checkpoint,
@@ -130,6 +137,8 @@ def make_figures(
     seed: int,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if isinstance(backend, TwoLevelTorchBackend):  # the figures live in z2's space, decode() going through z1
+        backend = TorchBackend(backend.model)
     z = scoring.prior_of(backend, record.model_config.latent_dim).sample(64, np.random.default_rng(seed))
     out["samples"] = figures.samples(
         likelihood.pixel_mean(backend.decode(z)), report / "samples.png", seed=seed, temperature=1.0
@@ -201,6 +210,12 @@ def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
 def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[scoring.Backend, dict[str, Any]]:
     """The torch model, or with --onnx-dir its exported graphs (which must be CHECKPOINT's), and what
     scored: the backend and the hashes of the graphs."""
+    if model.lower is not None:  # two levels: scored by model.core.hierarchy, over torch only for now
+        if args.onnx_dir:
+            raise ValueError(
+                "a two-level VAE's graphs are not exported yet (docs/design/hierarchy.md): drop --onnx-dir"
+            )
+        return TwoLevelTorchBackend(model), {"backend": "torch", "levels": 2, "prior": model.prior.name}
     backend: scoring.Backend = TorchBackend(model)
     scored_with: dict[str, Any] = {"backend": "torch"}
     if args.onnx_dir:

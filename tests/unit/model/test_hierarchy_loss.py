@@ -141,3 +141,38 @@ def test_a_two_level_vae_trains_checkpoints_and_resumes(tiny_dataset, tmp_path):
 def test_the_vampprior_is_refused_for_two_levels():
     with pytest.raises(ValueError, match="two-level VAE takes the standard_normal or mog prior"):
         ModelConfig(**{**TWO.to_dict(), "prior": "vamp", "prior_components": 4})
+
+
+def test_vae_eval_scores_a_two_level_vae_by_its_levels_and_vae_export_refuses_it(tiny_dataset, tmp_path, capsys):
+    from model.core.preprocess import array_to_png
+    from model.evaluate import main as evaluate_main
+    from model.torch_backend import TwoLevelTorchBackend as Backend
+
+    one_epoch = TrainConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    train(TWO, one_epoch, tiny_dataset, tmp_path, progress=False)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, x in enumerate(tiny_dataset.test[:4]):
+        (images / f"{i}.png").write_bytes(array_to_png(x))
+    flags = ["--images-dir", str(images), "--k", "20", "--seed", "3", "--threads", "1", "--no-progress"]
+    assert evaluate_main([str(tmp_path / "best.pt"), *flags, "--report", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["metrics"]["log_likelihood"] > report["metrics"]["elbo"]
+    assert (tmp_path / "report" / report["figures"]["samples"]["file"]).stat().st_size > 500
+    model, _ = checkpoint.load_model(tmp_path / "best.pt")
+    with np.load(tmp_path / "report" / "scores.npz") as archive:
+        stored = archive["log_likelihood"]
+    from model.core.preprocess import PreprocessContract
+    from model.data import read_image_folder
+
+    pixels, _ = read_image_folder(images, PreprocessContract(input_shape=TWO.input_shape))
+    bernoulli = likelihood("bernoulli")
+    direct = hierarchy.score_two_levels(Backend(model), bernoulli, bernoulli.images_to_data_space(pixels, 0), 3, k=20)
+    np.testing.assert_allclose(np.sort(direct.log_likelihood), np.sort(stored), rtol=1e-6)
+
+    assert evaluate_main([str(tmp_path / "best.pt"), *flags, "--onnx-dir", str(tmp_path)]) == 2
+    assert "not exported yet" in capsys.readouterr().err
+    from export.cli import main as export_main
+
+    assert export_main([str(tmp_path / "best.pt"), str(tmp_path / "onnx"), "--threads", "1"]) != 0
+    assert "two-level VAE" in capsys.readouterr().err and not (tmp_path / "onnx").exists()
