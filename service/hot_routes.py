@@ -34,8 +34,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import errors
 from service.limits import CLIENT_CLOSED, ClientGone, UploadSlots, body_length
 from service.observability import Answers, relative_locations, request_id_of, request_id_var
 
@@ -141,24 +142,26 @@ class ShortWay:
         status, started, metrics = 500, False, self.answers.metrics
         metrics.active += 1
 
+        async def send_with_id(message: Message) -> None:  # as the observability middleware's: the
+            nonlocal status, started  # response object is not changed, whoever else holds it
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = [*message.get("headers", []), header]
+                message = {**message, "headers": relative_locations(headers) if 300 <= status < 400 else headers}
+            await send(message)
+
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            nonlocal status, started
             response = await self.table.answer(found, scope, receive, send)
-            status, started = response.status_code, True
-            headers = response.raw_headers
-            headers.append(header)
-            if 300 <= status < 400:
-                response.raw_headers = relative_locations(headers)
             await response(scope, receive, send)
 
         try:
-            await self.slots.run(answer, scope, receive, send)
+            await self.slots.run(answer, scope, receive, send_with_id)
         except ClientGone:
             status = CLIENT_CLOSED
         except Exception:
+            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:  # else the connection is cut mid-response, which the client notices
-                status = 500
-                await self.answers.internal_error(scope, send, header)
+                await self.answers.internal_error(scope, send_with_id)
         finally:
             metrics.active -= 1
             self.answers.record(scope, status, time.perf_counter() - began)

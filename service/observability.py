@@ -166,8 +166,8 @@ class Answers:
         self.log = logging.getLogger("vae.access") if access_log else None
 
     async def internal_error(self, scope: Scope, send: Send, *headers: tuple[bytes, bytes]) -> None:
-        """The exception being handled, logged with its traceback, and the generic 500 answered."""
-        errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        """The generic 500 (the caller has logged the exception: with its traceback, whether or not the
+        response had started)."""
         body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
         await errors.send_error(send, 500, body, *headers)
 
@@ -222,6 +222,7 @@ class ObservabilityMiddleware:
         except ClientGone:
             status = CLIENT_CLOSED
         except Exception:
+            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not started:  # else the connection is cut mid-response, which the client notices
                 await self.answers.internal_error(scope, send_with_id)
         finally:

@@ -44,13 +44,14 @@ _JSON_TYPE = (b"content-type", b"application/json")
 
 
 class RawResponse(Response):
-    """A 200 with these headers (lower-case names), then Content-Length: Starlette's Response(body,
+    """A 200 with these headers, then Content-Length unless they hold one: Starlette's Response(body,
     headers=headers), the same bytes, without its general case's work on every answer."""
 
     def __init__(self, body: bytes, headers: dict[str, str]) -> None:
         self.status_code, self.background, self.body = 200, None, body
-        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-        raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        if not any(name == b"content-length" for name, _ in raw):
+            raw.append((b"content-length", str(len(body)).encode("latin-1")))
         self.raw_headers = raw
 
 

@@ -12,7 +12,6 @@ import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from model.core.preprocess import PreprocessContract
 from service.decoding import ImageDecoder
@@ -42,18 +41,13 @@ async def read_body(request: Request, limit: int, setting: str = "VAE_MAX_UPLOAD
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit, setting)
-    chunks, size, receive = [], 0, request.receive  # what Request.stream() does, without its generator
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
+    chunks, size = [], 0
+    async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise too_large(limit, setting)
         chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 async def read_images(

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,12 +237,14 @@ def plain_png(data: bytes, contract: PreprocessContract) -> np.ndarray | None:
     chunks, all of them ones that do not change the pixels (_PLAIN_PNG_CHUNKS), ending in IEND. Such
     an image is exactly its decoded samples / 255 whichever decoder reads it, and libspng (pyspng)
     reads a 28 x 28 one about five times faster than Pillow's Python chunk reader; a test checks the
-    arrays are equal to Pillow's, bit for bit (tests/unit/model/core/test_plain_png.py). Anything else,
-    or any error, or pyspng not installed: None, and Pillow decodes it with every check. (On /encode's
-    path for every request: written for few Python operations.)"""
-    shape = contract.input_shape
-    expected = _PLAIN_HEADERS.get(shape) or _plain_header(shape)  # then data[28], interlace: 0 or 1
-    if _spng is None or len(data) < 45 or data[:28] != expected or data[28] > 1 or not _plain_chunks(data):
+    arrays are equal to Pillow's, bit for bit (tests/unit/model/core/test_plain_png.py). Not interlaced,
+    every chunk's CRC right and the image data one whole zlib stream of exactly the image's scanlines,
+    checked here: pyspng has libspng skip those checks, which Pillow makes. Anything else, or any error,
+    or pyspng not installed: None, and Pillow decodes it with every check. (On /encode's path for every
+    request: written for few Python operations.)"""
+    shape = tuple(contract.input_shape)
+    expected = _PLAIN_HEADERS.get(shape) or _plain_header(shape)  # then data[28], interlace: 0
+    if _spng is None or len(data) < 45 or data[:28] != expected or data[28] or not _plain_chunks(data, shape):
         return None
     try:
         samples: np.ndarray = _spng.spng_decode_image_bytes(data, _SPNG_FORMATS[shape[0]])  # (H, W, C) uint8
@@ -256,10 +259,10 @@ def plain_png(data: bytes, contract: PreprocessContract) -> np.ndarray | None:
 
 _BY_255 = np.float32(1.0 / 255.0)
 _SPNG_FORMATS = {1: _spng.SPNG_FMT_G8, 3: _spng.SPNG_FMT_RGB8} if _spng is not None else {}
-_PLAIN_HEADERS: dict[tuple[int, int, int], bytes] = {}
+_PLAIN_HEADERS: dict[tuple[int, ...], bytes] = {}
 
 
-def _plain_header(shape: tuple[int, int, int]) -> bytes:
+def _plain_header(shape: tuple[int, ...]) -> bytes:
     """The first 28 bytes of a plain PNG of this (C, H, W): the signature, then IHDR's length (13),
     type, width, height, depth 8, colour type (0 grey, 2 RGB), compression 0 and filter 0; the byte
     after (interlace) is 0 or 1."""
@@ -270,17 +273,34 @@ def _plain_header(shape: tuple[int, int, int]) -> bytes:
     return header
 
 
-def _plain_chunks(data: bytes) -> bool:
-    """At most _PLAIN_PNG_MAX_CHUNKS chunks, each of _PLAIN_PNG_CHUNKS and within the bytes, the last IEND."""
-    position, end, plain = 8, len(data), _PLAIN_PNG_CHUNKS
+def _plain_chunks(data: bytes, shape: tuple[int, ...]) -> bool:
+    """At most _PLAIN_PNG_MAX_CHUNKS chunks, each of _PLAIN_PNG_CHUNKS, within the bytes and with its CRC
+    right, the last IEND; the IDAT data one zlib stream (its Adler-32 checked) of exactly the scanlines of
+    a non-interlaced 8-bit image of `shape` (C, H, W): H rows of a filter byte and W x C samples."""
+    position, end, plain, idat = 8, len(data), _PLAIN_PNG_CHUNKS, []
     for _ in range(_PLAIN_PNG_MAX_CHUNKS):
         kind = data[position + 4 : position + 8]
         if position + 12 > end or kind not in plain:
             return False
-        position += 12 + int.from_bytes(data[position : position + 4], "big")  # length, type, data, CRC
-        if kind == b"IEND":
-            return position <= end
+        stop = position + 8 + int.from_bytes(data[position : position + 4], "big")  # after the chunk's data
+        if stop + 4 > end or zlib.crc32(data[position + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
+            return False
+        if kind == b"IDAT":
+            idat.append(data[position + 8 : stop])
+        elif kind == b"IEND":
+            return _whole_stream(b"".join(idat), shape[1] * (1 + shape[2] * shape[0]))
+        position = stop + 4
     return False
+
+
+def _whole_stream(compressed: bytes, size: int) -> bool:
+    """One complete zlib stream that inflates to exactly `size` bytes, nothing after it."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(compressed, size + 1)
+    except zlib.error:
+        return False
+    return len(raw) == size and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:

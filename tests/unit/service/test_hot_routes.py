@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from starlette.responses import Response
 
 from service import app as app_module
 from service.hot_routes import HotRoutes
@@ -233,3 +234,43 @@ async def test_a_body_that_stalls_gets_its_408_and_a_client_that_leaves_counts_4
         metrics = (await client.get("/metrics")).text
     assert f'vae_requests_total{{method="POST",route="/encode",status="{CLIENT_CLOSED}"}} 1.0' in metrics
     assert 'vae_requests_total{method="POST",route="/encode",status="408"} 1.0' in metrics
+
+
+class _BreaksMidway(Response):
+    """A response that fails after its start was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(b"{}", media_type="application/json")
+
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        raise RuntimeError("broke after the start")
+
+
+@pytest.mark.parametrize("way", ["in front", "past the router"])
+async def test_an_exception_after_the_start_is_logged_with_its_traceback(monkeypatch, caplog, way):
+    from service import responses
+
+    app, _ = build()
+    if way == "past the router":
+        app.short_way = None
+    async with client_for(app) as client:
+        assert (await client.post("/encode", content=png_bytes(0), headers=PNG)).status_code == 200
+        monkeypatch.setattr(responses, "json_response", lambda payload: _BreaksMidway())
+        caplog.clear()
+        body = png_bytes(0)
+        headers = [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def record(message):
+            sent.append(message)
+
+        await app(raw_scope("/encode", headers), receive, record)  # returns: the exception is handled
+        metrics = (await client.get("/metrics")).text
+    assert [m["type"] for m in sent] == ["http.response.start"] and sent[0]["status"] == 200
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error on POST /encode"]
+    assert len(logged) == 1 and logged[0].exc_info and "broke after the start" in str(logged[0].exc_info[1])
+    assert 'vae_requests_total{method="POST",route="/encode",status="200"} 2.0' in metrics  # its status was sent

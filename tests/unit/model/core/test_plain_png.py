@@ -66,8 +66,9 @@ def with_chunk(data: bytes, kind: bytes, payload: bytes) -> bytes:
     return data[:33] + chunk + data[33:]
 
 
-def test_interlaced_pngs_decode_alike():
-    """Adam7, written by hand (Pillow writes no interlaced PNG): both decoders undo it alike."""
+def test_interlaced_pngs_are_left_to_pillow_which_undoes_adam7():
+    """Adam7, written by hand (Pillow writes no interlaced PNG): not on the plain path, whose stream check
+    counts a non-interlaced image's scanlines; Pillow decodes it to the rows."""
     rows = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
     passes = [
         (0, 0, 8, 8),
@@ -89,10 +90,24 @@ def test_interlaced_pngs_decode_alike():
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     data = preprocess.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    fast = plain_png(data, GREY)
-    assert fast is not None
-    np.testing.assert_array_equal(fast, pillows(data, GREY))
-    np.testing.assert_array_equal(fast[0], rows.astype(np.float32) * np.float32(1 / 255))
+    assert plain_png(data, GREY) is None
+    np.testing.assert_array_equal(bytes_to_array(data, GREY)[0], rows.astype(np.float32) * np.float32(1 / 255))
+
+
+def refilled(data: bytes, kind: bytes, change) -> bytes:
+    """`data` with the payload of its first `kind` chunk changed by `change`, that chunk's CRC made right
+    again: what only a check of the payload itself can catch."""
+    position = 8
+    while data[position + 4 : position + 8] != kind:
+        position += 12 + int.from_bytes(data[position : position + 4], "big")
+    length = int.from_bytes(data[position : position + 4], "big")
+    payload = change(data[position + 8 : position + 8 + length])
+    rebuilt = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return data[:position] + rebuilt + data[position + 12 + length :]
+
+
+def flip_last_byte(payload: bytes) -> bytes:
+    return payload[:-1] + bytes([payload[-1] ^ 0xFF])
 
 
 @pytest.mark.parametrize(
@@ -114,6 +129,10 @@ def test_interlaced_pngs_decode_alike():
             struct.pack(">I", 3) + b"tEXt" + b"k\x00v" + struct.pack(">I", zlib.crc32(b"tEXtk\x00v")) for _ in range(20)
         )
         + encoded(img)[33:],  # more chunks than the plain path walks
+        lambda img: encoded(img)[:29] + bytes([encoded(img)[29] ^ 1]) + encoded(img)[30:],  # IHDR's CRC wrong
+        lambda img: refilled(encoded(img), b"IDAT", flip_last_byte),  # the zlib stream's Adler-32 wrong
+        lambda img: refilled(encoded(img), b"IDAT", lambda p: zlib.compress(zlib.decompress(p)[:-28])),  # a row short
+        lambda img: refilled(encoded(img), b"IDAT", lambda p: p + b"\x00"),  # bytes after the zlib stream
     ],
     ids=[
         "rgb",
@@ -128,6 +147,10 @@ def test_interlaced_pngs_decode_alike():
         "truncated",
         "corrupt",
         "chunks",
+        "crc",
+        "adler32",
+        "short-stream",
+        "trailing",
     ],
 )
 def test_other_pngs_are_left_to_pillow(make):
@@ -157,3 +180,9 @@ def test_without_pyspng_pillow_decodes_everything(monkeypatch):
     data = encoded(grey_images()[0])
     assert plain_png(data, GREY) is None
     np.testing.assert_array_equal(bytes_to_array(data, GREY), pillows(data, GREY))
+
+
+def test_a_contract_whose_shape_is_a_list_decodes_alike():
+    data = encoded(grey_images()[1])
+    listed = preprocess.PreprocessContract(input_shape=[1, 28, 28])  # type: ignore[arg-type]
+    np.testing.assert_array_equal(plain_png(data, listed), plain_png(data, GREY))
