@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -11,20 +12,23 @@ import torch
 
 from model.losses import LOG_2PI
 from model.torch_priors import as_mixture
-from model.vae import VAE
+from model.vae import VAE, Lower
 
 OPSET = 20  # the newest opset the torch 2.13 exporter writes without conversion
 
 
 def export_graph(
     module: torch.nn.Module,
-    example: torch.Tensor,
-    input_name: str,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    input_name: str | tuple[str, ...],
     output_names: tuple[str, ...],
     path: Path,
     metadata: dict[str, str],
 ) -> onnx.ModelProto:
-    """Export one half with torch.export (the current exporter) and store `metadata` in metadata_props."""
+    """Export one part with torch.export (the current exporter) and store `metadata` in metadata_props. Several
+    inputs (a tuple of examples and one of names) share the dynamic batch axis, their first."""
+    examples = example if isinstance(example, tuple) else (example,)
+    names = input_name if isinstance(input_name, tuple) else (input_name,)
     batch = torch.export.Dim("batch", min=1, max=1_000_000)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # it logs that torchvision is absent
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # and that constant outputs are not deduplicated
@@ -32,10 +36,10 @@ def export_graph(
         warnings.simplefilter("ignore")  # deprecation noise from torch internals, not from our code
         program = torch.onnx.export(
             module.eval(),
-            (example,),
-            input_names=[input_name],
+            examples,
+            input_names=list(names),
             output_names=list(output_names),
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=tuple({0: batch} for _ in examples),
             opset_version=OPSET,
             dynamo=True,
             optimize=True,
@@ -80,6 +84,64 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
             {**metadata, "graph": "decoder"},
         ),
     }
+
+
+PartFn = Callable[..., tuple[torch.Tensor, ...]]
+
+
+class _OneInput(torch.nn.Module):
+    """One of a two-level VAE's deterministic parts, of one input, as a module of its own for its graph."""
+
+    def __init__(self, model: VAE, part: PartFn) -> None:
+        super().__init__()
+        self.model, self.part = model, part
+
+    def forward(self, first: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.part(self.model, first)
+
+
+class _TwoInputs(_OneInput):
+    """The same, of two inputs."""
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        return self.part(self.model, first, second)
+
+
+def _lower(model: VAE) -> Lower:
+    assert model.lower is not None, "a two-level VAE"
+    return model.lower
+
+
+def export_levels(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str, onnx.ModelProto]:
+    """A two-level VAE's graphs beyond the encoder's (docs/design/hierarchy.md, "Serving"): the image's
+    features, q(z1 | x, z2), p(z1 | z2), the decoder of both levels, and the decoder of z2 through both."""
+    config = model.config
+    width, outputs = config.hidden[-1], model.decoder.likelihood.outputs
+    z1, z2 = torch.randn(2, config.lower_latent_dim), torch.randn(2, config.latent_dim)
+    parts: dict[str, tuple[PartFn, tuple[torch.Tensor, ...], tuple[str, ...], tuple[str, ...]]] = {
+        "features": (
+            lambda m, x: (m.encoder.body(x),),
+            (torch.rand(2, *config.input_shape),),
+            ("image",),
+            ("features",),
+        ),
+        "lower_posterior": (
+            lambda m, h, z2: _lower(m).posterior(h, z2),
+            (torch.randn(2, width), z2),
+            ("features", "z2"),
+            ("mean", "logvar"),
+        ),
+        "lower_prior": (lambda m, z2: _lower(m).prior(z2), (z2,), ("z2",), ("mean", "logvar")),
+        "decoder_levels": (lambda m, a, b: m.decode_levels(a, b), (z1, z2), ("z1", "z2"), outputs),
+        "decoder": (lambda m, z: m.decode(z), (z2,), ("z",), outputs),  # z2 through both levels
+    }
+    graphs = {}
+    for name, (part, examples, names, outs) in parts.items():
+        module = _OneInput(model, part) if len(examples) == 1 else _TwoInputs(model, part)
+        graphs[name] = export_graph(
+            module, examples, names, outs, out_dir / f"{name}.onnx", {**metadata, "graph": name}
+        )
+    return graphs
 
 
 class FixedMixture(torch.nn.Module):

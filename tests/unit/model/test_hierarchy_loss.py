@@ -176,3 +176,39 @@ def test_vae_eval_scores_a_two_level_vae_by_its_levels_and_vae_export_refuses_it
 
     assert export_main([str(tmp_path / "best.pt"), str(tmp_path / "onnx"), "--threads", "1"]) != 0
     assert "two-level VAE" in capsys.readouterr().err and not (tmp_path / "onnx").exists()
+
+
+def test_the_two_level_parts_export_to_graphs_that_match_torch_at_any_batch(tmp_path):
+    import onnxruntime as ort
+
+    from export.exporter import export_levels
+
+    model, _ = model_and_images()
+    model.eval()
+    export_levels(model, tmp_path, {"name": "test"})
+    rng = np.random.default_rng(0)
+    for batch in (1, 5):
+        x = rng.random((batch, *TWO.input_shape), dtype=np.float32)
+        z1 = rng.standard_normal((batch, TWO.lower_latent_dim), dtype=np.float32)
+        z2 = rng.standard_normal((batch, TWO.latent_dim), dtype=np.float32)
+        with torch.no_grad():
+            features = model.encoder.body(torch.from_numpy(x))
+            expected = {
+                "features": ({"image": x}, (features,)),
+                "lower_posterior": (
+                    {"features": features.numpy(), "z2": z2},
+                    model.lower.posterior(features, torch.from_numpy(z2)),
+                ),
+                "lower_prior": ({"z2": z2}, model.lower.prior(torch.from_numpy(z2))),
+                "decoder_levels": (
+                    {"z1": z1, "z2": z2},
+                    model.decode_levels(torch.from_numpy(z1), torch.from_numpy(z2)),
+                ),
+                "decoder": ({"z": z2}, model.decode(torch.from_numpy(z2))),
+            }
+        for name, (feeds, outputs) in expected.items():
+            session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+            got = session.run(None, feeds)
+            assert len(got) == len(outputs), name
+            for value, reference in zip(got, outputs, strict=True):
+                np.testing.assert_allclose(value, reference.numpy(), atol=2e-5, err_msg=name)
