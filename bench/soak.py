@@ -89,7 +89,13 @@ def _bodies(latent_dim: int, seed: int = 0) -> dict[str, dict[str, Any]]:
 
 
 async def _run(base_url: str, pid: int | None, requests: int, concurrency: int, sample_every: int) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    # The server closes a connection idle for 5 s (uvicorn's timeout_keep_alive); a client that keeps one as
+    # long (httpx's default expiry is also 5 s) races that close and can send a request into a socket being
+    # closed, which it sees as a ReadError (RFC 9112 9.6: a client must be ready to retry, or expire first).
+    # The soak's client expires idle connections first, so a transport error here is the server's.
+    limits = httpx.Limits(
+        max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         latent_dim = (await client.get("/v1/model")).json()["latent_dim"]
         bodies = _bodies(latent_dim)
