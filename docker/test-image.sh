@@ -111,8 +111,11 @@ for _ in $(seq 1 100); do
 done
 curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { "$ENGINE" logs "$NAME"; exit 1; }
 CPUS=$("$ENGINE" exec "$NAME" python3 -c 'from service.settings import available_cpus; print(available_cpus())')
-"$ENGINE" logs "$NAME" 2>&1 | grep -q "vae-serve: $CPUS worker process.*one per CPU available" \
-  || { echo "the image does not start one worker per CPU ($CPUS):"; "$ENGINE" logs "$NAME"; exit 1; }
+# The log read whole first: `logs | grep -q` fails under pipefail whenever grep, having matched, exits before
+# the engine has written the rest (SIGPIPE).
+LOGS=$("$ENGINE" logs "$NAME" 2>&1)
+grep -q "vae-serve: $CPUS worker process.*one per CPU available" <<<"$LOGS" \
+  || { echo "the image does not start one worker per CPU ($CPUS):"; echo "$LOGS"; exit 1; }
 echo "the image's default: $CPUS worker process(es), one per CPU available"
 bounded 60 "$ENGINE" rm -f -t 0 "$NAME" || { echo "docker/test-image.sh: could not remove $NAME" >&2; exit 1; }
 
