@@ -13,11 +13,12 @@ path parameters it chose are remembered for that (method, path) (`HotTable`). La
 are taken one of two short ways:
 
 - `ShortWay`, in front of the whole app (`service.app.ServiceApp`), for a body with a Content-Length
-  within the limit while upload slots are free: one coroutine gives the request its id, receives
-  the body under the limits middleware's slots and deadline (service/limits.py: UploadSlots), calls
-  the endpoint, maps an exception with the app's own handlers, sends the response with its
-  X-Request-ID, and counts and times it as the observability middleware does. It is off when CORS
-  or tracing is configured: their middleware would have to see the request.
+  within the limit while upload slots are free: the observability middleware's own code (ids,
+  metrics, access log, the 500) around the limits middleware's upload slots and deadline
+  (service/limits.py: UploadSlots) around the endpoint, whose exceptions the app's own handlers map.
+  What the other middleware adds, the wrapping of each request's `send` and `receive` and the
+  framework's exception middleware, is not done. It is off when CORS or tracing is configured:
+  their middleware would have to see the request.
 - `HotRoutes`, the innermost middleware, for the others: the framework's outer layers (ids, metrics,
   limits, CORS, spans) see them, and the router and request handler are skipped.
 
@@ -27,22 +28,21 @@ The routes stay registered with the framework, so /openapi.json does not change.
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import errors
-from service.limits import CLIENT_CLOSED, ClientGone, UploadSlots, body_length
-from service.observability import Answers, relative_locations, request_id_of, request_id_var
+from service.limits import UploadSlots, body_length
+from service.observability import Answers, ObservabilityMiddleware
 
 Handler = Callable[[Request, Exception], Any]
 Endpoint = Callable[[Request], Awaitable[Response]]
 Found = tuple[Any, Endpoint, dict[str, Any]]  # the route, its endpoint and the path parameters the router gave it
+FOUND = "vae.hot_route"  # the scope's key for what ShortWay found, until the endpoint is called
 CACHE_SIZE = 1024  # paths remembered; the paths carry client-chosen names, so the memory is bounded
 
 
@@ -119,11 +119,13 @@ class HotRoutes:
 
 class ShortWay:
     """The hot routes' requests whose body fits, answered in front of the app's middleware with the
-    same ids, limits, errors and metrics (see the module's docstring)."""
+    same ids, limits, errors and metrics (see the module's docstring): the observability middleware's
+    own code around the limits' upload slots around the endpoint."""
 
     def __init__(self, table: HotTable, slots: UploadSlots, answers: Answers) -> None:
         """`slots` and `answers`: the limits and observability middleware's own."""
-        self.table, self.slots, self.answers = table, slots, answers
+        self.table, self.slots = table, slots
+        self.observed = ObservabilityMiddleware(self._limited, answers.metrics, answers=answers)
 
     def takes(self, scope: Scope) -> Found | None:
         """What to call for this request, when it can go the short way."""
@@ -135,34 +137,12 @@ class ShortWay:
         return found if length and length <= slots.max_body and not slots.full() else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, found: Found) -> None:
-        began = time.perf_counter()
-        request_id = request_id_of(scope)
-        token = request_id_var.set(request_id)
-        header = (b"x-request-id", request_id.encode())
-        status, started, metrics = 500, False, self.answers.metrics
-        metrics.active += 1
+        scope[FOUND] = found
+        await self.observed(scope, receive, send)
 
-        async def send_with_id(message: Message) -> None:  # as the observability middleware's: the
-            nonlocal status, started  # response object is not changed, whoever else holds it
-            if message["type"] == "http.response.start":
-                status, started = message["status"], True
-                headers = [*message.get("headers", []), header]
-                message = {**message, "headers": relative_locations(headers) if 300 <= status < 400 else headers}
-            await send(message)
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.slots.run(self._answer, scope, receive, send)
 
-        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            response = await self.table.answer(found, scope, receive, send)
-            await response(scope, receive, send)
-
-        try:
-            await self.slots.run(answer, scope, receive, send_with_id)
-        except ClientGone:
-            status = CLIENT_CLOSED
-        except Exception:
-            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if not started:  # else the connection is cut mid-response, which the client notices
-                await self.answers.internal_error(scope, send_with_id)
-        finally:
-            metrics.active -= 1
-            self.answers.record(scope, status, time.perf_counter() - began)
-            request_id_var.reset(token)
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.table.answer(scope.pop(FOUND), scope, receive, send)
+        await response(scope, receive, send)

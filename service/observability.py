@@ -213,8 +213,8 @@ class ObservabilityMiddleware:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                headers = [*message.get("headers", []), header]
-                message["headers"] = relative_locations(headers) if 300 <= status < 400 else headers
+                headers = [*message.get("headers", []), header]  # a new message: whoever made it may keep it
+                message = {**message, "headers": relative_locations(headers) if 300 <= status < 400 else headers}
             await send(message)
 
         try:

@@ -113,7 +113,10 @@ def score_two_levels(
         for i in range(count):
             total = WeightSums()
             posterior = (features[i], mean2[i], logvar2[i])
-            for log_w in _log_weight_chunks(backend, likelihood, estimator, flat_x[i], posterior, streams[i], k, chunk):
+            chunks = _log_weight_chunks(
+                backend, likelihood, estimator, flat_x[i], posterior, streams[i], k, chunk, lower
+            )
+            for log_w in chunks:
                 total = total.add(log_w)
             sums.append(total)
     return assemble_scores(reconstruction, kl, sums, k, dims, (mean2, logvar2), estimator)
@@ -128,12 +131,13 @@ def _log_weight_chunks(
     stream: np.random.Generator,
     k: int,
     chunk: int,
+    lower: int,
 ) -> Iterator[NDArray[np.float64]]:
     """log w of one image's k samples (module docstring), `chunk` at a time. `posterior`: the image's
-    features (F,) and q(z2|x)'s mean (D2,) and logvar (D2,); the stream has given the ELBO's draw."""
+    features (F,) and q(z2|x)'s mean (D2,) and logvar (D2,); the stream has given the ELBO's draw;
+    `lower`: D1 (`lower_latent_dim`, asked once per call of the public functions)."""
     features, mean2, logvar2 = posterior
     prior, upper = backend.prior, mean2.shape[0]
-    lower = lower_latent_dim(backend, upper)
     components = prior.component_stream(stream)  # before any eps: the same child at any chunk size
     for start in range(0, k, chunk):
         size = min(chunk, k - start)
@@ -171,6 +175,8 @@ def log_weights_two_levels(
         stream = image_stream(seed, image)
         stream.standard_normal(mean2.shape[1] + lower, dtype=np.float32)  # the ELBO's draw comes first
         posterior = (features[i], mean2[i], logvar2[i])
-        chunks = _log_weight_chunks(backend, likelihood, estimator, image.reshape(-1), posterior, stream, k, chunk)
+        chunks = _log_weight_chunks(
+            backend, likelihood, estimator, image.reshape(-1), posterior, stream, k, chunk, lower
+        )
         rows.append(np.concatenate(list(chunks)))
     return np.stack(rows)
