@@ -31,7 +31,17 @@ from typing import Any
 from bench.measurements import compute_limit
 from bench.plan import ENCODE, MODEL_DIR, RESULTS
 from bench.provenance import git_state, served_model
-from bench.rounds import Cell, WindowFailed, check_window, round_order, spread, summarise_cell, summarise_ratios
+from bench.rounds import (
+    Cell,
+    WindowFailed,
+    busy_cpus,
+    check_window,
+    quiet_report,
+    round_order,
+    spread,
+    summarise_cell,
+    summarise_ratios,
+)
 from bench.run import machine, routes, test_pngs, write_json, wrk
 from bench.servers import REPO, Server
 from model.core.artifact import load_model_dir
@@ -99,8 +109,10 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         results["model"] = served_model(next(iter(servers.values())).url)
         began = time.monotonic()
         limits: list[dict[str, Any]] = []
+        others: list[float] = []  # CPUs busy with something else before each round, the servers idle
         model = load_model_dir(MODEL_DIR, threads=1)
         for round_index in range(rounds):
+            others.append(busy_cpus())
             limits.append(limit_on_server_core(pngs, model))
             for cell in round_order(cells, round_index, seed):
                 stats: dict[str, Any] = {}
@@ -115,6 +127,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
                     flush=True,
                 )
         results["rounds_wall_s"] = time.monotonic() - began
+        results["other_cpus_busy"] = quiet_report(others)
     finally:
         for server in servers.values():
             server.stop()
@@ -168,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each window")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--allow-busy", action="store_true", help="write the results even when something else used the CPUs"
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("bench.hot_path: wrk and taskset are needed (apt-get install wrk util-linux)", file=sys.stderr)
@@ -177,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     except WindowFailed as failure:
         print(f"bench.hot_path: a window failed; no results written.\nbench.hot_path: {failure}", file=sys.stderr)
         return 1
+    busy = results["other_cpus_busy"]
+    if not busy["quiet"] and not args.allow_busy:
+        print(
+            f"bench.hot_path: something else kept {busy['median']:.2f} CPUs busy while the servers were idle "
+            f"(median of the rounds; at most {busy['threshold']} for a quiet machine); no results written. "
+            "Stop it (a training run, a test suite) and run again, or pass --allow-busy.",
+            file=sys.stderr,
+        )
+        return 3
     write_json(args.results / "hot_path.json", results)
     limit = results["compute_limit"]
     print(f"compute limit: {limit['requests_per_s']:.0f} requests/s ({limit['per_request_us']:.0f} us a request)")
@@ -200,7 +225,7 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         f"`{' '.join(recorded['command'].split())}`, model {recorded['model']['name']} {recorded['model']['version']}, "
         f"{recorded['plan']['rounds']} interleaved rounds of {recorded['plan']['window_s']} s windows, the server on "
         f"CPU {recorded['pinning']['server_cpus']} and wrk on CPU {recorded['pinning']['wrk_cpus']}, recorded "
-        f"{recorded['machine']['time']}. Medians of the rounds, their range in brackets.",
+        f"{recorded['machine']['time']}. Medians of the rounds, their range in brackets.{_quiet(recorded)}",
         "",
         f"The per-core compute limit, measured in every round on the servers' core (the median of the rounds): "
         f"{limit['requests_per_s']:.0f} requests/s "
@@ -226,3 +251,14 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
             f"| {spread(v2['rps'], '.0f')} | {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _quiet(recorded: dict[str, Any]) -> str:
+    """What else used the machine during the run (results recorded before the check have no reading)."""
+    busy = recorded.get("other_cpus_busy")
+    if busy is None:
+        return ""
+    return (
+        f" Other work on the machine before each round, the servers idle: {busy['median']:.2f} CPUs busy "
+        f"(at most {busy['max']:.2f}; a run is written only under {busy['threshold']})."
+    )

@@ -96,3 +96,4 @@ class Bench:
     pngs: list[bytes]
     routes: dict[str, dict[str, Any]]
     windows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # cell key -> one per round
+    others: list[float] = field(default_factory=list)  # CPUs busy with other work before each round

@@ -10,13 +10,18 @@ summarised: a ratio of two medians would mix windows measured minutes apart.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 # What each window reports and what is summarised per cell.
+# CPUs busy with something else, measured while the servers are idle, above which a round is not quiet:
+# a training run or a test suite on these 2 cores takes one or both (the benchmark itself idles at ~0.01).
+QUIET_CPUS = 0.15
 WINDOW_METRICS = ("rps", "p50_us", "p90_us", "p99_us", "mean_us")
 
 
@@ -106,3 +111,36 @@ def round_ratios(
 
 def summarise_ratios(per_round: Mapping[str, Sequence[float]]) -> dict[str, dict[str, Any]]:
     return {name: {**spread(values), "rounds": list(values)} for name, values in per_round.items()}
+
+
+def busy_cpus(seconds: float = 0.5, stat: str = "/proc/stat") -> float:
+    """How many CPUs' worth of time the whole machine spent busy (not idle, not waiting on I/O) over
+    `seconds`. Taken before a round while the servers wait and no load runs, it is what else uses the
+    machine: a benchmark shares its cores with nothing, so it should be near 0."""
+    first, began = _cpu_times(stat), time.monotonic()
+    time.sleep(seconds)  # the measurement's own window, not a wait for anything
+    return cpus_busy_between(first, _cpu_times(stat), time.monotonic() - began, os.sysconf("SC_CLK_TCK"))
+
+
+def _cpu_times(stat: str) -> list[int]:
+    """The aggregate "cpu" line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    with open(stat) as lines:
+        for line in lines:
+            if line.startswith("cpu "):
+                return [int(v) for v in line.split()[1:]]
+    raise ValueError(f"{stat} has no aggregate cpu line")
+
+
+def cpus_busy_between(first: list[int], second: list[int], elapsed_s: float, ticks_per_s: int) -> float:
+    """CPUs busy between two readings of /proc/stat's cpu line `elapsed_s` apart, in clock ticks of
+    `ticks_per_s` (guest time is already in user time: only the first eight fields count)."""
+    delta = [b - a for a, b in zip(first[:8], second[:8], strict=True)]
+    idle = delta[3] + delta[4]  # idle, iowait
+    return max(0.0, (sum(delta) - idle) / ticks_per_s / elapsed_s)
+
+
+def quiet_report(readings: Sequence[float]) -> dict[str, Any]:
+    """Whether the machine was quiet: the spread of the rounds' readings, and `quiet` when their median is
+    under QUIET_CPUS."""
+    summary = spread(list(readings))
+    return {**summary, "quiet": summary["median"] < QUIET_CPUS, "threshold": QUIET_CPUS}

@@ -37,7 +37,17 @@ import numpy as np
 from bench.measurements import MEASUREMENTS, WHILE_SERVING
 from bench.plan import ENCODE, MODEL_DIR, PLANS, QUICK_GUARD, RESULTS, SERVERS, Bench, Plan
 from bench.provenance import git_state, served_model
-from bench.rounds import Cell, WindowFailed, check_window, round_order, round_ratios, summarise_cell, summarise_ratios
+from bench.rounds import (
+    Cell,
+    WindowFailed,
+    busy_cpus,
+    check_window,
+    quiet_report,
+    round_order,
+    round_ratios,
+    summarise_cell,
+    summarise_ratios,
+)
 from bench.servers import REPO, Server
 
 __all__ = ["MODEL_DIR", "RESULTS", "machine", "test_pngs"]  # what bench.inprocess and bench.decoder_cost use
@@ -223,6 +233,7 @@ def run_rounds(bench: Bench) -> list[list[str]]:
     """Every round's windows into bench.windows; returns each round's order of cell keys."""
     plan, orders = bench.plan, []
     for round_index in range(plan.rounds):
+        bench.others.append(busy_cpus())  # the servers idle: what else uses the machine
         order = round_order(plan.cells, round_index, plan.seed)
         orders.append([cell.key for cell in order])
         for position, cell in enumerate(order, 1):
@@ -277,6 +288,13 @@ def serving(plan: Plan, command: str) -> dict[str, Any]:
         began = time.monotonic()
         results["order"] = run_rounds(bench)
         results["rounds_wall_s"] = time.monotonic() - began  # against the time budget in bench/plan.py
+        results["other_cpus_busy"] = busy = quiet_report(bench.others)
+        if not busy["quiet"]:
+            print(
+                f"bench: WARNING: something else kept {busy['median']:.2f} CPUs busy while the servers were idle "
+                "(median of the rounds): these figures share the machine with it",
+                file=sys.stderr,
+            )
         for name in (m for m in plan.measurements if m in WHILE_SERVING):
             results[name] = MEASUREMENTS[name](bench, results)
     finally:

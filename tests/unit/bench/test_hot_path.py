@@ -98,3 +98,21 @@ def test_every_servers_encode_at_c32_is_divided_by_the_compute_limit():
     ratios = limit_ratios(bench, {"compute_limit": {"requests_per_s": 4000.0}})
     assert set(ratios) == {"product_encode_c32_vs_compute_limit", "minimal_encode_c32_vs_compute_limit"}
     assert ratios["product_encode_c32_vs_compute_limit"]["rounds"] == [0.25, 0.5]
+
+
+def test_the_table_says_what_else_used_the_machine_when_it_was_measured():
+    with_reading = {**recorded(), "other_cpus_busy": {"median": 0.02, "max": 0.04, "threshold": 0.15}}
+    assert "0.02 CPUs busy (at most 0.04; a run is written only under 0.15)" in hot_path.hot_path_section(with_reading)
+    assert "CPUs busy" not in hot_path.hot_path_section(recorded())  # a run recorded before the check
+
+
+def test_a_run_on_a_busy_machine_is_not_written(tmp_path, monkeypatch, capsys):
+    busy = {**recorded(), "other_cpus_busy": {"median": 1.1, "max": 1.3, "threshold": 0.15, "quiet": False}}
+    busy["compute_limit"] = {**busy["compute_limit"], "per_request_us": 200.0}
+    monkeypatch.setattr(hot_path, "run", lambda *args: busy)
+    monkeypatch.setattr(hot_path.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert hot_path.main(["--results", str(tmp_path)]) == 3
+    assert not (tmp_path / "hot_path.json").exists()
+    assert "kept 1.10 CPUs busy" in capsys.readouterr().err
+    assert hot_path.main(["--results", str(tmp_path), "--allow-busy"]) == 0
+    assert json.loads((tmp_path / "hot_path.json").read_text())["other_cpus_busy"]["median"] == 1.1

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from bench import rounds
 from bench.rounds import (
     Cell,
     Ratio,
@@ -134,3 +137,31 @@ def test_a_ratio_between_cells_with_different_round_counts_is_refused():
     windows = {PRODUCT.key: [clean_window()] * 3, MINIMAL.key: [clean_window()] * 2}
     with pytest.raises(ValueError, match="3 rounds of product/encode_1_raw/c32 but 2 of minimal/encode_1_raw/c32"):
         round_ratios(windows, {"r": Ratio(PRODUCT, MINIMAL)})
+
+
+def test_cpus_busy_counts_every_state_but_idle_and_iowait():
+    # user nice system idle iowait irq softirq steal guest guest_nice, in ticks of 100 a second
+    first = [100, 0, 50, 1000, 10, 0, 0, 0, 40, 0]
+    second = [200, 10, 90, 1100, 60, 5, 5, 0, 90, 0]  # 160 ticks busy, 150 idle or waiting; guest not twice
+    assert rounds.cpus_busy_between(first, second, 1.0, 100) == pytest.approx(1.6)
+    assert rounds.cpus_busy_between(first, second, 2.0, 100) == pytest.approx(0.8)
+    assert rounds.cpus_busy_between(second, second, 1.0, 100) == 0.0
+
+
+def test_busy_cpus_reads_the_aggregate_line_of_proc_stat(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    readings = iter(["cpu  100 0 50 1000 10 0 0 0 0 0\n", "cpu  150 0 50 1050 10 0 0 0 0 0\n"])
+    monkeypatch.setattr(rounds.time, "sleep", lambda s: stat.write_text(next(readings) + "cpu0 1 1 1 1 1 1 1 1\n"))
+    stat.write_text(next(readings) + "cpu0 1 1 1 1 1 1 1 1\n")
+    clock = iter([10.0, 11.0])
+    monkeypatch.setattr(rounds.time, "monotonic", lambda: next(clock))
+    assert rounds.busy_cpus(1.0, str(stat)) == pytest.approx(50 / os.sysconf("SC_CLK_TCK"))
+    (tmp_path / "none").write_text("intr 1 2 3\n")
+    with pytest.raises(ValueError, match="no aggregate cpu line"):
+        rounds.busy_cpus(0.0, str(tmp_path / "none"))
+
+
+def test_a_machine_is_quiet_when_the_rounds_median_is_under_the_threshold():
+    assert rounds.quiet_report([0.01, 0.02, 0.9])["quiet"] is True  # one busy round: the median holds
+    report = rounds.quiet_report([0.5, 1.0, 0.02])
+    assert report["quiet"] is False and report["median"] == 0.5 and report["threshold"] == rounds.QUIET_CPUS
