@@ -60,30 +60,30 @@ def export_graph(
 
 
 def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str, onnx.ModelProto]:
-    """encoder.onnx, decoder.onnx, and prior.onnx for a learned prior (N(0, I) needs no graph)."""
+    """encoder.onnx, decoder.onnx, and prior.onnx for a learned prior (N(0, I) needs no graph); and for a
+    two-level VAE the lower level's graphs, its decoder.onnx taking z2 through both levels (`export_levels`)."""
     config = model.config
     example_image = torch.rand(2, *config.input_shape)  # (B, C, H, W)
-    example_z = torch.randn(2, config.latent_dim)  # (B, D)
-    prior = {"prior": export_prior(model, out_dir, metadata)} if config.prior_kind.learned else {}
-    return {
-        **prior,
-        "encoder": export_graph(
-            model.encoder,
-            example_image,
-            "image",
-            ("mean", "logvar"),
-            out_dir / "encoder.onnx",
-            {**metadata, "graph": "encoder"},
-        ),
-        "decoder": export_graph(
-            model.decoder,
-            example_z,
-            "z",
-            model.decoder.likelihood.outputs,
-            out_dir / "decoder.onnx",
-            {**metadata, "graph": "decoder"},
-        ),
-    }
+    graphs = {"prior": export_prior(model, out_dir, metadata)} if config.prior_kind.learned else {}
+    graphs["encoder"] = export_graph(
+        model.encoder,
+        example_image,
+        "image",
+        ("mean", "logvar"),
+        out_dir / "encoder.onnx",
+        {**metadata, "graph": "encoder"},
+    )
+    if config.levels == 2:
+        return {**graphs, **export_levels(model, out_dir, metadata)}
+    graphs["decoder"] = export_graph(
+        model.decoder,
+        torch.randn(2, config.latent_dim),  # (B, D)
+        "z",
+        model.decoder.likelihood.outputs,
+        out_dir / "decoder.onnx",
+        {**metadata, "graph": "decoder"},
+    )
+    return graphs
 
 
 PartFn = Callable[..., tuple[torch.Tensor, ...]]

@@ -8,9 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from model.core.artifact import OnnxLevels
 from model.core.manifest import beyond_tolerance
 from model.core.priors import Mixture, Prior
 from model.core.scoring import Backend
+from model.torch_backend import TwoLevelTorchBackend
 from model.torch_priors import as_mixture
 from model.vae import VAE
 
@@ -34,6 +36,26 @@ def max_abs_diff(
         float(np.max(np.abs(a - b))) for a, b in zip([*onnx_enc, *onnx_dec], [*torch_enc, *torch_dec], strict=False)
     ]
     return dict(zip(output_names, diffs, strict=False))
+
+
+def levels_max_abs_diff(levels: OnnxLevels, model: VAE, images: np.ndarray, latents: np.ndarray) -> dict[str, float]:
+    """A two-level VAE's lower graphs against torch, through model.core.hierarchy's own calls: the features
+    and q(z1 | x, z2) at the images (z2 their posterior means), p(z1 | z2) and p(x | z1, z2) at the latents
+    (z1 drawn from p(z1 | z2) with a fixed seed)."""
+    reference = TwoLevelTorchBackend(model)
+    mean2, _, features = reference.encode(images)
+    z1_mean, z1_logvar = reference.lower_prior(latents)
+    z1 = z1_mean + np.exp(0.5 * z1_logvar) * np.random.default_rng(0).standard_normal(z1_mean.shape, np.float32)
+    pairs = {
+        "levels.features": ((levels.encode(images)[2],), (features,)),
+        "levels.lower_posterior": (levels.encode_lower(features, mean2), reference.encode_lower(features, mean2)),
+        "levels.lower_prior": (levels.lower_prior(latents), (z1_mean, z1_logvar)),
+        "levels.decoder_levels": (levels.decode(z1, latents), reference.decode(z1, latents)),
+    }
+    return {
+        name: max(float(np.max(np.abs(a - b))) for a, b in zip(graph, torch_, strict=True))
+        for name, (graph, torch_) in pairs.items()
+    }
 
 
 def batch_consistency(

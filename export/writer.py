@@ -27,7 +27,17 @@ from model import checkpoint
 from model.checkpoint import Checkpoint
 from model.core.artifact import ModelLoadError, OnnxVAE, load_model_dir, open_graphs
 from model.core.likelihoods import LOG_SCALE_FLOOR
-from model.core.manifest import FileHash, GraphInfo, InputSpec, Int8Variant, LikelihoodSpec, Manifest, PriorSpec
+from model.core.manifest import (
+    LEVEL_GRAPHS,
+    FileHash,
+    GraphInfo,
+    InputSpec,
+    Int8Variant,
+    LevelsSpec,
+    LikelihoodSpec,
+    Manifest,
+    PriorSpec,
+)
 from model.core.preprocess import PreprocessContract
 from model.core.priors import Mixture
 from model.data import Dataset, fixed_test_set, load_dataset, sha256_file
@@ -121,12 +131,8 @@ def read_inputs(config: ExportConfig) -> ExportInputs:
     """Raises ExportError, CheckpointError, DataMissingError or DataChecksumError before anything is written."""
     out = target_dir(config.out_dir)
     model, record = checkpoint.load_model(config.checkpoint)
-    if model.config.levels != 1:  # its decoder.onnx would be p(x | z1, z2) with nothing to say so
-        raise ExportError(
-            f"{config.checkpoint} is a two-level VAE: its graphs (the lower posterior, the lower prior, the "
-            "decoder of both levels) are not exported yet (docs/design/hierarchy.md, 'Serving'); "
-            "vae-eval scores it with torch"
-        )
+    if model.config.levels != 1 and config.int8:  # int8 graphs of z2's level beside fp32 ones of z1's
+        raise ExportError(f"{config.checkpoint} is a two-level VAE: its graphs are exported in fp32 only; drop --int8")
     data = load_dataset(
         config.dataset or record.train_config.dataset,
         config.data_dir or record.train_config.data_dir,
@@ -185,9 +191,18 @@ def write_export(directory: Path, config: ExportConfig, inputs: ExportInputs) ->
         parity={},
         exporter=versions(),
         prior=prior_spec(model, directory, protos.get("prior")),
+        levels=levels_spec(model, directory, protos),
     )
     check_report_graphs(report, manifest)
     return finish(directory, config, inputs, manifest)
+
+
+def levels_spec(model: VAE, directory: Path, protos: dict[str, onnx.ModelProto]) -> LevelsSpec | None:
+    """A two-level VAE's lower graphs, as the manifest lists them; None for one level."""
+    if model.config.levels == 1:
+        return None
+    graphs = {name: graph_info(directory, f"{name}.onnx", protos[name]) for name in LEVEL_GRAPHS}
+    return LevelsSpec(lower_latent_dim=model.config.lower_latent_dim, **graphs)
 
 
 def finish(directory: Path, config: ExportConfig, inputs: ExportInputs, manifest: Manifest) -> Manifest:
@@ -304,6 +319,8 @@ def with_parity(
         prior_latents = np.concatenate([latents, own])
         diffs.update(parity.prior_max_abs_diff(backend.prior, model, prior_latents))
         consistency["prior"] = parity.prior_batch_consistency(backend.prior, prior_latents[:256])
+    if backend.levels is not None:
+        diffs.update(parity.levels_max_abs_diff(backend.levels, model, images, latents))
     print(
         f"parity max |onnx - torch| = {max(diffs.values()):.2e} over {len(images)} images and {len(latents)} "
         f"latents; batch 1/7/256 max diff {max(consistency.values()):.2e}"
@@ -317,6 +334,11 @@ def with_parity(
         "batch_sizes": [1, 7, 256],
         "batch_max_abs_diff": consistency,
         **({"prior_latents": 2 * len(latents)} if manifest.prior is not None else {}),
+        **(
+            {"levels": "features and q(z1 | x, z2) at the images, p(z1 | z2) and p(x | z1, z2) at the latents"}
+            if backend.levels is not None
+            else {}
+        ),
     }
     return manifest.model_copy(update={"parity": record})
 

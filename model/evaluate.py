@@ -17,7 +17,9 @@ from tqdm import tqdm
 from model import checkpoint, figures
 from model.checkpoint import Checkpoint
 from model.core import hierarchy, likelihoods, scoring
+from model.core.artifact import OnnxLevels
 from model.core.likelihoods import Likelihood
+from model.core.manifest import LEVEL_GRAPHS
 from model.core.preprocess import PreprocessContract
 from model.data import DataChecksumError, DataMissingError, fixed_test_set, load_dataset, read_image_folder, sha256_file
 from model.torch_backend import TorchBackend, TwoLevelTorchBackend
@@ -121,7 +123,7 @@ def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[
 
 def score(backend: Any, likelihood: Likelihood, x: np.ndarray, seed: int, k: int) -> scoring.Scores:
     """`model.core.scoring.score`, or for a two-level VAE's backend `model.core.hierarchy.score_two_levels`."""
-    if isinstance(backend, TwoLevelTorchBackend):
+    if isinstance(backend, TwoLevelTorchBackend | OnnxLevels):
         return hierarchy.score_two_levels(backend, likelihood, x, seed, k=k)
     return scoring.score(backend, likelihood, x, seed, k=k)
 
@@ -139,6 +141,8 @@ def make_figures(
     out: dict[str, Any] = {}
     if isinstance(backend, TwoLevelTorchBackend):  # the figures live in z2's space, decode() going through z1
         backend = TorchBackend(backend.model)
+    elif isinstance(backend, OnnxLevels):  # its OnnxVAE: decoder.onnx takes z2 through both levels
+        backend = backend.vae
     z = scoring.prior_of(backend, record.model_config.latent_dim).sample(64, np.random.default_rng(seed))
     out["samples"] = figures.samples(
         likelihood.pixel_mean(backend.decode(z)), report / "samples.png", seed=seed, temperature=1.0
@@ -207,33 +211,35 @@ def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
     return Images(pixels, labels, source, data_x, test_set)
 
 
-def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[scoring.Backend, dict[str, Any]]:
+def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[Any, dict[str, Any]]:
     """The torch model, or with --onnx-dir its exported graphs (which must be CHECKPOINT's), and what
-    scored: the backend and the hashes of the graphs."""
-    if model.lower is not None:  # two levels: scored by model.core.hierarchy, over torch only for now
-        if args.onnx_dir:
-            raise ValueError(
-                "a two-level VAE's graphs are not exported yet (docs/design/hierarchy.md): drop --onnx-dir"
-            )
-        return TwoLevelTorchBackend(model), {"backend": "torch", "levels": 2, "prior": model.prior.name}
-    backend: scoring.Backend = TorchBackend(model)
-    scored_with: dict[str, Any] = {"backend": "torch"}
-    if args.onnx_dir:
-        from model.core.artifact import load_model_dir
+    scored: the backend and the hashes of the graphs. A two-level VAE's backend is a
+    `model.core.hierarchy.TwoLevelBackend`, over torch or over its graphs (`OnnxLevels`)."""
+    levels: dict[str, Any] = {"levels": 2} if model.lower is not None else {}
+    if not args.onnx_dir:
+        backend: Any = TwoLevelTorchBackend(model) if model.lower is not None else TorchBackend(model)
+        return backend, {"backend": "torch", **levels, "prior": backend.prior.name}
+    from model.core.artifact import load_model_dir
 
-        onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
-        source = onnx_model.manifest.source_checkpoint
-        if source is None or source.sha256 != sha256_file(args.checkpoint):
-            raise ValueError(f"{args.onnx_dir} was not exported from {args.checkpoint}")
-        backend = onnx_model
-        manifest = onnx_model.manifest
-        scored_with = {
-            "backend": "onnxruntime",
-            "encoder_sha256": manifest.encoder.sha256,
-            "decoder_sha256": manifest.decoder.sha256,
-            **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {}),
-        }
-    scored_with["prior"] = backend.prior.name  # both backends carry one: N(0, I) is "standard_normal"
+    onnx_model = load_model_dir(args.onnx_dir, threads=args.threads)
+    manifest = onnx_model.manifest
+    source = manifest.source_checkpoint
+    if source is None or source.sha256 != sha256_file(args.checkpoint):
+        raise ValueError(f"{args.onnx_dir} was not exported from {args.checkpoint}")
+    backend = onnx_model if onnx_model.levels is None else onnx_model.levels
+    scored_with = {
+        "backend": "onnxruntime",
+        "encoder_sha256": manifest.encoder.sha256,
+        "decoder_sha256": manifest.decoder.sha256,
+        **({"prior_sha256": manifest.prior.graph.sha256} if manifest.prior else {}),
+        **levels,
+        **(
+            {f"{name}_sha256": getattr(manifest.levels, name).sha256 for name in LEVEL_GRAPHS}
+            if manifest.levels is not None
+            else {}
+        ),
+        "prior": backend.prior.name,  # both backends carry one: N(0, I) is "standard_normal"
+    }
     return backend, scored_with
 
 

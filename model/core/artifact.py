@@ -1,5 +1,5 @@
-"""Load a model directory (encoder.onnx, decoder.onnx, manifest.json; prior.onnx for a learned prior) into
-onnxruntime.
+"""Load a model directory (encoder.onnx, decoder.onnx, manifest.json; prior.onnx for a learned prior; a
+two-level VAE's lower graphs) into onnxruntime.
 
 Every graph's bytes are hashed and compared with the manifest before onnxruntime sees them, and
 onnxruntime is given those same bytes, so what was checked is what runs.
@@ -45,6 +45,7 @@ class OnnxVAE:
     anomaly: Calibration | None = None  # None: the export has no anomaly calibration
     adapter: GraphAdapter | None = None  # None: made from the manifest
     checks: dict[str, float] = field(default_factory=dict)  # the loader's figures (`check_contract`)
+    levels: OnnxLevels | None = None  # a two-level VAE's lower graphs (manifest.levels); None: one level
 
     def __post_init__(self) -> None:
         if self.adapter is None:
@@ -77,6 +78,64 @@ class OnnxVAE:
         feed = io.latent_feed(np.ascontiguousarray(z, dtype=np.float32))
         outputs = self.decoder.run(io.decoder_outputs, {io.bindings.decoder.z: feed})
         return io.decoder_params(outputs)
+
+
+@dataclass(frozen=True)
+class OnnxLevels:
+    """A two-level VAE's graphs as a `model.core.hierarchy.TwoLevelBackend` (vae-export's names): the
+    encoder, prior and likelihood are the OnnxVAE's, z2's; the lower level's graphs are the manifest's
+    `levels`."""
+
+    vae: OnnxVAE
+    features: ort.InferenceSession
+    lower_posterior: ort.InferenceSession
+    lower_prior_graph: ort.InferenceSession
+    decoder_levels: ort.InferenceSession
+
+    @property
+    def prior(self) -> Prior:
+        return self.vae.prior
+
+    @property
+    def lower_latent_dim(self) -> int:
+        assert self.vae.manifest.levels is not None  # set with levels only
+        return self.vae.manifest.levels.lower_latent_dim
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, C, H, W) pixels -> q(z2 | x)'s mean and logvar (N, D2), and the image's features (N, F)."""
+        image = np.ascontiguousarray(x, dtype=np.float32)
+        mean, logvar = self.vae.encode(image)
+        (features,) = self.features.run(None, {"image": image})
+        return mean, logvar, features
+
+    def encode_lower(self, features: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """q(z1 | x, z2)'s mean and logvar (N, D1)."""
+        mean, logvar = self.lower_posterior.run(None, {"features": _f32(features), "z2": _f32(z2)})
+        return mean, logvar
+
+    def lower_prior(self, z2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(z1 | z2)'s mean and logvar (N, D1)."""
+        mean, logvar = self.lower_prior_graph.run(None, {"z2": _f32(z2)})
+        return mean, logvar
+
+    def decode(self, z1: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, ...]:
+        """p(x | z1, z2): the likelihood's parameters, each (N, C, H, W)."""
+        outputs = self.decoder_levels.run(None, {"z1": _f32(z1), "z2": _f32(z2)})
+        return self.vae.io.decoder_params(outputs)
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def open_levels(vae: OnnxVAE, options: ort.SessionOptions, chosen: list[str]) -> OnnxLevels | None:
+    """The manifest's lower-level graphs, hash-checked, or None for a one-level model."""
+    spec = vae.manifest.levels
+    if spec is None:
+        return None
+    graphs = (spec.features, spec.lower_posterior, spec.lower_prior, spec.decoder_levels)
+    features, posterior, prior, decoder = (_session(vae.directory, info, options, chosen) for info in graphs)
+    return OnnxLevels(vae, features, posterior, prior, decoder)
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -154,6 +213,7 @@ def open_graphs(
         prior=prior,
         anomaly=load_calibration(directory, manifest),
     )
+    object.__setattr__(vae, "levels", open_levels(vae, options, chosen))
     # Dynamic int8 quantisation takes its activation scales from the whole batch (DynamicQuantizeLinear),
     # so the int8 variant's rows do depend on their batch, by design and within its recorded parity.
     vae.checks.update(check_contract(vae, f"{directory} ({variant})", batch_independent=variant != "int8"))

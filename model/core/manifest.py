@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from model.core.likelihoods import LIKELIHOODS
 
-SCHEMA_VERSION: Final = "2.1"
+SCHEMA_VERSION: Final = "2.2"
 _SCHEMA_MAJOR, _SCHEMA_MINOR = (int(part) for part in SCHEMA_VERSION.split("."))
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
@@ -214,6 +214,21 @@ class PriorSpec(_Strict):
     graph: GraphInfo
 
 
+LEVEL_GRAPHS: Final = ("features", "lower_posterior", "lower_prior", "decoder_levels")  # LevelsSpec's graphs
+
+
+class LevelsSpec(_Strict):
+    """A two-level VAE, z2 -> z1 -> x (docs/design/hierarchy.md): the graphs beyond the encoder and the
+    decoder. The manifest's latent, prior and encoder are z2's; its decoder takes z2 through both levels
+    (z1 the mean of p(z1 | z2)); these graphs give what a score needs of z1."""
+
+    lower_latent_dim: int = Field(gt=0, description="D1, the numbers of z1 per image")
+    features: GraphInfo = Field(description="image -> features: the encoder's input to q(z1 | x, z2)")
+    lower_posterior: GraphInfo = Field(description="features, z2 -> mean, logvar of q(z1 | x, z2)")
+    lower_prior: GraphInfo = Field(description="z2 -> mean, logvar of p(z1 | z2)")
+    decoder_levels: GraphInfo = Field(description="z1, z2 -> the likelihood's outputs: p(x | z1, z2)")
+
+
 class Manifest(_Strict):
     schema_version: str | Literal[1] = Field(SCHEMA_VERSION, description="MAJOR.MINOR (1: the first, integer form)")
     name: str
@@ -240,6 +255,7 @@ class Manifest(_Strict):
     anomaly: AnomalySpec | None = None  # absent in exports made before anomaly calibration
     prior: PriorSpec | None = None  # absent: p(z) = N(0, I)
     contract: ContractSpec | None = None  # absent: the graphs' names and forms are vae-export's
+    levels: LevelsSpec | None = None  # since 2.2; absent: one stochastic level
     exporter: dict[str, str]
 
     @field_validator("schema_version", mode="before")
@@ -268,6 +284,8 @@ class Manifest(_Strict):
                 f"latent_shape {self.latent_shape} holds {math.prod(self.latent_shape)} numbers, "
                 f"not latent_dim {self.latent_dim}"
             )
+        if self.levels is not None and (self.latent_shape is not None or self.contract is not None):
+            raise ValueError("levels are vae-export's: a flat latent and its own graphs' names, no contract")
         io = self.io
         if len(io.decoder.outputs) != len(self.likelihood.outputs):
             raise ValueError(

@@ -446,7 +446,7 @@ def test_a_torch_module_with_its_weights_is_imported_recorded_and_served(capsys,
     code, _ = torch_import(capsys, f"{user_vaes}:Tiny", out, *SHAPE, *BERNOULLI_LOGITS, "--weights", weights)
     assert code == 0
     raw = json.loads((out / "manifest.json").read_text())
-    assert raw["schema_version"] == SCHEMA_VERSION == "2.1"
+    assert raw["schema_version"] == SCHEMA_VERSION == "2.2"
     assert raw["contract"]["encoder"] == {
         "image": "image", "mean": "mean", "spread": "logvar", "posterior": "logvar", "layout": "nchw",
     }  # fmt: skip
@@ -492,7 +492,7 @@ def test_an_onnx_pair_is_copied_byte_for_byte_recorded_and_served(capsys, tmp_pa
     assert (out / "encoder.onnx").read_bytes() == encoder.read_bytes()
     assert (out / "decoder.onnx").read_bytes() == decoder.read_bytes()
     raw = json.loads((out / "manifest.json").read_text())
-    assert raw["schema_version"] == "2.1" and raw["latent_dim"] == 8 and raw["input"]["shape"] == [1, 16, 16]
+    assert raw["schema_version"] == "2.2" and raw["latent_dim"] == 8 and raw["input"]["shape"] == [1, 16, 16]
     assert raw["contract"]["encoder"] == {
         "image": "pixels", "mean": "mu", "spread": "log_sigma", "posterior": "log_scale", "layout": "nchw",
     }  # fmt: skip

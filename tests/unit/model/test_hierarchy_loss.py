@@ -9,19 +9,29 @@ import pytest
 import torch
 
 from model import checkpoint, losses
+from model import data as data_module
 from model.config import ModelConfig, TrainConfig
 from model.core import hierarchy
+from model.core.artifact import load_model_dir
 from model.core.likelihoods import get as likelihood
+from model.core.manifest import LEVEL_GRAPHS
 from model.core.preprocess import image_stream
 from model.hierarchy_loss import kl_normal_diag, two_level_terms
 from model.torch_backend import TwoLevelTorchBackend
 from model.trainer import train
 from model.vae import VAE
+from tests.conftest import write_tiny_idx_dataset
 
 TWO = ModelConfig(
     arch="conv", input_shape=(1, 8, 8), latent_dim=3, lower_latent_dim=4, hidden=(32,), conv_channels=(8,)
 )
 CONFIG = TrainConfig(dataset="tiny", epochs=3, batch_size=32, lr=3e-3, kl_warmup_epochs=1, threads=1)
+
+
+def tiny_data_flags(tmp_path, monkeypatch) -> list[str]:
+    """vae-export's flags for the tiny data set (the fixture's files, registered under its name)."""
+    monkeypatch.setitem(data_module.DATASETS, "tiny", write_tiny_idx_dataset(tmp_path / "data"))
+    return ["--data-dir", str(tmp_path / "data"), "--threads", "1"]
 
 
 def model_and_images(config: ModelConfig = TWO, count: int = 3, seed: int = 0) -> tuple[VAE, torch.Tensor]:
@@ -143,7 +153,9 @@ def test_the_vampprior_is_refused_for_two_levels():
         ModelConfig(**{**TWO.to_dict(), "prior": "vamp", "prior_components": 4})
 
 
-def test_vae_eval_scores_a_two_level_vae_by_its_levels_and_vae_export_refuses_it(tiny_dataset, tmp_path, capsys):
+def test_vae_eval_scores_a_two_level_vae_over_torch_and_over_its_exported_graphs(
+    tiny_dataset, tmp_path, capsys, monkeypatch
+):
     from model.core.preprocess import array_to_png
     from model.evaluate import main as evaluate_main
     from model.torch_backend import TwoLevelTorchBackend as Backend
@@ -170,12 +182,55 @@ def test_vae_eval_scores_a_two_level_vae_by_its_levels_and_vae_export_refuses_it
     direct = hierarchy.score_two_levels(Backend(model), bernoulli, bernoulli.images_to_data_space(pixels, 0), 3, k=20)
     np.testing.assert_allclose(np.sort(direct.log_likelihood), np.sort(stored), rtol=1e-6)
 
-    assert evaluate_main([str(tmp_path / "best.pt"), *flags, "--onnx-dir", str(tmp_path)]) == 2
-    assert "not exported yet" in capsys.readouterr().err
     from export.cli import main as export_main
 
-    assert export_main([str(tmp_path / "best.pt"), str(tmp_path / "onnx"), "--threads", "1"]) != 0
-    assert "two-level VAE" in capsys.readouterr().err and not (tmp_path / "onnx").exists()
+    onnx_dir = tmp_path / "onnx"
+    data = tiny_data_flags(tmp_path, monkeypatch)
+    assert export_main([str(tmp_path / "best.pt"), str(onnx_dir), *data, "--int8"]) != 0
+    assert "exported in fp32 only" in capsys.readouterr().err and not onnx_dir.exists()
+    assert export_main([str(tmp_path / "best.pt"), str(onnx_dir), *data]) == 0
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    assert manifest["levels"]["lower_latent_dim"] == TWO.lower_latent_dim
+    assert set(manifest["parity"]["max_abs_diff"]) >= {f"levels.{name}" for name in LEVEL_GRAPHS}
+    # scored from its graphs: the same numbers as over torch, on the same noise
+    graphs = flags + ["--onnx-dir", str(onnx_dir), "--report", str(tmp_path / "graphs")]
+    assert evaluate_main([str(tmp_path / "best.pt"), *graphs]) == 0
+    scored = json.loads((tmp_path / "graphs" / "report.json").read_text())
+    assert scored["scored_with"]["backend"] == "onnxruntime" and scored["scored_with"]["levels"] == 2
+    assert scored["scored_with"]["decoder_levels_sha256"] == manifest["levels"]["decoder_levels"]["sha256"]
+    with np.load(tmp_path / "graphs" / "scores.npz") as archive:
+        np.testing.assert_allclose(np.sort(archive["log_likelihood"]), np.sort(stored), atol=1e-3)
+
+
+def test_a_one_level_export_is_not_a_two_level_checkpoints_graphs(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from export.cli import main as export_main
+    from model.evaluate import main as evaluate_main
+
+    one_epoch = TrainConfig(**{**CONFIG.to_dict(), "epochs": 1})
+    train(TWO, one_epoch, tiny_dataset, tmp_path / "two", progress=False)
+    data = tiny_data_flags(tmp_path, monkeypatch)
+    assert export_main([str(tmp_path / "two" / "best.pt"), str(tmp_path / "onnx"), *data]) == 0
+    model, _ = checkpoint.load_model(tmp_path / "two" / "best.pt")
+    levels = load_model_dir(tmp_path / "onnx").levels
+    assert levels is not None and levels.lower_latent_dim == TWO.lower_latent_dim
+    x = np.random.default_rng(1).random((5, *TWO.input_shape), dtype=np.float32)
+    z2 = np.random.default_rng(2).standard_normal((5, TWO.latent_dim), dtype=np.float32)
+    reference = TwoLevelTorchBackend(model)
+    for got, want in zip(levels.encode(x), reference.encode(x), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    for got, want in zip(levels.lower_prior(z2), reference.lower_prior(z2), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    from model.core.artifact import ModelLoadError
+    from service.app import load_engine
+    from service.settings import Settings
+
+    with pytest.raises(ModelLoadError, match="does not serve one yet"):  # its one-level scores would be wrong
+        load_engine(tmp_path / "onnx", Settings(model_dir=tmp_path / "onnx"))
+    one = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=3, hidden=(32,), conv_channels=(8,))
+    train(one, one_epoch, tiny_dataset, tmp_path / "one", progress=False)
+    flags = ["--k", "5", "--threads", "1", "--no-progress", "--report", str(tmp_path / "r")]
+    code = evaluate_main([str(tmp_path / "one" / "best.pt"), "--onnx-dir", str(tmp_path / "onnx"), *flags])
+    assert code == 2 and "was not exported from" in capsys.readouterr().err
 
 
 def test_the_two_level_parts_export_to_graphs_that_match_torch_at_any_batch(tmp_path):

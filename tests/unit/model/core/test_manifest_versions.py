@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from model.core.artifact import ModelLoadError, load_model_dir
 from model.core.manifest import (
+    LEVEL_GRAPHS,
     SCHEMA_VERSION,
     ContractSpec,
     DecoderIO,
@@ -63,10 +64,11 @@ def refused(**changes: Any) -> str:
 # schema_version
 
 
-def test_this_reader_writes_schema_2_1_and_reads_2_0():
-    assert SCHEMA_VERSION == "2.1"  # 2.1 added latent_shape, sizes and diffusion, all optional
-    assert Manifest.model_validate(raw_manifest()).schema_version == "2.1"
-    assert Manifest.model_validate(raw_manifest(schema_version="2.0")).schema_version == "2.0"
+def test_this_reader_writes_schema_2_2_and_reads_2_0_and_2_1():
+    assert SCHEMA_VERSION == "2.2"  # 2.1 added latent_shape, sizes and diffusion; 2.2 levels; all optional
+    assert Manifest.model_validate(raw_manifest()).schema_version == "2.2"
+    for older in ("2.0", "2.1"):
+        assert Manifest.model_validate(raw_manifest(schema_version=older)).schema_version == older
 
 
 @pytest.mark.parametrize("given", [1, "1", "1.0"])
@@ -82,10 +84,10 @@ def test_a_version_1_manifest_is_written_back_as_the_string_1_0_and_reads_again(
     assert Manifest.read(tmp_path / "again.json") == Manifest.read(path)
 
 
-@pytest.mark.parametrize("newer", ["2.2", "2.9", "3.0", "10.0"])
+@pytest.mark.parametrize("newer", ["2.3", "2.9", "3.0", "10.0"])
 def test_a_newer_schema_is_refused_saying_to_upgrade_vae_service(newer):
     message = refused(schema_version=newer)
-    assert f"schema_version {newer} is not one this vae-service reads (1, and 2.0 up to 2.1)" in message
+    assert f"schema_version {newer} is not one this vae-service reads (1, and 2.0 up to 2.2)" in message
     assert "upgrade vae-service" in message and "re-import the model with this one" in message
 
 
@@ -101,7 +103,7 @@ def test_a_version_that_was_never_written_is_refused(never_written):
 
 
 def test_the_loader_refuses_a_newer_schema_before_reading_any_graph(tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps(raw_manifest(schema_version="2.2")))
+    (tmp_path / "manifest.json").write_text(json.dumps(raw_manifest(schema_version="2.3")))
     with pytest.raises(ModelLoadError) as info:
         load_model_dir(tmp_path)
     assert "is not a valid vae-service manifest" in str(info.value) and "upgrade vae-service" in str(info.value)
@@ -269,3 +271,17 @@ def test_every_exported_shipped_manifest_still_reads_with_vae_exports_names(path
     assert list(manifest.decoder.inputs) == [io.decoder.z]
     assert list(manifest.decoder.outputs) == io.decoder.outputs
     assert manifest.input.affine() == ([1.0] * manifest.input.channels, [0.0] * manifest.input.channels)
+
+
+# levels (2.2)
+
+
+def test_levels_name_the_lower_graphs_and_are_vae_exports_own():
+    graph = {"file": "x.onnx", "sha256": HASH, "inputs": {}, "outputs": {}, "opset": 20}
+    levels = {"lower_latent_dim": 3, **{name: {**graph, "file": f"{name}.onnx"} for name in LEVEL_GRAPHS}}
+    manifest = Manifest.model_validate(raw_manifest(levels=levels))
+    assert manifest.levels is not None and manifest.levels.decoder_levels.file == "decoder_levels.onnx"
+    assert Manifest.model_validate(raw_manifest()).levels is None  # absent: one level
+    assert "levels are vae-export's" in refused(levels=levels, latent_shape=[2, 1, 1])
+    assert "lower_latent_dim" in refused(levels={**levels, "lower_latent_dim": 0})
+    assert "decoder_levels" in refused(levels={k: v for k, v in levels.items() if k != "decoder_levels"})
