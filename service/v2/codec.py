@@ -47,6 +47,8 @@ MAX_RANK = 8
 # image batch of 64 x 3 x 128 x 128 needs about 25,000.
 MAX_JSON_STRUCTURES = 100_000
 SHOWN = 80  # characters of a client's text quoted back in an error message
+PLAN_HEADER_BYTES = 2048  # binary-only headers up to this size are parsed once (parse_request)
+PLAN_CACHE_SIZE = 256
 
 
 class ProtocolError(ValueError):
@@ -168,7 +170,29 @@ def parse_request(
 ) -> InferRequest:
     """The request: its JSON header (parsed here unless given) and the binary tensors after it. No
     tensor may declare more elements than the body has bytes (every encoding spends at least one
-    byte on an element), nor more than `max_rows` rows."""
+    byte on an element), nor more than `max_rows` rows.
+
+    A header whose tensors are all binary is parsed and checked once per (header, body length, row limit):
+    what that gives depends on nothing else (the tensors' bytes are only cut to their shapes), so a client
+    that repeats its header (tritonclient does, for one shape) finds its `_Plan` (`PLANS`)."""
+    if parsed is not None or json_length > PLAN_HEADER_BYTES:
+        return _parsed(body, json_length, parsed, max_rows)[0]
+    key = (body[:json_length], len(body), max_rows)
+    plan = PLANS.get(key)
+    if plan is not None:
+        return plan.request(body, json_length)
+    request, plan = _parsed(body, json_length, None, max_rows)
+    if plan is not None:
+        if len(PLANS) >= PLAN_CACHE_SIZE:  # the headers carry client-chosen text: the memory is bounded
+            PLANS.clear()
+        PLANS[key] = plan
+    return request
+
+
+def _parsed(
+    body: bytes, json_length: int, parsed: dict[str, Any] | None, max_rows: int | None
+) -> tuple[InferRequest, _Plan | None]:
+    """The request, and its plan when every tensor is binary and of a numeric datatype."""
     header = parse_header(body[:json_length]) if parsed is None else parsed
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -178,16 +202,49 @@ def parse_request(
     if not isinstance(raw_inputs, list):
         raise ProtocolError("the inference request needs 'inputs', a list of tensors")
     blobs = memoryview(body)[json_length:]
-    offset, inputs = 0, []
+    offset, inputs, binary = 0, [], True
     for position, raw in enumerate(raw_inputs):
         tensor, used = _input(raw, position, blobs[offset:], max(len(body), 1), max_rows)
         inputs.append(tensor)
+        binary = binary and "data" not in raw and tensor.datatype != BYTES
         offset += used
     if offset != len(blobs):
         raise ProtocolError(
             f"the body has {len(blobs) - offset} bytes of binary data that no input's binary_data_size accounts for"
         )
-    return assembled(request_id, parameters, inputs, _outputs(header.get("outputs")))
+    request = assembled(request_id, parameters, inputs, _outputs(header.get("outputs")))
+    return request, _Plan.of(request) if binary else None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a binary-only header gave, less the tensors' bytes: each input's name, datatype and shape."""
+
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+    outputs: tuple[RequestedOutput, ...] | None
+    binary_output: bool
+
+    @classmethod
+    def of(cls, request: InferRequest) -> _Plan:
+        inputs = tuple((t.name, t.datatype, t.data.shape) for t in request.inputs)
+        outputs = tuple(request.outputs) if request.outputs is not None else None
+        return cls(request.id, dict(request.parameters), inputs, outputs, request.binary_output)
+
+    def request(self, body: bytes, json_length: int) -> InferRequest:
+        """The request this header makes of `body`: its tensors read where the first parse found them."""
+        offset, inputs = json_length, []
+        for name, datatype, shape in self.inputs:
+            dtype = DTYPES[datatype]
+            count = math.prod(shape)
+            inputs.append(Tensor(name, datatype, np.frombuffer(body, dtype, count, offset).reshape(shape)))
+            offset += count * dtype.itemsize
+        outputs = list(self.outputs) if self.outputs is not None else None
+        return InferRequest(self.id, dict(self.parameters), inputs, outputs, self.binary_output)
+
+
+PLANS: dict[tuple[bytes, int, int | None], _Plan] = {}  # (header, body length, row limit) -> its plan
 
 
 def assembled(

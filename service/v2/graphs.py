@@ -96,9 +96,8 @@ def graph_model(suffix: str) -> V2Model:
         if missing:
             raise ProtocolError(f"model '{name}' needs input {', '.join(map(repr, missing))}")
         feeds = {s.name: np.ascontiguousarray(inputs[s.name].data) for s in specs}
-        rows = max(len(x) for x in feeds.values()) if feeds else 1
-        rows = max(rows, checked_sizes(call, suffix, feeds, name))
-        names = [s.name for s in graph_specs(session(call.served), outputs=True)]
+        sized = checked_sizes(call, suffix, feeds, name)
+        outputs = graph_specs(session(call.served), outputs=True)
         if suffix == "encoder" and call.served.batcher is not None and call.served.engine.model.io.native:
             # Through the micro-batcher, as /encode: the same onnxruntime call (OnnxVAE.encode feeds
             # `image` and returns the graph's outputs in order), shared with concurrent requests. Only for
@@ -106,8 +105,9 @@ def graph_model(suffix: str) -> V2Model:
             mean, logvar, _ = await call.served.encode(feeds["image"], sample=False, seed=0)
             results = [mean, logvar]
         else:
+            rows = max(max((len(x) for x in feeds.values()), default=1), sized)
             results = await call.served.run(suffix, rows, session(call.served).run, None, feeds)
-        return dict(zip(names, results, strict=False)), {}
+        return {spec.name: result for spec, result in zip(outputs, results, strict=False)}, {}
 
     return V2Model(
         suffix,

@@ -143,22 +143,27 @@ async def _infer(
     timing: statistics.Request,
     json_sizes: bool,
 ) -> InferResponse:
-    known = [spec.name for spec in kind.outputs(served)]
-    unknown = [o.name for o in parsed.outputs or () if o.name not in known]
-    if unknown:
-        raise ProtocolError(f"model '{name}' has no output {listed(unknown)}; its outputs are {', '.join(known)}")
-    requested = tuple(o.name for o in parsed.outputs or ())
+    requested: tuple[str, ...] = ()
+    if parsed.outputs is not None:
+        known = [spec.name for spec in kind.outputs(served)]
+        unknown = [o.name for o in parsed.outputs if o.name not in known]
+        if unknown:
+            raise ProtocolError(f"model '{name}' has no output {listed(unknown)}; its outputs are {', '.join(known)}")
+        requested = tuple(o.name for o in parsed.outputs)
     call = Call(state, served, {tensor.name: tensor for tensor in parsed.inputs}, parsed.parameters, requested)
     with timing.model(rows_of(parsed)):
         outputs, parameters = await kind.run(call)
-    wanted = [o.name for o in parsed.outputs] if parsed.outputs is not None else list(outputs)
-    missing = [o for o in wanted if o not in outputs]
-    if missing:
-        raise ProtocolError(
-            f"model '{name}' does not produce {listed(missing)} with these parameters (GET its "
-            "metadata: the description says when each output is produced)"
-        )
-    chosen = [(o, outputs[o], parsed.binary(o) or not json_sizes) for o in wanted]
+    if parsed.outputs is None:  # every output, each binary as the request says
+        binary = parsed.binary_output or not json_sizes
+        chosen = [(o, data, binary) for o, data in outputs.items()]
+    else:
+        missing = [o for o in requested if o not in outputs]
+        if missing:
+            raise ProtocolError(
+                f"model '{name}' does not produce {listed(missing)} with these parameters (GET its "
+                "metadata: the description says when each output is produced)"
+            )
+        chosen = [(o, outputs[o], parsed.binary(o) or not json_sizes) for o in requested]
     check_outputs(name, chosen, state.settings.max_response_bytes)
     return InferResponse(name, served.version, parsed.id, chosen, parameters)
 

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
+from service.v2 import codec
 from service.v2.codec import (
     InferResponse,
     ProtocolError,
@@ -221,3 +222,76 @@ def test_a_binary_response_is_json_then_the_tensors_and_bytes_are_always_binary(
     assert [o["parameters"]["binary_data_size"] for o in header["outputs"]] == [24, 4 + 5 + 4 + 6]
     assert body[length : length + 24] == data.tobytes()
     assert split_bytes(body[length + 24 :], "png") == [b"\x89PNG1", b"\x89PNG22"]
+
+
+# the plans of repeated binary headers
+
+
+@pytest.fixture
+def plans(monkeypatch):
+    cache: dict = {}
+    monkeypatch.setattr(codec, "PLANS", cache)
+    return cache
+
+
+def two_inputs(first: np.ndarray, second: np.ndarray, **header) -> tuple[bytes, int]:
+    inputs = [
+        {"name": "a", "datatype": "FP32", "shape": list(first.shape), "parameters": {"binary_data_size": first.nbytes}},
+        {
+            "name": "b",
+            "datatype": "INT64",
+            "shape": list(second.shape),
+            "parameters": {"binary_data_size": second.nbytes},
+        },
+    ]
+    return binary_body({"inputs": inputs, **header}, first.tobytes(), second.tobytes())
+
+
+def test_a_repeated_binary_header_reads_each_bodys_own_tensors_as_the_first_parse_did(plans):
+    rng = np.random.default_rng(0)
+    header = {"id": "r", "parameters": {"binary_data_output": True, "x": 1}, "outputs": [{"name": "mean"}]}
+    first = [rng.random((2, 3), dtype=np.float32), np.arange(4, dtype=np.int64)]
+    request = parse_request(*two_inputs(*first, **header))
+    assert len(plans) == 1
+    second = [rng.random((2, 3), dtype=np.float32), np.arange(4, 8, dtype=np.int64)]
+    again = parse_request(*two_inputs(*second, **header))
+    assert len(plans) == 1  # the plan's
+    for parsed, arrays in ((request, first), (again, second)):
+        assert [t.name for t in parsed.inputs] == ["a", "b"] and [t.datatype for t in parsed.inputs] == [
+            "FP32",
+            "INT64",
+        ]
+        for tensor, array in zip(parsed.inputs, arrays, strict=True):
+            np.testing.assert_array_equal(tensor.data, array)
+            assert tensor.data.dtype == array.dtype and tensor.data.shape == array.shape
+    assert (again.id, again.parameters, again.outputs, again.binary_output) == (
+        request.id, request.parameters, request.outputs, request.binary_output,
+    )  # fmt: skip
+    again.parameters["x"] = 2  # each request has its own: the next one is not changed by this one
+    assert parse_request(*two_inputs(*second, **header)).parameters["x"] == 1
+
+
+def test_a_plan_is_only_for_its_body_length_and_row_limit(plans):
+    body, length = two_inputs(np.zeros((2, 3), np.float32), np.zeros(4, np.int64))
+    parse_request(body, length)
+    with pytest.raises(ProtocolError, match="bytes of binary data that no input"):
+        parse_request(body + b"\0", length)  # the same header, a byte more: parsed again, refused
+    with pytest.raises(ProtocolError, match="has 2 rows; 1 to 1 are accepted"):
+        parse_request(body, length, None, 1)
+    assert {key[1:] for key in plans} == {(len(body), None)}  # nothing refused is remembered
+
+
+def test_json_and_bytes_tensors_and_large_headers_are_parsed_every_time(plans):
+    parse_request(*binary_body({"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": [1, 2]}]}))
+    blob = struct.pack("<I", 2) + b"ab"
+    parse_request(*binary_body({"inputs": [image_input([1], len(blob), datatype="BYTES")]}, blob))
+    padded = {"inputs": [image_input([1], 4)], "id": "x" * codec.PLAN_HEADER_BYTES}
+    parse_request(*binary_body(padded, b"\0" * 4))
+    assert plans == {}
+
+
+def test_the_plans_are_bounded(plans, monkeypatch):
+    monkeypatch.setattr(codec, "PLAN_CACHE_SIZE", 3)
+    for index in range(7):  # a client naming every request: the cache starts over when full
+        parse_request(*binary_body({"id": str(index), "inputs": [image_input([1], 4)]}, b"\0" * 4))
+        assert 1 <= len(plans) <= 3
