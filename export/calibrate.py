@@ -127,11 +127,17 @@ def fit_score(
     return TypicalityScore.fit(stats, statistics, estimator)
 
 
+def scorer(model: OnnxVAE) -> Any:
+    """What the statistics and maps are computed with: the graphs, or a two-level model's levels (every
+    level's terms in its ELBO and draws), as the service's `Engine.scorer`."""
+    return model.levels if model.levels is not None else model
+
+
 def batched_statistics(
     model: OnnxVAE, pixels: np.ndarray, seed: int, binarize_seed: int, batch: int = 512
 ) -> dict[str, np.ndarray]:
     parts = [
-        anomaly.statistics(model, model.likelihood, pixels[i : i + batch], seed, binarize_seed)
+        anomaly.statistics(scorer(model), model.likelihood, pixels[i : i + batch], seed, binarize_seed)
         for i in range(0, len(pixels), batch)
     ]
     return {name: np.concatenate([part[name] for part in parts]) for name in anomaly.STATISTICS}
@@ -155,8 +161,8 @@ def calibrate(
     reference = batched_statistics(model, reference_images, seed, binarize_seed)
     maps = None
     if model.likelihood.name != "none":
-        fit_terms = anomaly_map.pixel_terms(model, model.likelihood, fit_images[:MAP_COUNT], seed)
-        reference_terms = anomaly_map.pixel_terms(model, model.likelihood, reference_images[:MAP_COUNT], seed)
+        fit_terms = anomaly_map.pixel_terms(scorer(model), model.likelihood, fit_images[:MAP_COUNT], seed)
+        reference_terms = anomaly_map.pixel_terms(scorer(model), model.likelihood, reference_images[:MAP_COUNT], seed)
         maps = anomaly_map.MapCalibration.fit(fit_terms, reference_terms)
     return Calibration.build(score, reference, seed, binarize_seed, description, maps)
 

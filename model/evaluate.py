@@ -123,9 +123,7 @@ def _read_partial(path: Path, fingerprint: dict[str, Any] | None) -> tuple[dict[
 
 def score(backend: Any, likelihood: Likelihood, x: np.ndarray, seed: int, k: int) -> scoring.Scores:
     """`model.core.scoring.score`, or for a two-level VAE's backend `model.core.hierarchy.score_two_levels`."""
-    if isinstance(backend, TwoLevelTorchBackend | OnnxLevels):
-        return hierarchy.score_two_levels(backend, likelihood, x, seed, k=k)
-    return scoring.score(backend, likelihood, x, seed, k=k)
+    return hierarchy.score(backend, likelihood, x, seed, k=k)
 
 
 def make_figures(

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from model.core.artifact import ModelLoadError, load_model_dir
+from model.core.artifact import load_model_dir
 from model.core.preprocess import array_to_png, bytes_to_array
 from service import docs, errors, tracing
 from service.engine import Engine
@@ -81,11 +81,6 @@ class ServiceApp(FastAPI):
 def load_engine(directory: Path, settings: Settings) -> Engine:
     """A version directory as an engine: graphs hash-checked against the manifest, then warmed up."""
     model = load_model_dir(directory, threads=settings.intra_op_threads, provider=settings.execution_provider)
-    if model.levels is not None:  # its one-level scores would leave z1 out of every weight
-        raise ModelLoadError(
-            f"{directory} is a two-level VAE (the manifest's levels): vae-eval scores it from its graphs, but "
-            "this vae-service does not serve one yet (docs/design/hierarchy.md, 'Serving')"
-        )
     engine = Engine.from_model(model)
     warm_up(engine)
     return engine

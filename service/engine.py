@@ -9,10 +9,11 @@ is the model's (`OnnxVAE.prior`: N(0, I), or the mixture in prior.onnx), for sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from model.core import anomaly, anomaly_map, scoring
+from model.core import anomaly, anomaly_map, hierarchy, scoring
 from model.core import distributions as dist
 from model.core.artifact import OnnxVAE
 from model.core.likelihoods import Likelihood
@@ -42,6 +43,12 @@ class Engine:
         return self.model.likelihood
 
     @property
+    def scorer(self) -> Any:
+        """What scores: the graphs as a `model.core.scoring.Backend`, or a two-level model's as a
+        `model.core.hierarchy.TwoLevelBackend`, so every weight holds every level's terms."""
+        return self.model.levels if self.model.levels is not None else self.model
+
+    @property
     def prior(self) -> Prior:
         return scoring.prior_of(self.model, self.latent_dim)
 
@@ -57,6 +64,24 @@ class Engine:
             [image_stream(seed, image).standard_normal(self.latent_dim, dtype=np.float32) for image in pixels]
         )  # (N, D)
         return dist.reparameterize(mean, logvar, eps)
+
+    def encode_lower(
+        self, pixels: np.ndarray, z2: np.ndarray, seed: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A two-level model's q(z1 | x, z2): mean, logvar (N, D1) at the given z2 (the mean of q(z2|x), or the
+        z sampled from it), and with a seed z1 drawn from it: its noise is what follows z2's in the image's
+        stream (one draw of D2 + D1 numbers, as the scores draw each sample: model/core/hierarchy.py)."""
+        levels = self.model.levels
+        if levels is None:
+            raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has one level")
+        mean, logvar = levels.encode_lower(levels.image_features(pixels), z2)
+        if seed is None:
+            return mean, logvar, None
+        upper, lower = z2.shape[1], mean.shape[1]
+        eps = np.stack(
+            [image_stream(seed, image).standard_normal(upper + lower, dtype=np.float32)[upper:] for image in pixels]
+        )
+        return mean, logvar, dist.reparameterize(mean, logvar, eps)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """(K, D) -> E[x | z] in [0, 1], (K, C, H, W). A latent the decoder overflows on (finite, but far
@@ -110,7 +135,7 @@ class Engine:
         """Each image in the likelihood's data space with its own stream (binarize_seed, content), then
         the ELBO and the estimator's log p(x) with streams (seed, content), as `vae-eval --images-dir` does."""
         data = self.likelihood.images_to_data_space(pixels, binarize_seed)
-        return scoring.score(self.model, self.likelihood, data, seed, k=k, estimator=estimator)
+        return hierarchy.score(self.scorer, self.likelihood, data, seed, k=k, estimator=estimator)
 
     @property
     def calibration(self) -> anomaly.Calibration | None:
@@ -123,7 +148,7 @@ class Engine:
         calibration = self.calibration
         if calibration is None:  # service/anomaly_scoring.py answers 409 before it gets here
             raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has no anomaly calibration")
-        stats = anomaly.statistics(self.model, self.likelihood, pixels, seed, binarize_seed)
+        stats = anomaly.statistics(self.scorer, self.likelihood, pixels, seed, binarize_seed)
         return calibration.score(stats), stats
 
     def anomaly_map(self, pixels: np.ndarray, seed: int) -> np.ndarray:
@@ -132,7 +157,7 @@ class Engine:
         calibration = self.calibration
         if calibration is None or calibration.map is None:  # service/anomaly_scoring.py answers 409 first
             raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has no anomaly map calibration")
-        terms = anomaly_map.pixel_terms(self.model, self.likelihood, pixels, seed, calibration.map.samples)
+        terms = anomaly_map.pixel_terms(self.scorer, self.likelihood, pixels, seed, calibration.map.samples)
         return calibration.map(terms)
 
     def data_space(self, binarize_seed: int) -> str:

@@ -49,11 +49,22 @@ class DecodeRequest(BaseModel):
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (DecodeRequest,)
 
 
+class LowerLevel(BaseModel):
+    mean: list[float] = Field(description="mean of q(z1 | x, z2)")
+    logvar: list[float] = Field(description="log-variance of q(z1 | x, z2)")
+    z: list[float] | None = Field(None, description="z1 drawn from it, when sample=true")
+
+
 class EncodedImage(BaseModel):
     index: int
-    mean: list[float] = Field(description="mean of q(z|x)")
+    mean: list[float] = Field(description="mean of q(z|x); for a two-level VAE, of its top level q(z2|x)")
     logvar: list[float] = Field(description="log-variance of q(z|x)")
     z: list[float] | None = Field(None, description="mean + exp(logvar/2) * eps, when sample=true")
+    lower: LowerLevel | None = Field(
+        None,
+        description="a two-level VAE's lower level q(z1 | x, z2), at z2 = the mean above, or at the sampled z "
+        "with sample=true (absent for one level)",
+    )
 
 
 class EncodeResponse(BaseModel):

@@ -174,3 +174,9 @@ class ServedModel:
         finally:
             self._release()
         return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None
+
+    async def encode_lower(
+        self, pixels: np.ndarray, z2: np.ndarray, seed: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A two-level model's q(z1 | x, z2) at each image's z2 (`Engine.encode_lower`), within the limits."""
+        return await self.run("encode lower level", len(pixels), self.engine.encode_lower, pixels, z2, seed)

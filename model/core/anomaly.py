@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from model.core import scoring
+from model.core import hierarchy, scoring
 from model.core.anomaly_map import MapCalibration
 from model.core.likelihoods import Likelihood
 
@@ -85,13 +85,17 @@ def compressed_bits(images: np.ndarray) -> np.ndarray:
 
 
 def statistics(
-    backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray, seed: int, binarize_seed: int
+    backend: scoring.Backend | hierarchy.TwoLevelBackend,
+    likelihood: Likelihood,
+    pixels: np.ndarray,
+    seed: int,
+    binarize_seed: int,
 ) -> dict[str, np.ndarray]:
     """The per-image statistics (N,) of `STATISTICS` for images (N, C, H, W) in [0, 1]: the k=1 ELBO pass
     of `/elbo` (same content-keyed streams), the posterior it encoded, and two compressed lengths: of
     the 8-bit image and of the data the likelihood scores (binarised or dequantised)."""
     data = likelihood.images_to_data_space(pixels, binarize_seed)
-    scores = scoring.score(backend, likelihood, data, seed, k=1)
+    scores = hierarchy.score(backend, likelihood, data, seed, k=1)  # a two-level model's: q(z2|x)'s posterior
     mean, logvar = scores.posterior_mean, scores.posterior_logvar  # (N, D)
     if mean is None or logvar is None:
         raise TypeError("scoring.score returned no posterior: the statistics need q(z|x)'s mean and logvar")

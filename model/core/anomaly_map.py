@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from model.core import scoring
+from model.core import hierarchy
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import array_to_png, image_stream
 
@@ -48,9 +48,10 @@ MAP_NOTE = (
 
 
 def pixel_terms(
-    backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray, seed: int, samples: int = MAP_SAMPLES
+    backend: Any, likelihood: Likelihood, pixels: np.ndarray, seed: int, samples: int = MAP_SAMPLES
 ) -> NDArray[np.float64]:
     """(N, C, H, W) pixels in [0, 1] -> (N, H, W): each pixel's deviance in nats, summed over channels,
+    for a `model.core.scoring.Backend` or a two-level `model.core.hierarchy.TwoLevelBackend`,
     averaged over `samples` draws z ~ q(z|x) from image_stream(seed, image), so an image's map
     does not depend on the batch it came in."""
     pixels = np.asarray(pixels, dtype=np.float32)
@@ -59,24 +60,45 @@ def pixel_terms(
     per_call = max(1, ROWS_PER_CALL // samples)
     for start in range(0, n, per_call):
         chunk = pixels[start : start + per_call]
-        mean, logvar = backend.encode(chunk)
-        eps = np.stack([image_stream(seed, image).standard_normal((samples, mean.shape[1])) for image in chunk])
-        z = mean[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps  # (B, S, D)
-        params = backend.decode(z.reshape(-1, mean.shape[1]).astype(np.float32))
+        params = _posterior_draws(backend, chunk, seed, samples)
         shaped = tuple(p.reshape(len(chunk), samples, *chunk.shape[1:]) for p in params)
         deviance = likelihood.pixel_deviance(chunk[:, None], shaped)  # (B, S, C, H, W)
         out[start : start + len(chunk)] = deviance.mean(axis=1).sum(axis=1)
     return out
 
 
-def squared_error(backend: scoring.Backend, likelihood: Likelihood, pixels: np.ndarray) -> NDArray[np.float64]:
+def _posterior_draws(backend: Any, chunk: np.ndarray, seed: int, samples: int) -> tuple[np.ndarray, ...]:
+    """The likelihood's parameters (B * S, C, H, W) at `samples` draws per image from the posterior, each
+    image's noise from its own stream: z ~ q(z|x); for a two-level model (`model.core.hierarchy`) z2 ~ q(z2|x)
+    then z1 ~ q(z1|x,z2), each sample's noise D2 + D1 numbers, z2's first, as the scores draw it."""
+    if not hierarchy.two_levels(backend):
+        mean, logvar = backend.encode(chunk)
+        eps = np.stack([image_stream(seed, image).standard_normal((samples, mean.shape[1])) for image in chunk])
+        z = mean[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps  # (B, S, D)
+        return tuple(backend.decode(z.reshape(-1, mean.shape[1]).astype(np.float32)))
+    mean2, logvar2, features = backend.encode(chunk)
+    upper = mean2.shape[1]
+    lower = hierarchy.lower_latent_dim(backend, upper)
+    eps = np.stack([image_stream(seed, image).standard_normal((samples, upper + lower)) for image in chunk])
+    z2 = (mean2[:, None, :] + np.exp(0.5 * logvar2)[:, None, :] * eps[..., :upper]).reshape(-1, upper)
+    z2 = z2.astype(np.float32)
+    mean1, logvar1 = backend.encode_lower(np.repeat(features, samples, axis=0), z2)
+    z1 = mean1 + np.exp(0.5 * logvar1) * eps[..., upper:].reshape(-1, lower)
+    return tuple(backend.decode(z1.astype(np.float32), z2))
+
+
+def squared_error(backend: Any, likelihood: Likelihood, pixels: np.ndarray) -> NDArray[np.float64]:
     """The baseline map: (x - E[x | z = mean of q(z|x)])^2 summed over channels, (N, C, H, W) -> (N, H, W)."""
     pixels = np.asarray(pixels, dtype=np.float32)
     out = np.empty(pixels.shape[:1] + pixels.shape[2:], dtype=np.float64)
     for start in range(0, len(pixels), ROWS_PER_CALL):
         chunk = pixels[start : start + ROWS_PER_CALL]
-        mean, _ = backend.encode(chunk)
-        reconstruction = likelihood.pixel_mean(backend.decode(mean))
+        if hierarchy.two_levels(backend):  # z2 the mean of q(z2|x), z1 the mean of q(z1|x,z2)
+            mean2, _, features = backend.encode(chunk)
+            reconstruction = likelihood.pixel_mean(backend.decode(backend.encode_lower(features, mean2)[0], mean2))
+        else:
+            mean, _ = backend.encode(chunk)
+            reconstruction = likelihood.pixel_mean(backend.decode(mean))
         out[start : start + len(chunk)] = ((chunk.astype(np.float64) - reconstruction) ** 2).sum(axis=1)
     return out
 

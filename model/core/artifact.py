@@ -103,10 +103,13 @@ class OnnxLevels:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, C, H, W) pixels -> q(z2 | x)'s mean and logvar (N, D2), and the image's features (N, F)."""
-        image = np.ascontiguousarray(x, dtype=np.float32)
-        mean, logvar = self.vae.encode(image)
-        (features,) = self.features.run(None, {"image": image})
-        return mean, logvar, features
+        mean, logvar = self.vae.encode(x)
+        return mean, logvar, self.image_features(x)
+
+    def image_features(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) pixels -> the features q(z1 | x, z2) reads (N, F)."""
+        (features,) = self.features.run(None, {"image": _f32(x)})
+        return np.asarray(features)
 
     def encode_lower(self, features: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """q(z1 | x, z2)'s mean and logvar (N, D1)."""

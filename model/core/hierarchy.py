@@ -29,12 +29,13 @@ and at any chunk size.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from model.core import distributions as dist
+from model.core import scoring
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import image_stream
 from model.core.priors import Prior
@@ -61,6 +62,28 @@ class TwoLevelBackend(Protocol):
 
     def decode(self, z1: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, ...]:
         """z1 (K, D1), z2 (K, D2) -> the likelihood's parameters, each (K, C, H, W)"""
+
+
+def two_levels(backend: object) -> bool:
+    """Whether `backend` is a `TwoLevelBackend` (its lower level's posterior is the mark) rather than a
+    one-level `model.core.scoring.Backend`."""
+    return callable(getattr(backend, "encode_lower", None))
+
+
+def score(
+    backend: Any,
+    likelihood: Likelihood,
+    x: np.ndarray,
+    seed: int,
+    k: int = 1,
+    chunk: int = 1000,
+    estimator: str = ImportanceSampling.name,
+) -> Scores:
+    """`score_two_levels` for a two-level backend, `model.core.scoring.score` for one level: what every
+    caller that takes either (vae-eval, the service's scores, the anomaly statistics) calls."""
+    if two_levels(backend):
+        return score_two_levels(backend, likelihood, x, seed, k=k, chunk=chunk, estimator=estimator)
+    return scoring.score(backend, likelihood, x, seed, k=k, chunk=chunk, estimator=estimator)
 
 
 def kl_normal_diag(

@@ -93,11 +93,28 @@ async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
     pixels = await read_pixels(call, name)
     mean, logvar, z = await call.served.encode(pixels, query.sample, query.seed)
     served = call.served
-    return {
+    outputs = {
         "mean": shaped(served, mean),
         "logvar": shaped(served, logvar),
         **({"z": shaped(served, z)} if z is not None else {}),
-    }, {}
+    }
+    if served.engine.model.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
+        lower = await served.encode_lower(pixels, mean if z is None else z, query.seed if query.sample else None)
+        outputs.update({"lower_mean": lower[0], "lower_logvar": lower[1]})
+        if lower[2] is not None:
+            outputs["lower_z"] = lower[2]
+    return outputs, {}
+
+
+def encode_outputs(served: ServedModel) -> list[TensorSpec]:
+    """mean, logvar and z of q(z|x); for a two-level VAE also lower_mean, lower_logvar and lower_z of
+    q(z1 | x, z2), FP32 [-1, D1]."""
+    shape = latent_shape(served)
+    specs = [TensorSpec(name, "FP32", shape) for name in ("mean", "logvar", "z")]
+    levels = served.engine.model.manifest.levels
+    if levels is not None:
+        specs += [TensorSpec(f"lower_{n}", "FP32", (-1, levels.lower_latent_dim)) for n in ("mean", "logvar", "z")]
+    return specs
 
 
 async def _elbo(call: Call) -> tuple[Outputs, dict[str, Any]]:
@@ -246,9 +263,10 @@ OPERATIONS = (
         "encode",
         OPERATION_PLATFORM,
         image_inputs,
-        _specs(("mean", "FP32", latent_shape), ("logvar", "FP32", latent_shape), ("z", "FP32", latent_shape)),
+        encode_outputs,
         _encode,
-        "POST /encode: the posterior q(z|x); z only with sample=true",
+        "POST /encode: the posterior q(z|x); z only with sample=true; a two-level VAE's q(z1 | x, z2) as "
+        "lower_mean, lower_logvar (and lower_z with sample=true)",
         EncodeQuery,
     ),
     V2Model(

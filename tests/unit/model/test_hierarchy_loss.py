@@ -220,12 +220,11 @@ def test_a_one_level_export_is_not_a_two_level_checkpoints_graphs(tiny_dataset, 
         np.testing.assert_allclose(got, want, atol=1e-5)
     for got, want in zip(levels.lower_prior(z2), reference.lower_prior(z2), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
-    from model.core.artifact import ModelLoadError
     from service.app import load_engine
     from service.settings import Settings
 
-    with pytest.raises(ModelLoadError, match="does not serve one yet"):  # its one-level scores would be wrong
-        load_engine(tmp_path / "onnx", Settings(model_dir=tmp_path / "onnx"))
+    engine = load_engine(tmp_path / "onnx", Settings(model_dir=tmp_path / "onnx"))
+    assert engine.scorer is engine.model.levels  # the service scores with both levels (its routes' tests)
     one = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=3, hidden=(32,), conv_channels=(8,))
     train(one, one_epoch, tiny_dataset, tmp_path / "one", progress=False)
     flags = ["--k", "5", "--threads", "1", "--no-progress", "--report", str(tmp_path / "r")]
