@@ -15,7 +15,7 @@ import numpy as np
 
 from model.core import anomaly, anomaly_map, hierarchy, scoring
 from model.core import distributions as dist
-from model.core.artifact import OnnxVAE
+from model.core.artifact import OnnxLevels, OnnxVAE
 from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract, image_stream
 from model.core.priors import Prior
@@ -43,10 +43,17 @@ class Engine:
         return self.model.likelihood
 
     @property
+    def levels(self) -> OnnxLevels | None:
+        """A two-level model's lower level (`OnnxVAE.levels`); None for one level, and for a backend that
+        has no such attribute (any other `model.core.scoring.Backend`)."""
+        return getattr(self.model, "levels", None)
+
+    @property
     def scorer(self) -> Any:
         """What scores: the graphs as a `model.core.scoring.Backend`, or a two-level model's as a
         `model.core.hierarchy.TwoLevelBackend`, so every weight holds every level's terms."""
-        return self.model.levels if self.model.levels is not None else self.model
+        levels = self.levels
+        return levels if levels is not None else self.model
 
     @property
     def prior(self) -> Prior:
@@ -71,7 +78,7 @@ class Engine:
         """A two-level model's q(z1 | x, z2): mean, logvar (N, D1) at the given z2 (the mean of q(z2|x), or the
         z sampled from it), and with a seed z1 drawn from it: its noise is what follows z2's in the image's
         stream (one draw of D2 + D1 numbers, as the scores draw each sample: model/core/hierarchy.py)."""
-        levels = self.model.levels
+        levels = self.levels
         if levels is None:
             raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has one level")
         mean, logvar = levels.encode_lower(levels.image_features(pixels), z2)

@@ -77,7 +77,7 @@ async def encode(request: Request) -> Response:
         {"index": i, "mean": mean[i], "logvar": logvar[i], **({"z": z[i]} if z is not None else {})}
         for i in range(len(pixels))
     ]
-    if served.engine.model.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
+    if served.engine.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
         seed = query.seed if query.sample else None
         mean1, logvar1, z1 = await served.encode_lower(pixels, mean if z is None else z, seed)
         for i, result in enumerate(results):

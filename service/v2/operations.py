@@ -98,7 +98,7 @@ async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
         "logvar": shaped(served, logvar),
         **({"z": shaped(served, z)} if z is not None else {}),
     }
-    if served.engine.model.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
+    if served.engine.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
         lower = await served.encode_lower(pixels, mean if z is None else z, query.seed if query.sample else None)
         outputs.update({"lower_mean": lower[0], "lower_logvar": lower[1]})
         if lower[2] is not None:
@@ -111,7 +111,7 @@ def encode_outputs(served: ServedModel) -> list[TensorSpec]:
     q(z1 | x, z2), FP32 [-1, D1]."""
     shape = latent_shape(served)
     specs = [TensorSpec(name, "FP32", shape) for name in ("mean", "logvar", "z")]
-    levels = served.engine.model.manifest.levels
+    levels = served.engine.model.manifest.levels if served.engine.levels is not None else None
     if levels is not None:
         specs += [TensorSpec(f"lower_{n}", "FP32", (-1, levels.lower_latent_dim)) for n in ("mean", "logvar", "z")]
     return specs
