@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from export.cli import main as export_main
 from model import data as data_module
 from model.config import ModelConfig, TrainConfig
@@ -105,3 +107,17 @@ def without_calibration(exported, destination):
     (target / "manifest.json").write_text(json.dumps(raw))
     (target / "anomaly.json").unlink()
     return target
+
+
+def train_and_export(root: Path, config: ModelConfig, *flags: str, epochs: int = 1) -> tuple[Path, data_module.Dataset]:
+    """`config` trained on the tiny data set for `epochs` and exported with `flags` by vae-export: the model
+    directory, and the data set."""
+    spec = write_tiny_idx_dataset(root / "data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(data_module.DATASETS, "tiny", spec)
+        dataset = data_module.load_idx_dataset(spec, root / "data")
+        settings = TrainConfig(dataset="tiny", data_dir=str(root / "data"), epochs=epochs, batch_size=32, threads=1)
+        train(config, settings, dataset, root / "run", progress=False)
+        data = ["--data-dir", str(root / "data"), "--threads", "1"]
+        assert export_main([str(root / "run" / "best.pt"), str(root / "model"), *data, *flags]) == 0
+    return root / "model", dataset

@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import data as data_module
-from model.config import ModelConfig, TrainConfig
+from model.config import ModelConfig
 from model.core import anomaly, hierarchy, scoring
 from model.core import distributions as dist
 from model.core.artifact import load_model_dir
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array, image_stream
-from model.trainer import train
 from service.app import create_app, start
 from service.settings import Settings
-from tests.conftest import write_tiny_idx_dataset
+from tests.unit.export.exports import train_and_export
 from tests.unit.service.conftest import client_for, run_to_completion
 
 pytestmark = pytest.mark.anyio
@@ -42,18 +40,9 @@ D2, D1 = TWO.latent_dim, TWO.lower_latent_dim
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The tiny two-level VAE, trained for 2 epochs and exported (with its anomaly calibration)."""
-    from export.cli import main as export_main
-
     root = tmp_path_factory.mktemp("two-levels")
-    with pytest.MonkeyPatch.context() as patch:
-        spec = write_tiny_idx_dataset(root / "data")
-        patch.setitem(data_module.DATASETS, "tiny", spec)
-        dataset = data_module.load_idx_dataset(spec, root / "data")
-        config = TrainConfig(dataset="tiny", data_dir=str(root / "data"), epochs=2, batch_size=32, threads=1)
-        train(TWO, config, dataset, root / "run", progress=False)
-        flags = ["--data-dir", str(root / "data"), "--threads", "1", "--calibration-count", "100"]
-        assert export_main([str(root / "run" / "best.pt"), str(root / "model"), *flags]) == 0
-    return root / "model", dataset.test[:6]
+    directory, dataset = train_and_export(root, TWO, "--calibration-count", "100", epochs=2)
+    return directory, dataset.test[:6]
 
 
 @pytest.fixture
