@@ -93,7 +93,10 @@ class Engine:
     def decode(self, z: np.ndarray) -> np.ndarray:
         """(K, D) -> E[x | z] in [0, 1], (K, C, H, W). A latent the decoder overflows on (finite, but far
         past anything the prior draws) is refused: its pixels would be NaN, null in JSON, black in a PNG."""
-        parameters = self.model.decode(z)
+        return self._pixel_mean(self.model.decode(z), z)
+
+    def _pixel_mean(self, parameters: tuple[np.ndarray, ...], z: np.ndarray) -> np.ndarray:
+        """E[x | z] of the decoder's outputs at the latents `z`, refusing a row that overflowed."""
         for values in parameters:
             finite = np.isfinite(values).reshape(len(z), -1).all(axis=1)
             if not finite.all():
@@ -113,9 +116,16 @@ class Engine:
         return self.prior.sample(n, np.random.default_rng(seed), temperature)
 
     def reconstruct(self, pixels: np.ndarray) -> np.ndarray:
-        """E[x | z = mean of q(z|x)]: the deterministic reconstruction."""
-        mean, _ = self.model.encode(pixels)
-        return self.decode(mean)
+        """E[x | z = mean of q(z|x)]: the deterministic reconstruction. For a two-level model both levels'
+        posterior means: z2 the mean of q(z2|x), z1 the mean of q(z1|x, z2), so the image's own lower
+        level is used rather than the prior's guess p(z1|z2) that /decode takes."""
+        levels = self.levels
+        if levels is None:
+            mean, _ = self.model.encode(pixels)
+            return self.decode(mean)
+        mean2, _, features = levels.encode(pixels)
+        mean1, _ = levels.encode_lower(features, mean2)
+        return self._pixel_mean(levels.decode(mean1, mean2), mean2)
 
     def require_likelihood(self, route: str) -> None:
         """409 for a route that scores images when the model's decoder is deterministic (likelihood none):
