@@ -52,6 +52,9 @@ WORKING_TREE = "."
 V2 = "v2_encoder_binary"
 CONCURRENCY = 32
 SERVER_CPUS, WRK_CPUS = "0", "1"
+# uvicorn serving a bare ASGI app that answers /encode's size with no work (bench/apps/asgi_floor.py): what
+# the HTTP server and the ASGI calls cost per request, measured in every round beside the steps
+FLOOR = "asgi_floor"
 
 
 def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
@@ -66,6 +69,8 @@ def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
         steps.append((name, revision))
     if len({name for name, _ in steps}) != len(steps):
         raise SystemExit("bench.hot_path: each step needs a name of its own")
+    if any(name == FLOOR for name, _ in steps):
+        raise SystemExit(f"bench.hot_path: {FLOOR} names the ASGI floor's server; give the step another name")
     return steps
 
 
@@ -85,6 +90,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     pngs = test_pngs(256)
     bodies = routes(pngs)
     cells = [Cell(name, route, CONCURRENCY) for name, _ in steps for route in (ENCODE, V2)]
+    cells.append(Cell(FLOOR, ENCODE, CONCURRENCY))
     results: dict[str, Any] = {
         "machine": machine(),
         "git": git_state(),
@@ -103,6 +109,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
             # gRPC off: the servers would all want 8001, and only HTTP is measured here
             env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024", **dict(v.split("=", 1) for v in variables)}
             servers[name] = Server("product", MODEL_DIR, env=env, tree=tree, cpus=SERVER_CPUS)
+        servers[FLOOR] = Server(FLOOR, None, cpus=SERVER_CPUS)
         for server in servers.values():
             server.wait_ready()
         results["steps"] = [{"name": name, "revision": revision, "commit": commits[name]} for name, revision in steps]
@@ -154,11 +161,24 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         if name != first:
             base = windows[Cell(first, ENCODE, CONCURRENCY).key]
             per_round[f"{name}_encode_vs_{first}"] = [a["rps"] / b["rps"] for a, b in zip(encode, base, strict=True)]
+    per_round.update(floor_ratios(windows[Cell(FLOOR, ENCODE, CONCURRENCY).key], limits))
     results["ratios"] = summarise_ratios(per_round)
     results["p99_ms"] = {
         name: spread([w["p99_us"] / 1000 for w in windows[Cell(name, ENCODE, CONCURRENCY).key]]) for name, _ in steps
     }
     return results
+
+
+def floor_ratios(floor: list[dict[str, Any]], limits: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per round, what uvicorn's own cost leaves of the compute limit: a server that added nothing to the
+    ASGI floor's time per request but the limit's work would serve 1 / (floor's time + the limit's time)
+    requests/s, this fraction of the limit; and the floor's time as a share of the limit's."""
+    best, share = [], []
+    for window, limit in zip(floor, limits, strict=True):
+        floor_s, limit_s = 1.0 / window["rps"], 1.0 / limit["requests_per_s"]
+        best.append(limit_s / (floor_s + limit_s))
+        share.append(floor_s / limit_s)
+    return {"floor_bound_vs_compute_limit": best, "floor_time_vs_compute_limit_time": share}
 
 
 def limit_on_server_core(pngs: list[bytes], model: Any) -> dict[str, Any]:
@@ -233,6 +253,7 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         f"encoder per image at batch 32, {limit['response_serialise_us']:.0f} us to serialise the answer). With "
         f"Pillow's decode ({limit['png_decode_pillow_us']:.0f} us), as issue 32 first stated it: "
         f"{limit['requests_per_s_with_pillow_decode']:.0f} requests/s.",
+        *_floor(recorded),
         "",
         "| step | commit | /encode, one PNG, c=32 | p99 | x the compute limit | x with Pillow's decode | "
         f"x {first} | v2 binary, c=32 | v2 binary / /encode |",
@@ -251,6 +272,23 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
             f"| {spread(v2['rps'], '.0f')} | {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _floor(recorded: dict[str, Any]) -> list[str]:
+    """The ASGI floor's line (runs recorded before it was measured have none)."""
+    cell = recorded["cells"].get(f"{FLOOR}/{ENCODE}/c{CONCURRENCY}")
+    if cell is None:
+        return []
+    ratios, rps = recorded["ratios"], cell["rps"]["median"]
+    return [
+        "",
+        f"The ASGI floor, measured in every round: uvicorn serving a bare ASGI app that reads the body and "
+        f"answers with a constant of `/encode`'s size (bench/apps/asgi_floor.py), {rps:.0f} requests/s "
+        f"({1e6 / rps:.0f} us a request, {ratios['floor_time_vs_compute_limit_time']['median']:.2f}x the "
+        "limit's time). A server that added nothing to it but the limit's work would reach "
+        f"{ratios['floor_bound_vs_compute_limit']['median']:.2f}x the limit: the most an ASGI app on uvicorn "
+        "can reach here.",
+    ]
 
 
 def _quiet(recorded: dict[str, Any]) -> str:

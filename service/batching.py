@@ -55,8 +55,9 @@ class MicroBatcher:
     Under load it gathers more: when other requests are being handled (`others()` counts this process's
     requests, this batch's own included), the batch runs off the loop (`off_loop`: on a worker thread,
     where onnxruntime releases the GIL), so that the loop goes on reading and decoding the next requests
-    while it runs; and while `max_running` batches are running, new rows wait for one of them to end
-    instead of going as a batch of their own (docs/benchmarks.md, "The hot path"). The mean batch is
+    while it runs (service/served.py gives `off_loop` only to a worker with a CPU to spare for it); and
+    while `max_running` batches are running, new rows wait for one of them to end instead of going as a
+    batch of their own (docs/benchmarks.md, "The hot path"). The mean batch is
     vae_images_processed_total over vae_inference_duration_seconds_count in /metrics."""
 
     def __init__(

@@ -90,11 +90,16 @@ class ServedModel:
         served = cls(manifest.name, manifest.version, engine, settings, metrics)
         if settings.micro_batch:  # a batch is one model call: inline when small, else on a worker thread
             calls, encode = served.calls, engine.model.encode
+            # A batch goes off the loop under load only when the worker has a second CPU to run it on beside
+            # the loop: on one, the thread's hops are paid and nothing runs meanwhile (docs/benchmarks.md)
+            spare_cpu = settings.cpus_per_worker >= 2
             served.batcher = MicroBatcher(
                 lambda pixels: calls("encode", len(pixels), encode, pixels),
                 max_rows=settings.max_batch,
                 max_wait_s=settings.micro_batch_wait_ms / 1000,
-                off_loop=lambda pixels: calls("encode", len(pixels), encode, pixels, off_loop=True),
+                off_loop=(lambda pixels: calls("encode", len(pixels), encode, pixels, off_loop=True))
+                if spare_cpu
+                else None,
                 others=lambda: metrics.active,
                 max_running=settings.inference_threads,
             )

@@ -262,6 +262,11 @@ class Settings(BaseSettings):
             return self.workers
         return 1 if self.control_routes_on else min(64, available_cpus())
 
+    @property
+    def cpus_per_worker(self) -> float:
+        """The CPUs each worker process has to itself: the CPUs available over the worker processes."""
+        return available_cpus() / self.worker_processes
+
     @field_validator("admin_token", mode="before")
     @classmethod
     def _no_empty_token(cls, value: object) -> object:

@@ -22,6 +22,8 @@ def test_steps_are_name_revision_and_settings_in_order():
             hot_path.parse_steps(bad)
     with pytest.raises(SystemExit, match="name of its own"):
         hot_path.parse_steps(["a=HEAD", "a=."])
+    with pytest.raises(SystemExit, match="ASGI floor"):
+        hot_path.parse_steps([f"{hot_path.FLOOR}=HEAD"])
 
 
 def recorded() -> dict:
@@ -116,3 +118,28 @@ def test_a_run_on_a_busy_machine_is_not_written(tmp_path, monkeypatch, capsys):
     assert "kept 1.10 CPUs busy" in capsys.readouterr().err
     assert hot_path.main(["--results", str(tmp_path), "--allow-busy"]) == 0
     assert json.loads((tmp_path / "hot_path.json").read_text())["other_cpus_busy"]["median"] == 1.1
+
+
+def test_the_asgi_floor_bounds_what_a_server_can_reach_of_the_limit():
+    # round 1: the floor takes 100 us a request, the limit 300 us: at best 300 / 400 of the limit
+    # round 2: the floor 200 us, the limit 200 us: at best half of it
+    ratios = hot_path.floor_ratios(
+        [{"rps": 10_000.0}, {"rps": 5000.0}], [{"requests_per_s": 10_000 / 3}] * 1 + [{"requests_per_s": 5000.0}]
+    )
+    assert ratios["floor_bound_vs_compute_limit"] == pytest.approx([0.75, 0.5])
+    assert ratios["floor_time_vs_compute_limit_time"] == pytest.approx([1 / 3, 1.0])
+
+
+def test_the_table_gives_the_floor_when_it_was_measured():
+    spread = lambda v: {"median": v, "min": v, "max": v, "q1": v, "q3": v, "n": 1}  # noqa: E731
+    with_floor = recorded()
+    with_floor["cells"] = {**with_floor["cells"], f"{hot_path.FLOOR}/encode_1_raw/c32": {"rps": spread(12500.0)}}
+    with_floor["ratios"] = {
+        **with_floor["ratios"],
+        "floor_bound_vs_compute_limit": spread(0.71),
+        "floor_time_vs_compute_limit_time": spread(0.4),
+    }
+    table = hot_path.hot_path_section(with_floor)
+    assert "12500 requests/s (80 us a request, 0.40x the limit's time)" in table
+    assert "would reach 0.71x the limit" in table
+    assert "ASGI floor" not in hot_path.hot_path_section(recorded())  # a run recorded before the floor

@@ -160,3 +160,16 @@ async def test_a_large_image_models_single_row_runs_on_a_worker_thread():
     assert ran_on != loop_thread
     small = served_with()
     assert await small.run("decode", 1, threading.get_ident) == loop_thread
+
+
+def test_a_batch_leaves_the_loop_under_load_only_when_the_worker_has_a_cpu_to_spare(monkeypatch):
+    from service import settings as module
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 4)
+    # one worker on four CPUs: a worker thread runs a batch beside the loop
+    alone = served_with(workers=1).batcher
+    assert alone is not None and alone.off_loop is not None
+    # a worker per CPU (the default): on one CPU a thread would run instead of the loop, not beside it
+    shared = served_with().batcher
+    assert shared is not None and shared.off_loop is None
+    assert served_with(workers=2).batcher.off_loop is not None

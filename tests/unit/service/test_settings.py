@@ -156,3 +156,11 @@ def test_workers_default_to_one_per_cpu_and_a_setting_wins(monkeypatch):
     # each worker holds its own models: a load or unload by request must be the one process's
     assert Settings(admin_token="t").worker_processes == 1 and Settings(repository_control="open").worker_processes == 1
     assert Settings(admin_token="t", workers=3).worker_processes == 3
+
+
+def test_each_worker_has_the_cpus_over_the_workers(monkeypatch):
+    from service import settings as module
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 4)
+    assert Settings().cpus_per_worker == 1.0  # one worker per CPU
+    assert Settings(workers=1).cpus_per_worker == 4.0 and Settings(workers=8).cpus_per_worker == 0.5
