@@ -256,22 +256,36 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         *_floor(recorded),
         "",
         "| step | commit | /encode, one PNG, c=32 | p99 | x the compute limit | x with Pillow's decode | "
-        f"x {first} | v2 binary, c=32 | v2 binary / /encode |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"x {first} | x the step before | v2 binary, c=32 | v2 x the step before | v2 binary / /encode |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    previous = None
     for step in recorded["steps"]:
         name = step["name"]
         encode, v2 = cells[f"{name}/{ENCODE}/c{CONCURRENCY}"], cells[f"{name}/{V2}/c{CONCURRENCY}"]
         versus = spread(ratios[f"{name}_encode_vs_{first}"], ".2f", "x") if name != first else "-"
+        step_encode, step_v2 = (
+            (spread(_versus(cells, name, previous, route), ".2f", "x") for route in (ENCODE, V2))
+            if previous is not None
+            else ("-", "-")
+        )
+        previous = name
         settings = " ".join(step["revision"].split(",")[1:])
         lines.append(
             f"| {name} | `{step['commit'][:7]}`{' ' + settings if settings else ''} "
             f"| {spread(encode['rps'], '.0f')} | {spread(recorded['p99_ms'][name], '.1f', ' ms')} "
             f"| {spread(ratios[f'{name}_encode_vs_compute_limit'], '.2f', 'x')} "
             f"| {spread(ratios[f'{name}_encode_vs_compute_limit_with_pillow_decode'], '.2f', 'x')} | {versus} "
-            f"| {spread(v2['rps'], '.0f')} | {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
+            f"| {step_encode} | {spread(v2['rps'], '.0f')} | {step_v2} "
+            f"| {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _versus(cells: dict[str, Any], name: str, previous: str, route: str) -> dict[str, Any]:
+    """The step's requests/s over the step before's on `route`, round by round (the windows' order)."""
+    ours, theirs = (cells[f"{step}/{route}/c{CONCURRENCY}"]["windows"] for step in (name, previous))
+    return spread([a["rps"] / b["rps"] for a, b in zip(ours, theirs, strict=True)])
 
 
 def _floor(recorded: dict[str, Any]) -> list[str]:

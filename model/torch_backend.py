@@ -41,6 +41,7 @@ class TwoLevelTorchBackend:
             raise ValueError("a one-level VAE: use TorchBackend")
         self.model, self.lower = model.eval(), model.lower
         self.prior = numpy_prior(self.model)
+        self.lower_latent_dim = model.config.lower_latent_dim
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

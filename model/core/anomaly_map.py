@@ -78,7 +78,7 @@ def _posterior_draws(backend: Any, chunk: np.ndarray, seed: int, samples: int) -
         return tuple(backend.decode(z.reshape(-1, mean.shape[1]).astype(np.float32)))
     mean2, logvar2, features = backend.encode(chunk)
     upper = mean2.shape[1]
-    lower = hierarchy.lower_latent_dim(backend, upper)
+    lower = backend.lower_latent_dim
     eps = np.stack([image_stream(seed, image).standard_normal((samples, upper + lower)) for image in chunk])
     z2 = (mean2[:, None, :] + np.exp(0.5 * logvar2)[:, None, :] * eps[..., :upper]).reshape(-1, upper)
     z2 = z2.astype(np.float32)

@@ -51,6 +51,10 @@ class TwoLevelBackend(Protocol):
     def prior(self) -> Prior:
         """p(z2)"""
 
+    @property
+    def lower_latent_dim(self) -> int:
+        """D1, the numbers of z1 per image"""
+
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 -> q(z2|x)'s mean (N, D2), logvar (N, D2), and the image's features (N, F)"""
 
@@ -95,12 +99,6 @@ def kl_normal_diag(
     return kl
 
 
-def lower_latent_dim(backend: TwoLevelBackend, upper_dim: int) -> int:
-    """D1, read from the lower prior's answer for one z2."""
-    mean, _ = backend.lower_prior(np.zeros((1, upper_dim), dtype=np.float32))
-    return int(mean.shape[1])
-
-
 def score_two_levels(
     backend: TwoLevelBackend,
     likelihood: Likelihood,
@@ -121,7 +119,7 @@ def score_two_levels(
     x = x.astype(np.float32, copy=False)
     mean2, logvar2, features = backend.encode(x)
     prior, upper = backend.prior, mean2.shape[1]
-    lower = lower_latent_dim(backend, upper)
+    lower = backend.lower_latent_dim
     streams = [image_stream(seed, image) for image in x]
     eps = np.stack([s.standard_normal(upper + lower, dtype=np.float32) for s in streams])  # (N, D2 + D1)
     z2 = dist.reparameterize(mean2, logvar2, eps[:, :upper])  # (N, D2)
@@ -158,7 +156,7 @@ def _log_weight_chunks(
 ) -> Iterator[NDArray[np.float64]]:
     """log w of one image's k samples (module docstring), `chunk` at a time. `posterior`: the image's
     features (F,) and q(z2|x)'s mean (D2,) and logvar (D2,); the stream has given the ELBO's draw;
-    `lower`: D1 (`lower_latent_dim`, asked once per call of the public functions)."""
+    `lower`: D1 (the backend's `lower_latent_dim`)."""
     features, mean2, logvar2 = posterior
     prior, upper = backend.prior, mean2.shape[0]
     components = prior.component_stream(stream)  # before any eps: the same child at any chunk size
@@ -192,7 +190,7 @@ def log_weights_two_levels(
     """The k log-weights per image that `score_two_levels` sums, in the order drawn: (N, C, H, W) -> (N, k)."""
     x = x.astype(np.float32, copy=False)
     mean2, logvar2, features = backend.encode(x)
-    lower = lower_latent_dim(backend, mean2.shape[1])
+    lower = backend.lower_latent_dim
     rows = []
     for i, image in enumerate(x):
         stream = image_stream(seed, image)

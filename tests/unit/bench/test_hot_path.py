@@ -32,11 +32,12 @@ def recorded() -> dict:
         {"name": "before", "revision": "abc", "commit": "a" * 40},
         {"name": "now", "revision": ".,X=1", "commit": "b" * 40},
     ]
+    windows = lambda *rps: [{"rps": v} for v in rps]  # noqa: E731
     cells = {
-        "before/encode_1_raw/c32": {"rps": spread(500.0)},
-        "before/v2_encoder_binary/c32": {"rps": spread(400.0)},
-        "now/encode_1_raw/c32": {"rps": spread(1000.0)},
-        "now/v2_encoder_binary/c32": {"rps": spread(1100.0)},
+        "before/encode_1_raw/c32": {"rps": spread(500.0), "windows": windows(500.0, 400.0, 500.0)},
+        "before/v2_encoder_binary/c32": {"rps": spread(400.0), "windows": windows(400.0, 400.0, 400.0)},
+        "now/encode_1_raw/c32": {"rps": spread(1000.0), "windows": windows(1000.0, 1200.0, 750.0)},
+        "now/v2_encoder_binary/c32": {"rps": spread(1100.0), "windows": windows(1100.0, 1000.0, 1200.0)},
     }
     ratios = {
         "before_encode_vs_compute_limit": spread(0.1),
@@ -73,7 +74,12 @@ def test_the_table_has_a_row_per_step_with_its_ratios():
     rows = [line for line in table.splitlines() if line.startswith("| before") or line.startswith("| now")]
     assert len(rows) == 2
     assert "| now | `bbbbbbb` X=1 | 1000 (1000-1000) | 30.0 ms (30.0-30.0 ms) | 0.20x" in rows[1]
-    assert "| 2.00x (2.00-2.00x) | 1100 (1100-1100) | 1.10x (1.10-1.10x) |" in rows[1]
+    # the step before, round by round: /encode 2.0, 3.0, 1.5; v2 2.75, 2.5, 3.0
+    assert (
+        "| 2.00x (2.00-2.00x) | 2.00x (1.50-3.00x) | 1100 (1100-1100) | 2.75x (2.50-3.00x) | 1.10x (1.10-1.10x) |"
+        in rows[1]
+    )
+    assert [cell.strip() for cell in rows[0].split("|")].count("-") == 3  # the first step has nothing before it
     assert "5000 requests/s" in table and "3571 requests/s" in table
 
 

@@ -202,7 +202,9 @@ def test_vae_eval_scores_a_two_level_vae_over_torch_and_over_its_exported_graphs
         np.testing.assert_allclose(np.sort(archive["log_likelihood"]), np.sort(stored), atol=1e-3)
 
 
-def test_a_one_level_export_is_not_a_two_level_checkpoints_graphs(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_a_two_level_export_loads_in_the_core_and_the_service_and_eval_refuses_it_another_checkpoint(
+    tiny_dataset, tmp_path, capsys, monkeypatch
+):
     from export.cli import main as export_main
     from model.evaluate import main as evaluate_main
 

@@ -32,7 +32,7 @@ class LinearGaussian:
         self.A, self.a = rng.normal(size=(lower, upper)), rng.normal(size=lower)
         self.B, self.C, self.b = rng.normal(size=(n, lower)), rng.normal(size=(n, upper)), rng.normal(size=n)
         self.s1, self.sx = rng.uniform(0.3, 1.0, size=lower), rng.uniform(0.2, 0.6, size=n)
-        self.inflate = inflate
+        self.inflate, self.lower_latent_dim = inflate, lower
         self.prior = StandardNormal(upper)
         self.U = self.B @ self.A + self.C
         self.mean_x = self.B @ self.a + self.b
