@@ -17,6 +17,18 @@ from model.trainer import train
 from tests.conftest import write_tiny_idx_dataset
 
 MODEL = ModelConfig(arch="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,), conv_channels=(8,))
+# A tiny two-level VAE (issue 33) with a mixture prior: served by tests/unit/service/routes/test_two_levels.py
+# and the explorer's tests/browser/test_explorer_two_levels.py
+TWO_LEVELS = ModelConfig(
+    arch="conv",
+    input_shape=(1, 8, 8),
+    latent_dim=3,
+    lower_latent_dim=4,
+    hidden=(32,),
+    conv_channels=(8,),
+    prior="mog",
+    prior_components=4,
+)
 
 
 def export_tiny_model(root: Path) -> Path:

@@ -12,28 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.config import ModelConfig
 from model.core import anomaly, hierarchy, scoring
 from model.core import distributions as dist
 from model.core.artifact import load_model_dir
 from model.core.preprocess import PreprocessContract, array_to_png, bytes_to_array, image_stream
 from service.app import create_app, start
 from service.settings import Settings
+from tests.unit.export.exports import TWO_LEVELS as TWO
 from tests.unit.export.exports import train_and_export
 from tests.unit.service.conftest import client_for, run_to_completion
 
 pytestmark = pytest.mark.anyio
 
-TWO = ModelConfig(
-    arch="conv",
-    input_shape=(1, 8, 8),
-    latent_dim=3,
-    lower_latent_dim=4,
-    hidden=(32,),
-    conv_channels=(8,),
-    prior="mog",
-    prior_components=4,
-)
 D2, D1 = TWO.latent_dim, TWO.lower_latent_dim
 
 
