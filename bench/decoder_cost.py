@@ -71,7 +71,7 @@ def sample_work(model: OnnxVAE, batch: int, seed: int = 0) -> Callable[[], objec
         return lambda: model.decode(z)
     z1 = rng.standard_normal((batch, levels.lower_latent_dim), dtype=np.float32)
     image = np.zeros((1, *model.manifest.input.shape), dtype=np.float32)
-    features = np.repeat(levels.image_features(image), batch, axis=0)
+    features = np.repeat(levels.encode(image)[2], batch, axis=0)
     return lambda: (levels.decode(z1, z), levels.lower_prior(z), levels.encode_lower(features, z))
 
 

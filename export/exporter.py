@@ -89,6 +89,12 @@ def export_vae(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str,
 PartFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
+def _encoder_and_features(model: VAE, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q(z2 | x)'s mean and logvar, and the features they are read from (those q(z1 | x, z2) reads)."""
+    features = model.encoder.body(x)
+    return (*model.encoder.posterior(features), features)
+
+
 class _OneInput(torch.nn.Module):
     """One of a two-level VAE's deterministic parts, of one input, as a module of its own for its graph."""
 
@@ -113,17 +119,18 @@ def _lower(model: VAE) -> Lower:
 
 
 def export_levels(model: VAE, out_dir: Path, metadata: dict[str, str]) -> dict[str, onnx.ModelProto]:
-    """A two-level VAE's graphs beyond the encoder's (docs/design/hierarchy.md, "Serving"): the image's
-    features, q(z1 | x, z2), p(z1 | z2), the decoder of both levels, and the decoder of z2 through both."""
+    """A two-level VAE's graphs beyond the encoder's (docs/design/hierarchy.md, "Serving"): q(z2 | x) with the
+    image's features, q(z1 | x, z2), p(z1 | z2), the decoder of both levels, and the decoder of z2 through
+    both."""
     config = model.config
     width, outputs = config.hidden[-1], model.decoder.likelihood.outputs
     z1, z2 = torch.randn(2, config.lower_latent_dim), torch.randn(2, config.latent_dim)
     parts: dict[str, tuple[PartFn, tuple[torch.Tensor, ...], tuple[str, ...], tuple[str, ...]]] = {
-        "features": (
-            lambda m, x: (m.encoder.body(x),),
+        "features": (  # the whole encoder of both levels: the image's body runs once for q(z2|x) and q(z1|x,z2)
+            _encoder_and_features,
             (torch.rand(2, *config.input_shape),),
             ("image",),
-            ("features",),
+            ("mean", "logvar", "features"),
         ),
         "lower_posterior": (
             lambda m, h, z2: _lower(m).posterior(h, z2),

@@ -22,11 +22,11 @@ from service import tracing
 from service.v2 import statistics
 
 T = TypeVar("T")
-Encoded = tuple[np.ndarray, np.ndarray]
+Encoded = tuple[np.ndarray, ...]  # the encoder's outputs, a row per image each: mean, logvar (and features)
 EncodeFn = Callable[[np.ndarray], Encoded | Awaitable[Encoded]]
-# What a request gets back from its batch: its rows of (mean, logvar), when the batch's call started and
+# What a request gets back from its batch: its rows of each output, when the batch's call started and
 # ended (perf_counter_ns), the batch's rows, and whether it was the batch's first request.
-Batched = tuple[np.ndarray, np.ndarray, int, int, int, bool]
+Batched = tuple[Encoded, int, int, int, bool]
 
 
 async def to_the_end(work: asyncio.Future[T]) -> T:
@@ -88,8 +88,8 @@ class MicroBatcher:
         if self._pending:
             self._flush()
 
-    async def submit(self, pixels: np.ndarray, span: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """This request's rows of the batch they ran in. `span`: the request's `model call` span (service/
+    async def submit(self, pixels: np.ndarray, span: Any = None) -> Encoded:
+        """This request's rows of each of the batch's outputs. `span`: the request's `model call` span (service/
         tracing.py; None when off), given the batch's size once it is known."""
         if self._pending:  # the queued requests' loop is this one (in this Python, looking it up is a system call)
             loop = self._loop
@@ -106,11 +106,11 @@ class MicroBatcher:
             self._timer = (
                 loop.call_soon(self._flush) if self.max_wait_s <= 0 else loop.call_later(self.max_wait_s, self._flush)
             )
-        mean, logvar, started, ended, rows, first = await to_the_end(future)
+        outputs, started, ended, rows, first = await to_the_end(future)
         statistics.model_call(queued, started, ended, rows, executions=int(first))  # one execution per batch
         if span is not None:
             tracing.set_attributes(span, {"vae.batch_size": rows})
-        return mean, logvar
+        return outputs
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -150,7 +150,7 @@ class MicroBatcher:
         try:
             batch = np.concatenate([pixels for pixels, _ in items])
             result = encode(batch)
-            mean, logvar = (await result) if inspect.isawaitable(result) else result
+            outputs = (await result) if inspect.isawaitable(result) else result
         except Exception as exc:  # every waiting request sees the failure
             for _, future in items:
                 if not future.done():
@@ -160,5 +160,6 @@ class MicroBatcher:
         for position, (pixels, future) in enumerate(items):
             end = start + len(pixels)
             if not future.done():
-                future.set_result((mean[start:end], logvar[start:end], started, ended, len(batch), position == 0))
+                rows = tuple(output[start:end] for output in outputs)
+                future.set_result((rows, started, ended, len(batch), position == 0))
             start = end

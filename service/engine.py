@@ -9,7 +9,7 @@ is the model's (`OnnxVAE.prior`: N(0, I), or the mixture in prior.onnx), for sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,6 +20,18 @@ from model.core.likelihoods import Likelihood
 from model.core.preprocess import PreprocessContract, image_stream
 from model.core.priors import Prior
 from service.errors import ApiError
+
+Lower = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # q(z1 | x, z2): mean, logvar (N, D1), z1 when drawn
+
+
+class Encoding(NamedTuple):
+    """/encode's answer for N images: q(z|x)'s mean and logvar (N, D), z when sampled, and for a two-level
+    model q(z1 | x, z2) at each image's z2 (`Engine.encode_lower`)."""
+
+    mean: np.ndarray
+    logvar: np.ndarray
+    z: np.ndarray | None
+    lower: Lower | None = None
 
 
 @dataclass(frozen=True)
@@ -59,10 +71,26 @@ class Engine:
     def prior(self) -> Prior:
         return scoring.prior_of(self.model, self.latent_dim)
 
-    def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """mean, logvar (N, D), and when `sample` z = mean + sigma * eps, eps from image_stream(seed, pixels[i])."""
-        mean, logvar = self.model.encode(pixels)
-        return mean, logvar, self.reparameterize(pixels, mean, logvar, seed) if sample else None
+    def encoder_outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The encoder's rows for the pixels: mean, logvar (N, D); for a two-level model also the image's
+        features (N, F), from the same run of the image's body (`OnnxLevels.encode`)."""
+        levels = self.levels
+        return levels.encode(pixels) if levels is not None else self.model.encode(pixels)
+
+    def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> Encoding:
+        """mean, logvar (N, D), when `sample` z = mean + sigma * eps, eps from image_stream(seed, pixels[i]),
+        and for a two-level model its lower level (`encoding`)."""
+        return self.encoding(pixels, self.encoder_outputs(pixels), sample, seed)
+
+    def encoding(self, pixels: np.ndarray, outputs: tuple[np.ndarray, ...], sample: bool, seed: int) -> Encoding:
+        """The answer from the encoder's outputs for the pixels (`encoder_outputs`): z when `sample`, and a
+        two-level model's q(z1 | x, z2) at z2 the mean of q(z2 | x), or z (with z1 drawn beside it)."""
+        mean, logvar = outputs[0], outputs[1]
+        z = self.reparameterize(pixels, mean, logvar, seed) if sample else None
+        if self.levels is None:
+            return Encoding(mean, logvar, z)
+        lower = self.encode_lower(pixels, outputs[2], mean if z is None else z, seed if sample else None)
+        return Encoding(mean, logvar, z, lower)
 
     def reparameterize(self, pixels: np.ndarray, mean: np.ndarray, logvar: np.ndarray, seed: int) -> np.ndarray:
         """The noise is keyed by the pixels, not by mean and logvar: those can differ in the last bits
@@ -72,16 +100,15 @@ class Engine:
         )  # (N, D)
         return dist.reparameterize(mean, logvar, eps)
 
-    def encode_lower(
-        self, pixels: np.ndarray, z2: np.ndarray, seed: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A two-level model's q(z1 | x, z2): mean, logvar (N, D1) at the given z2 (the mean of q(z2|x), or the
-        z sampled from it), and with a seed z1 drawn from it: its noise is what follows z2's in the image's
-        stream (one draw of D2 + D1 numbers, as the scores draw each sample: model/core/hierarchy.py)."""
+    def encode_lower(self, pixels: np.ndarray, features: np.ndarray, z2: np.ndarray, seed: int | None) -> Lower:
+        """A two-level model's q(z1 | x, z2): mean, logvar (N, D1) from the images' features at the given z2
+        (the mean of q(z2|x), or the z sampled from it), and with a seed z1 drawn from it: its noise is what
+        follows z2's in the image's stream (one draw of D2 + D1 numbers, as the scores draw each sample:
+        model/core/hierarchy.py)."""
         levels = self.levels
         if levels is None:
             raise ValueError(f"{self.model.manifest.name} {self.model.manifest.version} has one level")
-        mean, logvar = levels.encode_lower(levels.image_features(pixels), z2)
+        mean, logvar = levels.encode_lower(features, z2)
         if seed is None:
             return mean, logvar, None
         upper, lower = z2.shape[1], mean.shape[1]

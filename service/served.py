@@ -19,7 +19,7 @@ import numpy as np
 
 from service import tracing
 from service.batching import MicroBatcher, to_the_end
-from service.engine import Engine
+from service.engine import Encoding, Engine
 from service.errors import ApiError
 from service.observability import Metrics
 from service.settings import Settings
@@ -89,7 +89,7 @@ class ServedModel:
         manifest = engine.model.manifest
         served = cls(manifest.name, manifest.version, engine, settings, metrics)
         if settings.micro_batch:  # a batch is one model call: inline when small, else on a worker thread
-            calls, encode = served.calls, engine.model.encode
+            calls, encode = served.calls, engine.encoder_outputs
             # A batch goes off the loop under load only when the worker has a second CPU to run it on beside
             # the loop: on one, the thread's hops are paid and nothing runs meanwhile (docs/benchmarks.md)
             spare_cpu = settings.cpus_per_worker >= 2
@@ -163,25 +163,20 @@ class ServedModel:
             attributes["vae.batch_size"] = batch_size
         return tracing.span("model call", attributes)
 
-    async def encode(
-        self, pixels: np.ndarray, sample: bool, seed: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """/encode's model call: through the micro-batcher when it is on. (Small model calls run inline
-        and never overlap, so "other calls in flight" cannot tell when to batch; with a wait of 0 the
-        batcher costs a lone request one event-loop iteration.)"""
+    async def encode(self, pixels: np.ndarray, sample: bool, seed: int) -> Encoding:
+        """/encode's model calls (`Engine.encode`): the encoder's through the micro-batcher when it is on. (Small
+        model calls run inline and never overlap, so "other calls in flight" cannot tell when to batch; with
+        a wait of 0 the batcher costs a lone request one event-loop iteration.) A two-level model's batch
+        also gives the images' features, from which its lower level is then read, within the limits."""
         engine = self.engine
         if self.batcher is None:
             return await self.run("encode", len(pixels), engine.encode, pixels, sample, seed)
         self._admit()
         try:
             with self._model_span("encode", len(pixels), batch_size=None) as span:  # the batch's size: from submit
-                mean, logvar = await self.batcher.submit(pixels, span)  # the batch's call is timed by `calls`
+                outputs = await self.batcher.submit(pixels, span)  # the batch's call is timed by `calls`
         finally:
             self._release()
-        return mean, logvar, engine.reparameterize(pixels, mean, logvar, seed) if sample else None
-
-    async def encode_lower(
-        self, pixels: np.ndarray, z2: np.ndarray, seed: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """A two-level model's q(z1 | x, z2) at each image's z2 (`Engine.encode_lower`), within the limits."""
-        return await self.run("encode lower level", len(pixels), self.engine.encode_lower, pixels, z2, seed)
+        if engine.levels is None:
+            return engine.encoding(pixels, outputs, sample, seed)
+        return await self.run("encode lower level", len(pixels), engine.encoding, pixels, outputs, sample, seed)

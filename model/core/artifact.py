@@ -102,14 +102,10 @@ class OnnxLevels:
         return self.vae.manifest.levels.lower_latent_dim
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(N, C, H, W) pixels -> q(z2 | x)'s mean and logvar (N, D2), and the image's features (N, F)."""
-        mean, logvar = self.vae.encode(x)
-        return mean, logvar, self.image_features(x)
-
-    def image_features(self, x: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) pixels -> the features q(z1 | x, z2) reads (N, F)."""
-        (features,) = self.features.run(None, {"image": _f32(x)})
-        return np.asarray(features)
+        """(N, C, H, W) pixels -> q(z2 | x)'s mean and logvar (N, D2), and the image's features (N, F) that
+        q(z1 | x, z2) reads: one run of the image's body (the `features` graph)."""
+        mean, logvar, features = self.features.run(None, {"image": _f32(x)})
+        return mean, logvar, features
 
     def encode_lower(self, features: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """q(z1 | x, z2)'s mean and logvar (N, D1)."""

@@ -223,7 +223,9 @@ class LevelsSpec(_Strict):
     (z1 the mean of p(z1 | z2)); these graphs give what a score needs of z1."""
 
     lower_latent_dim: int = Field(gt=0, description="D1, the numbers of z1 per image")
-    features: GraphInfo = Field(description="image -> features: the encoder's input to q(z1 | x, z2)")
+    features: GraphInfo = Field(
+        description="image -> mean, logvar of q(z2 | x) and the features they are read from, q(z1 | x, z2)'s input"
+    )
     lower_posterior: GraphInfo = Field(description="features, z2 -> mean, logvar of q(z1 | x, z2)")
     lower_prior: GraphInfo = Field(description="z2 -> mean, logvar of p(z1 | z2)")
     decoder_levels: GraphInfo = Field(description="z1, z2 -> the likelihood's outputs: p(x | z1, z2)")

@@ -72,14 +72,13 @@ async def read_model_images(request: Request, state: AppState, served: ServedMod
 async def encode(request: Request) -> Response:
     state, served, query = model_route(request, EncodeQuery)
     pixels = await read_model_images(request, state, served)
-    mean, logvar, z = await served.encode(pixels, query.sample, query.seed)
+    mean, logvar, z, lower = await served.encode(pixels, query.sample, query.seed)
     results = [
         {"index": i, "mean": mean[i], "logvar": logvar[i], **({"z": z[i]} if z is not None else {})}
         for i in range(len(pixels))
     ]
-    if served.engine.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
-        seed = query.seed if query.sample else None
-        mean1, logvar1, z1 = await served.encode_lower(pixels, mean if z is None else z, seed)
+    if lower is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
+        mean1, logvar1, z1 = lower
         for i, result in enumerate(results):
             result["lower"] = {"mean": mean1[i], "logvar": logvar1[i], **({"z": z1[i]} if z1 is not None else {})}
     return responses.json_response(

@@ -98,11 +98,13 @@ def graph_model(suffix: str) -> V2Model:
         feeds = {s.name: np.ascontiguousarray(inputs[s.name].data) for s in specs}
         sized = checked_sizes(call, suffix, feeds, name)
         outputs = graph_specs(session(call.served), outputs=True)
-        if suffix == "encoder" and call.served.batcher is not None and call.served.engine.model.io.native:
+        engine = call.served.engine
+        if suffix == "encoder" and call.served.batcher is not None and engine.model.io.native and engine.levels is None:
             # Through the micro-batcher, as /encode: the same onnxruntime call (OnnxVAE.encode feeds
             # `image` and returns the graph's outputs in order), shared with concurrent requests. Only for
-            # vae-export's graphs: an imported graph's own names and values are not /encode's.
-            mean, logvar, _ = await call.served.encode(feeds["image"], sample=False, seed=0)
+            # vae-export's graphs: an imported graph's own names and values are not /encode's, and a
+            # two-level model's batches run its `features` graph, not this one.
+            mean, logvar, _, _ = await call.served.encode(feeds["image"], sample=False, seed=0)
             results = [mean, logvar]
         else:
             rows = max(max((len(x) for x in feeds.values()), default=1), sized)

@@ -91,15 +91,14 @@ async def _encode(call: Call) -> tuple[Outputs, dict[str, Any]]:
     name = f"{call.served.name}.encode"
     query = knobs(EncodeQuery, call.parameters, name)
     pixels = await read_pixels(call, name)
-    mean, logvar, z = await call.served.encode(pixels, query.sample, query.seed)
+    mean, logvar, z, lower = await call.served.encode(pixels, query.sample, query.seed)
     served = call.served
     outputs = {
         "mean": shaped(served, mean),
         "logvar": shaped(served, logvar),
         **({"z": shaped(served, z)} if z is not None else {}),
     }
-    if served.engine.levels is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
-        lower = await served.encode_lower(pixels, mean if z is None else z, query.seed if query.sample else None)
+    if lower is not None:  # a two-level VAE: q(z1 | x, z2) at each image's z2
         outputs.update({"lower_mean": lower[0], "lower_logvar": lower[1]})
         if lower[2] is not None:
             outputs["lower_z"] = lower[2]

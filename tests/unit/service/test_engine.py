@@ -72,12 +72,12 @@ def test_gaussian_dequantisation_is_per_image_and_stays_in_the_pixels_bin():
 
 def test_encode_sample_z_follows_the_image_not_its_position(engine):
     images = grey_images(3)
-    mean, logvar, z = engine.encode(images, sample=True, seed=8)
-    _, _, z_moved = engine.encode(images[[2, 0, 1]], sample=True, seed=8)
+    mean, logvar, z, _ = engine.encode(images, sample=True, seed=8)
+    _, _, z_moved, _ = engine.encode(images[[2, 0, 1]], sample=True, seed=8)
     np.testing.assert_allclose(z_moved, z[[2, 0, 1]], rtol=1e-6)
     eps = image_stream(8, images[1]).standard_normal(LATENT, dtype=np.float32)
     np.testing.assert_allclose(z[1], mean[1] + np.exp(0.5 * logvar[1]) * eps, rtol=1e-6)
-    _, _, other_seed = engine.encode(images, sample=True, seed=9)
+    _, _, other_seed, _ = engine.encode(images, sample=True, seed=9)
     assert not np.allclose(other_seed, z)
 
 

@@ -78,6 +78,46 @@ async def test_encode_gives_each_levels_posterior_and_their_draws(client, export
         np.testing.assert_allclose(result["lower"]["z"], dist.reparameterize(*at_z2, eps[None, D2:])[0], atol=1e-5)
 
 
+class Counted:
+    """An onnxruntime session that counts its runs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name):  # its inputs and outputs, as the session's
+        return getattr(self.session, name)
+
+
+@pytest.mark.parametrize("micro_batch", [True, False])
+async def test_encode_runs_the_images_body_once(exported, micro_batch):
+    """/encode of a two-level VAE runs its `features` graph (q(z2|x) and the features q(z1|x,z2) reads, in
+    one run of the image's body) and never the encoder graph beside it, batched or not."""
+    app = create_app(Settings(model_dir=exported[0], grpc_port=0, gc_freeze=False, micro_batch=micro_batch))
+    run_to_completion(start(app.state.vae))
+    model = app.state.vae.resolve().engine.model
+    encoder, features = Counted(model.encoder), Counted(model.levels.features)
+    object.__setattr__(model, "encoder", encoder)
+    object.__setattr__(model.levels, "features", features)
+    uploads = pngs(exported[1][:2])
+    pixels = decoded(uploads)
+    request = {
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": list(pixels.shape), "data": pixels.ravel().tolist()}]
+    }
+    async with client_for(app) as client:
+        body = (await client.post("/encode?sample=true&seed=1", files=multipart(uploads))).json()
+        assert [len(result["lower"]["z"]) for result in body["results"]] == [D1, D1]
+        assert (encoder.runs, features.runs) == (0, 1)
+        # the v2 encoder graph is that graph as exported, never the features graph in its place
+        graph = (await client.post("/v2/models/tiny-vae.encoder/infer", json=request)).json()["outputs"]
+    assert (encoder.runs, features.runs) == (1, 1)
+    mean = np.reshape(next(o["data"] for o in graph if o["name"] == "mean"), (2, D2))
+    np.testing.assert_allclose(mean, [result["mean"] for result in body["results"]], atol=1e-5)
+
+
 async def test_elbo_holds_both_levels_terms(client, exported):
     uploads = pngs(exported[1][:4])
     body = (await client.post("/elbo?k=20&seed=3&binarize_seed=2", files=multipart(uploads))).json()
