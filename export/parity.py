@@ -43,11 +43,12 @@ def levels_max_abs_diff(levels: OnnxLevels, model: VAE, images: np.ndarray, late
     the features, and q(z1 | x, z2) at the images (z2 their posterior means), p(z1 | z2) and p(x | z1, z2)
     at the latents (z1 drawn from p(z1 | z2) with a fixed seed)."""
     reference = TwoLevelTorchBackend(model)
-    mean2, _, features = reference.encode(images)
+    encoded = reference.encode(images)
+    mean2, _, features = encoded
     z1_mean, z1_logvar = reference.lower_prior(latents)
     z1 = z1_mean + np.exp(0.5 * z1_logvar) * np.random.default_rng(0).standard_normal(z1_mean.shape, np.float32)
     pairs = {
-        "levels.features": (levels.encode(images), reference.encode(images)),
+        "levels.features": (levels.encode(images), encoded),
         "levels.lower_posterior": (levels.encode_lower(features, mean2), reference.encode_lower(features, mean2)),
         "levels.lower_prior": (levels.lower_prior(latents), (z1_mean, z1_logvar)),
         "levels.decoder_levels": (levels.decode(z1, latents), reference.decode(z1, latents)),
