@@ -189,6 +189,7 @@ async function analyse(blob) {
     for (const id of ['elbo-scores', 'anomaly-scores']) $(id).replaceChildren();
     $('elbo-data-space').textContent = '';
     $('latent-chart').replaceChildren();
+    showLower(null);
     clearMap();
     showError($('analysis-error'), failed.reason);
     if (anomalyGeneration === state.anomalyGeneration) setPanel($('anomaly-panel'), 'error');
@@ -208,6 +209,7 @@ async function analyse(blob) {
   state.mean = encoded.value.results[0].mean;
   if (!state.dimChosen) $('traverse-dim').value = String(mostPrecise(encoded.value.results[0].logvar));
   drawChart();
+  showLower(encoded.value.results[0].lower);
   const shape = state.card.latent_shape || [];
   if (shape.length === 3) channelMaps($('latent-maps'), state.mean, shape);
   else $('latent-maps').replaceChildren();
@@ -377,6 +379,13 @@ function drawChart() {
     drawChart();
     $('traverse-dim').focus();
   }, intValue($('traverse-dim')));
+}
+
+/** A two-level model's q(z1 | x, z2) means (the /encode result's `lower`), or nothing for one level. */
+function showLower(lower) {
+  $('lower-level').hidden = !lower;
+  if (lower) barChart($('lower-chart'), lower.mean, null, -1);
+  else $('lower-chart').replaceChildren();
 }
 
 // ---- grids and strips of decoded latents ----

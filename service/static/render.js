@@ -110,21 +110,23 @@ export function barChart(svg, means, onSelect, selected) {
     bar.setAttribute('y', String(mean >= 0 ? mid - size : mid));
     bar.setAttribute('height', String(Math.max(size, 0.5)));
     bar.setAttribute('class', dim === selected ? 'bar selected' : 'bar');
-    bar.setAttribute('tabindex', '0');
-    bar.setAttribute('role', 'button');
     bar.setAttribute('aria-label', `dimension ${dim}: mean ${mean.toFixed(3)}`);
     bar.dataset.dim = String(dim);
     bar.dataset.value = String(mean);
     const title = document.createElementNS(SVG, 'title');
     title.textContent = `dimension ${dim}: ${mean.toFixed(3)}`;
     bar.append(title);
-    bar.addEventListener('click', () => onSelect(dim));
-    bar.addEventListener('keydown', (event) => {
-      if (event.key === 'Enter' || event.key === ' ') {
-        event.preventDefault();
-        onSelect(dim);
-      }
-    });
+    if (onSelect) { // a bar to pick (the traversal's dimension); without onSelect, a chart to read
+      bar.setAttribute('tabindex', '0');
+      bar.setAttribute('role', 'button');
+      bar.addEventListener('click', () => onSelect(dim));
+      bar.addEventListener('keydown', (event) => {
+        if (event.key === 'Enter' || event.key === ' ') {
+          event.preventDefault();
+          onSelect(dim);
+        }
+      });
+    }
     svg.append(bar);
     const every = Math.max(1, Math.ceil(means.length / 16));
     if (dim % every === 0) {

@@ -67,6 +67,7 @@ def test_an_uploaded_image_shows_what_the_api_answers_for_it(page, explorer_url,
     assert page.find("anomaly-verdict").text.startswith(verdict)
     bars = page.find("latent-chart").find_elements("css selector", "rect.bar")
     assert [float(bar.get_attribute("data-value")) for bar in bars] == mean
+    assert "lower" not in encoded and not page.find("lower-level").is_displayed()  # one level: no second chart
     # Until a dimension is picked, the traversal starts at the one the encoder is surest of.
     assert page.find("traverse-dim").get_attribute("value") == str(int(np.argmin(encoded["logvar"])))
     assert page.find("card-latent-dim").text == str(card["latent_dim"]) == str(len(mean))

@@ -57,9 +57,13 @@ def test_the_page_shows_what_the_api_answers_for_a_two_level_vae(two_level_page)
         reconstruction = png_levels(
             post_image(client, "/reconstruct", files[0], format="json")["images"][0]["png_base64"]
         )
-    assert len(encoded["lower"]["mean"]) == TWO.lower_latent_dim  # the API's second level, under the chart's
     bars = page.find("latent-chart").find_elements("css selector", "rect.bar")
     assert [float(bar.get_attribute("data-value")) for bar in bars] == encoded["mean"]
+    # the second level's chart, under the first: q(z1 | x, z2)'s means, to read (nothing to pick)
+    assert page.find("lower-level").is_displayed()
+    lower = page.find("lower-chart").find_elements("css selector", "rect.bar")
+    assert [float(bar.get_attribute("data-value")) for bar in lower] == encoded["lower"]["mean"]
+    assert len(lower) == TWO.lower_latent_dim and all(bar.get_attribute("role") is None for bar in lower)
     for element, key in (("score-elbo", "elbo"), ("score-kl", "kl"), ("score-iwae", "log_likelihood")):
         assert float(page.value(element)) == elbo[key], element
     assert elbo["log_likelihood"] >= elbo["elbo"]  # the k-sample bound over both levels, above the ELBO
