@@ -185,9 +185,24 @@ def epoch_list(epochs: list[int]) -> str:
     return f"{epochs[0]} to {epochs[-1]}" if consecutive and len(epochs) > 2 else ", ".join(map(str, epochs))
 
 
-def _one_model(versions: list[dict]) -> str:
-    """The newest version's card; with earlier versions, their figures in columns beside it."""
-    manifest = versions[-1]
+def scored_images(manifest: dict) -> tuple[int, int | None]:
+    """How many test images a version's figures are of, and of how many (None: all of them)."""
+    return manifest["metrics"]["images"], manifest["metrics"].get("of_images")
+
+
+def latent_text(manifest: dict) -> str:
+    levels = manifest.get("levels")
+    lower = f" over a lower level of {levels['lower_latent_dim']}" if levels else ""
+    return f"{manifest['latent_dim']} latent dimensions{lower}"
+
+
+def _one_model(all_versions: list[dict]) -> str:
+    """The newest version's card; with earlier versions scored on the same test images, their figures in
+    columns beside it (a version scored on a prefix of the test set, `vae-eval --limit`, is compared with
+    nothing scored on other images, the published figures included)."""
+    manifest = all_versions[-1]
+    versions = [v for v in all_versions if scored_images(v) == scored_images(manifest)]
+    apart = [v["version"] for v in all_versions if scored_images(v) != scored_images(manifest)]
     m, parity, training = manifest["metrics"], manifest["parity"], manifest["training"]
     cfg, train_cfg = training["model_config"], training["train_config"]
     likelihood = manifest["likelihood"]["name"]
@@ -220,7 +235,7 @@ def _one_model(versions: list[dict]) -> str:
         f"### `{manifest['name']}` {manifest['version']}"
         + (f", beside {', '.join(v['version'] for v in reversed(versions[:-1]))}" if len(versions) > 1 else ""),
         "",
-        f"{cfg['arch']} encoder, {cfg['decoder']} decoder, {manifest['latent_dim']} latent dimensions, "
+        f"{cfg['arch']} encoder, {cfg['decoder']} decoder, {latent_text(manifest)}, "
         f"{likelihood} likelihood{scale}, prior {prior_name(manifest)}, trained on the {objective_name(manifest)}; "
         f"{chosen} on {training['dataset']}{start} "
         f"(`{' '.join(training['command'])}`).",
@@ -241,17 +256,26 @@ def _one_model(versions: list[dict]) -> str:
             lambda v: (f"{v['metrics']['nll_elbo_nats']:.2f}", f"{v['metrics']['bits_per_dim_elbo']:.4f}"),
         ),
         row("reconstruction term E_q[log p(x\\|z)]", lambda v: (f"{v['metrics']['reconstruction']:.2f}", "")),
-        row("KL(q(z\\|x) \\|\\| p(z))", lambda v: (f"{v['metrics']['kl']:.2f}", "")),
+        row(
+            "KL(q(z\\|x) \\|\\| p(z))" + (", both levels" if manifest.get("levels") else ""),
+            lambda v: (f"{v['metrics']['kl']:.2f}", ""),
+        ),
         row(
             f"**NLL, IWAE k={m['iwae_k']}**",
             lambda v: (f"**{v['metrics']['nll_nats']:.2f}**", f"**{v['metrics']['bits_per_dim']:.4f}**"),
         ),
     ]
-    for what, nats, bits in REFERENCES.get(likelihood, []):
+    for what, nats, bits in [] if m.get("of_images") else REFERENCES.get(likelihood, []):
         cells = ["" if nats is None else f"{nats:.2f}", "" if bits is None else f"{bits:.1f}"]
         lines.append(f"| {what} | " + " | ".join(cells + [""] * (2 * len(columns) - 2)) + " |")
     lines.append("")
-    if likelihood == "bernoulli":
+    if m.get("of_images"):
+        lines.append(
+            f"Scored on the first {m['images']:,} of the {m['of_images']:,} test images (`vae-eval --limit`): "
+            "not the whole test set's figures, so not compared with the published ones"
+            + (f", nor with {', '.join(apart)}, scored on other images." if apart else ".")
+        )
+    elif likelihood == "bernoulli":
         lines.append(reference_margins(m["nll_nats"]))
     else:
         reference = REFERENCES["gaussian"][0][2]

@@ -181,6 +181,7 @@ class Images:
     source: dict[str, Any]
     data_x: np.ndarray  # (N, C, H, W)
     test_set: str
+    available: int  # the images the source holds: more than N when --limit scored only the first N
 
 
 def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
@@ -195,6 +196,7 @@ def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
         data = load_dataset(args.dataset or train_config.dataset, args.data_dir or train_config.data_dir, contract)
         pixels, labels = data.test, data.test_labels
         source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
+    available = len(pixels)
     if args.limit:
         pixels = pixels[: args.limit]
         labels = labels[: args.limit] if labels is not None else None
@@ -206,7 +208,7 @@ def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
     else:  # the literature's fixed test set: binarised once, as a whole
         data_x = fixed_test_set(pixels, likelihood, seed)
         test_set = f"{likelihood.name} data space, fixed once with seed {seed}"
-    return Images(pixels, labels, source, data_x, test_set)
+    return Images(pixels, labels, source, data_x, test_set, available)
 
 
 def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[Any, dict[str, Any]]:
@@ -312,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-eval: {exc}", file=sys.stderr)
         return 2
     summary = scoring.summarize(scores)
+    if images.available > len(images.data_x):  # a prefix: its figures are not the whole test set's
+        summary["of_images"] = images.available
     result = {
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": checkpoint_sha256,

@@ -153,3 +153,27 @@ def test_the_docs_model_card_page_is_generated_from_the_bundled_repository(tmp_p
     assert page.read_text() == (REPO / "docs" / "model-card.md").read_text(), (
         "docs/model-card.md is stale: run `python -m bench.report`"
     )
+
+
+def test_a_version_scored_on_a_prefix_of_the_test_set_is_compared_with_nothing_scored_on_other_images(tmp_path):
+    write(tmp_path, manifest("fashion-mnist-vae", "3.1.0", "bernoulli", 226.4))
+    prefix = manifest("fashion-mnist-vae", "4.0.0", "bernoulli", 221.35)  # easy first images, not a better model
+    prefix["metrics"].update(images=200, of_images=10000)
+    write(tmp_path, prefix)
+    card = model_card.model_card_section(tmp_path)
+    assert "### `fashion-mnist-vae` 4.0.0\n" in card and "beside" not in card
+    assert "| test set (200 images, binarised once, seed 0) | 4.0.0: nats | bits/dim |" in card
+    assert "226.40" not in card and "reference:" not in card and "ahead of" not in card
+    assert "Scored on the first 200 of the 10,000 test images (`vae-eval --limit`)" in card
+    assert "nor with 3.1.0, scored on other images." in card
+
+
+def test_a_two_level_versions_latents_and_kl_name_both_levels(tmp_path):
+    two = manifest("fashion-mnist-vae", "4.0.0", "bernoulli", 225.0)
+    two["levels"] = {"lower_latent_dim": 16}
+    write(tmp_path, two)
+    card = model_card.model_card_section(tmp_path)
+    assert "32 latent dimensions over a lower level of 16," in card
+    assert "| KL(q(z\\|x) \\|\\| p(z)), both levels | 20.00 |" in card
+    one = model_card.model_card_section(REPO / "artifacts")
+    assert "32 latent dimensions, bernoulli" in one and "both levels" not in one

@@ -71,6 +71,11 @@ def test_eval_writes_numbers_and_figures_for_a_folder_of_images(tiny_dataset, tm
         stored = {key: archive[key] for key in archive.files}
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
         np.testing.assert_allclose(getattr(direct, name), stored[name][order], rtol=1e-6, err_msg=name)
+    assert "of_images" not in metrics  # every image was scored
+    limited = ["--images-dir", str(images), "--k", "5", "--limit", "4", "--no-figures", "--no-progress"]
+    assert main([str(tmp_path / "best.pt"), *limited, "--report", str(tmp_path / "prefix")]) == 0
+    prefix = json.loads((tmp_path / "prefix" / "report.json").read_text())["metrics"]
+    assert (prefix["images"], prefix["of_images"]) == (4, 6)  # a prefix says what it is a prefix of
 
 
 def test_evaluate_keeps_each_images_standard_error_and_ess_across_batches():
