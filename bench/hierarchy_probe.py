@@ -78,10 +78,10 @@ def levels(model: VAE, x: torch.Tensor, seed: int) -> dict[str, Any]:
     return out
 
 
-def test_images(model: VAE, dataset: str, count: int, seed: int) -> torch.Tensor:
+def test_images(model: VAE, dataset: str, data_dir: str | None, count: int, seed: int) -> torch.Tensor:
     """The first `count` images of the fixed test set vae-eval scores, in the likelihood's data space."""
     config = model.config
-    data = load_dataset(dataset, contract=PreprocessContract(input_shape=config.input_shape))
+    data = load_dataset(dataset, data_dir, PreprocessContract(input_shape=config.input_shape))
     x = fixed_test_set(data.test, likelihoods.get(config.likelihood), seed)[:count]
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
@@ -116,7 +116,8 @@ def paired(report: Path, against: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, record = load_model(args.checkpoint)
-    x = test_images(model, record.train_config.dataset, args.images, record.train_config.test_binarize_seed)
+    train = record.train_config
+    x = test_images(model, train.dataset, train.data_dir, args.images, train.test_binarize_seed)
     entry: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "epoch": record.epoch,

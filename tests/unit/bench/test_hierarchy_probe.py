@@ -92,3 +92,23 @@ def test_more_images_than_the_other_side_scored_are_refused(tmp_path):
     report(tmp_path / "shipped" / "report", np.zeros(3))
     with pytest.raises(SystemExit, match="4 images against 3"):
         hierarchy_probe.paired(report(tmp_path / "ours", np.ones(4)), tmp_path / "shipped")
+
+
+def test_the_command_records_a_checkpoints_levels_by_its_sha256(tmp_path, monkeypatch):
+    from model import data as data_module
+    from model.config import TrainConfig
+    from model.data import load_idx_dataset, sha256_file
+    from model.trainer import train
+    from tests.conftest import write_tiny_idx_dataset
+
+    spec = write_tiny_idx_dataset(tmp_path / "data", size=8, train=128, test=32)
+    monkeypatch.setitem(data_module.DATASETS, "tiny", spec)
+    config = TrainConfig(dataset="tiny", data_dir=str(tmp_path / "data"), epochs=1, batch_size=32, threads=1)
+    train(TWO_LEVELS, config, load_idx_dataset(spec, tmp_path / "data"), tmp_path / "run", progress=False)
+    results = tmp_path / "probe.json"
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    assert hierarchy_probe.main([checkpoint, "--images", "20", "--results", str(results)]) == 0
+    entry = json.loads(results.read_text())["entries"][sha256_file(checkpoint)]
+    assert entry["images"] == 20 and entry["epoch"] == 1 and "paired" not in entry
+    assert entry["levels"]["top"]["dims"] == 3 and entry["levels"]["lower"]["dims"] == 4
+    assert entry["command"] == f"python -m bench.hierarchy_probe {checkpoint} --images 20"
