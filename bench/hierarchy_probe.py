@@ -34,8 +34,10 @@ from bench.run import RESULTS, machine
 from model.checkpoint import load_model
 from model.core import likelihoods
 from model.core.preprocess import PreprocessContract
-from model.data import fixed_test_set, load_dataset, sha256_file
+from model.data import sha256_file
+from model.evaluate import fixed_test_images
 from model.hierarchy_loss import kl_normal_diag
+from model.losses import reparameterize
 from model.vae import VAE
 
 ACTIVE = 0.01  # the variance over images of a unit's posterior mean above which it is active
@@ -65,7 +67,7 @@ def levels(model: VAE, x: torch.Tensor, seed: int) -> dict[str, Any]:
     with torch.no_grad():
         features = model.encoder.body(x)
         mean2, logvar2 = model.encoder.posterior(features)
-        z2 = mean2 + (0.5 * logvar2).exp() * torch.randn(mean2.shape, generator=generator)
+        z2 = reparameterize(mean2, logvar2, torch.randn(mean2.shape, generator=generator))
         kl2 = model.prior.kl(z2, mean2, logvar2)
         out: dict[str, Any] = {
             "top": {"dims": mean2.shape[1], "kl": float(kl2.mean()), "active_units": active_units(mean2)}
@@ -81,9 +83,9 @@ def levels(model: VAE, x: torch.Tensor, seed: int) -> dict[str, Any]:
 def test_images(model: VAE, dataset: str, data_dir: str | None, count: int, seed: int) -> torch.Tensor:
     """The first `count` images of the fixed test set vae-eval scores, in the likelihood's data space."""
     config = model.config
-    data = load_dataset(dataset, data_dir, PreprocessContract(input_shape=config.input_shape))
-    x = fixed_test_set(data.test, likelihoods.get(config.likelihood), seed)[:count]
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    contract = PreprocessContract(input_shape=config.input_shape)
+    images = fixed_test_images(dataset, data_dir, contract, likelihoods.get(config.likelihood), seed, count)
+    return torch.from_numpy(np.ascontiguousarray(images.data_x, dtype=np.float32))
 
 
 def paired(report: Path, against: Path) -> dict[str, Any]:

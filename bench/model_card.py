@@ -201,8 +201,10 @@ def _one_model(all_versions: list[dict]) -> str:
     columns beside it (a version scored on a prefix of the test set, `vae-eval --limit`, is compared with
     nothing scored on other images, the published figures included)."""
     manifest = all_versions[-1]
-    versions = [v for v in all_versions if scored_images(v) == scored_images(manifest)]
-    apart = [v["version"] for v in all_versions if scored_images(v) != scored_images(manifest)]
+    subset = scored_images(manifest)
+    versions, apart = [], []
+    for v in all_versions:
+        (versions if scored_images(v) == subset else apart).append(v)
     m, parity, training = manifest["metrics"], manifest["parity"], manifest["training"]
     cfg, train_cfg = training["model_config"], training["train_config"]
     likelihood = manifest["likelihood"]["name"]
@@ -273,7 +275,7 @@ def _one_model(all_versions: list[dict]) -> str:
         lines.append(
             f"Scored on the first {m['images']:,} of the {m['of_images']:,} test images (`vae-eval --limit`): "
             "not the whole test set's figures, so not compared with the published ones"
-            + (f", nor with {', '.join(apart)}, scored on other images." if apart else ".")
+            + (f", nor with {', '.join(v['version'] for v in apart)}, scored on other images." if apart else ".")
         )
     elif likelihood == "bernoulli":
         lines.append(reference_margins(m["nll_nats"]))

@@ -188,27 +188,37 @@ def read_images(args: argparse.Namespace, record: Checkpoint) -> Images:
     """The images to score, from --images-dir or the data set's test split, limited to --limit."""
     config, train_config = record.model_config, record.train_config
     contract = PreprocessContract(input_shape=config.input_shape)
-    labels = None
-    if args.images_dir:
-        pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
-        source: dict[str, Any] = {"images_dir": str(args.images_dir)}
-    else:
-        data = load_dataset(args.dataset or train_config.dataset, args.data_dir or train_config.data_dir, contract)
-        pixels, labels = data.test, data.test_labels
-        source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
-    available = len(pixels)
-    if args.limit:
-        pixels = pixels[: args.limit]
-        labels = labels[: args.limit] if labels is not None else None
     seed = train_config.test_binarize_seed
     likelihood = likelihoods.get(config.likelihood)
-    if args.images_dir:  # image by image, as /elbo does, so both agree on any images in any order
-        data_x = likelihood.images_to_data_space(pixels, seed)
-        test_set = f"{likelihood.name} data space, each image drawn from seed {seed} and its content"
-    else:  # the literature's fixed test set: binarised once, as a whole
-        data_x = fixed_test_set(pixels, likelihood, seed)
-        test_set = f"{likelihood.name} data space, fixed once with seed {seed}"
-    return Images(pixels, labels, source, data_x, test_set, available)
+    if not args.images_dir:
+        dataset, data_dir = args.dataset or train_config.dataset, args.data_dir or train_config.data_dir
+        return fixed_test_images(dataset, data_dir, contract, likelihood, seed, args.limit)
+    pixels, _ = read_image_folder(Path(args.images_dir), contract)  # sorted by name, no split
+    available = len(pixels)
+    pixels = pixels[: args.limit or None]
+    # image by image, as /elbo does, so both agree on any images in any order
+    data_x = likelihood.images_to_data_space(pixels, seed)
+    test_set = f"{likelihood.name} data space, each image drawn from seed {seed} and its content"
+    return Images(pixels, None, {"images_dir": str(args.images_dir)}, data_x, test_set, available)
+
+
+def fixed_test_images(
+    dataset: str,
+    data_dir: str | None,
+    contract: PreprocessContract,
+    likelihood: Likelihood,
+    seed: int,
+    limit: int | None = None,
+) -> Images:
+    """The data set's test split, or its first `limit` images, as the literature's fixed test set: binarised
+    (or dequantised) once, as a whole, with `seed` (a prefix gets the bits it has in the whole)."""
+    data = load_dataset(dataset, data_dir, contract)
+    pixels = data.test[: limit or None]
+    labels = data.test_labels[: limit or None] if data.test_labels is not None else None
+    source = {"dataset": data.name, "split": "test", "checksums": data.checksums}
+    data_x = fixed_test_set(pixels, likelihood, seed)
+    test_set = f"{likelihood.name} data space, fixed once with seed {seed}"
+    return Images(pixels, labels, source, data_x, test_set, len(data.test))
 
 
 def choose_backend(args: argparse.Namespace, model: VAE) -> tuple[Any, dict[str, Any]]:
