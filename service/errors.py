@@ -57,14 +57,9 @@ def error_bytes(code: str, message: str, shape: ErrorShape = ErrorShape.NATIVE) 
     return json.dumps(error_body(code, message, shape)).encode()
 
 
-def json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
-    """The headers of a JSON error body answered below the framework."""
-    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-
-
 async def send_error(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
     """An error body answered straight over ASGI, for what is refused or fails outside any route."""
-    start = [*json_headers(body), *headers]
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 

@@ -22,12 +22,6 @@ are taken one of two short ways:
 - `HotRoutes`, the innermost middleware, for the others: the framework's outer layers (ids, metrics,
   limits, CORS, spans) see them, and the router and request handler are skipped.
 
-Shorter still, a request that `ShortWay` takes whose whole body came with its headers (a small upload:
-one read of the socket holds both) is answered below ASGI: the HTTP protocol (service/transport.py:
-_WholeBodyCycle) calls `ShortWay.answer_whole` with the body, which runs the same ids, metrics, access
-log and 500 around the endpoint and hands the response back to be written in one piece, with no receive
-or send messages, no upload slot (the body is in) and no Response.__call__.
-
 The routes stay registered with the framework, so /openapi.json does not change.
 """
 
@@ -42,14 +36,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import errors
-from service.limits import CLIENT_CLOSED, ClientGone, UploadSlots, body_length, client_gone
-from service.observability import Answers, ObservabilityMiddleware, relative_locations
+from service.limits import UploadSlots, body_length
+from service.observability import Answers, ObservabilityMiddleware
 
 Handler = Callable[[Request, Exception], Any]
 Endpoint = Callable[[Request], Awaitable[Response]]
-# the HTTP protocol's writer of a whole response: status, headers, body -> written (False: the client has gone)
-Writer = Callable[[int, list[tuple[bytes, bytes]], bytes | memoryview], Awaitable[bool]]
 Found = tuple[Any, Endpoint, dict[str, Any]]  # the route, its endpoint and the path parameters the router gave it
 FOUND = "vae.hot_route"  # the scope's key for what ShortWay found, until the endpoint is called
 CACHE_SIZE = 1024  # paths remembered; the paths carry client-chosen names, so the memory is bounded
@@ -78,17 +69,9 @@ class HotTable:
     async def answer(self, found: Found, scope: Scope, receive: Receive, send: Send) -> Response:
         """The endpoint's response, or the one the app's handlers make of its exception (a bare
         Exception is raised: that one is a 500, made further out)."""
-        return await self._call(found, scope, Request(scope, receive, send))
-
-    async def answer_whole(self, found: Found, scope: Scope, body: bytes) -> Response:
-        """`answer`, for a request whose whole body is in: the endpoint reads it without a receive."""
-        request = Request(scope)
-        request._body = body  # what Request.body() and .stream() give when set, as after a first read
-        return await self._call(found, scope, request)
-
-    async def _call(self, found: Found, scope: Scope, request: Request) -> Response:
         route, endpoint, path_params = found
         scope["route"], scope["endpoint"], scope["path_params"] = route, endpoint, dict(path_params)
+        request = Request(scope, receive, send)
         try:
             return await endpoint(request)
         except Exception as exc:
@@ -163,32 +146,3 @@ class ShortWay:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.table.answer(scope.pop(FOUND), scope, receive, send)
         await response(scope, receive, send)
-
-    async def answer_whole(self, scope: Scope, body: bytes, found: Found, write: Writer) -> None:
-        """A request whose whole body came with its headers, answered with no ASGI messages: the
-        observability middleware's ids, metrics, access log and 500 around the endpoint, and the
-        response given to `write` (status, headers, body), which answers False when the client has gone
-        (the request then counts as 499, as the middleware counts a client gone). No upload slot is
-        taken: the body was in before the request was, where the slots' first receive would find it.
-        Called by the HTTP protocol (service/transport.py: WholeBodyCycle)."""
-        answers = self.observed.answers
-        opened = answers.opened(scope)
-        status, written = 500, False
-        try:
-            response = await self.table.answer_whole(found, scope, body)
-            status = response.status_code
-            headers = [*response.raw_headers, opened.header]
-            written = True
-            if not await write(status, relative_locations(headers) if 300 <= status < 400 else headers, response.body):
-                raise client_gone(scope)
-            if response.background is not None:
-                await response.background()
-        except ClientGone:
-            status = CLIENT_CLOSED
-        except Exception:
-            errors.log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if not written:  # else the connection is cut mid-response, as the middleware's would be
-                status, error = 500, answers.internal_error_body(scope)
-                await write(status, [*errors.json_headers(error), opened.header], error)
-        finally:
-            answers.closed(scope, opened, status)

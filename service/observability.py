@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -156,15 +156,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class Opened(NamedTuple):
-    """A request taken in (`Answers.opened`): when, the token that resets its id in the logs' context, and
-    its X-Request-ID header."""
-
-    began: float
-    token: contextvars.Token[str]
-    header: tuple[bytes, bytes]
-
-
 class Answers:
     """How every answered request is accounted for: counted and timed per route, its access log line
     written, and an unexpected exception turned into one logged traceback and the generic 500. The
@@ -174,25 +165,11 @@ class Answers:
         self.metrics, self.shape_of = metrics, shape_of
         self.log = logging.getLogger("vae.access") if access_log else None
 
-    def opened(self, scope: Scope) -> Opened:
-        """A request taken in: its id (the client's, or a fresh one) set for the logs, counted in flight."""
-        request_id = request_id_of(scope)
-        self.metrics.active += 1
-        return Opened(time.perf_counter(), request_id_var.set(request_id), (b"x-request-id", request_id.encode()))
-
-    def closed(self, scope: Scope, opened: Opened, status: int) -> None:
-        """The request answered with `status` (or left): counted, timed, its access log line written."""
-        self.metrics.active -= 1
-        self.record(scope, status, time.perf_counter() - opened.began)
-        request_id_var.reset(opened.token)
-
-    def internal_error_body(self, scope: Scope) -> bytes:
-        return errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
-
     async def internal_error(self, scope: Scope, send: Send, *headers: tuple[bytes, bytes]) -> None:
         """The generic 500 (the caller has logged the exception: with its traceback, whether or not the
         response had started)."""
-        await errors.send_error(send, 500, self.internal_error_body(scope), *headers)
+        body = errors.error_bytes(*errors.INTERNAL_ERROR, self.shape_of(scope["path"]))
+        await errors.send_error(send, 500, body, *headers)
 
     def record(self, scope: Scope, status: int, elapsed: float) -> None:
         """Count and time the answered request, and write its access log line."""
@@ -224,9 +201,13 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        opened = self.answers.opened(scope)
-        header = opened.header
+        began = time.perf_counter()
+        request_id = request_id_of(scope)
+        token = request_id_var.set(request_id)
+        header = (b"x-request-id", request_id.encode())
         status, started = 500, False
+        metrics = self.metrics
+        metrics.active += 1
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -245,7 +226,9 @@ class ObservabilityMiddleware:
             if not started:  # else the connection is cut mid-response, which the client notices
                 await self.answers.internal_error(scope, send_with_id)
         finally:
-            self.answers.closed(scope, opened, status)
+            metrics.active -= 1
+            self.answers.record(scope, status, time.perf_counter() - began)
+            request_id_var.reset(token)
 
 
 def relative_locations(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

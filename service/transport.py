@@ -16,10 +16,6 @@ nothing until the headers are complete, so the limits live here, in the protocol
 - a response goes out in one write when its body is one message (every JSON or PNG answer): uvicorn
   writes the status line and headers as soon as the app starts its response, and the body after, two
   system calls and two TCP segments where one does;
-- a hot route's request whose whole body arrived with its headers is answered without ASGI messages
-  (`_WholeBodyCycle`, with service/hot_routes.py: ShortWay.answer_whole): the same bytes, for less work;
-  only for an app with the short way (`vae-serve` runs it so; uvicorn's proxy-headers middleware, on by
-  default when run by hand, wraps the app, and its requests go the ASGI way);
 - a chunked body may spend on framing (chunk sizes, extensions, line ends) at most Go's budget since
   CVE-2023-39326: 16 bytes a chunk plus twice the data, beyond 16 KiB; past it, 400 and the connection
   is closed. httptools skips chunk extensions without counting them, so 100 MiB of `;x=aaa...` before
@@ -36,8 +32,7 @@ import functools
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.errors import error_bytes
 from service.settings import Settings, load_settings
@@ -141,80 +136,6 @@ class _OneWriteCycle(RequestResponseCycle):
             transport.flush()  # a HEAD answer's or an empty body's head, when no body was written
 
 
-class _WholeBodyCycle(_OneWriteCycle):
-    """A hot route's request whose whole body came with its headers (what a small upload does: one read
-    holds both) is answered with no ASGI messages: the app's short way (service/hot_routes.py:
-    ShortWay.answer_whole) calls the endpoint with the body and gives back the status, headers and body,
-    which go out here in one write, as uvicorn's `send` would have written them (its default headers
-    first, its checks of header values, `connection: close` when the connection ends). Any other request,
-    or a body still arriving when the request's task starts, goes through the app as ASGI."""
-
-    async def run_asgi(self, app: Any) -> None:
-        short_way: Any = getattr(app, "short_way", None)
-        scope: Any = self.scope
-        found = None
-        whole = not self.more_body and not self.disconnected and not self.waiting_for_100_continue
-        if short_way is not None and whole:
-            found = short_way.takes(scope)
-        if found is None:
-            await super().run_asgi(app)
-            return
-        scope["app"] = app
-        body, self.body = bytes(self.body), bytearray()
-        try:
-            await short_way.answer_whole(scope, body, found, self._write_whole)
-        except BaseException as exc:  # as uvicorn's run_asgi: logged, and a 500 or a closed connection
-            self.logger.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.response_started:
-                await self.send_500_response()
-            else:
-                self.transport.close()
-        else:
-            if not self.response_complete and not self.disconnected:
-                self.transport.close()  # a response begun and not finished: the client must not wait
-        finally:
-            self.on_response = lambda: None
-
-    async def _write_whole(self, status: int, headers: list[tuple[bytes, bytes]], body: Buffer) -> bool:
-        """The response in one write; False when the client has gone (nothing is written)."""
-        if self.flow.write_paused and not self.disconnected:
-            await self.flow.drain()
-        if self.disconnected:
-            return False
-        content: list[Buffer] = [STATUS_LINE[status]]
-        for name, value in self.default_headers:
-            content += (name, b": ", value, b"\r\n")
-        closing = False
-        for name, value in headers:
-            if HEADER_VALUE_RE.search(value):
-                raise RuntimeError("Invalid HTTP header value.")
-            if name == b"content-length" and int(value) != len(body):
-                raise RuntimeError("Response content length differs from its Content-Length")
-            if name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
-                self.keep_alive, closing = False, True
-            content += (name, b": ", value, b"\r\n")
-        if not self.keep_alive and not closing:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
-        self.response_started = self.response_complete = True
-        self.waiting_for_100_continue = False
-        if self.access_log:
-            self.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d',
-                get_client_addr(self.scope),
-                self.scope["method"],
-                get_path_with_query_string(self.scope),
-                self.scope["http_version"],
-                status,
-            )
-        self.transport.write(b"".join(content))
-        self.message_event.set()
-        if not self.keep_alive:
-            self.transport.close()
-        self.on_response()
-        return True
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -296,15 +217,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_header_timer()
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and type(cycle) is RequestResponseCycle:  # made just now, queued behind another
-            cycle.__class__ = _WholeBodyCycle
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        """uvicorn starts a request's task inside its on_headers_complete, before this class's code after
-        it runs: the cycle becomes a _WholeBodyCycle here, before its run_asgi is bound."""
-        if type(cycle) is RequestResponseCycle:
-            cycle.__class__ = _WholeBodyCycle
-        super()._start_asgi_task(cycle, app)
+        if cycle is not None and type(cycle) is RequestResponseCycle:  # made just now, not yet started
+            cycle.__class__ = _OneWriteCycle
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
