@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.measurements import compute_limit
 from bench.plan import ENCODE, MODEL_DIR, RESULTS
 from bench.provenance import git_state, served_model
@@ -123,10 +125,14 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
             limits.append(limit_on_server_core(pngs, model))
             for cell in round_order(cells, round_index, seed):
                 stats: dict[str, Any] = {}
+                url = servers[cell.server].url
                 for phase, seconds in (("warm-up", warmup_s), ("window", window_s)):
                     if seconds:
-                        stats = wrk(servers[cell.server].url, CONCURRENCY, seconds, bodies[cell.route], cpus=WRK_CPUS)
+                        calls = model_calls(url) if cell.server != FLOOR else None
+                        stats = wrk(url, CONCURRENCY, seconds, bodies[cell.route], cpus=WRK_CPUS)
                         check_window(cell, round_index, phase, stats)
+                        if calls is not None:
+                            stats.update(model_call_share(calls, model_calls(url)))
                 windows.setdefault(cell.key, []).append(stats)
                 print(
                     f"round {round_index + 1}/{rounds} {cell.key}: {stats['rps']:.0f} requests/s, "
@@ -161,12 +167,51 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         if name != first:
             base = windows[Cell(first, ENCODE, CONCURRENCY).key]
             per_round[f"{name}_encode_vs_{first}"] = [a["rps"] / b["rps"] for a, b in zip(encode, base, strict=True)]
+        for route, windows_of in (("encode", encode), ("v2", v2)):
+            model_time = [
+                w["model_us_per_image"] / limit["encoder_us_per_image_batch32"]
+                for w, limit in zip(windows_of, limits, strict=True)
+                if "model_us_per_image" in w
+            ]
+            if model_time:
+                per_round[f"{name}_{route}_model_time_vs_limit"] = model_time
     per_round.update(floor_ratios(windows[Cell(FLOOR, ENCODE, CONCURRENCY).key], limits))
     results["ratios"] = summarise_ratios(per_round)
     results["p99_ms"] = {
         name: spread([w["p99_us"] / 1000 for w in windows[Cell(name, ENCODE, CONCURRENCY).key]]) for name, _ in steps
     }
     return results
+
+
+MODEL_CALL_METRICS = (
+    "vae_inference_duration_seconds_sum",
+    "vae_inference_duration_seconds_count",
+    "vae_images_processed_total",
+)
+
+
+def model_calls(url: str) -> dict[str, float]:
+    """The product server's model-call totals so far, summed over models, versions and operations (its
+    /metrics): seconds in model calls, the calls (batches), and the rows (images) they took."""
+    return metric_totals(httpx.get(url + "/metrics", timeout=10).raise_for_status().text)
+
+
+def metric_totals(text: str) -> dict[str, float]:
+    totals = dict.fromkeys(MODEL_CALL_METRICS, 0.0)
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def model_call_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What a window's model calls cost inside the server: microseconds per image and the mean batch (nothing
+    when no image went through a model call)."""
+    seconds, calls, images = (after[key] - before[key] for key in MODEL_CALL_METRICS)
+    if images <= 0 or calls <= 0:
+        return {}
+    return {"model_us_per_image": 1e6 * seconds / images, "mean_batch": images / calls}
 
 
 def floor_ratios(floor: list[dict[str, Any]], limits: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -239,7 +284,6 @@ if __name__ == "__main__":
 def hot_path_section(recorded: dict[str, Any]) -> str:
     """docs/benchmarks.md's table: each step's /encode and v2 binary throughput, p99, and ratios."""
     ratios, cells, limit = recorded["ratios"], recorded["cells"], recorded["compute_limit"]
-    spread = lambda s, f, u="": f"{format(s['median'], f)}{u} ({format(s['min'], f)}-{format(s['max'], f)}{u})"  # noqa: E731
     first = recorded["steps"][0]["name"]
     lines = [
         f"`{' '.join(recorded['command'].split())}`, model {recorded['model']['name']} {recorded['model']['version']}, "
@@ -263,9 +307,9 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
     for step in recorded["steps"]:
         name = step["name"]
         encode, v2 = cells[f"{name}/{ENCODE}/c{CONCURRENCY}"], cells[f"{name}/{V2}/c{CONCURRENCY}"]
-        versus = spread(ratios[f"{name}_encode_vs_{first}"], ".2f", "x") if name != first else "-"
+        versus = _shown(ratios[f"{name}_encode_vs_{first}"], ".2f", "x") if name != first else "-"
         step_encode, step_v2 = (
-            (spread(_versus(cells, name, previous, route), ".2f", "x") for route in (ENCODE, V2))
+            (_shown(_versus(cells, name, previous, route), ".2f", "x") for route in (ENCODE, V2))
             if previous is not None
             else ("-", "-")
         )
@@ -273,13 +317,52 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         settings = " ".join(step["revision"].split(",")[1:])
         lines.append(
             f"| {name} | `{step['commit'][:7]}`{' ' + settings if settings else ''} "
-            f"| {spread(encode['rps'], '.0f')} | {spread(recorded['p99_ms'][name], '.1f', ' ms')} "
-            f"| {spread(ratios[f'{name}_encode_vs_compute_limit'], '.2f', 'x')} "
-            f"| {spread(ratios[f'{name}_encode_vs_compute_limit_with_pillow_decode'], '.2f', 'x')} | {versus} "
-            f"| {step_encode} | {spread(v2['rps'], '.0f')} | {step_v2} "
-            f"| {spread(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
+            f"| {_shown(encode['rps'], '.0f')} | {_shown(recorded['p99_ms'][name], '.1f', ' ms')} "
+            f"| {_shown(ratios[f'{name}_encode_vs_compute_limit'], '.2f', 'x')} "
+            f"| {_shown(ratios[f'{name}_encode_vs_compute_limit_with_pillow_decode'], '.2f', 'x')} | {versus} "
+            f"| {step_encode} | {_shown(v2['rps'], '.0f')} | {step_v2} "
+            f"| {_shown(ratios[f'{name}_v2_binary_vs_encode'], '.2f', 'x')} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *_model_calls(recorded)]) + "\n"
+
+
+def _shown(summary: dict[str, Any], form: str, unit: str = "") -> str:
+    """A spread as the tables show it: the median, then the range in brackets."""
+    low, high = format(summary["min"], form), format(summary["max"], form)
+    return f"{format(summary['median'], form)}{unit} ({low}-{high}{unit})"
+
+
+def _model_calls(recorded: dict[str, Any]) -> list[str]:
+    """The model calls inside each step's server over the windows (its /metrics), against the limit's
+    encoder time per image (runs recorded before this was measured have none)."""
+    cells, ratios = recorded["cells"], recorded["ratios"]
+    names = [step["name"] for step in recorded["steps"]]
+    if not all(f"{name}_encode_model_time_vs_limit" in ratios for name in names):
+        return []
+    lines = [
+        "",
+        "Inside each server, its model calls over the same windows (`vae_inference_duration_seconds_sum` and "
+        "`_count`, `vae_images_processed_total` in its `/metrics`, read before and after each window): time "
+        "per image, the mean batch, and that time over the limit's encoder time per image at batch 32 in the "
+        "same round.",
+        "",
+        "| step | /encode: model time per image | mean batch | x the limit's | v2 binary: model time per image "
+        "| mean batch | x the limit's |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names:
+        row = [name]
+        for route, key in ((ENCODE, "encode"), (V2, "v2")):
+            windows = cells[f"{name}/{route}/c{CONCURRENCY}"]["windows"]
+            row += [
+                _shown(spread([w["model_us_per_image"] for w in windows if "model_us_per_image" in w]), ".0f", " us"),
+                _shown(spread([w["mean_batch"] for w in windows if "mean_batch" in w]), ".1f"),
+                _shown(ratios[f"{name}_{key}_model_time_vs_limit"], ".2f", "x")
+                if f"{name}_{key}_model_time_vs_limit" in ratios
+                else "-",
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def _versus(cells: dict[str, Any], name: str, previous: str, route: str) -> dict[str, Any]:

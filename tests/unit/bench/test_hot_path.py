@@ -149,3 +149,42 @@ def test_the_table_gives_the_floor_when_it_was_measured():
     assert "12500 requests/s (80 us a request, 0.40x the limit's time)" in table
     assert "would reach 0.71x the limit" in table
     assert "ASGI floor" not in hot_path.hot_path_section(recorded())  # a run recorded before the floor
+
+
+METRICS = """# HELP vae_inference_duration_seconds time in onnxruntime and the scoring math
+vae_inference_duration_seconds_bucket{le="0.001",model="m",operation="encode",version="1"} 3.0
+vae_inference_duration_seconds_count{model="m",operation="encode",version="1"} 4.0
+vae_inference_duration_seconds_sum{model="m",operation="encode",version="1"} 0.01
+vae_inference_duration_seconds_count{model="m",operation="decode",version="1"} 1.0
+vae_inference_duration_seconds_sum{model="m",operation="decode",version="1"} 0.002
+vae_images_processed_total{model="m",operation="encode",version="1"} 40.0
+vae_images_processed_total{model="m",operation="decode",version="1"} 8.0
+vae_images_processed_created{model="m",operation="encode",version="1"} 1.7e+09
+vae_requests_total{method="POST",route="/encode",status="200"} 40.0
+"""
+
+
+def test_the_model_calls_of_a_window_are_read_from_the_servers_metrics():
+    before = hot_path.metric_totals(METRICS)
+    assert before == {
+        "vae_inference_duration_seconds_sum": pytest.approx(0.012),
+        "vae_inference_duration_seconds_count": 5.0,
+        "vae_images_processed_total": 48.0,
+    }
+    after = {**before, "vae_inference_duration_seconds_sum": 0.032, "vae_inference_duration_seconds_count": 7.0}
+    after["vae_images_processed_total"] = 48.0 + 16
+    # 20 ms over 16 images in 2 calls
+    assert hot_path.model_call_share(before, after) == {"model_us_per_image": pytest.approx(1250.0), "mean_batch": 8.0}
+    assert hot_path.model_call_share(before, before) == {}  # no model call in the window: nothing to say
+
+
+def test_the_model_calls_table_follows_the_steps_when_recorded():
+    assert "model time per image" not in hot_path.hot_path_section(recorded())  # runs from before it was measured
+    run = recorded()
+    for name in ("before", "now"):
+        for route, key in (("encode_1_raw", "encode"), ("v2_encoder_binary", "v2")):
+            for window in run["cells"][f"{name}/{route}/c32"]["windows"]:
+                window.update({"model_us_per_image": 340.0, "mean_batch": 10.5})
+            run["ratios"][f"{name}_{key}_model_time_vs_limit"] = {"median": 2.0, "min": 1.5, "max": 2.5}
+    table = hot_path.hot_path_section(run)
+    assert "| now | 340 us (340-340 us) | 10.5 (10.5-10.5) | 2.00x (1.50-2.50x) | 340 us" in table
