@@ -128,7 +128,8 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
                 url = servers[cell.server].url
                 for phase, seconds in (("warm-up", warmup_s), ("window", window_s)):
                     if seconds:
-                        calls = model_calls(url) if cell.server != FLOOR else None
+                        measured = phase == "window" and cell.server != FLOOR
+                        calls = model_calls(url) if measured else None
                         stats = wrk(url, CONCURRENCY, seconds, bodies[cell.route], cpus=WRK_CPUS)
                         check_window(cell, round_index, phase, stats)
                         if calls is not None:
@@ -353,13 +354,15 @@ def _model_calls(recorded: dict[str, Any]) -> list[str]:
     for name in names:
         row = [name]
         for route, key in ((ENCODE, "encode"), (V2, "v2")):
-            windows = cells[f"{name}/{route}/c{CONCURRENCY}"]["windows"]
+            ratio = ratios.get(f"{name}_{key}_model_time_vs_limit")  # absent: no window had a model call
+            if ratio is None:
+                row += ["-", "-", "-"]
+                continue
+            windows = [w for w in cells[f"{name}/{route}/c{CONCURRENCY}"]["windows"] if "model_us_per_image" in w]
             row += [
-                _shown(spread([w["model_us_per_image"] for w in windows if "model_us_per_image" in w]), ".0f", " us"),
-                _shown(spread([w["mean_batch"] for w in windows if "mean_batch" in w]), ".1f"),
-                _shown(ratios[f"{name}_{key}_model_time_vs_limit"], ".2f", "x")
-                if f"{name}_{key}_model_time_vs_limit" in ratios
-                else "-",
+                _shown(spread([w["model_us_per_image"] for w in windows]), ".0f", " us"),
+                _shown(spread([w["mean_batch"] for w in windows]), ".1f"),
+                _shown(ratio, ".2f", "x"),
             ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
