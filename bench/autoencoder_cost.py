@@ -126,12 +126,18 @@ def timings(model_dir: Path, rounds: int, threads: int) -> dict[str, Any]:
     }
 
 
-def status_kib(field: str) -> int:
-    """A field of /proc/self/status in KiB: VmRSS (the resident set now) or VmHWM (its peak)."""
+def status_kib(*fields: str) -> dict[str, int]:
+    """Fields of /proc/self/status in KiB, read at one instant: VmRSS (the resident set now), VmHWM (its peak,
+    never below VmRSS in the same read; two reads apart would let the other threads' allocations in between)."""
+    found = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+        name, _, value = line.partition(":")
+        if name in fields:
+            found[name] = int(value.split()[0])
+    missing = [field for field in fields if field not in found]
+    if missing:
+        raise RuntimeError(f"/proc/self/status has no {', '.join(missing)}")
+    return found
 
 
 def reset_peak() -> None:
@@ -148,9 +154,10 @@ def one_cell_memory(model_dir: Path, cell: Cell, threads: int) -> dict[str, Any]
     )
     inputs = feed(manifest, cell)
     reset_peak()
-    before = status_kib("VmRSS")
+    before = status_kib("VmRSS")["VmRSS"]
     outputs = session.run(None, inputs)
-    peak, after = status_kib("VmHWM"), status_kib("VmRSS")
+    now = status_kib("VmHWM", "VmRSS")
+    peak, after = now["VmHWM"], now["VmRSS"]
     return {
         "attention_scores_mib": attention_scores_mib(manifest, cell),
         "rss_before_mib": before / 1024,

@@ -57,6 +57,9 @@ SERVER_CPUS, WRK_CPUS = "0", "1"
 # uvicorn serving a bare ASGI app that answers /encode's size with no work (bench/apps/asgi_floor.py): what
 # the HTTP server and the ASGI calls cost per request, measured in every round beside the steps
 FLOOR = "asgi_floor"
+# uvicorn serving the least ASGI app that does /encode's work with the product's functions (bench/apps/asgi_lean.py):
+# what the hot path would reach if the service's own Python cost nothing beyond that app's
+LEAN = "asgi_lean"
 
 
 def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
@@ -71,8 +74,9 @@ def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
         steps.append((name, revision))
     if len({name for name, _ in steps}) != len(steps):
         raise SystemExit("bench.hot_path: each step needs a name of its own")
-    if any(name == FLOOR for name, _ in steps):
-        raise SystemExit(f"bench.hot_path: {FLOOR} names the ASGI floor's server; give the step another name")
+    for reserved, server in ((FLOOR, "the ASGI floor's server"), (LEAN, "the lean app's server")):
+        if any(name == reserved for name, _ in steps):
+            raise SystemExit(f"bench.hot_path: {reserved} names {server}; give the step another name")
     return steps
 
 
@@ -92,7 +96,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     pngs = test_pngs(256)
     bodies = routes(pngs)
     cells = [Cell(name, route, CONCURRENCY) for name, _ in steps for route in (ENCODE, V2)]
-    cells.append(Cell(FLOOR, ENCODE, CONCURRENCY))
+    cells += [Cell(FLOOR, ENCODE, CONCURRENCY), Cell(LEAN, ENCODE, CONCURRENCY)]
     results: dict[str, Any] = {
         "machine": machine(),
         "git": git_state(),
@@ -112,6 +116,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
             env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024", **dict(v.split("=", 1) for v in variables)}
             servers[name] = Server("product", MODEL_DIR, env=env, tree=tree, cpus=SERVER_CPUS)
         servers[FLOOR] = Server(FLOOR, None, cpus=SERVER_CPUS)
+        servers[LEAN] = Server(LEAN, MODEL_DIR, cpus=SERVER_CPUS)
         for server in servers.values():
             server.wait_ready()
         results["steps"] = [{"name": name, "revision": revision, "commit": commits[name]} for name, revision in steps]
@@ -177,6 +182,13 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
             if model_time:
                 per_round[f"{name}_{route}_model_time_vs_limit"] = model_time
     per_round.update(floor_ratios(windows[Cell(FLOOR, ENCODE, CONCURRENCY).key], limits))
+    per_round.update(
+        lean_ratios(
+            windows[Cell(LEAN, ENCODE, CONCURRENCY).key],
+            limits,
+            {name: windows[Cell(name, ENCODE, CONCURRENCY).key] for name, _ in steps},
+        )
+    )
     results["ratios"] = summarise_ratios(per_round)
     results["p99_ms"] = {
         name: spread([w["p99_us"] / 1000 for w in windows[Cell(name, ENCODE, CONCURRENCY).key]]) for name, _ in steps
@@ -225,6 +237,25 @@ def floor_ratios(floor: list[dict[str, Any]], limits: list[dict[str, Any]]) -> d
         best.append(limit_s / (floor_s + limit_s))
         share.append(floor_s / limit_s)
     return {"floor_bound_vs_compute_limit": best, "floor_time_vs_compute_limit_time": share}
+
+
+def lean_ratios(
+    lean: list[dict[str, Any]], limits: list[dict[str, Any]], steps: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[float]]:
+    """Per round, the lean app's /encode against the compute limit, its model calls' time per image against
+    the limit's encoder time, and each step's /encode against the lean app's."""
+    rounds = list(zip(lean, limits, strict=True))
+    ratios = {"lean_encode_vs_compute_limit": [window["rps"] / limit["requests_per_s"] for window, limit in rounds]}
+    model_time = [
+        window["model_us_per_image"] / limit["encoder_us_per_image_batch32"]
+        for window, limit in rounds
+        if "model_us_per_image" in window
+    ]
+    if model_time:
+        ratios["lean_model_time_vs_limit"] = model_time
+    for name, encode in steps.items():
+        ratios[f"{name}_encode_vs_lean"] = [a["rps"] / b["rps"] for a, b in zip(encode, lean, strict=True)]
+    return ratios
 
 
 def limit_on_server_core(pngs: list[bytes], model: Any) -> dict[str, Any]:
@@ -299,6 +330,7 @@ def hot_path_section(recorded: dict[str, Any]) -> str:
         f"Pillow's decode ({limit['png_decode_pillow_us']:.0f} us), as issue 32 first stated it: "
         f"{limit['requests_per_s_with_pillow_decode']:.0f} requests/s.",
         *_floor(recorded),
+        *_lean(recorded),
         "",
         "| step | commit | /encode, one PNG, c=32 | p99 | x the compute limit | x with Pillow's decode | "
         f"x {first} | x the step before | v2 binary, c=32 | v2 x the step before | v2 binary / /encode |",
@@ -386,8 +418,36 @@ def _floor(recorded: dict[str, Any]) -> list[str]:
         f"answers with a constant of `/encode`'s size (bench/apps/asgi_floor.py), {rps:.0f} requests/s "
         f"({1e6 / rps:.0f} us a request, {ratios['floor_time_vs_compute_limit_time']['median']:.2f}x the "
         "limit's time). A server that added nothing to it but the limit's work would reach "
-        f"{ratios['floor_bound_vs_compute_limit']['median']:.2f}x the limit: the most an ASGI app on uvicorn "
-        "can reach here.",
+        f"{ratios['floor_bound_vs_compute_limit']['median']:.2f}x the limit, if the work cost in a server what "
+        "it costs alone.",
+    ]
+
+
+def _lean(recorded: dict[str, Any]) -> list[str]:
+    """The lean app's line (runs recorded before it was measured have none)."""
+    cell = recorded["cells"].get(f"{LEAN}/{ENCODE}/c{CONCURRENCY}")
+    if cell is None:
+        return []
+    ratios = recorded["ratios"]
+    windows = [w for w in cell["windows"] if "model_us_per_image" in w]
+    inside = (
+        f" Its encoder took {_shown(spread([w['model_us_per_image'] for w in windows]), '.0f', ' us')} per image "
+        f"at a mean batch of {_shown(spread([w['mean_batch'] for w in windows]), '.1f')}, "
+        f"{_shown(ratios['lean_model_time_vs_limit'], '.2f', 'x')} the limit's."
+        if windows and "lean_model_time_vs_limit" in ratios
+        else ""
+    )
+    names = [step["name"] for step in recorded["steps"]]
+    steps = "; ".join(f"{name} {_shown(ratios[name + '_encode_vs_lean'], '.2f', 'x')}" for name in names)
+    return [
+        "",
+        f"The lean app, measured in every round: uvicorn serving the least ASGI app that does `/encode`'s work "
+        f"with the product's own functions (the PNG decoded by the preprocessing contract, a batch on the loop at "
+        f"the end of each tick, the encoder, the product's JSON answer) and nothing else: no request ids, limits, "
+        f"metrics of requests or error shapes (bench/apps/asgi_lean.py). "
+        f"{_shown(cell['rps'], '.0f')} requests/s, {_shown(ratios['lean_encode_vs_compute_limit'], '.2f', 'x')} "
+        f"the limit: what the hot path would reach if the service's own Python cost nothing.{inside} Each step's "
+        f"`/encode` over the lean app's, round by round: {steps}.",
     ]
 
 

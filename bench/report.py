@@ -10,7 +10,7 @@ the version the bundled repository serves by default. It writes, under docs/:
 - in benchmarks.md, the serving table from bench/results/serving.json and training.json (medians of
   the interleaved rounds, with their range), the training throughput table (train_throughput.json), and
   the encoder graph over gRPC against HTTP (grpc_http.json), and the hot path's steps against the per-core
-  compute limit (hot_path.json);
+  compute limit (hot_path.json), and where the servers' core spends its time (hot_path_profile.json);
 - in deploying.md, the scale-out table (scaleout.json);
 - in anomaly.md, the anomaly benchmark's table (anomaly.json) and its figure, and the anomaly maps'
   table (anomaly_maps.json);
@@ -41,6 +41,7 @@ PAGES = {
     "train-throughput": "benchmarks.md",
     "grpc-http": "benchmarks.md",
     "hot-path": "benchmarks.md",
+    "hot-path-profile": "benchmarks.md",
     "scaleout": "deploying.md",
     "anomaly": "anomaly.md",
     "anomaly-maps": "anomaly.md",
@@ -236,6 +237,7 @@ RECORDED_SECTIONS = (
     ("train-throughput", "train_throughput.json", "bench.train_throughput", "throughput_section"),
     ("grpc-http", "grpc_http.json", "bench.grpc_http", "grpc_http_section"),
     ("hot-path", "hot_path.json", "bench.hot_path", "hot_path_section"),
+    ("hot-path-profile", "hot_path_profile.json", "bench.hot_path_profile", "profile_section"),
 )
 SERVING_NOTE = (
     "3.x keeps 2.0.0's encoder and decoder architecture, so `/encode` runs graphs of the same shape; "

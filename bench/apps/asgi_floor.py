@@ -14,13 +14,18 @@ HEAD = {
 }
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """The lifespan protocol with nothing to start or stop (the lean app's model loads at import)."""
+    message = await receive()
+    if message["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] != "http":  # lifespan: nothing to start
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
+    if scope["type"] != "http":
+        await lifespan(receive, send)
         return
     more = True
     while more:

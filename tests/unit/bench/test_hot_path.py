@@ -24,6 +24,8 @@ def test_steps_are_name_revision_and_settings_in_order():
         hot_path.parse_steps(["a=HEAD", "a=."])
     with pytest.raises(SystemExit, match="ASGI floor"):
         hot_path.parse_steps([f"{hot_path.FLOOR}=HEAD"])
+    with pytest.raises(SystemExit, match="lean app"):
+        hot_path.parse_steps([f"{hot_path.LEAN}=HEAD"])
 
 
 def recorded() -> dict:
@@ -149,6 +151,40 @@ def test_the_table_gives_the_floor_when_it_was_measured():
     assert "12500 requests/s (80 us a request, 0.40x the limit's time)" in table
     assert "would reach 0.71x the limit" in table
     assert "ASGI floor" not in hot_path.hot_path_section(recorded())  # a run recorded before the floor
+
+
+def test_the_lean_app_is_compared_with_the_limit_and_each_step_round_by_round():
+    limits = [
+        {"requests_per_s": 4000.0, "encoder_us_per_image_batch32": 100.0},
+        {"requests_per_s": 5000.0, "encoder_us_per_image_batch32": 200.0},
+    ]
+    lean = [{"rps": 2000.0, "model_us_per_image": 150.0}, {"rps": 2000.0}]  # no model call seen in round 2
+    ratios = hot_path.lean_ratios(lean, limits, {"now": [{"rps": 1000.0}, {"rps": 1500.0}]})
+    assert ratios["lean_encode_vs_compute_limit"] == pytest.approx([0.5, 0.4])
+    assert ratios["lean_model_time_vs_limit"] == pytest.approx([1.5])
+    assert ratios["now_encode_vs_lean"] == pytest.approx([0.5, 0.75])
+
+
+def test_the_table_gives_the_lean_app_when_it_was_measured():
+    spread = lambda v: {"median": v, "min": v, "max": v, "q1": v, "q3": v, "n": 1}  # noqa: E731
+    with_lean = recorded()
+    lean_windows = [{"rps": 2400.0, "model_us_per_image": 160.0, "mean_batch": 12.0}]
+    with_lean["cells"] = {
+        **with_lean["cells"],
+        f"{hot_path.LEAN}/encode_1_raw/c32": {"rps": spread(2400.0), "windows": lean_windows},
+    }
+    with_lean["ratios"] = {
+        **with_lean["ratios"],
+        "lean_encode_vs_compute_limit": spread(0.48),
+        "lean_model_time_vs_limit": spread(1.2),
+        "before_encode_vs_lean": spread(0.21),
+        "now_encode_vs_lean": spread(0.42),
+    }
+    table = hot_path.hot_path_section(with_lean)
+    assert "2400 (2400-2400) requests/s, 0.48x (0.48-0.48x) the limit" in table
+    assert "160 us (160-160 us) per image at a mean batch of 12.0 (12.0-12.0), 1.20x (1.20-1.20x)" in table
+    assert "before 0.21x (0.21-0.21x); now 0.42x (0.42-0.42x)" in table
+    assert "lean app" not in hot_path.hot_path_section(recorded())  # a run recorded before the lean app
 
 
 METRICS = """# HELP vae_inference_duration_seconds time in onnxruntime and the scoring math
