@@ -60,6 +60,9 @@ FLOOR = "asgi_floor"
 # uvicorn serving the least ASGI app that does /encode's work with the product's functions (bench/apps/asgi_lean.py):
 # what the hot path would reach if the service's own Python cost nothing beyond that app's
 LEAN = "asgi_lean"
+# Every product server's environment: gRPC off (the servers would all want 8001; only HTTP is measured here)
+# and upload slots for every connection
+PRODUCT_ENV = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024"}
 
 
 def parse_steps(values: list[str] | None) -> list[tuple[str, str]]:
@@ -112,8 +115,7 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
         for name, step in steps:
             revision, *variables = step.split(",")
             tree, commits[name] = checkout(revision, worktrees / name)
-            # gRPC off: the servers would all want 8001, and only HTTP is measured here
-            env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024", **dict(v.split("=", 1) for v in variables)}
+            env = {**PRODUCT_ENV, **dict(v.split("=", 1) for v in variables)}
             servers[name] = Server("product", MODEL_DIR, env=env, tree=tree, cpus=SERVER_CPUS)
         servers[FLOOR] = Server(FLOOR, None, cpus=SERVER_CPUS)
         servers[LEAN] = Server(LEAN, MODEL_DIR, cpus=SERVER_CPUS)
@@ -163,22 +165,16 @@ def run(steps: list[tuple[str, str]], rounds: int, window_s: int, warmup_s: int,
     per_round: dict[str, list[float]] = {}
     for name, _ in steps:
         encode, v2 = windows[Cell(name, ENCODE, CONCURRENCY).key], windows[Cell(name, V2, CONCURRENCY).key]
-        per_round[f"{name}_encode_vs_compute_limit"] = [
-            w["rps"] / limit["requests_per_s"] for w, limit in zip(encode, limits, strict=True)
-        ]
-        per_round[f"{name}_encode_vs_compute_limit_with_pillow_decode"] = [
-            w["rps"] / limit["requests_per_s_with_pillow_decode"] for w, limit in zip(encode, limits, strict=True)
-        ]
+        per_round[f"{name}_encode_vs_compute_limit"] = over_limit(encode, limits)
+        per_round[f"{name}_encode_vs_compute_limit_with_pillow_decode"] = over_limit(
+            encode, limits, "requests_per_s_with_pillow_decode"
+        )
         per_round[f"{name}_v2_binary_vs_encode"] = [b["rps"] / a["rps"] for a, b in zip(encode, v2, strict=True)]
         if name != first:
             base = windows[Cell(first, ENCODE, CONCURRENCY).key]
             per_round[f"{name}_encode_vs_{first}"] = [a["rps"] / b["rps"] for a, b in zip(encode, base, strict=True)]
         for route, windows_of in (("encode", encode), ("v2", v2)):
-            model_time = [
-                w["model_us_per_image"] / limit["encoder_us_per_image_batch32"]
-                for w, limit in zip(windows_of, limits, strict=True)
-                if "model_us_per_image" in w
-            ]
+            model_time = model_time_ratios(windows_of, limits)
             if model_time:
                 per_round[f"{name}_{route}_model_time_vs_limit"] = model_time
     per_round.update(floor_ratios(windows[Cell(FLOOR, ENCODE, CONCURRENCY).key], limits))
@@ -244,18 +240,28 @@ def lean_ratios(
 ) -> dict[str, list[float]]:
     """Per round, the lean app's /encode against the compute limit, its model calls' time per image against
     the limit's encoder time, and each step's /encode against the lean app's."""
-    rounds = list(zip(lean, limits, strict=True))
-    ratios = {"lean_encode_vs_compute_limit": [window["rps"] / limit["requests_per_s"] for window, limit in rounds]}
-    model_time = [
-        window["model_us_per_image"] / limit["encoder_us_per_image_batch32"]
-        for window, limit in rounds
-        if "model_us_per_image" in window
-    ]
+    ratios = {"lean_encode_vs_compute_limit": over_limit(lean, limits)}
+    model_time = model_time_ratios(lean, limits)
     if model_time:
         ratios["lean_model_time_vs_limit"] = model_time
     for name, encode in steps.items():
         ratios[f"{name}_encode_vs_lean"] = [a["rps"] / b["rps"] for a, b in zip(encode, lean, strict=True)]
     return ratios
+
+
+def over_limit(windows: list[dict[str, Any]], limits: list[dict[str, Any]], key: str = "requests_per_s") -> list[float]:
+    """Per round, a window's requests/s over that round's compute limit (`key`: which of its rates)."""
+    return [w["rps"] / limit[key] for w, limit in zip(windows, limits, strict=True)]
+
+
+def model_time_ratios(windows: list[dict[str, Any]], limits: list[dict[str, Any]]) -> list[float]:
+    """Per round whose window saw a model call, the server's model time per image over the limit's encoder
+    time per image at batch 32."""
+    return [
+        w["model_us_per_image"] / limit["encoder_us_per_image_batch32"]
+        for w, limit in zip(windows, limits, strict=True)
+        if "model_us_per_image" in w
+    ]
 
 
 def limit_on_server_core(pngs: list[bytes], model: Any) -> dict[str, Any]:
@@ -390,14 +396,20 @@ def _model_calls(recorded: dict[str, Any]) -> list[str]:
             if ratio is None:
                 row += ["-", "-", "-"]
                 continue
-            windows = [w for w in cells[f"{name}/{route}/c{CONCURRENCY}"]["windows"] if "model_us_per_image" in w]
-            row += [
-                _shown(spread([w["model_us_per_image"] for w in windows]), ".0f", " us"),
-                _shown(spread([w["mean_batch"] for w in windows]), ".1f"),
-                _shown(ratio, ".2f", "x"),
-            ]
+            row += _model_call_cells(cells[f"{name}/{route}/c{CONCURRENCY}"]["windows"], ratio)
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+def _model_call_cells(windows: list[dict[str, Any]], ratio: dict[str, Any]) -> list[str]:
+    """A server's model calls as the tables show them: time per image, the mean batch, and `ratio` (the time
+    over the limit's), from the windows that saw a model call."""
+    called = [w for w in windows if "model_us_per_image" in w]
+    return [
+        _shown(spread([w["model_us_per_image"] for w in called]), ".0f", " us"),
+        _shown(spread([w["mean_batch"] for w in called]), ".1f"),
+        _shown(ratio, ".2f", "x"),
+    ]
 
 
 def _versus(cells: dict[str, Any], name: str, previous: str, route: str) -> dict[str, Any]:
@@ -429,14 +441,10 @@ def _lean(recorded: dict[str, Any]) -> list[str]:
     if cell is None:
         return []
     ratios = recorded["ratios"]
-    windows = [w for w in cell["windows"] if "model_us_per_image" in w]
-    inside = (
-        f" Its encoder took {_shown(spread([w['model_us_per_image'] for w in windows]), '.0f', ' us')} per image "
-        f"at a mean batch of {_shown(spread([w['mean_batch'] for w in windows]), '.1f')}, "
-        f"{_shown(ratios['lean_model_time_vs_limit'], '.2f', 'x')} the limit's."
-        if windows and "lean_model_time_vs_limit" in ratios
-        else ""
-    )
+    inside = ""
+    if "lean_model_time_vs_limit" in ratios:  # a window saw a model call
+        per_image, batch, ratio = _model_call_cells(cell["windows"], ratios["lean_model_time_vs_limit"])
+        inside = f" Its encoder took {per_image} per image at a mean batch of {batch}, {ratio} the limit's."
     names = [step["name"] for step in recorded["steps"]]
     steps = "; ".join(f"{name} {_shown(ratios[name + '_encode_vs_lean'], '.2f', 'x')}" for name in names)
     return [

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.hot_path import CONCURRENCY, LEAN, SERVER_CPUS, WRK_CPUS
+from bench.hot_path import CONCURRENCY, LEAN, PRODUCT_ENV, SERVER_CPUS, WRK_CPUS
 from bench.plan import ENCODE, MODEL_DIR, RESULTS
 from bench.provenance import git_state, served_model
 from bench.rounds import busy_cpus, quiet_report, spread
@@ -68,7 +68,8 @@ def shares(report: str) -> dict[str, float]:
 
 
 def profile_window(url: str, body: dict[str, Any], seconds: int, data: Path) -> dict[str, Any]:
-    """One window of wrk on `url` with perf sampling the servers' core for all but its first and last second."""
+    """One window of wrk on `url`, perf sampling the servers' core over its first `seconds` - 2 (the two start
+    together)."""
     perf = subprocess.Popen(
         ["perf", "record", "-q", "-o", str(data), "-F", "999", "-C", SERVER_CPUS, "--", "sleep", str(seconds - 2)],
         stdout=subprocess.DEVNULL,
@@ -97,9 +98,8 @@ def profile_window(url: str, body: dict[str, Any], seconds: int, data: Path) -> 
 
 def run(rounds: int, window_s: int) -> dict[str, Any]:
     body = routes(test_pngs(256))[ENCODE]
-    env = {"VAE_GRPC_PORT": "0", "VAE_MAX_UPLOADS": "1024"}
     servers = {
-        PRODUCT: Server("product", MODEL_DIR, env=env, cpus=SERVER_CPUS),
+        PRODUCT: Server("product", MODEL_DIR, env=PRODUCT_ENV, cpus=SERVER_CPUS),
         LEAN: Server(LEAN, MODEL_DIR, cpus=SERVER_CPUS),
     }
     windows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench.hot_path_profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--window", type=int, default=6, help="seconds per window (perf samples all but 2)")
+    parser.add_argument("--window", type=int, default=6, help="seconds per window (perf samples the first WINDOW - 2)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.window < 3:

@@ -73,13 +73,7 @@ def compute_limit(
     decode_us = 1e6 / _rate(lambda: bytes_to_array(pngs[0], contract), 1, seconds=seconds)
     encode_us = 1e6 / _rate(lambda: model.encode(images), len(images), seconds=seconds)
     mean, logvar = model.encode(images[:1])
-    payload = {
-        "model": {"name": model.manifest.name, "version": model.manifest.version},
-        "latent_dim": model.latent_dim,
-        "latent_shape": list(model.manifest.latent),
-        "seed": None,
-        "results": [{"index": 0, "mean": mean[0], "logvar": logvar[0]}],
-    }
+    payload = encode_answer(model, mean[0], logvar[0])
     serialise_us = 1e6 / _rate(lambda: json_response(payload), 1, seconds=seconds)
     per_request_us = decode_us + encode_us + serialise_us
     # Pillow's decode, which the product used for every PNG until libspng took the plain ones
@@ -94,6 +88,18 @@ def compute_limit(
         "per_request_us": per_request_us,
         "requests_per_s": 1e6 / per_request_us,
         "threads": 1,
+    }
+
+
+def encode_answer(model: Any, mean: np.ndarray, logvar: np.ndarray) -> dict[str, Any]:
+    """The product's /encode answer for one image without sampling (service/routes/images.py), from its
+    posterior's mean and logvar: what the compute limit serialises and the lean app sends."""
+    return {
+        "model": {"name": model.manifest.name, "version": model.manifest.version},
+        "latent_dim": model.latent_dim,
+        "latent_shape": list(model.manifest.latent),
+        "seed": None,
+        "results": [{"index": 0, "mean": mean, "logvar": logvar}],
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.apps.asgi_floor import lifespan
+from bench.measurements import encode_answer
 from model.core.artifact import load_model_dir
 from model.core.preprocess import PreprocessContract, bytes_to_array
 from service.responses import json_response
@@ -27,7 +28,6 @@ from service.settings import Settings
 MODEL = load_model_dir(os.environ["VAE_MODEL_DIR"], threads=1)
 CONTRACT = PreprocessContract.from_dict(MODEL.manifest.preprocessing)
 MAX_ROWS = Settings.model_fields["max_batch"].default  # the product's default batch limit
-IDENTITY = {"name": MODEL.manifest.name, "version": MODEL.manifest.version}
 
 
 class Batcher:
@@ -68,7 +68,7 @@ class Batcher:
 
     def metrics(self) -> bytes:
         """The model-call totals in the names the product's /metrics gives them (bench/hot_path.py reads them)."""
-        labels = f'{{model="{IDENTITY["name"]}",operation="encode",version="{IDENTITY["version"]}"}}'
+        labels = f'{{model="{MODEL.manifest.name}",operation="encode",version="{MODEL.manifest.version}"}}'
         return (
             f"vae_inference_duration_seconds_sum{labels} {self.seconds!r}\n"
             f"vae_inference_duration_seconds_count{labels} {float(self.calls)!r}\n"
@@ -108,11 +108,4 @@ async def encode(data: bytes) -> tuple[int, bytes, bytes]:
     except ValueError as exc:
         return 400, b"text/plain", f"{exc}\n".encode()
     mean, logvar = await BATCHER.submit(pixels)
-    payload = {
-        "model": IDENTITY,
-        "latent_dim": MODEL.latent_dim,
-        "latent_shape": list(MODEL.manifest.latent),
-        "seed": None,
-        "results": [{"index": 0, "mean": mean, "logvar": logvar}],
-    }
-    return 200, b"application/json", json_response(payload).body
+    return 200, b"application/json", json_response(encode_answer(MODEL, mean, logvar)).body
