@@ -203,10 +203,16 @@ def check_outputs(name: str, outputs: list[tuple[str, np.ndarray, bool]], max_by
 def all_finite(data: np.ndarray) -> bool:
     """Whether every element of a floating-point array is finite. For 16- and 32-bit floats, their sum in
     float64 (one pass, no temporary array): it cannot overflow for any array that fits in memory, and a
-    NaN or an infinity makes it non-finite; 64-bit floats are checked element by element."""
-    if data.dtype.itemsize <= 4:
-        return math.isfinite(np.add.reduce(data, axis=None, dtype=np.float64))
-    return bool(np.isfinite(data).all())
+    NaN or an infinity makes it non-finite; a small one (a row of latents) is summed as Python floats,
+    which costs less than numpy's call. 64-bit floats are checked element by element."""
+    if data.dtype.itemsize > 4:
+        return bool(np.isfinite(data).all())
+    if data.size <= SMALL_ARRAY:
+        return math.isfinite(sum(data.ravel().tolist()))
+    return math.isfinite(np.add.reduce(data, axis=None, dtype=np.float64))
+
+
+SMALL_ARRAY = 64  # elements up to which all_finite's Python sum is the cheaper
 
 
 # --- statistics ---------------------------------------------------------------------------------------

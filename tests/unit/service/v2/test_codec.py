@@ -295,3 +295,68 @@ def test_the_plans_are_bounded(plans, monkeypatch):
     for index in range(7):  # a client naming every request: the cache starts over when full
         parse_request(*binary_body({"id": str(index), "inputs": [image_input([1], 4)]}, b"\0" * 4))
         assert 1 <= len(plans) <= 3
+
+
+# the JSON headers of repeated all-binary responses
+
+
+@pytest.fixture
+def headers_cache(monkeypatch):
+    cache: dict = {}
+    monkeypatch.setattr(codec, "HEADERS", cache)
+    return cache
+
+
+def test_a_repeated_all_binary_response_reuses_its_header_with_the_new_tensors(headers_cache):
+    first = np.arange(6, dtype=np.float32).reshape(2, 3)
+    second = first[::-1] * 2  # a view with negative strides: its bytes still go in row order
+    body1, headers1 = encode_response(InferResponse("m.encoder", "1", None, [("mean", first, True)]))
+    assert len(headers_cache) == 1
+    body2, headers2 = encode_response(InferResponse("m.encoder", "1", None, [("mean", second, True)]))
+    length = int(headers2["inference-header-content-length"])
+    assert headers2 == headers1 and body2[:length] == body1[:length]
+    assert body2[length:] == np.ascontiguousarray(second).tobytes() != body1[length:]
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        InferResponse("m.encoder", "1", "r2", [("mean", np.zeros((2, 3), np.float32), True)]),
+        InferResponse("m.encoder", "2", None, [("mean", np.zeros((2, 3), np.float32), True)]),
+        InferResponse("m.encoder", "1", None, [("logvar", np.zeros((2, 3), np.float32), True)]),
+        InferResponse("m.encoder", "1", None, [("mean", np.zeros((1, 3), np.float32), True)]),
+        InferResponse("m.encoder", "1", None, [("mean", np.zeros((2, 3), np.float64), True)]),
+    ],
+)
+def test_a_cached_header_is_never_given_to_a_response_that_differs_in_its_header(headers_cache, changed):
+    encode_response(InferResponse("m.encoder", "1", None, [("mean", np.zeros((2, 3), np.float32), True)]))
+    body, headers = encode_response(changed)
+    length = int(headers["inference-header-content-length"])
+    header = orjson.loads(body[:length])
+    data = changed.outputs[0][1]
+    assert header.get("id") == changed.id and header["model_version"] == changed.model_version
+    assert header["outputs"] == [
+        {
+            "name": changed.outputs[0][0],
+            "datatype": "FP64" if data.dtype.itemsize == 8 else "FP32",
+            "shape": list(data.shape),
+            "parameters": {"binary_data_size": data.nbytes},
+        }
+    ]
+    assert body[length:] == data.astype("<f8" if data.dtype.itemsize == 8 else "<f4").tobytes()
+
+
+def test_responses_with_json_outputs_bytes_or_parameters_are_not_cached_and_the_cache_is_bounded(
+    headers_cache, monkeypatch
+):
+    pngs = np.empty(1, dtype=object)
+    pngs[:] = [b"\x89PNG1"]
+    data = np.zeros(2, np.float32)
+    encode_response(InferResponse("m", "1", None, [("x", data, False)]))
+    encode_response(InferResponse("m", "1", None, [("png", pngs, True)]))
+    encode_response(InferResponse("m", "1", None, [("x", data, True)], {"sequence_id": 1}))
+    assert headers_cache == {}
+    monkeypatch.setattr(codec, "PLAN_CACHE_SIZE", 3)
+    for index in range(7):
+        encode_response(InferResponse("m", "1", f"id-{index}", [("x", data, True)]))
+        assert 1 <= len(headers_cache) <= 3
