@@ -488,8 +488,8 @@ HEADERS: dict[tuple[Any, ...], bytes] = {}
 
 
 def _header_key(response: InferResponse) -> tuple[Any, ...] | None:
-    if response.parameters:
-        return None
+    if response.parameters or (response.id is not None and len(response.id) > PLAN_HEADER_BYTES):
+        return None  # (an id is the client's text: a long one is not kept, so the cache's memory is bounded)
     key: list[Any] = [response.model_name, response.model_version, response.id]
     for name, data, binary in response.outputs:
         if not binary or data.dtype == object:

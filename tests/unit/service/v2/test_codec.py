@@ -355,6 +355,9 @@ def test_responses_with_json_outputs_bytes_or_parameters_are_not_cached_and_the_
     encode_response(InferResponse("m", "1", None, [("x", data, False)]))
     encode_response(InferResponse("m", "1", None, [("png", pngs, True)]))
     encode_response(InferResponse("m", "1", None, [("x", data, True)], {"sequence_id": 1}))
+    long_id = "i" * (codec.PLAN_HEADER_BYTES + 1)
+    body, headers = encode_response(InferResponse("m", "1", long_id, [("x", data, True)]))
+    assert orjson.loads(body[: int(headers["inference-header-content-length"])])["id"] == long_id
     assert headers_cache == {}
     monkeypatch.setattr(codec, "PLAN_CACHE_SIZE", 3)
     for index in range(7):
