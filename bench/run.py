@@ -110,11 +110,15 @@ def multipart(files: list[bytes]) -> tuple[bytes, str]:
 
 
 def v2_encoder_routes(pixels: np.ndarray, model: str) -> dict[str, dict[str, Any]]:
-    """The encoder graph over the open inference protocol, as tritonclient sends it (binary tensor
-    data, no Content-Type) and as JSON tensors; `pixels` (1, C, H, W) is the image /encode gets."""
+    """The encoder graph over the open inference protocol, as tritonclient.http sends it with no outputs
+    named (binary tensor data, every output asked for as binary, no Content-Type: the same bytes as its
+    `generate_request_body`) and as JSON tensors; `pixels` (1, C, H, W) is the image /encode gets."""
     path = f"/v2/models/{model}.encoder/infer"
     tensor = {"name": "image", "shape": list(pixels.shape), "datatype": "FP32"}
-    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    binary_input = {**tensor, "parameters": {"binary_data_size": pixels.nbytes}}
+    header = json.dumps(
+        {"inputs": [binary_input], "parameters": {"binary_data_output": True}}, separators=(",", ":")
+    ).encode()
     as_json = json.dumps({"inputs": [{**tensor, "data": pixels.ravel().tolist()}]}).encode()
     return {
         "v2_encoder_binary": {

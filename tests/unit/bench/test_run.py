@@ -113,3 +113,17 @@ def test_the_v2_bodies_carry_the_image_encode_gets():
         assert (tensor.name, tensor.datatype) == ("image", "FP32")
         np.testing.assert_array_equal(tensor.data, pixels)
     assert binary["content_type"] == "" and as_json["content_type"] == "application/json"
+
+
+def test_the_binary_v2_body_is_the_one_tritonclient_sends():
+    """Byte for byte what tritonclient.http builds for this image with no outputs named: binary input, and
+    every output asked for as binary."""
+    import tritonclient.http as triton_http
+
+    pixels = np.random.default_rng(1).random((1, 1, 28, 28), dtype=np.float32)
+    tensor = triton_http.InferInput("image", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=True)
+    body, json_length = triton_http.InferenceServerClient.generate_request_body([tensor])
+    binary = run.v2_encoder_routes(pixels, "m")["v2_encoder_binary"]
+    assert binary["body"] == body
+    assert binary["headers"] == {"Inference-Header-Content-Length": str(json_length)}
